@@ -1,0 +1,129 @@
+//! Residue-number-system basis conversion.
+
+use crate::slice::reduce_centered_into;
+use crate::Modulus;
+
+/// Converts polynomials from residues modulo `Q = q_0···q_{k-1}` to residues modulo other
+/// primes `p_0, …, p_{m-1}` (coefficient domain).
+///
+/// With one source prime the conversion is exact on the centered representative in
+/// `(-q_0/2, q_0/2]`. With several it is the fast basis conversion of Bajard–Eynard–Hasan–
+/// Zucca (SAC 2016), `Σ_i [x_i·(Q/q_i)^{-1}]_{q_i} · (Q/q_i) mod p_j`, which returns
+/// `x + u·Q` for some integer `0 <= u < k`: the approximation hybrid key switching tolerates
+/// (Han–Ki, CT-RSA 2020, §3).
+#[derive(Clone, Debug)]
+pub struct BasisConverter {
+    from: Vec<Modulus>,
+    to: Vec<Modulus>,
+    /// `[(Q/q_i)^{-1}]_{q_i}` and its Shoup companion.
+    q_hat_inv: Vec<(u64, u64)>,
+    /// `q_hat_mod_p[j][i] = (Q/q_i) mod p_j`.
+    q_hat_mod_p: Vec<Vec<u64>>,
+}
+
+impl BasisConverter {
+    /// Conversion from the primes `from` to the primes `to` (all distinct primes).
+    pub fn new(from: &[Modulus], to: &[Modulus]) -> Self {
+        let q_hat_inv = from
+            .iter()
+            .enumerate()
+            .map(|(i, qi)| {
+                let prod = from
+                    .iter()
+                    .enumerate()
+                    .filter(|&(l, _)| l != i)
+                    .fold(1u64, |acc, (_, ql)| qi.mul(acc, qi.reduce(ql.value())));
+                let inv = qi.inv(prod).expect("distinct primes");
+                (inv, qi.shoup(inv))
+            })
+            .collect();
+        let q_hat_mod_p = to
+            .iter()
+            .map(|pj| {
+                (0..from.len())
+                    .map(|i| {
+                        from.iter()
+                            .enumerate()
+                            .filter(|&(l, _)| l != i)
+                            .fold(1u64, |acc, (_, ql)| pj.mul(acc, pj.reduce(ql.value())))
+                    })
+                    .collect()
+            })
+            .collect();
+        Self { from: from.to_vec(), to: to.to_vec(), q_hat_inv, q_hat_mod_p }
+    }
+
+    /// Converts `input` (`k` residue polynomials of degree `n`, concatenated) into `output`
+    /// (`m` residue polynomials, concatenated).
+    ///
+    /// # Panics
+    /// If the slice lengths are not `k·n` and `m·n` for the same `n`.
+    pub fn convert(&self, input: &[u64], output: &mut [u64]) {
+        let k = self.from.len();
+        let n = input.len() / k;
+        assert_eq!(input.len(), k * n);
+        assert_eq!(output.len(), self.to.len() * n);
+        if k == 1 {
+            for (j, pj) in self.to.iter().enumerate() {
+                reduce_centered_into(&mut output[j * n..(j + 1) * n], input, &self.from[0], pj);
+            }
+            return;
+        }
+        // y_i = x_i · (Q/q_i)^{-1} mod q_i
+        let mut y = vec![0u64; k * n];
+        for (i, qi) in self.from.iter().enumerate() {
+            let (c, cs) = self.q_hat_inv[i];
+            for (d, &x) in y[i * n..(i + 1) * n].iter_mut().zip(&input[i * n..(i + 1) * n]) {
+                *d = qi.mul_shoup(x, c, cs);
+            }
+        }
+        for (j, pj) in self.to.iter().enumerate() {
+            let w = &self.q_hat_mod_p[j];
+            let out = &mut output[j * n..(j + 1) * n];
+            for (c, o) in out.iter_mut().enumerate() {
+                let mut acc: u128 = 0;
+                for i in 0..k {
+                    acc += y[i * n + c] as u128 * w[i] as u128;
+                }
+                *o = pj.reduce_u128(acc);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::primes::ntt_primes;
+
+    #[test]
+    fn fast_conversion_is_exact_up_to_small_multiple_of_q() {
+        let qs: Vec<Modulus> =
+            ntt_primes(40, 16, 3, &[]).unwrap().into_iter().map(|q| Modulus::new(q).unwrap()).collect();
+        let ps: Vec<Modulus> =
+            ntt_primes(50, 16, 2, &[]).unwrap().into_iter().map(|q| Modulus::new(q).unwrap()).collect();
+        let conv = BasisConverter::new(&qs, &ps);
+        // x < 2^100 chosen per coefficient; residues mod each q.
+        let xs: Vec<u128> = (0..16u128).map(|i| (i * 0x1234_5678_9abc_def1_2345) % (1u128 << 100)).collect();
+        let mut input = vec![0u64; 3 * 16];
+        for (i, q) in qs.iter().enumerate() {
+            for (c, &x) in xs.iter().enumerate() {
+                input[i * 16 + c] = (x % q.value() as u128) as u64;
+            }
+        }
+        let mut out = vec![0u64; 2 * 16];
+        conv.convert(&input, &mut out);
+        let big_q: u128 = qs.iter().map(|q| q.value() as u128).product::<u128>();
+        let _ = big_q; // Q ~ 2^120 fits u128
+        for (j, p) in ps.iter().enumerate() {
+            for (c, &x) in xs.iter().enumerate() {
+                let got = out[j * 16 + c];
+                let ok = (0..3u128).any(|u| {
+                    let v = (x % p.value() as u128 + u * (big_q % p.value() as u128)) % p.value() as u128;
+                    v as u64 == got
+                });
+                assert!(ok, "coefficient {c} prime {j}");
+            }
+        }
+    }
+}

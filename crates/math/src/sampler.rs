@@ -1,0 +1,147 @@
+//! Samplers for secrets, errors and uniform polynomials.
+//!
+//! Secret-dependent samplers are constant-time: no table lookup indexed by a secret and no
+//! branch on a secret value. Rejection sampling leaks only how many draws were rejected,
+//! which is independent of the accepted value.
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::{Rng, SeedableRng};
+use zeroize::Zeroizing;
+
+use crate::Modulus;
+
+/// Standard deviation of the error distribution fixed by the HomomorphicEncryption.org
+/// standard (Albrecht et al. 2018, §2.1): σ = 8/√(2π) ≈ 3.19.
+pub const ERROR_STD_DEV: f64 = 3.2;
+
+/// Error samples are cut at 6σ (the probability of a larger draw is below 2^-26 per
+/// coefficient... and the truncated distribution is what the table describes).
+pub const ERROR_BOUND: i64 = 19;
+
+/// A ChaCha20 generator seeded with 32 bytes from the operating system.
+///
+/// # Errors
+/// If the operating system's random source fails.
+pub fn os_rng() -> Result<ChaCha20Rng, getrandom::Error> {
+    let mut seed = Zeroizing::new([0u8; 32]);
+    getrandom::fill(seed.as_mut())?;
+    Ok(ChaCha20Rng::from_seed(*seed))
+}
+
+/// A ChaCha20 generator from a 32-byte seed (for expanding seeded polynomials and for
+/// reproducible tests).
+pub fn seeded_rng(seed: [u8; 32]) -> ChaCha20Rng {
+    ChaCha20Rng::from_seed(seed)
+}
+
+/// `n` coefficients uniform in `{-1, 0, 1}`.
+pub fn ternary<R: Rng + ?Sized>(rng: &mut R, n: usize) -> Zeroizing<Vec<i64>> {
+    let mut out = Zeroizing::new(vec![0i64; n]);
+    let mut buf = Zeroizing::new([0u8; 64]);
+    let mut pos = buf.len();
+    for c in out.iter_mut() {
+        // Rejection of 255 makes the byte uniform on [0, 255) = 3·85 values.
+        let b = loop {
+            if pos == buf.len() {
+                rng.fill_bytes(buf.as_mut());
+                pos = 0;
+            }
+            let b = buf[pos];
+            pos += 1;
+            if b != 255 {
+                break b;
+            }
+        };
+        // `% 3` by a constant compiles to multiply-and-shift: no data-dependent timing.
+        *c = (b % 3) as i64 - 1;
+    }
+    out
+}
+
+/// Cumulative distribution table of the rounded Gaussian of standard deviation
+/// [`ERROR_STD_DEV`] on `[-ERROR_BOUND, ERROR_BOUND]`, scaled to 2^64.
+fn gaussian_cdt() -> [u64; (2 * ERROR_BOUND) as usize] {
+    let weight = |x: i64| (-(x * x) as f64 / (2.0 * ERROR_STD_DEV * ERROR_STD_DEV)).exp();
+    let total: f64 = (-ERROR_BOUND..=ERROR_BOUND).map(weight).sum();
+    let mut cdt = [0u64; (2 * ERROR_BOUND) as usize];
+    let mut acc = 0.0;
+    for (i, x) in (-ERROR_BOUND..ERROR_BOUND).enumerate() {
+        acc += weight(x) / total;
+        cdt[i] = (acc * 18_446_744_073_709_551_616.0).min(u64::MAX as f64) as u64;
+    }
+    cdt
+}
+
+/// `n` samples of the discrete Gaussian error of standard deviation [`ERROR_STD_DEV`],
+/// truncated to `[-ERROR_BOUND, ERROR_BOUND]`, by a constant-time scan of the whole
+/// cumulative table for every sample.
+pub fn gaussian<R: Rng + ?Sized>(rng: &mut R, n: usize) -> Zeroizing<Vec<i64>> {
+    let cdt = gaussian_cdt();
+    let mut out = Zeroizing::new(vec![0i64; n]);
+    for c in out.iter_mut() {
+        let u = rng.next_u64();
+        let mut count = 0i64;
+        for &t in cdt.iter() {
+            // (u >= t) without a branch: the borrow of u - t.
+            let (_, borrow) = u.overflowing_sub(t);
+            count += 1 - borrow as i64;
+        }
+        *c = count - ERROR_BOUND;
+    }
+    out
+}
+
+/// Fills `out` with values uniform in `[0, q)` (rejection sampling on masked 64-bit words).
+pub fn uniform_mod<R: Rng + ?Sized>(rng: &mut R, q: &Modulus, out: &mut [u64]) {
+    let mask = u64::MAX >> q.value().leading_zeros();
+    for o in out.iter_mut() {
+        *o = loop {
+            let x = rng.next_u64() & mask;
+            if x < q.value() {
+                break x;
+            }
+        };
+    }
+}
+
+/// Writes small signed integers into a residue slice modulo `q`, branch-free.
+pub fn small_to_residues(values: &[i64], q: &Modulus, out: &mut [u64]) {
+    for (o, &v) in out.iter_mut().zip(values) {
+        *o = q.reduce_i64(v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ternary_is_balanced() {
+        let mut rng = seeded_rng([1; 32]);
+        let s = ternary(&mut rng, 30_000);
+        let counts = [-1i64, 0, 1].map(|v| s.iter().filter(|&&x| x == v).count());
+        for c in counts {
+            assert!((9_400..10_600).contains(&c), "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn gaussian_has_expected_moments() {
+        let mut rng = seeded_rng([2; 32]);
+        let e = gaussian(&mut rng, 100_000);
+        let mean = e.iter().sum::<i64>() as f64 / e.len() as f64;
+        let var = e.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / e.len() as f64;
+        assert!(mean.abs() < 0.05, "mean {mean}");
+        assert!((var.sqrt() - ERROR_STD_DEV).abs() < 0.05, "sd {}", var.sqrt());
+        assert!(e.iter().all(|x| x.abs() <= ERROR_BOUND));
+    }
+
+    #[test]
+    fn uniform_is_in_range() {
+        let q = Modulus::new(97).unwrap();
+        let mut out = vec![0; 10_000];
+        uniform_mod(&mut seeded_rng([3; 32]), &q, &mut out);
+        assert!(out.iter().all(|&x| x < 97));
+        assert!(out.contains(&0) && out.contains(&96));
+    }
+}
