@@ -70,6 +70,13 @@ impl NttOperator {
         &self.modulus
     }
 
+    /// The odd exponents (mod 2N) at which each transform slot evaluates, relative to the
+    /// root slot 0 evaluates at. Two operators with equal tables order their slots alike,
+    /// so one Galois permutation serves both.
+    pub fn slot_exponents(&self) -> &[u32] {
+        &self.exponent
+    }
+
     /// Whether `tfhe-ntt` runs this prime on its AVX-512 IFMA path.
     pub fn uses_ifma(&self) -> bool {
         self.plan.use_ifma()

@@ -75,8 +75,8 @@ pub fn sub_mul_scalar_assign(a: &mut [u64], b: &[u64], c: u64, q: &Modulus) {
     }
 }
 
-/// Copies `src` (residues of a modulus no larger than... any modulus) into `dst` reduced
-/// modulo `q`, treating `src` as centered representatives modulo `src_q`.
+/// Writes into `dst` the residues modulo `q` of the centered representatives (in
+/// `(-src_q/2, src_q/2]`) of `src`, which holds residues modulo `src_q`.
 pub fn reduce_centered_into(dst: &mut [u64], src: &[u64], src_q: &Modulus, q: &Modulus) {
     let half = src_q.value() >> 1;
     let sq = src_q.value();

@@ -1,0 +1,193 @@
+//! Encryption and decryption.
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::keys::{expand_uniform, fresh_seed, small_to_ntt, PublicKey, SecretKey};
+use crate::types::{Ciphertext, Plaintext};
+use blindfold_math::{sampler, slice};
+use rand_chacha::ChaCha20Rng;
+use std::sync::Arc;
+use zeroize::Zeroizing;
+
+/// A ciphertext made with the secret key, stored compactly: `c_0` and the 32-byte seed from
+/// which `c_1 = a` is expanded. Half the size of a [`Ciphertext`] on the wire.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SeededCiphertext {
+    pub(crate) c0: Vec<u64>,
+    pub(crate) seed: [u8; 32],
+    pub(crate) level: usize,
+    pub(crate) scale: f64,
+}
+
+impl SeededCiphertext {
+    /// Level of the ciphertext.
+    pub fn level(&self) -> usize {
+        self.level
+    }
+    /// Expands `a` from the seed into a full ciphertext.
+    pub fn expand(&self, ctx: &Context) -> Ciphertext {
+        let c1 = expand_uniform(ctx, &self.seed, 0..=self.level);
+        Ciphertext { parts: vec![self.c0.clone(), c1], level: self.level, scale: self.scale }
+    }
+}
+
+/// Encrypts plaintexts under a public key (anyone) or the secret key (the client).
+///
+/// Public-key encryption follows CKKS (Cheon–Kim–Kim–Song 2017, §3.4):
+/// `(u·b + e_0 + m, u·a + e_1)` with `u` ternary and `e_0, e_1` Gaussian.
+/// Secret-key encryption gives `(-a·s + e + m, a)` with `a` expanded from a fresh seed.
+pub struct Encryptor {
+    ctx: Arc<Context>,
+    pk: Option<PublicKey>,
+    sk: Option<SecretKey>,
+    rng: ChaCha20Rng,
+}
+
+impl Encryptor {
+    /// Public-key encryptor.
+    ///
+    /// # Errors
+    /// [`Error::Rng`] if the operating system's random source fails.
+    pub fn with_public_key(ctx: &Arc<Context>, pk: &PublicKey) -> Result<Self> {
+        let rng = sampler::os_rng().map_err(|e| Error::Rng(e.to_string()))?;
+        Ok(Self { ctx: ctx.clone(), pk: Some(pk.clone()), sk: None, rng })
+    }
+
+    /// Secret-key encryptor (client side), producing seeded ciphertexts.
+    ///
+    /// # Errors
+    /// [`Error::Rng`] if the operating system's random source fails.
+    pub fn with_secret_key(sk: &SecretKey) -> Result<Self> {
+        let rng = sampler::os_rng().map_err(|e| Error::Rng(e.to_string()))?;
+        let sk = SecretKey::from_coefficients(&sk.ctx, sk.coeffs.clone());
+        Ok(Self { ctx: sk.ctx.clone(), pk: None, sk: Some(sk), rng })
+    }
+
+    /// Replaces the random generator with a seeded one (reproducible tests and known-answer
+    /// vectors only).
+    pub fn reseed_for_tests(&mut self, seed: [u8; 32]) {
+        self.rng = sampler::seeded_rng(seed);
+    }
+
+    /// Encrypts with the public key.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if this encryptor has no public key.
+    pub fn encrypt(&mut self, pt: &Plaintext) -> Result<Ciphertext> {
+        let pk = self.pk.as_ref().ok_or_else(|| Error::InvalidArgument("encryptor has no public key".into()))?;
+        let ctx = &self.ctx;
+        let n = ctx.n();
+        let level = pt.level;
+        let u_coeffs = sampler::ternary(&mut self.rng, n);
+        let u = small_to_ntt(ctx, &u_coeffs, 0..=level);
+        let e0 = sampler::gaussian(&mut self.rng, n);
+        let e1 = sampler::gaussian(&mut self.rng, n);
+        let mut c0 = small_to_ntt(ctx, &e0, 0..=level).to_vec();
+        let mut c1 = small_to_ntt(ctx, &e1, 0..=level).to_vec();
+        for i in 0..=level {
+            let r = i * n..(i + 1) * n;
+            ctx.ntt[i].mul_acc(&mut c0[r.clone()], &pk.b[r.clone()], &u[r.clone()]);
+            ctx.ntt[i].mul_acc(&mut c1[r.clone()], &pk.a[r.clone()], &u[r.clone()]);
+            slice::add_assign(&mut c0[r.clone()], &pt.data[r], &ctx.moduli[i]);
+        }
+        Ok(Ciphertext { parts: vec![c0, c1], level, scale: pt.scale })
+    }
+
+    /// Encrypts with the secret key into the compact seeded form.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if this encryptor has no secret key.
+    pub fn encrypt_symmetric(&mut self, pt: &Plaintext) -> Result<SeededCiphertext> {
+        let sk = self.sk.as_ref().ok_or_else(|| Error::InvalidArgument("encryptor has no secret key".into()))?;
+        let ctx = &self.ctx;
+        let n = ctx.n();
+        let level = pt.level;
+        let seed = fresh_seed(&mut self.rng);
+        let a = expand_uniform(ctx, &seed, 0..=level);
+        let e = sampler::gaussian(&mut self.rng, n);
+        let mut c0 = small_to_ntt(ctx, &e, 0..=level).to_vec();
+        let mut prod = vec![0u64; n];
+        for i in 0..=level {
+            let r = i * n..(i + 1) * n;
+            ctx.ntt[i].mul(&mut prod, &a[r.clone()], &sk.ntt[r.clone()]);
+            slice::sub_assign(&mut c0[r.clone()], &prod, &ctx.moduli[i]);
+            slice::add_assign(&mut c0[r.clone()], &pt.data[r], &ctx.moduli[i]);
+        }
+        Ok(SeededCiphertext { c0, seed, level, scale: pt.scale })
+    }
+}
+
+/// Decrypts ciphertexts with the secret key (client side).
+pub struct Decryptor {
+    sk: SecretKey,
+}
+
+impl Decryptor {
+    /// A decryptor holding a copy of the secret key (zeroized on drop).
+    pub fn new(sk: &SecretKey) -> Self {
+        Self { sk: SecretKey::from_coefficients(&sk.ctx, sk.coeffs.clone()) }
+    }
+
+    /// `c_0 + c_1·s (+ c_2·s²)` at the ciphertext's level and scale.
+    ///
+    /// The result still carries the encryption noise: if decrypted values leave the client,
+    /// see [`Decryptor::decrypt_flooded`] and SECURITY.md (Li–Micciancio 2021).
+    ///
+    /// # Errors
+    /// [`Error::CiphertextSize`] for a ciphertext of fewer than 2 or more than 3 parts.
+    pub fn decrypt(&self, ct: &Ciphertext) -> Result<Plaintext> {
+        if !(2..=3).contains(&ct.parts.len()) {
+            return Err(Error::CiphertextSize { op: "decrypt", expected: 2, actual: ct.parts.len() });
+        }
+        let ctx = &self.sk.ctx;
+        let n = ctx.n();
+        let mut m = ct.parts[0].clone();
+        let mut s2 = Zeroizing::new(vec![0u64; n]);
+        for i in 0..=ct.level {
+            let r = i * n..(i + 1) * n;
+            let s = &self.sk.ntt[r.clone()];
+            ctx.ntt[i].mul_acc(&mut m[r.clone()], &ct.parts[1][r.clone()], s);
+            if ct.parts.len() == 3 {
+                ctx.ntt[i].mul(&mut s2, s, s);
+                ctx.ntt[i].mul_acc(&mut m[r.clone()], &ct.parts[2][r], &s2);
+            }
+        }
+        Ok(Plaintext { data: m, level: ct.level, scale: ct.scale })
+    }
+
+    /// Decrypts and adds fresh Gaussian noise of standard deviation `2^log_sigma` to every
+    /// coefficient (noise flooding) before the result is decoded and shared, so the
+    /// decryption does not expose the ciphertext's own noise, which depends on the secret key
+    /// (Li–Micciancio, EUROCRYPT 2021, §5). Choose `log_sigma` above the noise bound of the
+    /// computation by the statistical security wanted; the flooding costs that many bits of
+    /// precision.
+    ///
+    /// # Errors
+    /// As [`Decryptor::decrypt`]; [`Error::InvalidArgument`] if `log_sigma` is not in `0..=60`.
+    pub fn decrypt_flooded(&self, ct: &Ciphertext, log_sigma: u32) -> Result<Plaintext> {
+        if log_sigma > 60 {
+            return Err(Error::InvalidArgument(format!("log_sigma = {log_sigma} above 60")));
+        }
+        let mut pt = self.decrypt(ct)?;
+        let ctx = &self.sk.ctx;
+        let n = ctx.n();
+        let mut rng = sampler::os_rng().map_err(|e| Error::Rng(e.to_string()))?;
+        let sigma = 2f64.powi(log_sigma as i32);
+        // Box–Muller on 53-bit uniforms; the noise is fresh and independent of any secret.
+        let noise: Vec<f64> = (0..n)
+            .map(|_| {
+                use rand_core::Rng;
+                let u1 = ((rng.next_u64() >> 11) as f64 + 1.0) / 9_007_199_254_740_993.0;
+                let u2 = (rng.next_u64() >> 11) as f64 / 9_007_199_254_740_992.0;
+                (sigma * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()).round()
+            })
+            .collect();
+        for i in 0..=pt.level {
+            let q = &ctx.moduli[i];
+            let mut e: Vec<u64> = noise.iter().map(|&x| q.reduce_f64(x)).collect();
+            ctx.ntt[i].forward(&mut e);
+            slice::add_assign(&mut pt.data[i * n..(i + 1) * n], &e, q);
+        }
+        Ok(pt)
+    }
+}

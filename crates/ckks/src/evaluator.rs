@@ -1,0 +1,529 @@
+//! Homomorphic operations on ciphertexts.
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::keys::{GaloisKeys, KeySwitchingKey, RelinearizationKey};
+use crate::types::{Ciphertext, Plaintext};
+use blindfold_math::slice;
+use std::sync::Arc;
+
+/// Scales equal up to floating-point rounding (relative 2^-40).
+fn scales_match(a: f64, b: f64) -> bool {
+    (a - b).abs() <= a.abs().max(b.abs()) * 9.1e-13
+}
+
+/// A ciphertext's `c_1`, decomposed into key-switching digits once and reused for many
+/// Galois elements (Halevi–Shoup hoisting, CRYPTO 2018, §5).
+pub struct Decomposed {
+    level: usize,
+    /// Each digit over `Q_level ∪ P` in NTT form, `(level + 1 + α)·N` words.
+    digits: Vec<Vec<u64>>,
+}
+
+/// Evaluates homomorphic operations. Holds only public material (the context); keys are
+/// passed per call. `Send + Sync`: one evaluator can serve many threads.
+///
+/// Levels are explicit: no operation rescales by itself. Multiplications multiply scales;
+/// [`Evaluator::rescale`] divides by the dropped prime. Operands of a binary operation must
+/// be at the same level ([`Error::LevelMismatch`]) and, for additions, have the same scale
+/// ([`Error::ScaleMismatch`]).
+///
+/// Costs below are for a ciphertext at level `l` (`l+1` primes), `N` the ring degree and
+/// `α`, `dnum` the key-switching parameters.
+#[derive(Clone, Debug)]
+pub struct Evaluator {
+    ctx: Arc<Context>,
+}
+
+impl Evaluator {
+    /// An evaluator for the context.
+    pub fn new(ctx: &Arc<Context>) -> Self {
+        Self { ctx: ctx.clone() }
+    }
+
+    /// The context.
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
+    fn same_level(op: &'static str, a: usize, b: usize) -> Result<()> {
+        if a != b {
+            return Err(Error::LevelMismatch { op, lhs: a, rhs: b });
+        }
+        Ok(())
+    }
+
+    fn same_scale(op: &'static str, a: f64, b: f64) -> Result<()> {
+        if !scales_match(a, b) {
+            return Err(Error::ScaleMismatch { op, lhs: a, rhs: b });
+        }
+        Ok(())
+    }
+
+    fn residues(&self, level: usize) -> impl Iterator<Item = (usize, std::ops::Range<usize>)> {
+        let n = self.ctx.n();
+        (0..=level).map(move |i| (i, i * n..(i + 1) * n))
+    }
+
+    /// `a += b` slot-wise. Sizes may differ (the result has the larger size).
+    ///
+    /// # Errors
+    /// [`Error::LevelMismatch`], [`Error::ScaleMismatch`].
+    pub fn add_assign(&self, a: &mut Ciphertext, b: &Ciphertext) -> Result<()> {
+        Self::same_level("add", a.level, b.level)?;
+        Self::same_scale("add", a.scale, b.scale)?;
+        while a.parts.len() < b.parts.len() {
+            a.parts.push(vec![0; a.parts[0].len()]);
+        }
+        for (pa, pb) in a.parts.iter_mut().zip(&b.parts) {
+            for (i, r) in self.residues(a.level) {
+                slice::add_assign(&mut pa[r.clone()], &pb[r], &self.ctx.moduli[i]);
+            }
+        }
+        Ok(())
+    }
+
+    /// `a + b` slot-wise. Cost: `(l+1)·N` modular additions per polynomial.
+    ///
+    /// # Errors
+    /// [`Error::LevelMismatch`], [`Error::ScaleMismatch`].
+    pub fn add(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
+        let mut out = a.clone();
+        self.add_assign(&mut out, b)?;
+        Ok(out)
+    }
+
+    /// `a -= b` slot-wise.
+    ///
+    /// # Errors
+    /// [`Error::LevelMismatch`], [`Error::ScaleMismatch`].
+    pub fn sub_assign(&self, a: &mut Ciphertext, b: &Ciphertext) -> Result<()> {
+        Self::same_level("sub", a.level, b.level)?;
+        Self::same_scale("sub", a.scale, b.scale)?;
+        while a.parts.len() < b.parts.len() {
+            a.parts.push(vec![0; a.parts[0].len()]);
+        }
+        for (pa, pb) in a.parts.iter_mut().zip(&b.parts) {
+            for (i, r) in self.residues(a.level) {
+                slice::sub_assign(&mut pa[r.clone()], &pb[r], &self.ctx.moduli[i]);
+            }
+        }
+        Ok(())
+    }
+
+    /// `a - b` slot-wise.
+    ///
+    /// # Errors
+    /// [`Error::LevelMismatch`], [`Error::ScaleMismatch`].
+    pub fn sub(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
+        let mut out = a.clone();
+        self.sub_assign(&mut out, b)?;
+        Ok(out)
+    }
+
+    /// `-a` slot-wise.
+    pub fn negate(&self, a: &Ciphertext) -> Ciphertext {
+        let mut out = a.clone();
+        for p in out.parts.iter_mut() {
+            for (i, r) in self.residues(a.level) {
+                slice::neg_assign(&mut p[r], &self.ctx.moduli[i]);
+            }
+        }
+        out
+    }
+
+    /// `a += pt` slot-wise.
+    ///
+    /// # Errors
+    /// [`Error::LevelMismatch`], [`Error::ScaleMismatch`].
+    pub fn add_plain_assign(&self, a: &mut Ciphertext, pt: &Plaintext) -> Result<()> {
+        Self::same_level("add_plain", a.level, pt.level)?;
+        Self::same_scale("add_plain", a.scale, pt.scale)?;
+        for (i, r) in self.residues(a.level) {
+            slice::add_assign(&mut a.parts[0][r.clone()], &pt.data[r], &self.ctx.moduli[i]);
+        }
+        Ok(())
+    }
+
+    /// `a + pt` slot-wise.
+    ///
+    /// # Errors
+    /// [`Error::LevelMismatch`], [`Error::ScaleMismatch`].
+    pub fn add_plain(&self, a: &Ciphertext, pt: &Plaintext) -> Result<Ciphertext> {
+        let mut out = a.clone();
+        self.add_plain_assign(&mut out, pt)?;
+        Ok(out)
+    }
+
+    /// `a ⊙ pt` slot-wise; the scale becomes `a.scale · pt.scale` (rescale afterwards).
+    /// Cost: `size·(l+1)·N` modular products.
+    ///
+    /// # Errors
+    /// [`Error::LevelMismatch`].
+    pub fn multiply_plain(&self, a: &Ciphertext, pt: &Plaintext) -> Result<Ciphertext> {
+        Self::same_level("multiply_plain", a.level, pt.level)?;
+        let mut out = Ciphertext { parts: Vec::with_capacity(a.parts.len()), level: a.level, scale: a.scale * pt.scale };
+        for p in &a.parts {
+            let mut o = vec![0u64; p.len()];
+            for (i, r) in self.residues(a.level) {
+                self.ctx.ntt[i].mul_acc(&mut o[r.clone()], &p[r.clone()], &pt.data[r]);
+            }
+            out.parts.push(o);
+        }
+        Ok(out)
+    }
+
+    /// `acc += a ⊙ pt` slot-wise, for sums of products rescaled once (no new allocation).
+    ///
+    /// # Errors
+    /// [`Error::LevelMismatch`], [`Error::ScaleMismatch`] (`acc.scale` must equal
+    /// `a.scale · pt.scale`), [`Error::CiphertextSize`] if the sizes differ.
+    pub fn multiply_plain_acc(&self, acc: &mut Ciphertext, a: &Ciphertext, pt: &Plaintext) -> Result<()> {
+        Self::same_level("multiply_plain_acc", a.level, pt.level)?;
+        Self::same_level("multiply_plain_acc", acc.level, a.level)?;
+        Self::same_scale("multiply_plain_acc", acc.scale, a.scale * pt.scale)?;
+        if acc.parts.len() != a.parts.len() {
+            return Err(Error::CiphertextSize { op: "multiply_plain_acc", expected: acc.parts.len(), actual: a.parts.len() });
+        }
+        for (o, p) in acc.parts.iter_mut().zip(&a.parts) {
+            for (i, r) in self.residues(a.level) {
+                self.ctx.ntt[i].mul_acc(&mut o[r.clone()], &p[r.clone()], &pt.data[r]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Multiplies every slot by the real constant `value`, encoded as the integer
+    /// `round(value · const_scale)` (no encoding, no NTT). The scale becomes
+    /// `a.scale · const_scale`; pass the prime about to be dropped (`q_l`) as `const_scale`
+    /// to keep the scale exact after the next rescale.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if `value · const_scale` is not finite or `const_scale < 1`.
+    pub fn multiply_const(&self, a: &Ciphertext, value: f64, const_scale: f64) -> Result<Ciphertext> {
+        let k = (value * const_scale).round();
+        if !k.is_finite() || !(const_scale >= 1.0 && const_scale.is_finite()) {
+            return Err(Error::InvalidArgument(format!("constant {value} at scale {const_scale} is not finite")));
+        }
+        let mut out = a.clone();
+        for p in out.parts.iter_mut() {
+            for (i, r) in self.residues(a.level) {
+                let q = &self.ctx.moduli[i];
+                slice::mul_scalar_assign(&mut p[r], q.reduce_f64(k), q);
+            }
+        }
+        out.scale = a.scale * const_scale;
+        Ok(out)
+    }
+
+    /// Multiplies every slot by the integer `k`; the scale is unchanged.
+    pub fn multiply_integer(&self, a: &Ciphertext, k: i64) -> Ciphertext {
+        let mut out = a.clone();
+        for p in out.parts.iter_mut() {
+            for (i, r) in self.residues(a.level) {
+                let q = &self.ctx.moduli[i];
+                slice::mul_scalar_assign(&mut p[r], q.reduce_i64(k), q);
+            }
+        }
+        out
+    }
+
+    /// Tensor product of two size-2 ciphertexts: a size-3 ciphertext
+    /// `(a_0 b_0, a_0 b_1 + a_1 b_0, a_1 b_1)` of scale `a.scale · b.scale`, decrypting under
+    /// `(1, s, s²)`. Relinearize with [`Evaluator::relinearize`] (it can be deferred past
+    /// additions of other size-3 ciphertexts). Cost: `4(l+1)N` modular products.
+    ///
+    /// # Errors
+    /// [`Error::LevelMismatch`], [`Error::CiphertextSize`].
+    pub fn multiply(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
+        Self::same_level("multiply", a.level, b.level)?;
+        for c in [a, b] {
+            if c.parts.len() != 2 {
+                return Err(Error::CiphertextSize { op: "multiply", expected: 2, actual: c.parts.len() });
+            }
+        }
+        let len = a.parts[0].len();
+        let (mut d0, mut d1, mut d2) = (vec![0u64; len], vec![0u64; len], vec![0u64; len]);
+        for (i, r) in self.residues(a.level) {
+            let op = &self.ctx.ntt[i];
+            let (a0, a1) = (&a.parts[0][r.clone()], &a.parts[1][r.clone()]);
+            let (b0, b1) = (&b.parts[0][r.clone()], &b.parts[1][r.clone()]);
+            op.mul_acc(&mut d0[r.clone()], a0, b0);
+            op.mul_acc(&mut d1[r.clone()], a0, b1);
+            op.mul_acc(&mut d1[r.clone()], a1, b0);
+            op.mul_acc(&mut d2[r], a1, b1);
+        }
+        Ok(Ciphertext { parts: vec![d0, d1, d2], level: a.level, scale: a.scale * b.scale })
+    }
+
+    /// `a²` as a size-3 ciphertext (3 products per residue instead of 4).
+    ///
+    /// # Errors
+    /// [`Error::CiphertextSize`].
+    pub fn square(&self, a: &Ciphertext) -> Result<Ciphertext> {
+        if a.parts.len() != 2 {
+            return Err(Error::CiphertextSize { op: "square", expected: 2, actual: a.parts.len() });
+        }
+        let len = a.parts[0].len();
+        let (mut d0, mut d1, mut d2) = (vec![0u64; len], vec![0u64; len], vec![0u64; len]);
+        for (i, r) in self.residues(a.level) {
+            let op = &self.ctx.ntt[i];
+            let (a0, a1) = (&a.parts[0][r.clone()], &a.parts[1][r.clone()]);
+            op.mul_acc(&mut d0[r.clone()], a0, a0);
+            op.mul_acc(&mut d1[r.clone()], a0, a1);
+            let q = &self.ctx.moduli[i];
+            let once = d1[r.clone()].to_vec();
+            slice::add_assign(&mut d1[r.clone()], &once, q);
+            op.mul_acc(&mut d2[r], a1, a1);
+        }
+        Ok(Ciphertext { parts: vec![d0, d1, d2], level: a.level, scale: a.scale * a.scale })
+    }
+
+    /// Relinearizes a size-3 ciphertext back to size 2 with the relinearization key (hybrid
+    /// key switching of `c_2`). Cost: one key switch (about `(dnum+2)(l+1+α)` NTTs).
+    ///
+    /// # Errors
+    /// [`Error::CiphertextSize`] unless `a` has 3 polynomials.
+    pub fn relinearize(&self, a: &Ciphertext, rlk: &RelinearizationKey) -> Result<Ciphertext> {
+        if a.parts.len() != 3 {
+            return Err(Error::CiphertextSize { op: "relinearize", expected: 3, actual: a.parts.len() });
+        }
+        let dec = self.decompose_poly(&a.parts[2], a.level);
+        let (k0, k1) = self.key_switch(&dec, &rlk.0, None);
+        let mut out = Ciphertext { parts: vec![a.parts[0].clone(), a.parts[1].clone()], level: a.level, scale: a.scale };
+        for (i, r) in self.residues(a.level) {
+            let q = &self.ctx.moduli[i];
+            slice::add_assign(&mut out.parts[0][r.clone()], &k0[r.clone()], q);
+            slice::add_assign(&mut out.parts[1][r.clone()], &k1[r], q);
+        }
+        Ok(out)
+    }
+
+    /// `multiply` followed by `relinearize`.
+    ///
+    /// # Errors
+    /// As [`Evaluator::multiply`].
+    pub fn multiply_relin(&self, a: &Ciphertext, b: &Ciphertext, rlk: &RelinearizationKey) -> Result<Ciphertext> {
+        self.relinearize(&self.multiply(a, b)?, rlk)
+    }
+
+    /// Divides by the last prime `q_l` with rounding: level `l → l-1`, scale `Δ → Δ/q_l`
+    /// (tracked exactly). Cost: `size·(1 + l)` NTTs.
+    ///
+    /// # Errors
+    /// [`Error::LevelTooLow`] at level 0.
+    pub fn rescale(&self, a: &Ciphertext) -> Result<Ciphertext> {
+        let l = a.level;
+        if l == 0 {
+            return Err(Error::LevelTooLow { op: "rescale", needed: 1, level: 0 });
+        }
+        let n = self.ctx.n();
+        let ql = &self.ctx.moduli[l];
+        let mut parts = Vec::with_capacity(a.parts.len());
+        let mut tmp = vec![0u64; n];
+        for p in &a.parts {
+            let mut last = p[l * n..].to_vec();
+            self.ctx.ntt[l].backward(&mut last);
+            let mut out = p[..l * n].to_vec();
+            for (i, r) in self.residues(l - 1) {
+                let qi = &self.ctx.moduli[i];
+                slice::reduce_centered_into(&mut tmp, &last, ql, qi);
+                self.ctx.ntt[i].forward(&mut tmp);
+                slice::sub_mul_scalar_assign(&mut out[r], &tmp, self.ctx.rescale_inv[l][i].0, qi);
+            }
+            parts.push(out);
+        }
+        Ok(Ciphertext { parts, level: l - 1, scale: a.scale / ql.value() as f64 })
+    }
+
+    /// Drops the primes above `level` without dividing (the scale is unchanged). Used to
+    /// bring an operand down to the level of another.
+    ///
+    /// # Errors
+    /// [`Error::LevelTooLow`] if `level > a.level`.
+    pub fn drop_to_level(&self, a: &Ciphertext, level: usize) -> Result<Ciphertext> {
+        if level > a.level {
+            return Err(Error::LevelTooLow { op: "drop_to_level", needed: level, level: a.level });
+        }
+        let n = self.ctx.n();
+        Ok(Ciphertext {
+            parts: a.parts.iter().map(|p| p[..(level + 1) * n].to_vec()).collect(),
+            level,
+            scale: a.scale,
+        })
+    }
+
+    /// Drops a plaintext's primes above `level`.
+    ///
+    /// # Errors
+    /// [`Error::LevelTooLow`] if `level > pt.level`.
+    pub fn drop_plaintext_to_level(&self, pt: &Plaintext, level: usize) -> Result<Plaintext> {
+        if level > pt.level {
+            return Err(Error::LevelTooLow { op: "drop_plaintext_to_level", needed: level, level: pt.level });
+        }
+        Ok(Plaintext { data: pt.data[..(level + 1) * self.ctx.n()].to_vec(), level, scale: pt.scale })
+    }
+
+    /// Rotates the slots left by `step` (right if negative): slot `j` of the result is slot
+    /// `j + step mod N/2` of `a`. Needs the Galois key of `5^step mod 2N`. Cost: one key
+    /// switch.
+    ///
+    /// # Errors
+    /// [`Error::MissingGaloisKey`], [`Error::CiphertextSize`].
+    pub fn rotate(&self, a: &Ciphertext, step: i64, gk: &GaloisKeys) -> Result<Ciphertext> {
+        let g = self.ctx.galois_element_for_rotation(step);
+        self.apply_galois(a, g, gk)
+    }
+
+    /// Complex conjugation of every slot (Galois element `2N-1`).
+    ///
+    /// # Errors
+    /// [`Error::MissingGaloisKey`], [`Error::CiphertextSize`].
+    pub fn conjugate(&self, a: &Ciphertext, gk: &GaloisKeys) -> Result<Ciphertext> {
+        self.apply_galois(a, self.ctx.galois_element_for_conjugation(), gk)
+    }
+
+    /// Applies the automorphism `X -> X^g` and switches the key back to `s`.
+    ///
+    /// # Errors
+    /// [`Error::MissingGaloisKey`], [`Error::CiphertextSize`].
+    pub fn apply_galois(&self, a: &Ciphertext, g: u64, gk: &GaloisKeys) -> Result<Ciphertext> {
+        if g == 1 {
+            return Ok(a.clone());
+        }
+        let dec = self.decompose(a)?;
+        self.apply_galois_hoisted(a, &dec, g, gk)
+    }
+
+    /// Rotations of `a` by every step of `steps`, sharing one decomposition of `c_1`
+    /// (hoisting): each extra rotation costs a permutation, `2·dnum·(l+1+α)` pointwise
+    /// products and a ModDown, instead of a full key switch.
+    ///
+    /// # Errors
+    /// [`Error::MissingGaloisKey`] (before any work), [`Error::CiphertextSize`].
+    pub fn rotate_hoisted(&self, a: &Ciphertext, steps: &[i64], gk: &GaloisKeys) -> Result<Vec<Ciphertext>> {
+        let elements: Vec<u64> = steps.iter().map(|&s| self.ctx.galois_element_for_rotation(s)).collect();
+        for &g in &elements {
+            if g != 1 {
+                gk.get(g)?;
+            }
+        }
+        let dec = self.decompose(a)?;
+        elements.iter().map(|&g| self.apply_galois_hoisted(a, &dec, g, gk)).collect()
+    }
+
+    /// Decomposes `c_1` of a size-2 ciphertext for hoisted rotations.
+    ///
+    /// # Errors
+    /// [`Error::CiphertextSize`] unless `a` has 2 polynomials.
+    pub fn decompose(&self, a: &Ciphertext) -> Result<Decomposed> {
+        if a.parts.len() != 2 {
+            return Err(Error::CiphertextSize { op: "rotate", expected: 2, actual: a.parts.len() });
+        }
+        Ok(self.decompose_poly(&a.parts[1], a.level))
+    }
+
+    /// Applies `X -> X^g` to `a` using a decomposition of its `c_1` made by
+    /// [`Evaluator::decompose`].
+    ///
+    /// # Errors
+    /// [`Error::MissingGaloisKey`]; [`Error::LevelMismatch`] if `dec` belongs to another level.
+    pub fn apply_galois_hoisted(&self, a: &Ciphertext, dec: &Decomposed, g: u64, gk: &GaloisKeys) -> Result<Ciphertext> {
+        Self::same_level("apply_galois_hoisted", a.level, dec.level)?;
+        if g == 1 {
+            return Ok(a.clone());
+        }
+        let (key, perm) = gk.get(g)?;
+        let (mut k0, k1) = self.key_switch(dec, key, Some(perm));
+        let n = self.ctx.n();
+        for (i, r) in self.residues(a.level) {
+            let c0 = &a.parts[0][r.clone()];
+            let mut rot = vec![0u64; n];
+            for (o, &p) in rot.iter_mut().zip(perm.iter()) {
+                *o = c0[p as usize];
+            }
+            slice::add_assign(&mut k0[r], &rot, &self.ctx.moduli[i]);
+        }
+        Ok(Ciphertext { parts: vec![k0, k1], level: a.level, scale: a.scale })
+    }
+
+    /// Splits `c` (NTT, level `l`) into digits over `Q_l ∪ P` (NTT form).
+    fn decompose_poly(&self, c: &[u64], level: usize) -> Decomposed {
+        let ctx = &self.ctx;
+        let n = ctx.n();
+        let alpha_d = ctx.params().alpha();
+        let ext = level + 1 + ctx.num_special();
+        let mut coeff = c[..(level + 1) * n].to_vec();
+        ctx.backward(&mut coeff);
+        let digits = ctx.decompose[level]
+            .iter()
+            .enumerate()
+            .map(|(j, (conv, targets))| {
+                let lo = j * alpha_d;
+                let hi = ((j + 1) * alpha_d).min(level + 1);
+                let mut digit = vec![0u64; ext * n];
+                let mut converted = vec![0u64; targets.len() * n];
+                conv.convert(&coeff[lo * n..hi * n], &mut converted);
+                for (t, &pos) in targets.iter().enumerate() {
+                    let dst = &mut digit[pos * n..(pos + 1) * n];
+                    dst.copy_from_slice(&converted[t * n..(t + 1) * n]);
+                    ctx.extended_ntt(level, pos).forward(dst);
+                }
+                digit[lo * n..hi * n].copy_from_slice(&c[lo * n..hi * n]);
+                digit
+            })
+            .collect();
+        Decomposed { level, digits }
+    }
+
+    /// Inner product of the (optionally permuted) digits with a key-switching key, then
+    /// division by `P` (ModDown). Returns `(k_0, k_1)` at level `l`, NTT form.
+    fn key_switch(&self, dec: &Decomposed, key: &KeySwitchingKey, perm: Option<&[u32]>) -> (Vec<u64>, Vec<u64>) {
+        let ctx = &self.ctx;
+        let n = ctx.n();
+        let level = dec.level;
+        let ext = level + 1 + ctx.num_special();
+        let mut acc0 = vec![0u64; ext * n];
+        let mut acc1 = vec![0u64; ext * n];
+        let mut permuted = vec![0u64; n];
+        for (digit, kd) in dec.digits.iter().zip(&key.digits) {
+            for pos in 0..ext {
+                let op = ctx.extended_ntt(level, pos);
+                let full = ctx.extended_to_full(level, pos);
+                let d = &digit[pos * n..(pos + 1) * n];
+                let d: &[u64] = match perm {
+                    Some(perm) => {
+                        for (o, &p) in permuted.iter_mut().zip(perm) {
+                            *o = d[p as usize];
+                        }
+                        &permuted
+                    }
+                    None => d,
+                };
+                let kr = full * n..(full + 1) * n;
+                op.mul_acc(&mut acc0[pos * n..(pos + 1) * n], d, &kd.b[kr.clone()]);
+                op.mul_acc(&mut acc1[pos * n..(pos + 1) * n], d, &kd.a[kr]);
+            }
+        }
+        (self.mod_down(acc0, level), self.mod_down(acc1, level))
+    }
+
+    /// `round(x / P)` from `Q_l ∪ P` to `Q_l`, NTT form in and out.
+    fn mod_down(&self, mut x: Vec<u64>, level: usize) -> Vec<u64> {
+        let ctx = &self.ctx;
+        let n = ctx.n();
+        let alpha = ctx.num_special();
+        let mut p_part = x[(level + 1) * n..].to_vec();
+        for k in 0..alpha {
+            ctx.ntt[ctx.special_index(k)].backward(&mut p_part[k * n..(k + 1) * n]);
+        }
+        let mut conv = vec![0u64; (level + 1) * n];
+        ctx.mod_down[level].convert(&p_part, &mut conv);
+        x.truncate((level + 1) * n);
+        for (i, r) in self.residues(level) {
+            ctx.ntt[i].forward(&mut conv[r.clone()]);
+            slice::sub_mul_scalar_assign(&mut x[r.clone()], &conv[r], ctx.p_inv_mod_q[i], &ctx.moduli[i]);
+        }
+        x
+    }
+}

@@ -1,0 +1,283 @@
+//! Secret, public and evaluation keys, and the key generator.
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use blindfold_math::sampler;
+use rand_chacha::ChaCha20Rng;
+use rand_core::Rng;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use subtle::{ConstantTimeEq, Choice};
+use zeroize::Zeroizing;
+
+/// Expands a 32-byte seed into a polynomial uniform modulo each of the moduli `indices`
+/// (full-basis indices), directly in NTT form. The same seed and indices always give the
+/// same polynomial: this is how seeded ("compact") keys and ciphertexts are stored.
+pub(crate) fn expand_uniform(ctx: &Context, seed: &[u8; 32], indices: impl Iterator<Item = usize>) -> Vec<u64> {
+    let n = ctx.n();
+    let mut rng = sampler::seeded_rng(*seed);
+    let mut out = Vec::new();
+    for i in indices {
+        let start = out.len();
+        out.resize(start + n, 0);
+        sampler::uniform_mod(&mut rng, &ctx.moduli[i], &mut out[start..]);
+    }
+    out
+}
+
+/// Residues (NTT form) modulo the moduli `indices` of a polynomial with small signed
+/// coefficients.
+pub(crate) fn small_to_ntt(ctx: &Context, coeffs: &[i64], indices: impl Iterator<Item = usize>) -> Zeroizing<Vec<u64>> {
+    let n = ctx.n();
+    let mut out = Zeroizing::new(Vec::new());
+    for i in indices {
+        let start = out.len();
+        out.resize(start + n, 0);
+        sampler::small_to_residues(coeffs, &ctx.moduli[i], &mut out[start..]);
+        ctx.ntt[i].forward(&mut out[start..]);
+    }
+    out
+}
+
+pub(crate) fn fresh_seed(rng: &mut ChaCha20Rng) -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    rng.fill_bytes(&mut seed);
+    seed
+}
+
+/// The CKKS secret key `s`, uniform ternary (coefficients in {-1, 0, 1}).
+///
+/// Held by the client only. It is zeroized when dropped, does not implement `Debug`, and
+/// compares in constant time. No server-side type of this crate stores one.
+pub struct SecretKey {
+    pub(crate) ctx: Arc<Context>,
+    /// Coefficients in {-1, 0, 1}.
+    pub(crate) coeffs: Zeroizing<Vec<i64>>,
+    /// NTT form modulo every prime of `Q·P`.
+    pub(crate) ntt: Zeroizing<Vec<u64>>,
+}
+
+impl SecretKey {
+    pub(crate) fn from_coefficients(ctx: &Arc<Context>, coeffs: Zeroizing<Vec<i64>>) -> Self {
+        let ntt = small_to_ntt(ctx, &coeffs, 0..ctx.moduli.len());
+        Self { ctx: ctx.clone(), coeffs, ntt }
+    }
+
+    /// The parameters' context this key belongs to.
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+}
+
+impl ConstantTimeEq for SecretKey {
+    fn ct_eq(&self, other: &Self) -> Choice {
+        if self.coeffs.len() != other.coeffs.len() {
+            return Choice::from(0);
+        }
+        let a: Zeroizing<Vec<u8>> = Zeroizing::new(self.coeffs.iter().map(|&c| c as u8).collect());
+        let b: Zeroizing<Vec<u8>> = Zeroizing::new(other.coeffs.iter().map(|&c| c as u8).collect());
+        a.ct_eq(&b) & self.ctx.params().fingerprint().ct_eq(other.ctx.params().fingerprint())
+    }
+}
+
+impl PartialEq for SecretKey {
+    /// Constant-time comparison.
+    fn eq(&self, other: &Self) -> bool {
+        self.ct_eq(other).into()
+    }
+}
+
+/// Public encryption key `(b, a) = (-a·s + e, a) mod Q`, with `a` expanded from a seed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PublicKey {
+    pub(crate) b: Vec<u64>,
+    pub(crate) a: Vec<u64>,
+    pub(crate) seed: [u8; 32],
+}
+
+/// One digit of a key-switching key, over the full basis `Q·P` in NTT form.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct KeyDigit {
+    pub(crate) b: Vec<u64>,
+    pub(crate) a: Vec<u64>,
+    pub(crate) seed: [u8; 32],
+}
+
+/// A hybrid key-switching key from a secret `s'` to `s` (Han–Ki, CT-RSA 2020): for digit
+/// `j`, `(b_j, a_j)` with `b_j = -a_j·s + e_j + P·[q_i ∈ digit j]·s' mod q_i` and
+/// `b_j = -a_j·s + e_j mod p_k`. The same key serves every level.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeySwitchingKey {
+    pub(crate) digits: Vec<KeyDigit>,
+}
+
+/// Relinearization key: switches `s²` to `s` (evaluation key, public).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RelinearizationKey(pub(crate) KeySwitchingKey);
+
+/// Galois keys: for each Galois element `g`, switches `s(X^g)` to `s`. Generated only for
+/// the elements asked for (public evaluation keys).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GaloisKeys {
+    pub(crate) keys: BTreeMap<u64, (KeySwitchingKey, Vec<u32>)>,
+}
+
+impl GaloisKeys {
+    /// The Galois elements these keys cover.
+    pub fn elements(&self) -> impl Iterator<Item = u64> + '_ {
+        self.keys.keys().copied()
+    }
+
+    pub(crate) fn get(&self, g: u64) -> Result<&(KeySwitchingKey, Vec<u32>)> {
+        self.keys.get(&g).ok_or(Error::MissingGaloisKey { element: g })
+    }
+}
+
+/// Generates a secret key and the keys derived from it.
+///
+/// Randomness: ChaCha20 seeded from the operating system ([`KeyGenerator::new`]) or from a
+/// caller's 32-byte seed ([`KeyGenerator::from_seed`], for reproducible tests and known-answer
+/// vectors: never use a fixed seed for real keys).
+pub struct KeyGenerator {
+    ctx: Arc<Context>,
+    rng: ChaCha20Rng,
+    sk: SecretKey,
+}
+
+impl KeyGenerator {
+    /// A generator with a fresh secret key, seeded from the operating system.
+    ///
+    /// # Errors
+    /// [`Error::Rng`] if the operating system's random source fails.
+    pub fn new(ctx: &Arc<Context>) -> Result<Self> {
+        let rng = sampler::os_rng().map_err(|e| Error::Rng(e.to_string()))?;
+        Ok(Self::with_rng(ctx, rng))
+    }
+
+    /// A deterministic generator: the same seed gives the same keys.
+    pub fn from_seed(ctx: &Arc<Context>, seed: [u8; 32]) -> Self {
+        Self::with_rng(ctx, sampler::seeded_rng(seed))
+    }
+
+    fn with_rng(ctx: &Arc<Context>, mut rng: ChaCha20Rng) -> Self {
+        let coeffs = sampler::ternary(&mut rng, ctx.n());
+        let sk = SecretKey::from_coefficients(ctx, coeffs);
+        Self { ctx: ctx.clone(), rng, sk }
+    }
+
+    /// A generator for an existing secret key (e.g. one loaded from a file).
+    ///
+    /// # Errors
+    /// [`Error::Rng`] if the operating system's random source fails.
+    pub fn from_secret_key(sk: &SecretKey) -> Result<Self> {
+        let rng = sampler::os_rng().map_err(|e| Error::Rng(e.to_string()))?;
+        let sk = SecretKey::from_coefficients(&sk.ctx, sk.coeffs.clone());
+        Ok(Self { ctx: sk.ctx.clone(), rng, sk })
+    }
+
+    /// The secret key.
+    pub fn secret_key(&self) -> &SecretKey {
+        &self.sk
+    }
+
+    /// A public key for encryption at any level.
+    pub fn public_key(&mut self) -> PublicKey {
+        let ctx = &self.ctx;
+        let n = ctx.n();
+        let nq = ctx.max_level() + 1;
+        let seed = fresh_seed(&mut self.rng);
+        let a = expand_uniform(ctx, &seed, 0..nq);
+        let e = sampler::gaussian(&mut self.rng, n);
+        let mut b = small_to_ntt(ctx, &e, 0..nq).to_vec();
+        for i in 0..nq {
+            let r = i * n..(i + 1) * n;
+            let mut prod = vec![0u64; n];
+            ctx.ntt[i].mul(&mut prod, &a[r.clone()], &self.sk.ntt[r.clone()]);
+            blindfold_math::slice::sub_assign(&mut b[r], &prod, &ctx.moduli[i]);
+        }
+        PublicKey { b, a, seed }
+    }
+
+    /// Key-switching key from `target` (NTT form over the full basis) to `s`.
+    fn key_switching_key(&mut self, target: &[u64]) -> KeySwitchingKey {
+        let ctx = self.ctx.clone();
+        let n = ctx.n();
+        let full = ctx.moduli.len();
+        let nq = ctx.max_level() + 1;
+        let alpha = ctx.params().alpha();
+        let digits = (0..ctx.params().dnum())
+            .map(|j| {
+                let seed = fresh_seed(&mut self.rng);
+                let a = expand_uniform(&ctx, &seed, 0..full);
+                let e = sampler::gaussian(&mut self.rng, n);
+                let mut b = small_to_ntt(&ctx, &e, 0..full).to_vec();
+                let mut prod = vec![0u64; n];
+                for i in 0..full {
+                    let r = i * n..(i + 1) * n;
+                    ctx.ntt[i].mul(&mut prod, &a[r.clone()], &self.sk.ntt[r.clone()]);
+                    blindfold_math::slice::sub_assign(&mut b[r.clone()], &prod, &ctx.moduli[i]);
+                    if i < nq && (j * alpha..(j + 1) * alpha).contains(&i) {
+                        let q = &ctx.moduli[i];
+                        let pm = ctx.p_mod_q[i];
+                        let ps = q.shoup(pm);
+                        for (bb, &t) in b[r.clone()].iter_mut().zip(&target[r]) {
+                            *bb = q.add(*bb, q.mul_shoup(t, pm, ps));
+                        }
+                    }
+                }
+                KeyDigit { b, a, seed }
+            })
+            .collect();
+        KeySwitchingKey { digits }
+    }
+
+    /// The relinearization key (switches `s²` to `s`).
+    pub fn relinearization_key(&mut self) -> RelinearizationKey {
+        let n = self.ctx.n();
+        let mut s2 = Zeroizing::new(vec![0u64; self.sk.ntt.len()]);
+        for (i, r) in s2.chunks_exact_mut(n).enumerate() {
+            let s = &self.sk.ntt[i * n..(i + 1) * n];
+            self.ctx.ntt[i].mul(r, s, s);
+        }
+        RelinearizationKey(self.key_switching_key(&s2))
+    }
+
+    /// Galois keys for the given Galois elements (odd, below 2N; duplicates ignored).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an even element or one not below `2N`.
+    pub fn galois_keys_for_elements(&mut self, elements: &[u64]) -> Result<GaloisKeys> {
+        let n = self.ctx.n();
+        let mut keys = BTreeMap::new();
+        for &g in elements {
+            if g % 2 == 0 || g >= 2 * n as u64 {
+                return Err(Error::InvalidArgument(format!("Galois element {g} must be odd and below 2N")));
+            }
+            if keys.contains_key(&g) {
+                continue;
+            }
+            let perm = self.ctx.galois_permutation(g);
+            let mut target = Zeroizing::new(vec![0u64; self.sk.ntt.len()]);
+            for (i, r) in target.chunks_exact_mut(n).enumerate() {
+                let s = &self.sk.ntt[i * n..(i + 1) * n];
+                for (t, &p) in r.iter_mut().zip(&perm) {
+                    *t = s[p as usize];
+                }
+            }
+            let ksk = self.key_switching_key(&target);
+            keys.insert(g, (ksk, perm));
+        }
+        Ok(GaloisKeys { keys })
+    }
+
+    /// Galois keys for rotations of the slots by each of `steps` (left for positive steps)
+    /// and, if `conjugation`, for complex conjugation.
+    pub fn galois_keys(&mut self, steps: &[i64], conjugation: bool) -> GaloisKeys {
+        let mut elements: Vec<u64> = steps.iter().map(|&s| self.ctx.galois_element_for_rotation(s)).collect();
+        if conjugation {
+            elements.push(self.ctx.galois_element_for_conjugation());
+        }
+        elements.retain(|&g| g != 1);
+        self.galois_keys_for_elements(&elements).expect("elements from rotations are valid")
+    }
+}

@@ -1,0 +1,1 @@
+//! Serialization (see below).

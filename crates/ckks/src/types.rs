@@ -1,0 +1,58 @@
+//! Plaintexts and ciphertexts.
+
+/// A CKKS plaintext: a polynomial with residues modulo `q_0…q_level` in NTT form, together
+/// with the scale Δ its slots were multiplied by.
+///
+/// Layout: `data[i·N + j]` is the `j`-th NTT slot modulo `q_i`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plaintext {
+    pub(crate) data: Vec<u64>,
+    pub(crate) level: usize,
+    pub(crate) scale: f64,
+}
+
+impl Plaintext {
+    /// Level: the plaintext has residues modulo `q_0…q_level`.
+    pub fn level(&self) -> usize {
+        self.level
+    }
+    /// Scale Δ (a real number, not necessarily a power of two).
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+}
+
+/// A CKKS ciphertext `(c_0, c_1[, c_2])` decrypting to `c_0 + c_1·s (+ c_2·s²)`.
+///
+/// Each polynomial has residues modulo `q_0…q_level` in NTT form (`parts[k][i·N + j]`).
+/// A ciphertext of size 3 is the unrelinearized output of [`crate::Evaluator::multiply`].
+/// The scale is tracked exactly as a real number: after rescaling by a prime `q` it is
+/// `Δ/q`, never rounded to a power of two.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ciphertext {
+    pub(crate) parts: Vec<Vec<u64>>,
+    pub(crate) level: usize,
+    pub(crate) scale: f64,
+}
+
+impl Ciphertext {
+    /// Level: the ciphertext has residues modulo `q_0…q_level`; it can be rescaled `level`
+    /// more times.
+    pub fn level(&self) -> usize {
+        self.level
+    }
+    /// Scale Δ of the encrypted slots.
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+    /// Number of polynomials (2, or 3 before relinearization).
+    pub fn size(&self) -> usize {
+        self.parts.len()
+    }
+    /// Replaces the recorded scale without touching the polynomials: the encrypted values
+    /// are reinterpreted as multiplied by `scale / old_scale`. For callers that track the
+    /// scale themselves (e.g. after a multiplication by an integer constant).
+    pub fn set_scale(&mut self, scale: f64) {
+        self.scale = scale;
+    }
+}
