@@ -33,6 +33,7 @@ mod error;
 mod evaluator;
 mod keys;
 mod params;
+mod scratch;
 pub mod serialize;
 mod types;
 pub use types::{Ciphertext, Plaintext};

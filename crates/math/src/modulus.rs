@@ -12,6 +12,8 @@ pub struct Modulus {
     /// floor(2^128 / q), high and low words.
     barrett_hi: u64,
     barrett_lo: u64,
+    /// floor(2^64 / q), for one-word reductions.
+    barrett64: u64,
 }
 
 #[inline(always)]
@@ -35,7 +37,7 @@ impl Modulus {
             return None;
         }
         let ratio = u128::MAX / q as u128; // floor((2^128 - 1) / q) == floor(2^128 / q) for odd q
-        Some(Self { q, barrett_hi: (ratio >> 64) as u64, barrett_lo: ratio as u64 })
+        Some(Self { q, barrett_hi: (ratio >> 64) as u64, barrett_lo: ratio as u64, barrett64: (ratio >> 64) as u64 })
     }
 
     /// The modulus `q`.
@@ -83,10 +85,12 @@ impl Modulus {
         csub(x0.wrapping_sub(quot.wrapping_mul(self.q)), self.q)
     }
 
-    /// Reduces any `u64`.
+    /// Reduces any `u64` (one-word Barrett: one high product, one low product).
     #[inline(always)]
     pub fn reduce(&self, x: u64) -> u64 {
-        self.reduce_u128(x as u128)
+        let quot = mul_hi(x, self.barrett64);
+        // quot >= floor(x/q) - 1, so the remainder is below 2q.
+        csub(x.wrapping_sub(quot.wrapping_mul(self.q)), self.q)
     }
 
     /// Reduces a signed integer to `[0, q)`.

@@ -59,13 +59,25 @@ impl BasisConverter {
     /// # Panics
     /// If the slice lengths are not `k·n` and `m·n` for the same `n`.
     pub fn convert(&self, input: &[u64], output: &mut [u64]) {
+        self.convert_to(input, 0..self.to.len(), output);
+    }
+
+    /// Like [`BasisConverter::convert`], for the target primes `targets` only (a range of
+    /// indices into the target list), written to `output` in that order.
+    ///
+    /// # Panics
+    /// If the slice lengths do not match `k·n` and `targets.len()·n`.
+    pub fn convert_to(&self, input: &[u64], targets: core::ops::Range<usize>, output: &mut [u64]) {
         let k = self.from.len();
         let n = input.len() / k;
         assert_eq!(input.len(), k * n);
-        assert_eq!(output.len(), self.to.len() * n);
+        assert_eq!(output.len(), targets.len() * n);
+        if targets.is_empty() {
+            return;
+        }
         if k == 1 {
-            for (j, pj) in self.to.iter().enumerate() {
-                reduce_centered_into(&mut output[j * n..(j + 1) * n], input, &self.from[0], pj);
+            for (o, pj) in output.chunks_exact_mut(n).zip(&self.to[targets]) {
+                reduce_centered_into(o, input, &self.from[0], pj);
             }
             return;
         }
@@ -77,9 +89,9 @@ impl BasisConverter {
                 *d = qi.mul_shoup(x, c, cs);
             }
         }
-        for (j, pj) in self.to.iter().enumerate() {
-            let w = &self.q_hat_mod_p[j];
-            let out = &mut output[j * n..(j + 1) * n];
+        for (o, j) in targets.enumerate() {
+            let (pj, w) = (&self.to[j], &self.q_hat_mod_p[j]);
+            let out = &mut output[o * n..(o + 1) * n];
             for (c, o) in out.iter_mut().enumerate() {
                 let mut acc: u128 = 0;
                 for i in 0..k {

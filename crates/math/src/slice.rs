@@ -75,23 +75,62 @@ pub fn sub_mul_scalar_assign(a: &mut [u64], b: &[u64], c: u64, q: &Modulus) {
     }
 }
 
+/// `dst[i] = dst[i] + (a[i] - b[i]) · c mod q` for a constant `c < q`.
+pub fn add_sub_mul_scalar_assign(dst: &mut [u64], a: &[u64], b: &[u64], c: u64, q: &Modulus) {
+    let c_shoup = q.shoup(c);
+    let qv = q.value();
+    for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
+        *d = csub(*d + q.mul_shoup(x + qv - y, c, c_shoup), qv);
+    }
+}
+
+/// `dst[i] = src[perm[i]]`: a Galois automorphism applied to NTT slots.
+pub fn permute_into(dst: &mut [u64], src: &[u64], perm: &[u32]) {
+    for (d, &p) in dst.iter_mut().zip(perm) {
+        *d = src[p as usize];
+    }
+}
+
 /// Writes into `dst` the residues modulo `q` of the centered representatives (in
 /// `(-src_q/2, src_q/2]`) of `src`, which holds residues modulo `src_q`.
 pub fn reduce_centered_into(dst: &mut [u64], src: &[u64], src_q: &Modulus, q: &Modulus) {
     let half = src_q.value() >> 1;
     let sq = src_q.value();
     let qv = q.value();
+    // Centered value v = x (x <= half) or x - sq, i.e. x + (q - sq mod q) mod q: computed
+    // with a mask rather than a branch (the sign of each coefficient is unpredictable).
+    let shift = qv - q.reduce(sq);
     if sq <= qv {
-        // Centered value v = x (x <= half) or x - sq; as a residue mod q: x or x + (q - sq).
-        let shift = qv - sq;
-        for (d, &x) in dst.iter_mut().zip(src) {
-            *d = if x > half { x + shift } else { x };
-        }
+        Arch::new().dispatch(
+            #[inline(always)]
+            || {
+                for (d, &x) in dst.iter_mut().zip(src) {
+                    let mask = 0u64.wrapping_sub((x > half) as u64);
+                    *d = csub(x + (shift & mask), qv);
+                }
+            },
+        )
+    } else if sq < (1 << 52) {
+        // x < 2^52: the quotient x/q from one f64 product is off by at most one, and the
+        // loop vectorizes (AVX-512 DQ converts between u64 and f64).
+        let inv_q = 1.0 / qv as f64;
+        Arch::new().dispatch(
+            #[inline(always)]
+            || {
+                for (d, &x) in dst.iter_mut().zip(src) {
+                    let quot = (x as f64 * inv_q) as u64;
+                    let r = x.wrapping_sub(quot.wrapping_mul(qv));
+                    // r in (-q, 2q) as a wrapped integer.
+                    let r = r.wrapping_add(qv & 0u64.wrapping_sub(r >> 63));
+                    let mask = 0u64.wrapping_sub((x > half) as u64);
+                    *d = csub(csub(r, qv) + (shift & mask), qv);
+                }
+            },
+        )
     } else {
-        let shift = qv - q.reduce(sq);
         for (d, &x) in dst.iter_mut().zip(src) {
-            let r = q.reduce(x);
-            *d = if x > half { q.add(r, shift) } else { r };
+            let mask = 0u64.wrapping_sub((x > half) as u64);
+            *d = csub(q.reduce(x) + (shift & mask), qv);
         }
     }
 }
@@ -125,6 +164,11 @@ mod tests {
             assert_eq!(m[i], q.mul(a[i], 123_456_789));
             assert_eq!(sm[i], q.mul(q.sub(a[i], b[i]), 987));
         }
+        let mut asm = b.clone();
+        add_sub_mul_scalar_assign(&mut asm, &a, &s, 555, &q);
+        for i in 0..1000 {
+            assert_eq!(asm[i], q.add(b[i], q.mul(q.sub(a[i], s[i]), 555)));
+        }
     }
 
     #[test]
@@ -142,6 +186,20 @@ mod tests {
         reduce_centered_into(&mut dst, &src, &big, &small);
         for (x, d) in src.iter().zip(&dst) {
             assert_eq!(*d, small.reduce_i64(big.center(*x)));
+        }
+        // Large moduli on both sides, every path (f64 quotient below 2^52, Barrett above).
+        for (sb, tb) in [(51u32, 40u32), (50, 49), (60, 45), (40, 50)] {
+            let s = Modulus::new(crate::primes::ntt_primes(sb, 16, 1, &[]).unwrap()[0]).unwrap();
+            let t = Modulus::new(crate::primes::ntt_primes(tb, 16, 1, &[]).unwrap()[0]).unwrap();
+            let src: Vec<u64> = (0..4096u64)
+                .map(|i| i.wrapping_mul(0x9e3779b97f4a7c15) % s.value())
+                .chain([0, 1, s.value() - 1, s.value() / 2, s.value() / 2 + 1])
+                .collect();
+            let mut dst = vec![0; src.len()];
+            reduce_centered_into(&mut dst, &src, &s, &t);
+            for (x, d) in src.iter().zip(&dst) {
+                assert_eq!(*d, t.reduce_i64(s.center(*x)), "{sb}->{tb} x={x}");
+            }
         }
     }
 }

@@ -1,0 +1,37 @@
+//! Runs one evaluator operation in a loop, for profilers (`perf record`, callgrind).
+//!
+//! `cargo run --release -p blindfold-ckks --example profile_op -- relinearize 200`
+use blindfold_ckks::*;
+use std::time::Instant;
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let op = args.get(1).map(String::as_str).unwrap_or("relinearize");
+    let iters: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100);
+    let params = presets::N8192_DEPTH3_128BIT.parameters()?;
+    let ctx = Context::new(&params)?;
+    let mut keygen = KeyGenerator::from_seed(&ctx, [1; 32]);
+    let pk = keygen.public_key();
+    let rlk = keygen.relinearization_key();
+    let gk = keygen.galois_keys(&[1], false);
+    let encoder = Encoder::new(&ctx);
+    let pt = encoder.encode_real(&[0.5; 16], ctx.max_level(), params.default_scale())?;
+    let mut enc = Encryptor::with_public_key(&ctx, &pk)?;
+    let ct = enc.encrypt(&pt)?;
+    let eval = Evaluator::new(&ctx);
+    let prod = eval.multiply(&ct, &ct)?;
+    let t = Instant::now();
+    for _ in 0..iters {
+        match op {
+            "relinearize" => drop(eval.relinearize(&prod, &rlk)?),
+            "rotate" => drop(eval.rotate(&ct, 1, &gk)?),
+            "rescale" => drop(eval.rescale(&ct)?),
+            "encrypt" => drop(enc.encrypt(&pt)?),
+            "encode" => drop(encoder.encode_real(&[0.5; 4096], ctx.max_level(), params.default_scale())?),
+            "decode" => drop(encoder.decode(&pt)),
+            other => panic!("unknown op {other}"),
+        }
+    }
+    println!("{op}: {:.1} us per call", t.elapsed().as_secs_f64() * 1e6 / iters as f64);
+    Ok(())
+}

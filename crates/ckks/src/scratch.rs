@@ -1,0 +1,59 @@
+//! Per-thread scratch buffers, so hot paths do not allocate (and page-fault) on every call.
+
+use std::cell::RefCell;
+use std::ops::{Deref, DerefMut};
+
+thread_local! {
+    static POOL: RefCell<Vec<Vec<u64>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// At most this many idle buffers are kept per thread.
+const MAX_POOLED: usize = 16;
+
+/// A buffer borrowed from the current thread's pool; returned to it on drop. Its contents
+/// are never secret (only public ciphertext and key data pass through the evaluator), but it
+/// is cleared on return anyway so no stale data is observable.
+pub(crate) struct Scratch(Vec<u64>);
+
+impl Scratch {
+    /// A buffer of `len` zeros.
+    pub(crate) fn zeroed(len: usize) -> Self {
+        let mut v = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
+        v.clear();
+        v.resize(len, 0);
+        Self(v)
+    }
+
+    /// A buffer holding a copy of `src`.
+    pub(crate) fn copy_of(src: &[u64]) -> Self {
+        let mut v = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
+        v.clear();
+        v.extend_from_slice(src);
+        Self(v)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < MAX_POOLED {
+                p.push(v);
+            }
+        });
+    }
+}
+
+impl Deref for Scratch {
+    type Target = [u64];
+    fn deref(&self) -> &[u64] {
+        &self.0
+    }
+}
+
+impl DerefMut for Scratch {
+    fn deref_mut(&mut self) -> &mut [u64] {
+        &mut self.0
+    }
+}
