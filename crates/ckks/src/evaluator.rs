@@ -316,7 +316,7 @@ impl Evaluator {
         let n = self.ctx.n();
         let ql = &self.ctx.moduli[l];
         let mut parts = Vec::with_capacity(a.parts.len());
-        let mut tmp = Scratch::zeroed(n);
+        let mut tmp = Scratch::overwritten(n);
         for p in &a.parts {
             let mut last = Scratch::copy_of(&p[l * n..]);
             self.ctx.ntt[l].backward(&mut last);
@@ -393,7 +393,7 @@ impl Evaluator {
         let (key, perm) = gk.get(g)?;
         let len = a.parts[0].len();
         let mut c0 = vec![0u64; len];
-        let mut c1 = Scratch::zeroed(len);
+        let mut c1 = Scratch::overwritten(len);
         for (_, r) in self.residues(a.level) {
             slice::permute_into(&mut c0[r.clone()], &a.parts[0][r.clone()], perm);
             slice::permute_into(&mut c1[r.clone()], &a.parts[1][r], perm);
@@ -448,7 +448,7 @@ impl Evaluator {
         let ext = level + 1 + ctx.num_special();
         let mut acc0 = Scratch::zeroed(ext * n);
         let mut acc1 = Scratch::zeroed(ext * n);
-        let mut permuted = Scratch::zeroed(n);
+        let mut permuted = Scratch::overwritten(n);
         for (digit, kd) in dec.digits.iter().zip(&key.digits) {
             for pos in 0..ext {
                 let r = pos * n..(pos + 1) * n;
@@ -526,7 +526,7 @@ impl Evaluator {
         ctx.backward(&mut coeff);
         let mut acc0 = Scratch::zeroed(ext * n);
         let mut acc1 = Scratch::zeroed(ext * n);
-        let mut digit = Scratch::zeroed(ext * n);
+        let mut digit = Scratch::overwritten(ext * n);
         for (j, kd) in key.digits.iter().enumerate().take(ctx.decompose[level].len()) {
             self.decompose_digit(&coeff, c, level, j, &mut digit);
             for pos in 0..ext {
@@ -546,7 +546,7 @@ impl Evaluator {
         for k in 0..ctx.num_special() {
             ctx.ntt[ctx.special_index(k)].backward(&mut p_part[k * n..(k + 1) * n]);
         }
-        let mut conv = Scratch::zeroed((level + 1) * n);
+        let mut conv = Scratch::overwritten((level + 1) * n);
         ctx.mod_down[level].convert(p_part, &mut conv);
         for (i, r) in self.residues(level) {
             ctx.ntt[i].forward(&mut conv[r.clone()]);

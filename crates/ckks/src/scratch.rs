@@ -10,9 +10,9 @@ thread_local! {
 /// At most this many idle buffers are kept per thread.
 const MAX_POOLED: usize = 16;
 
-/// A buffer borrowed from the current thread's pool; returned to it on drop. Its contents
-/// are never secret (only public ciphertext and key data pass through the evaluator), but it
-/// is cleared on return anyway so no stale data is observable.
+/// A buffer borrowed from the current thread's pool; returned to it on drop. Only public
+/// data (ciphertexts, evaluation keys) passes through these buffers: secret-key operations
+/// never use them.
 pub(crate) struct Scratch(Vec<u64>);
 
 impl Scratch {
@@ -20,6 +20,14 @@ impl Scratch {
     pub(crate) fn zeroed(len: usize) -> Self {
         let mut v = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
         v.clear();
+        v.resize(len, 0);
+        Self(v)
+    }
+
+    /// A buffer of `len` words whose contents are unspecified (stale data from an earlier
+    /// use, never uninitialized memory): for outputs that are fully overwritten.
+    pub(crate) fn overwritten(len: usize) -> Self {
+        let mut v = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
         v.resize(len, 0);
         Self(v)
     }

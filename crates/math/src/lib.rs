@@ -10,6 +10,7 @@
 //! residues in `[0, q)`.
 #![forbid(unsafe_code)]
 
+mod ifma;
 mod modulus;
 mod ntt;
 pub mod primes;

@@ -6,6 +6,9 @@ use crate::modulus::csub;
 use crate::Modulus;
 use pulp::Arch;
 
+/// Moduli below this bound use the AVX-512 IFMA kernels where the CPU has them.
+const IFMA_BOUND: u64 = 1 << 50;
+
 /// `a[i] = a[i] + b[i] mod q`.
 pub fn add_assign(a: &mut [u64], b: &[u64], q: &Modulus) {
     let q = q.value();
@@ -60,6 +63,9 @@ pub fn neg_assign(a: &mut [u64], q: &Modulus) {
 
 /// `a[i] = a[i] · c mod q` for a constant `c < q`.
 pub fn mul_scalar_assign(a: &mut [u64], c: u64, q: &Modulus) {
+    if q.value() < IFMA_BOUND && crate::ifma::sub_mul_scalar(a, None, c, q.value()) {
+        return;
+    }
     let c_shoup = q.shoup(c);
     for x in a.iter_mut() {
         *x = q.mul_shoup(*x, c, c_shoup);
@@ -68,6 +74,9 @@ pub fn mul_scalar_assign(a: &mut [u64], c: u64, q: &Modulus) {
 
 /// `a[i] = (a[i] - b[i]) · c mod q` for a constant `c < q`.
 pub fn sub_mul_scalar_assign(a: &mut [u64], b: &[u64], c: u64, q: &Modulus) {
+    if q.value() < IFMA_BOUND && crate::ifma::sub_mul_scalar(a, Some(b), c, q.value()) {
+        return;
+    }
     let c_shoup = q.shoup(c);
     let qv = q.value();
     for (x, &y) in a.iter_mut().zip(b) {
@@ -77,6 +86,9 @@ pub fn sub_mul_scalar_assign(a: &mut [u64], b: &[u64], c: u64, q: &Modulus) {
 
 /// `dst[i] = dst[i] + (a[i] - b[i]) · c mod q` for a constant `c < q`.
 pub fn add_sub_mul_scalar_assign(dst: &mut [u64], a: &[u64], b: &[u64], c: u64, q: &Modulus) {
+    if q.value() < IFMA_BOUND && crate::ifma::add_sub_mul_scalar(dst, a, b, c, q.value()) {
+        return;
+    }
     let c_shoup = q.shoup(c);
     let qv = q.value();
     for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
@@ -141,9 +153,14 @@ mod tests {
 
     #[test]
     fn slice_ops_match_scalar() {
-        let q = Modulus::new(1_125_899_906_826_241).unwrap();
-        let a: Vec<u64> = (0..1000u64).map(|i| i.wrapping_mul(0x9e3779b97f4a7c15) % q.value()).collect();
-        let b: Vec<u64> = (0..1000u64).map(|i| i.wrapping_mul(0x12345678abcdef) % q.value()).collect();
+        for bits in [50u32, 55] {
+            slice_ops_match_scalar_for(Modulus::new(crate::primes::ntt_primes(bits, 16, 1, &[]).unwrap()[0]).unwrap());
+        }
+    }
+
+    fn slice_ops_match_scalar_for(q: Modulus) {
+        let a: Vec<u64> = (0..1003u64).map(|i| i.wrapping_mul(0x9e3779b97f4a7c15) % q.value()).collect();
+        let b: Vec<u64> = (0..1003u64).map(|i| i.wrapping_mul(0x12345678abcdef) % q.value()).collect();
         let mut s = a.clone();
         add_assign(&mut s, &b, &q);
         let mut d = a.clone();
@@ -156,7 +173,7 @@ mod tests {
         mul_scalar_assign(&mut m, 123_456_789, &q);
         let mut sm = a.clone();
         sub_mul_scalar_assign(&mut sm, &b, 987, &q);
-        for i in 0..1000 {
+        for i in 0..1003 {
             assert_eq!(s[i], q.add(a[i], b[i]));
             assert_eq!(d[i], q.sub(a[i], b[i]));
             assert_eq!(d2[i], q.sub(b[i], a[i]));
@@ -166,7 +183,7 @@ mod tests {
         }
         let mut asm = b.clone();
         add_sub_mul_scalar_assign(&mut asm, &a, &s, 555, &q);
-        for i in 0..1000 {
+        for i in 0..1003 {
             assert_eq!(asm[i], q.add(b[i], q.mul(q.sub(a[i], s[i]), 555)));
         }
     }
