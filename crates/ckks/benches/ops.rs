@@ -29,26 +29,51 @@ fn bench_preset(c: &mut Criterion, preset: Preset) {
     let name = format!("N{}", params.n());
     let mut g = c.benchmark_group(name);
     let id = |op: &str| BenchmarkId::new(op, format!("L{level}"));
-    g.bench_function(id("add"), |b| b.iter(|| eval.add(black_box(&ct), black_box(&ct2)).unwrap()));
-    let mut acc = ct.clone();
-    g.bench_function(id("add_assign"), |b| b.iter(|| eval.add_assign(black_box(&mut acc), black_box(&ct2)).unwrap()));
-    g.bench_function(id("multiply_plain"), |b| b.iter(|| eval.multiply_plain(black_box(&ct), black_box(&pt)).unwrap()));
-    g.bench_function(id("multiply_const"), |b| {
-        b.iter(|| eval.multiply_const(black_box(&ct), 0.37, params.default_scale()).unwrap())
+    g.bench_function(id("add"), |b| {
+        b.iter(|| eval.add(black_box(&ct), black_box(&ct2)).unwrap())
     });
-    g.bench_function(id("multiply"), |b| b.iter(|| eval.multiply(black_box(&ct), black_box(&ct2)).unwrap()));
-    g.bench_function(id("relinearize"), |b| b.iter(|| eval.relinearize(black_box(&prod), &rlk).unwrap()));
+    let mut acc = ct.clone();
+    g.bench_function(id("add_assign"), |b| {
+        b.iter(|| eval.add_assign(black_box(&mut acc), black_box(&ct2)).unwrap())
+    });
+    g.bench_function(id("multiply_plain"), |b| {
+        b.iter(|| eval.multiply_plain(black_box(&ct), black_box(&pt)).unwrap())
+    });
+    g.bench_function(id("multiply_const"), |b| {
+        b.iter(|| {
+            eval.multiply_const(black_box(&ct), 0.37, params.default_scale())
+                .unwrap()
+        })
+    });
+    g.bench_function(id("multiply"), |b| {
+        b.iter(|| eval.multiply(black_box(&ct), black_box(&ct2)).unwrap())
+    });
+    g.bench_function(id("relinearize"), |b| {
+        b.iter(|| eval.relinearize(black_box(&prod), &rlk).unwrap())
+    });
     g.bench_function(id("multiply_relin"), |b| {
         b.iter(|| eval.multiply_relin(black_box(&ct), black_box(&ct2), &rlk).unwrap())
     });
     g.bench_function(id("rescale"), |b| b.iter(|| eval.rescale(black_box(&ct)).unwrap()));
-    g.bench_function(id("rotate"), |b| b.iter(|| eval.rotate(black_box(&ct), 1, &gk).unwrap()));
+    g.bench_function(id("rotate"), |b| {
+        b.iter(|| eval.rotate(black_box(&ct), 1, &gk).unwrap())
+    });
     g.bench_function(id("rotate_hoisted_x8"), |b| {
         b.iter(|| eval.rotate_hoisted(black_box(&ct), &steps, &gk).unwrap())
     });
-    g.bench_function(id("conjugate"), |b| b.iter(|| eval.conjugate(black_box(&ct), &gk).unwrap()));
-    g.bench_function(id("encode"), |b| b.iter(|| encoder.encode_real(black_box(&v), level, params.default_scale()).unwrap()));
-    g.bench_function(id("encrypt_pk"), |b| b.iter(|| encryptor.encrypt(black_box(&pt)).unwrap()));
+    g.bench_function(id("conjugate"), |b| {
+        b.iter(|| eval.conjugate(black_box(&ct), &gk).unwrap())
+    });
+    g.bench_function(id("encode"), |b| {
+        b.iter(|| {
+            encoder
+                .encode_real(black_box(&v), level, params.default_scale())
+                .unwrap()
+        })
+    });
+    g.bench_function(id("encrypt_pk"), |b| {
+        b.iter(|| encryptor.encrypt(black_box(&pt)).unwrap())
+    });
     g.bench_function(id("decrypt"), |b| b.iter(|| decryptor.decrypt(black_box(&ct)).unwrap()));
     let dec = decryptor.decrypt(&ct).unwrap();
     g.bench_function(id("decode"), |b| b.iter(|| encoder.decode(black_box(&dec))));

@@ -163,7 +163,11 @@ impl Evaluator {
     /// [`Error::LevelMismatch`].
     pub fn multiply_plain(&self, a: &Ciphertext, pt: &Plaintext) -> Result<Ciphertext> {
         Self::same_level("multiply_plain", a.level, pt.level)?;
-        let mut out = Ciphertext { parts: Vec::with_capacity(a.parts.len()), level: a.level, scale: a.scale * pt.scale };
+        let mut out = Ciphertext {
+            parts: Vec::with_capacity(a.parts.len()),
+            level: a.level,
+            scale: a.scale * pt.scale,
+        };
         for p in &a.parts {
             let mut o = vec![0u64; p.len()];
             for (i, r) in self.residues(a.level) {
@@ -184,7 +188,11 @@ impl Evaluator {
         Self::same_level("multiply_plain_acc", acc.level, a.level)?;
         Self::same_scale("multiply_plain_acc", acc.scale, a.scale * pt.scale)?;
         if acc.parts.len() != a.parts.len() {
-            return Err(Error::CiphertextSize { op: "multiply_plain_acc", expected: acc.parts.len(), actual: a.parts.len() });
+            return Err(Error::CiphertextSize {
+                op: "multiply_plain_acc",
+                expected: acc.parts.len(),
+                actual: a.parts.len(),
+            });
         }
         for (o, p) in acc.parts.iter_mut().zip(&a.parts) {
             for (i, r) in self.residues(a.level) {
@@ -204,7 +212,9 @@ impl Evaluator {
     pub fn multiply_const(&self, a: &Ciphertext, value: f64, const_scale: f64) -> Result<Ciphertext> {
         let k = (value * const_scale).round();
         if !k.is_finite() || !(const_scale >= 1.0 && const_scale.is_finite()) {
-            return Err(Error::InvalidArgument(format!("constant {value} at scale {const_scale} is not finite")));
+            return Err(Error::InvalidArgument(format!(
+                "constant {value} at scale {const_scale} is not finite"
+            )));
         }
         let mut out = a.clone();
         for p in out.parts.iter_mut() {
@@ -240,7 +250,11 @@ impl Evaluator {
         Self::same_level("multiply", a.level, b.level)?;
         for c in [a, b] {
             if c.parts.len() != 2 {
-                return Err(Error::CiphertextSize { op: "multiply", expected: 2, actual: c.parts.len() });
+                return Err(Error::CiphertextSize {
+                    op: "multiply",
+                    expected: 2,
+                    actual: c.parts.len(),
+                });
             }
         }
         let len = a.parts[0].len();
@@ -254,7 +268,11 @@ impl Evaluator {
             op.mul_acc(&mut d1[r.clone()], a1, b0);
             op.mul_acc(&mut d2[r], a1, b1);
         }
-        Ok(Ciphertext { parts: vec![d0, d1, d2], level: a.level, scale: a.scale * b.scale })
+        Ok(Ciphertext {
+            parts: vec![d0, d1, d2],
+            level: a.level,
+            scale: a.scale * b.scale,
+        })
     }
 
     /// `a²` as a size-3 ciphertext (3 products per residue instead of 4).
@@ -263,7 +281,11 @@ impl Evaluator {
     /// [`Error::CiphertextSize`].
     pub fn square(&self, a: &Ciphertext) -> Result<Ciphertext> {
         if a.parts.len() != 2 {
-            return Err(Error::CiphertextSize { op: "square", expected: 2, actual: a.parts.len() });
+            return Err(Error::CiphertextSize {
+                op: "square",
+                expected: 2,
+                actual: a.parts.len(),
+            });
         }
         let len = a.parts[0].len();
         let (mut d0, mut d1, mut d2) = (vec![0u64; len], vec![0u64; len], vec![0u64; len]);
@@ -277,7 +299,11 @@ impl Evaluator {
             slice::add_assign(&mut d1[r.clone()], &once, q);
             op.mul_acc(&mut d2[r], a1, a1);
         }
-        Ok(Ciphertext { parts: vec![d0, d1, d2], level: a.level, scale: a.scale * a.scale })
+        Ok(Ciphertext {
+            parts: vec![d0, d1, d2],
+            level: a.level,
+            scale: a.scale * a.scale,
+        })
     }
 
     /// Relinearizes a size-3 ciphertext back to size 2 with the relinearization key (hybrid
@@ -288,9 +314,17 @@ impl Evaluator {
     /// [`Error::CiphertextSize`] unless `a` has 3 polynomials.
     pub fn relinearize(&self, a: &Ciphertext, rlk: &RelinearizationKey) -> Result<Ciphertext> {
         if a.parts.len() != 3 {
-            return Err(Error::CiphertextSize { op: "relinearize", expected: 3, actual: a.parts.len() });
+            return Err(Error::CiphertextSize {
+                op: "relinearize",
+                expected: 3,
+                actual: a.parts.len(),
+            });
         }
-        let mut out = Ciphertext { parts: vec![a.parts[0].clone(), a.parts[1].clone()], level: a.level, scale: a.scale };
+        let mut out = Ciphertext {
+            parts: vec![a.parts[0].clone(), a.parts[1].clone()],
+            level: a.level,
+            scale: a.scale,
+        };
         self.key_switch_add(&a.parts[2], a.level, &rlk.0, &mut out);
         Ok(out)
     }
@@ -311,7 +345,11 @@ impl Evaluator {
     pub fn rescale(&self, a: &Ciphertext) -> Result<Ciphertext> {
         let l = a.level;
         if l == 0 {
-            return Err(Error::LevelTooLow { op: "rescale", needed: 1, level: 0 });
+            return Err(Error::LevelTooLow {
+                op: "rescale",
+                needed: 1,
+                level: 0,
+            });
         }
         let n = self.ctx.n();
         let ql = &self.ctx.moduli[l];
@@ -329,7 +367,11 @@ impl Evaluator {
             }
             parts.push(out);
         }
-        Ok(Ciphertext { parts, level: l - 1, scale: a.scale / ql.value() as f64 })
+        Ok(Ciphertext {
+            parts,
+            level: l - 1,
+            scale: a.scale / ql.value() as f64,
+        })
     }
 
     /// Drops the primes above `level` without dividing (the scale is unchanged). Used to
@@ -339,7 +381,11 @@ impl Evaluator {
     /// [`Error::LevelTooLow`] if `level > a.level`.
     pub fn drop_to_level(&self, a: &Ciphertext, level: usize) -> Result<Ciphertext> {
         if level > a.level {
-            return Err(Error::LevelTooLow { op: "drop_to_level", needed: level, level: a.level });
+            return Err(Error::LevelTooLow {
+                op: "drop_to_level",
+                needed: level,
+                level: a.level,
+            });
         }
         let n = self.ctx.n();
         Ok(Ciphertext {
@@ -355,9 +401,17 @@ impl Evaluator {
     /// [`Error::LevelTooLow`] if `level > pt.level`.
     pub fn drop_plaintext_to_level(&self, pt: &Plaintext, level: usize) -> Result<Plaintext> {
         if level > pt.level {
-            return Err(Error::LevelTooLow { op: "drop_plaintext_to_level", needed: level, level: pt.level });
+            return Err(Error::LevelTooLow {
+                op: "drop_plaintext_to_level",
+                needed: level,
+                level: pt.level,
+            });
         }
-        Ok(Plaintext { data: pt.data[..(level + 1) * self.ctx.n()].to_vec(), level, scale: pt.scale })
+        Ok(Plaintext {
+            data: pt.data[..(level + 1) * self.ctx.n()].to_vec(),
+            level,
+            scale: pt.scale,
+        })
     }
 
     /// Rotates the slots left by `step` (right if negative): slot `j` of the result is slot
@@ -385,7 +439,11 @@ impl Evaluator {
     /// [`Error::MissingGaloisKey`], [`Error::CiphertextSize`].
     pub fn apply_galois(&self, a: &Ciphertext, g: u64, gk: &GaloisKeys) -> Result<Ciphertext> {
         if a.parts.len() != 2 {
-            return Err(Error::CiphertextSize { op: "rotate", expected: 2, actual: a.parts.len() });
+            return Err(Error::CiphertextSize {
+                op: "rotate",
+                expected: 2,
+                actual: a.parts.len(),
+            });
         }
         if g == 1 {
             return Ok(a.clone());
@@ -398,7 +456,11 @@ impl Evaluator {
             slice::permute_into(&mut c0[r.clone()], &a.parts[0][r.clone()], perm);
             slice::permute_into(&mut c1[r.clone()], &a.parts[1][r], perm);
         }
-        let mut out = Ciphertext { parts: vec![c0, vec![0u64; len]], level: a.level, scale: a.scale };
+        let mut out = Ciphertext {
+            parts: vec![c0, vec![0u64; len]],
+            level: a.level,
+            scale: a.scale,
+        };
         self.key_switch_add(&c1, a.level, key, &mut out);
         Ok(out)
     }
@@ -417,7 +479,10 @@ impl Evaluator {
             }
         }
         let dec = self.decompose(a)?;
-        elements.iter().map(|&g| self.apply_galois_hoisted(a, &dec, g, gk)).collect()
+        elements
+            .iter()
+            .map(|&g| self.apply_galois_hoisted(a, &dec, g, gk))
+            .collect()
     }
 
     /// Decomposes `c_1` of a size-2 ciphertext for hoisted rotations.
@@ -426,7 +491,11 @@ impl Evaluator {
     /// [`Error::CiphertextSize`] unless `a` has 2 polynomials.
     pub fn decompose(&self, a: &Ciphertext) -> Result<Decomposed> {
         if a.parts.len() != 2 {
-            return Err(Error::CiphertextSize { op: "rotate", expected: 2, actual: a.parts.len() });
+            return Err(Error::CiphertextSize {
+                op: "rotate",
+                expected: 2,
+                actual: a.parts.len(),
+            });
         }
         Ok(self.decompose_poly(&a.parts[1], a.level))
     }
@@ -436,7 +505,13 @@ impl Evaluator {
     ///
     /// # Errors
     /// [`Error::MissingGaloisKey`]; [`Error::LevelMismatch`] if `dec` belongs to another level.
-    pub fn apply_galois_hoisted(&self, a: &Ciphertext, dec: &Decomposed, g: u64, gk: &GaloisKeys) -> Result<Ciphertext> {
+    pub fn apply_galois_hoisted(
+        &self,
+        a: &Ciphertext,
+        dec: &Decomposed,
+        g: u64,
+        gk: &GaloisKeys,
+    ) -> Result<Ciphertext> {
         Self::same_level("apply_galois_hoisted", a.level, dec.level)?;
         if g == 1 {
             return Ok(a.clone());
@@ -461,7 +536,11 @@ impl Evaluator {
         for (_, r) in self.residues(level) {
             slice::permute_into(&mut c0[r.clone()], &a.parts[0][r], perm);
         }
-        let mut out = Ciphertext { parts: vec![c0, vec![0u64; len]], level, scale: a.scale };
+        let mut out = Ciphertext {
+            parts: vec![c0, vec![0u64; len]],
+            level,
+            scale: a.scale,
+        };
         self.mod_down_add(&mut acc0, level, &mut out.parts[0]);
         self.mod_down_add(&mut acc1, level, &mut out.parts[1]);
         Ok(out)
@@ -550,7 +629,13 @@ impl Evaluator {
         ctx.mod_down[level].convert(p_part, &mut conv);
         for (i, r) in self.residues(level) {
             ctx.ntt[i].forward(&mut conv[r.clone()]);
-            slice::add_sub_mul_scalar_assign(&mut dest[r.clone()], &x[r.clone()], &conv[r], ctx.p_inv_mod_q[i], &ctx.moduli[i]);
+            slice::add_sub_mul_scalar_assign(
+                &mut dest[r.clone()],
+                &x[r.clone()],
+                &conv[r],
+                ctx.p_inv_mod_q[i],
+                &ctx.moduli[i],
+            );
         }
     }
 }

@@ -7,7 +7,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::Rng;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use subtle::{ConstantTimeEq, Choice};
+use subtle::{Choice, ConstantTimeEq};
 use zeroize::Zeroizing;
 
 /// Expands a 32-byte seed into a polynomial uniform modulo each of the moduli `indices`
@@ -60,7 +60,11 @@ pub struct SecretKey {
 impl SecretKey {
     pub(crate) fn from_coefficients(ctx: &Arc<Context>, coeffs: Zeroizing<Vec<i64>>) -> Self {
         let ntt = small_to_ntt(ctx, &coeffs, 0..ctx.moduli.len());
-        Self { ctx: ctx.clone(), coeffs, ntt }
+        Self {
+            ctx: ctx.clone(),
+            coeffs,
+            ntt,
+        }
     }
 
     /// The parameters' context this key belongs to.
@@ -162,7 +166,11 @@ impl KeyGenerator {
     fn with_rng(ctx: &Arc<Context>, mut rng: ChaCha20Rng) -> Self {
         let coeffs = sampler::ternary(&mut rng, ctx.n());
         let sk = SecretKey::from_coefficients(ctx, coeffs);
-        Self { ctx: ctx.clone(), rng, sk }
+        Self {
+            ctx: ctx.clone(),
+            rng,
+            sk,
+        }
     }
 
     /// A generator for an existing secret key (e.g. one loaded from a file).
@@ -172,7 +180,11 @@ impl KeyGenerator {
     pub fn from_secret_key(sk: &SecretKey) -> Result<Self> {
         let rng = sampler::os_rng().map_err(|e| Error::Rng(e.to_string()))?;
         let sk = SecretKey::from_coefficients(&sk.ctx, sk.coeffs.clone());
-        Ok(Self { ctx: sk.ctx.clone(), rng, sk })
+        Ok(Self {
+            ctx: sk.ctx.clone(),
+            rng,
+            sk,
+        })
     }
 
     /// The secret key.
@@ -251,7 +263,9 @@ impl KeyGenerator {
         let mut keys = BTreeMap::new();
         for &g in elements {
             if g % 2 == 0 || g >= 2 * n as u64 {
-                return Err(Error::InvalidArgument(format!("Galois element {g} must be odd and below 2N")));
+                return Err(Error::InvalidArgument(format!(
+                    "Galois element {g} must be odd and below 2N"
+                )));
             }
             if keys.contains_key(&g) {
                 continue;
@@ -278,6 +292,7 @@ impl KeyGenerator {
             elements.push(self.ctx.galois_element_for_conjugation());
         }
         elements.retain(|&g| g != 1);
-        self.galois_keys_for_elements(&elements).expect("elements from rotations are valid")
+        self.galois_keys_for_elements(&elements)
+            .expect("elements from rotations are valid")
     }
 }

@@ -1,1 +1,622 @@
-//! Serialization (see below).
+//! One safe wire format for every object that crosses a trust boundary.
+//!
+//! Layout: a fixed 47-byte header followed by a [postcard](https://docs.rs/postcard) body.
+//!
+//! | bytes | field |
+//! | --- | --- |
+//! | 0..4 | magic `BFCK` |
+//! | 4..6 | format version, little-endian `u16` ([`FORMAT_VERSION`]) |
+//! | 6 | object kind ([`ObjectKind`]) |
+//! | 7..39 | parameter fingerprint ([`crate::Parameters::fingerprint`]) |
+//! | 39..47 | body length, little-endian `u64` |
+//!
+//! Residue polynomials are bit-packed at the bit length of their prime, so a ciphertext
+//! costs `Σ_i N·bits(q_i)/8` bytes per polynomial. Fresh secret-key ciphertexts and all keys
+//! are stored with their uniform `a` polynomials replaced by 32-byte seeds.
+//!
+//! [`deserialize`] checks, in order and before allocating anything sized by the input: the
+//! magic, version, kind and fingerprint, the total size against a limit, the body length,
+//! then every length, level, scale and residue (each below its prime) of the body. Arbitrary
+//! bytes give an [`Error`], never a panic.
+
+use crate::context::Context;
+use crate::crypto::SeededCiphertext;
+use crate::error::{Error, Result};
+use crate::keys::{expand_uniform, GaloisKeys, KeyDigit, KeySwitchingKey, PublicKey, RelinearizationKey, SecretKey};
+use crate::types::{Ciphertext, Plaintext};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use zeroize::Zeroizing;
+
+/// Version of the wire format written by this library.
+pub const FORMAT_VERSION: u16 = 1;
+const MAGIC: [u8; 4] = *b"BFCK";
+/// Size of the fixed header in bytes.
+pub const HEADER_LEN: usize = 47;
+/// Default bound on the number of Galois keys in one object (a deserialization limit,
+/// raise it with [`deserialize_with_limit`]).
+pub const MAX_GALOIS_KEYS: usize = 256;
+
+/// What a serialized object is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+#[non_exhaustive]
+pub enum ObjectKind {
+    /// [`Ciphertext`].
+    Ciphertext = 1,
+    /// [`SeededCiphertext`].
+    SeededCiphertext = 2,
+    /// [`Plaintext`].
+    Plaintext = 3,
+    /// [`PublicKey`].
+    PublicKey = 4,
+    /// [`RelinearizationKey`].
+    RelinearizationKey = 5,
+    /// [`GaloisKeys`].
+    GaloisKeys = 6,
+    /// [`SecretKey`].
+    SecretKey = 7,
+}
+
+impl ObjectKind {
+    fn from_u8(b: u8) -> Option<Self> {
+        Some(match b {
+            1 => Self::Ciphertext,
+            2 => Self::SeededCiphertext,
+            3 => Self::Plaintext,
+            4 => Self::PublicKey,
+            5 => Self::RelinearizationKey,
+            6 => Self::GaloisKeys,
+            7 => Self::SecretKey,
+            _ => return None,
+        })
+    }
+
+    /// Human-readable name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ciphertext => "ciphertext",
+            Self::SeededCiphertext => "seeded ciphertext",
+            Self::Plaintext => "plaintext",
+            Self::PublicKey => "public key",
+            Self::RelinearizationKey => "relinearization key",
+            Self::GaloisKeys => "Galois keys",
+            Self::SecretKey => "secret key",
+        }
+    }
+}
+
+/// The parsed fixed header of a serialized object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Format version.
+    pub version: u16,
+    /// Object kind.
+    pub kind: ObjectKind,
+    /// Fingerprint of the parameters the object was made for.
+    pub fingerprint: [u8; 32],
+    /// Length of the body in bytes.
+    pub body_len: u64,
+}
+
+fn malformed(what: &'static str, reason: impl Into<String>) -> Error {
+    Error::Malformed {
+        what,
+        reason: reason.into(),
+    }
+}
+
+fn hex8(f: &[u8; 32]) -> String {
+    f[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses and checks the fixed header (magic, version, kind) without looking at the body.
+///
+/// # Errors
+/// [`Error::Malformed`] for short input, wrong magic, unknown version or kind.
+pub fn read_header(bytes: &[u8]) -> Result<Header> {
+    const WHAT: &str = "object header";
+    if bytes.len() < HEADER_LEN {
+        return Err(malformed(
+            WHAT,
+            format!("{} bytes, shorter than the {HEADER_LEN}-byte header", bytes.len()),
+        ));
+    }
+    if bytes[..4] != MAGIC {
+        return Err(malformed(WHAT, "not a blindfold CKKS object (bad magic)"));
+    }
+    let version = u16::from_le_bytes([bytes[4], bytes[5]]);
+    if version != FORMAT_VERSION {
+        return Err(malformed(
+            WHAT,
+            format!("format version {version}, this library reads {FORMAT_VERSION}"),
+        ));
+    }
+    let kind =
+        ObjectKind::from_u8(bytes[6]).ok_or_else(|| malformed(WHAT, format!("unknown object kind {}", bytes[6])))?;
+    let mut fingerprint = [0u8; 32];
+    fingerprint.copy_from_slice(&bytes[7..39]);
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&bytes[39..47]);
+    Ok(Header {
+        version,
+        kind,
+        fingerprint,
+        body_len: u64::from_le_bytes(len),
+    })
+}
+
+/// An object with a wire form.
+pub trait WireObject: Sized {
+    /// Its kind tag.
+    const KIND: ObjectKind;
+    /// Largest serialized size accepted by [`deserialize`] for these parameters.
+    fn max_size(ctx: &Context) -> usize;
+    #[doc(hidden)]
+    fn encode_body(&self, ctx: &Context) -> Result<Zeroizing<Vec<u8>>>;
+    #[doc(hidden)]
+    fn decode_body(body: &[u8], ctx: &Arc<Context>) -> Result<Self>;
+}
+
+/// Serializes `obj` (made under `ctx`'s parameters) with the versioned header.
+///
+/// Returns bytes that are zeroized on drop (they hold key material for a [`SecretKey`]).
+///
+/// # Errors
+/// [`Error::InvalidArgument`] if the object does not match `ctx` (e.g. a ciphertext with
+/// more residues than the parameters have).
+pub fn serialize<T: WireObject>(obj: &T, ctx: &Context) -> Result<Zeroizing<Vec<u8>>> {
+    let body = obj.encode_body(ctx)?;
+    let mut out = Zeroizing::new(Vec::with_capacity(HEADER_LEN + body.len()));
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.push(T::KIND as u8);
+    out.extend_from_slice(ctx.params().fingerprint());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Deserializes untrusted bytes into a `T` for `ctx`'s parameters, with the default size
+/// limit `T::max_size(ctx)`.
+///
+/// # Errors
+/// [`Error::Malformed`] for anything that is not a well-formed `T`;
+/// [`Error::ParameterMismatch`] if it was made for other parameters.
+pub fn deserialize<T: WireObject>(bytes: &[u8], ctx: &Arc<Context>) -> Result<T> {
+    deserialize_with_limit(bytes, ctx, T::max_size(ctx))
+}
+
+/// [`deserialize`] with an explicit size limit in bytes.
+///
+/// # Errors
+/// As [`deserialize`].
+pub fn deserialize_with_limit<T: WireObject>(bytes: &[u8], ctx: &Arc<Context>, limit: usize) -> Result<T> {
+    let what = T::KIND.name();
+    let header = read_header(bytes)?;
+    if header.kind != T::KIND {
+        return Err(malformed(
+            what,
+            format!("this is a {}, expected a {what}", header.kind.name()),
+        ));
+    }
+    if &header.fingerprint != ctx.params().fingerprint() {
+        return Err(Error::ParameterMismatch {
+            what,
+            expected: hex8(ctx.params().fingerprint()),
+            found: hex8(&header.fingerprint),
+        });
+    }
+    if bytes.len() > limit {
+        return Err(malformed(
+            what,
+            format!("{} bytes exceeds the limit of {limit} bytes", bytes.len()),
+        ));
+    }
+    let body = &bytes[HEADER_LEN..];
+    if header.body_len != body.len() as u64 {
+        return Err(malformed(
+            what,
+            format!(
+                "header announces {} body bytes, {} present",
+                header.body_len,
+                body.len()
+            ),
+        ));
+    }
+    T::decode_body(body, ctx)
+}
+
+fn to_postcard<T: Serialize>(v: &T) -> Result<Zeroizing<Vec<u8>>> {
+    postcard::to_allocvec(v)
+        .map(Zeroizing::new)
+        .map_err(|e| Error::InvalidArgument(format!("serialization failed: {e}")))
+}
+
+fn from_postcard<'a, T: Deserialize<'a>>(what: &'static str, body: &'a [u8]) -> Result<T> {
+    let (v, rest) =
+        postcard::take_from_bytes(body).map_err(|e| malformed(what, format!("body does not decode: {e}")))?;
+    if !rest.is_empty() {
+        return Err(malformed(what, format!("{} trailing bytes after the body", rest.len())));
+    }
+    Ok(v)
+}
+
+/// Packed size in bytes of a polynomial with residues for the full-basis indices `indices`.
+fn packed_len(ctx: &Context, indices: &[usize]) -> usize {
+    indices
+        .iter()
+        .map(|&i| (ctx.n() * ctx.moduli[i].bits() as usize).div_ceil(8))
+        .sum()
+}
+
+/// Bit-packs the residues `poly[k·N..]` modulo the primes `indices[k]`.
+fn pack(ctx: &Context, poly: &[u64], indices: &[usize]) -> Result<Vec<u8>> {
+    let n = ctx.n();
+    if poly.len() != indices.len() * n {
+        return Err(Error::InvalidArgument(
+            "polynomial does not match the parameters".into(),
+        ));
+    }
+    let mut out = Vec::with_capacity(packed_len(ctx, indices));
+    for (k, &i) in indices.iter().enumerate() {
+        let bits = ctx.moduli[i].bits();
+        let (mut acc, mut nacc) = (0u128, 0u32);
+        for &x in &poly[k * n..(k + 1) * n] {
+            acc |= (x as u128) << nacc;
+            nacc += bits;
+            while nacc >= 8 {
+                out.push(acc as u8);
+                acc >>= 8;
+                nacc -= 8;
+            }
+        }
+        if nacc > 0 {
+            out.push(acc as u8);
+        }
+    }
+    Ok(out)
+}
+
+/// Inverse of [`pack`], checking the length and that every residue is below its prime.
+fn unpack(ctx: &Context, bytes: &[u8], indices: &[usize], what: &'static str) -> Result<Vec<u64>> {
+    let expected = packed_len(ctx, indices);
+    if bytes.len() != expected {
+        return Err(malformed(
+            what,
+            format!("polynomial of {} bytes, expected {expected}", bytes.len()),
+        ));
+    }
+    let n = ctx.n();
+    let mut out = Vec::with_capacity(indices.len() * n);
+    let mut pos = 0;
+    for &i in indices {
+        let q = ctx.moduli[i].value();
+        let bits = ctx.moduli[i].bits();
+        let mask = (1u128 << bits) - 1;
+        let (mut acc, mut nacc) = (0u128, 0u32);
+        let end = pos + (n * bits as usize).div_ceil(8);
+        for _ in 0..n {
+            while nacc < bits {
+                acc |= (bytes[pos] as u128) << nacc;
+                pos += 1;
+                nacc += 8;
+            }
+            let x = (acc & mask) as u64;
+            acc >>= bits;
+            nacc -= bits;
+            if x >= q {
+                return Err(malformed(what, format!("residue {x} not below its prime {q}")));
+            }
+            out.push(x);
+        }
+        if acc != 0 {
+            return Err(malformed(what, "non-zero padding bits"));
+        }
+        pos = end;
+    }
+    Ok(out)
+}
+
+fn check_level(ctx: &Context, level: u8, what: &'static str) -> Result<usize> {
+    let level = level as usize;
+    if level > ctx.max_level() {
+        return Err(malformed(
+            what,
+            format!("level {level} above the top level {}", ctx.max_level()),
+        ));
+    }
+    Ok(level)
+}
+
+fn check_scale(scale: f64, what: &'static str) -> Result<f64> {
+    if !(scale.is_finite() && scale > 0.0) {
+        return Err(malformed(
+            what,
+            format!("scale {scale} is not a positive finite number"),
+        ));
+    }
+    Ok(scale)
+}
+
+fn q_indices(level: usize) -> Vec<usize> {
+    (0..=level).collect()
+}
+
+#[derive(Serialize, Deserialize)]
+struct CiphertextWire {
+    level: u8,
+    scale: f64,
+    parts: Vec<serde_bytes::ByteBuf>,
+}
+
+impl WireObject for Ciphertext {
+    const KIND: ObjectKind = ObjectKind::Ciphertext;
+    fn max_size(ctx: &Context) -> usize {
+        HEADER_LEN + 64 + 3 * (packed_len(ctx, &q_indices(ctx.max_level())) + 10)
+    }
+    fn encode_body(&self, ctx: &Context) -> Result<Zeroizing<Vec<u8>>> {
+        let idx = q_indices(self.level);
+        let parts = self
+            .parts
+            .iter()
+            .map(|p| pack(ctx, p, &idx).map(serde_bytes::ByteBuf::from))
+            .collect::<Result<_>>()?;
+        to_postcard(&CiphertextWire {
+            level: self.level as u8,
+            scale: self.scale,
+            parts,
+        })
+    }
+    fn decode_body(body: &[u8], ctx: &Arc<Context>) -> Result<Self> {
+        const WHAT: &str = "ciphertext";
+        let w: CiphertextWire = from_postcard(WHAT, body)?;
+        let level = check_level(ctx, w.level, WHAT)?;
+        let scale = check_scale(w.scale, WHAT)?;
+        if !(2..=3).contains(&w.parts.len()) {
+            return Err(malformed(
+                WHAT,
+                format!("{} polynomials, expected 2 or 3", w.parts.len()),
+            ));
+        }
+        let idx = q_indices(level);
+        let parts = w
+            .parts
+            .iter()
+            .map(|p| unpack(ctx, p, &idx, WHAT))
+            .collect::<Result<_>>()?;
+        Ok(Ciphertext { parts, level, scale })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct SeededCiphertextWire {
+    level: u8,
+    scale: f64,
+    c0: serde_bytes::ByteBuf,
+    seed: [u8; 32],
+}
+
+impl WireObject for SeededCiphertext {
+    const KIND: ObjectKind = ObjectKind::SeededCiphertext;
+    fn max_size(ctx: &Context) -> usize {
+        HEADER_LEN + 64 + packed_len(ctx, &q_indices(ctx.max_level())) + 10
+    }
+    fn encode_body(&self, ctx: &Context) -> Result<Zeroizing<Vec<u8>>> {
+        let c0 = pack(ctx, &self.c0, &q_indices(self.level))?.into();
+        to_postcard(&SeededCiphertextWire {
+            level: self.level as u8,
+            scale: self.scale,
+            c0,
+            seed: self.seed,
+        })
+    }
+    fn decode_body(body: &[u8], ctx: &Arc<Context>) -> Result<Self> {
+        const WHAT: &str = "seeded ciphertext";
+        let w: SeededCiphertextWire = from_postcard(WHAT, body)?;
+        let level = check_level(ctx, w.level, WHAT)?;
+        let scale = check_scale(w.scale, WHAT)?;
+        let c0 = unpack(ctx, &w.c0, &q_indices(level), WHAT)?;
+        Ok(SeededCiphertext {
+            c0,
+            seed: w.seed,
+            level,
+            scale,
+        })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct PlaintextWire {
+    level: u8,
+    scale: f64,
+    data: serde_bytes::ByteBuf,
+}
+
+impl WireObject for Plaintext {
+    const KIND: ObjectKind = ObjectKind::Plaintext;
+    fn max_size(ctx: &Context) -> usize {
+        HEADER_LEN + 64 + packed_len(ctx, &q_indices(ctx.max_level())) + 10
+    }
+    fn encode_body(&self, ctx: &Context) -> Result<Zeroizing<Vec<u8>>> {
+        let data = pack(ctx, &self.data, &q_indices(self.level))?.into();
+        to_postcard(&PlaintextWire {
+            level: self.level as u8,
+            scale: self.scale,
+            data,
+        })
+    }
+    fn decode_body(body: &[u8], ctx: &Arc<Context>) -> Result<Self> {
+        const WHAT: &str = "plaintext";
+        let w: PlaintextWire = from_postcard(WHAT, body)?;
+        let level = check_level(ctx, w.level, WHAT)?;
+        let scale = check_scale(w.scale, WHAT)?;
+        let data = unpack(ctx, &w.data, &q_indices(level), WHAT)?;
+        Ok(Plaintext { data, level, scale })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct SeededPolyWire {
+    b: serde_bytes::ByteBuf,
+    seed: [u8; 32],
+}
+
+impl WireObject for PublicKey {
+    const KIND: ObjectKind = ObjectKind::PublicKey;
+    fn max_size(ctx: &Context) -> usize {
+        HEADER_LEN + 64 + packed_len(ctx, &q_indices(ctx.max_level()))
+    }
+    fn encode_body(&self, ctx: &Context) -> Result<Zeroizing<Vec<u8>>> {
+        let b = pack(ctx, &self.b, &q_indices(ctx.max_level()))?.into();
+        to_postcard(&SeededPolyWire { b, seed: self.seed })
+    }
+    fn decode_body(body: &[u8], ctx: &Arc<Context>) -> Result<Self> {
+        const WHAT: &str = "public key";
+        let w: SeededPolyWire = from_postcard(WHAT, body)?;
+        let idx = q_indices(ctx.max_level());
+        let b = unpack(ctx, &w.b, &idx, WHAT)?;
+        let a = expand_uniform(ctx, &w.seed, idx.into_iter());
+        Ok(PublicKey { b, a, seed: w.seed })
+    }
+}
+
+fn full_indices(ctx: &Context) -> Vec<usize> {
+    (0..ctx.moduli.len()).collect()
+}
+
+fn ksk_size(ctx: &Context) -> usize {
+    ctx.params().dnum() * (packed_len(ctx, &full_indices(ctx)) + 48)
+}
+
+fn ksk_to_wire(ctx: &Context, k: &KeySwitchingKey) -> Result<Vec<SeededPolyWire>> {
+    let idx = full_indices(ctx);
+    k.digits
+        .iter()
+        .map(|d| {
+            Ok(SeededPolyWire {
+                b: pack(ctx, &d.b, &idx)?.into(),
+                seed: d.seed,
+            })
+        })
+        .collect()
+}
+
+fn ksk_from_wire(ctx: &Context, w: &[SeededPolyWire], what: &'static str) -> Result<KeySwitchingKey> {
+    if w.len() != ctx.params().dnum() {
+        return Err(malformed(
+            what,
+            format!("{} digits, the parameters use {}", w.len(), ctx.params().dnum()),
+        ));
+    }
+    let idx = full_indices(ctx);
+    let digits = w
+        .iter()
+        .map(|d| {
+            let b = unpack(ctx, &d.b, &idx, what)?;
+            let a = expand_uniform(ctx, &d.seed, idx.iter().copied());
+            Ok(KeyDigit { b, a, seed: d.seed })
+        })
+        .collect::<Result<_>>()?;
+    Ok(KeySwitchingKey { digits })
+}
+
+impl WireObject for RelinearizationKey {
+    const KIND: ObjectKind = ObjectKind::RelinearizationKey;
+    fn max_size(ctx: &Context) -> usize {
+        HEADER_LEN + 64 + ksk_size(ctx)
+    }
+    fn encode_body(&self, ctx: &Context) -> Result<Zeroizing<Vec<u8>>> {
+        to_postcard(&ksk_to_wire(ctx, &self.0)?)
+    }
+    fn decode_body(body: &[u8], ctx: &Arc<Context>) -> Result<Self> {
+        const WHAT: &str = "relinearization key";
+        let w: Vec<SeededPolyWire> = from_postcard(WHAT, body)?;
+        Ok(RelinearizationKey(ksk_from_wire(ctx, &w, WHAT)?))
+    }
+}
+
+impl WireObject for GaloisKeys {
+    const KIND: ObjectKind = ObjectKind::GaloisKeys;
+    fn max_size(ctx: &Context) -> usize {
+        HEADER_LEN + 64 + MAX_GALOIS_KEYS * (ksk_size(ctx) + 16)
+    }
+    fn encode_body(&self, ctx: &Context) -> Result<Zeroizing<Vec<u8>>> {
+        let keys: Vec<(u64, Vec<SeededPolyWire>)> = self
+            .keys
+            .iter()
+            .map(|(&g, (k, _))| Ok((g, ksk_to_wire(ctx, k)?)))
+            .collect::<Result<_>>()?;
+        to_postcard(&keys)
+    }
+    fn decode_body(body: &[u8], ctx: &Arc<Context>) -> Result<Self> {
+        const WHAT: &str = "Galois keys";
+        let w: Vec<(u64, Vec<SeededPolyWire>)> = from_postcard(WHAT, body)?;
+        let mut keys = BTreeMap::new();
+        for (g, k) in &w {
+            if g % 2 == 0 || *g >= 2 * ctx.n() as u64 || *g == 1 {
+                return Err(malformed(WHAT, format!("invalid Galois element {g}")));
+            }
+            if keys.contains_key(g) {
+                return Err(malformed(WHAT, format!("Galois element {g} appears twice")));
+            }
+            keys.insert(*g, (ksk_from_wire(ctx, k, WHAT)?, ctx.galois_permutation(*g)));
+        }
+        Ok(GaloisKeys { keys })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct SecretKeyWire {
+    /// Two bits per coefficient: 0 → 0, 1 → 1, 2 → -1.
+    coeffs: serde_bytes::ByteBuf,
+}
+
+impl Drop for SecretKeyWire {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.coeffs.as_mut_slice().zeroize();
+    }
+}
+
+impl WireObject for SecretKey {
+    const KIND: ObjectKind = ObjectKind::SecretKey;
+    fn max_size(ctx: &Context) -> usize {
+        HEADER_LEN + 16 + ctx.n() / 4
+    }
+    fn encode_body(&self, _ctx: &Context) -> Result<Zeroizing<Vec<u8>>> {
+        let mut packed = vec![0u8; self.coeffs.len().div_ceil(4)];
+        for (i, &c) in self.coeffs.iter().enumerate() {
+            // c in {-1, 0, 1} → {2, 0, 1}, branch-free.
+            let sign = ((c >> 63) & 1) as u8;
+            let code = ((c & 1) as u8 & !sign) | (sign << 1);
+            packed[i / 4] |= code << (2 * (i % 4));
+        }
+        to_postcard(&SecretKeyWire {
+            coeffs: serde_bytes::ByteBuf::from(packed),
+        })
+    }
+    fn decode_body(body: &[u8], ctx: &Arc<Context>) -> Result<Self> {
+        const WHAT: &str = "secret key";
+        let w: SecretKeyWire = from_postcard(WHAT, body)?;
+        let n = ctx.n();
+        if w.coeffs.len() != n / 4 {
+            return Err(malformed(
+                WHAT,
+                format!("{} bytes of coefficients, expected {}", w.coeffs.len(), n / 4),
+            ));
+        }
+        let mut coeffs = Zeroizing::new(vec![0i64; n]);
+        let mut invalid = 0u8;
+        for (i, c) in coeffs.iter_mut().enumerate() {
+            let code = (w.coeffs[i / 4] >> (2 * (i % 4))) & 3;
+            invalid |= code & (code >> 1); // code 3
+            *c = (code & 1) as i64 - ((code >> 1) as i64);
+        }
+        if invalid != 0 {
+            return Err(malformed(WHAT, "coefficient code 3 is not a ternary value"));
+        }
+        Ok(SecretKey::from_coefficients(ctx, coeffs))
+    }
+}

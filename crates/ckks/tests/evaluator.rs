@@ -15,7 +15,10 @@ use common::*;
 fn report(name: &str, got: &[Complex64], want: &[Complex64], budget: f64) {
     let (mean, min) = precision(got, want);
     println!("{name:<28} mean {mean:6.2} bits, min {min:6.2} bits (budget {budget})");
-    assert!(min >= budget, "{name}: min precision {min:.2} bits below budget {budget}");
+    assert!(
+        min >= budget,
+        "{name}: min precision {min:.2} bits below budget {budget}"
+    );
 }
 
 fn all_params() -> Vec<Parameters> {
@@ -33,7 +36,12 @@ fn encrypt_decrypt_roundtrip() {
         let pt = s.encoder.encode(&v, 2, s.params.default_scale()).unwrap();
         let mut sym = Encryptor::with_secret_key(s.keygen.secret_key()).unwrap();
         let seeded = sym.encrypt_symmetric(&pt).unwrap();
-        report("symmetric encrypt/decrypt", &s.decrypt(&seeded.expand(&s.ctx)), &v, 22.0);
+        report(
+            "symmetric encrypt/decrypt",
+            &s.decrypt(&seeded.expand(&s.ctx)),
+            &v,
+            22.0,
+        );
     }
 }
 
@@ -50,7 +58,12 @@ fn add_sub_negate_plain() {
         report("sub", &s.decrypt(&s.eval.sub(&ca, &cb).unwrap()), &diff, 20.0);
         report("negate", &s.decrypt(&s.eval.negate(&ca)), &neg, 20.0);
         let pb = s.encoder.encode(&b, ca.level(), ca.scale()).unwrap();
-        report("add_plain", &s.decrypt(&s.eval.add_plain(&ca, &pb).unwrap()), &sum, 20.0);
+        report(
+            "add_plain",
+            &s.decrypt(&s.eval.add_plain(&ca, &pb).unwrap()),
+            &sum,
+            20.0,
+        );
     }
 }
 
@@ -102,8 +115,16 @@ fn multiply_relinearize_rescale_to_level_zero() {
             want = want.iter().map(|x| x * x).collect();
             report("multiply (size 3)", &got3, &want, 18.0);
             let sq = s.eval.rescale(&s.eval.relinearize(&sq3, &s.rlk).unwrap()).unwrap();
-            report(&format!("mul+relin+rescale -> L{}", sq.level()), &s.decrypt(&sq), &want, 18.0);
-            let sq_b = s.eval.rescale(&s.eval.relinearize(&s.eval.square(&ct).unwrap(), &s.rlk).unwrap()).unwrap();
+            report(
+                &format!("mul+relin+rescale -> L{}", sq.level()),
+                &s.decrypt(&sq),
+                &want,
+                18.0,
+            );
+            let sq_b = s
+                .eval
+                .rescale(&s.eval.relinearize(&s.eval.square(&ct).unwrap(), &s.rlk).unwrap())
+                .unwrap();
             report("square", &s.decrypt(&sq_b), &want, 18.0);
             ct = sq;
         }
@@ -121,21 +142,43 @@ fn rotations_conjugation_and_hoisting() {
         let steps = [1i64, 2, 5, -1, -7, slots as i64 / 2];
         let gk = s.keygen.galois_keys(&steps, true);
         for &k in &steps {
-            let want: Vec<_> = (0..slots).map(|j| a[(j as i64 + k).rem_euclid(slots as i64) as usize]).collect();
-            report(&format!("rotate {k}"), &s.decrypt(&s.eval.rotate(&ct, k, &gk).unwrap()), &want, 21.0);
+            let want: Vec<_> = (0..slots)
+                .map(|j| a[(j as i64 + k).rem_euclid(slots as i64) as usize])
+                .collect();
+            report(
+                &format!("rotate {k}"),
+                &s.decrypt(&s.eval.rotate(&ct, k, &gk).unwrap()),
+                &want,
+                21.0,
+            );
         }
         let hoisted = s.eval.rotate_hoisted(&ct, &steps, &gk).unwrap();
         for (&k, h) in steps.iter().zip(&hoisted) {
-            let want: Vec<_> = (0..slots).map(|j| a[(j as i64 + k).rem_euclid(slots as i64) as usize]).collect();
+            let want: Vec<_> = (0..slots)
+                .map(|j| a[(j as i64 + k).rem_euclid(slots as i64) as usize])
+                .collect();
             report(&format!("hoisted rotate {k}"), &s.decrypt(h), &want, 21.0);
         }
         let want: Vec<_> = a.iter().map(|x| x.conj()).collect();
-        report("conjugate", &s.decrypt(&s.eval.conjugate(&ct, &gk).unwrap()), &want, 21.0);
+        report(
+            "conjugate",
+            &s.decrypt(&s.eval.conjugate(&ct, &gk).unwrap()),
+            &want,
+            21.0,
+        );
         // Rotations at a lower level use the same keys.
         let low = s.eval.drop_to_level(&ct, 1).unwrap();
         let want: Vec<_> = (0..slots).map(|j| a[(j + 1) % slots]).collect();
-        report("rotate 1 at level 1", &s.decrypt(&s.eval.rotate(&low, 1, &gk).unwrap()), &want, 21.0);
-        assert!(matches!(s.eval.rotate(&ct, 3, &gk), Err(Error::MissingGaloisKey { .. })));
+        report(
+            "rotate 1 at level 1",
+            &s.decrypt(&s.eval.rotate(&low, 1, &gk).unwrap()),
+            &want,
+            21.0,
+        );
+        assert!(matches!(
+            s.eval.rotate(&ct, 3, &gk),
+            Err(Error::MissingGaloisKey { .. })
+        ));
     }
 }
 
@@ -150,11 +193,23 @@ fn mismatches_are_typed_errors() {
     let other_scale = s.eval.multiply_integer(&ct, 1);
     let mut other_scale = other_scale;
     other_scale.set_scale(ct.scale() * 2.0);
-    assert!(matches!(s.eval.add(&ct, &other_scale), Err(Error::ScaleMismatch { .. })));
+    assert!(matches!(
+        s.eval.add(&ct, &other_scale),
+        Err(Error::ScaleMismatch { .. })
+    ));
     let three = s.eval.multiply(&ct, &ct).unwrap();
-    assert!(matches!(s.eval.rotate(&three, 1, &s.keygen.galois_keys(&[1], false)), Err(Error::CiphertextSize { .. })));
-    assert!(matches!(s.eval.relinearize(&ct, &s.rlk), Err(Error::CiphertextSize { .. })));
-    assert!(matches!(s.eval.multiply_const(&ct, f64::NAN, 2.0), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        s.eval.rotate(&three, 1, &s.keygen.galois_keys(&[1], false)),
+        Err(Error::CiphertextSize { .. })
+    ));
+    assert!(matches!(
+        s.eval.relinearize(&ct, &s.rlk),
+        Err(Error::CiphertextSize { .. })
+    ));
+    assert!(matches!(
+        s.eval.multiply_const(&ct, f64::NAN, 2.0),
+        Err(Error::InvalidArgument(_))
+    ));
 }
 
 #[test]
@@ -170,7 +225,13 @@ fn evaluator_is_shareable_across_threads() {
     let want: Vec<_> = a.iter().map(|x| x * x).collect();
     let results: Vec<Ciphertext> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..4)
-            .map(|_| scope.spawn(|| s.eval.rescale(&s.eval.multiply_relin(&ct, &ct, &s.rlk).unwrap()).unwrap()))
+            .map(|_| {
+                scope.spawn(|| {
+                    s.eval
+                        .rescale(&s.eval.multiply_relin(&ct, &ct, &s.rlk).unwrap())
+                        .unwrap()
+                })
+            })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });

@@ -40,12 +40,18 @@ mod imp {
         let lo: u64x8 = cast(s.avx512ifma._mm512_madd52lo_epu64(zero, cast(a), cast(c)));
         // lo - quot·q mod 2^52
         let r: u64x8 = cast(s.avx512ifma._mm512_madd52lo_epu64(cast(lo), cast(quot), cast(neg_q)));
-        cast(s.avx512f._mm512_and_si512(cast(r), s.avx512f._mm512_set1_epi64(((1u64 << 52) - 1) as i64)))
+        cast(
+            s.avx512f
+                ._mm512_and_si512(cast(r), s.avx512f._mm512_set1_epi64(((1u64 << 52) - 1) as i64)),
+        )
     }
 
     #[inline(always)]
     fn csub(s: Ifma, x: u64x8, q: u64x8) -> u64x8 {
-        cast(s.avx512f._mm512_min_epu64(cast(x), s.avx512f._mm512_sub_epi64(cast(x), cast(q))))
+        cast(
+            s.avx512f
+                ._mm512_min_epu64(cast(x), s.avx512f._mm512_sub_epi64(cast(x), cast(q))),
+        )
     }
 
     /// `dst[i] = dst[i] + (a[i] - b[i])·c mod q`; returns false if IFMA is unavailable.
@@ -63,10 +69,10 @@ mod imp {
                 let cv: u64x8 = cast(s.avx512f._mm512_set1_epi64(c as i64));
                 let csv: u64x8 = cast(s.avx512f._mm512_set1_epi64(c_shoup as i64));
                 for ((d, x), y) in d8.iter_mut().zip(a8).zip(b8) {
-                    let t: u64x8 = cast(s.avx512f._mm512_sub_epi64(
-                        s.avx512f._mm512_add_epi64(cast(*x), cast(qv)),
-                        cast(*y),
-                    ));
+                    let t: u64x8 = cast(
+                        s.avx512f
+                            ._mm512_sub_epi64(s.avx512f._mm512_add_epi64(cast(*x), cast(qv)), cast(*y)),
+                    );
                     let p = csub(s, mul_shoup52(s, t, cv, csv, neg_q), qv);
                     let sum: u64x8 = cast(s.avx512f._mm512_add_epi64(cast(*d), cast(p)));
                     *d = cast(csub(s, sum, qv));
@@ -97,10 +103,10 @@ mod imp {
                     Some(b) => {
                         let (b8, b_tail) = pulp::as_arrays::<8, _>(b);
                         for (x, y) in a8.iter_mut().zip(b8) {
-                            let t: u64x8 = cast(s.avx512f._mm512_sub_epi64(
-                                s.avx512f._mm512_add_epi64(cast(*x), cast(qv)),
-                                cast(*y),
-                            ));
+                            let t: u64x8 = cast(
+                                s.avx512f
+                                    ._mm512_sub_epi64(s.avx512f._mm512_add_epi64(cast(*x), cast(qv)), cast(*y)),
+                            );
                             *x = cast(csub(s, mul_shoup52(s, t, cv, csv, neg_q), qv));
                         }
                         for (x, &y) in a_tail.iter_mut().zip(b_tail) {

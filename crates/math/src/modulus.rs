@@ -37,7 +37,12 @@ impl Modulus {
             return None;
         }
         let ratio = u128::MAX / q as u128; // floor((2^128 - 1) / q) == floor(2^128 / q) for odd q
-        Some(Self { q, barrett_hi: (ratio >> 64) as u64, barrett_lo: ratio as u64, barrett64: (ratio >> 64) as u64 })
+        Some(Self {
+            q,
+            barrett_hi: (ratio >> 64) as u64,
+            barrett_lo: ratio as u64,
+            barrett64: (ratio >> 64) as u64,
+        })
     }
 
     /// The modulus `q`.
@@ -216,7 +221,10 @@ mod tests {
         let x = 3.0f64 * 2f64.powi(70);
         let expect = (3u128 << 70) % q.value() as u128;
         assert_eq!(q.reduce_f64(x) as u128, expect);
-        assert_eq!(q.reduce_f64(-x) as u128, (q.value() as u128 - expect) % q.value() as u128);
+        assert_eq!(
+            q.reduce_f64(-x) as u128,
+            (q.value() as u128 - expect) % q.value() as u128
+        );
         assert_eq!(q.reduce_f64(-5.0), q.value() - 5);
     }
 

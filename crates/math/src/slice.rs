@@ -159,8 +159,12 @@ mod tests {
     }
 
     fn slice_ops_match_scalar_for(q: Modulus) {
-        let a: Vec<u64> = (0..1003u64).map(|i| i.wrapping_mul(0x9e3779b97f4a7c15) % q.value()).collect();
-        let b: Vec<u64> = (0..1003u64).map(|i| i.wrapping_mul(0x12345678abcdef) % q.value()).collect();
+        let a: Vec<u64> = (0..1003u64)
+            .map(|i| i.wrapping_mul(0x9e3779b97f4a7c15) % q.value())
+            .collect();
+        let b: Vec<u64> = (0..1003u64)
+            .map(|i| i.wrapping_mul(0x12345678abcdef) % q.value())
+            .collect();
         let mut s = a.clone();
         add_assign(&mut s, &b, &q);
         let mut d = a.clone();
