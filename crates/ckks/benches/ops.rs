@@ -4,6 +4,8 @@
 //! Run: `cargo bench -p blindfold-ckks --bench ops`. Quick smoke run (CI):
 //! `cargo bench -p blindfold-ckks --bench ops -- --quick`... see BENCHMARKS.md.
 
+#![allow(missing_docs)] // criterion_group! generates undocumented items
+
 use blindfold_ckks::*;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::hint::black_box;

@@ -211,7 +211,7 @@ impl Evaluator {
     /// [`Error::InvalidArgument`] if `value · const_scale` is not finite or `const_scale < 1`.
     pub fn multiply_const(&self, a: &Ciphertext, value: f64, const_scale: f64) -> Result<Ciphertext> {
         let k = (value * const_scale).round();
-        if !k.is_finite() || !(const_scale >= 1.0 && const_scale.is_finite()) {
+        if !(k.is_finite() && const_scale >= 1.0 && const_scale.is_finite()) {
             return Err(Error::InvalidArgument(format!(
                 "constant {value} at scale {const_scale} is not finite"
             )));

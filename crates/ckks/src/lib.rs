@@ -26,6 +26,11 @@
 //! ```
 #![forbid(unsafe_code)]
 
+// The README's example runs as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
+
 mod context;
 mod crypto;
 mod encoder;

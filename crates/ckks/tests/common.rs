@@ -1,5 +1,5 @@
 //! Shared helpers for the CKKS integration tests.
-#![allow(dead_code)]
+#![allow(dead_code, missing_docs)]
 
 use blindfold_ckks::*;
 use std::sync::Arc;

@@ -33,7 +33,7 @@ pub(crate) fn csub(x: u64, q: u64) -> u64 {
 impl Modulus {
     /// Builds the modulus `q`; returns `None` unless `q` is odd and `3 <= q < 2^62`.
     pub fn new(q: u64) -> Option<Self> {
-        if q < 3 || q % 2 == 0 || q >= 1 << 62 {
+        if q < 3 || q.is_multiple_of(2) || q >= 1 << 62 {
             return None;
         }
         let ratio = u128::MAX / q as u128; // floor((2^128 - 1) / q) == floor(2^128 / q) for odd q
@@ -164,7 +164,7 @@ impl Modulus {
 
     /// Inverse of `a` modulo a prime `q` (Fermat). Returns `None` for `a == 0`.
     pub fn inv(&self, a: u64) -> Option<u64> {
-        if a % self.q == 0 {
+        if a.is_multiple_of(self.q) {
             None
         } else {
             Some(self.pow(a % self.q, self.q - 2))
