@@ -2,7 +2,7 @@
 
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::keys::{GaloisKeys, KeyDigit, KeySwitchingKey, RelinearizationKey};
+use crate::keys::{GaloisKeys, KeySwitchingKey, RelinearizationKey};
 use crate::scratch::Scratch;
 use crate::types::{Ciphertext, Plaintext};
 use blindfold_math::slice;
@@ -171,7 +171,12 @@ impl Evaluator {
         for p in &a.parts {
             let mut o = vec![0u64; p.len()];
             for (i, r) in self.residues(a.level) {
-                self.ctx.ntt[i].mul_acc(&mut o[r.clone()], &p[r.clone()], &pt.data[r]);
+                slice::dot(
+                    [&mut o[r.clone()]],
+                    &[&p[r.clone()]],
+                    [&[&pt.data[r]]],
+                    &self.ctx.moduli[i],
+                );
             }
             out.parts.push(o);
         }
@@ -260,13 +265,12 @@ impl Evaluator {
         let len = a.parts[0].len();
         let (mut d0, mut d1, mut d2) = (vec![0u64; len], vec![0u64; len], vec![0u64; len]);
         for (i, r) in self.residues(a.level) {
-            let op = &self.ctx.ntt[i];
+            let q = &self.ctx.moduli[i];
             let (a0, a1) = (&a.parts[0][r.clone()], &a.parts[1][r.clone()]);
             let (b0, b1) = (&b.parts[0][r.clone()], &b.parts[1][r.clone()]);
-            op.mul_acc(&mut d0[r.clone()], a0, b0);
-            op.mul_acc(&mut d1[r.clone()], a0, b1);
-            op.mul_acc(&mut d1[r.clone()], a1, b0);
-            op.mul_acc(&mut d2[r], a1, b1);
+            slice::dot([&mut d0[r.clone()]], &[a0], [&[b0]], q);
+            slice::dot([&mut d1[r.clone()]], &[a0, a1], [&[b1, b0]], q);
+            slice::dot([&mut d2[r]], &[a1], [&[b1]], q);
         }
         Ok(Ciphertext {
             parts: vec![d0, d1, d2],
@@ -275,7 +279,7 @@ impl Evaluator {
         })
     }
 
-    /// `a²` as a size-3 ciphertext (3 products per residue instead of 4).
+    /// `a²` as a size-3 ciphertext.
     ///
     /// # Errors
     /// [`Error::CiphertextSize`].
@@ -290,14 +294,11 @@ impl Evaluator {
         let len = a.parts[0].len();
         let (mut d0, mut d1, mut d2) = (vec![0u64; len], vec![0u64; len], vec![0u64; len]);
         for (i, r) in self.residues(a.level) {
-            let op = &self.ctx.ntt[i];
-            let (a0, a1) = (&a.parts[0][r.clone()], &a.parts[1][r.clone()]);
-            op.mul_acc(&mut d0[r.clone()], a0, a0);
-            op.mul_acc(&mut d1[r.clone()], a0, a1);
             let q = &self.ctx.moduli[i];
-            let once = d1[r.clone()].to_vec();
-            slice::add_assign(&mut d1[r.clone()], &once, q);
-            op.mul_acc(&mut d2[r], a1, a1);
+            let (a0, a1) = (&a.parts[0][r.clone()], &a.parts[1][r.clone()]);
+            slice::dot([&mut d0[r.clone()]], &[a0], [&[a0]], q);
+            slice::dot([&mut d1[r.clone()]], &[a0, a0], [&[a1, a1]], q);
+            slice::dot([&mut d2[r]], &[a1], [&[a1]], q);
         }
         Ok(Ciphertext {
             parts: vec![d0, d1, d2],
@@ -521,15 +522,17 @@ impl Evaluator {
         let n = ctx.n();
         let level = a.level;
         let ext = level + 1 + ctx.num_special();
-        let mut acc0 = Scratch::zeroed(ext * n);
-        let mut acc1 = Scratch::zeroed(ext * n);
-        let mut permuted = Scratch::overwritten(n);
-        for (digit, kd) in dec.digits.iter().zip(&key.digits) {
-            for pos in 0..ext {
-                let r = pos * n..(pos + 1) * n;
-                slice::permute_into(&mut permuted, &digit[r.clone()], perm);
-                self.mul_acc_key(&mut acc0, &mut acc1, &permuted, kd, level, pos);
+        let mut acc0 = Scratch::overwritten(ext * n);
+        let mut acc1 = Scratch::overwritten(ext * n);
+        let digits = dec.digits.len();
+        let mut permuted = Scratch::overwritten(digits * n);
+        for pos in 0..ext {
+            let r = pos * n..(pos + 1) * n;
+            for (j, digit) in dec.digits.iter().enumerate() {
+                slice::permute_into(&mut permuted[j * n..(j + 1) * n], &digit[r.clone()], perm);
             }
+            let d: Vec<&[u64]> = permuted.chunks_exact(n).collect();
+            self.dot_key(&mut acc0[r.clone()], &mut acc1[r], &d, key, level, pos);
         }
         let len = (level + 1) * n;
         let mut c0 = vec![0u64; len];
@@ -546,25 +549,24 @@ impl Evaluator {
         Ok(out)
     }
 
-    /// Writes digit `j` of `c` (given in coefficient form `coeff` and NTT form `c`, level
-    /// `level`) over `Q_l ∪ P` in NTT form into `digit`.
-    fn decompose_digit(&self, coeff: &[u64], c: &[u64], level: usize, j: usize, digit: &mut [u64]) {
+    /// Digit `j` of `c` at extended position `pos` (NTT form): a copy of `c`'s residue when
+    /// `q_pos` belongs to the digit, otherwise the basis extension of the digit's residues
+    /// (given in coefficient form in `coeff`) to that prime, transformed.
+    fn digit_residue(&self, coeff: &[u64], c: &[u64], level: usize, j: usize, pos: usize, out: &mut [u64]) {
         let ctx = &self.ctx;
         let n = ctx.n();
         let alpha_d = ctx.params().alpha();
-        let (conv, targets) = &ctx.decompose[level][j];
-        let lo = j * alpha_d;
-        let hi = ((j + 1) * alpha_d).min(level + 1);
-        let ext = targets.len() + hi - lo;
-        // The targets are the positions 0..lo and hi..ext, in order: convert in place.
-        let input = &coeff[lo * n..hi * n];
-        let (below, rest) = digit.split_at_mut(lo * n);
-        conv.convert_to(input, 0..lo, below);
-        conv.convert_to(input, lo..targets.len(), &mut rest[(hi - lo) * n..(ext - lo) * n]);
-        for &pos in targets {
-            ctx.extended_ntt(level, pos).forward(&mut digit[pos * n..(pos + 1) * n]);
+        let (lo, hi) = (j * alpha_d, ((j + 1) * alpha_d).min(level + 1));
+        if (lo..hi).contains(&pos) {
+            out.copy_from_slice(&c[pos * n..(pos + 1) * n]);
+            return;
         }
-        digit[lo * n..hi * n].copy_from_slice(&c[lo * n..hi * n]);
+        // The converter's targets are the positions 0..lo, then hi..ext.
+        let t = if pos < lo { pos } else { pos - (hi - lo) };
+        ctx.decompose[level][j]
+            .0
+            .convert_to(&coeff[lo * n..hi * n], t..t + 1, out);
+        ctx.extended_ntt(level, pos).forward(out);
     }
 
     /// Splits `c` (NTT, level `l`) into digits over `Q_l ∪ P` (NTT form).
@@ -577,40 +579,64 @@ impl Evaluator {
         let digits = (0..ctx.decompose[level].len())
             .map(|j| {
                 let mut digit = vec![0u64; ext * n];
-                self.decompose_digit(&coeff, c, level, j, &mut digit);
+                for (pos, out) in digit.chunks_exact_mut(n).enumerate() {
+                    self.digit_residue(&coeff, c, level, j, pos, out);
+                }
                 digit
             })
             .collect();
         Decomposed { level, digits }
     }
 
-    /// `acc0 += d·b_j`, `acc1 += d·a_j` at extended position `pos`.
-    #[inline]
-    fn mul_acc_key(&self, acc0: &mut [u64], acc1: &mut [u64], d: &[u64], kd: &KeyDigit, level: usize, pos: usize) {
+    /// `out0 = Σ_j d_j·b_j`, `out1 = Σ_j d_j·a_j` at extended position `pos` (one fused
+    /// pass, one reduction per coefficient).
+    fn dot_key(
+        &self,
+        out0: &mut [u64],
+        out1: &mut [u64],
+        d: &[&[u64]],
+        key: &KeySwitchingKey,
+        level: usize,
+        pos: usize,
+    ) {
         let n = self.ctx.n();
-        let op = self.ctx.extended_ntt(level, pos);
         let full = self.ctx.extended_to_full(level, pos);
         let kr = full * n..(full + 1) * n;
-        op.mul_acc(&mut acc0[pos * n..(pos + 1) * n], d, &kd.b[kr.clone()]);
-        op.mul_acc(&mut acc1[pos * n..(pos + 1) * n], d, &kd.a[kr]);
+        let b: Vec<&[u64]> = key.digits[..d.len()].iter().map(|kd| &kd.b[kr.clone()]).collect();
+        let a: Vec<&[u64]> = key.digits[..d.len()].iter().map(|kd| &kd.a[kr.clone()]).collect();
+        slice::dot([out0, out1], d, [&b, &a], &self.ctx.moduli[full]);
     }
 
     /// Key-switches `c` (NTT, level `l`) with `key` and adds the result to `out`'s first two
-    /// polynomials. One digit is materialized at a time.
+    /// polynomials. Works one residue position at a time: the digits' residues at that
+    /// position are formed (copied or basis-extended and transformed) and multiplied into the
+    /// key in one fused pass.
     fn key_switch_add(&self, c: &[u64], level: usize, key: &KeySwitchingKey, out: &mut Ciphertext) {
         let ctx = &self.ctx;
         let n = ctx.n();
         let ext = level + 1 + ctx.num_special();
+        let digits = ctx.decompose[level].len();
         let mut coeff = Scratch::copy_of(&c[..(level + 1) * n]);
         ctx.backward(&mut coeff);
-        let mut acc0 = Scratch::zeroed(ext * n);
-        let mut acc1 = Scratch::zeroed(ext * n);
-        let mut digit = Scratch::overwritten(ext * n);
-        for (j, kd) in key.digits.iter().enumerate().take(ctx.decompose[level].len()) {
-            self.decompose_digit(&coeff, c, level, j, &mut digit);
-            for pos in 0..ext {
-                self.mul_acc_key(&mut acc0, &mut acc1, &digit[pos * n..(pos + 1) * n], kd, level, pos);
+        let mut acc0 = Scratch::overwritten(ext * n);
+        let mut acc1 = Scratch::overwritten(ext * n);
+        let mut residues = Scratch::overwritten(digits * n);
+        let alpha_d = ctx.params().alpha();
+        for pos in 0..ext {
+            // The digit containing q_pos is c's own residue there: borrowed, not copied.
+            let own = (pos <= level).then_some(pos / alpha_d);
+            for (j, r) in residues.chunks_exact_mut(n).enumerate() {
+                if Some(j) != own {
+                    self.digit_residue(&coeff, c, level, j, pos, r);
+                }
             }
+            let d: Vec<&[u64]> = residues
+                .chunks_exact(n)
+                .enumerate()
+                .map(|(j, r)| if Some(j) == own { &c[pos * n..(pos + 1) * n] } else { r })
+                .collect();
+            let r = pos * n..(pos + 1) * n;
+            self.dot_key(&mut acc0[r.clone()], &mut acc1[r], &d, key, level, pos);
         }
         self.mod_down_add(&mut acc0, level, &mut out.parts[0]);
         self.mod_down_add(&mut acc1, level, &mut out.parts[1]);

@@ -15,26 +15,36 @@ const MAX_POOLED: usize = 16;
 /// never use them.
 pub(crate) struct Scratch(Vec<u64>);
 
-impl Scratch {
-    /// A buffer of `len` zeros.
-    pub(crate) fn zeroed(len: usize) -> Self {
-        let mut v = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
-        v.clear();
-        v.resize(len, 0);
-        Self(v)
-    }
+/// The smallest pooled buffer with capacity for `len` words (so buffers are not regrown,
+/// which would touch fresh pages), or a new one.
+fn take(len: usize) -> Vec<u64> {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let best = p
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.capacity() >= len)
+            .min_by_key(|(_, v)| v.capacity())
+            .map(|(i, _)| i);
+        match best {
+            Some(i) => p.swap_remove(i),
+            None => Vec::with_capacity(len),
+        }
+    })
+}
 
+impl Scratch {
     /// A buffer of `len` words whose contents are unspecified (stale data from an earlier
     /// use, never uninitialized memory): for outputs that are fully overwritten.
     pub(crate) fn overwritten(len: usize) -> Self {
-        let mut v = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
+        let mut v = take(len);
         v.resize(len, 0);
         Self(v)
     }
 
     /// A buffer holding a copy of `src`.
     pub(crate) fn copy_of(src: &[u64]) -> Self {
-        let mut v = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
+        let mut v = take(src.len());
         v.clear();
         v.extend_from_slice(src);
         Self(v)

@@ -86,6 +86,134 @@ mod imp {
         true
     }
 
+    /// `dst[i] = [centered(src[i] mod src_q)] mod q` for `src_q < 2^52`, `q < 2^50`:
+    /// Barrett reduction in 52-bit lanes (the Shoup kernel with constant 1), then the shift
+    /// of values above `src_q/2`. Returns false without IFMA.
+    pub fn reduce_centered(dst: &mut [u64], src: &[u64], src_q: u64, q: u64) -> bool {
+        let Some(s) = Ifma::try_new() else { return false };
+        let shoup_one = (1u128 << 52) as u64 / q;
+        let m = crate::Modulus::new(q).expect("odd modulus");
+        let shift = q - m.reduce(src_q);
+        s.vectorize(
+            #[inline(always)]
+            || {
+                let (d8, d_tail) = pulp::as_arrays_mut::<8, _>(dst);
+                let (s8, s_tail) = pulp::as_arrays::<8, _>(src);
+                let qv: u64x8 = cast(s.avx512f._mm512_set1_epi64(q as i64));
+                let neg_q: u64x8 = cast(s.avx512f._mm512_set1_epi64(q.wrapping_neg() as i64));
+                let one: u64x8 = cast(s.avx512f._mm512_set1_epi64(1));
+                let sh: u64x8 = cast(s.avx512f._mm512_set1_epi64(shoup_one as i64));
+                let half = s.avx512f._mm512_set1_epi64((src_q >> 1) as i64);
+                let shiftv = s.avx512f._mm512_set1_epi64(shift as i64);
+                for (d, x) in d8.iter_mut().zip(s8) {
+                    let r = csub(s, mul_shoup52(s, cast(*x), one, sh, neg_q), qv);
+                    let above = s.avx512f._mm512_cmpgt_epu64_mask(cast(*x), half);
+                    let r = s.avx512f._mm512_mask_add_epi64(cast(r), above, cast(r), shiftv);
+                    *d = cast(csub(s, cast(r), qv));
+                }
+                let half = src_q >> 1;
+                for (d, &x) in d_tail.iter_mut().zip(s_tail) {
+                    let r = m.reduce(x);
+                    *d = if x > half { m.add(r, shift) } else { r };
+                }
+            },
+        );
+        true
+    }
+
+    /// `outs[k][i] = Σ_j d_j[i]·bs[k]_j[i] mod q` for `q < 2^50` and at most 16 terms:
+    /// 52-bit products accumulated without reduction (low halves below 2^56, high halves below
+    /// 2^52), one reduction per output. False without IFMA.
+    pub fn dot<const K: usize>(outs: &mut [&mut [u64]; K], d: &[&[u64]], bs: [&[&[u64]]; K], q: u64) -> bool {
+        let Some(s) = Ifma::try_new() else { return false };
+        let m = crate::Modulus::new(q).expect("odd modulus");
+        let two52 = m.reduce(1u64 << 52);
+        let two52_shoup = (((two52 as u128) << 52) / q as u128) as u64;
+        let shoup_one = (1u128 << 52) as u64 / q;
+        let n = outs[0].len();
+        let d8 = split8(d);
+        let b8: [Vec<&[[u64; 8]]>; K] = bs.map(split8);
+        let chunks = n / 8;
+        {
+            let mut o8: [&mut [[u64; 8]]; K] = outs.each_mut().map(|o| pulp::as_arrays_mut::<8, _>(o).0);
+            s.vectorize(
+                #[inline(always)]
+                || {
+                    let zero: u64x8 = cast(s.avx512f._mm512_setzero_si512());
+                    let k = Consts::new(s, q, two52, two52_shoup, shoup_one);
+                    for c in 0..chunks {
+                        let mut lo = [zero; K];
+                        let mut hi = [zero; K];
+                        for j in 0..d8.len() {
+                            let dv = d8[j][c];
+                            for t in 0..K {
+                                let bv = b8[t][j][c];
+                                lo[t] = cast(s.avx512ifma._mm512_madd52lo_epu64(cast(lo[t]), cast(dv), cast(bv)));
+                                hi[t] = cast(s.avx512ifma._mm512_madd52hi_epu64(cast(hi[t]), cast(dv), cast(bv)));
+                            }
+                        }
+                        for t in 0..K {
+                            o8[t][c] = cast(k.finish(s, hi[t], lo[t]));
+                        }
+                    }
+                },
+            );
+        }
+        for (t, out) in outs.iter_mut().enumerate() {
+            for i in chunks * 8..n {
+                let x = (0..d.len()).fold(0u128, |acc, j| acc + d[j][i] as u128 * bs[t][j][i] as u128);
+                out[i] = m.reduce_u128(x);
+            }
+        }
+        true
+    }
+
+    fn split8<'a>(v: &[&'a [u64]]) -> Vec<&'a [[u64; 8]]> {
+        v.iter().map(|x| pulp::as_arrays::<8, _>(x).0).collect()
+    }
+
+    /// Broadcast constants of the lazy reduction in [`dot_pair`].
+    #[derive(Clone, Copy)]
+    struct Consts {
+        q: u64x8,
+        neg_q: u64x8,
+        one: u64x8,
+        shoup_one: u64x8,
+        two52: u64x8,
+        two52_shoup: u64x8,
+    }
+
+    impl Consts {
+        #[inline(always)]
+        fn new(s: Ifma, q: u64, two52: u64, two52_shoup: u64, shoup_one: u64) -> Self {
+            let b = |x: u64| -> u64x8 { cast(s.avx512f._mm512_set1_epi64(x as i64)) };
+            Self {
+                q: b(q),
+                neg_q: b(q.wrapping_neg()),
+                one: b(1),
+                shoup_one: b(shoup_one),
+                two52: b(two52),
+                two52_shoup: b(two52_shoup),
+            }
+        }
+
+        /// `(hi·2^52 + lo) mod q` for `hi < 2^52 - 16`, `lo < 2^56`.
+        #[inline(always)]
+        fn finish(self, s: Ifma, hi: u64x8, lo: u64x8) -> u64x8 {
+            let hi: u64x8 = cast(
+                s.avx512f
+                    ._mm512_add_epi64(cast(hi), s.avx512f._mm512_srli_epi64::<52>(cast(lo))),
+            );
+            let lo: u64x8 = cast(
+                s.avx512f
+                    ._mm512_and_si512(cast(lo), s.avx512f._mm512_set1_epi64(((1u64 << 52) - 1) as i64)),
+            );
+            let r_hi = csub(s, mul_shoup52(s, hi, self.two52, self.two52_shoup, self.neg_q), self.q);
+            let r_lo = csub(s, mul_shoup52(s, lo, self.one, self.shoup_one, self.neg_q), self.q);
+            csub(s, cast(s.avx512f._mm512_add_epi64(cast(r_hi), cast(r_lo))), self.q)
+        }
+    }
+
     /// `a[i] = (a[i] - b[i])·c mod q` (with `b` empty: `a[i]·c`); false without IFMA.
     pub fn sub_mul_scalar(a: &mut [u64], b: Option<&[u64]>, c: u64, q: u64) -> bool {
         let Some(s) = Ifma::try_new() else { return false };
@@ -136,6 +264,12 @@ mod imp {
     pub fn sub_mul_scalar(_: &mut [u64], _: Option<&[u64]>, _: u64, _: u64) -> bool {
         false
     }
+    pub fn reduce_centered(_: &mut [u64], _: &[u64], _: u64, _: u64) -> bool {
+        false
+    }
+    pub fn dot<const K: usize>(_: &mut [&mut [u64]; K], _: &[&[u64]], _: [&[&[u64]]; K], _: u64) -> bool {
+        false
+    }
 }
 
-pub(crate) use imp::{add_sub_mul_scalar, sub_mul_scalar};
+pub(crate) use imp::{add_sub_mul_scalar, dot, reduce_centered, sub_mul_scalar};

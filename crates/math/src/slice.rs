@@ -96,6 +96,30 @@ pub fn add_sub_mul_scalar_assign(dst: &mut [u64], a: &[u64], b: &[u64], c: u64, 
     }
 }
 
+/// `K` inner products over `k <= 16` terms sharing the left operands:
+/// `outs[t][i] = Σ_j d[j][i]·bs[t][j][i] mod q`, each reduced once. With `K = 2` and a key's
+/// two halves as `bs`, this is the core of key switching; with `k = 1` a pointwise product.
+/// Operands in `[0, q)`.
+///
+/// # Panics
+/// If `k > 16` or the slices differ in length.
+pub fn dot<const K: usize>(mut outs: [&mut [u64]; K], d: &[&[u64]], bs: [&[&[u64]]; K], q: &Modulus) {
+    let n = outs[0].len();
+    assert!(d.len() <= 16 && bs.iter().all(|b| b.len() == d.len()));
+    assert!(
+        outs.iter().all(|o| o.len() == n) && d.iter().chain(bs.iter().flat_map(|b| b.iter())).all(|x| x.len() == n)
+    );
+    if q.value() < IFMA_BOUND && crate::ifma::dot(&mut outs, d, bs, q.value()) {
+        return;
+    }
+    for (t, out) in outs.iter_mut().enumerate() {
+        for i in 0..n {
+            let x = (0..d.len()).fold(0u128, |acc, j| acc + d[j][i] as u128 * bs[t][j][i] as u128);
+            out[i] = q.reduce_u128(x);
+        }
+    }
+}
+
 /// `dst[i] = src[perm[i]]`: a Galois automorphism applied to NTT slots.
 pub fn permute_into(dst: &mut [u64], src: &[u64], perm: &[u32]) {
     for (d, &p) in dst.iter_mut().zip(perm) {
@@ -122,23 +146,8 @@ pub fn reduce_centered_into(dst: &mut [u64], src: &[u64], src_q: &Modulus, q: &M
                 }
             },
         )
-    } else if sq < (1 << 52) {
-        // x < 2^52: the quotient x/q from one f64 product is off by at most one, and the
-        // loop vectorizes (AVX-512 DQ converts between u64 and f64).
-        let inv_q = 1.0 / qv as f64;
-        Arch::new().dispatch(
-            #[inline(always)]
-            || {
-                for (d, &x) in dst.iter_mut().zip(src) {
-                    let quot = (x as f64 * inv_q) as u64;
-                    let r = x.wrapping_sub(quot.wrapping_mul(qv));
-                    // r in (-q, 2q) as a wrapped integer.
-                    let r = r.wrapping_add(qv & 0u64.wrapping_sub(r >> 63));
-                    let mask = 0u64.wrapping_sub((x > half) as u64);
-                    *d = csub(csub(r, qv) + (shift & mask), qv);
-                }
-            },
-        )
+    } else if sq < (1 << 52) && qv < IFMA_BOUND && crate::ifma::reduce_centered(dst, src, sq, qv) {
+        // done by the IFMA kernel
     } else {
         for (d, &x) in dst.iter_mut().zip(src) {
             let mask = 0u64.wrapping_sub((x > half) as u64);
@@ -193,6 +202,50 @@ mod tests {
     }
 
     #[test]
+    fn dot_matches_u128_reference() {
+        for bits in [30u32, 49, 50, 58] {
+            let q = Modulus::new(crate::primes::ntt_primes(bits, 16, 1, &[]).unwrap()[0]).unwrap();
+            for k in [1usize, 3, 16] {
+                let n = 67; // not a multiple of 8: exercises the tail
+                let gen = |s: u64| -> Vec<u64> {
+                    (0..n as u64)
+                        .map(|i| (i + 1).wrapping_mul(s).wrapping_mul(0x9e3779b97f4a7c15) % q.value())
+                        .collect()
+                };
+                let mut ds: Vec<Vec<u64>> = (0..k).map(|j| gen(3 * j as u64 + 1)).collect();
+                ds[0][5] = q.value() - 1; // extremes
+                let bs: Vec<Vec<u64>> = (0..k)
+                    .map(|j| {
+                        vec![q.value() - 1; n]
+                            .into_iter()
+                            .zip(gen(3 * j as u64 + 2))
+                            .map(|(m, g)| if j == 0 { m } else { g })
+                            .collect()
+                    })
+                    .collect();
+                let as_: Vec<Vec<u64>> = (0..k).map(|j| gen(3 * j as u64 + 3)).collect();
+                fn r(v: &[Vec<u64>]) -> Vec<&[u64]> {
+                    v.iter().map(|x| x.as_slice()).collect()
+                }
+                let (mut o0, mut o1) = (vec![0; n], vec![0; n]);
+                dot([&mut o0, &mut o1], &r(&ds), [&r(&bs), &r(&as_)], &q);
+                let mut single = vec![0; n];
+                dot([&mut single], &r(&ds), [&r(&bs)], &q);
+                assert_eq!(single, o0);
+                for i in 0..n {
+                    let e0 = (0..k).fold(0u128, |acc, j| {
+                        (acc + ds[j][i] as u128 * bs[j][i] as u128) % q.value() as u128
+                    });
+                    let e1 = (0..k).fold(0u128, |acc, j| {
+                        (acc + ds[j][i] as u128 * as_[j][i] as u128) % q.value() as u128
+                    });
+                    assert_eq!((o0[i] as u128, o1[i] as u128), (e0, e1), "bits {bits} k {k} i {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn centered_reduction_between_moduli() {
         let small = Modulus::new(97).unwrap();
         let big = Modulus::new(1_000_003).unwrap();
@@ -208,7 +261,7 @@ mod tests {
         for (x, d) in src.iter().zip(&dst) {
             assert_eq!(*d, small.reduce_i64(big.center(*x)));
         }
-        // Large moduli on both sides, every path (f64 quotient below 2^52, Barrett above).
+        // Large moduli on both sides, every path (IFMA below 2^52 and 2^50, scalar Barrett).
         for (sb, tb) in [(51u32, 40u32), (50, 49), (60, 45), (40, 50)] {
             let s = Modulus::new(crate::primes::ntt_primes(sb, 16, 1, &[]).unwrap()[0]).unwrap();
             let t = Modulus::new(crate::primes::ntt_primes(tb, 16, 1, &[]).unwrap()[0]).unwrap();
