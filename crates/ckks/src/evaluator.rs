@@ -162,25 +162,24 @@ impl Evaluator {
     /// # Errors
     /// [`Error::LevelMismatch`].
     pub fn multiply_plain(&self, a: &Ciphertext, pt: &Plaintext) -> Result<Ciphertext> {
-        Self::same_level("multiply_plain", a.level, pt.level)?;
-        let mut out = Ciphertext {
-            parts: Vec::with_capacity(a.parts.len()),
-            level: a.level,
-            scale: a.scale * pt.scale,
-        };
-        for p in &a.parts {
-            let mut o = vec![0u64; p.len()];
-            for (i, r) in self.residues(a.level) {
-                slice::dot(
-                    [&mut o[r.clone()]],
-                    &[&p[r.clone()]],
-                    [&[&pt.data[r]]],
-                    &self.ctx.moduli[i],
-                );
-            }
-            out.parts.push(o);
-        }
+        let mut out = a.clone();
+        self.multiply_plain_assign(&mut out, pt)?;
         Ok(out)
+    }
+
+    /// [`Evaluator::multiply_plain`] in place (no allocation).
+    ///
+    /// # Errors
+    /// [`Error::LevelMismatch`].
+    pub fn multiply_plain_assign(&self, a: &mut Ciphertext, pt: &Plaintext) -> Result<()> {
+        Self::same_level("multiply_plain", a.level, pt.level)?;
+        for p in a.parts.iter_mut() {
+            for (i, r) in self.residues(pt.level) {
+                slice::mul_assign(&mut p[r.clone()], &pt.data[r], &self.ctx.moduli[i]);
+            }
+        }
+        a.scale *= pt.scale;
+        Ok(())
     }
 
     /// `acc += a ⊙ pt` slot-wise, for sums of products rescaled once (no new allocation).
@@ -265,12 +264,15 @@ impl Evaluator {
         let len = a.parts[0].len();
         let (mut d0, mut d1, mut d2) = (vec![0u64; len], vec![0u64; len], vec![0u64; len]);
         for (i, r) in self.residues(a.level) {
-            let q = &self.ctx.moduli[i];
             let (a0, a1) = (&a.parts[0][r.clone()], &a.parts[1][r.clone()]);
             let (b0, b1) = (&b.parts[0][r.clone()], &b.parts[1][r.clone()]);
-            slice::dot([&mut d0[r.clone()]], &[a0], [&[b0]], q);
-            slice::dot([&mut d1[r.clone()]], &[a0, a1], [&[b1, b0]], q);
-            slice::dot([&mut d2[r]], &[a1], [&[b1]], q);
+            // Single products go through tfhe-ntt's Barrett kernel (two IFMA products per
+            // lane), cheaper than the lazy multi-term reduction of `slice::dot` here.
+            let op = &self.ctx.ntt[i];
+            op.mul_acc(&mut d0[r.clone()], a0, b0);
+            op.mul_acc(&mut d1[r.clone()], a0, b1);
+            op.mul_acc(&mut d1[r.clone()], a1, b0);
+            op.mul_acc(&mut d2[r], a1, b1);
         }
         Ok(Ciphertext {
             parts: vec![d0, d1, d2],
@@ -294,11 +296,12 @@ impl Evaluator {
         let len = a.parts[0].len();
         let (mut d0, mut d1, mut d2) = (vec![0u64; len], vec![0u64; len], vec![0u64; len]);
         for (i, r) in self.residues(a.level) {
-            let q = &self.ctx.moduli[i];
             let (a0, a1) = (&a.parts[0][r.clone()], &a.parts[1][r.clone()]);
-            slice::dot([&mut d0[r.clone()]], &[a0], [&[a0]], q);
-            slice::dot([&mut d1[r.clone()]], &[a0, a0], [&[a1, a1]], q);
-            slice::dot([&mut d2[r]], &[a1], [&[a1]], q);
+            let op = &self.ctx.ntt[i];
+            op.mul_acc(&mut d0[r.clone()], a0, a0);
+            op.mul_acc(&mut d1[r.clone()], a0, a1);
+            op.mul_acc(&mut d1[r.clone()], a0, a1);
+            op.mul_acc(&mut d2[r], a1, a1);
         }
         Ok(Ciphertext {
             parts: vec![d0, d1, d2],
@@ -330,12 +333,32 @@ impl Evaluator {
         Ok(out)
     }
 
+    /// [`Evaluator::relinearize`] in place: `a` becomes size 2.
+    ///
+    /// # Errors
+    /// [`Error::CiphertextSize`] unless `a` has 3 polynomials (then `a` is unchanged).
+    pub fn relinearize_assign(&self, a: &mut Ciphertext, rlk: &RelinearizationKey) -> Result<()> {
+        if a.parts.len() != 3 {
+            return Err(Error::CiphertextSize {
+                op: "relinearize",
+                expected: 3,
+                actual: a.parts.len(),
+            });
+        }
+        let c2 = a.parts.pop().expect("three parts");
+        let level = a.level;
+        self.key_switch_add(&c2, level, &rlk.0, a);
+        Ok(())
+    }
+
     /// `multiply` followed by `relinearize`.
     ///
     /// # Errors
     /// As [`Evaluator::multiply`].
     pub fn multiply_relin(&self, a: &Ciphertext, b: &Ciphertext, rlk: &RelinearizationKey) -> Result<Ciphertext> {
-        self.relinearize(&self.multiply(a, b)?, rlk)
+        let mut out = self.multiply(a, b)?;
+        self.relinearize_assign(&mut out, rlk)?;
+        Ok(out)
     }
 
     /// Divides by the last prime `q_l` with rounding: level `l → l-1`, scale `Δ → Δ/q_l`
@@ -353,26 +376,59 @@ impl Evaluator {
             });
         }
         let n = self.ctx.n();
-        let ql = &self.ctx.moduli[l];
-        let mut parts = Vec::with_capacity(a.parts.len());
-        let mut tmp = Scratch::overwritten(n);
-        for p in &a.parts {
-            let mut last = Scratch::copy_of(&p[l * n..]);
-            self.ctx.ntt[l].backward(&mut last);
-            let mut out = p[..l * n].to_vec();
-            for (i, r) in self.residues(l - 1) {
-                let qi = &self.ctx.moduli[i];
-                slice::reduce_centered_into(&mut tmp, &last, ql, qi);
-                self.ctx.ntt[i].forward(&mut tmp);
-                slice::sub_mul_scalar_assign(&mut out[r], &tmp, self.ctx.rescale_inv[l][i].0, qi);
-            }
-            parts.push(out);
-        }
+        let parts = a
+            .parts
+            .iter()
+            .map(|p| {
+                let mut out = p[..l * n].to_vec();
+                self.rescale_poly(&p[l * n..], &mut out, l);
+                out
+            })
+            .collect();
         Ok(Ciphertext {
             parts,
             level: l - 1,
-            scale: a.scale / ql.value() as f64,
+            scale: a.scale / self.ctx.moduli[l].value() as f64,
         })
+    }
+
+    /// [`Evaluator::rescale`] in place (no allocation).
+    ///
+    /// # Errors
+    /// [`Error::LevelTooLow`] at level 0.
+    pub fn rescale_assign(&self, a: &mut Ciphertext) -> Result<()> {
+        let l = a.level;
+        if l == 0 {
+            return Err(Error::LevelTooLow {
+                op: "rescale",
+                needed: 1,
+                level: 0,
+            });
+        }
+        let n = self.ctx.n();
+        for p in a.parts.iter_mut() {
+            let (low, last) = p.split_at_mut(l * n);
+            self.rescale_poly(last, low, l);
+            p.truncate(l * n);
+        }
+        a.level = l - 1;
+        a.scale /= self.ctx.moduli[l].value() as f64;
+        Ok(())
+    }
+
+    /// `low_i = (low_i - [last]_{q_i}) · q_l^{-1}` for the residues `i < l` of one polynomial,
+    /// `last` being its residue modulo `q_l` (NTT form throughout).
+    fn rescale_poly(&self, last: &[u64], low: &mut [u64], l: usize) {
+        let ql = &self.ctx.moduli[l];
+        let mut coeff = Scratch::copy_of(last);
+        self.ctx.ntt[l].backward(&mut coeff);
+        let mut tmp = Scratch::overwritten(self.ctx.n());
+        for (i, r) in self.residues(l - 1) {
+            let qi = &self.ctx.moduli[i];
+            slice::reduce_centered_into(&mut tmp, &coeff, ql, qi);
+            self.ctx.ntt[i].forward(&mut tmp);
+            slice::sub_mul_scalar_assign(&mut low[r], &tmp, self.ctx.rescale_inv[l][i].0, qi);
+        }
     }
 
     /// Drops the primes above `level` without dividing (the scale is unchanged). Used to

@@ -273,6 +273,16 @@ impl Preset {
     }
 }
 
+/// N = 8192, depth 2, scale 2^40: three chain primes (50 + 2×40 bits) and one 50-bit special
+/// prime, log2(QP) < 180: the cheapest key switching at the smallest secure ring.
+pub const N8192_DEPTH2_128BIT: Preset = Preset {
+    name: "N8192_DEPTH2_128BIT",
+    log_n: 13,
+    log_q: &[50, 40, 40],
+    log_p: &[50],
+    log_default_scale: 40,
+};
+
 /// N = 8192, depth 3, scale 2^40: four chain primes (49 + 3×40 bits) and one 49-bit special
 /// prime, log2(QP) < 218.
 pub const N8192_DEPTH3_128BIT: Preset = Preset {

@@ -91,6 +91,14 @@ fn multiply_plain_and_constants() {
         let want: Vec<_> = a.iter().map(|x| x * -3.0).collect();
         report("multiply_integer", &s.decrypt(&m), &want, 20.0);
 
+        let mut in_place = ca.clone();
+        s.eval.multiply_plain_assign(&mut in_place, &pb).unwrap();
+        s.eval.rescale_assign(&mut in_place).unwrap();
+        assert_eq!(
+            in_place, prod,
+            "in-place multiply_plain + rescale equal the allocating ones"
+        );
+
         let mut acc = s.eval.multiply_plain(&ca, &pb).unwrap();
         s.eval.multiply_plain_acc(&mut acc, &ca, &pb).unwrap();
         let acc = s.eval.rescale(&acc).unwrap();
@@ -115,6 +123,13 @@ fn multiply_relinearize_rescale_to_level_zero() {
             want = want.iter().map(|x| x * x).collect();
             report("multiply (size 3)", &got3, &want, 18.0);
             let sq = s.eval.rescale(&s.eval.relinearize(&sq3, &s.rlk).unwrap()).unwrap();
+            let mut sq_in_place = sq3.clone();
+            s.eval.relinearize_assign(&mut sq_in_place, &s.rlk).unwrap();
+            s.eval.rescale_assign(&mut sq_in_place).unwrap();
+            assert_eq!(
+                sq_in_place, sq,
+                "in-place relinearize + rescale equal the allocating ones"
+            );
             report(
                 &format!("mul+relin+rescale -> L{}", sq.level()),
                 &s.decrypt(&sq),

@@ -23,6 +23,24 @@ fn kernels(c: &mut Criterion) {
     g.bench_function("ntt_forward_49bit", |x| x.iter(|| op.forward(black_box(&mut a))));
     g.bench_function("ntt_backward_49bit", |x| x.iter(|| op.backward(black_box(&mut a))));
     g.bench_function("mul_acc_49bit", |x| x.iter(|| op.mul_acc(black_box(&mut out), &a, &b)));
+    g.bench_function("mul_assign", |x| {
+        x.iter(|| slice::mul_assign(black_box(&mut out), &b, &m49))
+    });
+    g.bench_function("dot_k1", |x| {
+        x.iter(|| slice::dot([black_box(&mut out[..])], &[&a], [&[&b]], &m49))
+    });
+    let (d4, k4): (Vec<&[u64]>, Vec<&[u64]>) = ((0..4).map(|_| &a[..]).collect(), (0..4).map(|_| &b[..]).collect());
+    let mut out2 = vec![0u64; n];
+    g.bench_function("dot_pair_k4", |x| {
+        x.iter(|| slice::dot([black_box(&mut out[..]), &mut out2[..]], &d4, [&k4, &k4], &m49))
+    });
+    g.bench_function("mul_acc_x8", |x| {
+        x.iter(|| {
+            for _ in 0..8 {
+                op.mul_acc(black_box(&mut out), &a, &b)
+            }
+        })
+    });
     g.bench_function("add_assign", |x| {
         x.iter(|| slice::add_assign(black_box(&mut out), &b, &m49))
     });

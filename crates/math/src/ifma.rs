@@ -214,6 +214,49 @@ mod imp {
         }
     }
 
+    /// `a[i] = a[i]·b[i] mod q` for `a, b < q < 2^50`: Barrett reduction of the 100-bit
+    /// product with `μ = floor(2^(β+51)/q)`, `β = bits(q)`: the quotient estimate from the top
+    /// bits is at most 3 below the true one, so two conditional subtractions finish.
+    /// False without IFMA.
+    pub fn mul_assign(a: &mut [u64], b: &[u64], q: u64) -> bool {
+        let Some(s) = Ifma::try_new() else { return false };
+        let beta = 64 - q.leading_zeros();
+        let mu = ((1u128 << (beta + 51)) / q as u128) as u64;
+        let m = crate::Modulus::new(q).expect("odd modulus");
+        s.vectorize(
+            #[inline(always)]
+            || {
+                let (a8, a_tail) = pulp::as_arrays_mut::<8, _>(a);
+                let (b8, b_tail) = pulp::as_arrays::<8, _>(b);
+                let f = s.avx512f;
+                let zero = f._mm512_setzero_si512();
+                let qv: u64x8 = cast(f._mm512_set1_epi64(q as i64));
+                let two_q: u64x8 = cast(f._mm512_set1_epi64((2 * q) as i64));
+                let neg_q = f._mm512_set1_epi64(q.wrapping_neg() as i64);
+                let muv = f._mm512_set1_epi64(mu as i64);
+                let mask52 = f._mm512_set1_epi64(((1u64 << 52) - 1) as i64);
+                let shr = f._mm512_set1_epi64((beta - 1) as i64);
+                let shl = f._mm512_set1_epi64((53 - beta) as i64);
+                for (x, y) in a8.iter_mut().zip(b8) {
+                    let lo = s.avx512ifma._mm512_madd52lo_epu64(zero, cast(*x), cast(*y));
+                    let hi = s.avx512ifma._mm512_madd52hi_epu64(zero, cast(*x), cast(*y));
+                    // c1 = floor(x·y / 2^(β-1)) < 2^(β+1)
+                    let c1 = f._mm512_and_si512(
+                        f._mm512_or_si512(f._mm512_srlv_epi64(lo, shr), f._mm512_sllv_epi64(hi, shl)),
+                        mask52,
+                    );
+                    let quot = s.avx512ifma._mm512_madd52hi_epu64(zero, c1, muv);
+                    let r = f._mm512_and_si512(s.avx512ifma._mm512_madd52lo_epu64(lo, quot, neg_q), mask52);
+                    *x = cast(csub(s, csub(s, cast(r), two_q), qv));
+                }
+                for (x, &y) in a_tail.iter_mut().zip(b_tail) {
+                    *x = m.mul(*x, y);
+                }
+            },
+        );
+        true
+    }
+
     /// `a[i] = (a[i] - b[i])·c mod q` (with `b` empty: `a[i]·c`); false without IFMA.
     pub fn sub_mul_scalar(a: &mut [u64], b: Option<&[u64]>, c: u64, q: u64) -> bool {
         let Some(s) = Ifma::try_new() else { return false };
@@ -267,9 +310,12 @@ mod imp {
     pub fn reduce_centered(_: &mut [u64], _: &[u64], _: u64, _: u64) -> bool {
         false
     }
+    pub fn mul_assign(_: &mut [u64], _: &[u64], _: u64) -> bool {
+        false
+    }
     pub fn dot<const K: usize>(_: &mut [&mut [u64]; K], _: &[&[u64]], _: [&[&[u64]]; K], _: u64) -> bool {
         false
     }
 }
 
-pub(crate) use imp::{add_sub_mul_scalar, dot, reduce_centered, sub_mul_scalar};
+pub(crate) use imp::{add_sub_mul_scalar, dot, mul_assign, reduce_centered, sub_mul_scalar};

@@ -61,6 +61,16 @@ pub fn neg_assign(a: &mut [u64], q: &Modulus) {
     )
 }
 
+/// `a[i] = a[i] · b[i] mod q` (pointwise product, e.g. of NTT-domain polynomials).
+pub fn mul_assign(a: &mut [u64], b: &[u64], q: &Modulus) {
+    if q.value() < IFMA_BOUND && crate::ifma::mul_assign(a, b, q.value()) {
+        return;
+    }
+    for (x, &y) in a.iter_mut().zip(b) {
+        *x = q.mul(*x, y);
+    }
+}
+
 /// `a[i] = a[i] · c mod q` for a constant `c < q`.
 pub fn mul_scalar_assign(a: &mut [u64], c: u64, q: &Modulus) {
     if q.value() < IFMA_BOUND && crate::ifma::sub_mul_scalar(a, None, c, q.value()) {
@@ -162,7 +172,7 @@ mod tests {
 
     #[test]
     fn slice_ops_match_scalar() {
-        for bits in [50u32, 55] {
+        for bits in [20u32, 33, 40, 49, 50, 55] {
             slice_ops_match_scalar_for(Modulus::new(crate::primes::ntt_primes(bits, 16, 1, &[]).unwrap()[0]).unwrap());
         }
     }
@@ -174,6 +184,15 @@ mod tests {
         let b: Vec<u64> = (0..1003u64)
             .map(|i| i.wrapping_mul(0x12345678abcdef) % q.value())
             .collect();
+        let mut p = a.clone();
+        mul_assign(&mut p, &b, &q);
+        for i in 0..a.len() {
+            assert_eq!(p[i], q.mul(a[i], b[i]));
+        }
+        let top = vec![q.value() - 1; 19];
+        let mut p = top.clone();
+        mul_assign(&mut p, &top, &q);
+        assert!(p.iter().all(|&x| x == 1));
         let mut s = a.clone();
         add_assign(&mut s, &b, &q);
         let mut d = a.clone();
@@ -183,7 +202,8 @@ mod tests {
         let mut n = a.clone();
         neg_assign(&mut n, &q);
         let mut m = a.clone();
-        mul_scalar_assign(&mut m, 123_456_789, &q);
+        let c = 123_456_789 % q.value();
+        mul_scalar_assign(&mut m, c, &q);
         let mut sm = a.clone();
         sub_mul_scalar_assign(&mut sm, &b, 987, &q);
         for i in 0..1003 {
@@ -191,7 +211,7 @@ mod tests {
             assert_eq!(d[i], q.sub(a[i], b[i]));
             assert_eq!(d2[i], q.sub(b[i], a[i]));
             assert_eq!(n[i], q.neg(a[i]));
-            assert_eq!(m[i], q.mul(a[i], 123_456_789));
+            assert_eq!(m[i], q.mul(a[i], c));
             assert_eq!(sm[i], q.mul(q.sub(a[i], b[i]), 987));
         }
         let mut asm = b.clone();
