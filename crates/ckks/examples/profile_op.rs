@@ -1,6 +1,6 @@
 //! Runs one evaluator operation in a loop, for profilers (`perf record`, callgrind).
 //!
-//! `cargo run --release -p blindfold-ckks --example profile_op -- relinearize 200`
+//! `cargo run --release -p blindfold-ckks --example profile_op -- relinearize 200 [depth2]`
 use blindfold_ckks::*;
 use std::time::Instant;
 
@@ -8,7 +8,11 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let op = args.get(1).map(String::as_str).unwrap_or("relinearize");
     let iters: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100);
-    let params = presets::N8192_DEPTH3_128BIT.parameters()?;
+    let preset = match args.get(3).map(String::as_str) {
+        Some("depth2") => presets::N8192_DEPTH2_128BIT,
+        _ => presets::N8192_DEPTH3_128BIT,
+    };
+    let params = preset.parameters()?;
     let ctx = Context::new(&params)?;
     let mut keygen = KeyGenerator::from_seed(&ctx, [1; 32]);
     let pk = keygen.public_key();

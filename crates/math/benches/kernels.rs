@@ -41,6 +41,10 @@ fn kernels(c: &mut Criterion) {
             }
         })
     });
+    let perm = op.galois_permutation(5);
+    g.bench_function("permute", |x| {
+        x.iter(|| slice::permute_into(black_box(&mut out), &a, &perm))
+    });
     g.bench_function("add_assign", |x| {
         x.iter(|| slice::add_assign(black_box(&mut out), &b, &m49))
     });
