@@ -84,6 +84,15 @@ pub enum Error {
         /// Fingerprint prefix (hex) found.
         found: String,
     },
+    /// An object built under other parameters (another `Context`) was passed to an
+    /// operation.
+    #[error("{what} does not belong to these parameters: {reason}")]
+    ForeignObject {
+        /// What the object is.
+        what: &'static str,
+        /// What did not match.
+        reason: String,
+    },
     /// Bytes that do not decode into a valid object.
     #[error("malformed {what}: {reason}")]
     Malformed {

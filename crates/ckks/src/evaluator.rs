@@ -47,6 +47,45 @@ impl Evaluator {
         &self.ctx
     }
 
+    /// Refuses a ciphertext whose shape does not fit these parameters (made under another
+    /// context), before any indexing.
+    fn check(&self, c: &Ciphertext) -> Result<()> {
+        let n = self.ctx.n();
+        let reason = if c.level > self.ctx.max_level() {
+            format!("level {} above the top level {}", c.level, self.ctx.max_level())
+        } else if !(2..=3).contains(&c.parts.len()) {
+            format!("{} polynomials", c.parts.len())
+        } else if c.parts.iter().any(|p| p.len() != (c.level + 1) * n) {
+            format!("polynomials are not {} residues of degree {n}", c.level + 1)
+        } else {
+            return Ok(());
+        };
+        Err(Error::ForeignObject {
+            what: "ciphertext",
+            reason,
+        })
+    }
+
+    fn check_plain(&self, pt: &Plaintext) -> Result<()> {
+        if pt.level > self.ctx.max_level() || pt.data.len() != (pt.level + 1) * self.ctx.n() {
+            return Err(Error::ForeignObject {
+                what: "plaintext",
+                reason: format!("{} words at level {}", pt.data.len(), pt.level),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_key(&self, key: &KeySwitchingKey, what: &'static str) -> Result<()> {
+        if &key.fingerprint != self.ctx.params().fingerprint() {
+            return Err(Error::ForeignObject {
+                what,
+                reason: "parameter fingerprint differs".into(),
+            });
+        }
+        Ok(())
+    }
+
     fn same_level(op: &'static str, a: usize, b: usize) -> Result<()> {
         if a != b {
             return Err(Error::LevelMismatch { op, lhs: a, rhs: b });
@@ -71,6 +110,8 @@ impl Evaluator {
     /// # Errors
     /// [`Error::LevelMismatch`], [`Error::ScaleMismatch`].
     pub fn add_assign(&self, a: &mut Ciphertext, b: &Ciphertext) -> Result<()> {
+        self.check(a)?;
+        self.check(b)?;
         Self::same_level("add", a.level, b.level)?;
         Self::same_scale("add", a.scale, b.scale)?;
         while a.parts.len() < b.parts.len() {
@@ -99,6 +140,8 @@ impl Evaluator {
     /// # Errors
     /// [`Error::LevelMismatch`], [`Error::ScaleMismatch`].
     pub fn sub_assign(&self, a: &mut Ciphertext, b: &Ciphertext) -> Result<()> {
+        self.check(a)?;
+        self.check(b)?;
         Self::same_level("sub", a.level, b.level)?;
         Self::same_scale("sub", a.scale, b.scale)?;
         while a.parts.len() < b.parts.len() {
@@ -123,14 +166,18 @@ impl Evaluator {
     }
 
     /// `-a` slot-wise.
-    pub fn negate(&self, a: &Ciphertext) -> Ciphertext {
+    ///
+    /// # Errors
+    /// [`Error::ForeignObject`] for a ciphertext of other parameters.
+    pub fn negate(&self, a: &Ciphertext) -> Result<Ciphertext> {
+        self.check(a)?;
         let mut out = a.clone();
         for p in out.parts.iter_mut() {
             for (i, r) in self.residues(a.level) {
                 slice::neg_assign(&mut p[r], &self.ctx.moduli[i]);
             }
         }
-        out
+        Ok(out)
     }
 
     /// `a += pt` slot-wise.
@@ -138,6 +185,8 @@ impl Evaluator {
     /// # Errors
     /// [`Error::LevelMismatch`], [`Error::ScaleMismatch`].
     pub fn add_plain_assign(&self, a: &mut Ciphertext, pt: &Plaintext) -> Result<()> {
+        self.check(a)?;
+        self.check_plain(pt)?;
         Self::same_level("add_plain", a.level, pt.level)?;
         Self::same_scale("add_plain", a.scale, pt.scale)?;
         for (i, r) in self.residues(a.level) {
@@ -172,6 +221,8 @@ impl Evaluator {
     /// # Errors
     /// [`Error::LevelMismatch`].
     pub fn multiply_plain_assign(&self, a: &mut Ciphertext, pt: &Plaintext) -> Result<()> {
+        self.check(a)?;
+        self.check_plain(pt)?;
         Self::same_level("multiply_plain", a.level, pt.level)?;
         for p in a.parts.iter_mut() {
             for (i, r) in self.residues(pt.level) {
@@ -188,6 +239,9 @@ impl Evaluator {
     /// [`Error::LevelMismatch`], [`Error::ScaleMismatch`] (`acc.scale` must equal
     /// `a.scale · pt.scale`), [`Error::CiphertextSize`] if the sizes differ.
     pub fn multiply_plain_acc(&self, acc: &mut Ciphertext, a: &Ciphertext, pt: &Plaintext) -> Result<()> {
+        self.check(acc)?;
+        self.check(a)?;
+        self.check_plain(pt)?;
         Self::same_level("multiply_plain_acc", a.level, pt.level)?;
         Self::same_level("multiply_plain_acc", acc.level, a.level)?;
         Self::same_scale("multiply_plain_acc", acc.scale, a.scale * pt.scale)?;
@@ -214,6 +268,7 @@ impl Evaluator {
     /// # Errors
     /// [`Error::InvalidArgument`] if `value · const_scale` is not finite or `const_scale < 1`.
     pub fn multiply_const(&self, a: &Ciphertext, value: f64, const_scale: f64) -> Result<Ciphertext> {
+        self.check(a)?;
         let k = (value * const_scale).round();
         if !(k.is_finite() && const_scale >= 1.0 && const_scale.is_finite()) {
             return Err(Error::InvalidArgument(format!(
@@ -232,7 +287,11 @@ impl Evaluator {
     }
 
     /// Multiplies every slot by the integer `k`; the scale is unchanged.
-    pub fn multiply_integer(&self, a: &Ciphertext, k: i64) -> Ciphertext {
+    ///
+    /// # Errors
+    /// [`Error::ForeignObject`] for a ciphertext of other parameters.
+    pub fn multiply_integer(&self, a: &Ciphertext, k: i64) -> Result<Ciphertext> {
+        self.check(a)?;
         let mut out = a.clone();
         for p in out.parts.iter_mut() {
             for (i, r) in self.residues(a.level) {
@@ -240,7 +299,7 @@ impl Evaluator {
                 slice::mul_scalar_assign(&mut p[r], q.reduce_i64(k), q);
             }
         }
-        out
+        Ok(out)
     }
 
     /// Tensor product of two size-2 ciphertexts: a size-3 ciphertext
@@ -251,6 +310,8 @@ impl Evaluator {
     /// # Errors
     /// [`Error::LevelMismatch`], [`Error::CiphertextSize`].
     pub fn multiply(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
+        self.check(a)?;
+        self.check(b)?;
         Self::same_level("multiply", a.level, b.level)?;
         for c in [a, b] {
             if c.parts.len() != 2 {
@@ -286,6 +347,7 @@ impl Evaluator {
     /// # Errors
     /// [`Error::CiphertextSize`].
     pub fn square(&self, a: &Ciphertext) -> Result<Ciphertext> {
+        self.check(a)?;
         if a.parts.len() != 2 {
             return Err(Error::CiphertextSize {
                 op: "square",
@@ -317,6 +379,8 @@ impl Evaluator {
     /// # Errors
     /// [`Error::CiphertextSize`] unless `a` has 3 polynomials.
     pub fn relinearize(&self, a: &Ciphertext, rlk: &RelinearizationKey) -> Result<Ciphertext> {
+        self.check(a)?;
+        self.check_key(&rlk.0, "relinearization key")?;
         if a.parts.len() != 3 {
             return Err(Error::CiphertextSize {
                 op: "relinearize",
@@ -338,6 +402,8 @@ impl Evaluator {
     /// # Errors
     /// [`Error::CiphertextSize`] unless `a` has 3 polynomials (then `a` is unchanged).
     pub fn relinearize_assign(&self, a: &mut Ciphertext, rlk: &RelinearizationKey) -> Result<()> {
+        self.check(a)?;
+        self.check_key(&rlk.0, "relinearization key")?;
         if a.parts.len() != 3 {
             return Err(Error::CiphertextSize {
                 op: "relinearize",
@@ -367,6 +433,7 @@ impl Evaluator {
     /// # Errors
     /// [`Error::LevelTooLow`] at level 0.
     pub fn rescale(&self, a: &Ciphertext) -> Result<Ciphertext> {
+        self.check(a)?;
         let l = a.level;
         if l == 0 {
             return Err(Error::LevelTooLow {
@@ -397,6 +464,7 @@ impl Evaluator {
     /// # Errors
     /// [`Error::LevelTooLow`] at level 0.
     pub fn rescale_assign(&self, a: &mut Ciphertext) -> Result<()> {
+        self.check(a)?;
         let l = a.level;
         if l == 0 {
             return Err(Error::LevelTooLow {
@@ -437,6 +505,7 @@ impl Evaluator {
     /// # Errors
     /// [`Error::LevelTooLow`] if `level > a.level`.
     pub fn drop_to_level(&self, a: &Ciphertext, level: usize) -> Result<Ciphertext> {
+        self.check(a)?;
         if level > a.level {
             return Err(Error::LevelTooLow {
                 op: "drop_to_level",
@@ -457,6 +526,7 @@ impl Evaluator {
     /// # Errors
     /// [`Error::LevelTooLow`] if `level > pt.level`.
     pub fn drop_plaintext_to_level(&self, pt: &Plaintext, level: usize) -> Result<Plaintext> {
+        self.check_plain(pt)?;
         if level > pt.level {
             return Err(Error::LevelTooLow {
                 op: "drop_plaintext_to_level",
@@ -495,6 +565,7 @@ impl Evaluator {
     /// # Errors
     /// [`Error::MissingGaloisKey`], [`Error::CiphertextSize`].
     pub fn apply_galois(&self, a: &Ciphertext, g: u64, gk: &GaloisKeys) -> Result<Ciphertext> {
+        self.check(a)?;
         if a.parts.len() != 2 {
             return Err(Error::CiphertextSize {
                 op: "rotate",
@@ -506,6 +577,7 @@ impl Evaluator {
             return Ok(a.clone());
         }
         let (key, perm) = gk.get(g)?;
+        self.check_key(key, "Galois key")?;
         let len = a.parts[0].len();
         let mut c0 = vec![0u64; len];
         let mut c1 = Scratch::overwritten(len);
@@ -532,7 +604,7 @@ impl Evaluator {
         let elements: Vec<u64> = steps.iter().map(|&s| self.ctx.galois_element_for_rotation(s)).collect();
         for &g in &elements {
             if g != 1 {
-                gk.get(g)?;
+                self.check_key(&gk.get(g)?.0, "Galois key")?;
             }
         }
         let dec = self.decompose(a)?;
@@ -547,6 +619,7 @@ impl Evaluator {
     /// # Errors
     /// [`Error::CiphertextSize`] unless `a` has 2 polynomials.
     pub fn decompose(&self, a: &Ciphertext) -> Result<Decomposed> {
+        self.check(a)?;
         if a.parts.len() != 2 {
             return Err(Error::CiphertextSize {
                 op: "rotate",
@@ -574,6 +647,7 @@ impl Evaluator {
             return Ok(a.clone());
         }
         let (key, perm) = gk.get(g)?;
+        self.check_key(key, "Galois key")?;
         let ctx = &self.ctx;
         let n = ctx.n();
         let level = a.level;

@@ -113,6 +113,8 @@ pub(crate) struct KeyDigit {
 #[derive(Clone, Debug, PartialEq)]
 pub struct KeySwitchingKey {
     pub(crate) digits: Vec<KeyDigit>,
+    /// Fingerprint of the parameters the key was made for.
+    pub(crate) fingerprint: [u8; 32],
 }
 
 /// Relinearization key: switches `s²` to `s` (evaluation key, public).
@@ -240,7 +242,10 @@ impl KeyGenerator {
                 KeyDigit { b, a, seed }
             })
             .collect();
-        KeySwitchingKey { digits }
+        KeySwitchingKey {
+            digits,
+            fingerprint: *ctx.params().fingerprint(),
+        }
     }
 
     /// The relinearization key (switches `s²` to `s`).

@@ -293,14 +293,17 @@ pub const N8192_DEPTH3_128BIT: Preset = Preset {
     log_default_scale: 40,
 };
 
-/// N = 8192, depth 5, scale 2^30: 38 + 5×30-bit chain, one 30-bit special prime,
-/// log2(QP) < 218. For shallow networks (CryptoNets-style) at the smallest secure ring.
+/// N = 8192, depth 5, scale 2^29: 36 + 5×29-bit chain, one 37-bit special prime,
+/// log2(QP) < 218. For shallow networks (CryptoNets-style) at the smallest secure ring. The
+/// special prime is larger than every key-switching digit, so key switching adds noise well
+/// below the rescaling noise; the 36-bit base prime leaves 2^6 of headroom for results at
+/// scale 2^29.
 pub const N8192_DEPTH5_128BIT: Preset = Preset {
     name: "N8192_DEPTH5_128BIT",
     log_n: 13,
-    log_q: &[38, 30, 30, 30, 30, 30],
-    log_p: &[30],
-    log_default_scale: 30,
+    log_q: &[36, 29, 29, 29, 29, 29],
+    log_p: &[37],
+    log_default_scale: 29,
 };
 
 /// N = 16384, depth 7, scale 2^40: 50 + 7×40-bit chain, two 50-bit special primes

@@ -519,7 +519,10 @@ fn ksk_from_wire(ctx: &Context, w: &[SeededPolyWire], what: &'static str) -> Res
             Ok(KeyDigit { b, a, seed: d.seed })
         })
         .collect::<Result<_>>()?;
-    Ok(KeySwitchingKey { digits })
+    Ok(KeySwitchingKey {
+        digits,
+        fingerprint: *ctx.params().fingerprint(),
+    })
 }
 
 impl WireObject for RelinearizationKey {

@@ -56,7 +56,7 @@ fn add_sub_negate_plain() {
         let neg: Vec<_> = a.iter().map(|x| -x).collect();
         report("add", &s.decrypt(&s.eval.add(&ca, &cb).unwrap()), &sum, 20.0);
         report("sub", &s.decrypt(&s.eval.sub(&ca, &cb).unwrap()), &diff, 20.0);
-        report("negate", &s.decrypt(&s.eval.negate(&ca)), &neg, 20.0);
+        report("negate", &s.decrypt(&s.eval.negate(&ca).unwrap()), &neg, 20.0);
         let pb = s.encoder.encode(&b, ca.level(), ca.scale()).unwrap();
         report(
             "add_plain",
@@ -87,7 +87,7 @@ fn multiply_plain_and_constants() {
         let want: Vec<_> = a.iter().map(|x| x * c).collect();
         report("multiply_const + rescale", &s.decrypt(&m), &want, 20.0);
 
-        let m = s.eval.multiply_integer(&ca, -3);
+        let m = s.eval.multiply_integer(&ca, -3).unwrap();
         let want: Vec<_> = a.iter().map(|x| x * -3.0).collect();
         report("multiply_integer", &s.decrypt(&m), &want, 20.0);
 
@@ -205,7 +205,7 @@ fn mismatches_are_typed_errors() {
     let low = s.eval.drop_to_level(&ct, 1).unwrap();
     assert!(matches!(s.eval.add(&ct, &low), Err(Error::LevelMismatch { .. })));
     assert!(matches!(s.eval.multiply(&ct, &low), Err(Error::LevelMismatch { .. })));
-    let other_scale = s.eval.multiply_integer(&ct, 1);
+    let other_scale = s.eval.multiply_integer(&ct, 1).unwrap();
     let mut other_scale = other_scale;
     other_scale.set_scale(ct.scale() * 2.0);
     assert!(matches!(
@@ -225,6 +225,44 @@ fn mismatches_are_typed_errors() {
         s.eval.multiply_const(&ct, f64::NAN, 2.0),
         Err(Error::InvalidArgument(_))
     ));
+}
+
+#[test]
+fn objects_of_other_parameters_are_refused() {
+    let mut s = setup(small_params(), 8);
+    let ct = s.encrypt(&values(4, 1));
+    // Same ring degree, other primes: keys carry the parameter fingerprint.
+    let other = Context::new(
+        &Parameters::new_insecure(ParametersLiteral {
+            log_n: 11,
+            log_q: vec![50, 40, 40, 40],
+            log_p: vec![50],
+            log_default_scale: 40,
+            dnum: None,
+        })
+        .unwrap(),
+    )
+    .unwrap();
+    let mut other_keys = KeyGenerator::from_seed(&other, [1; 32]);
+    let sq3 = s.eval.multiply(&ct, &ct).unwrap();
+    let err = s.eval.relinearize(&sq3, &other_keys.relinearization_key()).unwrap_err();
+    assert!(matches!(err, Error::ForeignObject { .. }), "{err}");
+    let err = s.eval.rotate(&ct, 1, &other_keys.galois_keys(&[1], false)).unwrap_err();
+    assert!(
+        matches!(err, Error::ForeignObject { .. } | Error::MissingGaloisKey { .. }),
+        "{err}"
+    );
+    // Another ring degree: the shape check refuses it before any indexing.
+    let mut big = setup(presets::N8192_DEPTH3_128BIT.parameters().unwrap(), 9);
+    let big_ct = big.encrypt(&values(4, 2));
+    for result in [
+        s.eval.add(&ct, &big_ct),
+        s.eval.negate(&big_ct),
+        s.eval.rescale(&big_ct),
+        s.eval.multiply(&big_ct, &ct),
+    ] {
+        assert!(matches!(result, Err(Error::ForeignObject { .. })));
+    }
 }
 
 #[test]

@@ -1,0 +1,723 @@
+//! `blindfold`: run neural networks on images the server cannot read.
+
+use anyhow::{bail, Context as _, Result};
+use blindfold_ckks::serialize::{deserialize, read_header, serialize};
+use blindfold_ckks::{max_log_qp_128bit, presets, Preset, SecretKey};
+use blindfold_data::{load, Dataset, LabeledImages, Split};
+use blindfold_nn::train::{train, TrainConfig};
+use blindfold_nn::{argmax, ArchSpec, Model};
+use blindfold_protocol::{Client, Message, ModelHolder, PlanInfo};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Encrypted neural-network inference with CKKS homomorphic encryption.
+///
+/// A client encrypts an image under its own key; a model holder evaluates a convolutional
+/// network on the ciphertext with public evaluation keys only; the client decrypts the
+/// prediction. Parameters are 128-bit secure (HomomorphicEncryption.org standard).
+#[derive(Parser)]
+#[command(name = "blindfold", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The main job in one process: train (or load a cached model), then classify test images
+    /// under encryption and compare with the plaintext model.
+    Demo(DemoArgs),
+    /// Train a model in plaintext and write it as a safetensors file.
+    Train(TrainArgs),
+    /// Classify test images under encryption with a trained model.
+    Infer(InferArgs),
+    /// List the CKKS parameter presets and the 128-bit bound each is checked against.
+    Params {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Client: make keys for a model's architecture; writes secret.key (keep it), eval.keys
+    /// and plan.json (send those to the model holder).
+    Keygen {
+        /// The model file (only its architecture is read) or a built-in architecture name.
+        #[arg(long)]
+        model: String,
+        /// Directory for the key files.
+        #[arg(long)]
+        out_dir: PathBuf,
+    },
+    /// Client: encrypt one test image into a request file.
+    Encrypt {
+        /// Directory written by `keygen`.
+        #[arg(long)]
+        keys: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
+        /// Index of the test image.
+        #[arg(long, default_value_t = 0)]
+        index: usize,
+        /// Output request file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Model holder: evaluate the model on a request with the client's evaluation keys
+    /// (public keys only) and write the encrypted scores.
+    Evaluate {
+        /// The trained model.
+        #[arg(long)]
+        model: PathBuf,
+        /// The client's eval.keys.
+        #[arg(long)]
+        eval_keys: PathBuf,
+        /// The request written by `encrypt`.
+        #[arg(long)]
+        input: PathBuf,
+        /// Output file of encrypted scores.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Client: decrypt encrypted scores and print the predicted class.
+    Decrypt {
+        /// Directory written by `keygen`.
+        #[arg(long)]
+        keys: PathBuf,
+        /// The scores written by `evaluate`.
+        #[arg(long)]
+        input: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Clone)]
+struct DataArgs {
+    /// Dataset: mnist, fashion-mnist or kmnist.
+    #[arg(long, default_value = "fashion-mnist")]
+    dataset: Dataset,
+    /// Directory with the four IDX files (.gz or raw). Default: Fashion-MNIST from Debian's
+    /// dataset-fashion-mnist package, ../shared/data/<dataset> otherwise.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+impl DataArgs {
+    fn dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| self.dataset.default_dir())
+    }
+    fn load(&self, split: Split) -> Result<LabeledImages> {
+        Ok(load(self.dataset, &self.dir(), split)?)
+    }
+}
+
+#[derive(Args, Clone)]
+struct TrainOpts {
+    /// Training epochs.
+    #[arg(long, default_value_t = 15)]
+    epochs: usize,
+    /// Peak learning rate (Adam, cosine decay).
+    #[arg(long, default_value_t = 2e-3)]
+    learning_rate: f32,
+    /// Batch size.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Seed of initialization and shuffling.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Architecture: tenseal-cnn1, cryptonets or cnn2.
+    #[arg(long, default_value = "tenseal-cnn1")]
+    arch: String,
+    #[command(flatten)]
+    opts: TrainOpts,
+    /// Output model file (safetensors).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct EvalOpts {
+    /// Number of test images to classify under encryption.
+    #[arg(long, default_value_t = 100)]
+    n_test: usize,
+    /// Write a machine-readable report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Worker threads evaluating images in parallel (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Architecture: tenseal-cnn1 or cryptonets (cnn2 trains but has no encrypted plan yet).
+    #[arg(long, default_value = "tenseal-cnn1")]
+    arch: String,
+    #[command(flatten)]
+    eval: EvalOpts,
+    #[command(flatten)]
+    opts: TrainOpts,
+    /// Where trained models are cached.
+    #[arg(long, default_value = "models")]
+    model_dir: PathBuf,
+}
+
+#[derive(Args)]
+struct InferArgs {
+    /// The trained model.
+    #[arg(long)]
+    model: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+    #[command(flatten)]
+    eval: EvalOpts,
+}
+
+/// The preset used for encrypted inference and the scale of the inputs (bits).
+const PRESET: Preset = presets::N8192_DEPTH5_128BIT;
+const LOG_INPUT_SCALE: u32 = 29;
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(a) => demo(a),
+        Command::Train(a) => train_cmd(a).map(|_| ()),
+        Command::Infer(a) => infer_cmd(a),
+        Command::Params { json } => params_cmd(json),
+        Command::Keygen { model, out_dir } => keygen_cmd(&model, &out_dir),
+        Command::Encrypt { keys, data, index, out } => encrypt_cmd(&keys, &data, index, &out),
+        Command::Evaluate {
+            model,
+            eval_keys,
+            input,
+            out,
+        } => evaluate_cmd(&model, &eval_keys, &input, &out),
+        Command::Decrypt { keys, input, json } => decrypt_cmd(&keys, &input, json),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn bar(len: u64, msg: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} ({elapsed}, eta {eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(msg.to_string());
+    pb
+}
+
+fn train_model(arch: &str, data: &DataArgs, opts: &TrainOpts, out: &Path) -> Result<Model> {
+    let spec = ArchSpec::builtin(arch)?;
+    let train_set = data.load(Split::Train)?;
+    let test_set = data.load(Split::Test)?;
+    let mut model = Model::init(spec, &mut blindfold_nn::train::seeded_rng(opts.seed))?;
+    let cfg = TrainConfig {
+        epochs: opts.epochs,
+        batch_size: opts.batch_size,
+        learning_rate: opts.learning_rate,
+        seed: opts.seed,
+        ..TrainConfig::default()
+    };
+    eprintln!(
+        "training {arch} on {} ({} images, {} epochs)",
+        data.dataset,
+        train_set.len(),
+        opts.epochs
+    );
+    let pb = bar(
+        (opts.epochs * train_set.len().div_ceil(cfg.batch_size)) as u64,
+        "training",
+    );
+    let mut last = None;
+    let reports = train(
+        &mut model,
+        &train_set,
+        Some(&test_set),
+        &cfg,
+        |_, _| pb.inc(1),
+        |r| {
+            pb.println(format!(
+                "epoch {:>2}: loss {:.4}, test accuracy {:.2}% ({:.1} s)",
+                r.epoch,
+                r.loss,
+                100.0 * r.eval_accuracy.unwrap_or(0.0),
+                r.seconds
+            ));
+            last = r.eval_accuracy;
+        },
+    )?;
+    pb.finish_and_clear();
+    let mut prov = HashMap::new();
+    prov.insert("dataset".into(), data.dataset.to_string());
+    prov.insert("epochs".into(), reports.len().to_string());
+    prov.insert("test_accuracy".into(), format!("{:.4}", last.unwrap_or(0.0)));
+    prov.insert("seed".into(), opts.seed.to_string());
+    model.save(out, &prov)?;
+    eprintln!("wrote {}", out.display());
+    Ok(model)
+}
+
+fn train_cmd(a: TrainArgs) -> Result<Model> {
+    train_model(&a.arch, &a.data, &a.opts, &a.out)
+}
+
+fn demo(a: DemoArgs) -> Result<()> {
+    let path = a.model_dir.join(format!("{}-{}.safetensors", a.data.dataset, a.arch));
+    let model = match Model::load(&path) {
+        Ok((m, file)) if file.arch.name == a.arch => {
+            eprintln!("using cached model {}", path.display());
+            m
+        }
+        _ => train_model(&a.arch, &a.data, &a.opts, &path)?,
+    };
+    run_inference(model, &a.data, &a.eval)
+}
+
+fn infer_cmd(a: InferArgs) -> Result<()> {
+    let (model, _) = Model::load(&a.model)?;
+    run_inference(model, &a.data, &a.eval)
+}
+
+#[derive(Serialize)]
+struct Percentiles {
+    p50: f64,
+    p95: f64,
+}
+
+#[derive(Serialize)]
+struct ClientMs {
+    encrypt_p50: f64,
+    decrypt_p50: f64,
+}
+
+#[derive(Serialize)]
+struct Bytes {
+    ciphertext_in: usize,
+    ciphertext_out: usize,
+    eval_keys: usize,
+}
+
+#[derive(Serialize)]
+struct ParamsReport {
+    log_n: u32,
+    log_qp: f64,
+    security_bits: u32,
+    preset: String,
+}
+
+#[derive(Serialize)]
+struct Report {
+    dataset: String,
+    arch: String,
+    n: usize,
+    plain_accuracy: f64,
+    encrypted_accuracy: f64,
+    agreement: f64,
+    server_ms: Percentiles,
+    client_ms: ClientMs,
+    bytes: Bytes,
+    params: ParamsReport,
+    threads: usize,
+    depth: usize,
+    rotation_keys: usize,
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Result of one image: (encrypted argmax, plaintext argmax, label, server ms, encrypt ms,
+/// decrypt ms, request bytes, reply bytes).
+type ImageResult = (usize, usize, u8, f64, f64, f64, usize, usize);
+
+fn run_inference(mut model: Model, data: &DataArgs, opts: &EvalOpts) -> Result<()> {
+    let test = data.load(Split::Test)?.truncate(opts.n_test);
+    let n = test.len();
+    let threads = opts
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |t| t.get()))
+        .max(1);
+    let arch = model.spec().name.clone();
+    let setup = Instant::now();
+    let holder = ModelHolder::new(&model, PRESET, LOG_INPUT_SCALE)?;
+    let info = holder.info().clone();
+    let (client, keys) = Client::new(&info)?;
+    let key_bytes = keys.to_bytes().len();
+    eprintln!(
+        "plan: depth {}, {} Galois keys ({:.1} MB of evaluation keys), preset {}; setup {:.1} s",
+        holder.plan().depth(),
+        holder.plan().rotation_steps().len(),
+        key_bytes as f64 / 1e6,
+        PRESET.name,
+        setup.elapsed().as_secs_f64()
+    );
+    let plain_logits = {
+        let imgs: Vec<&[u8]> = (0..n).map(|i| test.images.image(i)).collect();
+        let mut all = Vec::with_capacity(n);
+        for chunk in imgs.chunks(500) {
+            let l = model.logits(chunk)?;
+            all.extend(l.rows().into_iter().map(|r| argmax(r.as_slice().expect("row-major"))));
+        }
+        all
+    };
+    let normalized: Vec<Vec<f64>> = (0..n)
+        .map(|i| {
+            model
+                .normalize(test.images.image(i))
+                .into_iter()
+                .map(f64::from)
+                .collect()
+        })
+        .collect();
+    let pb = bar(n as u64, "encrypted");
+    let mut results: Vec<Option<ImageResult>> = vec![None; n];
+    // Each worker is a client/model-holder pair sharing the same keys: the holder gets the
+    // client's evaluation keys once, then images are exchanged as bytes.
+    let chunks: Vec<Vec<usize>> = (0..threads).map(|t| (t..n).step_by(threads).collect()).collect();
+    let outputs: Vec<Result<Vec<(usize, ImageResult)>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .iter()
+            .map(|idx| {
+                let (model_ref, keys_ref, info_ref, pb, normalized, plain_logits, labels) =
+                    (&model, &keys, &info, &pb, &normalized, &plain_logits, &test.labels);
+                let sk_bytes = serialize(client.secret_key(), client.context()).map(|b| b.to_vec());
+                scope.spawn(move || -> Result<Vec<(usize, ImageResult)>> {
+                    let mut holder = ModelHolder::new(model_ref, PRESET, LOG_INPUT_SCALE)?;
+                    holder.handle(keys_ref)?;
+                    let ctx = holder.plan().context().clone();
+                    let sk: SecretKey = deserialize(&sk_bytes?, &ctx)?;
+                    let (mut client, _) = Client::with_secret_key(info_ref, &sk)?;
+                    let mut out = Vec::with_capacity(idx.len());
+                    for &i in idx {
+                        let t0 = Instant::now();
+                        let request = client.encrypt(&normalized[i])?.to_bytes();
+                        let t1 = Instant::now();
+                        let reply = holder
+                            .handle(&Message::from_bytes(&request)?)?
+                            .context("the model holder sent no reply")?
+                            .to_bytes();
+                        let t2 = Instant::now();
+                        let scores = client.decrypt_scores(&Message::from_bytes(&reply)?)?;
+                        let t3 = Instant::now();
+                        let s32: Vec<f32> = scores.iter().map(|&v| v as f32).collect();
+                        let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+                        out.push((
+                            i,
+                            (
+                                argmax(&s32),
+                                plain_logits[i],
+                                labels[i],
+                                ms(t1, t2),
+                                ms(t0, t1),
+                                ms(t2, t3),
+                                request.len(),
+                                reply.len(),
+                            ),
+                        ));
+                        pb.inc(1);
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("worker thread panicked"))
+            .collect()
+    });
+    pb.finish_and_clear();
+    for o in outputs {
+        for (i, r) in o? {
+            results[i] = Some(r);
+        }
+    }
+    let results: Vec<ImageResult> = results.into_iter().map(|r| r.expect("every image evaluated")).collect();
+    let count = |f: &dyn Fn(&ImageResult) -> bool| results.iter().filter(|r| f(r)).count() as f64 / n.max(1) as f64;
+    let encrypted_accuracy = count(&|r| r.0 == r.2 as usize);
+    let plain_accuracy = count(&|r| r.1 == r.2 as usize);
+    let agreement = count(&|r| r.0 == r.1);
+    let mut server: Vec<f64> = results.iter().map(|r| r.3).collect();
+    let mut enc: Vec<f64> = results.iter().map(|r| r.4).collect();
+    let mut dec: Vec<f64> = results.iter().map(|r| r.5).collect();
+    let params = PRESET.parameters()?;
+    let report = Report {
+        dataset: data.dataset.to_string(),
+        arch: arch.clone(),
+        n,
+        plain_accuracy,
+        encrypted_accuracy,
+        agreement,
+        server_ms: Percentiles {
+            p50: percentile(&mut server, 0.5),
+            p95: percentile(&mut server, 0.95),
+        },
+        client_ms: ClientMs {
+            encrypt_p50: percentile(&mut enc, 0.5),
+            decrypt_p50: percentile(&mut dec, 0.5),
+        },
+        bytes: Bytes {
+            ciphertext_in: results.first().map_or(0, |r| r.6),
+            ciphertext_out: results.first().map_or(0, |r| r.7),
+            eval_keys: key_bytes,
+        },
+        params: ParamsReport {
+            log_n: params.log_n(),
+            log_qp: params.log_qp(),
+            security_bits: 128,
+            preset: PRESET.name.to_string(),
+        },
+        threads,
+        depth: holder.plan().depth(),
+        rotation_keys: holder.plan().rotation_steps().len(),
+    };
+    println!("{:<22} {}", "dataset", report.dataset);
+    println!("{:<22} {}", "architecture", report.arch);
+    println!("{:<22} {}", "test images", n);
+    println!("{:<22} {:.2}%", "plaintext accuracy", 100.0 * plain_accuracy);
+    println!("{:<22} {:.2}%", "encrypted accuracy", 100.0 * encrypted_accuracy);
+    println!("{:<22} {:.2}%", "agreement", 100.0 * agreement);
+    println!(
+        "{:<22} p50 {:.1} ms, p95 {:.1} ms ({threads} threads)",
+        "server per image", report.server_ms.p50, report.server_ms.p95
+    );
+    println!(
+        "{:<22} encrypt {:.1} ms, decrypt {:.1} ms (p50)",
+        "client per image", report.client_ms.encrypt_p50, report.client_ms.decrypt_p50
+    );
+    println!(
+        "{:<22} in {:.2} MB, out {:.2} MB, evaluation keys {:.1} MB",
+        "traffic",
+        report.bytes.ciphertext_in as f64 / 1e6,
+        report.bytes.ciphertext_out as f64 / 1e6,
+        report.bytes.eval_keys as f64 / 1e6
+    );
+    println!(
+        "{:<22} {} (N = 2^{}, log2 QP = {:.1}, 128-bit)",
+        "parameters", PRESET.name, report.params.log_n, report.params.log_qp
+    );
+    if let Some(path) = &opts.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn params_cmd(json: bool) -> Result<()> {
+    #[derive(Serialize)]
+    struct Row {
+        preset: &'static str,
+        log_n: u32,
+        q_bits: Vec<f64>,
+        p_bits: Vec<f64>,
+        log_qp: f64,
+        bound_128bit: u32,
+        depth: usize,
+        log_default_scale: u32,
+        dnum: usize,
+    }
+    let rows: Vec<Row> = presets::PRESETS
+        .iter()
+        .map(|p| {
+            let params = p.parameters()?;
+            let bits = |v: &[u64]| {
+                v.iter()
+                    .map(|&q| ((q as f64).log2() * 100.0).round() / 100.0)
+                    .collect::<Vec<_>>()
+            };
+            Ok(Row {
+                preset: p.name,
+                log_n: p.log_n,
+                q_bits: bits(params.q()),
+                p_bits: bits(params.p()),
+                log_qp: (params.log_qp() * 100.0).round() / 100.0,
+                bound_128bit: max_log_qp_128bit(params.n()).unwrap_or(0),
+                depth: p.depth(),
+                log_default_scale: p.log_default_scale,
+                dnum: params.dnum(),
+            })
+        })
+        .collect::<Result<_>>()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:>6} {:>6} {:>9} {:>6} {:>6}  chain (bits of each prime; special primes after |)",
+        "preset", "N", "depth", "log2 QP", "bound", "scale"
+    );
+    for r in rows {
+        let chain: Vec<String> = r.q_bits.iter().map(|b| format!("{b:.1}")).collect();
+        let special: Vec<String> = r.p_bits.iter().map(|b| format!("{b:.1}")).collect();
+        println!(
+            "{:<24} {:>6} {:>6} {:>9.2} {:>6} {:>6}  {} | {}",
+            r.preset,
+            1u64 << r.log_n,
+            r.depth,
+            r.log_qp,
+            r.bound_128bit,
+            format!("2^{}", r.log_default_scale),
+            chain.join(" "),
+            special.join(" ")
+        );
+    }
+    println!("\nEvery preset is checked at construction against the HomomorphicEncryption.org 128-bit bound\n(uniform ternary secret, sigma = 3.2). Encrypted inference uses {}.", PRESET.name);
+    Ok(())
+}
+
+fn arch_of(model_or_arch: &str) -> Result<ArchSpec> {
+    if ArchSpec::BUILTIN.contains(&model_or_arch) {
+        return Ok(ArchSpec::builtin(model_or_arch)?);
+    }
+    Ok(Model::load(Path::new(model_or_arch))?.1.arch)
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn keygen_cmd(model: &str, out_dir: &Path) -> Result<()> {
+    let arch = arch_of(model)?;
+    let info = PlanInfo {
+        arch,
+        preset: PRESET.name.to_string(),
+        log_input_scale: LOG_INPUT_SCALE,
+    };
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let (client, keys) = Client::new(&info)?;
+    let sk = serialize(client.secret_key(), client.context())?;
+    let sk_path = out_dir.join("secret.key");
+    write_file(&sk_path, &sk)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&sk_path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let keys_bytes = keys.to_bytes();
+    write_file(&out_dir.join("eval.keys"), &keys_bytes)?;
+    write_file(
+        &out_dir.join("plan.json"),
+        serde_json::to_string_pretty(&info)?.as_bytes(),
+    )?;
+    println!(
+        "wrote {} (secret: keep it), eval.keys ({:.1} MB) and plan.json to {}",
+        sk_path.display(),
+        keys_bytes.len() as f64 / 1e6,
+        out_dir.display()
+    );
+    Ok(())
+}
+
+fn load_client(keys: &Path) -> Result<Client> {
+    let info: PlanInfo = serde_json::from_slice(&read_file(&keys.join("plan.json"))?)
+        .with_context(|| format!("{} is not a plan file", keys.join("plan.json").display()))?;
+    let ctx = blindfold_ckks::Context::new(&info.preset()?.parameters()?)?;
+    let sk_path = keys.join("secret.key");
+    let sk: SecretKey =
+        deserialize(&read_file(&sk_path)?, &ctx).with_context(|| format!("loading {}", sk_path.display()))?;
+    Ok(Client::with_secret_key(&info, &sk)?.0)
+}
+
+fn encrypt_cmd(keys: &Path, data: &DataArgs, index: usize, out: &Path) -> Result<()> {
+    let mut client = load_client(keys)?;
+    let info: PlanInfo = serde_json::from_slice(&read_file(&keys.join("plan.json"))?)?;
+    let test = data.load(Split::Test)?;
+    if index >= test.len() {
+        bail!(
+            "--index {index} is out of range: the test set has {} images",
+            test.len()
+        );
+    }
+    let norm = info.arch.normalization;
+    let image: Vec<f64> = test
+        .images
+        .image(index)
+        .iter()
+        .map(|&p| (p as f64 / 255.0 - norm.mean) / norm.std)
+        .collect();
+    let msg = client.encrypt(&image)?.to_bytes();
+    write_file(out, &msg)?;
+    println!(
+        "encrypted test image {index} (label {}) into {} ({:.2} MB)",
+        test.labels[index],
+        out.display(),
+        msg.len() as f64 / 1e6
+    );
+    Ok(())
+}
+
+fn evaluate_cmd(model: &Path, eval_keys: &Path, input: &Path, out: &Path) -> Result<()> {
+    let (model, _) = Model::load(model)?;
+    let mut holder = ModelHolder::new(&model, PRESET, LOG_INPUT_SCALE)?;
+    let keys =
+        Message::from_bytes(&read_file(eval_keys)?).with_context(|| format!("reading {}", eval_keys.display()))?;
+    holder
+        .handle(&keys)
+        .with_context(|| format!("loading evaluation keys {}", eval_keys.display()))?;
+    let request = Message::from_bytes(&read_file(input)?).with_context(|| format!("reading {}", input.display()))?;
+    let t = Instant::now();
+    let reply = holder
+        .handle(&request)
+        .with_context(|| format!("evaluating {}", input.display()))?
+        .context("the request produced no reply")?;
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    let bytes = reply.to_bytes();
+    write_file(out, &bytes)?;
+    println!(
+        "evaluated {} in {ms:.1} ms; wrote encrypted scores to {}",
+        input.display(),
+        out.display()
+    );
+    Ok(())
+}
+
+fn decrypt_cmd(keys: &Path, input: &Path, json: bool) -> Result<()> {
+    let client = load_client(keys)?;
+    let bytes = read_file(input)?;
+    if read_header(&bytes).is_ok() {
+        bail!(
+            "{} is a bare CKKS object, expected the scores file written by `blindfold evaluate`",
+            input.display()
+        );
+    }
+    let msg = Message::from_bytes(&bytes).with_context(|| format!("reading {}", input.display()))?;
+    let scores = client
+        .decrypt_scores(&msg)
+        .with_context(|| format!("decrypting {}", input.display()))?;
+    let s32: Vec<f32> = scores.iter().map(|&v| v as f32).collect();
+    let class = argmax(&s32);
+    if json {
+        println!("{}", serde_json::json!({ "class": class, "scores": scores }));
+    } else {
+        println!("predicted class {class}");
+        for (i, s) in scores.iter().enumerate() {
+            println!("  {i}: {s:>9.3}");
+        }
+    }
+    Ok(())
+}

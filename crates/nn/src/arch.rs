@@ -1,0 +1,297 @@
+//! Architectures: layer specifications, shape inference and the built-in networks.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// Shape of one example's activation: `channels × height × width` (dense layers have
+/// `height = width = 1`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shape {
+    /// Channels.
+    pub c: usize,
+    /// Height.
+    pub h: usize,
+    /// Width.
+    pub w: usize,
+}
+
+impl Shape {
+    /// Number of features, `c·h·w`.
+    pub fn len(&self) -> usize {
+        self.c * self.h * self.w
+    }
+    /// Whether the shape holds no feature.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}×{}×{}", self.c, self.h, self.w)
+    }
+}
+
+/// One layer of an architecture.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LayerSpec {
+    /// 2-D convolution with square kernels, `out_channels` filters of `in_channels × kernel ×
+    /// kernel` weights plus a bias each, zero padding on every side.
+    Conv2d {
+        /// Output channels.
+        out_channels: usize,
+        /// Kernel side.
+        kernel: usize,
+        /// Stride.
+        stride: usize,
+        /// Zero padding per side.
+        padding: usize,
+    },
+    /// Average over `kernel × kernel` windows with the given stride (no padding).
+    AvgPool2d {
+        /// Window side.
+        kernel: usize,
+        /// Stride.
+        stride: usize,
+    },
+    /// Reinterprets `c × h × w` as `c·h·w × 1 × 1` (no data movement).
+    Flatten,
+    /// Fully connected layer `y = W x + b`.
+    Dense {
+        /// Output features.
+        outputs: usize,
+    },
+    /// `x²` element-wise (CryptoNets' activation).
+    Square,
+    /// `Σ_i coeffs[i]·x^i` element-wise, e.g. a low-degree approximation of ReLU.
+    Poly {
+        /// Coefficients, constant term first.
+        coeffs: Vec<f64>,
+    },
+}
+
+impl LayerSpec {
+    /// Output shape for an input shape.
+    ///
+    /// # Errors
+    /// [`Error::Architecture`] if the layer does not fit the input.
+    pub fn output_shape(&self, s: Shape) -> Result<Shape> {
+        let bad = |m: String| Err(Error::Architecture(m));
+        match *self {
+            LayerSpec::Conv2d {
+                out_channels,
+                kernel,
+                stride,
+                padding,
+            } => {
+                if kernel == 0 || stride == 0 || out_channels == 0 {
+                    return bad("conv2d needs kernel, stride and channels above zero".into());
+                }
+                let (h, w) = (s.h + 2 * padding, s.w + 2 * padding);
+                if h < kernel || w < kernel {
+                    return bad(format!("conv2d kernel {kernel} larger than padded input {h}×{w}"));
+                }
+                Ok(Shape {
+                    c: out_channels,
+                    h: (h - kernel) / stride + 1,
+                    w: (w - kernel) / stride + 1,
+                })
+            }
+            LayerSpec::AvgPool2d { kernel, stride } => {
+                if kernel == 0 || stride == 0 || s.h < kernel || s.w < kernel {
+                    return bad(format!("avgpool2d {kernel}/{stride} does not fit {s}"));
+                }
+                Ok(Shape {
+                    c: s.c,
+                    h: (s.h - kernel) / stride + 1,
+                    w: (s.w - kernel) / stride + 1,
+                })
+            }
+            LayerSpec::Flatten => Ok(Shape { c: s.len(), h: 1, w: 1 }),
+            LayerSpec::Dense { outputs } => {
+                if s.h != 1 || s.w != 1 {
+                    return bad(format!(
+                        "dense layer after a spatial {s} activation: add a flatten layer"
+                    ));
+                }
+                if outputs == 0 {
+                    return bad("dense layer with zero outputs".into());
+                }
+                Ok(Shape { c: outputs, h: 1, w: 1 })
+            }
+            LayerSpec::Square => Ok(s),
+            LayerSpec::Poly { ref coeffs } => {
+                if coeffs.is_empty() || coeffs.iter().any(|c| !c.is_finite()) {
+                    return bad("poly activation needs finite coefficients".into());
+                }
+                Ok(s)
+            }
+        }
+    }
+
+    /// Multiplicative depth of this layer under CKKS (levels consumed): one per plaintext
+    /// product (linear layers) and `ceil(log2(degree))` for polynomial activations
+    /// (evaluated with constants folded into the products).
+    pub fn depth(&self) -> usize {
+        match self {
+            LayerSpec::Conv2d { .. } | LayerSpec::Dense { .. } | LayerSpec::AvgPool2d { .. } => 1,
+            LayerSpec::Flatten => 0,
+            LayerSpec::Square => 1,
+            LayerSpec::Poly { coeffs } => {
+                let degree = coeffs.len().saturating_sub(1).max(1);
+                (usize::BITS - (degree - 1).leading_zeros()) as usize + 1
+            }
+        }
+    }
+}
+
+/// Input normalization applied by the client before encoding: `x = (pixel/255 - mean) / std`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Normalization {
+    /// Mean of the pixel values scaled to [0, 1].
+    pub mean: f64,
+    /// Standard deviation of the pixel values scaled to [0, 1].
+    pub std: f64,
+}
+
+/// A network architecture: input shape, layers, classes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ArchSpec {
+    /// Name (a built-in name or a user's).
+    pub name: String,
+    /// Input shape (28×28 grayscale: `1×28×28`).
+    pub input: Shape,
+    /// Layers in order.
+    pub layers: Vec<LayerSpec>,
+    /// Input normalization.
+    pub normalization: Normalization,
+}
+
+impl ArchSpec {
+    /// Shapes after each layer (`shapes()[0]` is the input).
+    ///
+    /// # Errors
+    /// [`Error::Architecture`] if a layer does not fit.
+    pub fn shapes(&self) -> Result<Vec<Shape>> {
+        let mut shapes = vec![self.input];
+        for (i, l) in self.layers.iter().enumerate() {
+            let s = l
+                .output_shape(*shapes.last().expect("non-empty"))
+                .map_err(|e| Error::Architecture(format!("layer {i} ({l:?}): {e}")))?;
+            shapes.push(s);
+        }
+        Ok(shapes)
+    }
+
+    /// Number of classes (the last layer's outputs).
+    ///
+    /// # Errors
+    /// [`Error::Architecture`] if the shapes do not infer.
+    pub fn classes(&self) -> Result<usize> {
+        Ok(self.shapes()?.last().expect("non-empty").len())
+    }
+
+    /// Total multiplicative depth.
+    pub fn depth(&self) -> usize {
+        self.layers.iter().map(LayerSpec::depth).sum()
+    }
+
+    /// A built-in architecture by name.
+    ///
+    /// # Errors
+    /// [`Error::UnknownArch`].
+    pub fn builtin(name: &str) -> Result<Self> {
+        let input = Shape { c: 1, h: 28, w: 28 };
+        let normalization = Normalization {
+            mean: 0.1307,
+            std: 0.3081,
+        };
+        let layers = match name {
+            // TenSEAL/CKKS study, network 1: conv 7×7 stride 3, 4 maps → x² → 256→64 → x² → 64→10.
+            "tenseal-cnn1" => vec![
+                LayerSpec::Conv2d {
+                    out_channels: 4,
+                    kernel: 7,
+                    stride: 3,
+                    padding: 0,
+                },
+                LayerSpec::Square,
+                LayerSpec::Flatten,
+                LayerSpec::Dense { outputs: 64 },
+                LayerSpec::Square,
+                LayerSpec::Dense { outputs: 10 },
+            ],
+            // CryptoNets (Gilad-Bachrach et al. 2016): conv 5×5 stride 2, 5 maps on the image
+            // padded to 29×29 (13×13 outputs) → x² → 845→100 → x² → 100→10.
+            "cryptonets" => vec![
+                LayerSpec::Conv2d {
+                    out_channels: 5,
+                    kernel: 5,
+                    stride: 2,
+                    padding: 1,
+                },
+                LayerSpec::Square,
+                LayerSpec::Flatten,
+                LayerSpec::Dense { outputs: 100 },
+                LayerSpec::Square,
+                LayerSpec::Dense { outputs: 10 },
+            ],
+            // Two convolutions with average pooling and two dense layers.
+            "cnn2" => vec![
+                LayerSpec::Conv2d {
+                    out_channels: 5,
+                    kernel: 5,
+                    stride: 2,
+                    padding: 1,
+                },
+                LayerSpec::Square,
+                LayerSpec::Conv2d {
+                    out_channels: 10,
+                    kernel: 3,
+                    stride: 1,
+                    padding: 1,
+                },
+                LayerSpec::AvgPool2d { kernel: 2, stride: 2 },
+                LayerSpec::Square,
+                LayerSpec::Flatten,
+                LayerSpec::Dense { outputs: 64 },
+                LayerSpec::Square,
+                LayerSpec::Dense { outputs: 10 },
+            ],
+            other => return Err(Error::UnknownArch(other.to_string())),
+        };
+        Ok(Self {
+            name: name.to_string(),
+            input,
+            layers,
+            normalization,
+        })
+    }
+
+    /// The geometry of layer `i` if it is a convolution.
+    ///
+    /// # Errors
+    /// [`Error::Architecture`] if the shapes do not infer.
+    pub fn conv_geom(&self, i: usize) -> Result<Option<crate::layers::ConvGeom>> {
+        let shapes = self.shapes()?;
+        Ok(match self.layers.get(i) {
+            Some(LayerSpec::Conv2d {
+                kernel,
+                stride,
+                padding,
+                ..
+            }) => Some(crate::layers::ConvGeom {
+                input: shapes[i],
+                output: shapes[i + 1],
+                kernel: *kernel,
+                stride: *stride,
+                padding: *padding,
+            }),
+            _ => None,
+        })
+    }
+
+    /// Names of the built-in architectures.
+    pub const BUILTIN: [&'static str; 3] = ["tenseal-cnn1", "cryptonets", "cnn2"];
+}

@@ -1,0 +1,42 @@
+/// Errors of model building, training and model files.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An architecture whose layers do not fit together.
+    #[error("invalid architecture: {0}")]
+    Architecture(String),
+    /// A shape mismatch between data and model.
+    #[error("shape mismatch in {op}: expected {expected}, got {actual}")]
+    Shape {
+        /// Where.
+        op: &'static str,
+        /// Expected shape.
+        expected: String,
+        /// Actual shape.
+        actual: String,
+    },
+    /// A model file that cannot be used.
+    #[error("model file {path}: {reason}")]
+    ModelFile {
+        /// The file.
+        path: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// An unknown built-in architecture name.
+    #[error("unknown architecture {0:?}: expected one of tenseal-cnn1, cryptonets, cnn2")]
+    UnknownArch(String),
+    /// Training diverged (a non-finite loss).
+    #[error("training diverged at epoch {epoch}, batch {batch}: loss is {loss}; lower the learning rate")]
+    Diverged {
+        /// Epoch.
+        epoch: usize,
+        /// Batch.
+        batch: usize,
+        /// The loss value.
+        loss: f32,
+    },
+}
+
+/// Result alias of this crate.
+pub type Result<T> = std::result::Result<T, Error>;

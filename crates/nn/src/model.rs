@@ -1,0 +1,278 @@
+//! Models: an architecture with its parameters, inference, and safetensors model files.
+
+use crate::arch::{ArchSpec, LayerSpec};
+use crate::error::{Error, Result};
+use crate::layers::{Layer, Params};
+use ndarray::{Array1, Array2};
+use rand_core::{Rng, SeedableRng};
+use safetensors::tensor::{Dtype, TensorView};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Version of the model file format (stored in the safetensors metadata).
+pub const FORMAT_VERSION: &str = "1";
+
+/// A network: its architecture and the parameters of each linear layer.
+#[derive(Clone, Debug)]
+pub struct Model {
+    spec: ArchSpec,
+    pub(crate) layers: Vec<Layer>,
+}
+
+/// What a model file holds besides the weights.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModelFile {
+    /// Format version.
+    pub format_version: String,
+    /// The architecture.
+    pub arch: ArchSpec,
+    /// Free-form training provenance (dataset, epochs, accuracy).
+    pub provenance: HashMap<String, String>,
+}
+
+impl Model {
+    /// A model with parameters drawn uniformly from `±1/sqrt(fan_in)` (PyTorch's default),
+    /// biases zero.
+    ///
+    /// # Errors
+    /// [`Error::Architecture`] if the layers do not fit together.
+    pub fn init<R: Rng + ?Sized>(spec: ArchSpec, rng: &mut R) -> Result<Self> {
+        let shapes = spec.shapes()?;
+        let layers = spec
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let (inp, out) = (shapes[i], shapes[i + 1]);
+                let fan_in = match l {
+                    LayerSpec::Conv2d { kernel, .. } => inp.c * kernel * kernel,
+                    LayerSpec::Dense { .. } => inp.len(),
+                    _ => 0,
+                };
+                let params = (fan_in > 0).then(|| {
+                    let bound = 1.0 / (fan_in as f32).sqrt();
+                    let mut uniform = || ((rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0) * bound;
+                    Params {
+                        weight: Array2::from_shape_simple_fn((out.c, fan_in), &mut uniform),
+                        bias: Array1::zeros(out.c),
+                    }
+                });
+                Layer::new(l.clone(), inp, out, params)
+            })
+            .collect();
+        Ok(Self { spec, layers })
+    }
+
+    /// The architecture.
+    pub fn spec(&self) -> &ArchSpec {
+        &self.spec
+    }
+
+    /// Parameters of layer `i` (`None` for layers without parameters).
+    pub fn params(&self, i: usize) -> Option<&Params> {
+        self.layers.get(i).and_then(|l| l.params.as_ref())
+    }
+
+    /// Normalizes 8-bit pixels into the model's input: `(pixel/255 - mean) / std`.
+    pub fn normalize(&self, pixels: &[u8]) -> Vec<f32> {
+        let n = self.spec.normalization;
+        pixels
+            .iter()
+            .map(|&p| ((p as f64 / 255.0 - n.mean) / n.std) as f32)
+            .collect()
+    }
+
+    /// Logits for a batch `(batch, input features)` → `(batch, classes)`.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] if the input width is not the architecture's input size.
+    pub fn forward(&mut self, x: &Array2<f32>) -> Result<Array2<f32>> {
+        self.forward_inner(x, false)
+    }
+
+    pub(crate) fn forward_inner(&mut self, x: &Array2<f32>, train: bool) -> Result<Array2<f32>> {
+        if x.ncols() != self.spec.input.len() {
+            return Err(Error::Shape {
+                op: "forward",
+                expected: format!("{} input features", self.spec.input.len()),
+                actual: format!("{}", x.ncols()),
+            });
+        }
+        let mut h = x.clone();
+        for l in self.layers.iter_mut() {
+            h = l.forward(&h, train);
+        }
+        Ok(h)
+    }
+
+    /// Logits of single examples given as 8-bit images, in batches.
+    ///
+    /// # Errors
+    /// As [`Model::forward`].
+    pub fn logits(&mut self, images: &[&[u8]]) -> Result<Array2<f32>> {
+        let width = self.spec.input.len();
+        let mut x = Array2::<f32>::zeros((images.len(), width));
+        for (i, img) in images.iter().enumerate() {
+            if img.len() != width {
+                return Err(Error::Shape {
+                    op: "logits",
+                    expected: format!("{width} pixels"),
+                    actual: img.len().to_string(),
+                });
+            }
+            for (j, v) in self.normalize(img).into_iter().enumerate() {
+                x[[i, j]] = v;
+            }
+        }
+        self.forward(&x)
+    }
+
+    /// Accuracy on a labeled set, evaluated in batches of 500.
+    ///
+    /// # Errors
+    /// As [`Model::forward`].
+    pub fn accuracy(&mut self, set: &blindfold_data::LabeledImages) -> Result<f64> {
+        let mut correct = 0usize;
+        for start in (0..set.len()).step_by(500) {
+            let end = (start + 500).min(set.len());
+            let imgs: Vec<&[u8]> = (start..end).map(|i| set.images.image(i)).collect();
+            let logits = self.logits(&imgs)?;
+            for (r, i) in (start..end).enumerate() {
+                if argmax(logits.row(r).as_slice().expect("row-major")) == set.labels[i] as usize {
+                    correct += 1;
+                }
+            }
+        }
+        Ok(correct as f64 / set.len().max(1) as f64)
+    }
+
+    /// Writes the model as one safetensors file: tensors `layers.{i}.weight` (shape
+    /// `(outputs, inputs)`) and `layers.{i}.bias` in f32, and in the metadata
+    /// `format_version`, `arch` (JSON) and `provenance` (JSON).
+    ///
+    /// # Errors
+    /// [`Error::ModelFile`] if the file cannot be written.
+    pub fn save(&self, path: &Path, provenance: &HashMap<String, String>) -> Result<()> {
+        let err = |reason: String| Error::ModelFile {
+            path: path.display().to_string(),
+            reason,
+        };
+        let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            if let Some(p) = &l.params {
+                let w: Vec<u8> = p.weight.iter().flat_map(|v| v.to_le_bytes()).collect();
+                let b: Vec<u8> = p.bias.iter().flat_map(|v| v.to_le_bytes()).collect();
+                buffers.push((format!("layers.{i}.weight"), p.weight.shape().to_vec(), w));
+                buffers.push((format!("layers.{i}.bias"), p.bias.shape().to_vec(), b));
+            }
+        }
+        let views: Vec<(String, TensorView<'_>)> = buffers
+            .iter()
+            .map(|(n, s, d)| {
+                Ok((
+                    n.clone(),
+                    TensorView::new(Dtype::F32, s.clone(), d).map_err(|e| err(e.to_string()))?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        let mut meta = HashMap::new();
+        meta.insert("format_version".to_string(), FORMAT_VERSION.to_string());
+        meta.insert(
+            "arch".to_string(),
+            serde_json::to_string(&self.spec).map_err(|e| err(e.to_string()))?,
+        );
+        meta.insert(
+            "provenance".to_string(),
+            serde_json::to_string(provenance).map_err(|e| err(e.to_string()))?,
+        );
+        let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| err(e.to_string()))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        }
+        std::fs::write(path, bytes).map_err(|e| err(e.to_string()))
+    }
+
+    /// Reads a model file written by [`Model::save`], checking the format version, the
+    /// architecture and every tensor's name, type, shape and finiteness.
+    ///
+    /// # Errors
+    /// [`Error::ModelFile`] naming the file and what was wrong.
+    pub fn load(path: &Path) -> Result<(Self, ModelFile)> {
+        let err = |reason: String| Error::ModelFile {
+            path: path.display().to_string(),
+            reason,
+        };
+        let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        let (_, metadata) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| err(format!("not a safetensors file: {e}")))?;
+        let meta = metadata
+            .metadata()
+            .clone()
+            .ok_or_else(|| err("no metadata (not a blindfold model)".into()))?;
+        let version = meta
+            .get("format_version")
+            .ok_or_else(|| err("no format_version in the metadata".into()))?;
+        if version != FORMAT_VERSION {
+            return Err(err(format!(
+                "format version {version}, this build reads {FORMAT_VERSION}"
+            )));
+        }
+        let arch: ArchSpec =
+            serde_json::from_str(meta.get("arch").ok_or_else(|| err("no arch in the metadata".into()))?)
+                .map_err(|e| err(format!("architecture does not parse: {e}")))?;
+        let provenance: HashMap<String, String> = meta
+            .get("provenance")
+            .map(|p| serde_json::from_str(p))
+            .transpose()
+            .map_err(|e| err(format!("provenance does not parse: {e}")))?
+            .unwrap_or_default();
+        let tensors = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| err(e.to_string()))?;
+        let mut model = Model::init(arch.clone(), &mut rand_chacha::ChaCha20Rng::from_seed([0; 32]))
+            .map_err(|e| err(e.to_string()))?;
+        let mut expected = 0;
+        for (i, l) in model.layers.iter_mut().enumerate() {
+            let Some(p) = l.params.as_mut() else { continue };
+            expected += 2;
+            for (name, dst) in [("weight", p.weight.as_slice_mut()), ("bias", p.bias.as_slice_mut())] {
+                let dst = dst.expect("contiguous");
+                let key = format!("layers.{i}.{name}");
+                let t = tensors.tensor(&key).map_err(|_| err(format!("missing tensor {key}")))?;
+                if t.dtype() != Dtype::F32 {
+                    return Err(err(format!("{key} has type {:?}, expected F32", t.dtype())));
+                }
+                if t.shape().iter().product::<usize>() != dst.len() {
+                    return Err(err(format!(
+                        "{key} has shape {:?}, the architecture needs {} values",
+                        t.shape(),
+                        dst.len()
+                    )));
+                }
+                for (d, c) in dst.iter_mut().zip(t.data().chunks_exact(4)) {
+                    *d = f32::from_le_bytes(c.try_into().expect("4 bytes"));
+                    if !d.is_finite() {
+                        return Err(err(format!("{key} holds a non-finite value")));
+                    }
+                }
+            }
+        }
+        if tensors.len() != expected {
+            return Err(err(format!(
+                "{} tensors, the architecture has {expected}",
+                tensors.len()
+            )));
+        }
+        let file = ModelFile {
+            format_version: version.clone(),
+            arch,
+            provenance,
+        };
+        Ok((model, file))
+    }
+}
+
+/// Index of the largest value (first on ties).
+pub fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold(0, |best, (i, &x)| if x > v[best] { i } else { best })
+}

@@ -1,0 +1,138 @@
+//! Gradient checks by finite differences and model-file round trips.
+
+use crate::arch::{ArchSpec, LayerSpec, Normalization, Shape};
+use crate::layers::softmax_cross_entropy;
+use crate::model::Model;
+use ndarray::Array2;
+use rand_chacha::ChaCha20Rng;
+use rand_core::{Rng, SeedableRng};
+
+fn tiny_arch() -> ArchSpec {
+    ArchSpec {
+        name: "tiny".into(),
+        input: Shape { c: 2, h: 6, w: 6 },
+        layers: vec![
+            LayerSpec::Conv2d {
+                out_channels: 3,
+                kernel: 3,
+                stride: 1,
+                padding: 1,
+            },
+            LayerSpec::Square,
+            LayerSpec::AvgPool2d { kernel: 2, stride: 2 },
+            LayerSpec::Conv2d {
+                out_channels: 2,
+                kernel: 2,
+                stride: 2,
+                padding: 0,
+            },
+            LayerSpec::Poly {
+                coeffs: vec![0.1, 0.5, 0.25],
+            },
+            LayerSpec::Flatten,
+            LayerSpec::Dense { outputs: 5 },
+            LayerSpec::Square,
+            LayerSpec::Dense { outputs: 4 },
+        ],
+        normalization: Normalization { mean: 0.0, std: 1.0 },
+    }
+}
+
+fn loss(model: &mut Model, x: &Array2<f32>, labels: &[u8]) -> f64 {
+    let logits = model.forward_inner(x, false).unwrap();
+    softmax_cross_entropy(&logits, labels).0 as f64
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    let mut model = Model::init(tiny_arch(), &mut rng).unwrap();
+    let x = Array2::from_shape_simple_fn((3, 72), || (rng.next_u32() % 1000) as f32 / 1000.0 - 0.5);
+    let labels = [0u8, 3, 1];
+    for l in model.layers.iter_mut() {
+        l.zero_grads();
+    }
+    let logits = model.forward_inner(&x, true).unwrap();
+    let (_, mut g) = softmax_cross_entropy(&logits, &labels);
+    for l in model.layers.iter_mut().rev() {
+        g = l.backward(&g);
+    }
+    let eps = 1e-2f32;
+    let mut checked = 0;
+    for li in 0..model.layers.len() {
+        let Some(grads) = model.layers[li].grads.clone() else {
+            continue;
+        };
+        let nw = grads.weight.len();
+        for k in (0..nw).step_by(nw / 7 + 1).chain([nw - 1]) {
+            let analytic = grads.weight.as_slice().unwrap()[k] as f64;
+            let orig = model.layers[li].params.as_ref().unwrap().weight.as_slice().unwrap()[k];
+            let mut set = |v: f32| model.layers[li].params.as_mut().unwrap().weight.as_slice_mut().unwrap()[k] = v;
+            set(orig + eps);
+            let up = loss(&mut model, &x, &labels);
+            let mut set = |v: f32| model.layers[li].params.as_mut().unwrap().weight.as_slice_mut().unwrap()[k] = v;
+            set(orig - eps);
+            let down = loss(&mut model, &x, &labels);
+            model.layers[li].params.as_mut().unwrap().weight.as_slice_mut().unwrap()[k] = orig;
+            let numeric = (up - down) / (2.0 * eps as f64);
+            let tol = 2e-3 + 2e-2 * numeric.abs().max(analytic.abs());
+            assert!(
+                (numeric - analytic).abs() < tol,
+                "layer {li} weight {k}: numeric {numeric} vs analytic {analytic}"
+            );
+            checked += 1;
+        }
+        let analytic = grads.bias[0] as f64;
+        let orig = model.layers[li].params.as_ref().unwrap().bias[0];
+        model.layers[li].params.as_mut().unwrap().bias[0] = orig + eps;
+        let up = loss(&mut model, &x, &labels);
+        model.layers[li].params.as_mut().unwrap().bias[0] = orig - eps;
+        let down = loss(&mut model, &x, &labels);
+        model.layers[li].params.as_mut().unwrap().bias[0] = orig;
+        let numeric = (up - down) / (2.0 * eps as f64);
+        assert!(
+            (numeric - analytic).abs() < 2e-3 + 2e-2 * numeric.abs(),
+            "layer {li} bias: {numeric} vs {analytic}"
+        );
+    }
+    assert!(checked >= 20);
+}
+
+#[test]
+fn model_files_round_trip_and_refuse_damage() {
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let model = Model::init(ArchSpec::builtin("tenseal-cnn1").unwrap(), &mut rng).unwrap();
+    let dir = std::env::temp_dir().join(format!("blindfold-nn-{}", std::process::id()));
+    let path = dir.join("m.safetensors");
+    let mut prov = std::collections::HashMap::new();
+    prov.insert("dataset".to_string(), "test".to_string());
+    model.save(&path, &prov).unwrap();
+    let (loaded, file) = Model::load(&path).unwrap();
+    assert_eq!(file.arch, *model.spec());
+    assert_eq!(file.provenance, prov);
+    for i in 0..model.layers.len() {
+        assert_eq!(loaded.params(i), model.params(i));
+    }
+    // Damaged files: truncated, not safetensors, missing tensors.
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    assert!(Model::load(&path).unwrap_err().to_string().contains("m.safetensors"));
+    std::fs::write(&path, b"hello").unwrap();
+    assert!(Model::load(&path)
+        .unwrap_err()
+        .to_string()
+        .contains("not a safetensors file"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn builtin_architectures_have_the_published_shapes() {
+    let t = ArchSpec::builtin("tenseal-cnn1").unwrap().shapes().unwrap();
+    assert_eq!(t[1], Shape { c: 4, h: 8, w: 8 });
+    assert_eq!(t[3].len(), 256);
+    let c = ArchSpec::builtin("cryptonets").unwrap().shapes().unwrap();
+    assert_eq!(c[1], Shape { c: 5, h: 13, w: 13 });
+    assert_eq!(c[3].len(), 845);
+    assert_eq!(ArchSpec::builtin("cnn2").unwrap().classes().unwrap(), 10);
+    assert!(ArchSpec::builtin("resnet").is_err());
+}

@@ -1,0 +1,21 @@
+//! The parties of encrypted inference as state machines without I/O: bytes in, bytes out.
+//!
+//! * [`Client`] — the data owner. Makes the CKKS keys, encrypts its image, decrypts the
+//!   scores. The only holder of the secret key.
+//! * [`ModelHolder`] — holds the plaintext model and evaluates it on the client's
+//!   ciphertexts with the client's public evaluation keys. Its type has no place for a secret
+//!   key: it is built from a model and receives only [`Message`]s, which carry public keys and
+//!   ciphertexts.
+//!
+//! Messages ([`Message`]) are postcard-encoded; the keys and ciphertexts inside use the CKKS
+//! wire format (`blindfold_ckks::serialize`), which carries the parameter fingerprint, so keys
+//! or ciphertexts made for other parameters are refused with a clear error.
+//!
+//! Flow: `Client::new` → [`Message::EvaluationKeys`] → model holder; `Client::encrypt` →
+//! [`Message::EncryptedImage`] → model holder → [`Message::EncryptedScores`] →
+//! `Client::decrypt_scores`.
+#![forbid(unsafe_code)]
+
+mod inference;
+
+pub use inference::{Client, Message, ModelHolder, PlanInfo, ProtocolError};

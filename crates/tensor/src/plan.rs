@@ -1,0 +1,682 @@
+//! The compiled evaluation plan of a CNN and the client's input layout.
+
+use blindfold_ckks::{
+    Ciphertext, Context, Encoder, Error as CkksError, Evaluator, GaloisKeys, Plaintext, RelinearizationKey,
+};
+use blindfold_nn::{ArchSpec, ConvGeom, LayerSpec, Model};
+use std::sync::Arc;
+
+/// Errors of plan compilation and evaluation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlanError {
+    /// The architecture does not have the supported form.
+    #[error("unsupported architecture for single-image encrypted evaluation: {0}")]
+    Unsupported(String),
+    /// The parameters have fewer levels than the network needs.
+    #[error("the network needs multiplicative depth {needed}, the parameters provide {available}")]
+    TooDeep {
+        /// Depth needed.
+        needed: usize,
+        /// Depth available.
+        available: usize,
+    },
+    /// A layout does not fit in the slots.
+    #[error("layout does not fit: {0}")]
+    Layout(String),
+    /// Wrong number of input ciphertexts or input values.
+    #[error("input: expected {expected}, got {actual}")]
+    Input {
+        /// What was expected.
+        expected: String,
+        /// What was given.
+        actual: String,
+    },
+    /// A CKKS error.
+    #[error(transparent)]
+    Ckks(#[from] CkksError),
+}
+
+type Result<T> = std::result::Result<T, PlanError>;
+
+/// Factor by which the logits' scale is lowered in the last layer (headroom for large logits).
+const OUTPUT_HEADROOM: f64 = 16.0;
+
+/// How the client packs one image: public, derived from the architecture alone (no weights).
+///
+/// Ciphertext `t` holds, at slot `i_sub·B + c·P' + p`, the input value read by kernel entry
+/// `i = t·m + i_sub` at output position `p`, for every channel `c < C` (zero elsewhere).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InputLayout {
+    /// Geometry of the first (convolution) layer.
+    pub geom: ConvGeom,
+    /// Kernel entries `K = in_channels·kernel²`.
+    pub entries: usize,
+    /// Output positions `P`.
+    pub positions: usize,
+    /// `P` rounded up to a power of two.
+    pub positions_pad: usize,
+    /// Output channels `C`.
+    pub channels: usize,
+    /// `C` rounded up to a power of two.
+    pub channels_pad: usize,
+    /// Block size `B = C'·P'` in slots.
+    pub block: usize,
+    /// Kernel entries per ciphertext, `m = slots / B`.
+    pub per_ct: usize,
+    /// Number of input ciphertexts, `ceil(K / m)`.
+    pub num_cts: usize,
+    /// Slots per ciphertext.
+    pub slots: usize,
+}
+
+impl InputLayout {
+    /// The layout of `arch`'s first convolution for ciphertexts of `slots` slots.
+    ///
+    /// # Errors
+    /// [`PlanError::Unsupported`] if the first layer is not a convolution,
+    /// [`PlanError::Layout`] if one block does not fit in the slots.
+    pub fn from_arch(arch: &ArchSpec, slots: usize) -> Result<Self> {
+        let geom = arch
+            .conv_geom(0)
+            .map_err(|e| PlanError::Unsupported(e.to_string()))?
+            .ok_or_else(|| PlanError::Unsupported("the first layer must be a convolution".into()))?;
+        let entries = geom.input.c * geom.kernel * geom.kernel;
+        let positions = geom.output.h * geom.output.w;
+        let channels = geom.output.c;
+        let positions_pad = positions.next_power_of_two();
+        let channels_pad = channels.next_power_of_two();
+        let block = positions_pad * channels_pad;
+        if block > slots {
+            return Err(PlanError::Layout(format!(
+                "{channels} channels × {positions} positions need {block} slots, ciphertexts have {slots}"
+            )));
+        }
+        let per_ct = slots / block;
+        Ok(Self {
+            geom,
+            entries,
+            positions,
+            positions_pad,
+            channels,
+            channels_pad,
+            block,
+            per_ct,
+            num_cts: entries.div_ceil(per_ct),
+            slots,
+        })
+    }
+
+    /// Slot vectors of the input ciphertexts for one normalized image (`c·H·W` values in
+    /// channel-major order).
+    ///
+    /// # Errors
+    /// [`PlanError::Input`] if the image has the wrong number of values.
+    pub fn pack(&self, image: &[f64]) -> Result<Vec<Vec<f64>>> {
+        if image.len() != self.geom.input.len() {
+            return Err(PlanError::Input {
+                expected: format!("{} input values", self.geom.input.len()),
+                actual: image.len().to_string(),
+            });
+        }
+        let mut cts = vec![vec![0f64; self.slots]; self.num_cts];
+        for i in 0..self.entries {
+            let (t, i_sub) = (i / self.per_ct, i % self.per_ct);
+            for p in 0..self.positions {
+                let v = self.geom.source(p, i).map_or(0.0, |s| image[s]);
+                for c in 0..self.channels {
+                    cts[t][i_sub * self.block + c * self.positions_pad + p] = v;
+                }
+            }
+        }
+        Ok(cts)
+    }
+
+    /// Slot of feature `f = c·P + p` of the convolution's output (flattened channel-major).
+    fn conv_feature_slot(&self, f: usize) -> usize {
+        (f / self.positions) * self.positions_pad + f % self.positions
+    }
+}
+
+/// Levels, rotations and products of one stage, for reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StageCost {
+    /// Stage name.
+    pub name: String,
+    /// Levels consumed.
+    pub levels: usize,
+    /// Ordinary rotations.
+    pub rotations: usize,
+    /// Hoisted rotations (sharing one decomposition).
+    pub hoisted_rotations: usize,
+    /// Plaintext-ciphertext products.
+    pub plain_products: usize,
+    /// Ciphertext-ciphertext products (each relinearized).
+    pub products: usize,
+}
+
+/// A plaintext operand kept both as slot values (for the plaintext twin) and encoded.
+#[derive(Clone, Debug)]
+struct Operand {
+    values: Vec<f64>,
+    encoded: Plaintext,
+}
+
+#[derive(Clone, Debug)]
+enum Stage {
+    Conv {
+        weights: Vec<Operand>,
+        bias: Operand,
+        fold: Vec<i64>,
+    },
+    Square,
+    Dense {
+        n1: usize,
+        n2: usize,
+        diags: Vec<Option<Operand>>,
+        bias: Operand,
+        fold: Vec<i64>,
+        name: String,
+    },
+}
+
+/// A compiled encrypted-inference plan for one model and one parameter set.
+///
+/// Built by the model holder from its plaintext model ([`CnnPlan::compile`]); evaluates
+/// with public evaluation keys only ([`CnnPlan::evaluate`]).
+pub struct CnnPlan {
+    ctx: Arc<Context>,
+    layout: InputLayout,
+    stages: Vec<Stage>,
+    classes: usize,
+    input_scale: f64,
+}
+
+impl std::fmt::Debug for CnnPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CnnPlan")
+            .field("layout", &self.layout)
+            .field("stages", &self.costs())
+            .field("classes", &self.classes)
+            .finish()
+    }
+}
+
+fn rotate_vec(v: &[f64], k: i64) -> Vec<f64> {
+    let n = v.len() as i64;
+    (0..n).map(|j| v[(j + k).rem_euclid(n) as usize]).collect()
+}
+
+/// `(n1, n2)` with `n1·n2 = n`, `n1 >= n2`, both powers of two.
+fn bsgs_split(n: usize) -> (usize, usize) {
+    let log = n.trailing_zeros();
+    let n1 = 1usize << log.div_ceil(2);
+    (n1, n / n1)
+}
+
+/// Checks the supported form `Conv2d, Square, Flatten, (Dense, Square)*, Dense`.
+fn check_form(spec: &ArchSpec) -> Result<()> {
+    let layers = &spec.layers;
+    let ok = layers.len() >= 4
+        && matches!(layers[0], LayerSpec::Conv2d { .. })
+        && matches!(layers[1], LayerSpec::Square)
+        && matches!(layers[2], LayerSpec::Flatten)
+        && layers[3..].iter().enumerate().all(|(i, l)| {
+            if i % 2 == 0 {
+                matches!(l, LayerSpec::Dense { .. })
+            } else {
+                matches!(l, LayerSpec::Square)
+            }
+        })
+        && matches!(layers.last(), Some(LayerSpec::Dense { .. }));
+    if ok {
+        Ok(())
+    } else {
+        Err(PlanError::Unsupported(format!(
+            "{}: expected conv2d, square, flatten, then dense layers with square activations",
+            spec.name
+        )))
+    }
+}
+
+fn fold_steps(from: usize, to: usize) -> Vec<i64> {
+    // Adds the `to/from` blocks of period `from` inside a period `to`: steps from, 2from, …
+    let mut steps = Vec::new();
+    let mut s = from;
+    while s < to {
+        steps.push(s as i64);
+        s *= 2;
+    }
+    steps
+}
+
+impl CnnPlan {
+    /// Compiles `model` for the parameters of `ctx`, with fresh ciphertexts encrypted at scale
+    /// `input_scale` at the top level.
+    ///
+    /// Supported form: `Conv2d, Square, Flatten, (Dense, Square)*, Dense`.
+    ///
+    /// # Errors
+    /// [`PlanError::Unsupported`] for another form, [`PlanError::TooDeep`] if the parameters
+    /// have too few levels, [`PlanError::Layout`] if a layer does not fit in the slots.
+    pub fn compile(model: &Model, ctx: &Arc<Context>, input_scale: f64) -> Result<Self> {
+        let spec = model.spec();
+        let layers = &spec.layers;
+        check_form(spec)?;
+        let depth = spec.depth();
+        if depth > ctx.max_level() {
+            return Err(PlanError::TooDeep {
+                needed: depth,
+                available: ctx.max_level(),
+            });
+        }
+        let slots = ctx.params().slots();
+        let layout = InputLayout::from_arch(spec, slots)?;
+        let encoder = Encoder::new(ctx);
+        let q = |l: usize| ctx.params().q()[l] as f64;
+        let mut level = ctx.max_level();
+        let mut scale = input_scale;
+        let mut stages = Vec::new();
+
+        // Convolution: weights at scale q_level so the rescale restores `scale`.
+        let conv = model.params(0).expect("conv params");
+        let weights = (0..layout.num_cts)
+            .map(|t| {
+                let mut v = vec![0f64; slots];
+                for i_sub in 0..layout.per_ct {
+                    let i = t * layout.per_ct + i_sub;
+                    if i >= layout.entries {
+                        break;
+                    }
+                    for c in 0..layout.channels {
+                        let w = conv.weight[[c, i]] as f64;
+                        for p in 0..layout.positions {
+                            v[i_sub * layout.block + c * layout.positions_pad + p] = w;
+                        }
+                    }
+                }
+                let encoded = encoder.encode_real(&v, level, q(level))?;
+                Ok(Operand { values: v, encoded })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        scale = scale * q(level) / q(level);
+        level -= 1;
+        let mut bias_v = vec![0f64; slots];
+        for blk in 0..layout.per_ct {
+            for c in 0..layout.channels {
+                for p in 0..layout.positions {
+                    bias_v[blk * layout.block + c * layout.positions_pad + p] = conv.bias[c] as f64;
+                }
+            }
+        }
+        let bias = Operand {
+            encoded: encoder.encode_real(&bias_v, level, scale)?,
+            values: bias_v,
+        };
+        stages.push(Stage::Conv {
+            weights,
+            bias,
+            fold: fold_steps(layout.block, slots),
+        });
+
+        // Square.
+        stages.push(Stage::Square);
+        scale = scale * scale / q(level);
+        level -= 1;
+
+        // Dense layers (with squares between them).
+        let mut period = layout.block; // the input vector is replicated with this period
+        let conv_layout = layout.clone();
+        let mut slot_of: Box<dyn Fn(usize) -> usize> = Box::new(move |f| conv_layout.conv_feature_slot(f));
+        let mut in_features = layout.channels * layout.positions;
+        for (li, l) in layers.iter().enumerate().skip(3) {
+            match l {
+                LayerSpec::Square => {
+                    stages.push(Stage::Square);
+                    scale = scale * scale / q(level);
+                    level -= 1;
+                }
+                LayerSpec::Dense { outputs } => {
+                    let p = model.params(li).expect("dense params");
+                    let n_o = outputs.next_power_of_two();
+                    let n_i = period;
+                    if n_o > n_i {
+                        return Err(PlanError::Layout(format!(
+                            "dense layer {li} has {outputs} outputs, more than its input period {n_i}"
+                        )));
+                    }
+                    // M'[o, col] for col in the input period.
+                    let mut col_feature = vec![usize::MAX; n_i];
+                    for f in 0..in_features {
+                        col_feature[slot_of(f)] = f;
+                    }
+                    let m = |o: usize, col: usize| -> f64 {
+                        let f = col_feature[col];
+                        if o < *outputs && f != usize::MAX {
+                            p.weight[[o, f]] as f64
+                        } else {
+                            0.0
+                        }
+                    };
+                    let (n1, n2) = bsgs_split(n_o);
+                    // The last layer's weights are encoded 2^4 below the dropped prime, so the
+                    // logits come out at scale ≈ Δ/16: 16 times more headroom below q_0/2 for
+                    // large logits, at a cost of 4 of the ~20 bits of precision.
+                    let last = li == layers.len() - 1;
+                    let w_scale = if last { q(level) / OUTPUT_HEADROOM } else { q(level) };
+                    let diags = (0..n_o)
+                        .map(|d| {
+                            let diag: Vec<f64> = (0..slots).map(|j| m(j % n_o, (j + d) % n_i)).collect();
+                            if diag.iter().all(|&x| x == 0.0) {
+                                return Ok(None);
+                            }
+                            let g = d / n1;
+                            let values = rotate_vec(&diag, -((g * n1) as i64));
+                            let encoded = encoder.encode_real(&values, level, w_scale)?;
+                            Ok(Some(Operand { values, encoded }))
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    scale = scale * w_scale / q(level);
+                    level -= 1;
+                    let bias_v: Vec<f64> = (0..slots)
+                        .map(|j| {
+                            if j % n_o < *outputs {
+                                p.bias[j % n_o] as f64
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect();
+                    let bias = Operand {
+                        encoded: encoder.encode_real(&bias_v, level, scale)?,
+                        values: bias_v,
+                    };
+                    stages.push(Stage::Dense {
+                        n1,
+                        n2,
+                        diags,
+                        bias,
+                        fold: fold_steps(n_o, n_i),
+                        name: format!("dense {in_features}→{outputs}"),
+                    });
+                    period = n_o;
+                    in_features = *outputs;
+                    slot_of = Box::new(|f| f);
+                }
+                _ => unreachable!("form checked above"),
+            }
+        }
+        Ok(Self {
+            ctx: ctx.clone(),
+            layout,
+            stages,
+            classes: in_features,
+            input_scale,
+        })
+    }
+
+    /// The client's input layout.
+    pub fn layout(&self) -> &InputLayout {
+        &self.layout
+    }
+
+    /// Number of classes (decrypted slots `0..classes` are the logits).
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    /// Scale the client must encode its input at.
+    pub fn input_scale(&self) -> f64 {
+        self.input_scale
+    }
+
+    /// Multiplicative depth (levels consumed).
+    pub fn depth(&self) -> usize {
+        self.costs().iter().map(|c| c.levels).sum()
+    }
+
+    /// Rotation steps the plan uses: the Galois keys to generate, and only these.
+    pub fn rotation_steps(&self) -> Vec<i64> {
+        let mut steps = Vec::new();
+        for s in &self.stages {
+            match s {
+                Stage::Conv { fold, .. } => steps.extend(fold),
+                Stage::Square => {}
+                Stage::Dense { n1, n2, fold, .. } => {
+                    steps.extend((1..*n1).map(|b| b as i64));
+                    steps.extend((1..*n2).map(|g| (g * n1) as i64));
+                    steps.extend(fold);
+                }
+            }
+        }
+        steps.sort_unstable();
+        steps.dedup();
+        steps
+    }
+
+    /// The rotation steps a plan for `arch` at `slots` slots uses, from the architecture
+    /// alone (what a client needs to generate its Galois keys without seeing the weights).
+    /// Equal to [`CnnPlan::rotation_steps`] of the compiled plan.
+    ///
+    /// # Errors
+    /// As [`CnnPlan::compile`], for the architecture.
+    pub fn rotation_steps_for(arch: &ArchSpec, slots: usize) -> Result<Vec<i64>> {
+        check_form(arch)?;
+        let layout = InputLayout::from_arch(arch, slots)?;
+        let mut steps = fold_steps(layout.block, slots);
+        let mut period = layout.block;
+        for l in &arch.layers[3..] {
+            if let LayerSpec::Dense { outputs } = l {
+                let n_o = outputs.next_power_of_two();
+                if n_o > period {
+                    return Err(PlanError::Layout(format!(
+                        "{outputs} outputs exceed the input period {period}"
+                    )));
+                }
+                let (n1, n2) = bsgs_split(n_o);
+                steps.extend((1..n1).map(|b| b as i64));
+                steps.extend((1..n2).map(|g| (g * n1) as i64));
+                steps.extend(fold_steps(n_o, period));
+                period = n_o;
+            }
+        }
+        steps.sort_unstable();
+        steps.dedup();
+        Ok(steps)
+    }
+
+    /// What each stage costs.
+    pub fn costs(&self) -> Vec<StageCost> {
+        self.stages
+            .iter()
+            .map(|s| match s {
+                Stage::Conv { weights, fold, .. } => StageCost {
+                    name: format!("conv (im2col, {} input ciphertexts)", weights.len()),
+                    levels: 1,
+                    rotations: fold.len(),
+                    hoisted_rotations: 0,
+                    plain_products: weights.len(),
+                    products: 0,
+                },
+                Stage::Square => StageCost {
+                    name: "square".into(),
+                    levels: 1,
+                    rotations: 0,
+                    hoisted_rotations: 0,
+                    plain_products: 0,
+                    products: 1,
+                },
+                Stage::Dense {
+                    n1,
+                    n2,
+                    diags,
+                    fold,
+                    name,
+                    ..
+                } => StageCost {
+                    name: format!("{name} (BSGS {n1}×{n2})"),
+                    levels: 1,
+                    rotations: n2 - 1 + fold.len(),
+                    hoisted_rotations: n1 - 1,
+                    plain_products: diags.iter().filter(|d| d.is_some()).count(),
+                    products: 0,
+                },
+            })
+            .collect()
+    }
+
+    /// Evaluates the network on the client's input ciphertexts (at the top level, scale
+    /// [`CnnPlan::input_scale`]), with public keys only. Returns a level-0 ciphertext whose
+    /// slots `0..classes` hold the logits.
+    ///
+    /// # Errors
+    /// [`PlanError::Input`] for a wrong number of ciphertexts; CKKS errors (wrong level,
+    /// missing Galois key, foreign keys) as [`PlanError::Ckks`].
+    pub fn evaluate(
+        &self,
+        eval: &Evaluator,
+        inputs: &[Ciphertext],
+        rlk: &RelinearizationKey,
+        gk: &GaloisKeys,
+    ) -> Result<Ciphertext> {
+        if inputs.len() != self.layout.num_cts {
+            return Err(PlanError::Input {
+                expected: format!("{} input ciphertexts", self.layout.num_cts),
+                actual: inputs.len().to_string(),
+            });
+        }
+        let mut x: Option<Ciphertext> = None;
+        for stage in &self.stages {
+            x = Some(match stage {
+                Stage::Conv { weights, bias, fold } => {
+                    let mut acc = eval.multiply_plain(&inputs[0], &weights[0].encoded)?;
+                    for (ct, w) in inputs.iter().zip(weights).skip(1) {
+                        eval.multiply_plain_acc(&mut acc, ct, &w.encoded)?;
+                    }
+                    eval.rescale_assign(&mut acc)?;
+                    for &step in fold {
+                        let r = eval.rotate(&acc, step, gk)?;
+                        eval.add_assign(&mut acc, &r)?;
+                    }
+                    eval.add_plain_assign(&mut acc, &bias.encoded)?;
+                    acc
+                }
+                Stage::Square => {
+                    let v = x.take().expect("a stage before");
+                    let mut sq = eval.square(&v)?;
+                    eval.relinearize_assign(&mut sq, rlk)?;
+                    eval.rescale_assign(&mut sq)?;
+                    sq
+                }
+                Stage::Dense {
+                    n1,
+                    n2,
+                    diags,
+                    bias,
+                    fold,
+                    ..
+                } => {
+                    let v = x.take().expect("a stage before");
+                    let baby_steps: Vec<i64> = (0..*n1 as i64).collect();
+                    let baby = eval.rotate_hoisted(&v, &baby_steps, gk)?;
+                    let mut out: Option<Ciphertext> = None;
+                    for g in 0..*n2 {
+                        let mut inner: Option<Ciphertext> = None;
+                        for (b, rotated) in baby.iter().enumerate() {
+                            let Some(d) = &diags[g * n1 + b] else { continue };
+                            match inner.as_mut() {
+                                None => inner = Some(eval.multiply_plain(rotated, &d.encoded)?),
+                                Some(acc) => eval.multiply_plain_acc(acc, rotated, &d.encoded)?,
+                            }
+                        }
+                        let Some(inner) = inner else { continue };
+                        let inner = if g == 0 {
+                            inner
+                        } else {
+                            eval.rotate(&inner, (g * n1) as i64, gk)?
+                        };
+                        match out.as_mut() {
+                            None => out = Some(inner),
+                            Some(acc) => eval.add_assign(acc, &inner)?,
+                        }
+                    }
+                    let mut acc = out.ok_or_else(|| PlanError::Layout("a dense layer with all-zero weights".into()))?;
+                    eval.rescale_assign(&mut acc)?;
+                    for &step in fold {
+                        let r = eval.rotate(&acc, step, gk)?;
+                        eval.add_assign(&mut acc, &r)?;
+                    }
+                    eval.add_plain_assign(&mut acc, &bias.encoded)?;
+                    acc
+                }
+            });
+        }
+        Ok(x.expect("at least one stage"))
+    }
+
+    /// The plaintext twin of [`CnnPlan::evaluate`]: the same packed computation on slot
+    /// vectors in `f64`, without encryption (tests the layout against the model).
+    ///
+    /// # Errors
+    /// [`PlanError::Input`] for a wrong number of input vectors.
+    pub fn evaluate_plain(&self, inputs: &[Vec<f64>]) -> Result<Vec<f64>> {
+        if inputs.len() != self.layout.num_cts {
+            return Err(PlanError::Input {
+                expected: format!("{} input vectors", self.layout.num_cts),
+                actual: inputs.len().to_string(),
+            });
+        }
+        let slots = self.layout.slots;
+        let add = |a: &mut Vec<f64>, b: &[f64]| a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+        let mul = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).collect::<Vec<f64>>();
+        let mut x = vec![0f64; slots];
+        for stage in &self.stages {
+            x = match stage {
+                Stage::Conv { weights, bias, fold } => {
+                    let mut acc = vec![0f64; slots];
+                    for (ct, w) in inputs.iter().zip(weights) {
+                        add(&mut acc, &mul(ct, &w.values));
+                    }
+                    for &step in fold {
+                        let r = rotate_vec(&acc, step);
+                        add(&mut acc, &r);
+                    }
+                    add(&mut acc, &bias.values);
+                    acc
+                }
+                Stage::Square => x.iter().map(|v| v * v).collect(),
+                Stage::Dense {
+                    n1,
+                    n2,
+                    diags,
+                    bias,
+                    fold,
+                    ..
+                } => {
+                    let mut acc = vec![0f64; slots];
+                    for g in 0..*n2 {
+                        let mut inner = vec![0f64; slots];
+                        for b in 0..*n1 {
+                            if let Some(d) = &diags[g * n1 + b] {
+                                add(&mut inner, &mul(&rotate_vec(&x, b as i64), &d.values));
+                            }
+                        }
+                        add(&mut acc, &rotate_vec(&inner, (g * n1) as i64));
+                    }
+                    for &step in fold {
+                        let r = rotate_vec(&acc, step);
+                        add(&mut acc, &r);
+                    }
+                    add(&mut acc, &bias.values);
+                    acc
+                }
+            };
+        }
+        Ok(x[..self.classes].to_vec())
+    }
+
+    /// The context the plan was compiled for.
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+}
