@@ -327,7 +327,8 @@ pub const N32768_DEPTH16_128BIT: Preset = Preset {
 };
 
 /// Every released preset.
-pub const PRESETS: [Preset; 4] = [
+pub const PRESETS: [Preset; 5] = [
+    N8192_DEPTH2_128BIT,
     N8192_DEPTH3_128BIT,
     N8192_DEPTH5_128BIT,
     N16384_DEPTH7_128BIT,
