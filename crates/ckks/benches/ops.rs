@@ -34,55 +34,31 @@ fn bench_preset(c: &mut Criterion, preset: Preset) {
     // In-place forms where SEAL's benchmark uses them (add_inplace, multiply_plain_inplace,
     // rescale_to_next_inplace, relinearize_inplace); allocating forms for comparison.
     let mut acc = ct.clone();
-    g.bench_function("add_assign", |b| {
-        b.iter(|| eval.add_assign(black_box(&mut acc), black_box(&ct2)).unwrap())
-    });
+    g.bench_function("add_assign", |b| b.iter(|| eval.add_assign(black_box(&mut acc), black_box(&ct2)).unwrap()));
     g.bench_function("add", |b| b.iter(|| eval.add(black_box(&ct), black_box(&ct2)).unwrap()));
     let mut target = ct.clone();
     let pt_one = encoder.encode_real(&[1.0], level, 1.0).unwrap();
     g.bench_function("multiply_plain_assign", |b| {
-        b.iter(|| {
-            eval.multiply_plain_assign(black_box(&mut target), black_box(&pt_one))
-                .unwrap()
-        })
+        b.iter(|| eval.multiply_plain_assign(black_box(&mut target), black_box(&pt_one)).unwrap())
     });
-    g.bench_function("multiply_plain", |b| {
-        b.iter(|| eval.multiply_plain(black_box(&ct), black_box(&pt)).unwrap())
-    });
+    g.bench_function("multiply_plain", |b| b.iter(|| eval.multiply_plain(black_box(&ct), black_box(&pt)).unwrap()));
     g.bench_function("multiply_const", |b| {
-        b.iter(|| {
-            eval.multiply_const(black_box(&ct), 0.37, params.default_scale())
-                .unwrap()
-        })
+        b.iter(|| eval.multiply_const(black_box(&ct), 0.37, params.default_scale()).unwrap())
     });
-    g.bench_function("multiply", |b| {
-        b.iter(|| eval.multiply(black_box(&ct), black_box(&ct2)).unwrap())
-    });
-    g.bench_function("relinearize", |b| {
-        b.iter(|| eval.relinearize(black_box(&prod), &rlk).unwrap())
-    });
+    g.bench_function("multiply", |b| b.iter(|| eval.multiply(black_box(&ct), black_box(&ct2)).unwrap()));
+    g.bench_function("relinearize", |b| b.iter(|| eval.relinearize(black_box(&prod), &rlk).unwrap()));
     g.bench_function("multiply_relin", |b| {
         b.iter(|| eval.multiply_relin(black_box(&ct), black_box(&ct2), &rlk).unwrap())
     });
     g.bench_function("rescale_assign", |b| {
-        b.iter_batched_ref(
-            || ct.clone(),
-            |x| eval.rescale_assign(x).unwrap(),
-            criterion::BatchSize::LargeInput,
-        )
+        b.iter_batched_ref(|| ct.clone(), |x| eval.rescale_assign(x).unwrap(), criterion::BatchSize::LargeInput)
     });
     g.bench_function("rescale", |b| b.iter(|| eval.rescale(black_box(&ct)).unwrap()));
     g.bench_function("rotate", |b| b.iter(|| eval.rotate(black_box(&ct), 1, &gk).unwrap()));
-    g.bench_function("rotate_hoisted_x8", |b| {
-        b.iter(|| eval.rotate_hoisted(black_box(&ct), &steps, &gk).unwrap())
-    });
+    g.bench_function("rotate_hoisted_x8", |b| b.iter(|| eval.rotate_hoisted(black_box(&ct), &steps, &gk).unwrap()));
     g.bench_function("conjugate", |b| b.iter(|| eval.conjugate(black_box(&ct), &gk).unwrap()));
     g.bench_function("encode", |b| {
-        b.iter(|| {
-            encoder
-                .encode_real(black_box(&v), level, params.default_scale())
-                .unwrap()
-        })
+        b.iter(|| encoder.encode_real(black_box(&v), level, params.default_scale()).unwrap())
     });
     g.bench_function("encrypt_pk", |b| b.iter(|| encryptor.encrypt(black_box(&pt)).unwrap()));
     g.bench_function("decrypt", |b| b.iter(|| decryptor.decrypt(black_box(&ct)).unwrap()));

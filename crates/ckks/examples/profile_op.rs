@@ -36,9 +36,6 @@ fn main() -> Result<()> {
             other => panic!("unknown op {other}"),
         }
     }
-    println!(
-        "{op}: {:.1} us per call",
-        t.elapsed().as_secs_f64() * 1e6 / iters as f64
-    );
+    println!("{op}: {:.1} us per call", t.elapsed().as_secs_f64() * 1e6 / iters as f64);
     Ok(())
 }

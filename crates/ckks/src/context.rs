@@ -68,15 +68,9 @@ impl Context {
                     .collect()
             })
             .collect();
-        let p_mod_q: Vec<u64> = qm
-            .iter()
-            .map(|qi| pm.iter().fold(1, |acc, pk| qi.mul(acc, qi.reduce(pk.value()))))
-            .collect();
-        let p_inv_mod_q = qm
-            .iter()
-            .zip(&p_mod_q)
-            .map(|(qi, &p)| qi.inv(p).expect("distinct primes"))
-            .collect();
+        let p_mod_q: Vec<u64> =
+            qm.iter().map(|qi| pm.iter().fold(1, |acc, pk| qi.mul(acc, qi.reduce(pk.value())))).collect();
+        let p_inv_mod_q = qm.iter().zip(&p_mod_q).map(|(qi, &p)| qi.inv(p).expect("distinct primes")).collect();
         let digit_alpha = params.alpha();
         let decompose = (0..nq)
             .map(|l| {
@@ -87,10 +81,8 @@ impl Context {
                         let hi = ((j + 1) * digit_alpha).min(l + 1);
                         let mut targets: Vec<usize> = (0..=l).filter(|i| !(lo..hi).contains(i)).collect();
                         targets.extend((0..alpha).map(|k| l + 1 + k));
-                        let target_moduli: Vec<Modulus> = targets
-                            .iter()
-                            .map(|&t| if t <= l { qm[t] } else { pm[t - l - 1] })
-                            .collect();
+                        let target_moduli: Vec<Modulus> =
+                            targets.iter().map(|&t| if t <= l { qm[t] } else { pm[t - l - 1] }).collect();
                         (BasisConverter::new(&qm[lo..hi], &target_moduli), targets)
                     })
                     .collect()
@@ -98,11 +90,7 @@ impl Context {
             .collect();
         let mod_down = (0..nq).map(|l| BasisConverter::new(pm, &qm[..=l])).collect();
         let garner = (0..nq)
-            .map(|k| {
-                (0..k)
-                    .map(|i| qm[k].inv(qm[k].reduce(qm[i].value())).expect("distinct"))
-                    .collect()
-            })
+            .map(|k| (0..k).map(|i| qm[k].inv(qm[k].reduce(qm[i].value())).expect("distinct")).collect())
             .collect();
         Ok(Arc::new(Self {
             params: params.clone(),
@@ -222,11 +210,7 @@ impl Context {
         let negative = digits[level] > top.value() / 2;
         let mut v = 0f64;
         for i in (0..=level).rev() {
-            let d = if negative {
-                self.moduli[i].value() - 1 - digits[i]
-            } else {
-                digits[i]
-            };
+            let d = if negative { self.moduli[i].value() - 1 - digits[i] } else { digits[i] };
             v = v * self.moduli[i].value() as f64 + d as f64;
         }
         if negative {

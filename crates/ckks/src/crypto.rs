@@ -27,11 +27,7 @@ impl SeededCiphertext {
     /// Expands `a` from the seed into a full ciphertext.
     pub fn expand(&self, ctx: &Context) -> Ciphertext {
         let c1 = expand_uniform(ctx, &self.seed, 0..=self.level);
-        Ciphertext {
-            parts: vec![self.c0.clone(), c1],
-            level: self.level,
-            scale: self.scale,
-        }
+        Ciphertext { parts: vec![self.c0.clone(), c1], level: self.level, scale: self.scale }
     }
 }
 
@@ -54,12 +50,7 @@ impl Encryptor {
     /// [`Error::Rng`] if the operating system's random source fails.
     pub fn with_public_key(ctx: &Arc<Context>, pk: &PublicKey) -> Result<Self> {
         let rng = sampler::os_rng().map_err(|e| Error::Rng(e.to_string()))?;
-        Ok(Self {
-            ctx: ctx.clone(),
-            pk: Some(pk.clone()),
-            sk: None,
-            rng,
-        })
+        Ok(Self { ctx: ctx.clone(), pk: Some(pk.clone()), sk: None, rng })
     }
 
     /// Secret-key encryptor (client side), producing seeded ciphertexts.
@@ -69,12 +60,7 @@ impl Encryptor {
     pub fn with_secret_key(sk: &SecretKey) -> Result<Self> {
         let rng = sampler::os_rng().map_err(|e| Error::Rng(e.to_string()))?;
         let sk = SecretKey::from_coefficients(&sk.ctx, sk.coeffs.clone());
-        Ok(Self {
-            ctx: sk.ctx.clone(),
-            pk: None,
-            sk: Some(sk),
-            rng,
-        })
+        Ok(Self { ctx: sk.ctx.clone(), pk: None, sk: Some(sk), rng })
     }
 
     /// Replaces the random generator with a seeded one (reproducible tests and known-answer
@@ -88,10 +74,7 @@ impl Encryptor {
     /// # Errors
     /// [`Error::InvalidArgument`] if this encryptor has no public key.
     pub fn encrypt(&mut self, pt: &Plaintext) -> Result<Ciphertext> {
-        let pk = self
-            .pk
-            .as_ref()
-            .ok_or_else(|| Error::InvalidArgument("encryptor has no public key".into()))?;
+        let pk = self.pk.as_ref().ok_or_else(|| Error::InvalidArgument("encryptor has no public key".into()))?;
         let ctx = &self.ctx;
         let n = ctx.n();
         let level = pt.level;
@@ -107,11 +90,7 @@ impl Encryptor {
             ctx.ntt[i].mul_acc(&mut c1[r.clone()], &pk.a[r.clone()], &u[r.clone()]);
             slice::add_assign(&mut c0[r.clone()], &pt.data[r], &ctx.moduli[i]);
         }
-        Ok(Ciphertext {
-            parts: vec![c0, c1],
-            level,
-            scale: pt.scale,
-        })
+        Ok(Ciphertext { parts: vec![c0, c1], level, scale: pt.scale })
     }
 
     /// Encrypts with the secret key into the compact seeded form.
@@ -119,10 +98,7 @@ impl Encryptor {
     /// # Errors
     /// [`Error::InvalidArgument`] if this encryptor has no secret key.
     pub fn encrypt_symmetric(&mut self, pt: &Plaintext) -> Result<SeededCiphertext> {
-        let sk = self
-            .sk
-            .as_ref()
-            .ok_or_else(|| Error::InvalidArgument("encryptor has no secret key".into()))?;
+        let sk = self.sk.as_ref().ok_or_else(|| Error::InvalidArgument("encryptor has no secret key".into()))?;
         let ctx = &self.ctx;
         let n = ctx.n();
         let level = pt.level;
@@ -137,12 +113,7 @@ impl Encryptor {
             slice::sub_assign(&mut c0[r.clone()], &prod, &ctx.moduli[i]);
             slice::add_assign(&mut c0[r.clone()], &pt.data[r], &ctx.moduli[i]);
         }
-        Ok(SeededCiphertext {
-            c0,
-            seed,
-            level,
-            scale: pt.scale,
-        })
+        Ok(SeededCiphertext { c0, seed, level, scale: pt.scale })
     }
 }
 
@@ -154,9 +125,7 @@ pub struct Decryptor {
 impl Decryptor {
     /// A decryptor holding a copy of the secret key (zeroized on drop).
     pub fn new(sk: &SecretKey) -> Self {
-        Self {
-            sk: SecretKey::from_coefficients(&sk.ctx, sk.coeffs.clone()),
-        }
+        Self { sk: SecretKey::from_coefficients(&sk.ctx, sk.coeffs.clone()) }
     }
 
     /// `c_0 + c_1·s (+ c_2·s²)` at the ciphertext's level and scale.
@@ -168,11 +137,7 @@ impl Decryptor {
     /// [`Error::CiphertextSize`] for a ciphertext of fewer than 2 or more than 3 parts.
     pub fn decrypt(&self, ct: &Ciphertext) -> Result<Plaintext> {
         if !(2..=3).contains(&ct.parts.len()) {
-            return Err(Error::CiphertextSize {
-                op: "decrypt",
-                expected: 2,
-                actual: ct.parts.len(),
-            });
+            return Err(Error::CiphertextSize { op: "decrypt", expected: 2, actual: ct.parts.len() });
         }
         let ctx = &self.sk.ctx;
         let n = ctx.n();
@@ -187,11 +152,7 @@ impl Decryptor {
                 ctx.ntt[i].mul_acc(&mut m[r.clone()], &ct.parts[2][r], &s2);
             }
         }
-        Ok(Plaintext {
-            data: m,
-            level: ct.level,
-            scale: ct.scale,
-        })
+        Ok(Plaintext { data: m, level: ct.level, scale: ct.scale })
     }
 
     /// Decrypts and adds fresh Gaussian noise of standard deviation `2^log_sigma` to every

@@ -49,14 +49,8 @@ impl Encoder {
             rot_group.push(g);
             g = g * 5 % m;
         }
-        let ksi = (0..=m)
-            .map(|k| Complex64::from_polar(1.0, 2.0 * PI * k as f64 / m as f64))
-            .collect();
-        Self {
-            ctx: ctx.clone(),
-            rot_group,
-            ksi,
-        }
+        let ksi = (0..=m).map(|k| Complex64::from_polar(1.0, 2.0 * PI * k as f64 / m as f64)).collect();
+        Self { ctx: ctx.clone(), rot_group, ksi }
     }
 
     /// Number of slots, `N/2`.
@@ -153,17 +147,11 @@ impl Encoder {
     /// [`Error::InvalidArgument`] if `level > L`.
     pub fn encode(&self, values: &[Complex64], level: usize, scale: f64) -> Result<Plaintext> {
         if level > self.ctx.max_level() {
-            return Err(Error::InvalidArgument(format!(
-                "level {level} above the top level {}",
-                self.ctx.max_level()
-            )));
+            return Err(Error::InvalidArgument(format!("level {level} above the top level {}", self.ctx.max_level())));
         }
         let coeffs = self.embed(values, scale)?;
         let n = self.ctx.n();
-        let log_q: f64 = self.ctx.moduli[..=level]
-            .iter()
-            .map(|q| (q.value() as f64).log2())
-            .sum();
+        let log_q: f64 = self.ctx.moduli[..=level].iter().map(|q| (q.value() as f64).log2()).sum();
         let max = coeffs.iter().fold(0f64, |m, c| m.max(c.abs()));
         if max > 0.0 && max.log2() >= log_q - 1.0 {
             return Err(Error::Encoding(format!(
@@ -218,9 +206,8 @@ impl Encoder {
     /// `scale`: the canonical embedding.
     pub fn decode_coefficients(&self, coeffs: &[f64], scale: f64) -> Vec<Complex64> {
         let slots = self.slots();
-        let mut vals: Vec<Complex64> = (0..slots)
-            .map(|i| Complex64::new(coeffs[i] / scale, coeffs[i + slots] / scale))
-            .collect();
+        let mut vals: Vec<Complex64> =
+            (0..slots).map(|i| Complex64::new(coeffs[i] / scale, coeffs[i + slots] / scale)).collect();
         self.fft_special(&mut vals);
         vals
     }

@@ -84,6 +84,16 @@ pub enum Error {
         /// Fingerprint prefix (hex) found.
         found: String,
     },
+    /// A key made for lower levels than the ciphertext's.
+    #[error("{what} serves levels up to {max_level}, the ciphertext is at level {level}")]
+    KeyLevel {
+        /// Which key.
+        what: &'static str,
+        /// Highest level the key serves.
+        max_level: usize,
+        /// The ciphertext's level.
+        level: usize,
+    },
     /// An object built under other parameters (another `Context`) was passed to an
     /// operation.
     #[error("{what} does not belong to these parameters: {reason}")]

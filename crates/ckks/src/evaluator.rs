@@ -60,10 +60,7 @@ impl Evaluator {
         } else {
             return Ok(());
         };
-        Err(Error::ForeignObject {
-            what: "ciphertext",
-            reason,
-        })
+        Err(Error::ForeignObject { what: "ciphertext", reason })
     }
 
     fn check_plain(&self, pt: &Plaintext) -> Result<()> {
@@ -76,12 +73,12 @@ impl Evaluator {
         Ok(())
     }
 
-    fn check_key(&self, key: &KeySwitchingKey, what: &'static str) -> Result<()> {
+    fn check_key(&self, key: &KeySwitchingKey, what: &'static str, level: usize) -> Result<()> {
         if &key.fingerprint != self.ctx.params().fingerprint() {
-            return Err(Error::ForeignObject {
-                what,
-                reason: "parameter fingerprint differs".into(),
-            });
+            return Err(Error::ForeignObject { what, reason: "parameter fingerprint differs".into() });
+        }
+        if level > key.max_level {
+            return Err(Error::KeyLevel { what, max_level: key.max_level, level });
         }
         Ok(())
     }
@@ -271,9 +268,7 @@ impl Evaluator {
         self.check(a)?;
         let k = (value * const_scale).round();
         if !(k.is_finite() && const_scale >= 1.0 && const_scale.is_finite()) {
-            return Err(Error::InvalidArgument(format!(
-                "constant {value} at scale {const_scale} is not finite"
-            )));
+            return Err(Error::InvalidArgument(format!("constant {value} at scale {const_scale} is not finite")));
         }
         let mut out = a.clone();
         for p in out.parts.iter_mut() {
@@ -315,11 +310,7 @@ impl Evaluator {
         Self::same_level("multiply", a.level, b.level)?;
         for c in [a, b] {
             if c.parts.len() != 2 {
-                return Err(Error::CiphertextSize {
-                    op: "multiply",
-                    expected: 2,
-                    actual: c.parts.len(),
-                });
+                return Err(Error::CiphertextSize { op: "multiply", expected: 2, actual: c.parts.len() });
             }
         }
         let len = a.parts[0].len();
@@ -335,11 +326,7 @@ impl Evaluator {
             op.mul_acc(&mut d1[r.clone()], a1, b0);
             op.mul_acc(&mut d2[r], a1, b1);
         }
-        Ok(Ciphertext {
-            parts: vec![d0, d1, d2],
-            level: a.level,
-            scale: a.scale * b.scale,
-        })
+        Ok(Ciphertext { parts: vec![d0, d1, d2], level: a.level, scale: a.scale * b.scale })
     }
 
     /// `a²` as a size-3 ciphertext.
@@ -349,11 +336,7 @@ impl Evaluator {
     pub fn square(&self, a: &Ciphertext) -> Result<Ciphertext> {
         self.check(a)?;
         if a.parts.len() != 2 {
-            return Err(Error::CiphertextSize {
-                op: "square",
-                expected: 2,
-                actual: a.parts.len(),
-            });
+            return Err(Error::CiphertextSize { op: "square", expected: 2, actual: a.parts.len() });
         }
         let len = a.parts[0].len();
         let (mut d0, mut d1, mut d2) = (vec![0u64; len], vec![0u64; len], vec![0u64; len]);
@@ -365,11 +348,7 @@ impl Evaluator {
             op.mul_acc(&mut d1[r.clone()], a0, a1);
             op.mul_acc(&mut d2[r], a1, a1);
         }
-        Ok(Ciphertext {
-            parts: vec![d0, d1, d2],
-            level: a.level,
-            scale: a.scale * a.scale,
-        })
+        Ok(Ciphertext { parts: vec![d0, d1, d2], level: a.level, scale: a.scale * a.scale })
     }
 
     /// Relinearizes a size-3 ciphertext back to size 2 with the relinearization key (hybrid
@@ -380,19 +359,12 @@ impl Evaluator {
     /// [`Error::CiphertextSize`] unless `a` has 3 polynomials.
     pub fn relinearize(&self, a: &Ciphertext, rlk: &RelinearizationKey) -> Result<Ciphertext> {
         self.check(a)?;
-        self.check_key(&rlk.0, "relinearization key")?;
+        self.check_key(&rlk.0, "relinearization key", a.level)?;
         if a.parts.len() != 3 {
-            return Err(Error::CiphertextSize {
-                op: "relinearize",
-                expected: 3,
-                actual: a.parts.len(),
-            });
+            return Err(Error::CiphertextSize { op: "relinearize", expected: 3, actual: a.parts.len() });
         }
-        let mut out = Ciphertext {
-            parts: vec![a.parts[0].clone(), a.parts[1].clone()],
-            level: a.level,
-            scale: a.scale,
-        };
+        let mut out =
+            Ciphertext { parts: vec![a.parts[0].clone(), a.parts[1].clone()], level: a.level, scale: a.scale };
         self.key_switch_add(&a.parts[2], a.level, &rlk.0, &mut out);
         Ok(out)
     }
@@ -403,13 +375,9 @@ impl Evaluator {
     /// [`Error::CiphertextSize`] unless `a` has 3 polynomials (then `a` is unchanged).
     pub fn relinearize_assign(&self, a: &mut Ciphertext, rlk: &RelinearizationKey) -> Result<()> {
         self.check(a)?;
-        self.check_key(&rlk.0, "relinearization key")?;
+        self.check_key(&rlk.0, "relinearization key", a.level)?;
         if a.parts.len() != 3 {
-            return Err(Error::CiphertextSize {
-                op: "relinearize",
-                expected: 3,
-                actual: a.parts.len(),
-            });
+            return Err(Error::CiphertextSize { op: "relinearize", expected: 3, actual: a.parts.len() });
         }
         let c2 = a.parts.pop().expect("three parts");
         let level = a.level;
@@ -436,11 +404,7 @@ impl Evaluator {
         self.check(a)?;
         let l = a.level;
         if l == 0 {
-            return Err(Error::LevelTooLow {
-                op: "rescale",
-                needed: 1,
-                level: 0,
-            });
+            return Err(Error::LevelTooLow { op: "rescale", needed: 1, level: 0 });
         }
         let n = self.ctx.n();
         let parts = a
@@ -452,11 +416,7 @@ impl Evaluator {
                 out
             })
             .collect();
-        Ok(Ciphertext {
-            parts,
-            level: l - 1,
-            scale: a.scale / self.ctx.moduli[l].value() as f64,
-        })
+        Ok(Ciphertext { parts, level: l - 1, scale: a.scale / self.ctx.moduli[l].value() as f64 })
     }
 
     /// [`Evaluator::rescale`] in place (no allocation).
@@ -467,11 +427,7 @@ impl Evaluator {
         self.check(a)?;
         let l = a.level;
         if l == 0 {
-            return Err(Error::LevelTooLow {
-                op: "rescale",
-                needed: 1,
-                level: 0,
-            });
+            return Err(Error::LevelTooLow { op: "rescale", needed: 1, level: 0 });
         }
         let n = self.ctx.n();
         for p in a.parts.iter_mut() {
@@ -507,18 +463,10 @@ impl Evaluator {
     pub fn drop_to_level(&self, a: &Ciphertext, level: usize) -> Result<Ciphertext> {
         self.check(a)?;
         if level > a.level {
-            return Err(Error::LevelTooLow {
-                op: "drop_to_level",
-                needed: level,
-                level: a.level,
-            });
+            return Err(Error::LevelTooLow { op: "drop_to_level", needed: level, level: a.level });
         }
         let n = self.ctx.n();
-        Ok(Ciphertext {
-            parts: a.parts.iter().map(|p| p[..(level + 1) * n].to_vec()).collect(),
-            level,
-            scale: a.scale,
-        })
+        Ok(Ciphertext { parts: a.parts.iter().map(|p| p[..(level + 1) * n].to_vec()).collect(), level, scale: a.scale })
     }
 
     /// Drops a plaintext's primes above `level`.
@@ -528,17 +476,9 @@ impl Evaluator {
     pub fn drop_plaintext_to_level(&self, pt: &Plaintext, level: usize) -> Result<Plaintext> {
         self.check_plain(pt)?;
         if level > pt.level {
-            return Err(Error::LevelTooLow {
-                op: "drop_plaintext_to_level",
-                needed: level,
-                level: pt.level,
-            });
+            return Err(Error::LevelTooLow { op: "drop_plaintext_to_level", needed: level, level: pt.level });
         }
-        Ok(Plaintext {
-            data: pt.data[..(level + 1) * self.ctx.n()].to_vec(),
-            level,
-            scale: pt.scale,
-        })
+        Ok(Plaintext { data: pt.data[..(level + 1) * self.ctx.n()].to_vec(), level, scale: pt.scale })
     }
 
     /// Rotates the slots left by `step` (right if negative): slot `j` of the result is slot
@@ -567,17 +507,13 @@ impl Evaluator {
     pub fn apply_galois(&self, a: &Ciphertext, g: u64, gk: &GaloisKeys) -> Result<Ciphertext> {
         self.check(a)?;
         if a.parts.len() != 2 {
-            return Err(Error::CiphertextSize {
-                op: "rotate",
-                expected: 2,
-                actual: a.parts.len(),
-            });
+            return Err(Error::CiphertextSize { op: "rotate", expected: 2, actual: a.parts.len() });
         }
         if g == 1 {
             return Ok(a.clone());
         }
         let (key, perm) = gk.get(g)?;
-        self.check_key(key, "Galois key")?;
+        self.check_key(key, "Galois key", a.level)?;
         let len = a.parts[0].len();
         let mut c0 = vec![0u64; len];
         let mut c1 = Scratch::overwritten(len);
@@ -585,11 +521,7 @@ impl Evaluator {
             slice::permute_into(&mut c0[r.clone()], &a.parts[0][r.clone()], perm);
             slice::permute_into(&mut c1[r.clone()], &a.parts[1][r], perm);
         }
-        let mut out = Ciphertext {
-            parts: vec![c0, vec![0u64; len]],
-            level: a.level,
-            scale: a.scale,
-        };
+        let mut out = Ciphertext { parts: vec![c0, vec![0u64; len]], level: a.level, scale: a.scale };
         self.key_switch_add(&c1, a.level, key, &mut out);
         Ok(out)
     }
@@ -604,14 +536,11 @@ impl Evaluator {
         let elements: Vec<u64> = steps.iter().map(|&s| self.ctx.galois_element_for_rotation(s)).collect();
         for &g in &elements {
             if g != 1 {
-                self.check_key(&gk.get(g)?.0, "Galois key")?;
+                self.check_key(&gk.get(g)?.0, "Galois key", a.level)?;
             }
         }
         let dec = self.decompose(a)?;
-        elements
-            .iter()
-            .map(|&g| self.apply_galois_hoisted(a, &dec, g, gk))
-            .collect()
+        elements.iter().map(|&g| self.apply_galois_hoisted(a, &dec, g, gk)).collect()
     }
 
     /// Decomposes `c_1` of a size-2 ciphertext for hoisted rotations.
@@ -621,11 +550,7 @@ impl Evaluator {
     pub fn decompose(&self, a: &Ciphertext) -> Result<Decomposed> {
         self.check(a)?;
         if a.parts.len() != 2 {
-            return Err(Error::CiphertextSize {
-                op: "rotate",
-                expected: 2,
-                actual: a.parts.len(),
-            });
+            return Err(Error::CiphertextSize { op: "rotate", expected: 2, actual: a.parts.len() });
         }
         Ok(self.decompose_poly(&a.parts[1], a.level))
     }
@@ -647,7 +572,7 @@ impl Evaluator {
             return Ok(a.clone());
         }
         let (key, perm) = gk.get(g)?;
-        self.check_key(key, "Galois key")?;
+        self.check_key(key, "Galois key", a.level)?;
         let ctx = &self.ctx;
         let n = ctx.n();
         let level = a.level;
@@ -669,11 +594,7 @@ impl Evaluator {
         for (_, r) in self.residues(level) {
             slice::permute_into(&mut c0[r.clone()], &a.parts[0][r], perm);
         }
-        let mut out = Ciphertext {
-            parts: vec![c0, vec![0u64; len]],
-            level,
-            scale: a.scale,
-        };
+        let mut out = Ciphertext { parts: vec![c0, vec![0u64; len]], level, scale: a.scale };
         self.mod_down_add(&mut acc0, level, &mut out.parts[0]);
         self.mod_down_add(&mut acc1, level, &mut out.parts[1]);
         Ok(out)
@@ -693,9 +614,7 @@ impl Evaluator {
         }
         // The converter's targets are the positions 0..lo, then hi..ext.
         let t = if pos < lo { pos } else { pos - (hi - lo) };
-        ctx.decompose[level][j]
-            .0
-            .convert_to(&coeff[lo * n..hi * n], t..t + 1, out);
+        ctx.decompose[level][j].0.convert_to(&coeff[lo * n..hi * n], t..t + 1, out);
         ctx.extended_ntt(level, pos).forward(out);
     }
 
@@ -731,7 +650,9 @@ impl Evaluator {
     ) {
         let n = self.ctx.n();
         let full = self.ctx.extended_to_full(level, pos);
-        let kr = full * n..(full + 1) * n;
+        // Position of this prime in the key's own basis (q_0…q_{max_level}, then P).
+        let k = if pos <= level { pos } else { key.max_level + 1 + (pos - level - 1) };
+        let kr = k * n..(k + 1) * n;
         let b: Vec<&[u64]> = key.digits[..d.len()].iter().map(|kd| &kd.b[kr.clone()]).collect();
         let a: Vec<&[u64]> = key.digits[..d.len()].iter().map(|kd| &kd.a[kr.clone()]).collect();
         slice::dot([out0, out1], d, [&b, &a], &self.ctx.moduli[full]);

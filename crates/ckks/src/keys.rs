@@ -60,11 +60,7 @@ pub struct SecretKey {
 impl SecretKey {
     pub(crate) fn from_coefficients(ctx: &Arc<Context>, coeffs: Zeroizing<Vec<i64>>) -> Self {
         let ntt = small_to_ntt(ctx, &coeffs, 0..ctx.moduli.len());
-        Self {
-            ctx: ctx.clone(),
-            coeffs,
-            ntt,
-        }
+        Self { ctx: ctx.clone(), coeffs, ntt }
     }
 
     /// The parameters' context this key belongs to.
@@ -109,10 +105,15 @@ pub(crate) struct KeyDigit {
 
 /// A hybrid key-switching key from a secret `s'` to `s` (Han–Ki, CT-RSA 2020): for digit
 /// `j`, `(b_j, a_j)` with `b_j = -a_j·s + e_j + P·[q_i ∈ digit j]·s' mod q_i` and
-/// `b_j = -a_j·s + e_j mod p_k`. The same key serves every level.
+/// `b_j = -a_j·s + e_j mod p_k`. A key made for level `m` serves every level up to `m` and
+/// holds only the primes and digits of level `m` (smaller keys for rotations that happen
+/// low in the chain).
 #[derive(Clone, Debug, PartialEq)]
 pub struct KeySwitchingKey {
     pub(crate) digits: Vec<KeyDigit>,
+    /// Highest ciphertext level the key serves: its polynomials have residues modulo
+    /// `q_0…q_{max_level}` and the special primes, and it has the digits of that level.
+    pub(crate) max_level: usize,
     /// Fingerprint of the parameters the key was made for.
     pub(crate) fingerprint: [u8; 32],
 }
@@ -128,10 +129,28 @@ pub struct GaloisKeys {
     pub(crate) keys: BTreeMap<u64, (KeySwitchingKey, Vec<u32>)>,
 }
 
+impl KeySwitchingKey {
+    /// Highest ciphertext level this key serves.
+    pub fn max_level(&self) -> usize {
+        self.max_level
+    }
+}
+
+/// Full-basis indices of a key made for `max_level`: `q_0…q_{max_level}`, then the special
+/// primes.
+pub(crate) fn key_indices(ctx: &Context, max_level: usize) -> Vec<usize> {
+    (0..=max_level).chain((0..ctx.num_special()).map(|k| ctx.special_index(k))).collect()
+}
+
 impl GaloisKeys {
     /// The Galois elements these keys cover.
     pub fn elements(&self) -> impl Iterator<Item = u64> + '_ {
         self.keys.keys().copied()
+    }
+
+    /// Highest level the key for Galois element `g` serves, if there is one.
+    pub fn max_level(&self, g: u64) -> Option<usize> {
+        self.keys.get(&g).map(|(k, _)| k.max_level)
     }
 
     pub(crate) fn get(&self, g: u64) -> Result<&(KeySwitchingKey, Vec<u32>)> {
@@ -168,11 +187,7 @@ impl KeyGenerator {
     fn with_rng(ctx: &Arc<Context>, mut rng: ChaCha20Rng) -> Self {
         let coeffs = sampler::ternary(&mut rng, ctx.n());
         let sk = SecretKey::from_coefficients(ctx, coeffs);
-        Self {
-            ctx: ctx.clone(),
-            rng,
-            sk,
-        }
+        Self { ctx: ctx.clone(), rng, sk }
     }
 
     /// A generator for an existing secret key (e.g. one loaded from a file).
@@ -182,11 +197,7 @@ impl KeyGenerator {
     pub fn from_secret_key(sk: &SecretKey) -> Result<Self> {
         let rng = sampler::os_rng().map_err(|e| Error::Rng(e.to_string()))?;
         let sk = SecretKey::from_coefficients(&sk.ctx, sk.coeffs.clone());
-        Ok(Self {
-            ctx: sk.ctx.clone(),
-            rng,
-            sk,
-        })
+        Ok(Self { ctx: sk.ctx.clone(), rng, sk })
     }
 
     /// The secret key.
@@ -212,29 +223,29 @@ impl KeyGenerator {
         PublicKey { b, a, seed }
     }
 
-    /// Key-switching key from `target` (NTT form over the full basis) to `s`.
-    fn key_switching_key(&mut self, target: &[u64]) -> KeySwitchingKey {
+    /// Key-switching key from `target` (NTT form over the full basis) to `s`, serving
+    /// levels up to `max_level`.
+    fn key_switching_key(&mut self, target: &[u64], max_level: usize) -> KeySwitchingKey {
         let ctx = self.ctx.clone();
         let n = ctx.n();
-        let full = ctx.moduli.len();
-        let nq = ctx.max_level() + 1;
+        let indices = key_indices(&ctx, max_level);
         let alpha = ctx.params().alpha();
-        let digits = (0..ctx.params().dnum())
+        let digits = (0..(max_level + 1).div_ceil(alpha))
             .map(|j| {
                 let seed = fresh_seed(&mut self.rng);
-                let a = expand_uniform(&ctx, &seed, 0..full);
+                let a = expand_uniform(&ctx, &seed, indices.iter().copied());
                 let e = sampler::gaussian(&mut self.rng, n);
-                let mut b = small_to_ntt(&ctx, &e, 0..full).to_vec();
+                let mut b = small_to_ntt(&ctx, &e, indices.iter().copied()).to_vec();
                 let mut prod = vec![0u64; n];
-                for i in 0..full {
-                    let r = i * n..(i + 1) * n;
-                    ctx.ntt[i].mul(&mut prod, &a[r.clone()], &self.sk.ntt[r.clone()]);
+                for (k, &i) in indices.iter().enumerate() {
+                    let (r, full) = (k * n..(k + 1) * n, i * n..(i + 1) * n);
+                    ctx.ntt[i].mul(&mut prod, &a[r.clone()], &self.sk.ntt[full.clone()]);
                     blindfold_math::slice::sub_assign(&mut b[r.clone()], &prod, &ctx.moduli[i]);
-                    if i < nq && (j * alpha..(j + 1) * alpha).contains(&i) {
+                    if i <= max_level && (j * alpha..(j + 1) * alpha).contains(&i) {
                         let q = &ctx.moduli[i];
                         let pm = ctx.p_mod_q[i];
                         let ps = q.shoup(pm);
-                        for (bb, &t) in b[r.clone()].iter_mut().zip(&target[r]) {
+                        for (bb, &t) in b[r].iter_mut().zip(&target[full]) {
                             *bb = q.add(*bb, q.mul_shoup(t, pm, ps));
                         }
                     }
@@ -242,10 +253,7 @@ impl KeyGenerator {
                 KeyDigit { b, a, seed }
             })
             .collect();
-        KeySwitchingKey {
-            digits,
-            fingerprint: *ctx.params().fingerprint(),
-        }
+        KeySwitchingKey { digits, max_level, fingerprint: *ctx.params().fingerprint() }
     }
 
     /// The relinearization key (switches `s²` to `s`).
@@ -256,7 +264,8 @@ impl KeyGenerator {
             let s = &self.sk.ntt[i * n..(i + 1) * n];
             self.ctx.ntt[i].mul(r, s, s);
         }
-        RelinearizationKey(self.key_switching_key(&s2))
+        let top = self.ctx.max_level();
+        RelinearizationKey(self.key_switching_key(&s2, top))
     }
 
     /// Galois keys for the given Galois elements (odd, below 2N; duplicates ignored).
@@ -264,16 +273,35 @@ impl KeyGenerator {
     /// # Errors
     /// [`Error::InvalidArgument`] for an even element or one not below `2N`.
     pub fn galois_keys_for_elements(&mut self, elements: &[u64]) -> Result<GaloisKeys> {
+        let top = self.ctx.max_level();
+        let with_levels: Vec<(u64, usize)> = elements.iter().map(|&g| (g, top)).collect();
+        self.galois_keys_for_element_levels(&with_levels)
+    }
+
+    /// Galois keys for `(element, max_level)` pairs: each key serves ciphertexts up to its
+    /// level and is correspondingly smaller (a key for level `m` holds `m+1` chain primes).
+    /// For an element listed twice, the higher level is kept.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an even element, one not below `2N`, or a level above
+    /// the top level.
+    pub fn galois_keys_for_element_levels(&mut self, elements: &[(u64, usize)]) -> Result<GaloisKeys> {
         let n = self.ctx.n();
-        let mut keys = BTreeMap::new();
-        for &g in elements {
-            if g % 2 == 0 || g >= 2 * n as u64 {
+        let mut wanted: BTreeMap<u64, usize> = BTreeMap::new();
+        for &(g, level) in elements {
+            if level > self.ctx.max_level() {
                 return Err(Error::InvalidArgument(format!(
-                    "Galois element {g} must be odd and below 2N"
+                    "key level {level} above the top level {}",
+                    self.ctx.max_level()
                 )));
             }
-            if keys.contains_key(&g) {
-                continue;
+            let e = wanted.entry(g).or_insert(level);
+            *e = (*e).max(level);
+        }
+        let mut keys = BTreeMap::new();
+        for (g, level) in wanted {
+            if g % 2 == 0 || g >= 2 * n as u64 {
+                return Err(Error::InvalidArgument(format!("Galois element {g} must be odd and below 2N")));
             }
             let perm = self.ctx.galois_permutation(g);
             let mut target = Zeroizing::new(vec![0u64; self.sk.ntt.len()]);
@@ -283,10 +311,18 @@ impl KeyGenerator {
                     *t = s[p as usize];
                 }
             }
-            let ksk = self.key_switching_key(&target);
+            let ksk = self.key_switching_key(&target, level);
             keys.insert(g, (ksk, perm));
         }
         Ok(GaloisKeys { keys })
+    }
+
+    /// Galois keys for rotations at given levels: `(step, max_level)` pairs (see
+    /// [`KeyGenerator::galois_keys_for_element_levels`]).
+    pub fn galois_keys_at_levels(&mut self, steps: &[(i64, usize)]) -> Result<GaloisKeys> {
+        let elements: Vec<(u64, usize)> =
+            steps.iter().map(|&(s, l)| (self.ctx.galois_element_for_rotation(s), l)).filter(|&(g, _)| g != 1).collect();
+        self.galois_keys_for_element_levels(&elements)
     }
 
     /// Galois keys for rotations of the slots by each of `steps` (left for positive steps)
@@ -297,7 +333,6 @@ impl KeyGenerator {
             elements.push(self.ctx.galois_element_for_conjugation());
         }
         elements.retain(|&g| g != 1);
-        self.galois_keys_for_elements(&elements)
-            .expect("elements from rotations are valid")
+        self.galois_keys_for_elements(&elements).expect("elements from rotations are valid")
     }
 }

@@ -7,14 +7,8 @@ use sha2::{Digest, Sha256};
 /// Largest log2(QP) for 128-bit classical security with a uniform ternary secret and error
 /// standard deviation 3.2, from the HomomorphicEncryption.org Security Standard
 /// (Albrecht et al., 2018, Table 1, "classical", uniform ternary distribution {-1,0,1}).
-pub const HE_STANDARD_128BIT: [(usize, u32); 6] = [
-    (1024, 27),
-    (2048, 54),
-    (4096, 109),
-    (8192, 218),
-    (16384, 438),
-    (32768, 881),
-];
+pub const HE_STANDARD_128BIT: [(usize, u32); 6] =
+    [(1024, 27), (2048, 54), (4096, 109), (8192, 218), (16384, 438), (32768, 881)];
 
 /// The 128-bit bound on log2(QP) for ring degree `n`, if the standard tabulates `n`.
 pub fn max_log_qp_128bit(n: usize) -> Option<u32> {
@@ -87,11 +81,7 @@ impl Parameters {
         let n = params.n();
         let bound = max_log_qp_128bit(n).expect("tabulated degree");
         if params.log_qp > bound as f64 {
-            return Err(Error::Insecure {
-                n,
-                log_qp: params.log_qp,
-                bound,
-            });
+            return Err(Error::Insecure { n, log_qp: params.log_qp, bound });
         }
         Ok(params)
     }
@@ -104,10 +94,7 @@ impl Parameters {
     /// As [`Parameters::new`], except that [`Error::Insecure`] is never returned.
     pub fn new_insecure(literal: ParametersLiteral) -> Result<Self> {
         if !(4..=17).contains(&literal.log_n) {
-            return Err(Error::InvalidParameters(format!(
-                "log_n = {} outside 4..=17",
-                literal.log_n
-            )));
+            return Err(Error::InvalidParameters(format!("log_n = {} outside 4..=17", literal.log_n)));
         }
         Self::build(literal, SecurityLevel::Insecure)
     }
@@ -119,9 +106,7 @@ impl Parameters {
             return Err(Error::InvalidParameters("log_q and log_p must be non-empty".into()));
         }
         if literal.log_q.len() > 64 || literal.log_p.len() > 16 {
-            return Err(Error::InvalidParameters(
-                "at most 64 chain primes and 16 special primes".into(),
-            ));
+            return Err(Error::InvalidParameters("at most 64 chain primes and 16 special primes".into()));
         }
         for &b in literal.log_q.iter().chain(&literal.log_p) {
             if b < min_bits || b > 60 {
@@ -165,16 +150,7 @@ impl Parameters {
         h.update(b"ternary;sigma=3.2");
         h.update([matches!(security, SecurityLevel::Bits128) as u8]);
         let fingerprint = h.finalize().into();
-        Ok(Self {
-            literal,
-            q,
-            p,
-            dnum,
-            alpha,
-            log_qp,
-            security,
-            fingerprint,
-        })
+        Ok(Self { literal, q, p, dnum, alpha, log_qp, security, fingerprint })
     }
 
     /// The literal these parameters were built from.
@@ -275,23 +251,13 @@ impl Preset {
 
 /// N = 8192, depth 2, scale 2^40: three chain primes (50 + 2×40 bits) and one 50-bit special
 /// prime, log2(QP) < 180: the cheapest key switching at the smallest secure ring.
-pub const N8192_DEPTH2_128BIT: Preset = Preset {
-    name: "N8192_DEPTH2_128BIT",
-    log_n: 13,
-    log_q: &[50, 40, 40],
-    log_p: &[50],
-    log_default_scale: 40,
-};
+pub const N8192_DEPTH2_128BIT: Preset =
+    Preset { name: "N8192_DEPTH2_128BIT", log_n: 13, log_q: &[50, 40, 40], log_p: &[50], log_default_scale: 40 };
 
 /// N = 8192, depth 3, scale 2^40: four chain primes (49 + 3×40 bits) and one 49-bit special
 /// prime, log2(QP) < 218.
-pub const N8192_DEPTH3_128BIT: Preset = Preset {
-    name: "N8192_DEPTH3_128BIT",
-    log_n: 13,
-    log_q: &[49, 40, 40, 40],
-    log_p: &[49],
-    log_default_scale: 40,
-};
+pub const N8192_DEPTH3_128BIT: Preset =
+    Preset { name: "N8192_DEPTH3_128BIT", log_n: 13, log_q: &[49, 40, 40, 40], log_p: &[49], log_default_scale: 40 };
 
 /// N = 8192, depth 5, scale 2^29: 36 + 5×29-bit chain, one 37-bit special prime,
 /// log2(QP) < 218. For shallow networks (CryptoNets-style) at the smallest secure ring. The
@@ -327,10 +293,5 @@ pub const N32768_DEPTH16_128BIT: Preset = Preset {
 };
 
 /// Every released preset.
-pub const PRESETS: [Preset; 5] = [
-    N8192_DEPTH2_128BIT,
-    N8192_DEPTH3_128BIT,
-    N8192_DEPTH5_128BIT,
-    N16384_DEPTH7_128BIT,
-    N32768_DEPTH16_128BIT,
-];
+pub const PRESETS: [Preset; 5] =
+    [N8192_DEPTH2_128BIT, N8192_DEPTH3_128BIT, N8192_DEPTH5_128BIT, N16384_DEPTH7_128BIT, N32768_DEPTH16_128BIT];

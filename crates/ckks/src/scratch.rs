@@ -20,12 +20,8 @@ pub(crate) struct Scratch(Vec<u64>);
 fn take(len: usize) -> Vec<u64> {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
-        let best = p
-            .iter()
-            .enumerate()
-            .filter(|(_, v)| v.capacity() >= len)
-            .min_by_key(|(_, v)| v.capacity())
-            .map(|(i, _)| i);
+        let best =
+            p.iter().enumerate().filter(|(_, v)| v.capacity() >= len).min_by_key(|(_, v)| v.capacity()).map(|(i, _)| i);
         match best {
             Some(i) => p.swap_remove(i),
             None => Vec::with_capacity(len),

@@ -22,7 +22,9 @@
 use crate::context::Context;
 use crate::crypto::SeededCiphertext;
 use crate::error::{Error, Result};
-use crate::keys::{expand_uniform, GaloisKeys, KeyDigit, KeySwitchingKey, PublicKey, RelinearizationKey, SecretKey};
+use crate::keys::{
+    expand_uniform, key_indices, GaloisKeys, KeyDigit, KeySwitchingKey, PublicKey, RelinearizationKey, SecretKey,
+};
 use crate::types::{Ciphertext, Plaintext};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -101,10 +103,7 @@ pub struct Header {
 }
 
 fn malformed(what: &'static str, reason: impl Into<String>) -> Error {
-    Error::Malformed {
-        what,
-        reason: reason.into(),
-    }
+    Error::Malformed { what, reason: reason.into() }
 }
 
 fn hex8(f: &[u8; 32]) -> String {
@@ -118,20 +117,14 @@ fn hex8(f: &[u8; 32]) -> String {
 pub fn read_header(bytes: &[u8]) -> Result<Header> {
     const WHAT: &str = "object header";
     if bytes.len() < HEADER_LEN {
-        return Err(malformed(
-            WHAT,
-            format!("{} bytes, shorter than the {HEADER_LEN}-byte header", bytes.len()),
-        ));
+        return Err(malformed(WHAT, format!("{} bytes, shorter than the {HEADER_LEN}-byte header", bytes.len())));
     }
     if bytes[..4] != MAGIC {
         return Err(malformed(WHAT, "not a blindfold CKKS object (bad magic)"));
     }
     let version = u16::from_le_bytes([bytes[4], bytes[5]]);
     if version != FORMAT_VERSION {
-        return Err(malformed(
-            WHAT,
-            format!("format version {version}, this library reads {FORMAT_VERSION}"),
-        ));
+        return Err(malformed(WHAT, format!("format version {version}, this library reads {FORMAT_VERSION}")));
     }
     let kind =
         ObjectKind::from_u8(bytes[6]).ok_or_else(|| malformed(WHAT, format!("unknown object kind {}", bytes[6])))?;
@@ -139,12 +132,7 @@ pub fn read_header(bytes: &[u8]) -> Result<Header> {
     fingerprint.copy_from_slice(&bytes[7..39]);
     let mut len = [0u8; 8];
     len.copy_from_slice(&bytes[39..47]);
-    Ok(Header {
-        version,
-        kind,
-        fingerprint,
-        body_len: u64::from_le_bytes(len),
-    })
+    Ok(Header { version, kind, fingerprint, body_len: u64::from_le_bytes(len) })
 }
 
 /// An object with a wire form.
@@ -196,10 +184,7 @@ pub fn deserialize_with_limit<T: WireObject>(bytes: &[u8], ctx: &Arc<Context>, l
     let what = T::KIND.name();
     let header = read_header(bytes)?;
     if header.kind != T::KIND {
-        return Err(malformed(
-            what,
-            format!("this is a {}, expected a {what}", header.kind.name()),
-        ));
+        return Err(malformed(what, format!("this is a {}, expected a {what}", header.kind.name())));
     }
     if &header.fingerprint != ctx.params().fingerprint() {
         return Err(Error::ParameterMismatch {
@@ -209,20 +194,13 @@ pub fn deserialize_with_limit<T: WireObject>(bytes: &[u8], ctx: &Arc<Context>, l
         });
     }
     if bytes.len() > limit {
-        return Err(malformed(
-            what,
-            format!("{} bytes exceeds the limit of {limit} bytes", bytes.len()),
-        ));
+        return Err(malformed(what, format!("{} bytes exceeds the limit of {limit} bytes", bytes.len())));
     }
     let body = &bytes[HEADER_LEN..];
     if header.body_len != body.len() as u64 {
         return Err(malformed(
             what,
-            format!(
-                "header announces {} body bytes, {} present",
-                header.body_len,
-                body.len()
-            ),
+            format!("header announces {} body bytes, {} present", header.body_len, body.len()),
         ));
     }
     T::decode_body(body, ctx)
@@ -245,36 +223,31 @@ fn from_postcard<'a, T: Deserialize<'a>>(what: &'static str, body: &'a [u8]) -> 
 
 /// Packed size in bytes of a polynomial with residues for the full-basis indices `indices`.
 fn packed_len(ctx: &Context, indices: &[usize]) -> usize {
-    indices
-        .iter()
-        .map(|&i| (ctx.n() * ctx.moduli[i].bits() as usize).div_ceil(8))
-        .sum()
+    indices.iter().map(|&i| (ctx.n() * ctx.moduli[i].bits() as usize).div_ceil(8)).sum()
 }
 
-/// Bit-packs the residues `poly[k·N..]` modulo the primes `indices[k]`.
+/// Bit-packs the residues `poly[k·N..]` modulo the primes `indices[k]`, each residue
+/// polynomial starting on a byte boundary, little-endian bit order.
 fn pack(ctx: &Context, poly: &[u64], indices: &[usize]) -> Result<Vec<u8>> {
     let n = ctx.n();
     if poly.len() != indices.len() * n {
-        return Err(Error::InvalidArgument(
-            "polynomial does not match the parameters".into(),
-        ));
+        return Err(Error::InvalidArgument("polynomial does not match the parameters".into()));
     }
-    let mut out = Vec::with_capacity(packed_len(ctx, indices));
+    let mut out = Vec::with_capacity(packed_len(ctx, indices) + 8);
     for (k, &i) in indices.iter().enumerate() {
         let bits = ctx.moduli[i].bits();
         let (mut acc, mut nacc) = (0u128, 0u32);
         for &x in &poly[k * n..(k + 1) * n] {
             acc |= (x as u128) << nacc;
             nacc += bits;
-            while nacc >= 8 {
-                out.push(acc as u8);
-                acc >>= 8;
-                nacc -= 8;
+            if nacc >= 64 {
+                out.extend_from_slice(&(acc as u64).to_le_bytes());
+                acc >>= 64;
+                nacc -= 64;
             }
         }
-        if nacc > 0 {
-            out.push(acc as u8);
-        }
+        let tail = nacc.div_ceil(8) as usize;
+        out.extend_from_slice(&(acc as u64).to_le_bytes()[..tail]);
     }
     Ok(out)
 }
@@ -283,38 +256,43 @@ fn pack(ctx: &Context, poly: &[u64], indices: &[usize]) -> Result<Vec<u8>> {
 fn unpack(ctx: &Context, bytes: &[u8], indices: &[usize], what: &'static str) -> Result<Vec<u64>> {
     let expected = packed_len(ctx, indices);
     if bytes.len() != expected {
-        return Err(malformed(
-            what,
-            format!("polynomial of {} bytes, expected {expected}", bytes.len()),
-        ));
+        return Err(malformed(what, format!("polynomial of {} bytes, expected {expected}", bytes.len())));
     }
     let n = ctx.n();
     let mut out = Vec::with_capacity(indices.len() * n);
-    let mut pos = 0;
+    let mut start = 0;
     for &i in indices {
         let q = ctx.moduli[i].value();
         let bits = ctx.moduli[i].bits();
-        let mask = (1u128 << bits) - 1;
-        let (mut acc, mut nacc) = (0u128, 0u32);
-        let end = pos + (n * bits as usize).div_ceil(8);
+        let mask = (1u64 << bits) - 1;
+        let end = start + (n * bits as usize).div_ceil(8);
+        let src = &bytes[start..end];
+        let (mut acc, mut nacc, mut pos) = (0u128, 0u32, 0usize);
+        let mut bad = false;
         for _ in 0..n {
-            while nacc < bits {
-                acc |= (bytes[pos] as u128) << nacc;
-                pos += 1;
-                nacc += 8;
+            if nacc < bits {
+                // Refill with up to 8 bytes (fewer at the end of the residue).
+                let take = (src.len() - pos).min(8);
+                let mut word = [0u8; 8];
+                word[..take].copy_from_slice(&src[pos..pos + take]);
+                acc |= (u64::from_le_bytes(word) as u128) << nacc;
+                nacc += 8 * take as u32;
+                pos += take;
             }
-            let x = (acc & mask) as u64;
+            let x = acc as u64 & mask;
             acc >>= bits;
             nacc -= bits;
-            if x >= q {
-                return Err(malformed(what, format!("residue {x} not below its prime {q}")));
-            }
+            bad |= x >= q;
             out.push(x);
+        }
+        if bad {
+            let x = out[out.len() - n..].iter().find(|&&x| x >= q).copied().unwrap_or(0);
+            return Err(malformed(what, format!("residue {x} not below its prime {q}")));
         }
         if acc != 0 {
             return Err(malformed(what, "non-zero padding bits"));
         }
-        pos = end;
+        start = end;
     }
     Ok(out)
 }
@@ -322,20 +300,14 @@ fn unpack(ctx: &Context, bytes: &[u8], indices: &[usize], what: &'static str) ->
 fn check_level(ctx: &Context, level: u8, what: &'static str) -> Result<usize> {
     let level = level as usize;
     if level > ctx.max_level() {
-        return Err(malformed(
-            what,
-            format!("level {level} above the top level {}", ctx.max_level()),
-        ));
+        return Err(malformed(what, format!("level {level} above the top level {}", ctx.max_level())));
     }
     Ok(level)
 }
 
 fn check_scale(scale: f64, what: &'static str) -> Result<f64> {
     if !(scale.is_finite() && scale > 0.0) {
-        return Err(malformed(
-            what,
-            format!("scale {scale} is not a positive finite number"),
-        ));
+        return Err(malformed(what, format!("scale {scale} is not a positive finite number")));
     }
     Ok(scale)
 }
@@ -358,16 +330,9 @@ impl WireObject for Ciphertext {
     }
     fn encode_body(&self, ctx: &Context) -> Result<Zeroizing<Vec<u8>>> {
         let idx = q_indices(self.level);
-        let parts = self
-            .parts
-            .iter()
-            .map(|p| pack(ctx, p, &idx).map(serde_bytes::ByteBuf::from))
-            .collect::<Result<_>>()?;
-        to_postcard(&CiphertextWire {
-            level: self.level as u8,
-            scale: self.scale,
-            parts,
-        })
+        let parts =
+            self.parts.iter().map(|p| pack(ctx, p, &idx).map(serde_bytes::ByteBuf::from)).collect::<Result<_>>()?;
+        to_postcard(&CiphertextWire { level: self.level as u8, scale: self.scale, parts })
     }
     fn decode_body(body: &[u8], ctx: &Arc<Context>) -> Result<Self> {
         const WHAT: &str = "ciphertext";
@@ -375,17 +340,10 @@ impl WireObject for Ciphertext {
         let level = check_level(ctx, w.level, WHAT)?;
         let scale = check_scale(w.scale, WHAT)?;
         if !(2..=3).contains(&w.parts.len()) {
-            return Err(malformed(
-                WHAT,
-                format!("{} polynomials, expected 2 or 3", w.parts.len()),
-            ));
+            return Err(malformed(WHAT, format!("{} polynomials, expected 2 or 3", w.parts.len())));
         }
         let idx = q_indices(level);
-        let parts = w
-            .parts
-            .iter()
-            .map(|p| unpack(ctx, p, &idx, WHAT))
-            .collect::<Result<_>>()?;
+        let parts = w.parts.iter().map(|p| unpack(ctx, p, &idx, WHAT)).collect::<Result<_>>()?;
         Ok(Ciphertext { parts, level, scale })
     }
 }
@@ -405,12 +363,7 @@ impl WireObject for SeededCiphertext {
     }
     fn encode_body(&self, ctx: &Context) -> Result<Zeroizing<Vec<u8>>> {
         let c0 = pack(ctx, &self.c0, &q_indices(self.level))?.into();
-        to_postcard(&SeededCiphertextWire {
-            level: self.level as u8,
-            scale: self.scale,
-            c0,
-            seed: self.seed,
-        })
+        to_postcard(&SeededCiphertextWire { level: self.level as u8, scale: self.scale, c0, seed: self.seed })
     }
     fn decode_body(body: &[u8], ctx: &Arc<Context>) -> Result<Self> {
         const WHAT: &str = "seeded ciphertext";
@@ -418,12 +371,7 @@ impl WireObject for SeededCiphertext {
         let level = check_level(ctx, w.level, WHAT)?;
         let scale = check_scale(w.scale, WHAT)?;
         let c0 = unpack(ctx, &w.c0, &q_indices(level), WHAT)?;
-        Ok(SeededCiphertext {
-            c0,
-            seed: w.seed,
-            level,
-            scale,
-        })
+        Ok(SeededCiphertext { c0, seed: w.seed, level, scale })
     }
 }
 
@@ -441,11 +389,7 @@ impl WireObject for Plaintext {
     }
     fn encode_body(&self, ctx: &Context) -> Result<Zeroizing<Vec<u8>>> {
         let data = pack(ctx, &self.data, &q_indices(self.level))?.into();
-        to_postcard(&PlaintextWire {
-            level: self.level as u8,
-            scale: self.scale,
-            data,
-        })
+        to_postcard(&PlaintextWire { level: self.level as u8, scale: self.scale, data })
     }
     fn decode_body(body: &[u8], ctx: &Arc<Context>) -> Result<Self> {
         const WHAT: &str = "plaintext";
@@ -490,28 +434,31 @@ fn ksk_size(ctx: &Context) -> usize {
     ctx.params().dnum() * (packed_len(ctx, &full_indices(ctx)) + 48)
 }
 
-fn ksk_to_wire(ctx: &Context, k: &KeySwitchingKey) -> Result<Vec<SeededPolyWire>> {
-    let idx = full_indices(ctx);
-    k.digits
-        .iter()
-        .map(|d| {
-            Ok(SeededPolyWire {
-                b: pack(ctx, &d.b, &idx)?.into(),
-                seed: d.seed,
-            })
-        })
-        .collect()
+#[derive(Serialize, Deserialize)]
+struct KskWire {
+    max_level: u8,
+    digits: Vec<SeededPolyWire>,
 }
 
-fn ksk_from_wire(ctx: &Context, w: &[SeededPolyWire], what: &'static str) -> Result<KeySwitchingKey> {
-    if w.len() != ctx.params().dnum() {
-        return Err(malformed(
-            what,
-            format!("{} digits, the parameters use {}", w.len(), ctx.params().dnum()),
-        ));
+fn ksk_to_wire(ctx: &Context, k: &KeySwitchingKey) -> Result<KskWire> {
+    let idx = key_indices(ctx, k.max_level);
+    let digits = k
+        .digits
+        .iter()
+        .map(|d| Ok(SeededPolyWire { b: pack(ctx, &d.b, &idx)?.into(), seed: d.seed }))
+        .collect::<Result<_>>()?;
+    Ok(KskWire { max_level: k.max_level as u8, digits })
+}
+
+fn ksk_from_wire(ctx: &Context, w: &KskWire, what: &'static str) -> Result<KeySwitchingKey> {
+    let max_level = check_level(ctx, w.max_level, what)?;
+    let expected = (max_level + 1).div_ceil(ctx.params().alpha());
+    if w.digits.len() != expected {
+        return Err(malformed(what, format!("{} digits, level {max_level} has {expected}", w.digits.len())));
     }
-    let idx = full_indices(ctx);
+    let idx = key_indices(ctx, max_level);
     let digits = w
+        .digits
         .iter()
         .map(|d| {
             let b = unpack(ctx, &d.b, &idx, what)?;
@@ -519,10 +466,7 @@ fn ksk_from_wire(ctx: &Context, w: &[SeededPolyWire], what: &'static str) -> Res
             Ok(KeyDigit { b, a, seed: d.seed })
         })
         .collect::<Result<_>>()?;
-    Ok(KeySwitchingKey {
-        digits,
-        fingerprint: *ctx.params().fingerprint(),
-    })
+    Ok(KeySwitchingKey { digits, max_level, fingerprint: *ctx.params().fingerprint() })
 }
 
 impl WireObject for RelinearizationKey {
@@ -535,7 +479,7 @@ impl WireObject for RelinearizationKey {
     }
     fn decode_body(body: &[u8], ctx: &Arc<Context>) -> Result<Self> {
         const WHAT: &str = "relinearization key";
-        let w: Vec<SeededPolyWire> = from_postcard(WHAT, body)?;
+        let w: KskWire = from_postcard(WHAT, body)?;
         Ok(RelinearizationKey(ksk_from_wire(ctx, &w, WHAT)?))
     }
 }
@@ -546,16 +490,13 @@ impl WireObject for GaloisKeys {
         HEADER_LEN + 64 + MAX_GALOIS_KEYS * (ksk_size(ctx) + 16)
     }
     fn encode_body(&self, ctx: &Context) -> Result<Zeroizing<Vec<u8>>> {
-        let keys: Vec<(u64, Vec<SeededPolyWire>)> = self
-            .keys
-            .iter()
-            .map(|(&g, (k, _))| Ok((g, ksk_to_wire(ctx, k)?)))
-            .collect::<Result<_>>()?;
+        let keys: Vec<(u64, KskWire)> =
+            self.keys.iter().map(|(&g, (k, _))| Ok((g, ksk_to_wire(ctx, k)?))).collect::<Result<_>>()?;
         to_postcard(&keys)
     }
     fn decode_body(body: &[u8], ctx: &Arc<Context>) -> Result<Self> {
         const WHAT: &str = "Galois keys";
-        let w: Vec<(u64, Vec<SeededPolyWire>)> = from_postcard(WHAT, body)?;
+        let w: Vec<(u64, KskWire)> = from_postcard(WHAT, body)?;
         let mut keys = BTreeMap::new();
         for (g, k) in &w {
             if g % 2 == 0 || *g >= 2 * ctx.n() as u64 || *g == 1 {
@@ -596,19 +537,14 @@ impl WireObject for SecretKey {
             let code = ((c & 1) as u8 & !sign) | (sign << 1);
             packed[i / 4] |= code << (2 * (i % 4));
         }
-        to_postcard(&SecretKeyWire {
-            coeffs: serde_bytes::ByteBuf::from(packed),
-        })
+        to_postcard(&SecretKeyWire { coeffs: serde_bytes::ByteBuf::from(packed) })
     }
     fn decode_body(body: &[u8], ctx: &Arc<Context>) -> Result<Self> {
         const WHAT: &str = "secret key";
         let w: SecretKeyWire = from_postcard(WHAT, body)?;
         let n = ctx.n();
         if w.coeffs.len() != n / 4 {
-            return Err(malformed(
-                WHAT,
-                format!("{} bytes of coefficients, expected {}", w.coeffs.len(), n / 4),
-            ));
+            return Err(malformed(WHAT, format!("{} bytes of coefficients, expected {}", w.coeffs.len(), n / 4)));
         }
         let mut coeffs = Zeroizing::new(vec![0i64; n]);
         let mut invalid = 0u8;

@@ -19,11 +19,7 @@ pub fn values(n: usize, seed: u64) -> Vec<Complex64> {
 /// Bits of precision: -log2 of the error, per slot; returns (mean, min) over the slots.
 pub fn precision(got: &[Complex64], want: &[Complex64]) -> (f64, f64) {
     assert_eq!(got.len(), want.len());
-    let bits: Vec<f64> = got
-        .iter()
-        .zip(want)
-        .map(|(g, w)| -((g - w).norm().max(1e-300)).log2())
-        .collect();
+    let bits: Vec<f64> = got.iter().zip(want).map(|(g, w)| -((g - w).norm().max(1e-300)).log2()).collect();
     let mean = bits.iter().sum::<f64>() / bits.len() as f64;
     let min = bits.iter().cloned().fold(f64::INFINITY, f64::min);
     (mean, min)
@@ -48,24 +44,12 @@ pub fn setup(params: Parameters, seed: u8) -> Setup {
     let mut encryptor = Encryptor::with_public_key(&ctx, &pk).unwrap();
     encryptor.reseed_for_tests([seed.wrapping_add(1); 32]);
     let decryptor = Decryptor::new(keygen.secret_key());
-    Setup {
-        encoder: Encoder::new(&ctx),
-        eval: Evaluator::new(&ctx),
-        params,
-        ctx,
-        keygen,
-        encryptor,
-        decryptor,
-        rlk,
-    }
+    Setup { encoder: Encoder::new(&ctx), eval: Evaluator::new(&ctx), params, ctx, keygen, encryptor, decryptor, rlk }
 }
 
 impl Setup {
     pub fn encrypt(&mut self, v: &[Complex64]) -> Ciphertext {
-        let pt = self
-            .encoder
-            .encode(v, self.ctx.max_level(), self.params.default_scale())
-            .unwrap();
+        let pt = self.encoder.encode(v, self.ctx.max_level(), self.params.default_scale()).unwrap();
         self.encryptor.encrypt(&pt).unwrap()
     }
     pub fn decrypt(&self, ct: &Ciphertext) -> Vec<Complex64> {

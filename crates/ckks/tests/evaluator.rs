@@ -9,16 +9,14 @@
 //! average and ~2^-23 in the worst of 4096 slots; measured values are printed.
 
 mod common;
+use blindfold_ckks::serialize;
 use blindfold_ckks::*;
 use common::*;
 
 fn report(name: &str, got: &[Complex64], want: &[Complex64], budget: f64) {
     let (mean, min) = precision(got, want);
     println!("{name:<28} mean {mean:6.2} bits, min {min:6.2} bits (budget {budget})");
-    assert!(
-        min >= budget,
-        "{name}: min precision {min:.2} bits below budget {budget}"
-    );
+    assert!(min >= budget, "{name}: min precision {min:.2} bits below budget {budget}");
 }
 
 fn all_params() -> Vec<Parameters> {
@@ -36,12 +34,7 @@ fn encrypt_decrypt_roundtrip() {
         let pt = s.encoder.encode(&v, 2, s.params.default_scale()).unwrap();
         let mut sym = Encryptor::with_secret_key(s.keygen.secret_key()).unwrap();
         let seeded = sym.encrypt_symmetric(&pt).unwrap();
-        report(
-            "symmetric encrypt/decrypt",
-            &s.decrypt(&seeded.expand(&s.ctx)),
-            &v,
-            22.0,
-        );
+        report("symmetric encrypt/decrypt", &s.decrypt(&seeded.expand(&s.ctx)), &v, 22.0);
     }
 }
 
@@ -58,12 +51,7 @@ fn add_sub_negate_plain() {
         report("sub", &s.decrypt(&s.eval.sub(&ca, &cb).unwrap()), &diff, 20.0);
         report("negate", &s.decrypt(&s.eval.negate(&ca).unwrap()), &neg, 20.0);
         let pb = s.encoder.encode(&b, ca.level(), ca.scale()).unwrap();
-        report(
-            "add_plain",
-            &s.decrypt(&s.eval.add_plain(&ca, &pb).unwrap()),
-            &sum,
-            20.0,
-        );
+        report("add_plain", &s.decrypt(&s.eval.add_plain(&ca, &pb).unwrap()), &sum, 20.0);
     }
 }
 
@@ -94,10 +82,7 @@ fn multiply_plain_and_constants() {
         let mut in_place = ca.clone();
         s.eval.multiply_plain_assign(&mut in_place, &pb).unwrap();
         s.eval.rescale_assign(&mut in_place).unwrap();
-        assert_eq!(
-            in_place, prod,
-            "in-place multiply_plain + rescale equal the allocating ones"
-        );
+        assert_eq!(in_place, prod, "in-place multiply_plain + rescale equal the allocating ones");
 
         let mut acc = s.eval.multiply_plain(&ca, &pb).unwrap();
         s.eval.multiply_plain_acc(&mut acc, &ca, &pb).unwrap();
@@ -126,20 +111,9 @@ fn multiply_relinearize_rescale_to_level_zero() {
             let mut sq_in_place = sq3.clone();
             s.eval.relinearize_assign(&mut sq_in_place, &s.rlk).unwrap();
             s.eval.rescale_assign(&mut sq_in_place).unwrap();
-            assert_eq!(
-                sq_in_place, sq,
-                "in-place relinearize + rescale equal the allocating ones"
-            );
-            report(
-                &format!("mul+relin+rescale -> L{}", sq.level()),
-                &s.decrypt(&sq),
-                &want,
-                18.0,
-            );
-            let sq_b = s
-                .eval
-                .rescale(&s.eval.relinearize(&s.eval.square(&ct).unwrap(), &s.rlk).unwrap())
-                .unwrap();
+            assert_eq!(sq_in_place, sq, "in-place relinearize + rescale equal the allocating ones");
+            report(&format!("mul+relin+rescale -> L{}", sq.level()), &s.decrypt(&sq), &want, 18.0);
+            let sq_b = s.eval.rescale(&s.eval.relinearize(&s.eval.square(&ct).unwrap(), &s.rlk).unwrap()).unwrap();
             report("square", &s.decrypt(&sq_b), &want, 18.0);
             ct = sq;
         }
@@ -157,43 +131,21 @@ fn rotations_conjugation_and_hoisting() {
         let steps = [1i64, 2, 5, -1, -7, slots as i64 / 2];
         let gk = s.keygen.galois_keys(&steps, true);
         for &k in &steps {
-            let want: Vec<_> = (0..slots)
-                .map(|j| a[(j as i64 + k).rem_euclid(slots as i64) as usize])
-                .collect();
-            report(
-                &format!("rotate {k}"),
-                &s.decrypt(&s.eval.rotate(&ct, k, &gk).unwrap()),
-                &want,
-                21.0,
-            );
+            let want: Vec<_> = (0..slots).map(|j| a[(j as i64 + k).rem_euclid(slots as i64) as usize]).collect();
+            report(&format!("rotate {k}"), &s.decrypt(&s.eval.rotate(&ct, k, &gk).unwrap()), &want, 21.0);
         }
         let hoisted = s.eval.rotate_hoisted(&ct, &steps, &gk).unwrap();
         for (&k, h) in steps.iter().zip(&hoisted) {
-            let want: Vec<_> = (0..slots)
-                .map(|j| a[(j as i64 + k).rem_euclid(slots as i64) as usize])
-                .collect();
+            let want: Vec<_> = (0..slots).map(|j| a[(j as i64 + k).rem_euclid(slots as i64) as usize]).collect();
             report(&format!("hoisted rotate {k}"), &s.decrypt(h), &want, 21.0);
         }
         let want: Vec<_> = a.iter().map(|x| x.conj()).collect();
-        report(
-            "conjugate",
-            &s.decrypt(&s.eval.conjugate(&ct, &gk).unwrap()),
-            &want,
-            21.0,
-        );
+        report("conjugate", &s.decrypt(&s.eval.conjugate(&ct, &gk).unwrap()), &want, 21.0);
         // Rotations at a lower level use the same keys.
         let low = s.eval.drop_to_level(&ct, 1).unwrap();
         let want: Vec<_> = (0..slots).map(|j| a[(j + 1) % slots]).collect();
-        report(
-            "rotate 1 at level 1",
-            &s.decrypt(&s.eval.rotate(&low, 1, &gk).unwrap()),
-            &want,
-            21.0,
-        );
-        assert!(matches!(
-            s.eval.rotate(&ct, 3, &gk),
-            Err(Error::MissingGaloisKey { .. })
-        ));
+        report("rotate 1 at level 1", &s.decrypt(&s.eval.rotate(&low, 1, &gk).unwrap()), &want, 21.0);
+        assert!(matches!(s.eval.rotate(&ct, 3, &gk), Err(Error::MissingGaloisKey { .. })));
     }
 }
 
@@ -208,23 +160,32 @@ fn mismatches_are_typed_errors() {
     let other_scale = s.eval.multiply_integer(&ct, 1).unwrap();
     let mut other_scale = other_scale;
     other_scale.set_scale(ct.scale() * 2.0);
-    assert!(matches!(
-        s.eval.add(&ct, &other_scale),
-        Err(Error::ScaleMismatch { .. })
-    ));
+    assert!(matches!(s.eval.add(&ct, &other_scale), Err(Error::ScaleMismatch { .. })));
     let three = s.eval.multiply(&ct, &ct).unwrap();
-    assert!(matches!(
-        s.eval.rotate(&three, 1, &s.keygen.galois_keys(&[1], false)),
-        Err(Error::CiphertextSize { .. })
-    ));
-    assert!(matches!(
-        s.eval.relinearize(&ct, &s.rlk),
-        Err(Error::CiphertextSize { .. })
-    ));
-    assert!(matches!(
-        s.eval.multiply_const(&ct, f64::NAN, 2.0),
-        Err(Error::InvalidArgument(_))
-    ));
+    assert!(matches!(s.eval.rotate(&three, 1, &s.keygen.galois_keys(&[1], false)), Err(Error::CiphertextSize { .. })));
+    assert!(matches!(s.eval.relinearize(&ct, &s.rlk), Err(Error::CiphertextSize { .. })));
+    assert!(matches!(s.eval.multiply_const(&ct, f64::NAN, 2.0), Err(Error::InvalidArgument(_))));
+}
+
+#[test]
+fn level_limited_galois_keys_serve_lower_levels_only() {
+    let mut s = setup(small_params(), 10);
+    let slots = s.encoder.slots();
+    let a = values(slots, 11);
+    let ct = s.encrypt(&a);
+    let gk = s.keygen.galois_keys_at_levels(&[(1, 1), (2, 3)]).unwrap();
+    assert_eq!(gk.max_level(s.ctx.galois_element_for_rotation(1)), Some(1));
+    let low = s.eval.drop_to_level(&ct, 1).unwrap();
+    let want: Vec<_> = (0..slots).map(|j| a[(j + 1) % slots]).collect();
+    report("rotate 1 with a level-1 key", &s.decrypt(&s.eval.rotate(&low, 1, &gk).unwrap()), &want, 21.0);
+    let err = s.eval.rotate(&ct, 1, &gk).unwrap_err();
+    assert!(matches!(err, Error::KeyLevel { max_level: 1, level: 3, .. }), "{err}");
+    // The smaller key is smaller on the wire too.
+    let full = s.keygen.galois_keys(&[1], false);
+    let small = s.keygen.galois_keys_at_levels(&[(1, 1)]).unwrap();
+    let (fb, sb) =
+        (serialize::serialize(&full, &s.ctx).unwrap().len(), serialize::serialize(&small, &s.ctx).unwrap().len());
+    assert!(sb * 2 < fb, "level-1 key {sb} bytes vs full {fb}");
 }
 
 #[test]
@@ -248,19 +209,13 @@ fn objects_of_other_parameters_are_refused() {
     let err = s.eval.relinearize(&sq3, &other_keys.relinearization_key()).unwrap_err();
     assert!(matches!(err, Error::ForeignObject { .. }), "{err}");
     let err = s.eval.rotate(&ct, 1, &other_keys.galois_keys(&[1], false)).unwrap_err();
-    assert!(
-        matches!(err, Error::ForeignObject { .. } | Error::MissingGaloisKey { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, Error::ForeignObject { .. } | Error::MissingGaloisKey { .. }), "{err}");
     // Another ring degree: the shape check refuses it before any indexing.
     let mut big = setup(presets::N8192_DEPTH3_128BIT.parameters().unwrap(), 9);
     let big_ct = big.encrypt(&values(4, 2));
-    for result in [
-        s.eval.add(&ct, &big_ct),
-        s.eval.negate(&big_ct),
-        s.eval.rescale(&big_ct),
-        s.eval.multiply(&big_ct, &ct),
-    ] {
+    for result in
+        [s.eval.add(&ct, &big_ct), s.eval.negate(&big_ct), s.eval.rescale(&big_ct), s.eval.multiply(&big_ct, &ct)]
+    {
         assert!(matches!(result, Err(Error::ForeignObject { .. })));
     }
 }
@@ -278,13 +233,7 @@ fn evaluator_is_shareable_across_threads() {
     let want: Vec<_> = a.iter().map(|x| x * x).collect();
     let results: Vec<Ciphertext> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..4)
-            .map(|_| {
-                scope.spawn(|| {
-                    s.eval
-                        .rescale(&s.eval.multiply_relin(&ct, &ct, &s.rlk).unwrap())
-                        .unwrap()
-                })
-            })
+            .map(|_| scope.spawn(|| s.eval.rescale(&s.eval.multiply_relin(&ct, &ct, &s.rlk).unwrap()).unwrap()))
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });

@@ -57,11 +57,7 @@ fn special_fft_matches_naive_embedding() {
         let scale = 2f64.powi(30);
         let m = enc.embed(&values, scale).unwrap();
         let back = naive_embedding(&m);
-        let err = back
-            .iter()
-            .zip(&values)
-            .map(|(a, b)| (a / scale - b).norm())
-            .fold(0.0, f64::max);
+        let err = back.iter().zip(&values).map(|(a, b)| (a / scale - b).norm()).fold(0.0, f64::max);
         assert!(err < (n as f64) / scale, "N = {n}: roundtrip error {err}");
     }
 }
@@ -131,11 +127,7 @@ fn plaintext_product_matches_schoolbook() {
     let eval = Evaluator::new(&ctx);
     let c = eval.multiply_relin(&ca, &cb, &rlk).unwrap();
     let got = enc.decode(&Decryptor::new(kg.secret_key()).decrypt(&c).unwrap());
-    let err = got
-        .iter()
-        .zip(&want)
-        .map(|(g, w)| (g - w).norm() / w.norm().max(1.0))
-        .fold(0.0, f64::max);
+    let err = got.iter().zip(&want).map(|(g, w)| (g - w).norm() / w.norm().max(1.0)).fold(0.0, f64::max);
     assert!(err < 1e-5, "relative error {err}");
 }
 

@@ -32,95 +32,26 @@ fn insecure_literals_are_refused() {
         dnum: None,
     };
     let err = Parameters::new(lit.clone()).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Insecure {
-                n: 8192,
-                bound: 218,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    assert!(err
-        .to_string()
-        .contains("exceeds the HomomorphicEncryption.org 128-bit bound"));
+    assert!(matches!(err, Error::Insecure { n: 8192, bound: 218, .. }), "{err}");
+    assert!(err.to_string().contains("exceeds the HomomorphicEncryption.org 128-bit bound"));
     // The explicit insecure constructor accepts it and marks it.
-    assert_eq!(
-        Parameters::new_insecure(lit).unwrap().security(),
-        SecurityLevel::Insecure
-    );
+    assert_eq!(Parameters::new_insecure(lit).unwrap().security(), SecurityLevel::Insecure);
     // Small rings only through the insecure constructor.
-    let small = ParametersLiteral {
-        log_n: 10,
-        log_q: vec![27],
-        log_p: vec![20],
-        log_default_scale: 15,
-        dnum: None,
-    };
+    let small = ParametersLiteral { log_n: 10, log_q: vec![27], log_p: vec![20], log_default_scale: 15, dnum: None };
     assert!(matches!(Parameters::new(small), Err(Error::InvalidParameters(_))));
 }
 
 #[test]
 fn malformed_literals_are_refused() {
-    let base = ParametersLiteral {
-        log_n: 13,
-        log_q: vec![40, 30],
-        log_p: vec![40],
-        log_default_scale: 30,
-        dnum: None,
-    };
+    let base = ParametersLiteral { log_n: 13, log_q: vec![40, 30], log_p: vec![40], log_default_scale: 30, dnum: None };
     for (lit, needle) in [
-        (
-            ParametersLiteral {
-                log_q: vec![],
-                ..base.clone()
-            },
-            "non-empty",
-        ),
-        (
-            ParametersLiteral {
-                log_q: vec![61, 30],
-                ..base.clone()
-            },
-            "outside",
-        ),
-        (
-            ParametersLiteral {
-                log_q: vec![12, 30],
-                ..base.clone()
-            },
-            "outside",
-        ),
-        (
-            ParametersLiteral {
-                dnum: Some(0),
-                ..base.clone()
-            },
-            "dnum",
-        ),
-        (
-            ParametersLiteral {
-                dnum: Some(3),
-                ..base.clone()
-            },
-            "dnum",
-        ),
-        (
-            ParametersLiteral {
-                log_default_scale: 5,
-                ..base.clone()
-            },
-            "scale",
-        ),
-        (
-            ParametersLiteral {
-                log_n: 16,
-                ..base.clone()
-            },
-            "log_n",
-        ),
+        (ParametersLiteral { log_q: vec![], ..base.clone() }, "non-empty"),
+        (ParametersLiteral { log_q: vec![61, 30], ..base.clone() }, "outside"),
+        (ParametersLiteral { log_q: vec![12, 30], ..base.clone() }, "outside"),
+        (ParametersLiteral { dnum: Some(0), ..base.clone() }, "dnum"),
+        (ParametersLiteral { dnum: Some(3), ..base.clone() }, "dnum"),
+        (ParametersLiteral { log_default_scale: 5, ..base.clone() }, "scale"),
+        (ParametersLiteral { log_n: 16, ..base.clone() }, "log_n"),
     ] {
         let err = Parameters::new(lit).unwrap_err();
         assert!(err.to_string().contains(needle), "{err} lacks {needle}");
@@ -130,19 +61,9 @@ fn malformed_literals_are_refused() {
 #[test]
 fn preset_primes_and_fingerprints_are_known_answers() {
     let p = presets::N8192_DEPTH3_128BIT.parameters().unwrap();
-    println!(
-        "N8192_DEPTH3 q = {:?} p = {:?} fp = {}",
-        p.q(),
-        p.p(),
-        hex(p.fingerprint())
-    );
+    println!("N8192_DEPTH3 q = {:?} p = {:?} fp = {}", p.q(), p.p(), hex(p.fingerprint()));
     let p5 = presets::N8192_DEPTH5_128BIT.parameters().unwrap();
-    println!(
-        "N8192_DEPTH5 q = {:?} p = {:?} fp = {}",
-        p5.q(),
-        p5.p(),
-        hex(p5.fingerprint())
-    );
+    println!("N8192_DEPTH5 q = {:?} p = {:?} fp = {}", p5.q(), p5.p(), hex(p5.fingerprint()));
     assert_eq!(p.q(), KAT_N8192_DEPTH3_Q);
     assert_eq!(p.p(), KAT_N8192_DEPTH3_P);
     assert_eq!(hex(p.fingerprint()), KAT_N8192_DEPTH3_FINGERPRINT);
@@ -158,9 +79,8 @@ fn encoding_is_a_known_answer() {
     let params = presets::N8192_DEPTH3_128BIT.parameters().unwrap();
     let ctx = Context::new(&params).unwrap();
     let enc = Encoder::new(&ctx);
-    let values: Vec<Complex64> = (0..4096)
-        .map(|j| Complex64::new((j as f64 * 0.01).sin(), (j as f64 * 0.003).cos() / 3.0))
-        .collect();
+    let values: Vec<Complex64> =
+        (0..4096).map(|j| Complex64::new((j as f64 * 0.01).sin(), (j as f64 * 0.003).cos() / 3.0)).collect();
     let coeffs = enc.embed(&values, 2f64.powi(40)).unwrap();
     let mut h = Sha256::new();
     for c in &coeffs {

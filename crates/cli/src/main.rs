@@ -129,6 +129,9 @@ struct TrainOpts {
     /// Seed of initialization and shuffling.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Random translation of training images, in pixels (data augmentation; 0 disables).
+    #[arg(long, default_value_t = 2)]
+    max_shift: usize,
 }
 
 #[derive(Args)]
@@ -198,12 +201,7 @@ fn main() {
         Command::Params { json } => params_cmd(json),
         Command::Keygen { model, out_dir } => keygen_cmd(&model, &out_dir),
         Command::Encrypt { keys, data, index, out } => encrypt_cmd(&keys, &data, index, &out),
-        Command::Evaluate {
-            model,
-            eval_keys,
-            input,
-            out,
-        } => evaluate_cmd(&model, &eval_keys, &input, &out),
+        Command::Evaluate { model, eval_keys, input, out } => evaluate_cmd(&model, &eval_keys, &input, &out),
         Command::Decrypt { keys, input, json } => decrypt_cmd(&keys, &input, json),
     };
     if let Err(e) = result {
@@ -223,6 +221,15 @@ fn bar(len: u64, msg: &str) -> ProgressBar {
     pb
 }
 
+/// Prints above the progress bar, or to stderr when the bar is hidden (not a terminal).
+fn say(pb: &ProgressBar, line: String) {
+    if pb.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        pb.println(line);
+    }
+}
+
 fn train_model(arch: &str, data: &DataArgs, opts: &TrainOpts, out: &Path) -> Result<Model> {
     let spec = ArchSpec::builtin(arch)?;
     let train_set = data.load(Split::Train)?;
@@ -233,18 +240,11 @@ fn train_model(arch: &str, data: &DataArgs, opts: &TrainOpts, out: &Path) -> Res
         batch_size: opts.batch_size,
         learning_rate: opts.learning_rate,
         seed: opts.seed,
+        max_shift: opts.max_shift,
         ..TrainConfig::default()
     };
-    eprintln!(
-        "training {arch} on {} ({} images, {} epochs)",
-        data.dataset,
-        train_set.len(),
-        opts.epochs
-    );
-    let pb = bar(
-        (opts.epochs * train_set.len().div_ceil(cfg.batch_size)) as u64,
-        "training",
-    );
+    eprintln!("training {arch} on {} ({} images, {} epochs)", data.dataset, train_set.len(), opts.epochs);
+    let pb = bar((opts.epochs * train_set.len().div_ceil(cfg.batch_size)) as u64, "training");
     let mut last = None;
     let reports = train(
         &mut model,
@@ -253,13 +253,16 @@ fn train_model(arch: &str, data: &DataArgs, opts: &TrainOpts, out: &Path) -> Res
         &cfg,
         |_, _| pb.inc(1),
         |r| {
-            pb.println(format!(
-                "epoch {:>2}: loss {:.4}, test accuracy {:.2}% ({:.1} s)",
-                r.epoch,
-                r.loss,
-                100.0 * r.eval_accuracy.unwrap_or(0.0),
-                r.seconds
-            ));
+            say(
+                &pb,
+                format!(
+                    "epoch {:>2}: loss {:.4}, test accuracy {:.2}% ({:.1} s)",
+                    r.epoch,
+                    r.loss,
+                    100.0 * r.eval_accuracy.unwrap_or(0.0),
+                    r.seconds
+                ),
+            );
             last = r.eval_accuracy;
         },
     )?;
@@ -354,10 +357,7 @@ type ImageResult = (usize, usize, u8, f64, f64, f64, usize, usize);
 fn run_inference(mut model: Model, data: &DataArgs, opts: &EvalOpts) -> Result<()> {
     let test = data.load(Split::Test)?.truncate(opts.n_test);
     let n = test.len();
-    let threads = opts
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |t| t.get()))
-        .max(1);
+    let threads = opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |t| t.get())).max(1);
     let arch = model.spec().name.clone();
     let setup = Instant::now();
     let holder = ModelHolder::new(&model, PRESET, LOG_INPUT_SCALE)?;
@@ -381,15 +381,8 @@ fn run_inference(mut model: Model, data: &DataArgs, opts: &EvalOpts) -> Result<(
         }
         all
     };
-    let normalized: Vec<Vec<f64>> = (0..n)
-        .map(|i| {
-            model
-                .normalize(test.images.image(i))
-                .into_iter()
-                .map(f64::from)
-                .collect()
-        })
-        .collect();
+    let normalized: Vec<Vec<f64>> =
+        (0..n).map(|i| model.normalize(test.images.image(i)).into_iter().map(f64::from).collect()).collect();
     let pb = bar(n as u64, "encrypted");
     let mut results: Vec<Option<ImageResult>> = vec![None; n];
     // Each worker is a client/model-holder pair sharing the same keys: the holder gets the
@@ -441,10 +434,7 @@ fn run_inference(mut model: Model, data: &DataArgs, opts: &EvalOpts) -> Result<(
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("worker thread panicked"))
-            .collect()
+        handles.into_iter().map(|h| h.join().expect("worker thread panicked")).collect()
     });
     pb.finish_and_clear();
     for o in outputs {
@@ -468,14 +458,8 @@ fn run_inference(mut model: Model, data: &DataArgs, opts: &EvalOpts) -> Result<(
         plain_accuracy,
         encrypted_accuracy,
         agreement,
-        server_ms: Percentiles {
-            p50: percentile(&mut server, 0.5),
-            p95: percentile(&mut server, 0.95),
-        },
-        client_ms: ClientMs {
-            encrypt_p50: percentile(&mut enc, 0.5),
-            decrypt_p50: percentile(&mut dec, 0.5),
-        },
+        server_ms: Percentiles { p50: percentile(&mut server, 0.5), p95: percentile(&mut server, 0.95) },
+        client_ms: ClientMs { encrypt_p50: percentile(&mut enc, 0.5), decrypt_p50: percentile(&mut dec, 0.5) },
         bytes: Bytes {
             ciphertext_in: results.first().map_or(0, |r| r.6),
             ciphertext_out: results.first().map_or(0, |r| r.7),
@@ -541,11 +525,7 @@ fn params_cmd(json: bool) -> Result<()> {
         .iter()
         .map(|p| {
             let params = p.parameters()?;
-            let bits = |v: &[u64]| {
-                v.iter()
-                    .map(|&q| ((q as f64).log2() * 100.0).round() / 100.0)
-                    .collect::<Vec<_>>()
-            };
+            let bits = |v: &[u64]| v.iter().map(|&q| ((q as f64).log2() * 100.0).round() / 100.0).collect::<Vec<_>>();
             Ok(Row {
                 preset: p.name,
                 log_n: p.log_n,
@@ -603,11 +583,7 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
 
 fn keygen_cmd(model: &str, out_dir: &Path) -> Result<()> {
     let arch = arch_of(model)?;
-    let info = PlanInfo {
-        arch,
-        preset: PRESET.name.to_string(),
-        log_input_scale: LOG_INPUT_SCALE,
-    };
+    let info = PlanInfo { arch, preset: PRESET.name.to_string(), log_input_scale: LOG_INPUT_SCALE };
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let (client, keys) = Client::new(&info)?;
     let sk = serialize(client.secret_key(), client.context())?;
@@ -620,10 +596,7 @@ fn keygen_cmd(model: &str, out_dir: &Path) -> Result<()> {
     }
     let keys_bytes = keys.to_bytes();
     write_file(&out_dir.join("eval.keys"), &keys_bytes)?;
-    write_file(
-        &out_dir.join("plan.json"),
-        serde_json::to_string_pretty(&info)?.as_bytes(),
-    )?;
+    write_file(&out_dir.join("plan.json"), serde_json::to_string_pretty(&info)?.as_bytes())?;
     println!(
         "wrote {} (secret: keep it), eval.keys ({:.1} MB) and plan.json to {}",
         sk_path.display(),
@@ -648,18 +621,10 @@ fn encrypt_cmd(keys: &Path, data: &DataArgs, index: usize, out: &Path) -> Result
     let info: PlanInfo = serde_json::from_slice(&read_file(&keys.join("plan.json"))?)?;
     let test = data.load(Split::Test)?;
     if index >= test.len() {
-        bail!(
-            "--index {index} is out of range: the test set has {} images",
-            test.len()
-        );
+        bail!("--index {index} is out of range: the test set has {} images", test.len());
     }
     let norm = info.arch.normalization;
-    let image: Vec<f64> = test
-        .images
-        .image(index)
-        .iter()
-        .map(|&p| (p as f64 / 255.0 - norm.mean) / norm.std)
-        .collect();
+    let image: Vec<f64> = test.images.image(index).iter().map(|&p| (p as f64 / 255.0 - norm.mean) / norm.std).collect();
     let msg = client.encrypt(&image)?.to_bytes();
     write_file(out, &msg)?;
     println!(
@@ -676,9 +641,7 @@ fn evaluate_cmd(model: &Path, eval_keys: &Path, input: &Path, out: &Path) -> Res
     let mut holder = ModelHolder::new(&model, PRESET, LOG_INPUT_SCALE)?;
     let keys =
         Message::from_bytes(&read_file(eval_keys)?).with_context(|| format!("reading {}", eval_keys.display()))?;
-    holder
-        .handle(&keys)
-        .with_context(|| format!("loading evaluation keys {}", eval_keys.display()))?;
+    holder.handle(&keys).with_context(|| format!("loading evaluation keys {}", eval_keys.display()))?;
     let request = Message::from_bytes(&read_file(input)?).with_context(|| format!("reading {}", input.display()))?;
     let t = Instant::now();
     let reply = holder
@@ -688,11 +651,7 @@ fn evaluate_cmd(model: &Path, eval_keys: &Path, input: &Path, out: &Path) -> Res
     let ms = t.elapsed().as_secs_f64() * 1e3;
     let bytes = reply.to_bytes();
     write_file(out, &bytes)?;
-    println!(
-        "evaluated {} in {ms:.1} ms; wrote encrypted scores to {}",
-        input.display(),
-        out.display()
-    );
+    println!("evaluated {} in {ms:.1} ms; wrote encrypted scores to {}", input.display(), out.display());
     Ok(())
 }
 
@@ -700,15 +659,10 @@ fn decrypt_cmd(keys: &Path, input: &Path, json: bool) -> Result<()> {
     let client = load_client(keys)?;
     let bytes = read_file(input)?;
     if read_header(&bytes).is_ok() {
-        bail!(
-            "{} is a bare CKKS object, expected the scores file written by `blindfold evaluate`",
-            input.display()
-        );
+        bail!("{} is a bare CKKS object, expected the scores file written by `blindfold evaluate`", input.display());
     }
     let msg = Message::from_bytes(&bytes).with_context(|| format!("reading {}", input.display()))?;
-    let scores = client
-        .decrypt_scores(&msg)
-        .with_context(|| format!("decrypting {}", input.display()))?;
+    let scores = client.decrypt_scores(&msg).with_context(|| format!("decrypting {}", input.display()))?;
     let s32: Vec<f32> = scores.iter().map(|&v| v as f32).collect();
     let class = argmax(&s32);
     if json {

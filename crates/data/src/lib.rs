@@ -224,18 +224,12 @@ fn locate(dir: &Path, name: &str, dataset: Option<Dataset>) -> Result<PathBuf> {
     if raw.is_file() {
         return Ok(raw);
     }
-    Err(Error::Missing {
-        path: gz,
-        hint: dataset.map(Dataset::install_hint).unwrap_or_default(),
-    })
+    Err(Error::Missing { path: gz, hint: dataset.map(Dataset::install_hint).unwrap_or_default() })
 }
 
 /// Reads a whole file, gunzipping it if its name ends in `.gz`, with a size limit.
 fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let io = |e: std::io::Error| Error::Io {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    };
+    let io = |e: std::io::Error| Error::Io { path: path.to_path_buf(), reason: e.to_string() };
     let file = std::fs::File::open(path).map_err(io)?;
     let mut out = Vec::new();
     let gz = path.extension().is_some_and(|e| e == "gz");
@@ -246,11 +240,7 @@ fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
     };
     read.map_err(|e| Error::Io {
         path: path.to_path_buf(),
-        reason: if gz {
-            format!("corrupt or truncated gzip data: {e}")
-        } else {
-            e.to_string()
-        },
+        reason: if gz { format!("corrupt or truncated gzip data: {e}") } else { e.to_string() },
     })?;
     if out.len() as u64 > MAX_IDX_BYTES {
         return Err(Error::Malformed {
@@ -264,27 +254,16 @@ fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
 /// Parses an IDX header of unsigned bytes with `dims` dimensions; returns the dimensions and
 /// the data that follows, checked to be exactly their product.
 fn parse_idx<'a>(path: &Path, bytes: &'a [u8], dims: usize) -> Result<(Vec<usize>, &'a [u8])> {
-    let bad = |reason: String| Error::Malformed {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let bad = |reason: String| Error::Malformed { path: path.to_path_buf(), reason };
     let header = 4 + 4 * dims;
     if bytes.len() < header {
-        return Err(bad(format!(
-            "{} bytes, too short for an IDX header of {dims} dimensions",
-            bytes.len()
-        )));
+        return Err(bad(format!("{} bytes, too short for an IDX header of {dims} dimensions", bytes.len())));
     }
     if bytes[0] != 0 || bytes[1] != 0 {
-        return Err(bad(
-            "not an IDX file (the magic number must start with two zero bytes)".into()
-        ));
+        return Err(bad("not an IDX file (the magic number must start with two zero bytes)".into()));
     }
     if bytes[2] != 0x08 {
-        return Err(bad(format!(
-            "element type 0x{:02x}, expected unsigned bytes (0x08)",
-            bytes[2]
-        )));
+        return Err(bad(format!("element type 0x{:02x}, expected unsigned bytes (0x08)", bytes[2])));
     }
     if bytes[3] as usize != dims {
         return Err(bad(format!("{} dimensions, expected {dims}", bytes[3])));
@@ -296,14 +275,10 @@ fn parse_idx<'a>(path: &Path, bytes: &'a [u8], dims: usize) -> Result<(Vec<usize
     let data = &bytes[header..];
     match expected {
         Some(e) if e == data.len() => Ok((shape, data)),
-        Some(e) if e > data.len() => Err(bad(format!(
-            "truncated: header announces {e} data bytes, {} present",
-            data.len()
-        ))),
-        Some(e) => Err(bad(format!(
-            "{} bytes after the {e} the header announces",
-            data.len() - e
-        ))),
+        Some(e) if e > data.len() => {
+            Err(bad(format!("truncated: header announces {e} data bytes, {} present", data.len())))
+        }
+        Some(e) => Err(bad(format!("{} bytes after the {e} the header announces", data.len() - e))),
         None => Err(bad("dimensions overflow".into())),
     }
 }
@@ -317,17 +292,9 @@ pub fn read_images(path: &Path) -> Result<Images> {
     let bytes = read_maybe_gz(path)?;
     let (shape, data) = parse_idx(path, &bytes, 3)?;
     if shape[1] == 0 || shape[2] == 0 {
-        return Err(Error::Malformed {
-            path: path.to_path_buf(),
-            reason: "images of zero size".into(),
-        });
+        return Err(Error::Malformed { path: path.to_path_buf(), reason: "images of zero size".into() });
     }
-    Ok(Images {
-        count: shape[0],
-        rows: shape[1],
-        cols: shape[2],
-        pixels: data.to_vec(),
-    })
+    Ok(Images { count: shape[0], rows: shape[1], cols: shape[2], pixels: data.to_vec() })
 }
 
 /// Reads an IDX1 label file (`.gz` or raw); labels must be below 10.

@@ -36,16 +36,8 @@ fn write_set(dir: &Path, prefix: &str, n: u32, gz: bool) -> (Vec<u8>, Vec<u8>) {
     let pixels: Vec<u8> = (0..n * 4 * 3).map(|i| (i * 7 % 256) as u8).collect();
     let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
     let ext = if gz { ".gz" } else { "" };
-    write(
-        &dir.join(format!("{prefix}-images-idx3-ubyte{ext}")),
-        &idx(&[n, 4, 3], &pixels),
-        gz,
-    );
-    write(
-        &dir.join(format!("{prefix}-labels-idx1-ubyte{ext}")),
-        &idx(&[n], &labels),
-        gz,
-    );
+    write(&dir.join(format!("{prefix}-images-idx3-ubyte{ext}")), &idx(&[n, 4, 3], &pixels), gz);
+    write(&dir.join(format!("{prefix}-labels-idx1-ubyte{ext}")), &idx(&[n], &labels), gz);
     (pixels, labels)
 }
 
@@ -87,11 +79,9 @@ fn broken_files_give_clear_errors() {
     expect_err(&dir, "too short for an IDX header");
 
     // Wrong magic, wrong element type, wrong dimension count.
-    for (i, v, needle) in [
-        (0usize, 1u8, "not an IDX file"),
-        (2, 0x0d, "element type 0x0d"),
-        (3, 2, "2 dimensions, expected 3"),
-    ] {
+    for (i, v, needle) in
+        [(0usize, 1u8, "not an IDX file"), (2, 0x0d, "element type 0x0d"), (3, 2, "2 dimensions, expected 3")]
+    {
         let mut b = bytes.clone();
         b[i] = v;
         std::fs::write(&p, &b).unwrap();
@@ -121,11 +111,7 @@ fn broken_files_give_clear_errors() {
 fn dataset_names_parse() {
     assert_eq!("fashion-mnist".parse::<Dataset>().unwrap(), Dataset::FashionMnist);
     assert_eq!("MNIST".parse::<Dataset>().unwrap(), Dataset::Mnist);
-    assert!("cifar"
-        .parse::<Dataset>()
-        .unwrap_err()
-        .to_string()
-        .contains("expected mnist"));
+    assert!("cifar".parse::<Dataset>().unwrap_err().to_string().contains("expected mnist"));
 }
 
 #[test]

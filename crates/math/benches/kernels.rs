@@ -14,21 +14,15 @@ fn kernels(c: &mut Criterion) {
     let op = NttOperator::new(n, q49).unwrap();
     let m49 = Modulus::new(q49).unwrap();
     let m40 = Modulus::new(q40).unwrap();
-    let mut a: Vec<u64> = (0..n as u64)
-        .map(|i| i.wrapping_mul(0x9e3779b97f4a7c15) % q49)
-        .collect();
+    let mut a: Vec<u64> = (0..n as u64).map(|i| i.wrapping_mul(0x9e3779b97f4a7c15) % q49).collect();
     let b = a.clone();
     let mut out = vec![0u64; n];
     let mut g = c.benchmark_group("N8192");
     g.bench_function("ntt_forward_49bit", |x| x.iter(|| op.forward(black_box(&mut a))));
     g.bench_function("ntt_backward_49bit", |x| x.iter(|| op.backward(black_box(&mut a))));
     g.bench_function("mul_acc_49bit", |x| x.iter(|| op.mul_acc(black_box(&mut out), &a, &b)));
-    g.bench_function("mul_assign", |x| {
-        x.iter(|| slice::mul_assign(black_box(&mut out), &b, &m49))
-    });
-    g.bench_function("dot_k1", |x| {
-        x.iter(|| slice::dot([black_box(&mut out[..])], &[&a], [&[&b]], &m49))
-    });
+    g.bench_function("mul_assign", |x| x.iter(|| slice::mul_assign(black_box(&mut out), &b, &m49)));
+    g.bench_function("dot_k1", |x| x.iter(|| slice::dot([black_box(&mut out[..])], &[&a], [&[&b]], &m49)));
     let (d4, k4): (Vec<&[u64]>, Vec<&[u64]>) = ((0..4).map(|_| &a[..]).collect(), (0..4).map(|_| &b[..]).collect());
     let mut out2 = vec![0u64; n];
     g.bench_function("dot_pair_k4", |x| {
@@ -42,15 +36,9 @@ fn kernels(c: &mut Criterion) {
         })
     });
     let perm = op.galois_permutation(5);
-    g.bench_function("permute", |x| {
-        x.iter(|| slice::permute_into(black_box(&mut out), &a, &perm))
-    });
-    g.bench_function("add_assign", |x| {
-        x.iter(|| slice::add_assign(black_box(&mut out), &b, &m49))
-    });
-    g.bench_function("mul_scalar", |x| {
-        x.iter(|| slice::mul_scalar_assign(black_box(&mut out), 12345, &m49))
-    });
+    g.bench_function("permute", |x| x.iter(|| slice::permute_into(black_box(&mut out), &a, &perm)));
+    g.bench_function("add_assign", |x| x.iter(|| slice::add_assign(black_box(&mut out), &b, &m49)));
+    g.bench_function("mul_scalar", |x| x.iter(|| slice::mul_scalar_assign(black_box(&mut out), 12345, &m49)));
     g.bench_function("reduce_centered_49_to_40", |x| {
         x.iter(|| slice::reduce_centered_into(black_box(&mut out), &a, &m49, &m40))
     });

@@ -40,18 +40,12 @@ mod imp {
         let lo: u64x8 = cast(s.avx512ifma._mm512_madd52lo_epu64(zero, cast(a), cast(c)));
         // lo - quot·q mod 2^52
         let r: u64x8 = cast(s.avx512ifma._mm512_madd52lo_epu64(cast(lo), cast(quot), cast(neg_q)));
-        cast(
-            s.avx512f
-                ._mm512_and_si512(cast(r), s.avx512f._mm512_set1_epi64(((1u64 << 52) - 1) as i64)),
-        )
+        cast(s.avx512f._mm512_and_si512(cast(r), s.avx512f._mm512_set1_epi64(((1u64 << 52) - 1) as i64)))
     }
 
     #[inline(always)]
     fn csub(s: Ifma, x: u64x8, q: u64x8) -> u64x8 {
-        cast(
-            s.avx512f
-                ._mm512_min_epu64(cast(x), s.avx512f._mm512_sub_epi64(cast(x), cast(q))),
-        )
+        cast(s.avx512f._mm512_min_epu64(cast(x), s.avx512f._mm512_sub_epi64(cast(x), cast(q))))
     }
 
     /// `dst[i] = dst[i] + (a[i] - b[i])·c mod q`; returns false if IFMA is unavailable.
@@ -69,10 +63,8 @@ mod imp {
                 let cv: u64x8 = cast(s.avx512f._mm512_set1_epi64(c as i64));
                 let csv: u64x8 = cast(s.avx512f._mm512_set1_epi64(c_shoup as i64));
                 for ((d, x), y) in d8.iter_mut().zip(a8).zip(b8) {
-                    let t: u64x8 = cast(
-                        s.avx512f
-                            ._mm512_sub_epi64(s.avx512f._mm512_add_epi64(cast(*x), cast(qv)), cast(*y)),
-                    );
+                    let t: u64x8 =
+                        cast(s.avx512f._mm512_sub_epi64(s.avx512f._mm512_add_epi64(cast(*x), cast(qv)), cast(*y)));
                     let p = csub(s, mul_shoup52(s, t, cv, csv, neg_q), qv);
                     let sum: u64x8 = cast(s.avx512f._mm512_add_epi64(cast(*d), cast(p)));
                     *d = cast(csub(s, sum, qv));
@@ -200,14 +192,9 @@ mod imp {
         /// `(hi·2^52 + lo) mod q` for `hi < 2^52 - 16`, `lo < 2^56`.
         #[inline(always)]
         fn finish(self, s: Ifma, hi: u64x8, lo: u64x8) -> u64x8 {
-            let hi: u64x8 = cast(
-                s.avx512f
-                    ._mm512_add_epi64(cast(hi), s.avx512f._mm512_srli_epi64::<52>(cast(lo))),
-            );
-            let lo: u64x8 = cast(
-                s.avx512f
-                    ._mm512_and_si512(cast(lo), s.avx512f._mm512_set1_epi64(((1u64 << 52) - 1) as i64)),
-            );
+            let hi: u64x8 = cast(s.avx512f._mm512_add_epi64(cast(hi), s.avx512f._mm512_srli_epi64::<52>(cast(lo))));
+            let lo: u64x8 =
+                cast(s.avx512f._mm512_and_si512(cast(lo), s.avx512f._mm512_set1_epi64(((1u64 << 52) - 1) as i64)));
             let r_hi = csub(s, mul_shoup52(s, hi, self.two52, self.two52_shoup, self.neg_q), self.q);
             let r_lo = csub(s, mul_shoup52(s, lo, self.one, self.shoup_one, self.neg_q), self.q);
             csub(s, cast(s.avx512f._mm512_add_epi64(cast(r_hi), cast(r_lo))), self.q)
@@ -275,8 +262,7 @@ mod imp {
                         let (b8, b_tail) = pulp::as_arrays::<8, _>(b);
                         for (x, y) in a8.iter_mut().zip(b8) {
                             let t: u64x8 = cast(
-                                s.avx512f
-                                    ._mm512_sub_epi64(s.avx512f._mm512_add_epi64(cast(*x), cast(qv)), cast(*y)),
+                                s.avx512f._mm512_sub_epi64(s.avx512f._mm512_add_epi64(cast(*x), cast(qv)), cast(*y)),
                             );
                             *x = cast(csub(s, mul_shoup52(s, t, cv, csv, neg_q), qv));
                         }

@@ -37,12 +37,7 @@ impl Modulus {
             return None;
         }
         let ratio = u128::MAX / q as u128; // floor((2^128 - 1) / q) == floor(2^128 / q) for odd q
-        Some(Self {
-            q,
-            barrett_hi: (ratio >> 64) as u64,
-            barrett_lo: ratio as u64,
-            barrett64: (ratio >> 64) as u64,
-        })
+        Some(Self { q, barrett_hi: (ratio >> 64) as u64, barrett_lo: ratio as u64, barrett64: (ratio >> 64) as u64 })
     }
 
     /// The modulus `q`.
@@ -83,10 +78,7 @@ impl Modulus {
         let carry = mul_hi(x0, self.barrett_lo);
         let t = x0 as u128 * self.barrett_hi as u128 + carry as u128;
         let t2 = x1 as u128 * self.barrett_lo as u128 + (t as u64) as u128;
-        let quot = x1
-            .wrapping_mul(self.barrett_hi)
-            .wrapping_add((t >> 64) as u64)
-            .wrapping_add((t2 >> 64) as u64);
+        let quot = x1.wrapping_mul(self.barrett_hi).wrapping_add((t >> 64) as u64).wrapping_add((t2 >> 64) as u64);
         csub(x0.wrapping_sub(quot.wrapping_mul(self.q)), self.q)
     }
 
@@ -221,10 +213,7 @@ mod tests {
         let x = 3.0f64 * 2f64.powi(70);
         let expect = (3u128 << 70) % q.value() as u128;
         assert_eq!(q.reduce_f64(x) as u128, expect);
-        assert_eq!(
-            q.reduce_f64(-x) as u128,
-            (q.value() as u128 - expect) % q.value() as u128
-        );
+        assert_eq!(q.reduce_f64(-x) as u128, (q.value() as u128 - expect) % q.value() as u128);
         assert_eq!(q.reduce_f64(-5.0), q.value() - 5);
     }
 

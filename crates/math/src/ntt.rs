@@ -57,12 +57,7 @@ impl NttOperator {
         for (j, &e) in exponent.iter().enumerate() {
             index_of_exponent[(e as usize - 1) / 2] = j as u32;
         }
-        Some(Self {
-            plan,
-            modulus,
-            exponent,
-            index_of_exponent,
-        })
+        Some(Self { plan, modulus, exponent, index_of_exponent })
     }
 
     /// Ring degree `N`.

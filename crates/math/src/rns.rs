@@ -50,12 +50,7 @@ impl BasisConverter {
                     .collect()
             })
             .collect();
-        Self {
-            from: from.to_vec(),
-            to: to.to_vec(),
-            q_hat_inv,
-            q_hat_mod_p,
-        }
+        Self { from: from.to_vec(), to: to.to_vec(), q_hat_inv, q_hat_mod_p }
     }
 
     /// Converts `input` (`k` residue polynomials of degree `n`, concatenated) into `output`
@@ -115,21 +110,13 @@ mod tests {
 
     #[test]
     fn fast_conversion_is_exact_up_to_small_multiple_of_q() {
-        let qs: Vec<Modulus> = ntt_primes(40, 16, 3, &[])
-            .unwrap()
-            .into_iter()
-            .map(|q| Modulus::new(q).unwrap())
-            .collect();
-        let ps: Vec<Modulus> = ntt_primes(50, 16, 2, &[])
-            .unwrap()
-            .into_iter()
-            .map(|q| Modulus::new(q).unwrap())
-            .collect();
+        let qs: Vec<Modulus> =
+            ntt_primes(40, 16, 3, &[]).unwrap().into_iter().map(|q| Modulus::new(q).unwrap()).collect();
+        let ps: Vec<Modulus> =
+            ntt_primes(50, 16, 2, &[]).unwrap().into_iter().map(|q| Modulus::new(q).unwrap()).collect();
         let conv = BasisConverter::new(&qs, &ps);
         // x < 2^100 chosen per coefficient; residues mod each q.
-        let xs: Vec<u128> = (0..16u128)
-            .map(|i| (i * 0x1234_5678_9abc_def1_2345) % (1u128 << 100))
-            .collect();
+        let xs: Vec<u128> = (0..16u128).map(|i| (i * 0x1234_5678_9abc_def1_2345) % (1u128 << 100)).collect();
         let mut input = vec![0u64; 3 * 16];
         for (i, q) in qs.iter().enumerate() {
             for (c, &x) in xs.iter().enumerate() {

@@ -91,16 +91,32 @@ pub fn gaussian<R: Rng + ?Sized>(rng: &mut R, n: usize) -> Zeroizing<Vec<i64>> {
     out
 }
 
-/// Fills `out` with values uniform in `[0, q)` (rejection sampling on masked 64-bit words).
+/// Fills `out` with values uniform in `[0, q)`, by Lemire's nearly divisionless method
+/// (ACM TOMS 2019): the high half of `r·q` for a random word `r`, rejecting the few `r`
+/// that would bias it. Primes below 2^32 take 32-bit words, larger ones 64-bit words.
+/// Used for public polynomials (expanded from seeds), so its timing is not secret.
 pub fn uniform_mod<R: Rng + ?Sized>(rng: &mut R, q: &Modulus, out: &mut [u64]) {
-    let mask = u64::MAX >> q.value().leading_zeros();
-    for o in out.iter_mut() {
-        *o = loop {
-            let x = rng.next_u64() & mask;
-            if x < q.value() {
-                break x;
-            }
-        };
+    let qv = q.value();
+    if qv < 1 << 32 {
+        let threshold = ((1u64 << 32) - qv) % qv;
+        for o in out.iter_mut() {
+            *o = loop {
+                let m = rng.next_u32() as u64 * qv;
+                if (m & 0xffff_ffff) >= threshold {
+                    break m >> 32;
+                }
+            };
+        }
+    } else {
+        let threshold = qv.wrapping_neg() % qv;
+        for o in out.iter_mut() {
+            *o = loop {
+                let m = rng.next_u64() as u128 * qv as u128;
+                if (m as u64) >= threshold {
+                    break (m >> 64) as u64;
+                }
+            };
+        }
     }
 }
 
@@ -137,11 +153,22 @@ mod tests {
     }
 
     #[test]
-    fn uniform_is_in_range() {
+    fn uniform_is_in_range_and_unbiased() {
+        for qv in [97u64, 536_690_689, 68_719_230_977] {
+            let q = Modulus::new(qv).unwrap();
+            let mut out = vec![0; 20_000];
+            uniform_mod(&mut seeded_rng([3; 32]), &q, &mut out);
+            assert!(out.iter().all(|&x| x < qv));
+            // Each quarter of [0, q) gets about a quarter of the samples.
+            let mut quarters = [0usize; 4];
+            for &x in &out {
+                quarters[(x as u128 * 4 / qv as u128) as usize] += 1;
+            }
+            assert!(quarters.iter().all(|&c| (4_600..5_400).contains(&c)), "{qv}: {quarters:?}");
+        }
         let q = Modulus::new(97).unwrap();
         let mut out = vec![0; 10_000];
-        uniform_mod(&mut seeded_rng([3; 32]), &q, &mut out);
-        assert!(out.iter().all(|&x| x < 97));
+        uniform_mod(&mut seeded_rng([4; 32]), &q, &mut out);
         assert!(out.contains(&0) && out.contains(&96));
     }
 }

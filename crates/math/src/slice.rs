@@ -191,12 +191,8 @@ mod tests {
     }
 
     fn slice_ops_match_scalar_for(q: Modulus) {
-        let a: Vec<u64> = (0..1003u64)
-            .map(|i| i.wrapping_mul(0x9e3779b97f4a7c15) % q.value())
-            .collect();
-        let b: Vec<u64> = (0..1003u64)
-            .map(|i| i.wrapping_mul(0x12345678abcdef) % q.value())
-            .collect();
+        let a: Vec<u64> = (0..1003u64).map(|i| i.wrapping_mul(0x9e3779b97f4a7c15) % q.value()).collect();
+        let b: Vec<u64> = (0..1003u64).map(|i| i.wrapping_mul(0x12345678abcdef) % q.value()).collect();
         let mut p = a.clone();
         mul_assign(&mut p, &b, &q);
         for i in 0..a.len() {
@@ -266,12 +262,10 @@ mod tests {
                 dot([&mut single], &r(&ds), [&r(&bs)], &q);
                 assert_eq!(single, o0);
                 for i in 0..n {
-                    let e0 = (0..k).fold(0u128, |acc, j| {
-                        (acc + ds[j][i] as u128 * bs[j][i] as u128) % q.value() as u128
-                    });
-                    let e1 = (0..k).fold(0u128, |acc, j| {
-                        (acc + ds[j][i] as u128 * as_[j][i] as u128) % q.value() as u128
-                    });
+                    let e0 =
+                        (0..k).fold(0u128, |acc, j| (acc + ds[j][i] as u128 * bs[j][i] as u128) % q.value() as u128);
+                    let e1 =
+                        (0..k).fold(0u128, |acc, j| (acc + ds[j][i] as u128 * as_[j][i] as u128) % q.value() as u128);
                     assert_eq!((o0[i] as u128, o1[i] as u128), (e0, e1), "bits {bits} k {k} i {i}");
                 }
             }

@@ -79,12 +79,7 @@ impl LayerSpec {
     pub fn output_shape(&self, s: Shape) -> Result<Shape> {
         let bad = |m: String| Err(Error::Architecture(m));
         match *self {
-            LayerSpec::Conv2d {
-                out_channels,
-                kernel,
-                stride,
-                padding,
-            } => {
+            LayerSpec::Conv2d { out_channels, kernel, stride, padding } => {
                 if kernel == 0 || stride == 0 || out_channels == 0 {
                     return bad("conv2d needs kernel, stride and channels above zero".into());
                 }
@@ -92,28 +87,18 @@ impl LayerSpec {
                 if h < kernel || w < kernel {
                     return bad(format!("conv2d kernel {kernel} larger than padded input {h}×{w}"));
                 }
-                Ok(Shape {
-                    c: out_channels,
-                    h: (h - kernel) / stride + 1,
-                    w: (w - kernel) / stride + 1,
-                })
+                Ok(Shape { c: out_channels, h: (h - kernel) / stride + 1, w: (w - kernel) / stride + 1 })
             }
             LayerSpec::AvgPool2d { kernel, stride } => {
                 if kernel == 0 || stride == 0 || s.h < kernel || s.w < kernel {
                     return bad(format!("avgpool2d {kernel}/{stride} does not fit {s}"));
                 }
-                Ok(Shape {
-                    c: s.c,
-                    h: (s.h - kernel) / stride + 1,
-                    w: (s.w - kernel) / stride + 1,
-                })
+                Ok(Shape { c: s.c, h: (s.h - kernel) / stride + 1, w: (s.w - kernel) / stride + 1 })
             }
             LayerSpec::Flatten => Ok(Shape { c: s.len(), h: 1, w: 1 }),
             LayerSpec::Dense { outputs } => {
                 if s.h != 1 || s.w != 1 {
-                    return bad(format!(
-                        "dense layer after a spatial {s} activation: add a flatten layer"
-                    ));
+                    return bad(format!("dense layer after a spatial {s} activation: add a flatten layer"));
                 }
                 if outputs == 0 {
                     return bad("dense layer with zero outputs".into());
@@ -203,19 +188,11 @@ impl ArchSpec {
     /// [`Error::UnknownArch`].
     pub fn builtin(name: &str) -> Result<Self> {
         let input = Shape { c: 1, h: 28, w: 28 };
-        let normalization = Normalization {
-            mean: 0.1307,
-            std: 0.3081,
-        };
+        let normalization = Normalization { mean: 0.1307, std: 0.3081 };
         let layers = match name {
             // TenSEAL/CKKS study, network 1: conv 7×7 stride 3, 4 maps → x² → 256→64 → x² → 64→10.
             "tenseal-cnn1" => vec![
-                LayerSpec::Conv2d {
-                    out_channels: 4,
-                    kernel: 7,
-                    stride: 3,
-                    padding: 0,
-                },
+                LayerSpec::Conv2d { out_channels: 4, kernel: 7, stride: 3, padding: 0 },
                 LayerSpec::Square,
                 LayerSpec::Flatten,
                 LayerSpec::Dense { outputs: 64 },
@@ -225,12 +202,7 @@ impl ArchSpec {
             // CryptoNets (Gilad-Bachrach et al. 2016): conv 5×5 stride 2, 5 maps on the image
             // padded to 29×29 (13×13 outputs) → x² → 845→100 → x² → 100→10.
             "cryptonets" => vec![
-                LayerSpec::Conv2d {
-                    out_channels: 5,
-                    kernel: 5,
-                    stride: 2,
-                    padding: 1,
-                },
+                LayerSpec::Conv2d { out_channels: 5, kernel: 5, stride: 2, padding: 1 },
                 LayerSpec::Square,
                 LayerSpec::Flatten,
                 LayerSpec::Dense { outputs: 100 },
@@ -239,19 +211,9 @@ impl ArchSpec {
             ],
             // Two convolutions with average pooling and two dense layers.
             "cnn2" => vec![
-                LayerSpec::Conv2d {
-                    out_channels: 5,
-                    kernel: 5,
-                    stride: 2,
-                    padding: 1,
-                },
+                LayerSpec::Conv2d { out_channels: 5, kernel: 5, stride: 2, padding: 1 },
                 LayerSpec::Square,
-                LayerSpec::Conv2d {
-                    out_channels: 10,
-                    kernel: 3,
-                    stride: 1,
-                    padding: 1,
-                },
+                LayerSpec::Conv2d { out_channels: 10, kernel: 3, stride: 1, padding: 1 },
                 LayerSpec::AvgPool2d { kernel: 2, stride: 2 },
                 LayerSpec::Square,
                 LayerSpec::Flatten,
@@ -261,12 +223,7 @@ impl ArchSpec {
             ],
             other => return Err(Error::UnknownArch(other.to_string())),
         };
-        Ok(Self {
-            name: name.to_string(),
-            input,
-            layers,
-            normalization,
-        })
+        Ok(Self { name: name.to_string(), input, layers, normalization })
     }
 
     /// The geometry of layer `i` if it is a convolution.
@@ -276,12 +233,7 @@ impl ArchSpec {
     pub fn conv_geom(&self, i: usize) -> Result<Option<crate::layers::ConvGeom>> {
         let shapes = self.shapes()?;
         Ok(match self.layers.get(i) {
-            Some(LayerSpec::Conv2d {
-                kernel,
-                stride,
-                padding,
-                ..
-            }) => Some(crate::layers::ConvGeom {
+            Some(LayerSpec::Conv2d { kernel, stride, padding, .. }) => Some(crate::layers::ConvGeom {
                 input: shapes[i],
                 output: shapes[i + 1],
                 kernel: *kernel,

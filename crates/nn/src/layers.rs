@@ -96,34 +96,17 @@ pub(crate) struct Layer {
 
 impl Layer {
     pub fn new(spec: LayerSpec, input: Shape, output: Shape, params: Option<Params>) -> Self {
-        let grads = params.as_ref().map(|p| Grads {
-            weight: Array2::zeros(p.weight.raw_dim()),
-            bias: Array1::zeros(p.bias.raw_dim()),
-        });
-        Self {
-            spec,
-            input,
-            output,
-            params,
-            grads,
-            cache: None,
-        }
+        let grads = params
+            .as_ref()
+            .map(|p| Grads { weight: Array2::zeros(p.weight.raw_dim()), bias: Array1::zeros(p.bias.raw_dim()) });
+        Self { spec, input, output, params, grads, cache: None }
     }
 
     pub fn conv_geom(&self) -> Option<ConvGeom> {
         match self.spec {
-            LayerSpec::Conv2d {
-                kernel,
-                stride,
-                padding,
-                ..
-            } => Some(ConvGeom {
-                input: self.input,
-                output: self.output,
-                kernel,
-                stride,
-                padding,
-            }),
+            LayerSpec::Conv2d { kernel, stride, padding, .. } => {
+                Some(ConvGeom { input: self.input, output: self.output, kernel, stride, padding })
+            }
             _ => None,
         }
     }
@@ -271,12 +254,7 @@ impl Layer {
             }
             LayerSpec::Poly { coeffs } => {
                 let x = self.cache.as_ref().expect("forward before backward");
-                let d: Vec<f32> = coeffs
-                    .iter()
-                    .enumerate()
-                    .skip(1)
-                    .map(|(i, &c)| (i as f64 * c) as f32)
-                    .collect();
+                let d: Vec<f32> = coeffs.iter().enumerate().skip(1).map(|(i, &c)| (i as f64 * c) as f32).collect();
                 gy * &x.mapv(|v| d.iter().rev().fold(0.0, |acc, &a| acc * v + a))
             }
         }

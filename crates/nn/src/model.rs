@@ -76,10 +76,7 @@ impl Model {
     /// Normalizes 8-bit pixels into the model's input: `(pixel/255 - mean) / std`.
     pub fn normalize(&self, pixels: &[u8]) -> Vec<f32> {
         let n = self.spec.normalization;
-        pixels
-            .iter()
-            .map(|&p| ((p as f64 / 255.0 - n.mean) / n.std) as f32)
-            .collect()
+        pixels.iter().map(|&p| ((p as f64 / 255.0 - n.mean) / n.std) as f32).collect()
     }
 
     /// Logits for a batch `(batch, input features)` → `(batch, classes)`.
@@ -153,10 +150,7 @@ impl Model {
     /// # Errors
     /// [`Error::ModelFile`] if the file cannot be written.
     pub fn save(&self, path: &Path, provenance: &HashMap<String, String>) -> Result<()> {
-        let err = |reason: String| Error::ModelFile {
-            path: path.display().to_string(),
-            reason,
-        };
+        let err = |reason: String| Error::ModelFile { path: path.display().to_string(), reason };
         let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
         for (i, l) in self.layers.iter().enumerate() {
             if let Some(p) = &l.params {
@@ -169,22 +163,13 @@ impl Model {
         let views: Vec<(String, TensorView<'_>)> = buffers
             .iter()
             .map(|(n, s, d)| {
-                Ok((
-                    n.clone(),
-                    TensorView::new(Dtype::F32, s.clone(), d).map_err(|e| err(e.to_string()))?,
-                ))
+                Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), d).map_err(|e| err(e.to_string()))?))
             })
             .collect::<Result<_>>()?;
         let mut meta = HashMap::new();
         meta.insert("format_version".to_string(), FORMAT_VERSION.to_string());
-        meta.insert(
-            "arch".to_string(),
-            serde_json::to_string(&self.spec).map_err(|e| err(e.to_string()))?,
-        );
-        meta.insert(
-            "provenance".to_string(),
-            serde_json::to_string(provenance).map_err(|e| err(e.to_string()))?,
-        );
+        meta.insert("arch".to_string(), serde_json::to_string(&self.spec).map_err(|e| err(e.to_string()))?);
+        meta.insert("provenance".to_string(), serde_json::to_string(provenance).map_err(|e| err(e.to_string()))?);
         let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| err(e.to_string()))?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
@@ -198,24 +183,14 @@ impl Model {
     /// # Errors
     /// [`Error::ModelFile`] naming the file and what was wrong.
     pub fn load(path: &Path) -> Result<(Self, ModelFile)> {
-        let err = |reason: String| Error::ModelFile {
-            path: path.display().to_string(),
-            reason,
-        };
+        let err = |reason: String| Error::ModelFile { path: path.display().to_string(), reason };
         let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
         let (_, metadata) =
             safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| err(format!("not a safetensors file: {e}")))?;
-        let meta = metadata
-            .metadata()
-            .clone()
-            .ok_or_else(|| err("no metadata (not a blindfold model)".into()))?;
-        let version = meta
-            .get("format_version")
-            .ok_or_else(|| err("no format_version in the metadata".into()))?;
+        let meta = metadata.metadata().clone().ok_or_else(|| err("no metadata (not a blindfold model)".into()))?;
+        let version = meta.get("format_version").ok_or_else(|| err("no format_version in the metadata".into()))?;
         if version != FORMAT_VERSION {
-            return Err(err(format!(
-                "format version {version}, this build reads {FORMAT_VERSION}"
-            )));
+            return Err(err(format!("format version {version}, this build reads {FORMAT_VERSION}")));
         }
         let arch: ArchSpec =
             serde_json::from_str(meta.get("arch").ok_or_else(|| err("no arch in the metadata".into()))?)
@@ -256,23 +231,14 @@ impl Model {
             }
         }
         if tensors.len() != expected {
-            return Err(err(format!(
-                "{} tensors, the architecture has {expected}",
-                tensors.len()
-            )));
+            return Err(err(format!("{} tensors, the architecture has {expected}", tensors.len())));
         }
-        let file = ModelFile {
-            format_version: version.clone(),
-            arch,
-            provenance,
-        };
+        let file = ModelFile { format_version: version.clone(), arch, provenance };
         Ok((model, file))
     }
 }
 
 /// Index of the largest value (first on ties).
 pub fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold(0, |best, (i, &x)| if x > v[best] { i } else { best })
+    v.iter().enumerate().fold(0, |best, (i, &x)| if x > v[best] { i } else { best })
 }

@@ -12,23 +12,11 @@ fn tiny_arch() -> ArchSpec {
         name: "tiny".into(),
         input: Shape { c: 2, h: 6, w: 6 },
         layers: vec![
-            LayerSpec::Conv2d {
-                out_channels: 3,
-                kernel: 3,
-                stride: 1,
-                padding: 1,
-            },
+            LayerSpec::Conv2d { out_channels: 3, kernel: 3, stride: 1, padding: 1 },
             LayerSpec::Square,
             LayerSpec::AvgPool2d { kernel: 2, stride: 2 },
-            LayerSpec::Conv2d {
-                out_channels: 2,
-                kernel: 2,
-                stride: 2,
-                padding: 0,
-            },
-            LayerSpec::Poly {
-                coeffs: vec![0.1, 0.5, 0.25],
-            },
+            LayerSpec::Conv2d { out_channels: 2, kernel: 2, stride: 2, padding: 0 },
+            LayerSpec::Poly { coeffs: vec![0.1, 0.5, 0.25] },
             LayerSpec::Flatten,
             LayerSpec::Dense { outputs: 5 },
             LayerSpec::Square,
@@ -90,10 +78,7 @@ fn gradients_match_finite_differences() {
         let down = loss(&mut model, &x, &labels);
         model.layers[li].params.as_mut().unwrap().bias[0] = orig;
         let numeric = (up - down) / (2.0 * eps as f64);
-        assert!(
-            (numeric - analytic).abs() < 2e-3 + 2e-2 * numeric.abs(),
-            "layer {li} bias: {numeric} vs {analytic}"
-        );
+        assert!((numeric - analytic).abs() < 2e-3 + 2e-2 * numeric.abs(), "layer {li} bias: {numeric} vs {analytic}");
     }
     assert!(checked >= 20);
 }
@@ -118,10 +103,7 @@ fn model_files_round_trip_and_refuse_damage() {
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     assert!(Model::load(&path).unwrap_err().to_string().contains("m.safetensors"));
     std::fs::write(&path, b"hello").unwrap();
-    assert!(Model::load(&path)
-        .unwrap_err()
-        .to_string()
-        .contains("not a safetensors file"));
+    assert!(Model::load(&path).unwrap_err().to_string().contains("not a safetensors file"));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

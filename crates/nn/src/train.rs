@@ -23,17 +23,14 @@ pub struct TrainConfig {
     pub clip_norm: f32,
     /// Seed of initialization and shuffling.
     pub seed: u64,
+    /// Random translation of each training image by up to this many pixels in each
+    /// direction (data augmentation; 0 disables it).
+    pub max_shift: usize,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        Self {
-            epochs: 15,
-            batch_size: 64,
-            learning_rate: 2e-3,
-            clip_norm: 5.0,
-            seed: 1,
-        }
+        Self { epochs: 15, batch_size: 64, learning_rate: 2e-3, clip_norm: 5.0, seed: 1, max_shift: 2 }
     }
 }
 
@@ -81,6 +78,8 @@ pub fn train(
         });
     }
     let x_all: Vec<f32> = model.normalize(&data.images.pixels);
+    let shape = model.spec().input;
+    let background = model.normalize(&[0])[0];
     let mut states: Vec<Option<AdamState>> = model
         .layers
         .iter()
@@ -112,10 +111,16 @@ pub fn train(
             let mut x = Array2::<f32>::zeros((idx.len(), width));
             let mut labels = Vec::with_capacity(idx.len());
             for (r, &i) in idx.iter().enumerate() {
-                x.row_mut(r)
-                    .as_slice_mut()
-                    .expect("row-major")
-                    .copy_from_slice(&x_all[i * width..(i + 1) * width]);
+                let src = &x_all[i * width..(i + 1) * width];
+                let row = x.row_mut(r).into_slice().expect("row-major");
+                if cfg.max_shift == 0 {
+                    row.copy_from_slice(src);
+                } else {
+                    let span = 2 * cfg.max_shift as u64 + 1;
+                    let dy = (rng.next_u64() % span) as isize - cfg.max_shift as isize;
+                    let dx = (rng.next_u64() % span) as isize - cfg.max_shift as isize;
+                    shift_image(src, row, shape, dy, dx, background);
+                }
                 labels.push(data.labels[i]);
             }
             for l in model.layers.iter_mut() {
@@ -138,11 +143,7 @@ pub fn train(
                 .map(|g| g.weight.iter().chain(g.bias.iter()).map(|v| v * v).sum::<f32>())
                 .sum::<f32>()
                 .sqrt();
-            let clip = if norm > cfg.clip_norm {
-                cfg.clip_norm / norm
-            } else {
-                1.0
-            };
+            let clip = if norm > cfg.clip_norm { cfg.clip_norm / norm } else { 1.0 };
             step += 1;
             let progress_frac = step as f32 / total_steps.max(1) as f32;
             let lr = cfg.learning_rate * (0.01 + 0.99 * 0.5 * (1.0 + (std::f32::consts::PI * progress_frac).cos()));
@@ -181,6 +182,21 @@ pub fn train(
         reports.push(report);
     }
     Ok(reports)
+}
+
+/// Writes `src` (a `c×h×w` image) translated by `(dy, dx)` into `dst`, filling uncovered
+/// pixels with `background`.
+fn shift_image(src: &[f32], dst: &mut [f32], s: crate::arch::Shape, dy: isize, dx: isize, background: f32) {
+    for c in 0..s.c {
+        for y in 0..s.h {
+            for x in 0..s.w {
+                let (sy, sx) = (y as isize - dy, x as isize - dx);
+                let inside = sy >= 0 && sx >= 0 && (sy as usize) < s.h && (sx as usize) < s.w;
+                dst[c * s.h * s.w + y * s.w + x] =
+                    if inside { src[c * s.h * s.w + sy as usize * s.w + sx as usize] } else { background };
+            }
+        }
+    }
 }
 
 /// The random generator used for initialization and shuffling, from a seed.

@@ -141,9 +141,9 @@ impl Client {
     fn with_keygen(info: &PlanInfo, ctx: Arc<Context>, mut keygen: KeyGenerator) -> Result<(Self, Message)> {
         let slots = ctx.params().slots();
         let layout = InputLayout::from_arch(&info.arch, slots)?;
-        let steps = CnnPlan::rotation_steps_for(&info.arch, slots)?;
+        let steps = CnnPlan::rotation_keys_for(&info.arch, slots, ctx.max_level())?;
         let rlk = keygen.relinearization_key();
-        let gk = keygen.galois_keys(&steps, false);
+        let gk = keygen.galois_keys_at_levels(&steps)?;
         let msg = Message::EvaluationKeys {
             relinearization: serialize(&rlk, &ctx)?.to_vec(),
             galois: serialize(&gk, &ctx)?.to_vec(),
@@ -198,10 +198,7 @@ impl Client {
     /// [`ProtocolError::Unexpected`] for another message; CKKS errors for bad ciphertext bytes.
     pub fn decrypt_scores(&self, msg: &Message) -> Result<Vec<f64>> {
         let Message::EncryptedScores { ciphertext } = msg else {
-            return Err(ProtocolError::Unexpected(format!(
-                "client expected EncryptedScores, got {}",
-                msg.kind()
-            )));
+            return Err(ProtocolError::Unexpected(format!("client expected EncryptedScores, got {}", msg.kind())));
         };
         let ct: Ciphertext = deserialize(ciphertext, &self.ctx)?;
         let pt = self.decryptor.decrypt(&ct)?;
@@ -227,17 +224,8 @@ impl ModelHolder {
         let params = preset.parameters()?;
         let ctx = Context::new(&params)?;
         let plan = CnnPlan::compile(model, &ctx, 2f64.powi(log_input_scale as i32))?;
-        let info = PlanInfo {
-            arch: model.spec().clone(),
-            preset: preset.name.to_string(),
-            log_input_scale,
-        };
-        Ok(Self {
-            eval: Evaluator::new(&ctx),
-            plan,
-            info,
-            keys: None,
-        })
+        let info = PlanInfo { arch: model.spec().clone(), preset: preset.name.to_string(), log_input_scale };
+        Ok(Self { eval: Evaluator::new(&ctx), plan, info, keys: None })
     }
 
     /// What the client needs to know (no weights).
@@ -259,22 +247,20 @@ impl ModelHolder {
     pub fn handle(&mut self, msg: &Message) -> Result<Option<Message>> {
         let ctx = self.plan.context().clone();
         match msg {
-            Message::EvaluationKeys {
-                relinearization,
-                galois,
-            } => {
+            Message::EvaluationKeys { relinearization, galois } => {
                 let rlk: RelinearizationKey = deserialize(relinearization, &ctx)?;
                 let gk: GaloisKeys = deserialize(galois, &ctx)?;
                 let missing: Vec<i64> = self
                     .plan
-                    .rotation_steps()
+                    .rotation_keys()
                     .into_iter()
-                    .filter(|&s| !gk.elements().any(|g| g == ctx.galois_element_for_rotation(s)))
+                    .filter(|&(s, level)| {
+                        gk.max_level(ctx.galois_element_for_rotation(s)).is_none_or(|have| have < level)
+                    })
+                    .map(|(s, _)| s)
                     .collect();
                 if !missing.is_empty() {
-                    return Err(ProtocolError::Unexpected(format!(
-                        "Galois keys lack rotation steps {missing:?}"
-                    )));
+                    return Err(ProtocolError::Unexpected(format!("Galois keys lack rotation steps {missing:?}")));
                 }
                 self.keys = Some((rlk, gk));
                 Ok(None)
@@ -289,14 +275,9 @@ impl ModelHolder {
                     .map(|b| Ok(deserialize::<SeededCiphertext>(b, &ctx)?.expand(&ctx)))
                     .collect::<Result<_>>()?;
                 let out = self.plan.evaluate(&self.eval, &cts, rlk, gk)?;
-                Ok(Some(Message::EncryptedScores {
-                    ciphertext: serialize(&out, &ctx)?.to_vec(),
-                }))
+                Ok(Some(Message::EncryptedScores { ciphertext: serialize(&out, &ctx)?.to_vec() }))
             }
-            other => Err(ProtocolError::Unexpected(format!(
-                "model holder does not accept {}",
-                other.kind()
-            ))),
+            other => Err(ProtocolError::Unexpected(format!("model holder does not accept {}", other.kind()))),
         }
     }
 }

@@ -164,20 +164,9 @@ struct Operand {
 
 #[derive(Clone, Debug)]
 enum Stage {
-    Conv {
-        weights: Vec<Operand>,
-        bias: Operand,
-        fold: Vec<i64>,
-    },
+    Conv { weights: Vec<Operand>, bias: Operand, fold: Vec<i64> },
     Square,
-    Dense {
-        n1: usize,
-        n2: usize,
-        diags: Vec<Option<Operand>>,
-        bias: Operand,
-        fold: Vec<i64>,
-        name: String,
-    },
+    Dense { n1: usize, n2: usize, diags: Vec<Option<Operand>>, bias: Operand, fold: Vec<i64>, name: String },
 }
 
 /// A compiled encrypted-inference plan for one model and one parameter set.
@@ -186,6 +175,7 @@ enum Stage {
 /// with public evaluation keys only ([`CnnPlan::evaluate`]).
 pub struct CnnPlan {
     ctx: Arc<Context>,
+    arch: ArchSpec,
     layout: InputLayout,
     stages: Vec<Stage>,
     classes: usize,
@@ -265,10 +255,7 @@ impl CnnPlan {
         check_form(spec)?;
         let depth = spec.depth();
         if depth > ctx.max_level() {
-            return Err(PlanError::TooDeep {
-                needed: depth,
-                available: ctx.max_level(),
-            });
+            return Err(PlanError::TooDeep { needed: depth, available: ctx.max_level() });
         }
         let slots = ctx.params().slots();
         let layout = InputLayout::from_arch(spec, slots)?;
@@ -309,15 +296,8 @@ impl CnnPlan {
                 }
             }
         }
-        let bias = Operand {
-            encoded: encoder.encode_real(&bias_v, level, scale)?,
-            values: bias_v,
-        };
-        stages.push(Stage::Conv {
-            weights,
-            bias,
-            fold: fold_steps(layout.block, slots),
-        });
+        let bias = Operand { encoded: encoder.encode_real(&bias_v, level, scale)?, values: bias_v };
+        stages.push(Stage::Conv { weights, bias, fold: fold_steps(layout.block, slots) });
 
         // Square.
         stages.push(Stage::Square);
@@ -378,19 +358,9 @@ impl CnnPlan {
                         .collect::<Result<Vec<_>>>()?;
                     scale = scale * w_scale / q(level);
                     level -= 1;
-                    let bias_v: Vec<f64> = (0..slots)
-                        .map(|j| {
-                            if j % n_o < *outputs {
-                                p.bias[j % n_o] as f64
-                            } else {
-                                0.0
-                            }
-                        })
-                        .collect();
-                    let bias = Operand {
-                        encoded: encoder.encode_real(&bias_v, level, scale)?,
-                        values: bias_v,
-                    };
+                    let bias_v: Vec<f64> =
+                        (0..slots).map(|j| if j % n_o < *outputs { p.bias[j % n_o] as f64 } else { 0.0 }).collect();
+                    let bias = Operand { encoded: encoder.encode_real(&bias_v, level, scale)?, values: bias_v };
                     stages.push(Stage::Dense {
                         n1,
                         n2,
@@ -406,13 +376,7 @@ impl CnnPlan {
                 _ => unreachable!("form checked above"),
             }
         }
-        Ok(Self {
-            ctx: ctx.clone(),
-            layout,
-            stages,
-            classes: in_features,
-            input_scale,
-        })
+        Ok(Self { ctx: ctx.clone(), arch: spec.clone(), layout, stages, classes: in_features, input_scale })
     }
 
     /// The client's input layout.
@@ -435,54 +399,58 @@ impl CnnPlan {
         self.costs().iter().map(|c| c.levels).sum()
     }
 
-    /// Rotation steps the plan uses: the Galois keys to generate, and only these.
-    pub fn rotation_steps(&self) -> Vec<i64> {
-        let mut steps = Vec::new();
-        for s in &self.stages {
-            match s {
-                Stage::Conv { fold, .. } => steps.extend(fold),
-                Stage::Square => {}
-                Stage::Dense { n1, n2, fold, .. } => {
-                    steps.extend((1..*n1).map(|b| b as i64));
-                    steps.extend((1..*n2).map(|g| (g * n1) as i64));
-                    steps.extend(fold);
-                }
-            }
-        }
-        steps.sort_unstable();
-        steps.dedup();
-        steps
+    /// Rotation steps the plan uses, each with the highest level it is applied at: the
+    /// Galois keys to generate (each only as large as its level needs), and only these.
+    pub fn rotation_keys(&self) -> Vec<(i64, usize)> {
+        Self::rotation_keys_for(&self.arch, self.layout.slots, self.ctx.max_level()).expect("the architecture compiled")
     }
 
-    /// The rotation steps a plan for `arch` at `slots` slots uses, from the architecture
-    /// alone (what a client needs to generate its Galois keys without seeing the weights).
-    /// Equal to [`CnnPlan::rotation_steps`] of the compiled plan.
+    /// The rotation steps alone (see [`CnnPlan::rotation_keys`]).
+    pub fn rotation_steps(&self) -> Vec<i64> {
+        self.rotation_keys().into_iter().map(|(s, _)| s).collect()
+    }
+
+    /// [`CnnPlan::rotation_keys`] from the architecture alone, for ciphertexts of `slots`
+    /// slots entering at level `top_level`: what a client needs to generate its Galois keys
+    /// without seeing the weights.
     ///
     /// # Errors
     /// As [`CnnPlan::compile`], for the architecture.
-    pub fn rotation_steps_for(arch: &ArchSpec, slots: usize) -> Result<Vec<i64>> {
+    pub fn rotation_keys_for(arch: &ArchSpec, slots: usize, top_level: usize) -> Result<Vec<(i64, usize)>> {
         check_form(arch)?;
+        if arch.depth() > top_level {
+            return Err(PlanError::TooDeep { needed: arch.depth(), available: top_level });
+        }
         let layout = InputLayout::from_arch(arch, slots)?;
-        let mut steps = fold_steps(layout.block, slots);
+        let mut keys: Vec<(i64, usize)> = Vec::new();
+        // The convolution's fold runs after its rescale.
+        let mut level = top_level - 1;
+        keys.extend(fold_steps(layout.block, slots).into_iter().map(|s| (s, level)));
         let mut period = layout.block;
-        for l in &arch.layers[3..] {
-            if let LayerSpec::Dense { outputs } = l {
-                let n_o = outputs.next_power_of_two();
-                if n_o > period {
-                    return Err(PlanError::Layout(format!(
-                        "{outputs} outputs exceed the input period {period}"
-                    )));
+        for l in &arch.layers[1..] {
+            match l {
+                LayerSpec::Square => level -= 1,
+                LayerSpec::Dense { outputs } => {
+                    let n_o = outputs.next_power_of_two();
+                    if n_o > period {
+                        return Err(PlanError::Layout(format!("{outputs} outputs exceed the input period {period}")));
+                    }
+                    let (n1, n2) = bsgs_split(n_o);
+                    keys.extend((1..n1).map(|b| (b as i64, level)));
+                    keys.extend((1..n2).map(|g| ((g * n1) as i64, level)));
+                    keys.extend(fold_steps(n_o, period).into_iter().map(|s| (s, level - 1)));
+                    period = n_o;
+                    level -= 1;
                 }
-                let (n1, n2) = bsgs_split(n_o);
-                steps.extend((1..n1).map(|b| b as i64));
-                steps.extend((1..n2).map(|g| (g * n1) as i64));
-                steps.extend(fold_steps(n_o, period));
-                period = n_o;
+                _ => {}
             }
         }
-        steps.sort_unstable();
-        steps.dedup();
-        Ok(steps)
+        let mut best: std::collections::BTreeMap<i64, usize> = std::collections::BTreeMap::new();
+        for (s, l) in keys {
+            let e = best.entry(s).or_insert(l);
+            *e = (*e).max(l);
+        }
+        Ok(best.into_iter().collect())
     }
 
     /// What each stage costs.
@@ -506,14 +474,7 @@ impl CnnPlan {
                     plain_products: 0,
                     products: 1,
                 },
-                Stage::Dense {
-                    n1,
-                    n2,
-                    diags,
-                    fold,
-                    name,
-                    ..
-                } => StageCost {
+                Stage::Dense { n1, n2, diags, fold, name, .. } => StageCost {
                     name: format!("{name} (BSGS {n1}×{n2})"),
                     levels: 1,
                     rotations: n2 - 1 + fold.len(),
@@ -568,14 +529,7 @@ impl CnnPlan {
                     eval.rescale_assign(&mut sq)?;
                     sq
                 }
-                Stage::Dense {
-                    n1,
-                    n2,
-                    diags,
-                    bias,
-                    fold,
-                    ..
-                } => {
+                Stage::Dense { n1, n2, diags, bias, fold, .. } => {
                     let v = x.take().expect("a stage before");
                     let baby_steps: Vec<i64> = (0..*n1 as i64).collect();
                     let baby = eval.rotate_hoisted(&v, &baby_steps, gk)?;
@@ -590,11 +544,7 @@ impl CnnPlan {
                             }
                         }
                         let Some(inner) = inner else { continue };
-                        let inner = if g == 0 {
-                            inner
-                        } else {
-                            eval.rotate(&inner, (g * n1) as i64, gk)?
-                        };
+                        let inner = if g == 0 { inner } else { eval.rotate(&inner, (g * n1) as i64, gk)? };
                         match out.as_mut() {
                             None => out = Some(inner),
                             Some(acc) => eval.add_assign(acc, &inner)?,
@@ -645,14 +595,7 @@ impl CnnPlan {
                     acc
                 }
                 Stage::Square => x.iter().map(|v| v * v).collect(),
-                Stage::Dense {
-                    n1,
-                    n2,
-                    diags,
-                    bias,
-                    fold,
-                    ..
-                } => {
+                Stage::Dense { n1, n2, diags, bias, fold, .. } => {
                     let mut acc = vec![0f64; slots];
                     for g in 0..*n2 {
                         let mut inner = vec![0f64; slots];

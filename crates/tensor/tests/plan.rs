@@ -15,15 +15,10 @@ use rand_core::SeedableRng;
 
 fn trained(arch: &str) -> (Model, blindfold_data::LabeledImages) {
     let dir = Dataset::FashionMnist.default_dir();
-    let train_set = load(Dataset::FashionMnist, &dir, Split::Train)
-        .expect("Fashion-MNIST installed")
-        .truncate(3000);
+    let train_set = load(Dataset::FashionMnist, &dir, Split::Train).expect("Fashion-MNIST installed").truncate(3000);
     let test_set = load(Dataset::FashionMnist, &dir, Split::Test).unwrap().truncate(200);
     let mut model = Model::init(ArchSpec::builtin(arch).unwrap(), &mut ChaCha20Rng::seed_from_u64(5)).unwrap();
-    let cfg = TrainConfig {
-        epochs: 1,
-        ..TrainConfig::default()
-    };
+    let cfg = TrainConfig { epochs: 1, ..TrainConfig::default() };
     train(&mut model, &train_set, None, &cfg, |_, _| {}, |_| {}).unwrap();
     (model, test_set)
 }
@@ -38,36 +33,25 @@ fn check_arch(arch: &str, n_encrypted: usize) {
 
     // Plaintext twin vs the model on 50 images.
     for i in 0..50 {
-        let x: Vec<f64> = model
-            .normalize(test.images.image(i))
-            .into_iter()
-            .map(f64::from)
-            .collect();
+        let x: Vec<f64> = model.normalize(test.images.image(i)).into_iter().map(f64::from).collect();
         let twin = plan.evaluate_plain(&layout.pack(&x).unwrap()).unwrap();
         let logits = model.logits(&[test.images.image(i)]).unwrap();
         let max = logits.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
         for (t, l) in twin.iter().zip(logits.iter()) {
-            assert!(
-                (t - *l as f64).abs() <= 1e-4 * max.max(1.0),
-                "{arch} image {i}: twin {t} vs model {l}"
-            );
+            assert!((t - *l as f64).abs() <= 1e-4 * max.max(1.0), "{arch} image {i}: twin {t} vs model {l}");
         }
     }
 
     // Encrypted vs the twin.
     let mut keygen = KeyGenerator::new(&ctx).unwrap();
     let rlk = keygen.relinearization_key();
-    let gk = keygen.galois_keys(&plan.rotation_steps(), false);
+    let gk = keygen.galois_keys_at_levels(&plan.rotation_keys()).unwrap();
     let encoder = Encoder::new(&ctx);
     let mut encryptor = Encryptor::with_secret_key(keygen.secret_key()).unwrap();
     let decryptor = Decryptor::new(keygen.secret_key());
     let eval = Evaluator::new(&ctx);
     for i in 0..n_encrypted {
-        let x: Vec<f64> = model
-            .normalize(test.images.image(i))
-            .into_iter()
-            .map(f64::from)
-            .collect();
+        let x: Vec<f64> = model.normalize(test.images.image(i)).into_iter().map(f64::from).collect();
         let packed = layout.pack(&x).unwrap();
         let cts: Vec<_> = packed
             .iter()
@@ -81,11 +65,7 @@ fn check_arch(arch: &str, n_encrypted: usize) {
         let got = encoder.decode_real(&decryptor.decrypt(&out).unwrap());
         let twin = plan.evaluate_plain(&packed).unwrap();
         let max = twin.iter().fold(0f64, |m, v| m.max(v.abs())).max(1.0);
-        let err = got[..plan.classes()]
-            .iter()
-            .zip(&twin)
-            .map(|(g, t)| (g - t).abs())
-            .fold(0f64, f64::max);
+        let err = got[..plan.classes()].iter().zip(&twin).map(|(g, t)| (g - t).abs()).fold(0f64, f64::max);
         println!("{arch} image {i}: max |encrypted - twin| = {err:.2e} (max logit {max:.2})");
         assert!(err <= max / 256.0, "{arch} image {i}: error {err} vs max logit {max}");
         let g32: Vec<f32> = got[..plan.classes()].iter().map(|&v| v as f32).collect();
@@ -114,10 +94,7 @@ fn wrong_inputs_are_refused() {
     assert!(plan.evaluate_plain(&[]).is_err());
     // Too deep for a depth-3 preset.
     let small = Context::new(&presets::N8192_DEPTH3_128BIT.parameters().unwrap()).unwrap();
-    assert!(CnnPlan::compile(&model, &small, 2f64.powi(30))
-        .unwrap_err()
-        .to_string()
-        .contains("depth 5"));
+    assert!(CnnPlan::compile(&model, &small, 2f64.powi(30)).unwrap_err().to_string().contains("depth 5"));
     // cnn2 is not of the single-convolution form.
     let cnn2 = Model::init(ArchSpec::builtin("cnn2").unwrap(), &mut ChaCha20Rng::seed_from_u64(1)).unwrap();
     assert!(CnnPlan::compile(&cnn2, &ctx, 2f64.powi(30)).is_err());
