@@ -659,19 +659,37 @@ impl Evaluator {
     }
 
     /// Key-switches `c` (NTT, level `l`) with `key` and adds the result to `out`'s first two
-    /// polynomials. Works one residue position at a time: the digits' residues at that
-    /// position are formed (copied or basis-extended and transformed) and multiplied into the
-    /// key in one fused pass.
+    /// polynomials.
     fn key_switch_add(&self, c: &[u64], level: usize, key: &KeySwitchingKey, out: &mut Ciphertext) {
+        let ext = (level + 1 + self.ctx.num_special()) * self.ctx.n();
+        let mut acc0 = Scratch::overwritten(ext);
+        let mut acc1 = Scratch::overwritten(ext);
+        self.key_switch_ext(c, level, key, &mut acc0, &mut acc1, false);
+        self.mod_down_add(&mut acc0, level, &mut out.parts[0]);
+        self.mod_down_add(&mut acc1, level, &mut out.parts[1]);
+    }
+
+    /// The inner products of `c`'s digits with `key`, over `Q_l ∪ P` before the division by
+    /// `P`, written to (or, with `accumulate`, added to) `acc0` and `acc1`. Works one residue
+    /// position at a time: the digits' residues at that position are formed (borrowed, or
+    /// basis-extended and transformed) and multiplied into the key in one fused pass.
+    fn key_switch_ext(
+        &self,
+        c: &[u64],
+        level: usize,
+        key: &KeySwitchingKey,
+        acc0: &mut [u64],
+        acc1: &mut [u64],
+        accumulate: bool,
+    ) {
         let ctx = &self.ctx;
         let n = ctx.n();
         let ext = level + 1 + ctx.num_special();
         let digits = ctx.decompose[level].len();
         let mut coeff = Scratch::copy_of(&c[..(level + 1) * n]);
         ctx.backward(&mut coeff);
-        let mut acc0 = Scratch::overwritten(ext * n);
-        let mut acc1 = Scratch::overwritten(ext * n);
         let mut residues = Scratch::overwritten(digits * n);
+        let mut tmp = Scratch::overwritten(if accumulate { 2 * n } else { 0 });
         let alpha_d = ctx.params().alpha();
         for pos in 0..ext {
             // The digit containing q_pos is c's own residue there: borrowed, not copied.
@@ -687,10 +705,121 @@ impl Evaluator {
                 .map(|(j, r)| if Some(j) == own { &c[pos * n..(pos + 1) * n] } else { r })
                 .collect();
             let r = pos * n..(pos + 1) * n;
-            self.dot_key(&mut acc0[r.clone()], &mut acc1[r], &d, key, level, pos);
+            if accumulate {
+                let (t0, t1) = tmp.split_at_mut(n);
+                self.dot_key(t0, t1, &d, key, level, pos);
+                let q = &ctx.moduli[ctx.extended_to_full(level, pos)];
+                slice::add_assign(&mut acc0[r.clone()], t0, q);
+                slice::add_assign(&mut acc1[r], t1, q);
+            } else {
+                self.dot_key(&mut acc0[r.clone()], &mut acc1[r], &d, key, level, pos);
+            }
         }
-        self.mod_down_add(&mut acc0, level, &mut out.parts[0]);
-        self.mod_down_add(&mut acc1, level, &mut out.parts[1]);
+    }
+
+    /// `Σ_i rot(cts[i], steps[i])`: rotations that are only summed share one division by
+    /// `P` (lazy ModDown): each term costs its decomposition and key products, the sum one
+    /// ModDown. Used for the giant steps of baby-step giant-step linear maps.
+    ///
+    /// # Errors
+    /// [`Error::LevelMismatch`], [`Error::ScaleMismatch`], [`Error::MissingGaloisKey`],
+    /// [`Error::CiphertextSize`], [`Error::InvalidArgument`] for no terms or mismatched
+    /// lengths.
+    pub fn rotate_sum(&self, cts: &[&Ciphertext], steps: &[i64], gk: &GaloisKeys) -> Result<Ciphertext> {
+        if cts.is_empty() || cts.len() != steps.len() {
+            return Err(Error::InvalidArgument("rotate_sum needs one step per ciphertext".into()));
+        }
+        let first = cts[0];
+        for c in cts {
+            self.check(c)?;
+            Self::same_level("rotate_sum", first.level, c.level)?;
+            Self::same_scale("rotate_sum", first.scale, c.scale)?;
+            if c.parts.len() != 2 {
+                return Err(Error::CiphertextSize { op: "rotate_sum", expected: 2, actual: c.parts.len() });
+            }
+        }
+        let ctx = &self.ctx;
+        let n = ctx.n();
+        let level = first.level;
+        let len = (level + 1) * n;
+        let ext = (level + 1 + ctx.num_special()) * n;
+        let mut out = Ciphertext { parts: vec![vec![0u64; len], vec![0u64; len]], level, scale: first.scale };
+        let mut acc0 = Scratch::overwritten(ext);
+        let mut acc1 = Scratch::overwritten(ext);
+        let mut switched = false;
+        let mut permuted = Scratch::overwritten(len);
+        for (c, &step) in cts.iter().zip(steps) {
+            let g = ctx.galois_element_for_rotation(step);
+            if g == 1 {
+                for (i, r) in self.residues(level) {
+                    slice::add_assign(&mut out.parts[0][r.clone()], &c.parts[0][r.clone()], &ctx.moduli[i]);
+                    slice::add_assign(&mut out.parts[1][r.clone()], &c.parts[1][r], &ctx.moduli[i]);
+                }
+                continue;
+            }
+            let (key, perm) = gk.get(g)?;
+            self.check_key(key, "Galois key", level)?;
+            for (i, r) in self.residues(level) {
+                slice::permute_into(&mut permuted[r.clone()], &c.parts[0][r.clone()], perm);
+                slice::add_assign(&mut out.parts[0][r.clone()], &permuted[r.clone()], &ctx.moduli[i]);
+            }
+            for (_, r) in self.residues(level) {
+                slice::permute_into(&mut permuted[r.clone()], &c.parts[1][r], perm);
+            }
+            self.key_switch_ext(&permuted, level, key, &mut acc0, &mut acc1, switched);
+            switched = true;
+        }
+        if switched {
+            self.mod_down_add(&mut acc0, level, &mut out.parts[0]);
+            self.mod_down_add(&mut acc1, level, &mut out.parts[1]);
+        }
+        Ok(out)
+    }
+
+    /// `Σ_i cts[i] ⊙ pts[i]` in one fused pass per residue (products accumulated with one
+    /// reduction each, up to 16 terms per pass); the scale is `cts[0].scale · pts[0].scale`.
+    ///
+    /// # Errors
+    /// [`Error::LevelMismatch`], [`Error::ScaleMismatch`] (all products must share one
+    /// scale), [`Error::CiphertextSize`], [`Error::InvalidArgument`] for no terms or
+    /// mismatched lengths.
+    pub fn dot_plain(&self, cts: &[&Ciphertext], pts: &[&Plaintext]) -> Result<Ciphertext> {
+        if cts.is_empty() || cts.len() != pts.len() {
+            return Err(Error::InvalidArgument("dot_plain needs one plaintext per ciphertext".into()));
+        }
+        let (c0, p0) = (cts[0], pts[0]);
+        for (c, p) in cts.iter().zip(pts) {
+            self.check(c)?;
+            self.check_plain(p)?;
+            Self::same_level("dot_plain", c0.level, c.level)?;
+            Self::same_level("dot_plain", c.level, p.level)?;
+            Self::same_scale("dot_plain", c0.scale * p0.scale, c.scale * p.scale)?;
+            if c.parts.len() != 2 {
+                return Err(Error::CiphertextSize { op: "dot_plain", expected: 2, actual: c.parts.len() });
+            }
+        }
+        let level = c0.level;
+        let len = (level + 1) * self.ctx.n();
+        let mut out = Ciphertext { parts: vec![vec![0u64; len], vec![0u64; len]], level, scale: c0.scale * p0.scale };
+        let mut tmp = Scratch::overwritten(2 * self.ctx.n());
+        for (chunk_i, (cc, pc)) in cts.chunks(16).zip(pts.chunks(16)).enumerate() {
+            for (i, r) in self.residues(level) {
+                let q = &self.ctx.moduli[i];
+                let d: Vec<&[u64]> = pc.iter().map(|p| &p.data[r.clone()]).collect();
+                let b0: Vec<&[u64]> = cc.iter().map(|c| &c.parts[0][r.clone()]).collect();
+                let b1: Vec<&[u64]> = cc.iter().map(|c| &c.parts[1][r.clone()]).collect();
+                let (o0, o1) = out.parts.split_at_mut(1);
+                if chunk_i == 0 {
+                    slice::dot([&mut o0[0][r.clone()], &mut o1[0][r]], &d, [&b0, &b1], q);
+                } else {
+                    let (t0, t1) = tmp.split_at_mut(self.ctx.n());
+                    slice::dot([t0, t1], &d, [&b0, &b1], q);
+                    slice::add_assign(&mut o0[0][r.clone()], t0, q);
+                    slice::add_assign(&mut o1[0][r], t1, q);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// `dest += round(x / P)` from `Q_l ∪ P` to `Q_l`, NTT form in and out (the `P` part of

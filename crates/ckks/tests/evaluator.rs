@@ -150,6 +150,32 @@ fn rotations_conjugation_and_hoisting() {
 }
 
 #[test]
+fn rotate_sum_and_dot_plain_match_their_definitions() {
+    for params in all_params() {
+        let mut s = setup(params, 12);
+        let slots = s.encoder.slots();
+        let (a, b) = (values(slots, 13), values(slots, 14));
+        let (ca, cb) = (s.encrypt(&a), s.encrypt(&b));
+        let gk = s.keygen.galois_keys(&[1, 3], false);
+        // rot(a, 1) + b + rot(b, 3), one ModDown.
+        let sum = s.eval.rotate_sum(&[&ca, &cb, &cb], &[1, 0, 3], &gk).unwrap();
+        let want: Vec<_> = (0..slots).map(|j| a[(j + 1) % slots] + b[j] + b[(j + 3) % slots]).collect();
+        report("rotate_sum (lazy ModDown)", &s.decrypt(&sum), &want, 20.0);
+        // a ⊙ p + b ⊙ r in one pass, against multiply_plain + add.
+        let l = ca.level();
+        let q = s.params.q()[l] as f64;
+        let (p, r) = (values(slots, 15), values(slots, 16));
+        let (pp, pr) = (s.encoder.encode(&p, l, q).unwrap(), s.encoder.encode(&r, l, q).unwrap());
+        let dot = s.eval.rescale(&s.eval.dot_plain(&[&ca, &cb], &[&pp, &pr]).unwrap()).unwrap();
+        let want: Vec<_> = (0..slots).map(|j| a[j] * p[j] + b[j] * r[j]).collect();
+        report("dot_plain", &s.decrypt(&dot), &want, 19.0);
+        let mut reference = s.eval.multiply_plain(&ca, &pp).unwrap();
+        s.eval.multiply_plain_acc(&mut reference, &cb, &pr).unwrap();
+        assert_eq!(s.eval.rescale(&reference).unwrap(), dot, "fused and unfused products agree exactly");
+    }
+}
+
+#[test]
 fn mismatches_are_typed_errors() {
     let mut s = setup(small_params(), 6);
     let a = values(8, 8);

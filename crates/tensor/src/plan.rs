@@ -533,23 +533,24 @@ impl CnnPlan {
                     let v = x.take().expect("a stage before");
                     let baby_steps: Vec<i64> = (0..*n1 as i64).collect();
                     let baby = eval.rotate_hoisted(&v, &baby_steps, gk)?;
-                    let mut out: Option<Ciphertext> = None;
+                    let mut inners: Vec<Ciphertext> = Vec::with_capacity(*n2);
+                    let mut giant_steps: Vec<i64> = Vec::with_capacity(*n2);
                     for g in 0..*n2 {
-                        let mut inner: Option<Ciphertext> = None;
+                        let (mut cts, mut pts) = (Vec::new(), Vec::new());
                         for (b, rotated) in baby.iter().enumerate() {
-                            let Some(d) = &diags[g * n1 + b] else { continue };
-                            match inner.as_mut() {
-                                None => inner = Some(eval.multiply_plain(rotated, &d.encoded)?),
-                                Some(acc) => eval.multiply_plain_acc(acc, rotated, &d.encoded)?,
+                            if let Some(d) = &diags[g * n1 + b] {
+                                cts.push(rotated);
+                                pts.push(&d.encoded);
                             }
                         }
-                        let Some(inner) = inner else { continue };
-                        let inner = if g == 0 { inner } else { eval.rotate(&inner, (g * n1) as i64, gk)? };
-                        match out.as_mut() {
-                            None => out = Some(inner),
-                            Some(acc) => eval.add_assign(acc, &inner)?,
+                        if !cts.is_empty() {
+                            inners.push(eval.dot_plain(&cts, &pts)?);
+                            giant_steps.push((g * n1) as i64);
                         }
                     }
+                    let inner_refs: Vec<&Ciphertext> = inners.iter().collect();
+                    let out =
+                        (!inner_refs.is_empty()).then(|| eval.rotate_sum(&inner_refs, &giant_steps, gk)).transpose()?;
                     let mut acc = out.ok_or_else(|| PlanError::Layout("a dense layer with all-zero weights".into()))?;
                     eval.rescale_assign(&mut acc)?;
                     for &step in fold {
