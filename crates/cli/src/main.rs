@@ -132,6 +132,9 @@ struct TrainOpts {
     /// Random translation of training images, in pixels (data augmentation; 0 disables).
     #[arg(long, default_value_t = 2)]
     max_shift: usize,
+    /// Train on the first N training images only (quick runs).
+    #[arg(long)]
+    limit: Option<usize>,
 }
 
 #[derive(Args)]
@@ -232,7 +235,7 @@ fn say(pb: &ProgressBar, line: String) {
 
 fn train_model(arch: &str, data: &DataArgs, opts: &TrainOpts, out: &Path) -> Result<Model> {
     let spec = ArchSpec::builtin(arch)?;
-    let train_set = data.load(Split::Train)?;
+    let train_set = data.load(Split::Train)?.truncate(opts.limit.unwrap_or(usize::MAX));
     let test_set = data.load(Split::Test)?;
     let mut model = Model::init(spec, &mut blindfold_nn::train::seeded_rng(opts.seed))?;
     let cfg = TrainConfig {
