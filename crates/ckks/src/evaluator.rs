@@ -602,7 +602,8 @@ impl Evaluator {
 
     /// Digit `j` of `c` at extended position `pos` (NTT form): a copy of `c`'s residue when
     /// `q_pos` belongs to the digit, otherwise the basis extension of the digit's residues
-    /// (given in coefficient form in `coeff`) to that prime, transformed.
+    /// (given prepared, see [`Evaluator::prepared_coefficients`], in `coeff`) to that prime,
+    /// transformed.
     fn digit_residue(&self, coeff: &[u64], c: &[u64], level: usize, j: usize, pos: usize, out: &mut [u64]) {
         let ctx = &self.ctx;
         let n = ctx.n();
@@ -614,8 +615,28 @@ impl Evaluator {
         }
         // The converter's targets are the positions 0..lo, then hi..ext.
         let t = if pos < lo { pos } else { pos - (hi - lo) };
-        ctx.decompose[level][j].0.convert_to(&coeff[lo * n..hi * n], t..t + 1, out);
+        ctx.decompose[level][j].0.convert_prepared(&coeff[lo * n..hi * n], t..t + 1, out);
         ctx.extended_ntt(level, pos).forward(out);
+    }
+
+    /// The coefficient form of `c` (level `l`) prepared for basis extension of every digit
+    /// (see [`blindfold_math::BasisConverter::prepare`]): done once per key switch, shared by
+    /// all target primes.
+    fn prepared_coefficients(&self, c: &[u64], level: usize) -> Scratch {
+        let ctx = &self.ctx;
+        let n = ctx.n();
+        let mut coeff = Scratch::copy_of(&c[..(level + 1) * n]);
+        ctx.backward(&mut coeff);
+        let alpha_d = ctx.params().alpha();
+        if alpha_d == 1 {
+            return coeff; // one-prime digits convert from the coefficients directly
+        }
+        let mut prepared = Scratch::overwritten(coeff.len());
+        for (j, (conv, _)) in ctx.decompose[level].iter().enumerate() {
+            let r = j * alpha_d * n..((j + 1) * alpha_d).min(level + 1) * n;
+            conv.prepare(&coeff[r.clone()], &mut prepared[r]);
+        }
+        prepared
     }
 
     /// Splits `c` (NTT, level `l`) into digits over `Q_l ∪ P` (NTT form).
@@ -623,8 +644,7 @@ impl Evaluator {
         let ctx = &self.ctx;
         let n = ctx.n();
         let ext = level + 1 + ctx.num_special();
-        let mut coeff = Scratch::copy_of(&c[..(level + 1) * n]);
-        ctx.backward(&mut coeff);
+        let coeff = self.prepared_coefficients(c, level);
         let digits = (0..ctx.decompose[level].len())
             .map(|j| {
                 let mut digit = vec![0u64; ext * n];
@@ -686,8 +706,7 @@ impl Evaluator {
         let n = ctx.n();
         let ext = level + 1 + ctx.num_special();
         let digits = ctx.decompose[level].len();
-        let mut coeff = Scratch::copy_of(&c[..(level + 1) * n]);
-        ctx.backward(&mut coeff);
+        let coeff = self.prepared_coefficients(c, level);
         let mut residues = Scratch::overwritten(digits * n);
         let mut tmp = Scratch::overwritten(if accumulate { 2 * n } else { 0 });
         let alpha_d = ctx.params().alpha();

@@ -160,6 +160,44 @@ mod imp {
         true
     }
 
+    /// `out[i] = Σ_j d_j[i]·w_j mod q` for constants `w_j < q < 2^50` (up to 16 terms), with
+    /// the lazy reduction of [`dot`]. False without IFMA.
+    pub fn dot_scalar(out: &mut [u64], d: &[&[u64]], w: &[u64], q: u64) -> bool {
+        let Some(s) = Ifma::try_new() else { return false };
+        let m = crate::Modulus::new(q).expect("odd modulus");
+        let two52 = m.reduce(1u64 << 52);
+        let two52_shoup = (((two52 as u128) << 52) / q as u128) as u64;
+        let shoup_one = (1u128 << 52) as u64 / q;
+        let n = out.len();
+        let d8 = split8(d);
+        let chunks = n / 8;
+        {
+            let (o8, _) = pulp::as_arrays_mut::<8, _>(&mut *out);
+            s.vectorize(
+                #[inline(always)]
+                || {
+                    let zero: u64x8 = cast(s.avx512f._mm512_setzero_si512());
+                    let k = Consts::new(s, q, two52, two52_shoup, shoup_one);
+                    let wv: Vec<u64x8> = w.iter().map(|&x| cast(s.avx512f._mm512_set1_epi64(x as i64))).collect();
+                    for c in 0..chunks {
+                        let (mut lo, mut hi) = (zero, zero);
+                        for j in 0..d8.len() {
+                            let dv = d8[j][c];
+                            lo = cast(s.avx512ifma._mm512_madd52lo_epu64(cast(lo), cast(dv), cast(wv[j])));
+                            hi = cast(s.avx512ifma._mm512_madd52hi_epu64(cast(hi), cast(dv), cast(wv[j])));
+                        }
+                        o8[c] = cast(k.finish(s, hi, lo));
+                    }
+                },
+            );
+        }
+        for i in chunks * 8..n {
+            let x = (0..d.len()).fold(0u128, |acc, j| acc + d[j][i] as u128 * w[j] as u128);
+            out[i] = m.reduce_u128(x);
+        }
+        true
+    }
+
     fn split8<'a>(v: &[&'a [u64]]) -> Vec<&'a [[u64; 8]]> {
         v.iter().map(|x| pulp::as_arrays::<8, _>(x).0).collect()
     }
@@ -299,9 +337,12 @@ mod imp {
     pub fn mul_assign(_: &mut [u64], _: &[u64], _: u64) -> bool {
         false
     }
+    pub fn dot_scalar(_: &mut [u64], _: &[&[u64]], _: &[u64], _: u64) -> bool {
+        false
+    }
     pub fn dot<const K: usize>(_: &mut [&mut [u64]; K], _: &[&[u64]], _: [&[&[u64]]; K], _: u64) -> bool {
         false
     }
 }
 
-pub(crate) use imp::{add_sub_mul_scalar, dot, mul_assign, reduce_centered, sub_mul_scalar};
+pub(crate) use imp::{add_sub_mul_scalar, dot, dot_scalar, mul_assign, reduce_centered, sub_mul_scalar};

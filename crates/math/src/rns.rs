@@ -68,37 +68,50 @@ impl BasisConverter {
     /// # Panics
     /// If the slice lengths do not match `k·n` and `targets.len()·n`.
     pub fn convert_to(&self, input: &[u64], targets: core::ops::Range<usize>, output: &mut [u64]) {
+        let mut prepared = vec![0u64; input.len()];
+        self.prepare(input, &mut prepared);
+        self.convert_prepared(&prepared, targets, output);
+    }
+
+    /// First half of a conversion, shared by every target: a copy of `input` for one source
+    /// prime, the scaled residues `[x_i·(Q/q_i)^{-1}]_{q_i}` for several.
+    ///
+    /// # Panics
+    /// If `prepared.len() != input.len()` or the length is not a multiple of `k`.
+    pub fn prepare(&self, input: &[u64], prepared: &mut [u64]) {
         let k = self.from.len();
         let n = input.len() / k;
-        assert_eq!(input.len(), k * n);
-        assert_eq!(output.len(), targets.len() * n);
-        if targets.is_empty() {
+        assert!(input.len() == k * n && prepared.len() == input.len());
+        if k == 1 {
+            prepared.copy_from_slice(input);
             return;
         }
+        for (i, qi) in self.from.iter().enumerate() {
+            let r = i * n..(i + 1) * n;
+            prepared[r.clone()].copy_from_slice(&input[r.clone()]);
+            crate::slice::mul_scalar_assign(&mut prepared[r], self.q_hat_inv[i].0, qi);
+        }
+    }
+
+    /// Second half of a conversion: the residues modulo the targets `targets` of a
+    /// [`BasisConverter::prepare`]d input.
+    ///
+    /// # Panics
+    /// If the slice lengths do not match `k·n` and `targets.len()·n`.
+    pub fn convert_prepared(&self, prepared: &[u64], targets: core::ops::Range<usize>, output: &mut [u64]) {
+        let k = self.from.len();
+        let n = prepared.len() / k;
+        assert_eq!(prepared.len(), k * n);
+        assert_eq!(output.len(), targets.len() * n);
         if k == 1 {
             for (o, pj) in output.chunks_exact_mut(n).zip(&self.to[targets]) {
-                reduce_centered_into(o, input, &self.from[0], pj);
+                reduce_centered_into(o, prepared, &self.from[0], pj);
             }
             return;
         }
-        // y_i = x_i · (Q/q_i)^{-1} mod q_i
-        let mut y = vec![0u64; k * n];
-        for (i, qi) in self.from.iter().enumerate() {
-            let (c, cs) = self.q_hat_inv[i];
-            for (d, &x) in y[i * n..(i + 1) * n].iter_mut().zip(&input[i * n..(i + 1) * n]) {
-                *d = qi.mul_shoup(x, c, cs);
-            }
-        }
+        let y: Vec<&[u64]> = prepared.chunks_exact(n).collect();
         for (o, j) in targets.enumerate() {
-            let (pj, w) = (&self.to[j], &self.q_hat_mod_p[j]);
-            let out = &mut output[o * n..(o + 1) * n];
-            for (c, o) in out.iter_mut().enumerate() {
-                let mut acc: u128 = 0;
-                for i in 0..k {
-                    acc += y[i * n + c] as u128 * w[i] as u128;
-                }
-                *o = pj.reduce_u128(acc);
-            }
+            crate::slice::dot_scalar(&mut output[o * n..(o + 1) * n], &y, &self.q_hat_mod_p[j], &self.to[j]);
         }
     }
 }

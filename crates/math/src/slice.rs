@@ -130,6 +130,22 @@ pub fn dot<const K: usize>(mut outs: [&mut [u64]; K], d: &[&[u64]], bs: [&[&[u64
     }
 }
 
+/// `out[i] = Σ_j d[j][i]·w[j] mod q` for constants `w[j] < q` and `k <= 16` terms (the core
+/// of fast basis conversion).
+///
+/// # Panics
+/// If `k > 16` or the lengths differ.
+pub fn dot_scalar(out: &mut [u64], d: &[&[u64]], w: &[u64], q: &Modulus) {
+    assert!(d.len() <= 16 && d.len() == w.len() && d.iter().all(|x| x.len() == out.len()));
+    if q.value() < IFMA_BOUND && crate::ifma::dot_scalar(out, d, w, q.value()) {
+        return;
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        let x = (0..d.len()).fold(0u128, |acc, j| acc + d[j][i] as u128 * w[j] as u128);
+        *o = q.reduce_u128(x);
+    }
+}
+
 /// `dst[i] = src[perm[i]]`: a Galois automorphism applied to NTT slots.
 ///
 /// # Panics
