@@ -44,8 +44,10 @@ const OUTPUT_HEADROOM: f64 = 16.0;
 
 /// How the client packs one image: public, derived from the architecture alone (no weights).
 ///
-/// Ciphertext `t` holds, at slot `i_sub·B + c·P' + p`, the input value read by kernel entry
-/// `i = t·m + i_sub` at output position `p`, for every channel `c < C` (zero elsewhere).
+/// A block of `B = C·P` slots holds, at `c·P + p`, the input value read by one kernel entry at
+/// output position `p`, repeated for every channel `c`. Ciphertext `t` holds the blocks of
+/// kernel entries `t·m … t·m + m - 1` one after the other (`m` the largest power of two with
+/// `m·B <= slots`), zero elsewhere.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InputLayout {
     /// Geometry of the first (convolution) layer.
@@ -54,15 +56,11 @@ pub struct InputLayout {
     pub entries: usize,
     /// Output positions `P`.
     pub positions: usize,
-    /// `P` rounded up to a power of two.
-    pub positions_pad: usize,
     /// Output channels `C`.
     pub channels: usize,
-    /// `C` rounded up to a power of two.
-    pub channels_pad: usize,
-    /// Block size `B = C'·P'` in slots.
+    /// Block size `B = C·P` in slots.
     pub block: usize,
-    /// Kernel entries per ciphertext, `m = slots / B`.
+    /// Kernel entries per ciphertext, `m`.
     pub per_ct: usize,
     /// Number of input ciphertexts, `ceil(K / m)`.
     pub num_cts: usize,
@@ -84,27 +82,15 @@ impl InputLayout {
         let entries = geom.input.c * geom.kernel * geom.kernel;
         let positions = geom.output.h * geom.output.w;
         let channels = geom.output.c;
-        let positions_pad = positions.next_power_of_two();
-        let channels_pad = channels.next_power_of_two();
-        let block = positions_pad * channels_pad;
+        let block = positions * channels;
         if block > slots {
             return Err(PlanError::Layout(format!(
                 "{channels} channels × {positions} positions need {block} slots, ciphertexts have {slots}"
             )));
         }
-        let per_ct = slots / block;
-        Ok(Self {
-            geom,
-            entries,
-            positions,
-            positions_pad,
-            channels,
-            channels_pad,
-            block,
-            per_ct,
-            num_cts: entries.div_ceil(per_ct),
-            slots,
-        })
+        // A power of two, so the blocks fold with log2(m) rotations.
+        let per_ct = 1usize << (slots / block).ilog2();
+        Ok(Self { geom, entries, positions, channels, block, per_ct, num_cts: entries.div_ceil(per_ct), slots })
     }
 
     /// Slot vectors of the input ciphertexts for one normalized image (`c·H·W` values in
@@ -125,16 +111,27 @@ impl InputLayout {
             for p in 0..self.positions {
                 let v = self.geom.source(p, i).map_or(0.0, |s| image[s]);
                 for c in 0..self.channels {
-                    cts[t][i_sub * self.block + c * self.positions_pad + p] = v;
+                    cts[t][i_sub * self.block + c * self.positions + p] = v;
                 }
             }
         }
         Ok(cts)
     }
 
-    /// Slot of feature `f = c·P + p` of the convolution's output (flattened channel-major).
-    fn conv_feature_slot(&self, f: usize) -> usize {
-        (f / self.positions) * self.positions_pad + f % self.positions
+    /// Rotation steps that add the `m` blocks into block 0: `B, 2B, 4B, …`.
+    fn fold_steps(&self) -> Vec<i64> {
+        (0..self.per_ct.ilog2()).map(|t| (self.block << t) as i64).collect()
+    }
+
+    /// Period with which the folded convolution output repeats across the slots: `B` when
+    /// the blocks tile the slots exactly (then every block holds the full sum), otherwise
+    /// the whole slot vector (only block 0 is meaningful).
+    fn output_period(&self) -> usize {
+        if self.per_ct * self.block == self.slots {
+            self.block
+        } else {
+            self.slots
+        }
     }
 }
 
@@ -278,7 +275,7 @@ impl CnnPlan {
                     for c in 0..layout.channels {
                         let w = conv.weight[[c, i]] as f64;
                         for p in 0..layout.positions {
-                            v[i_sub * layout.block + c * layout.positions_pad + p] = w;
+                            v[i_sub * layout.block + c * layout.positions + p] = w;
                         }
                     }
                 }
@@ -292,12 +289,12 @@ impl CnnPlan {
         for blk in 0..layout.per_ct {
             for c in 0..layout.channels {
                 for p in 0..layout.positions {
-                    bias_v[blk * layout.block + c * layout.positions_pad + p] = conv.bias[c] as f64;
+                    bias_v[blk * layout.block + c * layout.positions + p] = conv.bias[c] as f64;
                 }
             }
         }
         let bias = Operand { encoded: encoder.encode_real(&bias_v, level, scale)?, values: bias_v };
-        stages.push(Stage::Conv { weights, bias, fold: fold_steps(layout.block, slots) });
+        stages.push(Stage::Conv { weights, bias, fold: layout.fold_steps() });
 
         // Square.
         stages.push(Stage::Square);
@@ -305,9 +302,8 @@ impl CnnPlan {
         level -= 1;
 
         // Dense layers (with squares between them).
-        let mut period = layout.block; // the input vector is replicated with this period
-        let conv_layout = layout.clone();
-        let mut slot_of: Box<dyn Fn(usize) -> usize> = Box::new(move |f| conv_layout.conv_feature_slot(f));
+        let mut period = layout.output_period(); // the input vector repeats with this period
+
         let mut in_features = layout.channels * layout.positions;
         for (li, l) in layers.iter().enumerate().skip(3) {
             match l {
@@ -328,7 +324,7 @@ impl CnnPlan {
                     // M'[o, col] for col in the input period.
                     let mut col_feature = vec![usize::MAX; n_i];
                     for f in 0..in_features {
-                        col_feature[slot_of(f)] = f;
+                        col_feature[f] = f; // features sit at slots 0..in_features
                     }
                     let m = |o: usize, col: usize| -> f64 {
                         let f = col_feature[col];
@@ -371,7 +367,6 @@ impl CnnPlan {
                     });
                     period = n_o;
                     in_features = *outputs;
-                    slot_of = Box::new(|f| f);
                 }
                 _ => unreachable!("form checked above"),
             }
@@ -425,8 +420,8 @@ impl CnnPlan {
         let mut keys: Vec<(i64, usize)> = Vec::new();
         // The convolution's fold runs after its rescale.
         let mut level = top_level - 1;
-        keys.extend(fold_steps(layout.block, slots).into_iter().map(|s| (s, level)));
-        let mut period = layout.block;
+        keys.extend(layout.fold_steps().into_iter().map(|s| (s, level)));
+        let mut period = layout.output_period();
         for l in &arch.layers[1..] {
             match l {
                 LayerSpec::Square => level -= 1,
