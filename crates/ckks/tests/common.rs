@@ -68,3 +68,19 @@ pub fn small_params() -> Parameters {
     })
     .unwrap()
 }
+
+/// Parameters with the same ring degree as [`small_params`] but other primes (one special
+/// prime instead of two): objects made under them must be refused.
+pub fn other_small_context() -> Arc<Context> {
+    Context::new(
+        &Parameters::new_insecure(ParametersLiteral {
+            log_n: 11,
+            log_q: vec![50, 40, 40, 40],
+            log_p: vec![50],
+            log_default_scale: 40,
+            dnum: None,
+        })
+        .unwrap(),
+    )
+    .unwrap()
+}

@@ -219,17 +219,7 @@ fn objects_of_other_parameters_are_refused() {
     let mut s = setup(small_params(), 8);
     let ct = s.encrypt(&values(4, 1));
     // Same ring degree, other primes: keys carry the parameter fingerprint.
-    let other = Context::new(
-        &Parameters::new_insecure(ParametersLiteral {
-            log_n: 11,
-            log_q: vec![50, 40, 40, 40],
-            log_p: vec![50],
-            log_default_scale: 40,
-            dnum: None,
-        })
-        .unwrap(),
-    )
-    .unwrap();
+    let other = other_small_context();
     let mut other_keys = KeyGenerator::from_seed(&other, [1; 32]);
     let sq3 = s.eval.multiply(&ct, &ct).unwrap();
     let err = s.eval.relinearize(&sq3, &other_keys.relinearization_key()).unwrap_err();

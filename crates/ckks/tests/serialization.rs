@@ -66,17 +66,7 @@ fn wrong_kind_parameters_and_lengths_are_refused() {
     let err = deserialize::<Plaintext>(&bytes, &s.ctx).unwrap_err();
     assert!(err.to_string().contains("this is a ciphertext, expected a plaintext"), "{err}");
     // Other parameters.
-    let other = Context::new(
-        &Parameters::new_insecure(ParametersLiteral {
-            log_n: 11,
-            log_q: vec![50, 40, 40, 40],
-            log_p: vec![50],
-            log_default_scale: 40,
-            dnum: None,
-        })
-        .unwrap(),
-    )
-    .unwrap();
+    let other = other_small_context();
     assert!(matches!(deserialize::<Ciphertext>(&bytes, &other), Err(Error::ParameterMismatch { .. })));
     // Truncated and extended bodies.
     for cut in [0, 10, 46, 47, 100, bytes.len() - 1] {

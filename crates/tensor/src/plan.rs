@@ -189,6 +189,24 @@ impl std::fmt::Debug for CnnPlan {
     }
 }
 
+/// The end of a linear stage: rescale, add the rotations by `fold` (summing blocks), add the
+/// bias.
+fn fold_and_bias(
+    eval: &Evaluator,
+    mut acc: Ciphertext,
+    fold: &[i64],
+    bias: &Plaintext,
+    gk: &GaloisKeys,
+) -> Result<Ciphertext> {
+    eval.rescale_assign(&mut acc)?;
+    for &step in fold {
+        let r = eval.rotate(&acc, step, gk)?;
+        eval.add_assign(&mut acc, &r)?;
+    }
+    eval.add_plain_assign(&mut acc, bias)?;
+    Ok(acc)
+}
+
 fn rotate_vec(v: &[f64], k: i64) -> Vec<f64> {
     let n = v.len() as i64;
     (0..n).map(|j| v[(j + k).rem_euclid(n) as usize]).collect()
@@ -509,13 +527,7 @@ impl CnnPlan {
                     for (ct, w) in inputs.iter().zip(weights).skip(1) {
                         eval.multiply_plain_acc(&mut acc, ct, &w.encoded)?;
                     }
-                    eval.rescale_assign(&mut acc)?;
-                    for &step in fold {
-                        let r = eval.rotate(&acc, step, gk)?;
-                        eval.add_assign(&mut acc, &r)?;
-                    }
-                    eval.add_plain_assign(&mut acc, &bias.encoded)?;
-                    acc
+                    fold_and_bias(eval, acc, fold, &bias.encoded, gk)?
                 }
                 Stage::Square => {
                     let v = x.take().expect("a stage before");
@@ -546,14 +558,8 @@ impl CnnPlan {
                     let inner_refs: Vec<&Ciphertext> = inners.iter().collect();
                     let out =
                         (!inner_refs.is_empty()).then(|| eval.rotate_sum(&inner_refs, &giant_steps, gk)).transpose()?;
-                    let mut acc = out.ok_or_else(|| PlanError::Layout("a dense layer with all-zero weights".into()))?;
-                    eval.rescale_assign(&mut acc)?;
-                    for &step in fold {
-                        let r = eval.rotate(&acc, step, gk)?;
-                        eval.add_assign(&mut acc, &r)?;
-                    }
-                    eval.add_plain_assign(&mut acc, &bias.encoded)?;
-                    acc
+                    let acc = out.ok_or_else(|| PlanError::Layout("a dense layer with all-zero weights".into()))?;
+                    fold_and_bias(eval, acc, fold, &bias.encoded, gk)?
                 }
             });
         }
