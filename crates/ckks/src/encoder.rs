@@ -3,6 +3,7 @@
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::types::Plaintext;
+use blindfold_math::{slice, Modulus};
 use num_complex::Complex64;
 use std::f64::consts::PI;
 use std::sync::Arc;
@@ -161,10 +162,27 @@ impl Encoder {
             )));
         }
         let mut data = vec![0u64; (level + 1) * n];
-        for (i, res) in data.chunks_exact_mut(n).enumerate() {
-            let q = &self.ctx.moduli[i];
-            for (r, &c) in res.iter_mut().zip(&coeffs) {
-                *r = q.reduce_f64(c);
+        if max < (1u64 << 51) as f64 {
+            // Signed coefficients as residues modulo the odd number M = 2^52 - 1; their
+            // centered lift is the coefficient itself, reduced into each prime by the
+            // vectorized centered reduction.
+            let m = Modulus::new((1 << 52) - 1).expect("odd");
+            let lifted: Vec<u64> = coeffs
+                .iter()
+                .map(|&c| {
+                    let v = c as i64;
+                    (v as u64).wrapping_add(m.value() & ((v >> 63) as u64))
+                })
+                .collect();
+            for (i, res) in data.chunks_exact_mut(n).enumerate() {
+                slice::reduce_centered_into(res, &lifted, &m, &self.ctx.moduli[i]);
+            }
+        } else {
+            for (i, res) in data.chunks_exact_mut(n).enumerate() {
+                let q = &self.ctx.moduli[i];
+                for (r, &c) in res.iter_mut().zip(&coeffs) {
+                    *r = q.reduce_f64(c);
+                }
             }
         }
         self.ctx.forward(&mut data);

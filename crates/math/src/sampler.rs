@@ -77,17 +77,23 @@ fn gaussian_cdt() -> [u64; (2 * ERROR_BOUND) as usize] {
 /// cumulative table for every sample.
 pub fn gaussian<R: Rng + ?Sized>(rng: &mut R, n: usize) -> Zeroizing<Vec<i64>> {
     let cdt = gaussian_cdt();
-    let mut out = Zeroizing::new(vec![0i64; n]);
-    for c in out.iter_mut() {
-        let u = rng.next_u64();
-        let mut count = 0i64;
-        for &t in cdt.iter() {
-            // (u >= t) without a branch: the borrow of u - t.
-            let (_, borrow) = u.overflowing_sub(t);
-            count += 1 - borrow as i64;
-        }
-        *c = count - ERROR_BOUND;
+    let mut words = Zeroizing::new(vec![0u64; n]);
+    for w in words.iter_mut() {
+        *w = rng.next_u64();
     }
+    let mut out = Zeroizing::new(vec![-ERROR_BOUND; n]);
+    // Table entry by table entry across all samples, so the comparisons vectorize.
+    pulp::Arch::new().dispatch(
+        #[inline(always)]
+        || {
+            for &t in cdt.iter() {
+                for (c, &u) in out.iter_mut().zip(words.iter()) {
+                    // (u >= t) without a branch.
+                    *c += (u >= t) as i64;
+                }
+            }
+        },
+    );
     out
 }
 
@@ -122,8 +128,22 @@ pub fn uniform_mod<R: Rng + ?Sized>(rng: &mut R, q: &Modulus, out: &mut [u64]) {
 
 /// Writes small signed integers into a residue slice modulo `q`, branch-free.
 pub fn small_to_residues(values: &[i64], q: &Modulus, out: &mut [u64]) {
-    for (o, &v) in out.iter_mut().zip(values) {
-        *o = q.reduce_i64(v);
+    let qv = q.value();
+    let bound = values.iter().fold(0u64, |m, v| m.max(v.unsigned_abs()));
+    if bound < qv {
+        // |v| < q: add q to negative values, with a mask (vectorizes, no branch on the value).
+        pulp::Arch::new().dispatch(
+            #[inline(always)]
+            || {
+                for (o, &v) in out.iter_mut().zip(values) {
+                    *o = (v as u64).wrapping_add(qv & ((v >> 63) as u64));
+                }
+            },
+        );
+    } else {
+        for (o, &v) in out.iter_mut().zip(values) {
+            *o = q.reduce_i64(v);
+        }
     }
 }
 
