@@ -18,6 +18,7 @@ fn main() -> Result<()> {
     let pk = keygen.public_key();
     let rlk = keygen.relinearization_key();
     let gk = keygen.galois_keys(&[1], false);
+    let gk8 = keygen.galois_keys(&[1, 2, 3, 4, 5, 6, 7, 8], false);
     let encoder = Encoder::new(&ctx);
     let pt = encoder.encode_real(&[0.5; 16], ctx.max_level(), params.default_scale())?;
     let mut enc = Encryptor::with_public_key(&ctx, &pk)?;
@@ -29,6 +30,7 @@ fn main() -> Result<()> {
         match op {
             "relinearize" => drop(eval.relinearize(&prod, &rlk)?),
             "rotate" => drop(eval.rotate(&ct, 1, &gk)?),
+            "hoisted" => drop(eval.rotate_hoisted(&ct, &[1, 2, 3, 4, 5, 6, 7, 8], &gk8)?),
             "rescale" => drop(eval.rescale(&ct)?),
             "encrypt" => drop(enc.encrypt(&pt)?),
             "encode" => drop(encoder.encode_real(&[0.5; 4096], ctx.max_level(), params.default_scale())?),

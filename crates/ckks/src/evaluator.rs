@@ -3,7 +3,7 @@
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::keys::{GaloisKeys, KeySwitchingKey, RelinearizationKey};
-use crate::scratch::Scratch;
+use crate::scratch::{self, Scratch};
 use crate::types::{Ciphertext, Plaintext};
 use blindfold_math::slice;
 use std::sync::Arc;
@@ -19,6 +19,14 @@ pub struct Decomposed {
     level: usize,
     /// Each digit over `Q_level ∪ P` in NTT form, `(level + 1 + α)·N` words.
     digits: Vec<Vec<u64>>,
+}
+
+impl Drop for Decomposed {
+    fn drop(&mut self) {
+        for d in self.digits.drain(..) {
+            scratch::recycle(d);
+        }
+    }
 }
 
 /// Evaluates homomorphic operations. Holds only public material (the context); keys are
@@ -314,7 +322,7 @@ impl Evaluator {
             }
         }
         let len = a.parts[0].len();
-        let (mut d0, mut d1, mut d2) = (vec![0u64; len], vec![0u64; len], vec![0u64; len]);
+        let (mut d0, mut d1, mut d2) = (scratch::vec_zeroed(len), scratch::vec_zeroed(len), scratch::vec_zeroed(len));
         for (i, r) in self.residues(a.level) {
             let (a0, a1) = (&a.parts[0][r.clone()], &a.parts[1][r.clone()]);
             let (b0, b1) = (&b.parts[0][r.clone()], &b.parts[1][r.clone()]);
@@ -339,7 +347,7 @@ impl Evaluator {
             return Err(Error::CiphertextSize { op: "square", expected: 2, actual: a.parts.len() });
         }
         let len = a.parts[0].len();
-        let (mut d0, mut d1, mut d2) = (vec![0u64; len], vec![0u64; len], vec![0u64; len]);
+        let (mut d0, mut d1, mut d2) = (scratch::vec_zeroed(len), scratch::vec_zeroed(len), scratch::vec_zeroed(len));
         for (i, r) in self.residues(a.level) {
             let (a0, a1) = (&a.parts[0][r.clone()], &a.parts[1][r.clone()]);
             let op = &self.ctx.ntt[i];
@@ -411,7 +419,8 @@ impl Evaluator {
             .parts
             .iter()
             .map(|p| {
-                let mut out = p[..l * n].to_vec();
+                let mut out = scratch::vec_overwritten(l * n);
+                out.copy_from_slice(&p[..l * n]);
                 self.rescale_poly(&p[l * n..], &mut out, l);
                 out
             })
@@ -515,13 +524,13 @@ impl Evaluator {
         let (key, perm) = gk.get(g)?;
         self.check_key(key, "Galois key", a.level)?;
         let len = a.parts[0].len();
-        let mut c0 = vec![0u64; len];
+        let mut c0 = scratch::vec_zeroed(len);
         let mut c1 = Scratch::overwritten(len);
         for (_, r) in self.residues(a.level) {
             slice::permute_into(&mut c0[r.clone()], &a.parts[0][r.clone()], perm);
             slice::permute_into(&mut c1[r.clone()], &a.parts[1][r], perm);
         }
-        let mut out = Ciphertext { parts: vec![c0, vec![0u64; len]], level: a.level, scale: a.scale };
+        let mut out = Ciphertext { parts: vec![c0, scratch::vec_zeroed(len)], level: a.level, scale: a.scale };
         self.key_switch_add(&c1, a.level, key, &mut out);
         Ok(out)
     }
@@ -590,11 +599,11 @@ impl Evaluator {
             self.dot_key(&mut acc0[r.clone()], &mut acc1[r], &d, key, level, pos);
         }
         let len = (level + 1) * n;
-        let mut c0 = vec![0u64; len];
+        let mut c0 = scratch::vec_zeroed(len);
         for (_, r) in self.residues(level) {
             slice::permute_into(&mut c0[r.clone()], &a.parts[0][r], perm);
         }
-        let mut out = Ciphertext { parts: vec![c0, vec![0u64; len]], level, scale: a.scale };
+        let mut out = Ciphertext { parts: vec![c0, scratch::vec_zeroed(len)], level, scale: a.scale };
         self.mod_down_add(&mut acc0, level, &mut out.parts[0]);
         self.mod_down_add(&mut acc1, level, &mut out.parts[1]);
         Ok(out)
@@ -647,7 +656,7 @@ impl Evaluator {
         let coeff = self.prepared_coefficients(c, level);
         let digits = (0..ctx.decompose[level].len())
             .map(|j| {
-                let mut digit = vec![0u64; ext * n];
+                let mut digit = scratch::vec_overwritten(ext * n);
                 for (pos, out) in digit.chunks_exact_mut(n).enumerate() {
                     self.digit_residue(&coeff, c, level, j, pos, out);
                 }
@@ -762,7 +771,8 @@ impl Evaluator {
         let level = first.level;
         let len = (level + 1) * n;
         let ext = (level + 1 + ctx.num_special()) * n;
-        let mut out = Ciphertext { parts: vec![vec![0u64; len], vec![0u64; len]], level, scale: first.scale };
+        let mut out =
+            Ciphertext { parts: vec![scratch::vec_zeroed(len), scratch::vec_zeroed(len)], level, scale: first.scale };
         let mut acc0 = Scratch::overwritten(ext);
         let mut acc1 = Scratch::overwritten(ext);
         let mut switched = false;
@@ -819,7 +829,11 @@ impl Evaluator {
         }
         let level = c0.level;
         let len = (level + 1) * self.ctx.n();
-        let mut out = Ciphertext { parts: vec![vec![0u64; len], vec![0u64; len]], level, scale: c0.scale * p0.scale };
+        let mut out = Ciphertext {
+            parts: vec![scratch::vec_zeroed(len), scratch::vec_zeroed(len)],
+            level,
+            scale: c0.scale * p0.scale,
+        };
         let mut tmp = Scratch::overwritten(2 * self.ctx.n());
         for (chunk_i, (cc, pc)) in cts.chunks(16).zip(pts.chunks(16)).enumerate() {
             for (i, r) in self.residues(level) {

@@ -8,11 +8,11 @@ thread_local! {
 }
 
 /// At most this many idle buffers are kept per thread.
-const MAX_POOLED: usize = 16;
+const MAX_POOLED: usize = 48;
 
 /// A buffer borrowed from the current thread's pool; returned to it on drop. Only public
-/// data (ciphertexts, evaluation keys) passes through these buffers: secret-key operations
-/// never use them.
+/// data (ciphertexts, evaluation keys) passes through the pool: secret-key operations,
+/// plaintexts and keys never use it.
 pub(crate) struct Scratch(Vec<u64>);
 
 /// The smallest pooled buffer with capacity for `len` words (so buffers are not regrown,
@@ -27,6 +27,37 @@ fn take(len: usize) -> Vec<u64> {
             None => Vec::with_capacity(len),
         }
     })
+}
+
+/// A vector of `len` words with unspecified contents (stale ciphertext data, never
+/// uninitialized memory), from the pool when one fits: for outputs that are fully written.
+pub(crate) fn vec_overwritten(len: usize) -> Vec<u64> {
+    let mut v = take(len);
+    v.resize(len, 0);
+    v
+}
+
+/// A vector of `len` zeros, from the pool when one fits.
+pub(crate) fn vec_zeroed(len: usize) -> Vec<u64> {
+    let mut v = take(len);
+    v.clear();
+    v.resize(len, 0);
+    v
+}
+
+/// Returns a ciphertext polynomial's buffer to the pool (dropped if the pool is full).
+/// Reusing buffers avoids the page faults of fresh allocations, which the allocator would
+/// otherwise return to the operating system and take back on every operation.
+pub(crate) fn recycle(v: Vec<u64>) {
+    if v.capacity() == 0 {
+        return;
+    }
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < MAX_POOLED {
+            p.push(v);
+        }
+    });
 }
 
 impl Scratch {
@@ -49,13 +80,7 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let v = std::mem::take(&mut self.0);
-        POOL.with(|p| {
-            let mut p = p.borrow_mut();
-            if p.len() < MAX_POOLED {
-                p.push(v);
-            }
-        });
+        recycle(std::mem::take(&mut self.0));
     }
 }
 

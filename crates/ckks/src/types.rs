@@ -28,7 +28,7 @@ impl Plaintext {
 /// A ciphertext of size 3 is the unrelinearized output of [`crate::Evaluator::multiply`].
 /// The scale is tracked exactly as a real number: after rescaling by a prime `q` it is
 /// `Δ/q`, never rounded to a power of two.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Debug, PartialEq)]
 pub struct Ciphertext {
     pub(crate) parts: Vec<Vec<u64>>,
     pub(crate) level: usize,
@@ -54,5 +54,29 @@ impl Ciphertext {
     /// scale themselves (e.g. after a multiplication by an integer constant).
     pub fn set_scale(&mut self, scale: f64) {
         self.scale = scale;
+    }
+}
+
+impl Clone for Ciphertext {
+    fn clone(&self) -> Self {
+        let parts = self
+            .parts
+            .iter()
+            .map(|p| {
+                let mut v = crate::scratch::vec_overwritten(p.len());
+                v.copy_from_slice(p);
+                v
+            })
+            .collect();
+        Self { parts, level: self.level, scale: self.scale }
+    }
+}
+
+impl Drop for Ciphertext {
+    /// Ciphertext buffers go back to the thread's pool for the next operation's output.
+    fn drop(&mut self) {
+        for p in self.parts.drain(..) {
+            crate::scratch::recycle(p);
+        }
     }
 }
