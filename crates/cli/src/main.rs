@@ -101,7 +101,7 @@ struct DataArgs {
     #[arg(long, default_value = "fashion-mnist")]
     dataset: Dataset,
     /// Directory with the four IDX files (.gz or raw). Default: Fashion-MNIST from Debian's
-    /// dataset-fashion-mnist package, ../shared/data/<dataset> otherwise.
+    /// dataset-fashion-mnist package, `../shared/data/DATASET` otherwise.
     #[arg(long)]
     data_dir: Option<PathBuf>,
 }
