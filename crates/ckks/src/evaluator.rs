@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::keys::{GaloisKeys, KeySwitchingKey, RelinearizationKey};
 use crate::scratch::{self, Scratch};
 use crate::types::{Ciphertext, Plaintext};
-use blindfold_math::slice;
+use blindfold_math::{slice, Modulus};
 use std::sync::Arc;
 
 /// Scales equal up to floating-point rounding (relative 2^-40).
@@ -115,16 +115,28 @@ impl Evaluator {
     /// # Errors
     /// [`Error::LevelMismatch`], [`Error::ScaleMismatch`].
     pub fn add_assign(&self, a: &mut Ciphertext, b: &Ciphertext) -> Result<()> {
+        self.combine("add", a, b, slice::add_assign)
+    }
+
+    /// `a = a ∘ b` polynomial by polynomial for a residue-wise `kernel` (addition or
+    /// subtraction), after the shape, level and scale checks; sizes may differ.
+    fn combine(
+        &self,
+        op: &'static str,
+        a: &mut Ciphertext,
+        b: &Ciphertext,
+        kernel: fn(&mut [u64], &[u64], &Modulus),
+    ) -> Result<()> {
         self.check(a)?;
         self.check(b)?;
-        Self::same_level("add", a.level, b.level)?;
-        Self::same_scale("add", a.scale, b.scale)?;
+        Self::same_level(op, a.level, b.level)?;
+        Self::same_scale(op, a.scale, b.scale)?;
         while a.parts.len() < b.parts.len() {
-            a.parts.push(vec![0; a.parts[0].len()]);
+            a.parts.push(scratch::vec_zeroed(a.parts[0].len()));
         }
         for (pa, pb) in a.parts.iter_mut().zip(&b.parts) {
             for (i, r) in self.residues(a.level) {
-                slice::add_assign(&mut pa[r.clone()], &pb[r], &self.ctx.moduli[i]);
+                kernel(&mut pa[r.clone()], &pb[r], &self.ctx.moduli[i]);
             }
         }
         Ok(())
@@ -145,19 +157,7 @@ impl Evaluator {
     /// # Errors
     /// [`Error::LevelMismatch`], [`Error::ScaleMismatch`].
     pub fn sub_assign(&self, a: &mut Ciphertext, b: &Ciphertext) -> Result<()> {
-        self.check(a)?;
-        self.check(b)?;
-        Self::same_level("sub", a.level, b.level)?;
-        Self::same_scale("sub", a.scale, b.scale)?;
-        while a.parts.len() < b.parts.len() {
-            a.parts.push(vec![0; a.parts[0].len()]);
-        }
-        for (pa, pb) in a.parts.iter_mut().zip(&b.parts) {
-            for (i, r) in self.residues(a.level) {
-                slice::sub_assign(&mut pa[r.clone()], &pb[r], &self.ctx.moduli[i]);
-            }
-        }
-        Ok(())
+        self.combine("sub", a, b, slice::sub_assign)
     }
 
     /// `a - b` slot-wise.
