@@ -346,17 +346,7 @@ impl Evaluator {
         if a.parts.len() != 2 {
             return Err(Error::CiphertextSize { op: "square", expected: 2, actual: a.parts.len() });
         }
-        let len = a.parts[0].len();
-        let (mut d0, mut d1, mut d2) = (scratch::vec_zeroed(len), scratch::vec_zeroed(len), scratch::vec_zeroed(len));
-        for (i, r) in self.residues(a.level) {
-            let (a0, a1) = (&a.parts[0][r.clone()], &a.parts[1][r.clone()]);
-            let op = &self.ctx.ntt[i];
-            op.mul_acc(&mut d0[r.clone()], a0, a0);
-            op.mul_acc(&mut d1[r.clone()], a0, a1);
-            op.mul_acc(&mut d1[r.clone()], a0, a1);
-            op.mul_acc(&mut d2[r], a1, a1);
-        }
-        Ok(Ciphertext { parts: vec![d0, d1, d2], level: a.level, scale: a.scale * a.scale })
+        self.multiply(a, a)
     }
 
     /// Relinearizes a size-3 ciphertext back to size 2 with the relinearization key (hybrid
