@@ -30,6 +30,7 @@ fn main() -> Result<()> {
         match op {
             "relinearize" => drop(eval.relinearize(&prod, &rlk)?),
             "rotate" => drop(eval.rotate(&ct, 1, &gk)?),
+            "hoisted1" => drop(eval.rotate_hoisted(&ct, &[1], &gk)?),
             "hoisted" => drop(eval.rotate_hoisted(&ct, &[1, 2, 3, 4, 5, 6, 7, 8], &gk8)?),
             "rescale" => drop(eval.rescale(&ct)?),
             "encrypt" => drop(enc.encrypt(&pt)?),

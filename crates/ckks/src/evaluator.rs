@@ -514,7 +514,7 @@ impl Evaluator {
         let (key, perm) = gk.get(g)?;
         self.check_key(key, "Galois key", a.level)?;
         let len = a.parts[0].len();
-        let mut c0 = scratch::vec_zeroed(len);
+        let mut c0 = scratch::vec_overwritten(len);
         let mut c1 = Scratch::overwritten(len);
         for (_, r) in self.residues(a.level) {
             slice::permute_into(&mut c0[r.clone()], &a.parts[0][r.clone()], perm);
@@ -589,7 +589,7 @@ impl Evaluator {
             self.dot_key(&mut acc0[r.clone()], &mut acc1[r], &d, key, level, pos);
         }
         let len = (level + 1) * n;
-        let mut c0 = scratch::vec_zeroed(len);
+        let mut c0 = scratch::vec_overwritten(len);
         for (_, r) in self.residues(level) {
             slice::permute_into(&mut c0[r.clone()], &a.parts[0][r], perm);
         }
@@ -679,13 +679,83 @@ impl Evaluator {
 
     /// Key-switches `c` (NTT, level `l`) with `key` and adds the result to `out`'s first two
     /// polynomials.
+    ///
+    /// The special primes' products come first and go back to coefficients; then each
+    /// `q_i` in turn gets its products, its share of the ModDown and its output residue, so
+    /// the products over `Q_l` never exist in full (the working set stays in cache).
     fn key_switch_add(&self, c: &[u64], level: usize, key: &KeySwitchingKey, out: &mut Ciphertext) {
-        let ext = (level + 1 + self.ctx.num_special()) * self.ctx.n();
-        let mut acc0 = Scratch::overwritten(ext);
-        let mut acc1 = Scratch::overwritten(ext);
-        self.key_switch_ext(c, level, key, &mut acc0, &mut acc1, false);
-        self.mod_down_add(&mut acc0, level, &mut out.parts[0]);
-        self.mod_down_add(&mut acc1, level, &mut out.parts[1]);
+        let ctx = &self.ctx;
+        let n = ctx.n();
+        let special = ctx.num_special();
+        let coeff = self.prepared_coefficients(c, level);
+        let mut residues = Scratch::overwritten(ctx.decompose[level].len() * n);
+        let mut p_part = Scratch::overwritten(2 * special * n);
+        {
+            let (p0, p1) = p_part.split_at_mut(special * n);
+            for k in 0..special {
+                let r = k * n..(k + 1) * n;
+                self.digit_products(
+                    &coeff,
+                    c,
+                    level,
+                    key,
+                    level + 1 + k,
+                    &mut residues,
+                    &mut p0[r.clone()],
+                    &mut p1[r.clone()],
+                );
+                ctx.ntt[ctx.special_index(k)].backward(&mut p0[r.clone()]);
+                ctx.ntt[ctx.special_index(k)].backward(&mut p1[r]);
+            }
+        }
+        let mut prepared = Scratch::overwritten(2 * special * n);
+        let conv = &ctx.mod_down[level];
+        for (src, dst) in p_part.chunks_exact(special * n).zip(prepared.chunks_exact_mut(special * n)) {
+            conv.prepare(src, dst);
+        }
+        let mut tmp = Scratch::overwritten(4 * n);
+        let (t, v) = tmp.split_at_mut(2 * n);
+        for (i, r) in self.residues(level) {
+            let (t0, t1) = t.split_at_mut(n);
+            self.digit_products(&coeff, c, level, key, i, &mut residues, t0, t1);
+            let q = &ctx.moduli[i];
+            for (part, (ti, prep)) in [&*t0, &*t1].into_iter().zip(prepared.chunks_exact(special * n)).enumerate() {
+                let vi = &mut v[..n];
+                conv.convert_prepared(prep, i..i + 1, vi);
+                ctx.ntt[i].forward(vi);
+                slice::add_sub_mul_scalar_assign(&mut out.parts[part][r.clone()], ti, vi, ctx.p_inv_mod_q[i], q);
+            }
+        }
+    }
+
+    /// The key products at extended position `pos`: `out0 = Σ_j d_j·b_j`, `out1 = Σ_j d_j·a_j`
+    /// over the digits `d_j` of `c` there (borrowed from `c` for the digit holding `q_pos`,
+    /// otherwise basis-extended into `residues` and transformed).
+    #[allow(clippy::too_many_arguments)]
+    fn digit_products(
+        &self,
+        coeff: &[u64],
+        c: &[u64],
+        level: usize,
+        key: &KeySwitchingKey,
+        pos: usize,
+        residues: &mut [u64],
+        out0: &mut [u64],
+        out1: &mut [u64],
+    ) {
+        let n = self.ctx.n();
+        let own = (pos <= level).then_some(pos / self.ctx.params().alpha());
+        for (j, r) in residues.chunks_exact_mut(n).enumerate() {
+            if Some(j) != own {
+                self.digit_residue(coeff, c, level, j, pos, r);
+            }
+        }
+        let d: Vec<&[u64]> = residues
+            .chunks_exact(n)
+            .enumerate()
+            .map(|(j, r)| if Some(j) == own { &c[pos * n..(pos + 1) * n] } else { r })
+            .collect();
+        self.dot_key(out0, out1, &d, key, level, pos);
     }
 
     /// The inner products of `c`'s digits with `key`, over `Q_l ∪ P` before the division by
@@ -708,29 +778,16 @@ impl Evaluator {
         let coeff = self.prepared_coefficients(c, level);
         let mut residues = Scratch::overwritten(digits * n);
         let mut tmp = Scratch::overwritten(if accumulate { 2 * n } else { 0 });
-        let alpha_d = ctx.params().alpha();
         for pos in 0..ext {
-            // The digit containing q_pos is c's own residue there: borrowed, not copied.
-            let own = (pos <= level).then_some(pos / alpha_d);
-            for (j, r) in residues.chunks_exact_mut(n).enumerate() {
-                if Some(j) != own {
-                    self.digit_residue(&coeff, c, level, j, pos, r);
-                }
-            }
-            let d: Vec<&[u64]> = residues
-                .chunks_exact(n)
-                .enumerate()
-                .map(|(j, r)| if Some(j) == own { &c[pos * n..(pos + 1) * n] } else { r })
-                .collect();
             let r = pos * n..(pos + 1) * n;
             if accumulate {
                 let (t0, t1) = tmp.split_at_mut(n);
-                self.dot_key(t0, t1, &d, key, level, pos);
+                self.digit_products(&coeff, c, level, key, pos, &mut residues, t0, t1);
                 let q = &ctx.moduli[ctx.extended_to_full(level, pos)];
                 slice::add_assign(&mut acc0[r.clone()], t0, q);
                 slice::add_assign(&mut acc1[r], t1, q);
             } else {
-                self.dot_key(&mut acc0[r.clone()], &mut acc1[r], &d, key, level, pos);
+                self.digit_products(&coeff, c, level, key, pos, &mut residues, &mut acc0[r.clone()], &mut acc1[r]);
             }
         }
     }
