@@ -3,12 +3,13 @@
 //! (two special primes).
 //!
 //! Run: `cargo bench -p blindfold-ckks --bench ops`; CI runs each once with `-- --test`.
+//! `BENCH_THREADS=2` runs the operations on two threads each (group names get `_t2`).
 //! Figures and machine: BENCHMARKS.md.
 
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use blindfold_ckks::*;
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 use std::hint::black_box;
 
 fn bench_preset(c: &mut Criterion, preset: Preset) {
@@ -29,7 +30,8 @@ fn bench_preset(c: &mut Criterion, preset: Preset) {
     let ct = encryptor.encrypt(&pt).unwrap();
     let ct2 = encryptor.encrypt(&pt).unwrap();
     let prod = eval.multiply(&ct, &ct2).unwrap();
-    let name = format!("N{}_L{level}", params.n());
+        let threads = rayon::current_num_threads();
+    let name = if threads == 1 { format!("N{}_L{level}", params.n()) } else { format!("N{}_L{level}_t{threads}", params.n()) };
     let mut g = c.benchmark_group(name);
     // In-place forms where SEAL's benchmark uses them (add_inplace, multiply_plain_inplace,
     // rescale_to_next_inplace, relinearize_inplace); allocating forms for comparison.
@@ -78,4 +80,11 @@ criterion_group! {
     config = Criterion::default().sample_size(30).warm_up_time(std::time::Duration::from_millis(500)).measurement_time(std::time::Duration::from_secs(2));
     targets = benches
 }
-criterion_main!(ops);
+/// `criterion_main!`, with the benchmarks run inside a thread pool of `BENCH_THREADS`
+/// threads (default 1): the evaluator's parallel loops then run on the caller's thread.
+fn main() {
+    let threads = std::env::var("BENCH_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
+    pool.install(ops);
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -3,6 +3,7 @@
 use crate::error::{Error, Result};
 use crate::params::Parameters;
 use blindfold_math::{BasisConverter, Modulus, NttOperator};
+use rayon::prelude::*;
 use std::sync::Arc;
 
 /// Everything derived from [`Parameters`] that the encoder, key generator, encryptor,
@@ -149,20 +150,9 @@ impl Context {
         }
     }
 
-    /// Forward NTT of every residue of a polynomial with residues `0..=level`.
-    pub(crate) fn forward(&self, poly: &mut [u64]) {
-        let n = self.n();
-        for (i, r) in poly.chunks_exact_mut(n).enumerate() {
-            self.ntt[i].forward(r);
-        }
-    }
-
     /// Inverse NTT of every residue of a polynomial with residues `0..=level`.
     pub(crate) fn backward(&self, poly: &mut [u64]) {
-        let n = self.n();
-        for (i, r) in poly.chunks_exact_mut(n).enumerate() {
-            self.ntt[i].backward(r);
-        }
+        poly.par_chunks_exact_mut(self.n()).enumerate().for_each(|(i, r)| self.ntt[i].backward(r));
     }
 
     /// Galois element of a rotation of the slots to the left by `step` (negative: right).

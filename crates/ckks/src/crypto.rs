@@ -6,6 +6,7 @@ use crate::keys::{expand_uniform, fresh_seed, small_to_ntt, PublicKey, SecretKey
 use crate::types::{Ciphertext, Plaintext};
 use blindfold_math::{sampler, slice};
 use rand_chacha::ChaCha20Rng;
+use rayon::prelude::*;
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
@@ -99,22 +100,44 @@ impl Encryptor {
     /// [`Error::InvalidArgument`] if this encryptor has no secret key.
     pub fn encrypt_symmetric(&mut self, pt: &Plaintext) -> Result<SeededCiphertext> {
         let sk = self.sk.as_ref().ok_or_else(|| Error::InvalidArgument("encryptor has no secret key".into()))?;
-        let ctx = &self.ctx;
-        let n = ctx.n();
-        let level = pt.level;
         let seed = fresh_seed(&mut self.rng);
-        let a = expand_uniform(ctx, &seed, 0..=level);
-        let e = sampler::gaussian(&mut self.rng, n);
-        let mut c0 = small_to_ntt(ctx, &e, 0..=level).to_vec();
-        let mut prod = vec![0u64; n];
-        for i in 0..=level {
-            let r = i * n..(i + 1) * n;
-            ctx.ntt[i].mul(&mut prod, &a[r.clone()], &sk.ntt[r.clone()]);
-            slice::sub_assign(&mut c0[r.clone()], &prod, &ctx.moduli[i]);
-            slice::add_assign(&mut c0[r.clone()], &pt.data[r], &ctx.moduli[i]);
-        }
-        Ok(SeededCiphertext { c0, seed, level, scale: pt.scale })
+        Ok(encrypt_seeded(sk, pt, seed, &mut self.rng))
     }
+
+    /// [`Encryptor::encrypt_symmetric`] of several plaintexts, in parallel: each gets its own
+    /// seed and its own noise generator, both drawn from this encryptor's generator.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if this encryptor has no secret key.
+    pub fn encrypt_symmetric_batch(&mut self, pts: &[Plaintext]) -> Result<Vec<SeededCiphertext>> {
+        let sk = self.sk.as_ref().ok_or_else(|| Error::InvalidArgument("encryptor has no secret key".into()))?;
+        let seeds: Vec<([u8; 32], Zeroizing<[u8; 32]>)> =
+            pts.iter().map(|_| (fresh_seed(&mut self.rng), Zeroizing::new(fresh_seed(&mut self.rng)))).collect();
+        Ok(pts
+            .par_iter()
+            .zip(seeds)
+            .map(|(pt, (seed, noise_seed))| encrypt_seeded(sk, pt, seed, &mut sampler::seeded_rng(*noise_seed)))
+            .collect())
+    }
+}
+
+/// `(-a·s + e + m, seed)` with `a` expanded from `seed` and `e` drawn from `rng`.
+fn encrypt_seeded(sk: &SecretKey, pt: &Plaintext, seed: [u8; 32], rng: &mut ChaCha20Rng) -> SeededCiphertext {
+    let ctx = &sk.ctx;
+    let n = ctx.n();
+    let level = pt.level;
+    let a = expand_uniform(ctx, &seed, 0..=level);
+    let e = Zeroizing::new(sampler::gaussian(rng, n));
+    // c0 starts as the noise (secret) and is public once a·s and the message are in.
+    let mut c0 = std::mem::take(&mut *small_to_ntt(ctx, &e, 0..=level));
+    c0.par_chunks_exact_mut(n).enumerate().for_each(|(i, c)| {
+        let r = i * n..(i + 1) * n;
+        let mut prod = Zeroizing::new(vec![0u64; n]); // a·s: secret
+        ctx.ntt[i].mul(&mut prod, &a[r.clone()], &sk.ntt[r.clone()]);
+        slice::sub_assign(c, &prod, &ctx.moduli[i]);
+        slice::add_assign(c, &pt.data[r], &ctx.moduli[i]);
+    });
+    SeededCiphertext { c0, seed, level, scale: pt.scale }
 }
 
 /// Decrypts ciphertexts with the secret key (client side).

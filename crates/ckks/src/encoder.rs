@@ -6,6 +6,7 @@ use crate::types::Plaintext;
 use blindfold_math::{slice, Modulus};
 use num_complex::Complex64;
 use std::f64::consts::PI;
+use rayon::prelude::*;
 use std::sync::Arc;
 
 /// Encodes vectors of up to `N/2` complex numbers into plaintext polynomials and back.
@@ -17,10 +18,10 @@ use std::sync::Arc;
 #[derive(Clone, Debug)]
 pub struct Encoder {
     ctx: Arc<Context>,
-    /// `5^j mod 2N`.
-    rot_group: Vec<usize>,
-    /// `exp(2πi k / 2N)` for `k = 0..=2N`.
-    ksi: Vec<Complex64>,
+    /// Twiddle factors of the special FFT, stage by stage: for the butterflies of length
+    /// `len` (half `h = len/2`), entries `h-1 .. len-1` hold `ζ_len^{5^j mod 4len}` for `j < h`,
+    /// with `ζ_len = exp(2πi/4len)`. The inverse FFT uses their conjugates.
+    twiddles: Vec<Complex64>,
 }
 
 fn bit_reverse<T>(v: &mut [T]) {
@@ -42,16 +43,19 @@ fn bit_reverse<T>(v: &mut [T]) {
 impl Encoder {
     /// An encoder for the context's ring.
     pub fn new(ctx: &Arc<Context>) -> Self {
-        let n = ctx.n();
-        let m = 2 * n;
-        let mut rot_group = Vec::with_capacity(n / 2);
-        let mut g = 1usize;
-        for _ in 0..n / 2 {
-            rot_group.push(g);
-            g = g * 5 % m;
+        let slots = ctx.n() / 2;
+        let mut twiddles = Vec::with_capacity(slots);
+        let mut len = 2;
+        while len <= slots {
+            let lenq = 4 * len;
+            let mut g = 1usize; // 5^j mod 4len
+            for _ in 0..len / 2 {
+                twiddles.push(Complex64::from_polar(1.0, 2.0 * PI * g as f64 / lenq as f64));
+                g = g * 5 % lenq;
+            }
+            len <<= 1;
         }
-        let ksi = (0..=m).map(|k| Complex64::from_polar(1.0, 2.0 * PI * k as f64 / m as f64)).collect();
-        Self { ctx: ctx.clone(), rot_group, ksi }
+        Self { ctx: ctx.clone(), twiddles }
     }
 
     /// Number of slots, `N/2`.
@@ -62,22 +66,20 @@ impl Encoder {
     /// Slot values → "coefficients" (complex form), in place: the inverse special FFT.
     fn fft_special_inv(&self, vals: &mut [Complex64]) {
         let size = vals.len();
-        let m = 2 * self.ctx.n();
+        debug_assert_eq!(size, self.slots());
         let mut len = size;
         while len >= 2 {
-            let lenh = len >> 1;
-            let lenq = len << 2;
-            let gap = m / lenq;
-            for i in (0..size).step_by(len) {
-                for j in 0..lenh {
-                    let idx = (lenq - (self.rot_group[j] % lenq)) * gap;
-                    let u = vals[i + j] + vals[i + j + lenh];
-                    let v = (vals[i + j] - vals[i + j + lenh]) * self.ksi[idx];
-                    vals[i + j] = u;
-                    vals[i + j + lenh] = v;
+            let lenh = len / 2;
+            let tw = &self.twiddles[lenh - 1..len - 1];
+            for chunk in vals.chunks_exact_mut(len) {
+                let (lo, hi) = chunk.split_at_mut(lenh);
+                for ((x, y), w) in lo.iter_mut().zip(hi.iter_mut()).zip(tw) {
+                    let (u, v) = (*x + *y, (*x - *y) * w.conj());
+                    *x = u;
+                    *y = v;
                 }
             }
-            len >>= 1;
+            len = lenh;
         }
         bit_reverse(vals);
         let inv = 1.0 / size as f64;
@@ -89,20 +91,18 @@ impl Encoder {
     /// "Coefficients" (complex form) → slot values, in place: the special FFT.
     fn fft_special(&self, vals: &mut [Complex64]) {
         let size = vals.len();
-        let m = 2 * self.ctx.n();
+        debug_assert_eq!(size, self.slots());
         bit_reverse(vals);
         let mut len = 2;
         while len <= size {
-            let lenh = len >> 1;
-            let lenq = len << 2;
-            let gap = m / lenq;
-            for i in (0..size).step_by(len) {
-                for j in 0..lenh {
-                    let idx = (self.rot_group[j] % lenq) * gap;
-                    let u = vals[i + j];
-                    let v = vals[i + j + lenh] * self.ksi[idx];
-                    vals[i + j] = u + v;
-                    vals[i + j + lenh] = u - v;
+            let lenh = len / 2;
+            let tw = &self.twiddles[lenh - 1..len - 1];
+            for chunk in vals.chunks_exact_mut(len) {
+                let (lo, hi) = chunk.split_at_mut(lenh);
+                for ((x, y), w) in lo.iter_mut().zip(hi.iter_mut()).zip(tw) {
+                    let (u, v) = (*x, *y * w);
+                    *x = u + v;
+                    *y = u - v;
                 }
             }
             len <<= 1;
@@ -174,18 +174,19 @@ impl Encoder {
                     (v as u64).wrapping_add(m.value() & ((v >> 63) as u64))
                 })
                 .collect();
-            for (i, res) in data.chunks_exact_mut(n).enumerate() {
+                        data.par_chunks_exact_mut(n).enumerate().for_each(|(i, res)| {
                 slice::reduce_centered_into(res, &lifted, &m, &self.ctx.moduli[i]);
-            }
+                self.ctx.ntt[i].forward(res);
+            });
         } else {
-            for (i, res) in data.chunks_exact_mut(n).enumerate() {
+            data.par_chunks_exact_mut(n).enumerate().for_each(|(i, res)| {
                 let q = &self.ctx.moduli[i];
                 for (r, &c) in res.iter_mut().zip(&coeffs) {
                     *r = q.reduce_f64(c);
                 }
-            }
+                self.ctx.ntt[i].forward(res);
+            });
         }
-        self.ctx.forward(&mut data);
         Ok(Plaintext { data, level, scale })
     }
 

@@ -6,6 +6,7 @@ use crate::keys::{GaloisKeys, KeySwitchingKey, RelinearizationKey};
 use crate::scratch::{self, Scratch};
 use crate::types::{Ciphertext, Plaintext};
 use blindfold_math::{slice, Modulus};
+use rayon::prelude::*;
 use std::sync::Arc;
 
 /// Scales equal up to floating-point rounding (relative 2^-40).
@@ -322,18 +323,21 @@ impl Evaluator {
             }
         }
         let len = a.parts[0].len();
+        let n = self.ctx.n();
         let (mut d0, mut d1, mut d2) = (scratch::vec_zeroed(len), scratch::vec_zeroed(len), scratch::vec_zeroed(len));
-        for (i, r) in self.residues(a.level) {
+        let outs = d0.par_chunks_exact_mut(n).zip(d1.par_chunks_exact_mut(n)).zip(d2.par_chunks_exact_mut(n));
+        outs.enumerate().for_each(|(i, ((d0, d1), d2))| {
+            let r = i * n..(i + 1) * n;
             let (a0, a1) = (&a.parts[0][r.clone()], &a.parts[1][r.clone()]);
-            let (b0, b1) = (&b.parts[0][r.clone()], &b.parts[1][r.clone()]);
+            let (b0, b1) = (&b.parts[0][r.clone()], &b.parts[1][r]);
             // Single products go through tfhe-ntt's Barrett kernel (two IFMA products per
             // lane), cheaper than the lazy multi-term reduction of `slice::dot` here.
             let op = &self.ctx.ntt[i];
-            op.mul_acc(&mut d0[r.clone()], a0, b0);
-            op.mul_acc(&mut d1[r.clone()], a0, b1);
-            op.mul_acc(&mut d1[r.clone()], a1, b0);
-            op.mul_acc(&mut d2[r], a1, b1);
-        }
+            op.mul_acc(d0, a0, b0);
+            op.mul_acc(d1, a0, b1);
+            op.mul_acc(d1, a1, b0);
+            op.mul_acc(d2, a1, b1);
+        });
         Ok(Ciphertext { parts: vec![d0, d1, d2], level: a.level, scale: a.scale * b.scale })
     }
 
@@ -445,13 +449,13 @@ impl Evaluator {
         let ql = &self.ctx.moduli[l];
         let mut coeff = Scratch::copy_of(last);
         self.ctx.ntt[l].backward(&mut coeff);
-        let mut tmp = Scratch::overwritten(self.ctx.n());
-        for (i, r) in self.residues(l - 1) {
+        low.par_chunks_exact_mut(self.ctx.n()).enumerate().for_each(|(i, low)| {
             let qi = &self.ctx.moduli[i];
+            let mut tmp = Scratch::overwritten(self.ctx.n());
             slice::reduce_centered_into(&mut tmp, &coeff, ql, qi);
             self.ctx.ntt[i].forward(&mut tmp);
-            slice::sub_mul_scalar_assign(&mut low[r], &tmp, self.ctx.rescale_inv[l][i].0, qi);
-        }
+            slice::sub_mul_scalar_assign(low, &tmp, self.ctx.rescale_inv[l][i].0, qi);
+        });
     }
 
     /// Drops the primes above `level` without dividing (the scale is unchanged). Used to
@@ -579,15 +583,16 @@ impl Evaluator {
         let mut acc0 = Scratch::overwritten(ext * n);
         let mut acc1 = Scratch::overwritten(ext * n);
         let digits = dec.digits.len();
-        let mut permuted = Scratch::overwritten(digits * n);
-        for pos in 0..ext {
+        let accs = acc0.par_chunks_exact_mut(n).zip(acc1.par_chunks_exact_mut(n));
+        accs.enumerate().for_each(|(pos, (acc0, acc1))| {
             let r = pos * n..(pos + 1) * n;
+            let mut permuted = Scratch::overwritten(digits * n);
             for (j, digit) in dec.digits.iter().enumerate() {
                 slice::permute_into(&mut permuted[j * n..(j + 1) * n], &digit[r.clone()], perm);
             }
             let d: Vec<&[u64]> = permuted.chunks_exact(n).collect();
-            self.dot_key(&mut acc0[r.clone()], &mut acc1[r], &d, key, level, pos);
-        }
+            self.dot_key(acc0, acc1, &d, key, level, pos);
+        });
         let len = (level + 1) * n;
         let mut c0 = scratch::vec_overwritten(len);
         for (_, r) in self.residues(level) {
@@ -631,10 +636,11 @@ impl Evaluator {
             return coeff; // one-prime digits convert from the coefficients directly
         }
         let mut prepared = Scratch::overwritten(coeff.len());
-        for (j, (conv, _)) in ctx.decompose[level].iter().enumerate() {
-            let r = j * alpha_d * n..((j + 1) * alpha_d).min(level + 1) * n;
-            conv.prepare(&coeff[r.clone()], &mut prepared[r]);
-        }
+        prepared.par_chunks_mut(alpha_d * n).zip(&ctx.decompose[level]).enumerate().for_each(
+            |(j, (out, (conv, _)))| {
+                conv.prepare(&coeff[j * alpha_d * n..j * alpha_d * n + out.len()], out);
+            },
+        );
         prepared
     }
 
@@ -645,11 +651,12 @@ impl Evaluator {
         let ext = level + 1 + ctx.num_special();
         let coeff = self.prepared_coefficients(c, level);
         let digits = (0..ctx.decompose[level].len())
+            .into_par_iter()
             .map(|j| {
                 let mut digit = scratch::vec_overwritten(ext * n);
-                for (pos, out) in digit.chunks_exact_mut(n).enumerate() {
+                digit.par_chunks_exact_mut(n).enumerate().for_each(|(pos, out)| {
                     self.digit_residue(&coeff, c, level, j, pos, out);
-                }
+                });
                 digit
             })
             .collect();
@@ -688,24 +695,17 @@ impl Evaluator {
         let n = ctx.n();
         let special = ctx.num_special();
         let coeff = self.prepared_coefficients(c, level);
-        let mut residues = Scratch::overwritten(ctx.decompose[level].len() * n);
+        let digits = ctx.decompose[level].len();
         let mut p_part = Scratch::overwritten(2 * special * n);
         {
             let (p0, p1) = p_part.split_at_mut(special * n);
+            let mut residues = Scratch::overwritten(digits * n);
             for k in 0..special {
                 let r = k * n..(k + 1) * n;
-                self.digit_products(
-                    &coeff,
-                    c,
-                    level,
-                    key,
-                    level + 1 + k,
-                    &mut residues,
-                    &mut p0[r.clone()],
-                    &mut p1[r.clone()],
-                );
-                ctx.ntt[ctx.special_index(k)].backward(&mut p0[r.clone()]);
-                ctx.ntt[ctx.special_index(k)].backward(&mut p1[r]);
+                let (p0, p1) = (&mut p0[r.clone()], &mut p1[r]);
+                self.digit_products(&coeff, c, level, key, level + 1 + k, &mut residues, p0, p1);
+                let ntt = &ctx.ntt[ctx.special_index(k)];
+                rayon::join(|| ntt.backward(p0), || ntt.backward(p1));
             }
         }
         let mut prepared = Scratch::overwritten(2 * special * n);
@@ -713,19 +713,22 @@ impl Evaluator {
         for (src, dst) in p_part.chunks_exact(special * n).zip(prepared.chunks_exact_mut(special * n)) {
             conv.prepare(src, dst);
         }
-        let mut tmp = Scratch::overwritten(4 * n);
-        let (t, v) = tmp.split_at_mut(2 * n);
-        for (i, r) in self.residues(level) {
+        let len = (level + 1) * n;
+        let (o0, o1) = out.parts.split_at_mut(1);
+        let outs = o0[0][..len].par_chunks_exact_mut(n).zip(o1[0][..len].par_chunks_exact_mut(n));
+        outs.enumerate().for_each(|(i, (o0, o1))| {
+            let mut residues = Scratch::overwritten(digits * n);
+            let mut tmp = Scratch::overwritten(3 * n);
+            let (t, v) = tmp.split_at_mut(2 * n);
             let (t0, t1) = t.split_at_mut(n);
             self.digit_products(&coeff, c, level, key, i, &mut residues, t0, t1);
             let q = &ctx.moduli[i];
-            for (part, (ti, prep)) in [&*t0, &*t1].into_iter().zip(prepared.chunks_exact(special * n)).enumerate() {
-                let vi = &mut v[..n];
-                conv.convert_prepared(prep, i..i + 1, vi);
-                ctx.ntt[i].forward(vi);
-                slice::add_sub_mul_scalar_assign(&mut out.parts[part][r.clone()], ti, vi, ctx.p_inv_mod_q[i], q);
+            for ((o, ti), prep) in [o0, o1].into_iter().zip([&*t0, &*t1]).zip(prepared.chunks_exact(special * n)) {
+                conv.convert_prepared(prep, i..i + 1, v);
+                ctx.ntt[i].forward(v);
+                slice::add_sub_mul_scalar_assign(o, ti, v, ctx.p_inv_mod_q[i], q);
             }
-        }
+        });
     }
 
     /// The key products at extended position `pos`: `out0 = Σ_j d_j·b_j`, `out1 = Σ_j d_j·a_j`
@@ -745,11 +748,9 @@ impl Evaluator {
     ) {
         let n = self.ctx.n();
         let own = (pos <= level).then_some(pos / self.ctx.params().alpha());
-        for (j, r) in residues.chunks_exact_mut(n).enumerate() {
-            if Some(j) != own {
-                self.digit_residue(coeff, c, level, j, pos, r);
-            }
-        }
+        residues.par_chunks_exact_mut(n).enumerate().filter(|(j, _)| Some(*j) != own).for_each(|(j, r)| {
+            self.digit_residue(coeff, c, level, j, pos, r);
+        });
         let d: Vec<&[u64]> = residues
             .chunks_exact(n)
             .enumerate()
@@ -776,20 +777,20 @@ impl Evaluator {
         let ext = level + 1 + ctx.num_special();
         let digits = ctx.decompose[level].len();
         let coeff = self.prepared_coefficients(c, level);
-        let mut residues = Scratch::overwritten(digits * n);
-        let mut tmp = Scratch::overwritten(if accumulate { 2 * n } else { 0 });
-        for pos in 0..ext {
-            let r = pos * n..(pos + 1) * n;
+        let accs = acc0[..ext * n].par_chunks_exact_mut(n).zip(acc1[..ext * n].par_chunks_exact_mut(n));
+        accs.enumerate().for_each(|(pos, (acc0, acc1))| {
+            let mut residues = Scratch::overwritten(digits * n);
             if accumulate {
+                let mut tmp = Scratch::overwritten(2 * n);
                 let (t0, t1) = tmp.split_at_mut(n);
                 self.digit_products(&coeff, c, level, key, pos, &mut residues, t0, t1);
                 let q = &ctx.moduli[ctx.extended_to_full(level, pos)];
-                slice::add_assign(&mut acc0[r.clone()], t0, q);
-                slice::add_assign(&mut acc1[r], t1, q);
+                slice::add_assign(acc0, t0, q);
+                slice::add_assign(acc1, t1, q);
             } else {
-                self.digit_products(&coeff, c, level, key, pos, &mut residues, &mut acc0[r.clone()], &mut acc1[r]);
+                self.digit_products(&coeff, c, level, key, pos, &mut residues, acc0, acc1);
             }
-        }
+        });
     }
 
     /// `Σ_i rot(cts[i], steps[i])`: rotations that are only summed share one division by
@@ -876,29 +877,27 @@ impl Evaluator {
         }
         let level = c0.level;
         let len = (level + 1) * self.ctx.n();
-        let mut out = Ciphertext {
-            parts: vec![scratch::vec_zeroed(len), scratch::vec_zeroed(len)],
-            level,
-            scale: c0.scale * p0.scale,
-        };
-        let mut tmp = Scratch::overwritten(2 * self.ctx.n());
-        for (chunk_i, (cc, pc)) in cts.chunks(16).zip(pts.chunks(16)).enumerate() {
-            for (i, r) in self.residues(level) {
-                let q = &self.ctx.moduli[i];
+        let n = self.ctx.n();
+        let (mut o0, mut o1) = (scratch::vec_overwritten(len), scratch::vec_overwritten(len));
+        o0.par_chunks_exact_mut(n).zip(o1.par_chunks_exact_mut(n)).enumerate().for_each(|(i, (o0, o1))| {
+            let r = i * n..(i + 1) * n;
+            let q = &self.ctx.moduli[i];
+            let mut tmp = Scratch::overwritten(2 * n);
+            for (chunk_i, (cc, pc)) in cts.chunks(16).zip(pts.chunks(16)).enumerate() {
                 let d: Vec<&[u64]> = pc.iter().map(|p| &p.data[r.clone()]).collect();
                 let b0: Vec<&[u64]> = cc.iter().map(|c| &c.parts[0][r.clone()]).collect();
                 let b1: Vec<&[u64]> = cc.iter().map(|c| &c.parts[1][r.clone()]).collect();
-                let (o0, o1) = out.parts.split_at_mut(1);
                 if chunk_i == 0 {
-                    slice::dot([&mut o0[0][r.clone()], &mut o1[0][r]], &d, [&b0, &b1], q);
+                    slice::dot([&mut *o0, &mut *o1], &d, [&b0, &b1], q);
                 } else {
-                    let (t0, t1) = tmp.split_at_mut(self.ctx.n());
+                    let (t0, t1) = tmp.split_at_mut(n);
                     slice::dot([t0, t1], &d, [&b0, &b1], q);
-                    slice::add_assign(&mut o0[0][r.clone()], t0, q);
-                    slice::add_assign(&mut o1[0][r], t1, q);
+                    slice::add_assign(o0, t0, q);
+                    slice::add_assign(o1, t1, q);
                 }
             }
-        }
+        });
+        let out = Ciphertext { parts: vec![o0, o1], level, scale: c0.scale * p0.scale };
         Ok(out)
     }
 
@@ -911,17 +910,14 @@ impl Evaluator {
         for k in 0..ctx.num_special() {
             ctx.ntt[ctx.special_index(k)].backward(&mut p_part[k * n..(k + 1) * n]);
         }
-        let mut conv = Scratch::overwritten((level + 1) * n);
-        ctx.mod_down[level].convert(p_part, &mut conv);
-        for (i, r) in self.residues(level) {
-            ctx.ntt[i].forward(&mut conv[r.clone()]);
-            slice::add_sub_mul_scalar_assign(
-                &mut dest[r.clone()],
-                &x[r.clone()],
-                &conv[r],
-                ctx.p_inv_mod_q[i],
-                &ctx.moduli[i],
-            );
-        }
+        let mut prepared = Scratch::overwritten(p_part.len());
+        ctx.mod_down[level].prepare(p_part, &mut prepared);
+        let x = &x[..(level + 1) * n];
+        dest.par_chunks_exact_mut(n).zip(x.par_chunks_exact(n)).enumerate().for_each(|(i, (dest, x))| {
+            let mut conv = Scratch::overwritten(n);
+            ctx.mod_down[level].convert_prepared(&prepared, i..i + 1, &mut conv);
+            ctx.ntt[i].forward(&mut conv);
+            slice::add_sub_mul_scalar_assign(dest, x, &conv, ctx.p_inv_mod_q[i], &ctx.moduli[i]);
+        });
     }
 }

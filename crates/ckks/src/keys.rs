@@ -5,6 +5,7 @@ use crate::error::{Error, Result};
 use blindfold_math::sampler;
 use rand_chacha::ChaCha20Rng;
 use rand_core::Rng;
+use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use subtle::{Choice, ConstantTimeEq};
@@ -29,13 +30,12 @@ pub(crate) fn expand_uniform(ctx: &Context, seed: &[u8; 32], indices: impl Itera
 /// coefficients.
 pub(crate) fn small_to_ntt(ctx: &Context, coeffs: &[i64], indices: impl Iterator<Item = usize>) -> Zeroizing<Vec<u64>> {
     let n = ctx.n();
-    let mut out = Zeroizing::new(Vec::new());
-    for i in indices {
-        let start = out.len();
-        out.resize(start + n, 0);
-        sampler::small_to_residues(coeffs, &ctx.moduli[i], &mut out[start..]);
-        ctx.ntt[i].forward(&mut out[start..]);
-    }
+    let indices: Vec<usize> = indices.collect();
+    let mut out = Zeroizing::new(vec![0u64; indices.len() * n]);
+    out.par_chunks_exact_mut(n).zip(indices).for_each(|(r, i)| {
+        sampler::small_to_residues(coeffs, &ctx.moduli[i], r);
+        ctx.ntt[i].forward(r);
+    });
     out
 }
 

@@ -103,25 +103,29 @@ pub fn gaussian<R: Rng + ?Sized>(rng: &mut R, n: usize) -> Zeroizing<Vec<i64>> {
 /// Used for public polynomials (expanded from seeds), so its timing is not secret.
 pub fn uniform_mod<R: Rng + ?Sized>(rng: &mut R, q: &Modulus, out: &mut [u64]) {
     let qv = q.value();
-    if qv < 1 << 32 {
-        let threshold = ((1u64 << 32) - qv) % qv;
-        for o in out.iter_mut() {
-            *o = loop {
-                let m = rng.next_u32() as u64 * qv;
-                if (m & 0xffff_ffff) >= threshold {
-                    break m >> 32;
-                }
+    let wide = qv >= 1 << 32;
+    let word = if wide { 8 } else { 4 };
+    let threshold = if wide { qv.wrapping_neg() % qv } else { ((1u64 << 32) - qv) % qv };
+    // Words are drawn in blocks of at most the number of values still missing, so exactly
+    // the words the one-at-a-time method would draw are consumed, in the same order.
+    let mut bytes = [0u8; 2048];
+    let mut filled = 0;
+    while filled < out.len() {
+        let want = (out.len() - filled).min(bytes.len() / word);
+        let block = &mut bytes[..want * word];
+        rng.fill_bytes(block);
+        for w in block.chunks_exact(word) {
+            let (value, low) = if wide {
+                let m = u64::from_le_bytes(w.try_into().expect("8 bytes")) as u128 * qv as u128;
+                ((m >> 64) as u64, m as u64)
+            } else {
+                let m = u32::from_le_bytes(w.try_into().expect("4 bytes")) as u64 * qv;
+                (m >> 32, m & 0xffff_ffff)
             };
-        }
-    } else {
-        let threshold = qv.wrapping_neg() % qv;
-        for o in out.iter_mut() {
-            *o = loop {
-                let m = rng.next_u64() as u128 * qv as u128;
-                if (m as u64) >= threshold {
-                    break (m >> 64) as u64;
-                }
-            };
+            if low >= threshold {
+                out[filled] = value;
+                filled += 1;
+            }
         }
     }
 }

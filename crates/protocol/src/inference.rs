@@ -8,6 +8,7 @@ use blindfold_ckks::{
 use blindfold_nn::{ArchSpec, Model};
 use blindfold_tensor::{CnnPlan, InputLayout, PlanError};
 use serde::{Deserialize, Serialize};
+use rayon::prelude::*;
 use std::sync::Arc;
 
 /// Errors of the inference protocol.
@@ -177,14 +178,16 @@ impl Client {
     /// # Errors
     /// [`ProtocolError::Plan`] for an image of the wrong size; CKKS encoding errors.
     pub fn encrypt(&mut self, image: &[f64]) -> Result<Message> {
-        let packed = self.layout.pack(image)?;
-        let ciphertexts = packed
-            .iter()
-            .map(|v| {
-                let pt = self.encoder.encode_real(v, self.ctx.max_level(), self.input_scale)?;
-                let ct = self.encryptor.encrypt_symmetric(&pt)?;
-                Ok(serde_bytes::ByteBuf::from(serialize(&ct, &self.ctx)?.to_vec()))
-            })
+                let packed = self.layout.pack(image)?;
+        let pts = packed
+            .par_iter()
+            .map(|v| self.encoder.encode_real(v, self.ctx.max_level(), self.input_scale))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let ciphertexts = self
+            .encryptor
+            .encrypt_symmetric_batch(&pts)?
+            .par_iter()
+            .map(|ct| Ok(serde_bytes::ByteBuf::from(serialize(ct, &self.ctx)?.to_vec())))
             .collect::<Result<_>>()?;
         Ok(Message::EncryptedImage { ciphertexts })
     }

@@ -44,10 +44,11 @@ const OUTPUT_HEADROOM: f64 = 16.0;
 
 /// How the client packs one image: public, derived from the architecture alone (no weights).
 ///
-/// A block of `B = C·P` slots holds, at `c·P + p`, the input value read by one kernel entry at
-/// output position `p`, repeated for every channel `c`. Ciphertext `t` holds the blocks of
-/// kernel entries `t·m … t·m + m - 1` one after the other (`m` the largest power of two with
-/// `m·B <= slots`), zero elsewhere.
+/// A block of `B` slots (`C·P` rounded up to a power of two) holds, at `c·P + p`, the input
+/// value read by one kernel entry at output position `p`, repeated for every channel `c`.
+/// Ciphertext `t` holds the blocks of kernel entries `t·m … t·m + m - 1` one after the other
+/// (`m = slots / B`), zero elsewhere. The blocks tile the slots, so the folded convolution
+/// output repeats with period `B` and the next layer folds over `B` slots, not all of them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InputLayout {
     /// Geometry of the first (convolution) layer.
@@ -58,7 +59,7 @@ pub struct InputLayout {
     pub positions: usize,
     /// Output channels `C`.
     pub channels: usize,
-    /// Block size `B = C·P` in slots.
+    /// Block size `B` in slots: `C·P` rounded up to a power of two.
     pub block: usize,
     /// Kernel entries per ciphertext, `m`.
     pub per_ct: usize,
@@ -82,14 +83,16 @@ impl InputLayout {
         let entries = geom.input.c * geom.kernel * geom.kernel;
         let positions = geom.output.h * geom.output.w;
         let channels = geom.output.c;
-        let block = positions * channels;
-        if block > slots {
+        let used = positions * channels;
+        if used > slots {
             return Err(PlanError::Layout(format!(
-                "{channels} channels × {positions} positions need {block} slots, ciphertexts have {slots}"
+                "{channels} channels × {positions} positions need {used} slots, ciphertexts have {slots}"
             )));
         }
-        // A power of two, so the blocks fold with log2(m) rotations.
-        let per_ct = 1usize << (slots / block).ilog2();
+        // Powers of two: the blocks fold with log2(m) rotations and tile the slots (never fewer
+        // blocks per ciphertext than unpadded blocks would give).
+        let block = used.next_power_of_two();
+        let per_ct = slots / block;
         Ok(Self { geom, entries, positions, channels, block, per_ct, num_cts: entries.div_ceil(per_ct), slots })
     }
 
@@ -121,17 +124,6 @@ impl InputLayout {
     /// Rotation steps that add the `m` blocks into block 0: `B, 2B, 4B, …`.
     fn fold_steps(&self) -> Vec<i64> {
         (0..self.per_ct.ilog2()).map(|t| (self.block << t) as i64).collect()
-    }
-
-    /// Period with which the folded convolution output repeats across the slots: `B` when
-    /// the blocks tile the slots exactly (then every block holds the full sum), otherwise
-    /// the whole slot vector (only block 0 is meaningful).
-    fn output_period(&self) -> usize {
-        if self.per_ct * self.block == self.slots {
-            self.block
-        } else {
-            self.slots
-        }
     }
 }
 
@@ -320,7 +312,8 @@ impl CnnPlan {
         level -= 1;
 
         // Dense layers (with squares between them).
-        let mut period = layout.output_period(); // the input vector repeats with this period
+        // The folded convolution output repeats with period B (every block holds the full sum).
+        let mut period = layout.block;
 
         let mut in_features = layout.channels * layout.positions;
         for (li, l) in layers.iter().enumerate().skip(3) {
@@ -439,7 +432,7 @@ impl CnnPlan {
         // The convolution's fold runs after its rescale.
         let mut level = top_level - 1;
         keys.extend(layout.fold_steps().into_iter().map(|s| (s, level)));
-        let mut period = layout.output_period();
+        let mut period = layout.block;
         for l in &arch.layers[1..] {
             match l {
                 LayerSpec::Square => level -= 1,
