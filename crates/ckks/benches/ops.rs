@@ -30,8 +30,9 @@ fn bench_preset(c: &mut Criterion, preset: Preset) {
     let ct = encryptor.encrypt(&pt).unwrap();
     let ct2 = encryptor.encrypt(&pt).unwrap();
     let prod = eval.multiply(&ct, &ct2).unwrap();
-        let threads = rayon::current_num_threads();
-    let name = if threads == 1 { format!("N{}_L{level}", params.n()) } else { format!("N{}_L{level}_t{threads}", params.n()) };
+    let threads = rayon::current_num_threads();
+    let name =
+        if threads == 1 { format!("N{}_L{level}", params.n()) } else { format!("N{}_L{level}_t{threads}", params.n()) };
     let mut g = c.benchmark_group(name);
     // In-place forms where SEAL's benchmark uses them (add_inplace, multiply_plain_inplace,
     // rescale_to_next_inplace, relinearize_inplace); allocating forms for comparison.

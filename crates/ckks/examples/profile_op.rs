@@ -15,7 +15,7 @@ fn run() -> Result<()> {
     let op = args.get(1).map(String::as_str).unwrap_or("relinearize");
     let iters: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100);
     let preset = match args.get(3).map(String::as_str) {
-                Some("depth2") => presets::N8192_DEPTH2_128BIT,
+        Some("depth2") => presets::N8192_DEPTH2_128BIT,
         Some("depth5") => presets::N8192_DEPTH5_128BIT,
         _ => presets::N8192_DEPTH3_128BIT,
     };
@@ -28,7 +28,7 @@ fn run() -> Result<()> {
     let gk8 = keygen.galois_keys(&[1, 2, 3, 4, 5, 6, 7, 8], false);
     let encoder = Encoder::new(&ctx);
     let pt = encoder.encode_real(&[0.5; 16], ctx.max_level(), params.default_scale())?;
-        let mut enc = Encryptor::with_public_key(&ctx, &pk)?;
+    let mut enc = Encryptor::with_public_key(&ctx, &pk)?;
     let sk = keygen.secret_key();
     let mut enc_sk = Encryptor::with_secret_key(sk)?;
     let ct = enc.encrypt(&pt)?;
@@ -42,7 +42,7 @@ fn run() -> Result<()> {
             "hoisted1" => drop(eval.rotate_hoisted(&ct, &[1], &gk)?),
             "hoisted" => drop(eval.rotate_hoisted(&ct, &[1, 2, 3, 4, 5, 6, 7, 8], &gk8)?),
             "rescale" => drop(eval.rescale(&ct)?),
-                        "encrypt" => drop(enc.encrypt(&pt)?),
+            "encrypt" => drop(enc.encrypt(&pt)?),
             "encrypt_sk" => drop(enc_sk.encrypt_symmetric(&pt)?),
             "serialize_sk" => drop(blindfold_ckks::serialize::serialize(&enc_sk.encrypt_symmetric(&pt)?, &ctx)?),
             "encode" => drop(encoder.encode_real(&[0.5; 4096], ctx.max_level(), params.default_scale())?),

@@ -5,8 +5,8 @@ use crate::error::{Error, Result};
 use crate::types::Plaintext;
 use blindfold_math::{slice, Modulus};
 use num_complex::Complex64;
-use std::f64::consts::PI;
 use rayon::prelude::*;
+use std::f64::consts::PI;
 use std::sync::Arc;
 
 /// Encodes vectors of up to `N/2` complex numbers into plaintext polynomials and back.
@@ -174,7 +174,7 @@ impl Encoder {
                     (v as u64).wrapping_add(m.value() & ((v >> 63) as u64))
                 })
                 .collect();
-                        data.par_chunks_exact_mut(n).enumerate().for_each(|(i, res)| {
+            data.par_chunks_exact_mut(n).enumerate().for_each(|(i, res)| {
                 slice::reduce_centered_into(res, &lifted, &m, &self.ctx.moduli[i]);
                 self.ctx.ntt[i].forward(res);
             });

@@ -233,7 +233,9 @@ fn pack(ctx: &Context, poly: &[u64], indices: &[usize]) -> Result<Vec<u8>> {
     if poly.len() != indices.len() * n {
         return Err(Error::InvalidArgument("polynomial does not match the parameters".into()));
     }
-    let mut out = Vec::with_capacity(packed_len(ctx, indices) + 8);
+        // Whole words are written in place; `len` tracks the bytes in use.
+    let mut out = vec![0u8; packed_len(ctx, indices) + 8];
+    let mut len = 0;
     for (k, &i) in indices.iter().enumerate() {
         let bits = ctx.moduli[i].bits();
         let (mut acc, mut nacc) = (0u128, 0u32);
@@ -241,14 +243,16 @@ fn pack(ctx: &Context, poly: &[u64], indices: &[usize]) -> Result<Vec<u8>> {
             acc |= (x as u128) << nacc;
             nacc += bits;
             if nacc >= 64 {
-                out.extend_from_slice(&(acc as u64).to_le_bytes());
+                out[len..len + 8].copy_from_slice(&(acc as u64).to_le_bytes());
+                len += 8;
                 acc >>= 64;
                 nacc -= 64;
             }
         }
-        let tail = nacc.div_ceil(8) as usize;
-        out.extend_from_slice(&(acc as u64).to_le_bytes()[..tail]);
+        out[len..len + 8].copy_from_slice(&(acc as u64).to_le_bytes());
+        len += nacc.div_ceil(8) as usize;
     }
+    out.truncate(len);
     Ok(out)
 }
 

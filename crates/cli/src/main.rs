@@ -160,7 +160,7 @@ struct EvalOpts {
     /// Write a machine-readable report here.
     #[arg(long)]
     json: Option<PathBuf>,
-        /// Threads (default: all cores). Each image's encryption, evaluation and decryption
+    /// Threads (default: all cores). Each image's encryption, evaluation and decryption
     /// use them all (lowest latency per image).
     #[arg(long)]
     threads: Option<usize>,
@@ -350,7 +350,7 @@ struct Report {
     client_ms: ClientMs,
     bytes: Bytes,
     params: ParamsReport,
-        threads: usize,
+    threads: usize,
     parallel_images: usize,
     depth: usize,
     rotation_keys: usize,
@@ -371,7 +371,7 @@ type ImageResult = (usize, usize, u8, f64, f64, f64, usize, usize);
 fn run_inference(mut model: Model, data: &DataArgs, opts: &EvalOpts) -> Result<()> {
     let test = data.load(Split::Test)?.truncate(opts.n_test);
     let n = test.len();
-        let threads = opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |t| t.get())).max(1);
+    let threads = opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |t| t.get())).max(1);
     let workers = opts.parallel_images.clamp(1, threads);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
     let arch = model.spec().name.clone();
@@ -401,7 +401,7 @@ fn run_inference(mut model: Model, data: &DataArgs, opts: &EvalOpts) -> Result<(
         (0..n).map(|i| model.normalize(test.images.image(i)).into_iter().map(f64::from).collect()).collect();
     let pb = bar(n as u64, "encrypted");
     let mut results: Vec<Option<ImageResult>> = vec![None; n];
-        // Each worker is a client/model-holder pair sharing the same keys: the holder gets the
+    // Each worker is a client/model-holder pair sharing the same keys: the holder gets the
     // client's evaluation keys once, then images are exchanged as bytes. Workers run on the
     // thread pool, so the parallel loops inside each operation start on their own thread.
     let chunks: Vec<Vec<usize>> = (0..workers).map(|t| (t..n).step_by(workers).collect()).collect();
@@ -409,46 +409,48 @@ fn run_inference(mut model: Model, data: &DataArgs, opts: &EvalOpts) -> Result<(
         let handles: Vec<_> = chunks
             .iter()
             .map(|idx| {
-                                let (model_ref, keys_ref, info_ref, pb, normalized, plain_logits, labels, pool) =
+                let (model_ref, keys_ref, info_ref, pb, normalized, plain_logits, labels, pool) =
                     (&model, &keys, &info, &pb, &normalized, &plain_logits, &test.labels, &pool);
                 let sk_bytes = serialize(client.secret_key(), client.context()); // zeroized on drop
-                scope.spawn(move || pool.install(|| -> Result<Vec<(usize, ImageResult)>> {
-                    let mut holder = ModelHolder::new(model_ref, PRESET, LOG_INPUT_SCALE)?;
-                    holder.handle(keys_ref)?;
-                    let ctx = holder.plan().context().clone();
-                    let sk: SecretKey = deserialize(&sk_bytes?, &ctx)?;
-                    let (mut client, _) = Client::with_secret_key(info_ref, &sk)?;
-                    let mut out = Vec::with_capacity(idx.len());
-                    for &i in idx {
-                        let t0 = Instant::now();
-                        let request = client.encrypt(&normalized[i])?.to_bytes();
-                        let t1 = Instant::now();
-                        let reply = holder
-                            .handle(&Message::from_bytes(&request)?)?
-                            .context("the model holder sent no reply")?
-                            .to_bytes();
-                        let t2 = Instant::now();
-                        let scores = client.decrypt_scores(&Message::from_bytes(&reply)?)?;
-                        let t3 = Instant::now();
-                        let s32: Vec<f32> = scores.iter().map(|&v| v as f32).collect();
-                        let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
-                        out.push((
-                            i,
-                            (
-                                argmax(&s32),
-                                plain_logits[i],
-                                labels[i],
-                                ms(t1, t2),
-                                ms(t0, t1),
-                                ms(t2, t3),
-                                request.len(),
-                                reply.len(),
-                            ),
-                        ));
-                        pb.inc(1);
-                    }
-                    Ok(out)
-                }))
+                scope.spawn(move || {
+                    pool.install(|| -> Result<Vec<(usize, ImageResult)>> {
+                        let mut holder = ModelHolder::new(model_ref, PRESET, LOG_INPUT_SCALE)?;
+                        holder.handle(keys_ref)?;
+                        let ctx = holder.plan().context().clone();
+                        let sk: SecretKey = deserialize(&sk_bytes?, &ctx)?;
+                        let (mut client, _) = Client::with_secret_key(info_ref, &sk)?;
+                        let mut out = Vec::with_capacity(idx.len());
+                        for &i in idx {
+                            let t0 = Instant::now();
+                            let request = client.encrypt(&normalized[i])?.to_bytes();
+                            let t1 = Instant::now();
+                            let reply = holder
+                                .handle(&Message::from_bytes(&request)?)?
+                                .context("the model holder sent no reply")?
+                                .to_bytes();
+                            let t2 = Instant::now();
+                            let scores = client.decrypt_scores(&Message::from_bytes(&reply)?)?;
+                            let t3 = Instant::now();
+                            let s32: Vec<f32> = scores.iter().map(|&v| v as f32).collect();
+                            let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+                            out.push((
+                                i,
+                                (
+                                    argmax(&s32),
+                                    plain_logits[i],
+                                    labels[i],
+                                    ms(t1, t2),
+                                    ms(t0, t1),
+                                    ms(t2, t3),
+                                    request.len(),
+                                    reply.len(),
+                                ),
+                            ));
+                            pb.inc(1);
+                        }
+                        Ok(out)
+                    })
+                })
             })
             .collect();
         handles.into_iter().map(|h| h.join().expect("worker thread panicked")).collect()
@@ -488,7 +490,7 @@ fn run_inference(mut model: Model, data: &DataArgs, opts: &EvalOpts) -> Result<(
             security_bits: 128,
             preset: PRESET.name.to_string(),
         },
-                threads,
+        threads,
         parallel_images: workers,
         depth: holder.plan().depth(),
         rotation_keys: holder.plan().rotation_steps().len(),

@@ -7,8 +7,8 @@ use blindfold_ckks::{
 };
 use blindfold_nn::{ArchSpec, Model};
 use blindfold_tensor::{CnnPlan, InputLayout, PlanError};
-use serde::{Deserialize, Serialize};
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 /// Errors of the inference protocol.
@@ -178,7 +178,7 @@ impl Client {
     /// # Errors
     /// [`ProtocolError::Plan`] for an image of the wrong size; CKKS encoding errors.
     pub fn encrypt(&mut self, image: &[f64]) -> Result<Message> {
-                let packed = self.layout.pack(image)?;
+        let packed = self.layout.pack(image)?;
         let pts = packed
             .par_iter()
             .map(|v| self.encoder.encode_real(v, self.ctx.max_level(), self.input_scale))

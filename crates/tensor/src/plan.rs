@@ -211,6 +211,47 @@ fn bsgs_split(n: usize) -> (usize, usize) {
     (n1, n / n1)
 }
 
+/// Layout of one dense layer (hybrid diagonal method, Juvekar–Vaikuntanathan–Chandrakasan
+/// 2018, §5) on an input vector replicated with period `period` across `slots` slots.
+///
+/// With `r = slots/period` replicas, the `n_o` outputs (rounded up to a power of two) are
+/// split into `groups = min(r, n_o)` groups of `n_g = n_o/groups` rows, replica `g` computing
+/// group `g`: `n_g` diagonals instead of `n_o`. The rows of a group are then summed inside
+/// their replica by folding (`n_g, 2n_g, …, period/2`); output `o = g·n_g + i` lands at slot
+/// `g·period + i`. The last layer keeps one group, so the logits sit in slots `0..classes`.
+struct DenseGeom {
+    n_o: usize,
+    groups: usize,
+    n_g: usize,
+    fold: Vec<i64>,
+    /// Period of the output vector: `n_o` with one group (it repeats), else `slots`.
+    next_period: usize,
+}
+
+impl DenseGeom {
+    fn new(outputs: usize, period: usize, slots: usize, last: bool) -> Result<Self> {
+        let n_o = outputs.next_power_of_two();
+        let groups = if last { 1 } else { (slots / period).min(n_o) };
+        let n_g = n_o / groups;
+        if n_g > period {
+            return Err(PlanError::Layout(format!("{outputs} outputs exceed the input period {period}")));
+        }
+        let next_period = if groups > 1 { slots } else { n_o };
+        Ok(Self { n_o, groups, n_g, fold: fold_steps(n_g, period), next_period })
+    }
+
+    /// Slot of output `o` (within the output period).
+    fn output_slot(&self, o: usize, period: usize) -> usize {
+        (o / self.n_g) * period + o % self.n_g
+    }
+
+    /// Output row computed at slot `j`, if any (`j` in `0..slots`).
+    fn row(&self, j: usize, period: usize) -> Option<usize> {
+        let g = if self.groups == 1 { 0 } else { j / period };
+        (g < self.groups).then_some(g * self.n_g + j % self.n_g)
+    }
+}
+
 /// Checks the supported form `Conv2d, Square, Flatten, (Dense, Square)*, Dense`.
 fn check_form(spec: &ArchSpec) -> Result<()> {
     let layers = &spec.layers;
@@ -314,8 +355,9 @@ impl CnnPlan {
         // Dense layers (with squares between them).
         // The folded convolution output repeats with period B (every block holds the full sum).
         let mut period = layout.block;
-
         let mut in_features = layout.channels * layout.positions;
+        // Slot (within the period) of each input feature: the flattened conv output in order.
+        let mut feature_slot: Vec<usize> = (0..in_features).collect();
         for (li, l) in layers.iter().enumerate().skip(3) {
             match l {
                 LayerSpec::Square => {
@@ -325,35 +367,28 @@ impl CnnPlan {
                 }
                 LayerSpec::Dense { outputs } => {
                     let p = model.params(li).expect("dense params");
-                    let n_o = outputs.next_power_of_two();
-                    let n_i = period;
-                    if n_o > n_i {
-                        return Err(PlanError::Layout(format!(
-                            "dense layer {li} has {outputs} outputs, more than its input period {n_i}"
-                        )));
+                    let last = li == layers.len() - 1;
+                    let geom = DenseGeom::new(*outputs, period, slots, last)?;
+                    let mut slot_feature = vec![usize::MAX; period];
+                    for (f, &s) in feature_slot.iter().enumerate() {
+                        slot_feature[s] = f;
                     }
-                    // M'[o, col] for col in the input period.
-                    let mut col_feature = vec![usize::MAX; n_i];
-                    for f in 0..in_features {
-                        col_feature[f] = f; // features sit at slots 0..in_features
-                    }
-                    let m = |o: usize, col: usize| -> f64 {
-                        let f = col_feature[col];
-                        if o < *outputs && f != usize::MAX {
-                            p.weight[[o, f]] as f64
-                        } else {
-                            0.0
+                    // Weight at slot j of diagonal d: row of the slot's group, column of the
+                    // feature at slot j + d.
+                    let m = |j: usize, d: usize| -> f64 {
+                        match (geom.row(j, period), slot_feature[(j + d) % period]) {
+                            (Some(o), f) if o < *outputs && f != usize::MAX => p.weight[[o, f]] as f64,
+                            _ => 0.0,
                         }
                     };
-                    let (n1, n2) = bsgs_split(n_o);
+                    let (n1, n2) = bsgs_split(geom.n_g);
                     // The last layer's weights are encoded 2^4 below the dropped prime, so the
                     // logits come out at scale ≈ Δ/16: 16 times more headroom below q_0/2 for
                     // large logits, at a cost of 4 of the ~20 bits of precision.
-                    let last = li == layers.len() - 1;
                     let w_scale = if last { q(level) / OUTPUT_HEADROOM } else { q(level) };
-                    let diags = (0..n_o)
+                    let diags = (0..geom.n_g)
                         .map(|d| {
-                            let diag: Vec<f64> = (0..slots).map(|j| m(j % n_o, (j + d) % n_i)).collect();
+                            let diag: Vec<f64> = (0..slots).map(|j| m(j, d)).collect();
                             if diag.iter().all(|&x| x == 0.0) {
                                 return Ok(None);
                             }
@@ -365,18 +400,29 @@ impl CnnPlan {
                         .collect::<Result<Vec<_>>>()?;
                     scale = scale * w_scale / q(level);
                     level -= 1;
-                    let bias_v: Vec<f64> =
-                        (0..slots).map(|j| if j % n_o < *outputs { p.bias[j % n_o] as f64 } else { 0.0 }).collect();
+                    // The bias at every output slot (every replica of it when the output repeats).
+                    let bias_v: Vec<f64> = (0..slots)
+                        .map(|j| {
+                            let o = if geom.groups == 1 { Some(j % geom.n_o) } else { geom.row(j, period) };
+                            match o {
+                                Some(o) if o < *outputs && (geom.groups == 1 || j % period < geom.n_g) => {
+                                    p.bias[o] as f64
+                                }
+                                _ => 0.0,
+                            }
+                        })
+                        .collect();
                     let bias = Operand { encoded: encoder.encode_real(&bias_v, level, scale)?, values: bias_v };
                     stages.push(Stage::Dense {
                         n1,
                         n2,
                         diags,
                         bias,
-                        fold: fold_steps(n_o, n_i),
-                        name: format!("dense {in_features}→{outputs}"),
+                        fold: geom.fold.clone(),
+                        name: format!("dense {in_features}→{outputs}, {} group(s)", geom.groups),
                     });
-                    period = n_o;
+                    feature_slot = (0..*outputs).map(|o| geom.output_slot(o, period)).collect();
+                    period = geom.next_period;
                     in_features = *outputs;
                 }
                 _ => unreachable!("form checked above"),
@@ -433,19 +479,16 @@ impl CnnPlan {
         let mut level = top_level - 1;
         keys.extend(layout.fold_steps().into_iter().map(|s| (s, level)));
         let mut period = layout.block;
-        for l in &arch.layers[1..] {
+        for (li, l) in arch.layers.iter().enumerate().skip(1) {
             match l {
                 LayerSpec::Square => level -= 1,
                 LayerSpec::Dense { outputs } => {
-                    let n_o = outputs.next_power_of_two();
-                    if n_o > period {
-                        return Err(PlanError::Layout(format!("{outputs} outputs exceed the input period {period}")));
-                    }
-                    let (n1, n2) = bsgs_split(n_o);
+                    let geom = DenseGeom::new(*outputs, period, slots, li == arch.layers.len() - 1)?;
+                    let (n1, n2) = bsgs_split(geom.n_g);
                     keys.extend((1..n1).map(|b| (b as i64, level)));
                     keys.extend((1..n2).map(|g| ((g * n1) as i64, level)));
-                    keys.extend(fold_steps(n_o, period).into_iter().map(|s| (s, level - 1)));
-                    period = n_o;
+                    keys.extend(geom.fold.into_iter().map(|s| (s, level - 1)));
+                    period = geom.next_period;
                     level -= 1;
                 }
                 _ => {}
