@@ -233,7 +233,7 @@ fn pack(ctx: &Context, poly: &[u64], indices: &[usize]) -> Result<Vec<u8>> {
     if poly.len() != indices.len() * n {
         return Err(Error::InvalidArgument("polynomial does not match the parameters".into()));
     }
-        // Whole words are written in place; `len` tracks the bytes in use.
+    // Whole words are written in place; `len` tracks the bytes in use.
     let mut out = vec![0u8; packed_len(ctx, indices) + 8];
     let mut len = 0;
     for (k, &i) in indices.iter().enumerate() {

@@ -35,6 +35,16 @@ fn encrypt_decrypt_roundtrip() {
         let mut sym = Encryptor::with_secret_key(s.keygen.secret_key()).unwrap();
         let seeded = sym.encrypt_symmetric(&pt).unwrap();
         report("symmetric encrypt/decrypt", &s.decrypt(&seeded.expand(&s.ctx)), &v, 22.0);
+        // A batch: every plaintext decrypts back, each with its own seed.
+        let vs: Vec<Vec<Complex64>> = (0..3).map(|k| values(s.encoder.slots(), 10 + k)).collect();
+        let pts: Vec<Plaintext> =
+            vs.iter().map(|v| s.encoder.encode(v, 2, s.params.default_scale()).unwrap()).collect();
+        let batch = sym.encrypt_symmetric_batch(&pts).unwrap();
+        assert_eq!(batch.len(), 3);
+        assert!(batch[0] != batch[1] && batch[1] != batch[2]);
+        for (ct, v) in batch.iter().zip(&vs) {
+            report("batch symmetric encrypt/decrypt", &s.decrypt(&ct.expand(&s.ctx)), v, 22.0);
+        }
     }
 }
 

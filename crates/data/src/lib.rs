@@ -7,6 +7,10 @@
 //! wrong; nothing panics on file contents.
 #![forbid(unsafe_code)]
 
+mod partition;
+
+pub use partition::{class_histogram, partition, Partition};
+
 use flate2::read::GzDecoder;
 use std::fmt;
 use std::io::Read;
@@ -59,6 +63,9 @@ pub enum Error {
     /// An unknown dataset name.
     #[error("unknown dataset {0:?}: expected mnist, fashion-mnist or kmnist")]
     UnknownDataset(String),
+    /// An invalid argument (a split that cannot be made, a malformed split name).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// Result alias of this crate.
