@@ -290,6 +290,23 @@ impl Evaluator {
         Ok(out)
     }
 
+    /// Divides every slot by `divisor > 0` exactly, by multiplying the scale by it: no noise,
+    /// no level, no arithmetic on the polynomials (the encoded magnitudes are unchanged, so
+    /// the absolute precision of the slots improves by the same factor). Turns a sum of `k`
+    /// ciphertexts into their mean.
+    ///
+    /// # Errors
+    /// [`Error::ForeignObject`]; [`Error::InvalidArgument`] unless `divisor` is finite and
+    /// positive.
+    pub fn divide_exact(&self, a: &mut Ciphertext, divisor: f64) -> Result<()> {
+        self.check(a)?;
+        if !(divisor.is_finite() && divisor > 0.0) {
+            return Err(Error::InvalidArgument(format!("divide_exact by {divisor}: must be finite and positive")));
+        }
+        a.scale *= divisor;
+        Ok(())
+    }
+
     /// Multiplies every slot by the integer `k`; the scale is unchanged.
     ///
     /// # Errors

@@ -99,6 +99,13 @@ fn multiply_plain_and_constants() {
         let acc = s.eval.rescale(&acc).unwrap();
         let want: Vec<_> = a.iter().zip(&b).map(|(x, y)| x * y * 2.0).collect();
         report("multiply_plain_acc", &s.decrypt(&acc), &want, 20.0);
+        // Exact division through the scale: a sum of three becomes their mean.
+        let mut sum = s.eval.add(&ca, &ca).unwrap();
+        s.eval.add_assign(&mut sum, &ca).unwrap();
+        s.eval.divide_exact(&mut sum, 3.0).unwrap();
+        report("divide_exact (mean of three)", &s.decrypt(&sum), &a, 20.0);
+        assert!(s.eval.divide_exact(&mut sum, 0.0).is_err());
+        assert!(s.eval.divide_exact(&mut sum, f64::NAN).is_err());
     }
 }
 

@@ -95,7 +95,7 @@ impl Message {
         postcard::from_bytes(bytes).map_err(|e| ProtocolError::Malformed(e.to_string()))
     }
 
-    fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Message::EvaluationKeys { .. } => "EvaluationKeys",
             Message::EncryptedImage { .. } => "EncryptedImage",

@@ -7,6 +7,10 @@
 //!   key: it is built from a model and receives only [`Message`]s, which carry public keys and
 //!   ciphertexts.
 //!
+//! * [`Coordinator`] — in an ensemble, combines the encrypted scores of several model
+//!   holders ([`Aggregation`]) for the client, who decrypts the result. Holds no key that can
+//!   decrypt and accepts only encrypted scores.
+//!
 //! Messages ([`Message`]) are postcard-encoded; the keys and ciphertexts inside use the CKKS
 //! wire format (`blindfold_ckks::serialize`), which carries the parameter fingerprint, so keys
 //! or ciphertexts made for other parameters are refused with a clear error.
@@ -16,6 +20,8 @@
 //! `Client::decrypt_scores`.
 #![forbid(unsafe_code)]
 
+mod ensemble;
 mod inference;
 
+pub use ensemble::{Aggregated, Aggregation, Coordinator};
 pub use inference::{Client, Message, ModelHolder, PlanInfo, ProtocolError};

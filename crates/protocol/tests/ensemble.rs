@@ -1,0 +1,100 @@
+//! Ensemble roles in one process: one end user, three model holders with their own models,
+//! a coordinator that only ever sees encrypted scores.
+
+use blindfold_ckks::presets;
+use blindfold_data::{load, partition, Dataset, Partition, Split};
+use blindfold_nn::train::{train, TrainConfig};
+use blindfold_nn::{ArchSpec, Model};
+use blindfold_protocol::{Aggregation, Client, Coordinator, Message, ModelHolder, PlanInfo, ProtocolError};
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+/// Three holders trained briefly on an IID split of 3,000 Fashion-MNIST images.
+fn holders() -> (Vec<Model>, blindfold_data::LabeledImages) {
+    let dir = Dataset::FashionMnist.default_dir();
+    let data = load(Dataset::FashionMnist, &dir, Split::Train).expect("Fashion-MNIST installed").truncate(3000);
+    let test = load(Dataset::FashionMnist, &dir, Split::Test).unwrap().truncate(6);
+    let parts = partition(&data.labels, 3, Partition::Iid, 1).unwrap();
+    let models = parts
+        .iter()
+        .enumerate()
+        .map(|(h, idx)| {
+            let arch = ArchSpec::builtin("tenseal-cnn1").unwrap();
+            let mut model = Model::init(arch, &mut ChaCha20Rng::seed_from_u64(h as u64)).unwrap();
+            let cfg = TrainConfig { epochs: 1, seed: h as u64, ..Default::default() };
+            train(&mut model, &data.subset(idx), None, &cfg, |_, _| {}, |_| {}).unwrap();
+            model
+        })
+        .collect();
+    (models, test)
+}
+
+#[test]
+fn encrypted_mean_matches_its_plaintext_twin_and_dropout_is_reported() {
+    let (models, test) = holders();
+    let mut holders: Vec<ModelHolder> =
+        models.iter().map(|m| ModelHolder::new(m, presets::N8192_DEPTH5_128BIT, 29).unwrap()).collect();
+    let info = holders[0].info().clone();
+    let (mut user, keys) = Client::new(&info).unwrap();
+    for h in &mut holders {
+        assert!(h.handle(&keys).unwrap().is_none());
+    }
+    let mut coordinator = Coordinator::new(&info, holders.len()).unwrap();
+    for i in 0..test.len() {
+        let image: Vec<f64> = models[0].normalize(test.images.image(i)).into_iter().map(f64::from).collect();
+        let request = user.encrypt(&image).unwrap();
+        // Holder 2 drops out on odd images.
+        let live: Vec<usize> = if i % 2 == 1 { vec![0, 1] } else { vec![0, 1, 2] };
+        for &h in &live {
+            let reply = holders[h].handle(&request).unwrap().unwrap();
+            coordinator.receive(h, &Message::from_bytes(&reply.to_bytes()).unwrap()).unwrap();
+        }
+        let out = coordinator.aggregate(Aggregation::Mean).unwrap();
+        assert_eq!(out.contributors, live);
+        assert_eq!(out.missing, if i % 2 == 1 { vec![2] } else { vec![] });
+        let got = user.decrypt_scores(&out.message).unwrap();
+        let plain: Vec<Vec<f64>> = live
+            .iter()
+            .map(|&h| {
+                let l = models[h].logits(&[test.images.image(i)]).unwrap();
+                l.iter().map(|&v| f64::from(v)).collect()
+            })
+            .collect();
+        let refs: Vec<&[f64]> = plain.iter().map(Vec::as_slice).collect();
+        let want = Aggregation::Mean.apply_plain(&refs);
+        let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max);
+        assert!(err < 1e-2, "image {i}: encrypted mean off by {err}");
+    }
+}
+
+#[test]
+fn the_coordinator_refuses_keys_foreign_scores_and_empty_rounds() {
+    let (models, _) = holders();
+    let mut holder = ModelHolder::new(&models[0], presets::N8192_DEPTH5_128BIT, 29).unwrap();
+    let info = holder.info().clone();
+    let (mut user, keys) = Client::new(&info).unwrap();
+    let mut coordinator = Coordinator::new(&info, 2).unwrap();
+    // Key material and images are not for the coordinator.
+    assert!(matches!(coordinator.receive(0, &keys), Err(ProtocolError::Unexpected(_))));
+    let request = user.encrypt(&[0.0; 784]).unwrap();
+    assert!(matches!(coordinator.receive(0, &request), Err(ProtocolError::Unexpected(_))));
+    // Nothing received: no prediction, rather than a wrong one.
+    assert!(coordinator.aggregate(Aggregation::Mean).is_err());
+    // Scores made under other parameters: a parameter-mismatch error naming both.
+    let other =
+        PlanInfo { preset: presets::N16384_DEPTH7_128BIT.name.to_string(), log_input_scale: 40, ..info.clone() };
+    let mut other_holder = ModelHolder::new(&models[1], presets::N16384_DEPTH7_128BIT, 40).unwrap();
+    let (mut other_user, other_keys) = Client::new(&other).unwrap();
+    other_holder.handle(&other_keys).unwrap();
+    let foreign = other_holder.handle(&other_user.encrypt(&[0.0; 784]).unwrap()).unwrap().unwrap();
+    let err = coordinator.receive(1, &foreign).unwrap_err().to_string();
+    assert!(err.contains("parameter"), "{err}");
+    // Unknown holder, duplicate reply.
+    holder.handle(&keys).unwrap();
+    let reply = holder.handle(&request).unwrap().unwrap();
+    assert!(coordinator.receive(5, &reply).is_err());
+    coordinator.receive(0, &reply).unwrap();
+    assert!(coordinator.receive(0, &reply).is_err());
+    let out = coordinator.aggregate(Aggregation::Mean).unwrap();
+    assert_eq!((out.contributors, out.missing), (vec![0], vec![1]));
+}
