@@ -14,6 +14,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+mod ensemble;
+
 /// Encrypted neural-network inference with CKKS homomorphic encryption.
 ///
 /// A client encrypts an image under its own key; a model holder evaluates a convolutional
@@ -35,6 +37,9 @@ enum Command {
     Train(TrainArgs),
     /// Classify test images under encryption with a trained model.
     Infer(InferArgs),
+    /// Encrypted ensemble: several model holders trained on their own shares of the data, a
+    /// coordinator combining their encrypted scores; one row per data split.
+    Ensemble(ensemble::EnsembleArgs),
     /// List the CKKS parameter presets and the 128-bit bound each is checked against.
     Params {
         /// Print JSON instead of a table.
@@ -208,6 +213,7 @@ fn main() {
         Command::Demo(a) => demo(a),
         Command::Train(a) => train_cmd(a).map(|_| ()),
         Command::Infer(a) => infer_cmd(a),
+        Command::Ensemble(a) => ensemble::ensemble_cmd(a),
         Command::Params { json } => params_cmd(json),
         Command::Keygen { model, out_dir } => keygen_cmd(&model, &out_dir),
         Command::Encrypt { keys, data, index, out } => encrypt_cmd(&keys, &data, index, &out),
@@ -241,12 +247,25 @@ fn say(pb: &ProgressBar, line: String) {
 }
 
 fn train_model(arch: &str, data: &DataArgs, opts: &TrainOpts, out: &Path) -> Result<Model> {
-    let spec = ArchSpec::builtin(arch)?;
     let train_set = data.load(Split::Train)?.truncate(opts.limit.unwrap_or(usize::MAX));
     let test_set = data.load(Split::Test)?;
+    train_on(arch, data.dataset, &train_set, &test_set, opts, out)
+}
+
+/// Trains `arch` on `train_set` (reporting accuracy on `test_set` each epoch) and writes the
+/// model to `out`.
+fn train_on(
+    arch: &str,
+    dataset: Dataset,
+    train_set: &LabeledImages,
+    test_set: &LabeledImages,
+    opts: &TrainOpts,
+    out: &Path,
+) -> Result<Model> {
+    let spec = ArchSpec::builtin(arch)?;
     let mut model = Model::init(spec, &mut blindfold_nn::train::seeded_rng(opts.seed))?;
     // The settings behind the accuracies in BENCHMARKS.md.
-    let fashion = data.dataset == Dataset::FashionMnist;
+    let fashion = dataset == Dataset::FashionMnist;
     let epochs = opts.epochs.unwrap_or(if fashion { 30 } else { 20 });
     let cfg = TrainConfig {
         epochs,
@@ -256,13 +275,13 @@ fn train_model(arch: &str, data: &DataArgs, opts: &TrainOpts, out: &Path) -> Res
         max_shift: opts.max_shift.unwrap_or(if fashion { 1 } else { 2 }),
         ..TrainConfig::default()
     };
-    eprintln!("training {arch} on {} ({} images, {epochs} epochs)", data.dataset, train_set.len());
+    eprintln!("training {arch} on {dataset} ({} images, {epochs} epochs)", train_set.len());
     let pb = bar((epochs * train_set.len().div_ceil(cfg.batch_size)) as u64, "training");
     let mut last = None;
     let reports = train(
         &mut model,
-        &train_set,
-        Some(&test_set),
+        train_set,
+        Some(test_set),
         &cfg,
         |_, _| pb.inc(1),
         |r| {
@@ -281,7 +300,7 @@ fn train_model(arch: &str, data: &DataArgs, opts: &TrainOpts, out: &Path) -> Res
     )?;
     pb.finish_and_clear();
     let mut prov = HashMap::new();
-    prov.insert("dataset".into(), data.dataset.to_string());
+    prov.insert("dataset".into(), dataset.to_string());
     prov.insert("epochs".into(), reports.len().to_string());
     prov.insert("test_accuracy".into(), format!("{:.4}", last.unwrap_or(0.0)));
     prov.insert("seed".into(), opts.seed.to_string());

@@ -31,7 +31,7 @@ fn holders() -> (Vec<Model>, blindfold_data::LabeledImages) {
 
 #[test]
 fn encrypted_mean_matches_its_plaintext_twin_and_dropout_is_reported() {
-        let (mut models, test) = holders();
+    let (mut models, test) = holders();
     let mut holders: Vec<ModelHolder> =
         models.iter().map(|m| ModelHolder::new(m, presets::N8192_DEPTH5_128BIT, 29).unwrap()).collect();
     let info = holders[0].info().clone();

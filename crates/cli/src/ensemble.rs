@@ -1,0 +1,285 @@
+//! `blindfold ensemble`: several model holders, each with a model trained on its own share
+//! of the data, a coordinator combining their encrypted scores, one end user decrypting.
+
+use crate::{bar, percentile, say, train_on, DataArgs, Percentiles, TrainOpts, LOG_INPUT_SCALE, PRESET};
+use anyhow::{bail, Context as _, Result};
+use blindfold_data::{class_histogram, partition, Partition, Split};
+use blindfold_nn::{argmax, Model};
+use blindfold_protocol::{Aggregation, Client, Coordinator, Message, ModelHolder};
+use clap::Args;
+use rayon::prelude::*;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Args)]
+pub(crate) struct EnsembleArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Number of model holders, each training its own model on its own share of the data.
+    #[arg(long, default_value_t = 5)]
+    holders: usize,
+    /// Comma-separated data splits among the holders, one table row each: iid,
+    /// label-skew:K (K classes per holder), dirichlet:ALPHA (class mix drawn from a
+    /// Dirichlet distribution; small ALPHA = very unequal), size-skew.
+    #[arg(long, value_delimiter = ',', default_value = "iid,dirichlet:1.0,dirichlet:0.3,label-skew:2")]
+    split: Vec<Partition>,
+    /// Comma-separated aggregations the coordinator runs on the encrypted scores. Implemented:
+    /// mean. (weighted, softmax-mean and vote are planned.)
+    #[arg(long, value_delimiter = ',', default_value = "mean")]
+    aggregation: Vec<String>,
+    /// Architecture of every holder's model.
+    #[arg(long, default_value = "tenseal-cnn1")]
+    arch: String,
+    #[command(flatten)]
+    opts: TrainOpts,
+    /// Seed of the data splits.
+    #[arg(long, default_value_t = 1)]
+    split_seed: u64,
+    /// Where the holders' trained models are cached.
+    #[arg(long, default_value = "models")]
+    model_dir: PathBuf,
+    /// Number of test images classified under encryption by the whole ensemble.
+    #[arg(long, default_value_t = 100)]
+    n_test: usize,
+    /// A holder whose reply takes longer than this (milliseconds) is left out of that image's
+    /// aggregation, and the result says so.
+    #[arg(long)]
+    timeout_ms: Option<f64>,
+    /// Threads (default: all cores), shared by the holders evaluating in parallel.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Write a machine-readable report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn parse_aggregation(name: &str) -> Result<Aggregation> {
+    match name {
+        "mean" => Ok(Aggregation::Mean),
+        "weighted" | "softmax-mean" | "vote" => bail!("aggregation {name} is not implemented yet (implemented: mean)"),
+        other => bail!("unknown aggregation {other:?}: expected mean, weighted, softmax-mean or vote"),
+    }
+}
+
+#[derive(Serialize)]
+struct AggregationResult {
+    encrypted_accuracy: f64,
+    plain_accuracy: f64,
+    agreement: f64,
+}
+
+#[derive(Serialize)]
+struct Row {
+    split: String,
+    holder_sizes: Vec<usize>,
+    holder_accuracies: Vec<f64>,
+    best_single: f64,
+    ensemble: BTreeMap<String, AggregationResult>,
+    /// Holder replies left out (failed or late), over all images.
+    dropped_replies: usize,
+    /// Encrypt, all holders in parallel, aggregate, decrypt: per image.
+    pipeline_ms: Percentiles,
+    /// The coordinator's work per image and aggregation.
+    coordinator_ms: Percentiles,
+}
+
+#[derive(Serialize)]
+struct Report {
+    dataset: String,
+    arch: String,
+    holders: usize,
+    n: usize,
+    preset: String,
+    threads: usize,
+    rows: Vec<Row>,
+}
+
+pub(crate) fn ensemble_cmd(a: EnsembleArgs) -> Result<()> {
+    if a.holders == 0 {
+        bail!("--holders must be at least 1");
+    }
+    let aggregations = a.aggregation.iter().map(|s| parse_aggregation(s)).collect::<Result<Vec<_>>>()?;
+    let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |t| t.get())).max(1);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    let train_set = a.data.load(Split::Train)?.truncate(a.opts.limit.unwrap_or(usize::MAX));
+    let test_full = a.data.load(Split::Test)?;
+    let test = test_full.clone().truncate(a.n_test);
+    let mut rows = Vec::new();
+    for &split in &a.split {
+        let parts = partition(&train_set.labels, a.holders, split, a.split_seed)?;
+        let mut models = Vec::with_capacity(a.holders);
+        for (h, idx) in parts.iter().enumerate() {
+            let hist = class_histogram(&train_set.labels, idx, 10);
+            eprintln!("{split}: holder {h} has {} images, per class {hist:?}", idx.len());
+            let path = a.model_dir.join("ensemble").join(format!(
+                "{}-{}-{}-holder{h}of{}-seed{}-n{}.safetensors",
+                a.data.dataset,
+                a.arch,
+                split.to_string().replace(':', "_"),
+                a.holders,
+                a.split_seed,
+                train_set.len()
+            ));
+            let model = match Model::load(&path) {
+                Ok((m, file)) if file.arch.name == a.arch => m,
+                _ => {
+                    std::fs::create_dir_all(path.parent().expect("a parent directory"))?;
+                    train_on(&a.arch, a.data.dataset, &train_set.subset(idx), &test_full, &a.opts, &path)?
+                }
+            };
+            models.push(model);
+        }
+        let row = pool.install(|| evaluate_split(&split.to_string(), &mut models, &parts, &test, &aggregations, &a))?;
+        print_row(&row, &aggregations);
+        rows.push(row);
+    }
+    let report = Report {
+        dataset: a.data.dataset.to_string(),
+        arch: a.arch.clone(),
+        holders: a.holders,
+        n: test.len(),
+        preset: PRESET.name.to_string(),
+        threads,
+        rows,
+    };
+    if let Some(path) = &a.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Runs the encrypted ensemble on every test image for one split.
+fn evaluate_split(
+    split: &str,
+    models: &mut [Model],
+    parts: &[Vec<usize>],
+    test: &blindfold_data::LabeledImages,
+    aggregations: &[Aggregation],
+    a: &EnsembleArgs,
+) -> Result<Row> {
+    let n = test.len();
+    let images: Vec<&[u8]> = (0..n).map(|i| test.images.image(i)).collect();
+    // Each holder's plaintext logits: its own accuracy, and the plaintext twin of the ensemble.
+    let plain: Vec<Vec<Vec<f64>>> = models
+        .iter_mut()
+        .map(|m| {
+            let l = m.logits(&images)?;
+            Ok(l.rows().into_iter().map(|r| r.iter().map(|&v| f64::from(v)).collect()).collect())
+        })
+        .collect::<Result<_>>()?;
+    let accuracy = |pred: &dyn Fn(usize) -> usize| {
+        (0..n).filter(|&i| pred(i) == test.labels[i] as usize).count() as f64 / n.max(1) as f64
+    };
+    let holder_accuracies: Vec<f64> = plain.iter().map(|p| accuracy(&|i| argmax_f64(&p[i]))).collect();
+
+    let mut holders: Vec<ModelHolder> =
+        models.iter().map(|m| ModelHolder::new(m, PRESET, LOG_INPUT_SCALE)).collect::<Result<_, _>>()?;
+    let info = holders[0].info().clone();
+    let (mut user, keys) = Client::new(&info)?;
+    for h in &mut holders {
+        h.handle(&keys)?;
+    }
+    let mut coordinator = Coordinator::new(&info, holders.len())?;
+    let normalized: Vec<Vec<f64>> =
+        images.iter().map(|img| models[0].normalize(img).into_iter().map(f64::from).collect()).collect();
+    let mut encrypted_pred = vec![vec![0usize; n]; aggregations.len()];
+    let mut plain_pred = vec![vec![0usize; n]; aggregations.len()];
+    let (mut pipeline, mut coord_ms) = (Vec::with_capacity(n), Vec::new());
+    let mut dropped = 0;
+    let pb = bar(n as u64, split);
+    for i in 0..n {
+        let t0 = Instant::now();
+        let request = user.encrypt(&normalized[i])?;
+        let replies: Vec<(Option<Message>, f64)> = holders
+            .par_iter_mut()
+            .map(|h| {
+                let t = Instant::now();
+                let reply = h.handle(&request).ok().flatten();
+                (reply, t.elapsed().as_secs_f64() * 1e3)
+            })
+            .collect();
+        let delivered: Vec<usize> = replies
+            .iter()
+            .enumerate()
+            .filter(|(_, (r, ms))| r.is_some() && a.timeout_ms.is_none_or(|limit| *ms <= limit))
+            .map(|(h, _)| h)
+            .collect();
+        dropped += holders.len() - delivered.len();
+        for (k, &agg) in aggregations.iter().enumerate() {
+            let tc = Instant::now();
+            for &h in &delivered {
+                coordinator.receive(h, replies[h].0.as_ref().expect("delivered"))?;
+            }
+            let out = coordinator.aggregate(agg)?;
+            coord_ms.push(tc.elapsed().as_secs_f64() * 1e3);
+            if !out.missing.is_empty() {
+                say(&pb, format!("image {i}: {} without holders {:?} (failed or late)", agg.name(), out.missing));
+            }
+            encrypted_pred[k][i] = argmax_f64(&user.decrypt_scores(&out.message)?);
+            let twin: Vec<&[f64]> = out.contributors.iter().map(|&h| plain[h][i].as_slice()).collect();
+            plain_pred[k][i] = argmax_f64(&agg.apply_plain(&twin));
+        }
+        pipeline.push(t0.elapsed().as_secs_f64() * 1e3);
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let ensemble = aggregations
+        .iter()
+        .enumerate()
+        .map(|(k, agg)| {
+            let agreement =
+                (0..n).filter(|&i| encrypted_pred[k][i] == plain_pred[k][i]).count() as f64 / n.max(1) as f64;
+            let result = AggregationResult {
+                encrypted_accuracy: accuracy(&|i| encrypted_pred[k][i]),
+                plain_accuracy: accuracy(&|i| plain_pred[k][i]),
+                agreement,
+            };
+            (agg.name().to_string(), result)
+        })
+        .collect();
+    Ok(Row {
+        split: split.to_string(),
+        holder_sizes: parts.iter().map(Vec::len).collect(),
+        best_single: holder_accuracies.iter().copied().fold(0.0, f64::max),
+        holder_accuracies,
+        ensemble,
+        dropped_replies: dropped,
+        pipeline_ms: Percentiles { p50: percentile(&mut pipeline, 0.5), p95: percentile(&mut pipeline, 0.95) },
+        coordinator_ms: Percentiles { p50: percentile(&mut coord_ms, 0.5), p95: percentile(&mut coord_ms, 0.95) },
+    })
+}
+
+fn argmax_f64(v: &[f64]) -> usize {
+    let v32: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+    argmax(&v32)
+}
+
+fn print_row(row: &Row, aggregations: &[Aggregation]) {
+    let pct = |x: f64| format!("{:.2}%", 100.0 * x);
+    println!("split {}", row.split);
+    println!(
+        "  holders        {} (images {:?})",
+        row.holder_accuracies.iter().map(|&x| pct(x)).collect::<Vec<_>>().join(" "),
+        row.holder_sizes
+    );
+    println!("  best single    {}", pct(row.best_single));
+    for agg in aggregations {
+        let r = &row.ensemble[agg.name()];
+        let verdict = if r.encrypted_accuracy > row.best_single { "beats" } else { "does not beat" };
+        println!(
+            "  {:<14} encrypted {}, plaintext {}, agreement {} ({verdict} the best single holder)",
+            agg.name(),
+            pct(r.encrypted_accuracy),
+            pct(r.plain_accuracy),
+            pct(r.agreement)
+        );
+    }
+    println!(
+        "  latency        pipeline p50 {:.1} ms (p95 {:.1}), coordinator p50 {:.3} ms; {} replies dropped",
+        row.pipeline_ms.p50, row.pipeline_ms.p95, row.coordinator_ms.p50, row.dropped_replies
+    );
+}

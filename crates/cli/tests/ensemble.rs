@@ -1,0 +1,68 @@
+//! `blindfold ensemble` end to end on Fashion-MNIST (Debian's `dataset-fashion-mnist`), with
+//! small settings: the JSON report's shape, agreement with the plaintext ensemble, and clear
+//! errors for what is not available.
+
+use std::process::Command;
+
+fn blindfold(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_blindfold")).args(args).output().expect("runs")
+}
+
+#[test]
+fn ensemble_report_has_one_row_per_split() {
+    let d = std::env::temp_dir().join(format!("blindfold-cli-ensemble-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    let json = d.join("report.json");
+    let (models, json_s) = (d.join("models").display().to_string(), json.display().to_string());
+    let args = [
+        "ensemble",
+        "--holders",
+        "2",
+        "--split",
+        "iid,label-skew:5",
+        "--limit",
+        "1500",
+        "--epochs",
+        "1",
+        "--n-test",
+        "8",
+        "--model-dir",
+        &models,
+        "--json",
+        &json_s,
+    ];
+    let out = blindfold(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["holders"], 2);
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["split"], "iid");
+    assert_eq!(rows[1]["split"], "label-skew:5");
+    for row in rows {
+        assert_eq!(row["holder_accuracies"].as_array().unwrap().len(), 2);
+        let mean = &row["ensemble"]["mean"];
+        // Encrypted and plaintext ensembles pick the same class on these images.
+        assert_eq!(mean["agreement"].as_f64().unwrap(), 1.0, "{row}");
+        assert!(row["coordinator_ms"]["p50"].as_f64().unwrap() > 0.0);
+    }
+    // The second run reuses the cached holder models.
+    let again = blindfold(&args);
+    assert!(again.status.success());
+    assert!(!String::from_utf8_lossy(&again.stderr).contains("training"));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn unavailable_aggregations_and_bad_splits_are_refused() {
+    for (args, needle) in [
+        (vec!["ensemble", "--aggregation", "vote"], "not implemented yet"),
+        (vec!["ensemble", "--aggregation", "median"], "unknown aggregation"),
+        (vec!["ensemble", "--split", "dirichlet:-2"], "ALPHA must be a positive number"),
+        (vec!["ensemble", "--holders", "0"], "at least 1"),
+    ] {
+        let out = blindfold(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(needle), "{args:?}: {err}");
+    }
+}
