@@ -751,7 +751,6 @@ impl Evaluator {
     /// The key products at extended position `pos`: `out0 = Σ_j d_j·b_j`, `out1 = Σ_j d_j·a_j`
     /// over the digits `d_j` of `c` there (borrowed from `c` for the digit holding `q_pos`,
     /// otherwise basis-extended into `residues` and transformed).
-    #[allow(clippy::too_many_arguments)]
     fn digit_products(
         &self,
         coeff: &[u64],
