@@ -713,38 +713,25 @@ impl Evaluator {
         let special = ctx.num_special();
         let coeff = self.prepared_coefficients(c, level);
         let digits = ctx.decompose[level].len();
-        let mut p_part = Scratch::overwritten(2 * special * n);
-        {
-            let (p0, p1) = p_part.split_at_mut(special * n);
-            let mut residues = Scratch::overwritten(digits * n);
-            for k in 0..special {
-                let r = k * n..(k + 1) * n;
-                let (p0, p1) = (&mut p0[r.clone()], &mut p1[r]);
-                self.digit_products(&coeff, c, level, key, level + 1 + k, &mut residues, p0, p1);
-                let ntt = &ctx.ntt[ctx.special_index(k)];
-                rayon::join(|| ntt.backward(p0), || ntt.backward(p1));
-            }
+        let (mut p0, mut p1) = (Scratch::overwritten(special * n), Scratch::overwritten(special * n));
+        let mut residues = Scratch::overwritten(digits * n);
+        for k in 0..special {
+            let r = k * n..(k + 1) * n;
+            self.digit_products(&coeff, c, level, key, level + 1 + k, &mut residues, &mut p0[r.clone()], &mut p1[r]);
         }
-        let mut prepared = Scratch::overwritten(2 * special * n);
-        let conv = &ctx.mod_down[level];
-        for (src, dst) in p_part.chunks_exact(special * n).zip(prepared.chunks_exact_mut(special * n)) {
-            conv.prepare(src, dst);
-        }
+        let (prep0, prep1) =
+            rayon::join(|| self.mod_down_prepare(level, &mut p0), || self.mod_down_prepare(level, &mut p1));
         let len = (level + 1) * n;
         let (o0, o1) = out.parts.split_at_mut(1);
         let outs = o0[0][..len].par_chunks_exact_mut(n).zip(o1[0][..len].par_chunks_exact_mut(n));
         outs.enumerate().for_each(|(i, (o0, o1))| {
             let mut residues = Scratch::overwritten(digits * n);
             let mut tmp = Scratch::overwritten(3 * n);
-            let (t, v) = tmp.split_at_mut(2 * n);
+            let (t, conv) = tmp.split_at_mut(2 * n);
             let (t0, t1) = t.split_at_mut(n);
             self.digit_products(&coeff, c, level, key, i, &mut residues, t0, t1);
-            let q = &ctx.moduli[i];
-            for ((o, ti), prep) in [o0, o1].into_iter().zip([&*t0, &*t1]).zip(prepared.chunks_exact(special * n)) {
-                conv.convert_prepared(prep, i..i + 1, v);
-                ctx.ntt[i].forward(v);
-                slice::add_sub_mul_scalar_assign(o, ti, v, ctx.p_inv_mod_q[i], q);
-            }
+            self.mod_down_residue(level, i, &prep0, t0, o0, conv);
+            self.mod_down_residue(level, i, &prep1, t1, o1, conv);
         });
     }
 
@@ -920,20 +907,40 @@ impl Evaluator {
     /// `dest += round(x / P)` from `Q_l ∪ P` to `Q_l`, NTT form in and out (the `P` part of
     /// `x` is overwritten).
     fn mod_down_add(&self, x: &mut [u64], level: usize, dest: &mut [u64]) {
+        let n = self.ctx.n();
+        let (xq, p_part) = x.split_at_mut((level + 1) * n);
+        let prepared = self.mod_down_prepare(level, p_part);
+        dest.par_chunks_exact_mut(n).zip(xq.par_chunks_exact(n)).enumerate().for_each(|(i, (dest, x))| {
+            self.mod_down_residue(level, i, &prepared, x, dest, &mut Scratch::overwritten(n));
+        });
+    }
+
+    /// First half of a ModDown, shared by every `q_i`: the part of a value over `Q_l ∪ P`
+    /// that lies over `P` (NTT form, overwritten) brought back to coefficients and prepared
+    /// for conversion (see [`blindfold_math::BasisConverter::prepare`]).
+    fn mod_down_prepare(&self, level: usize, p_part: &mut [u64]) -> Scratch {
         let ctx = &self.ctx;
-        let n = ctx.n();
-        let p_part = &mut x[(level + 1) * n..];
-        for k in 0..ctx.num_special() {
-            ctx.ntt[ctx.special_index(k)].backward(&mut p_part[k * n..(k + 1) * n]);
-        }
+        p_part.par_chunks_exact_mut(ctx.n()).enumerate().for_each(|(k, r)| ctx.ntt[ctx.special_index(k)].backward(r));
         let mut prepared = Scratch::overwritten(p_part.len());
         ctx.mod_down[level].prepare(p_part, &mut prepared);
-        let x = &x[..(level + 1) * n];
-        dest.par_chunks_exact_mut(n).zip(x.par_chunks_exact(n)).enumerate().for_each(|(i, (dest, x))| {
-            let mut conv = Scratch::overwritten(n);
-            ctx.mod_down[level].convert_prepared(&prepared, i..i + 1, &mut conv);
-            ctx.ntt[i].forward(&mut conv);
-            slice::add_sub_mul_scalar_assign(dest, x, &conv, ctx.p_inv_mod_q[i], &ctx.moduli[i]);
-        });
+        prepared
+    }
+
+    /// Residue `i` of a ModDown: `dest += (x - [p]_{q_i}) · P^{-1} mod q_i`, NTT form, where
+    /// `x` is the value's residue modulo `q_i` and `prepared` its `P` part from
+    /// [`Evaluator::mod_down_prepare`]; `conv` (length `N`) is scratch space.
+    fn mod_down_residue(
+        &self,
+        level: usize,
+        i: usize,
+        prepared: &[u64],
+        x: &[u64],
+        dest: &mut [u64],
+        conv: &mut [u64],
+    ) {
+        let ctx = &self.ctx;
+        ctx.mod_down[level].convert_prepared(prepared, i..i + 1, conv);
+        ctx.ntt[i].forward(conv);
+        slice::add_sub_mul_scalar_assign(dest, x, conv, ctx.p_inv_mod_q[i], &ctx.moduli[i]);
     }
 }
