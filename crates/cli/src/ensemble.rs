@@ -1,7 +1,7 @@
 //! `blindfold ensemble`: several model holders, each with a model trained on its own share
 //! of the data, a coordinator combining their encrypted scores, one end user decrypting.
 
-use crate::{bar, percentile, say, train_on, DataArgs, Percentiles, TrainOpts, LOG_INPUT_SCALE, PRESET};
+use crate::{bar, cached_model, percentile, say, train_on, DataArgs, Percentiles, TrainOpts, LOG_INPUT_SCALE, PRESET};
 use anyhow::{bail, Context as _, Result};
 use blindfold_data::{class_histogram, partition, Partition, Split};
 use blindfold_nn::{argmax, Model};
@@ -122,12 +122,9 @@ pub(crate) fn ensemble_cmd(a: EnsembleArgs) -> Result<()> {
                 a.split_seed,
                 train_set.len()
             ));
-            let model = match Model::load(&path) {
-                Ok((m, file)) if file.arch.name == a.arch => m,
-                _ => {
-                    std::fs::create_dir_all(path.parent().expect("a parent directory"))?;
-                    train_on(&a.arch, a.data.dataset, &train_set.subset(idx), &test_full, &a.opts, &path)?
-                }
+            let model = match cached_model(&path, &a.arch) {
+                Some(m) => m,
+                None => train_on(&a.arch, a.data.dataset, &train_set.subset(idx), &test_full, &a.opts, &path)?,
             };
             models.push(model);
         }

@@ -315,14 +315,19 @@ fn train_cmd(a: TrainArgs) -> Result<Model> {
 
 fn demo(a: DemoArgs) -> Result<()> {
     let path = a.model_dir.join(format!("{}-{}.safetensors", a.data.dataset, a.arch));
-    let model = match Model::load(&path) {
-        Ok((m, file)) if file.arch.name == a.arch => {
+    let model = match cached_model(&path, &a.arch) {
+        Some(m) => {
             eprintln!("using cached model {}", path.display());
             m
         }
-        _ => train_model(&a.arch, &a.data, &a.opts, &path)?,
+        None => train_model(&a.arch, &a.data, &a.opts, &path)?,
     };
     run_inference(model, &a.data, &a.eval)
+}
+
+/// The model at `path` if it exists, loads and has the architecture `arch`.
+fn cached_model(path: &Path, arch: &str) -> Option<Model> {
+    Model::load(path).ok().filter(|(_, file)| file.arch.name == arch).map(|(m, _)| m)
 }
 
 fn infer_cmd(a: InferArgs) -> Result<()> {

@@ -250,6 +250,16 @@ impl DenseGeom {
         let g = if self.groups == 1 { 0 } else { j / period };
         (g < self.groups).then_some(g * self.n_g + j % self.n_g)
     }
+
+    /// Output held at slot `j` after the fold, if any: every slot with one group (the output
+    /// repeats with period `n_o`), the first `n_g` slots of each replica otherwise.
+    fn output_at(&self, j: usize, period: usize) -> Option<usize> {
+        if self.groups == 1 {
+            Some(j % self.n_o)
+        } else {
+            self.row(j, period).filter(|_| j % period < self.n_g)
+        }
+    }
 }
 
 /// Checks the supported form `Conv2d, Square, Flatten, (Dense, Square)*, Dense`.
@@ -402,14 +412,9 @@ impl CnnPlan {
                     level -= 1;
                     // The bias at every output slot (every replica of it when the output repeats).
                     let bias_v: Vec<f64> = (0..slots)
-                        .map(|j| {
-                            let o = if geom.groups == 1 { Some(j % geom.n_o) } else { geom.row(j, period) };
-                            match o {
-                                Some(o) if o < *outputs && (geom.groups == 1 || j % period < geom.n_g) => {
-                                    p.bias[o] as f64
-                                }
-                                _ => 0.0,
-                            }
+                        .map(|j| match geom.output_at(j, period) {
+                            Some(o) if o < *outputs => p.bias[o] as f64,
+                            _ => 0.0,
                         })
                         .collect();
                     let bias = Operand { encoded: encoder.encode_real(&bias_v, level, scale)?, values: bias_v };
