@@ -939,7 +939,7 @@ impl Evaluator {
         conv: &mut [u64],
     ) {
         let ctx = &self.ctx;
-        ctx.mod_down[level].convert_prepared(prepared, i..i + 1, conv);
+        ctx.mod_down[level].convert_prepared_centered(prepared, i..i + 1, conv);
         ctx.ntt[i].forward(conv);
         slice::add_sub_mul_scalar_assign(dest, x, conv, ctx.p_inv_mod_q[i], &ctx.moduli[i]);
     }

@@ -282,6 +282,18 @@ pub const N16384_DEPTH7_128BIT: Preset = Preset {
     log_default_scale: 40,
 };
 
+/// N = 16384, depth 11, scale 2^29: 36 + 11×29-bit chain, two 37-bit special primes
+/// (α = 2, dnum = 6), log2(QP) < 438. The N8192_DEPTH5 chain with six more levels: room for a
+/// shallow network and a polynomial after it (the encrypted ensemble's softmax and vote
+/// aggregations, depth 6).
+pub const N16384_DEPTH11_128BIT: Preset = Preset {
+    name: "N16384_DEPTH11_128BIT",
+    log_n: 14,
+    log_q: &[36, 29, 29, 29, 29, 29, 29, 29, 29, 29, 29, 29],
+    log_p: &[37, 37],
+    log_default_scale: 29,
+};
+
 /// N = 32768, depth 16, scale 2^40: 50 + 16×40-bit chain, three 50-bit special primes,
 /// log2(QP) < 881.
 pub const N32768_DEPTH16_128BIT: Preset = Preset {
@@ -293,5 +305,11 @@ pub const N32768_DEPTH16_128BIT: Preset = Preset {
 };
 
 /// Every released preset.
-pub const PRESETS: [Preset; 5] =
-    [N8192_DEPTH2_128BIT, N8192_DEPTH3_128BIT, N8192_DEPTH5_128BIT, N16384_DEPTH7_128BIT, N32768_DEPTH16_128BIT];
+pub const PRESETS: [Preset; 6] = [
+    N8192_DEPTH2_128BIT,
+    N8192_DEPTH3_128BIT,
+    N8192_DEPTH5_128BIT,
+    N16384_DEPTH7_128BIT,
+    N16384_DEPTH11_128BIT,
+    N32768_DEPTH16_128BIT,
+];

@@ -274,3 +274,22 @@ fn evaluator_is_shareable_across_threads() {
         report("threaded multiply", &s.decrypt(r), &want, 20.0);
     }
 }
+
+/// Regression: with two or more special primes, ModDown's basis conversion must be centered.
+/// The uncentered fast conversion left an error of mean about -(α+1)/2 in every coefficient,
+/// which the decoder concentrates into the slots near the root 1: at N = 2^14 and scale 2^29
+/// rotations kept 9.2 bits in the worst slot (14.6 centered).
+#[test]
+fn key_switching_with_two_special_primes_keeps_its_precision() {
+    let params = presets::N16384_DEPTH11_128BIT.parameters().unwrap();
+    assert_eq!(params.alpha(), 2);
+    let mut s = setup(params, 9);
+    let slots = s.encoder.slots();
+    let a = values(slots, 11);
+    // Secret-key encryption: its noise is small enough for the conversion error to show.
+    let pt = s.encoder.encode(&a, s.ctx.max_level(), s.params.default_scale()).unwrap();
+    let ct = Encryptor::with_secret_key(s.keygen.secret_key()).unwrap().encrypt_symmetric(&pt).unwrap().expand(&s.ctx);
+    let gk = s.keygen.galois_keys(&[1], false);
+    let want: Vec<_> = (0..slots).map(|j| a[(j + 1) % slots]).collect();
+    report("rotate 1, N=2^14, α=2", &s.decrypt(&s.eval.rotate(&ct, 1, &gk).unwrap()), &want, 13.0);
+}

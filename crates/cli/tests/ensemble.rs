@@ -41,25 +41,32 @@ fn ensemble_report_has_one_row_per_split() {
     assert_eq!(rows[1]["split"], "label-skew:5");
     for row in rows {
         assert_eq!(row["holder_accuracies"].as_array().unwrap().len(), 2);
-        let mean = &row["ensemble"]["mean"];
-        // Encrypted and plaintext ensembles pick the same class on these images.
-        assert_eq!(mean["agreement"].as_f64().unwrap(), 1.0, "{row}");
-        assert!(row["coordinator_ms"]["p50"].as_f64().unwrap() > 0.0);
+        assert_eq!(row["calibration"]["weights"].as_array().unwrap().len(), 2);
+        // Every aggregation by default; encrypted and plaintext ensembles pick the same class
+        // on these images.
+        for (name, depth) in [("mean", 0), ("weighted", 1), ("softmax-mean", 6), ("vote", 6)] {
+            let agg = &row["ensemble"][name];
+            assert_eq!(agg["agreement"].as_f64().unwrap(), 1.0, "{name}: {row}");
+            assert_eq!(agg["depth"], depth, "{name}");
+            assert!(agg["coordinator_ms"]["p50"].as_f64().unwrap() > 0.0);
+        }
     }
-    // The second run reuses the cached holder models.
-    let again = blindfold(&args);
+    assert_eq!(report["preset"], "N16384_DEPTH11_128BIT");
+    // The second run reuses the cached holder models; mean alone runs on the smaller ring.
+    let mean_only: Vec<&str> = args.iter().copied().chain(["--aggregation", "mean"]).collect();
+    let again = blindfold(&mean_only);
     assert!(again.status.success());
     assert!(!String::from_utf8_lossy(&again.stderr).contains("training"));
     let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
-fn unavailable_aggregations_and_bad_splits_are_refused() {
+fn unknown_aggregations_and_bad_splits_are_refused() {
     for (args, needle) in [
-        (vec!["ensemble", "--aggregation", "vote"], "not implemented yet"),
         (vec!["ensemble", "--aggregation", "median"], "unknown aggregation"),
         (vec!["ensemble", "--split", "dirichlet:-2"], "ALPHA must be a positive number"),
         (vec!["ensemble", "--holders", "0"], "at least 1"),
+        (vec!["ensemble", "--n-test", "9500"], "never scored"),
     ] {
         let out = blindfold(&args);
         let err = String::from_utf8_lossy(&out.stderr);

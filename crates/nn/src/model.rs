@@ -73,6 +73,21 @@ impl Model {
         self.layers.get(i).and_then(|l| l.params.as_ref())
     }
 
+    /// Subtracts, from the last layer's weights and bias, their mean over the output classes,
+    /// so that the logits of every input sum to zero. Softmax and argmax are unchanged (the
+    /// logits move by the same amount in every class); the logits' range becomes what an
+    /// encrypted softmax or vote needs to bound (see `blindfold_protocol::Calibration`).
+    ///
+    /// Does nothing to a model whose last layer has no parameters.
+    pub fn center_logits(&mut self) {
+        let Some(p) = self.layers.last_mut().and_then(|l| l.params.as_mut()) else { return };
+        let classes = p.weight.nrows() as f32;
+        let column_mean = p.weight.sum_axis(ndarray::Axis(0)) / classes;
+        p.weight -= &column_mean;
+        let bias_mean = p.bias.sum() / classes;
+        p.bias -= bias_mean;
+    }
+
     /// Normalizes 8-bit pixels into the model's input: `(pixel/255 - mean) / std`.
     pub fn normalize(&self, pixels: &[u8]) -> Vec<f32> {
         let n = self.spec.normalization;

@@ -118,3 +118,21 @@ fn builtin_architectures_have_the_published_shapes() {
     assert_eq!(ArchSpec::builtin("cnn2").unwrap().classes().unwrap(), 10);
     assert!(ArchSpec::builtin("resnet").is_err());
 }
+
+#[test]
+fn centered_logits_sum_to_zero_and_keep_the_softmax() {
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let mut model = Model::init(tiny_arch(), &mut rng).unwrap();
+    // A bias that shifts every class, which centering must remove.
+    let last = model.layers.len() - 1;
+    model.layers[last].params.as_mut().unwrap().bias.fill(2.5);
+    let x = Array2::from_shape_simple_fn((4, 72), || (rng.next_u32() % 1000) as f32 / 1000.0 - 0.5);
+    let before = model.forward_inner(&x, false).unwrap();
+    model.center_logits();
+    let after = model.forward_inner(&x, false).unwrap();
+    for (b, a) in before.rows().into_iter().zip(after.rows()) {
+        assert!(a.sum().abs() < 1e-4, "{a}");
+        let shift = b[0] - a[0];
+        assert!(b.iter().zip(a.iter()).all(|(x, y)| (x - y - shift).abs() < 1e-4), "{b} vs {a}");
+    }
+}

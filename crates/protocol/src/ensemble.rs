@@ -1,12 +1,32 @@
 //! The coordinator of an encrypted ensemble: combines the encrypted scores of several model
 //! holders into one encrypted prediction for the end user.
+//!
+//! Four aggregations ([`Aggregation`]): the mean and the weighted mean of the scores, which are
+//! linear, and two that first pass each holder's scores through a polynomial: a softmax
+//! approximation (then the mean), and a vote approximation (then the mean of the votes). The
+//! polynomial ones need levels after the network (see [`Aggregation::depth`]) and evaluation
+//! keys for the coordinator ([`Coordinator::evaluation_key_steps`]); their constants are public
+//! and come from a validation set no holder trained on ([`Calibration`]).
+//!
+//! Layout. A holder's scores arrive in slots `0..C` (`C` classes; the other slots hold partial
+//! sums of the last layer). The polynomial aggregations mask them, move holder `h` to the
+//! window of slots `WINDOW·h ..`, and work on all holders in one ciphertext.
 
 use crate::inference::{Message, PlanInfo, ProtocolError};
 use blindfold_ckks::serialize::{deserialize, serialize};
-use blindfold_ckks::{Ciphertext, Context, Evaluator};
+use blindfold_ckks::{Ciphertext, Context, Encoder, Evaluator, GaloisKeys, RelinearizationKey};
+use serde::{Deserialize, Serialize};
+use std::str::FromStr;
 use std::sync::Arc;
 
 type Result<T> = std::result::Result<T, ProtocolError>;
+
+/// Slots given to one holder's scores in the packed polynomial aggregations.
+const WINDOW: usize = 32;
+/// Regions of the vote's packed pairwise differences (one per shift `1..C`, padded).
+const VOTE_REGIONS: usize = 16;
+/// Power applied to the vote's normalised rank (`(rank/(C-1))^VOTE_POWER`).
+const VOTE_POWER_LOG2: usize = 3;
 
 /// How the coordinator combines the holders' scores. Each has a plaintext twin
 /// ([`Aggregation::apply_plain`]) that the decrypted result is checked against.
@@ -16,31 +36,235 @@ pub enum Aggregation {
     /// Arithmetic mean of the score vectors: a sum of ciphertexts, the division by the
     /// number of contributors done exactly through the scale (no level, no noise).
     Mean,
+    /// `Σ w_h s_h / Σ w_h` over the contributors, with public weights
+    /// ([`Calibration::weights`]): one constant multiplication and one rescale (depth 1).
+    Weighted,
+    /// Mean of a polynomial softmax per holder: `e_j = (1 + s_j/R_h)^4` (the exponential's
+    /// limit form `(1 + x/n)^n` with `n = 4`), normalised by a degree-3 approximation of
+    /// `1/Σ_j e_j` on the range seen in validation ([`Calibration::softmax_inverse`]).
+    /// Depth 6: mask 1, fourth power 2, inverse 2, product 1.
+    SoftmaxMean,
+    /// Mean of approximate one-hot votes: with `a = s/(2R_h)` and the degree-3 sign
+    /// approximation `f(x) = (3x − x³)/2`, class `j`'s rank is
+    /// `r_j = Σ_{k≠j} (1 + f(a_j − a_k))/2` (`C − 1` for the top class when the signs are
+    /// sharp) and the vote is `(r_j/(C−1))^8`. Depth 6: mask 1, sign 2, power 3. (An exact
+    /// plurality vote would multiply the `C − 1` steps instead — depth 7 here — and needs
+    /// sharper, deeper signs.)
+    Vote,
 }
 
 impl Aggregation {
+    /// Every aggregation, in table order.
+    pub const ALL: [Aggregation; 4] =
+        [Aggregation::Mean, Aggregation::Weighted, Aggregation::SoftmaxMean, Aggregation::Vote];
+
     /// The name used on the command line and in reports.
     pub fn name(self) -> &'static str {
         match self {
             Aggregation::Mean => "mean",
+            Aggregation::Weighted => "weighted",
+            Aggregation::SoftmaxMean => "softmax-mean",
+            Aggregation::Vote => "vote",
         }
     }
 
-    /// The same combination on plaintext score vectors (all of one length).
-    ///
-    /// # Panics
-    /// If `scores` is empty.
-    pub fn apply_plain(self, scores: &[&[f64]]) -> Vec<f64> {
+    /// Levels the aggregation consumes: the holders' scores must arrive at least this high.
+    pub fn depth(self) -> usize {
         match self {
-            Aggregation::Mean => {
-                let mut out = vec![0f64; scores[0].len()];
-                for s in scores {
-                    out.iter_mut().zip(s.iter()).for_each(|(o, v)| *o += v);
-                }
-                out.iter().map(|v| v / scores.len() as f64).collect()
-            }
+            Aggregation::Mean => 0,
+            Aggregation::Weighted => 1,
+            Aggregation::SoftmaxMean | Aggregation::Vote => 6,
         }
     }
+
+    /// The same combination on plaintext score vectors: `scores[i]` (one length, the number
+    /// of classes) comes from holder `holders[i]`, whose constants are read from `cal`. The
+    /// polynomial aggregations evaluate exactly the polynomials the coordinator evaluates.
+    ///
+    /// # Errors
+    /// [`ProtocolError::Unexpected`] for no scores, mismatched lengths, or a holder the
+    /// calibration does not cover.
+    pub fn apply_plain(self, scores: &[&[f64]], holders: &[usize], cal: &Calibration) -> Result<Vec<f64>> {
+        let classes = scores.first().map_or(0, |s| s.len());
+        if scores.is_empty() || scores.len() != holders.len() || scores.iter().any(|s| s.len() != classes) {
+            return Err(ProtocolError::Unexpected("apply_plain: one score vector of one length per holder".into()));
+        }
+        let mut out = vec![0f64; classes];
+        let mut total = 0.0;
+        for (s, &h) in scores.iter().zip(holders) {
+            let (weight, term) = match self {
+                Aggregation::Mean => (1.0, s.to_vec()),
+                Aggregation::Weighted => (cal.weight(h)?, s.to_vec()),
+                Aggregation::SoftmaxMean => (1.0, cal.softmax_plain(h, s)?),
+                Aggregation::Vote => (1.0, cal.vote_plain(h, s)?),
+            };
+            out.iter_mut().zip(&term).for_each(|(o, t)| *o += weight * t);
+            total += weight;
+        }
+        out.iter_mut().for_each(|o| *o /= total);
+        Ok(out)
+    }
+}
+
+impl std::fmt::Display for Aggregation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Aggregation {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Aggregation::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| format!("unknown aggregation {s:?}: expected mean, weighted, softmax-mean or vote"))
+    }
+}
+
+/// The public constants of the aggregations, one set per holder, computed from the holders'
+/// plaintext scores on a validation set that no holder trained on and that is not scored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// Weight of each holder in [`Aggregation::Weighted`]: its validation accuracy above
+    /// chance, `max(acc − 1/C, 0.01)`.
+    pub weights: Vec<f64>,
+    /// Each holder's score bound `R_h`: 1.1 × the largest `|s_j|` seen in validation. The
+    /// polynomial aggregations divide the scores by it, so their inputs stay in `[-1, 1]`.
+    pub score_bounds: Vec<f64>,
+    /// The interval on which `Σ_j e_j` of [`Aggregation::SoftmaxMean`] fell in validation
+    /// (widened by 20% on each side).
+    pub softmax_sum_range: (f64, f64),
+    /// Power-basis coefficients `c_0..c_3` of the degree-3 Chebyshev interpolant of `1/x`
+    /// on `softmax_sum_range`.
+    pub softmax_inverse: [f64; 4],
+}
+
+impl Calibration {
+    /// Equal weights and no constants for the polynomial aggregations: enough for
+    /// [`Aggregation::Mean`] and [`Aggregation::Weighted`] (as the mean).
+    pub fn equal(holders: usize) -> Self {
+        Self {
+            weights: vec![1.0; holders],
+            score_bounds: Vec::new(),
+            softmax_sum_range: (0.0, 0.0),
+            softmax_inverse: [0.0; 4],
+        }
+    }
+
+    /// Calibrates from validation scores: `scores[h][i]` is holder `h`'s score vector for
+    /// validation image `i`, whose label is `labels[i]`.
+    ///
+    /// # Errors
+    /// [`ProtocolError::Unexpected`] for no holders, no images, ragged input, or scores
+    /// that are all zero.
+    pub fn from_validation(scores: &[Vec<Vec<f64>>], labels: &[u8]) -> Result<Self> {
+        let bad =
+            || ProtocolError::Unexpected("calibration needs every holder's scores for every validation image".into());
+        let classes = scores.first().and_then(|s| s.first()).map_or(0, Vec::len);
+        if classes < 2
+            || labels.is_empty()
+            || scores.iter().any(|s| s.len() != labels.len() || s.iter().any(|v| v.len() != classes))
+        {
+            return Err(bad());
+        }
+        let mut cal = Self::equal(scores.len());
+        for (h, s) in scores.iter().enumerate() {
+            let correct = s.iter().zip(labels).filter(|(v, &l)| argmax(v) == l as usize).count();
+            cal.weights[h] = (correct as f64 / labels.len() as f64 - 1.0 / classes as f64).max(0.01);
+            let bound = s.iter().flatten().fold(0f64, |m, v| m.max(v.abs()));
+            if bound == 0.0 {
+                return Err(ProtocolError::Unexpected(format!("holder {h}: every validation score is zero")));
+            }
+            cal.score_bounds.push(1.1 * bound);
+        }
+        let (mut lo, mut hi) = (f64::INFINITY, 0f64);
+        for (h, s) in scores.iter().enumerate() {
+            for v in s {
+                let sum: f64 = cal.softmax_numerators(h, v)?.iter().sum();
+                (lo, hi) = (lo.min(sum), hi.max(sum));
+            }
+        }
+        cal.softmax_sum_range = (0.8 * lo, 1.2 * hi);
+        cal.softmax_inverse = chebyshev_inverse_cubic(0.8 * lo, 1.2 * hi);
+        Ok(cal)
+    }
+
+    fn weight(&self, h: usize) -> Result<f64> {
+        self.weights.get(h).copied().ok_or_else(|| ProtocolError::Unexpected(format!("no weight for holder {h}")))
+    }
+
+    fn bound(&self, h: usize) -> Result<f64> {
+        self.score_bounds.get(h).copied().ok_or_else(|| {
+            ProtocolError::Unexpected(format!(
+                "no score bound for holder {h}: softmax-mean and vote need a calibration (Calibration::from_validation)"
+            ))
+        })
+    }
+
+    /// `(1 + s_j/R_h)^4`.
+    fn softmax_numerators(&self, h: usize, s: &[f64]) -> Result<Vec<f64>> {
+        let r = self.bound(h)?;
+        Ok(s.iter().map(|v| (1.0 + v / r).powi(4)).collect())
+    }
+
+    fn softmax_plain(&self, h: usize, s: &[f64]) -> Result<Vec<f64>> {
+        let e = self.softmax_numerators(h, s)?;
+        let sum: f64 = e.iter().sum();
+        let c = self.softmax_inverse;
+        let inv = c[0] + c[1] * sum + c[2] * sum * sum + c[3] * sum * sum * sum;
+        Ok(e.iter().map(|v| v * inv).collect())
+    }
+
+    fn vote_plain(&self, h: usize, s: &[f64]) -> Result<Vec<f64>> {
+        let r = self.bound(h)?;
+        let c = s.len();
+        let a: Vec<f64> = s.iter().map(|v| v / (2.0 * r)).collect();
+        Ok((0..c)
+            .map(|j| {
+                let rank: f64 = (1..c)
+                    .map(|k| {
+                        let d = a[j] - a[(j + k) % c];
+                        0.5 / (c - 1) as f64 + d * (3.0 - d * d) / (4 * (c - 1)) as f64
+                    })
+                    .sum();
+                rank.powi(1 << VOTE_POWER_LOG2)
+            })
+            .collect())
+    }
+}
+
+/// Power-basis coefficients of the cubic interpolating `1/x` at the four Chebyshev nodes of
+/// `[lo, hi]` (Newton divided differences, then expanded).
+fn chebyshev_inverse_cubic(lo: f64, hi: f64) -> [f64; 4] {
+    let x: Vec<f64> = (0..4)
+        .map(|i| 0.5 * (lo + hi) + 0.5 * (hi - lo) * ((2 * i + 1) as f64 * std::f64::consts::PI / 8.0).cos())
+        .collect();
+    let mut d: Vec<f64> = x.iter().map(|v| 1.0 / v).collect();
+    for k in 1..4 {
+        for i in (k..4).rev() {
+            d[i] = (d[i] - d[i - 1]) / (x[i] - x[i - k]);
+        }
+    }
+    // p(t) = d0 + d1 (t−x0) + d2 (t−x0)(t−x1) + d3 (t−x0)(t−x1)(t−x2), expanded by Horner.
+    let mut c = [d[3], 0.0, 0.0, 0.0]; // highest degree first while expanding
+    let mut deg = 0;
+    for i in (0..3).rev() {
+        // c ← c·(t − x_i) + d_i
+        let mut next = [0.0; 4];
+        for k in 0..=deg {
+            next[k] += c[k];
+            next[k + 1] -= c[k] * x[i];
+        }
+        deg += 1;
+        next[deg] += d[i];
+        c = next;
+    }
+    [c[3], c[2], c[1], c[0]]
+}
+
+fn argmax(v: &[f64]) -> usize {
+    v.iter().enumerate().fold(0, |best, (i, x)| if *x > v[best] { i } else { best })
 }
 
 /// An aggregated prediction, with who contributed to it.
@@ -54,26 +278,131 @@ pub struct Aggregated {
     pub missing: Vec<usize>,
 }
 
-/// The service coordinator. Holds the CKKS parameters and an evaluator, nothing secret: it
-/// cannot be given a secret key or evaluation keys (it accepts only encrypted scores) and
-/// never sees a plaintext.
+/// The service coordinator. Holds the CKKS parameters, an evaluator and, for the polynomial
+/// aggregations, the end user's public evaluation keys; nothing that can decrypt: secret
+/// keys have no message, and [`Coordinator::receive`] accepts only encrypted scores. It never
+/// sees a plaintext.
 pub struct Coordinator {
     ctx: Arc<Context>,
     eval: Evaluator,
+    encoder: Encoder,
+    cal: Calibration,
+    classes: usize,
+    /// Level at which the holders' scores arrive (top level minus the network's depth).
+    score_level: usize,
+    keys: Option<(RelinearizationKey, GaloisKeys)>,
     scores: Vec<Option<Ciphertext>>,
 }
 
 impl Coordinator {
-    /// A coordinator for `holders` model holders that all serve the plan `info`.
+    /// A coordinator for `holders` model holders that all serve the plan `info`, with equal
+    /// weights ([`Calibration::equal`]).
     ///
     /// # Errors
     /// [`ProtocolError::Unexpected`] for no holders or an unknown preset; CKKS errors.
     pub fn new(info: &PlanInfo, holders: usize) -> Result<Self> {
+        Self::with_calibration(info, Calibration::equal(holders))
+    }
+
+    /// A coordinator for `cal.weights.len()` holders with the public constants `cal`.
+    ///
+    /// # Errors
+    /// As [`Coordinator::new`]; also for a calibration whose lists differ in length.
+    pub fn with_calibration(info: &PlanInfo, cal: Calibration) -> Result<Self> {
+        let holders = cal.weights.len();
         if holders == 0 {
             return Err(ProtocolError::Unexpected("an ensemble needs at least one model holder".into()));
         }
+        if !cal.score_bounds.is_empty() && cal.score_bounds.len() != holders {
+            return Err(ProtocolError::Unexpected("calibration: one score bound per holder".into()));
+        }
         let ctx = Context::new(&info.preset()?.parameters()?)?;
-        Ok(Self { eval: Evaluator::new(&ctx), ctx, scores: vec![None; holders] })
+        let classes = info.arch.classes().map_err(|e| ProtocolError::Unexpected(e.to_string()))?;
+        let score_level = ctx.max_level().saturating_sub(info.arch.depth());
+        Ok(Self {
+            eval: Evaluator::new(&ctx),
+            encoder: Encoder::new(&ctx),
+            ctx,
+            cal,
+            classes,
+            score_level,
+            keys: None,
+            scores: vec![None; holders],
+        })
+    }
+
+    /// The public constants in use.
+    pub fn calibration(&self) -> &Calibration {
+        &self.cal
+    }
+
+    /// Rotation steps (each with the highest level it is used at) that the end user must
+    /// generate Galois keys for, with a relinearization key, so that the coordinator can run
+    /// `aggregations` ([`crate::Client::evaluation_keys`]). Empty for the linear ones.
+    ///
+    /// # Errors
+    /// [`ProtocolError::Unexpected`] if an aggregation needs more levels than the scores
+    /// arrive with, or the holders or classes do not fit the packed layout.
+    pub fn evaluation_key_steps(&self, aggregations: &[Aggregation]) -> Result<Vec<(i64, usize)>> {
+        let mut steps: Vec<(i64, usize)> = Vec::new();
+        for &agg in aggregations {
+            self.check_depth(agg, self.score_level)?;
+            if agg.depth() < 6 {
+                continue;
+            }
+            self.check_layout()?;
+            let l = self.score_level;
+            let k = self.scores.len() as i64;
+            let w = WINDOW as i64;
+            steps.extend((1..k).map(|h| (-w * h, l - 1)));
+            steps.extend((1..k).map(|h| (w * h, l - 6)));
+            let c = self.classes as i64;
+            match agg {
+                Aggregation::SoftmaxMean => {
+                    steps.push((-c, l - 3));
+                    steps.extend(window_sum_steps(self.classes).into_iter().map(|s| (s, l - 3)));
+                }
+                _ => {
+                    let r = self.region() as i64;
+                    steps.push((-c, l - 1));
+                    for (s, _) in replicate_steps(self.classes - 1, 0, r).into_iter().chain(replicate_steps(
+                        self.classes - 1,
+                        1,
+                        r,
+                    )) {
+                        steps.push((s, l - 1));
+                    }
+                    steps.push((1, l - 1));
+                    steps.extend((0..4).map(|b| ((r << b) % self.slots() as i64, l - 3)));
+                }
+            }
+        }
+        // One key per Galois element, at the highest level it is used.
+        let mut by_element: Vec<(u64, i64, usize)> = Vec::new();
+        for (s, level) in steps {
+            let g = self.ctx.galois_element_for_rotation(s);
+            match by_element.iter_mut().find(|(e, _, _)| *e == g) {
+                Some(entry) => entry.2 = entry.2.max(level),
+                None => by_element.push((g, s, level)),
+            }
+        }
+        Ok(by_element.into_iter().filter(|(g, _, _)| *g != 1).map(|(_, s, l)| (s, l)).collect())
+    }
+
+    /// Accepts the end user's public evaluation keys ([`Message::EvaluationKeys`]), needed by
+    /// the polynomial aggregations.
+    ///
+    /// # Errors
+    /// [`ProtocolError::Unexpected`] for any other message; CKKS errors for keys of other
+    /// parameters or malformed bytes.
+    pub fn set_evaluation_keys(&mut self, msg: &Message) -> Result<()> {
+        let Message::EvaluationKeys { relinearization, galois } = msg else {
+            return Err(ProtocolError::Unexpected(format!("expected EvaluationKeys, got {}", msg.kind())));
+        };
+        let rlk: RelinearizationKey = deserialize(relinearization, &self.ctx)?;
+        let gk: GaloisKeys = deserialize(galois, &self.ctx)?;
+        self.keys = Some((rlk, gk));
+        Ok(())
     }
 
     /// Accepts holder `holder`'s reply for the current image.
@@ -106,7 +435,8 @@ impl Coordinator {
     /// nothing are listed in [`Aggregated::missing`]; the result is never silently partial.
     ///
     /// # Errors
-    /// [`ProtocolError::Unexpected`] if no holder replied; CKKS errors if the holders' scores
+    /// [`ProtocolError::Unexpected`] if no holder replied, the scores arrive too low for the
+    /// aggregation, or its evaluation keys are missing; CKKS errors if the holders' scores
     /// differ in level or scale (holders compiled for other settings).
     pub fn aggregate(&mut self, aggregation: Aggregation) -> Result<Aggregated> {
         let holders = self.scores.len();
@@ -122,20 +452,345 @@ impl Coordinator {
                 None => missing.push(h),
             }
         }
-        let Some((first, rest)) = cts.split_first() else {
+        if cts.is_empty() {
             return Err(ProtocolError::Unexpected("no model holder sent scores".into()));
-        };
+        }
+        self.check_depth(aggregation, cts[0].level())?;
         let out = match aggregation {
-            Aggregation::Mean => {
-                let mut sum = first.clone();
-                for ct in rest {
-                    self.eval.add_assign(&mut sum, ct)?;
-                }
-                self.eval.divide_exact(&mut sum, cts.len() as f64)?;
-                sum
-            }
+            Aggregation::Mean => self.mean(&cts)?,
+            Aggregation::Weighted => self.weighted(&cts, &contributors)?,
+            Aggregation::SoftmaxMean => self.softmax_mean(&cts, &contributors)?,
+            Aggregation::Vote => self.vote(&cts, &contributors)?,
         };
         let message = Message::EncryptedScores { ciphertext: serialize(&out, &self.ctx)?.to_vec() };
         Ok(Aggregated { message, contributors, missing })
+    }
+
+    fn check_depth(&self, agg: Aggregation, level: usize) -> Result<()> {
+        if agg.depth() > level {
+            return Err(ProtocolError::Unexpected(format!(
+                "aggregation {agg} needs {} levels after the network, the scores arrive at level {level}: \
+                 use a parameter preset with more levels (N16384_DEPTH11_128BIT)",
+                agg.depth()
+            )));
+        }
+        Ok(())
+    }
+
+    fn slots(&self) -> usize {
+        self.ctx.params().slots()
+    }
+
+    /// Slots per region of the vote's packed differences.
+    fn region(&self) -> usize {
+        self.slots() / VOTE_REGIONS
+    }
+
+    fn check_layout(&self) -> Result<()> {
+        let k = self.scores.len();
+        if 2 * self.classes > WINDOW || self.classes < 2 || WINDOW * (k + 1) > self.region() {
+            return Err(ProtocolError::Unexpected(format!(
+                "softmax-mean and vote pack {k} holders of {} classes into windows of {WINDOW} slots: \
+                 at most {} holders and 2..={} classes at this ring",
+                self.classes,
+                self.region() / WINDOW - 1,
+                WINDOW / 2
+            )));
+        }
+        Ok(())
+    }
+
+    fn keys(&self) -> Result<&(RelinearizationKey, GaloisKeys)> {
+        self.keys.as_ref().ok_or_else(|| {
+            ProtocolError::Unexpected("softmax-mean and vote need the end user's evaluation keys first".into())
+        })
+    }
+
+    fn mean(&self, cts: &[Ciphertext]) -> Result<Ciphertext> {
+        let mut sum = cts[0].clone();
+        for ct in &cts[1..] {
+            self.eval.add_assign(&mut sum, ct)?;
+        }
+        self.eval.divide_exact(&mut sum, cts.len() as f64)?;
+        Ok(sum)
+    }
+
+    fn weighted(&self, cts: &[Ciphertext], contributors: &[usize]) -> Result<Ciphertext> {
+        let weights = contributors.iter().map(|&h| self.cal.weight(h)).collect::<Result<Vec<_>>>()?;
+        let total: f64 = weights.iter().sum();
+        let q = self.prime(cts[0].level());
+        let mut sum: Option<Ciphertext> = None;
+        for (ct, w) in cts.iter().zip(&weights) {
+            let term = self.eval.multiply_const(ct, w / total, q)?;
+            match &mut sum {
+                Some(s) => self.eval.add_assign(s, &term)?,
+                None => sum = Some(term),
+            }
+        }
+        Ok(self.eval.rescale(&sum.expect("at least one contributor"))?)
+    }
+
+    fn prime(&self, level: usize) -> f64 {
+        self.ctx.params().q()[level] as f64
+    }
+
+    /// Holder `h`'s scores in slots `0..C`, times `factor(h)`, the rest zeroed, moved to
+    /// window `h`, all holders summed, at the default scale: one level.
+    fn pack(
+        &self,
+        cts: &[Ciphertext],
+        contributors: &[usize],
+        factor: impl Fn(usize) -> Result<f64>,
+    ) -> Result<Ciphertext> {
+        let (_, gk) = self.keys()?;
+        let level = cts[0].level();
+        let masked = cts
+            .iter()
+            .zip(contributors)
+            .map(|(ct, &h)| {
+                let mut v = vec![0.0; self.slots()];
+                v[..self.classes].fill(factor(h)?);
+                // The plaintext's scale takes the scores' scale (whatever the network left)
+                // to the default scale after the rescale.
+                let scale = self.ctx.params().default_scale() * self.prime(level) / ct.scale();
+                let pt = self.encoder.encode_real(&v, level, scale)?;
+                Ok(self.eval.rescale(&self.eval.multiply_plain(ct, &pt)?)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let refs: Vec<&Ciphertext> = masked.iter().collect();
+        let steps: Vec<i64> = contributors.iter().map(|&h| -((WINDOW * h) as i64)).collect();
+        Ok(self.eval.rotate_sum(&refs, &steps, gk)?)
+    }
+
+    /// The mean over windows: window `h` brought to slots `0..C` and summed, divided by the
+    /// number of contributors.
+    fn unpack_mean(&self, ct: &Ciphertext, contributors: &[usize]) -> Result<Ciphertext> {
+        let (_, gk) = self.keys()?;
+        let refs = vec![ct; contributors.len()];
+        let steps: Vec<i64> = contributors.iter().map(|&h| (WINDOW * h) as i64).collect();
+        let mut out = self.eval.rotate_sum(&refs, &steps, gk)?;
+        self.eval.divide_exact(&mut out, contributors.len() as f64)?;
+        Ok(out)
+    }
+
+    /// Plaintext holding `value` in the first `C` slots of every contributor's window.
+    fn window_constant(
+        &self,
+        value: f64,
+        contributors: &[usize],
+        like: &Ciphertext,
+    ) -> Result<blindfold_ckks::Plaintext> {
+        let mut v = vec![0.0; self.slots()];
+        for &h in contributors {
+            v[WINDOW * h..WINDOW * h + self.classes].fill(value);
+        }
+        Ok(self.encoder.encode_real(&v, like.level(), like.scale())?)
+    }
+
+    fn multiply(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
+        let (rlk, _) = self.keys()?;
+        let level = a.level().min(b.level());
+        let a = self.eval.drop_to_level(a, level)?;
+        let b = self.eval.drop_to_level(b, level)?;
+        Ok(self.eval.rescale(&self.eval.multiply_relin(&a, &b, rlk)?)?)
+    }
+
+    /// `value · a` one level down, at scale `target` exactly.
+    fn times_const(&self, a: &Ciphertext, value: f64, target: f64) -> Result<Ciphertext> {
+        let q = self.prime(a.level());
+        Ok(self.eval.rescale(&self.eval.multiply_const(a, value, target * q / a.scale())?)?)
+    }
+
+    /// `c_0 + c_1 x + c_2 x² + c_3 x³`, two levels down, at scale `target` exactly. Every
+    /// constant is multiplied in at the scale that lands its term on `target`, so a larger
+    /// `target` keeps more bits of small coefficients.
+    fn cubic(&self, x: &Ciphertext, c: [f64; 4], target: f64) -> Result<Ciphertext> {
+        let x2 = self.multiply(x, x)?;
+        let q = self.prime(x2.level());
+        let c3x = self.times_const(x, c[3], target * q / x2.scale())?;
+        let mut sum = self.multiply(&c3x, &x2)?;
+        self.eval.add_assign(&mut sum, &self.times_const(&x2, c[2], target)?)?;
+        let x1 = self.eval.drop_to_level(x, x2.level())?;
+        self.eval.add_assign(&mut sum, &self.times_const(&x1, c[1], target)?)?;
+        let c0 = self.encoder.encode_real(&vec![c[0]; self.slots()], sum.level(), sum.scale())?;
+        self.eval.add_plain_assign(&mut sum, &c0)?;
+        Ok(sum)
+    }
+
+    /// Sum of the `C` slots `j..j+C` of a window whose slots `C..2C` repeat `0..C`: every
+    /// slot `j < C` gets the window's total.
+    fn window_sum(&self, ct: &Ciphertext) -> Result<Ciphertext> {
+        let (_, gk) = self.keys()?;
+        // Doubling: blocks[b] sums 2^b consecutive slots.
+        let mut blocks = vec![ct.clone()];
+        while (1 << blocks.len()) <= self.classes {
+            let last = blocks.last().expect("non-empty");
+            let step = 1i64 << (blocks.len() - 1);
+            blocks.push(self.eval.add(last, &self.eval.rotate(last, step, gk)?)?);
+        }
+        let mut acc: Option<Ciphertext> = None;
+        let mut offset = 0i64;
+        for b in (0..blocks.len()).rev() {
+            if self.classes & (1 << b) != 0 {
+                let part = if offset == 0 { blocks[b].clone() } else { self.eval.rotate(&blocks[b], offset, gk)? };
+                match &mut acc {
+                    Some(a) => self.eval.add_assign(a, &part)?,
+                    None => acc = Some(part),
+                }
+                offset += 1 << b;
+            }
+        }
+        Ok(acc.expect("classes >= 1"))
+    }
+
+    /// `ct + rot(ct, −C)`: slots `C..2C` of each window repeat `0..C` (the rest of the
+    /// window must be zero).
+    fn repeat_window(&self, ct: &Ciphertext) -> Result<Ciphertext> {
+        let (_, gk) = self.keys()?;
+        Ok(self.eval.add(ct, &self.eval.rotate(ct, -(self.classes as i64), gk)?)?)
+    }
+
+    fn softmax_mean(&self, cts: &[Ciphertext], contributors: &[usize]) -> Result<Ciphertext> {
+        let bounds = contributors.iter().map(|&h| self.cal.bound(h)).collect::<Result<Vec<_>>>()?;
+        let pos = |h: usize| contributors.iter().position(|&c| c == h).expect("a contributor");
+        let packed = self.pack(cts, contributors, |h| Ok(1.0 / bounds[pos(h)]))?;
+        let one = self.window_constant(1.0, contributors, &packed)?;
+        let u = self.eval.add_plain(&packed, &one)?;
+        let u2 = self.multiply(&u, &u)?;
+        let e = self.multiply(&u2, &u2)?;
+        let sum = self.window_sum(&self.repeat_window(&e)?)?;
+        // The inverse at 2^6 times the working scale (its coefficients are small), the
+        // numerators at 2^-6 times it, so that the product is back at the working scale.
+        let inv = self.cubic(&sum, self.cal.softmax_inverse, e.scale() * 64.0)?;
+        let e = self.times_const(&e, 1.0, e.scale() / 64.0)?;
+        let p = self.multiply(&e, &inv)?;
+        self.unpack_mean(&p, contributors)
+    }
+
+    fn vote(&self, cts: &[Ciphertext], contributors: &[usize]) -> Result<Ciphertext> {
+        let (_, gk) = self.keys()?;
+        let bounds = contributors.iter().map(|&h| self.cal.bound(h)).collect::<Result<Vec<_>>>()?;
+        let pos = |h: usize| contributors.iter().position(|&c| c == h).expect("a contributor");
+        let a = self.pack(cts, contributors, |h| Ok(0.5 / bounds[pos(h)]))?;
+        let shifts = self.classes - 1;
+        let region = self.region() as i64;
+        // Region k−1 of `d`: a_j − a_{(j+k) mod C}, for k = 1..C.
+        let same = self.replicate(&a, shifts, 0, region)?;
+        let shifted = self.replicate(&self.eval.rotate(&self.repeat_window(&a)?, 1, gk)?, shifts, 1, region)?;
+        let d = self.eval.sub(&same, &shifted)?;
+        // step(d)/(C−1) = 1/(2(C−1)) + d(3 − d²)/(4(C−1)).
+        let scale = 4.0 * shifts as f64;
+        let d2 = self.multiply(&d, &d)?;
+        let three = self.encoder.encode_real(&vec![3.0; self.slots()], d2.level(), d2.scale())?;
+        let g = self.eval.add_plain(&self.eval.negate(&d2)?, &three)?;
+        let dq = self.times_const(&d, 1.0 / scale, d.scale())?;
+        let mut t = self.multiply(&dq, &g)?;
+        let mut half = vec![0.0; self.slots()];
+        half[..shifts * region as usize].fill(0.5 / shifts as f64);
+        let half = self.encoder.encode_real(&half, t.level(), t.scale())?;
+        self.eval.add_plain_assign(&mut t, &half)?;
+        // Rank: the regions summed into region 0.
+        for b in (0..4).rev() {
+            let r = self.eval.rotate(&t, (region << b) % self.slots() as i64, gk)?;
+            self.eval.add_assign(&mut t, &r)?;
+        }
+        for _ in 0..VOTE_POWER_LOG2 {
+            t = self.multiply(&t, &t)?;
+        }
+        self.unpack_mean(&t, contributors)
+    }
+
+    /// `count` copies of `ct`'s first region in regions `0..count`, copy `k` rotated left by
+    /// `k·shift` more slots than copy 0: by doubling, with [`replicate_steps`].
+    fn replicate(&self, ct: &Ciphertext, count: usize, shift: i64, region: i64) -> Result<Ciphertext> {
+        let (_, gk) = self.keys()?;
+        let mut blocks = vec![ct.clone()];
+        while (1 << blocks.len()) <= count {
+            let last = blocks.last().expect("non-empty");
+            let m = 1i64 << (blocks.len() - 1);
+            blocks.push(self.eval.add(last, &self.eval.rotate(last, m * (shift - region), gk)?)?);
+        }
+        let mut acc: Option<Ciphertext> = None;
+        let mut offset = 0i64;
+        for b in (0..blocks.len()).rev() {
+            if count & (1 << b) != 0 {
+                let part = if offset == 0 {
+                    blocks[b].clone()
+                } else {
+                    self.eval.rotate(&blocks[b], offset * (shift - region), gk)?
+                };
+                match &mut acc {
+                    Some(a) => self.eval.add_assign(a, &part)?,
+                    None => acc = Some(part),
+                }
+                offset += 1 << b;
+            }
+        }
+        Ok(acc.expect("count >= 1"))
+    }
+}
+
+/// Rotation steps of [`Coordinator::window_sum`] for `classes` slots.
+fn window_sum_steps(classes: usize) -> Vec<i64> {
+    let mut steps: Vec<i64> = (0..usize::BITS).map(|b| 1i64 << b).take_while(|&s| s <= classes as i64 / 2).collect();
+    let mut offset = 0i64;
+    for b in (0..usize::BITS).rev() {
+        if classes & (1 << b) != 0 {
+            if offset != 0 {
+                steps.push(offset);
+            }
+            offset += 1 << b;
+        }
+    }
+    steps
+}
+
+/// Rotation steps of [`Coordinator::replicate`], with the block sizes they move.
+fn replicate_steps(count: usize, shift: i64, region: i64) -> Vec<(i64, usize)> {
+    let mut steps = Vec::new();
+    let mut blocks = 1;
+    while (1 << blocks) <= count {
+        let m = 1i64 << (blocks - 1);
+        steps.push((m * (shift - region), blocks));
+        blocks += 1;
+    }
+    let mut offset = 0i64;
+    for b in (0..blocks).rev() {
+        if count & (1 << b) != 0 {
+            if offset != 0 {
+                steps.push((offset * (shift - region), b));
+            }
+            offset += 1 << b;
+        }
+    }
+    steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_inverse_cubic_interpolates_at_the_chebyshev_nodes() {
+        let (lo, hi) = (8.0, 40.0);
+        let c = chebyshev_inverse_cubic(lo, hi);
+        for i in 0..4 {
+            let x = 0.5 * (lo + hi) + 0.5 * (hi - lo) * ((2 * i + 1) as f64 * std::f64::consts::PI / 8.0).cos();
+            let p = c[0] + c[1] * x + c[2] * x * x + c[3] * x * x * x;
+            assert!((p * x - 1.0).abs() < 1e-9, "node {x}: {p}");
+        }
+        // And it is a usable inverse over the whole interval.
+        for x in [8.0, 12.0, 20.0, 33.0, 40.0] {
+            let p = c[0] + c[1] * x + c[2] * x * x + c[3] * x * x * x;
+            assert!((p * x - 1.0).abs() < 0.2, "{x}: {}", p * x);
+        }
+    }
+
+    #[test]
+    fn window_sum_steps_cover_the_classes() {
+        assert_eq!(window_sum_steps(10), vec![1, 2, 4, 8]);
+        assert_eq!(window_sum_steps(16), vec![1, 2, 4, 8]);
+        assert_eq!(window_sum_steps(3), vec![1, 2]);
+        assert_eq!(replicate_steps(9, 0, 100).iter().map(|s| s.0).collect::<Vec<_>>(), vec![-100, -200, -400, -800]);
     }
 }

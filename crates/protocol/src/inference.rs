@@ -163,6 +163,21 @@ impl Client {
         Ok((client, msg))
     }
 
+    /// A relinearization key and Galois keys for `steps` (rotation step, highest level used),
+    /// for another party that evaluates on this client's ciphertexts: the ensemble coordinator
+    /// ([`crate::Coordinator::evaluation_key_steps`]). Public keys only.
+    ///
+    /// # Errors
+    /// CKKS errors for a level above the top level.
+    pub fn evaluation_keys(&mut self, steps: &[(i64, usize)]) -> Result<Message> {
+        let rlk = self.keygen.relinearization_key();
+        let gk = self.keygen.galois_keys_at_levels(steps)?;
+        Ok(Message::EvaluationKeys {
+            relinearization: serialize(&rlk, &self.ctx)?.to_vec(),
+            galois: serialize(&gk, &self.ctx)?.to_vec(),
+        })
+    }
+
     /// The client's secret key (to store it; never send it).
     pub fn secret_key(&self) -> &blindfold_ckks::SecretKey {
         self.keygen.secret_key()

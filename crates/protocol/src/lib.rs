@@ -23,5 +23,5 @@
 mod ensemble;
 mod inference;
 
-pub use ensemble::{Aggregated, Aggregation, Coordinator};
+pub use ensemble::{Aggregated, Aggregation, Calibration, Coordinator};
 pub use inference::{Client, Message, ModelHolder, PlanInfo, ProtocolError};

@@ -5,7 +5,9 @@ use blindfold_ckks::presets;
 use blindfold_data::{load, partition, Dataset, Partition, Split};
 use blindfold_nn::train::{train, TrainConfig};
 use blindfold_nn::{ArchSpec, Model};
-use blindfold_protocol::{Aggregation, Client, Coordinator, Message, ModelHolder, PlanInfo, ProtocolError};
+use blindfold_protocol::{
+    Aggregation, Calibration, Client, Coordinator, Message, ModelHolder, PlanInfo, ProtocolError,
+};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
@@ -61,7 +63,7 @@ fn encrypted_mean_matches_its_plaintext_twin_and_dropout_is_reported() {
             })
             .collect();
         let refs: Vec<&[f64]> = plain.iter().map(Vec::as_slice).collect();
-        let want = Aggregation::Mean.apply_plain(&refs);
+        let want = Aggregation::Mean.apply_plain(&refs, &live, &Calibration::equal(3)).unwrap();
         let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max);
         assert!(err < 1e-2, "image {i}: encrypted mean off by {err}");
     }
@@ -97,4 +99,69 @@ fn the_coordinator_refuses_keys_foreign_scores_and_empty_rounds() {
     assert!(coordinator.receive(0, &reply).is_err());
     let out = coordinator.aggregate(Aggregation::Mean).unwrap();
     assert_eq!((out.contributors, out.missing), (vec![0], vec![1]));
+}
+
+/// Plaintext logits of `model` for the normalized images.
+fn logits(model: &mut Model, images: &[&[u8]]) -> Vec<Vec<f64>> {
+    let l = model.logits(images).unwrap();
+    l.rows().into_iter().map(|r| r.iter().map(|&v| f64::from(v)).collect()).collect()
+}
+
+#[test]
+fn polynomial_aggregations_match_their_plaintext_twins() {
+    let (mut models, _) = holders();
+    models.iter_mut().for_each(Model::center_logits);
+    let dir = Dataset::FashionMnist.default_dir();
+    let test = load(Dataset::FashionMnist, &dir, Split::Test).unwrap();
+    // Calibrate on images 100..400, score images 0..3 (never used for calibration).
+    let val: Vec<&[u8]> = (100..400).map(|i| test.images.image(i)).collect();
+    let val_scores: Vec<Vec<Vec<f64>>> = models.iter_mut().map(|m| logits(m, &val)).collect();
+    let cal = Calibration::from_validation(&val_scores, &test.labels[100..400]).unwrap();
+    assert!(cal.weights.iter().all(|&w| w > 0.0) && cal.score_bounds.len() == 3);
+
+    let preset = presets::N16384_DEPTH11_128BIT;
+    let mut holders: Vec<ModelHolder> = models.iter().map(|m| ModelHolder::new(m, preset, 29).unwrap()).collect();
+    let info = holders[0].info().clone();
+    let (mut user, keys) = Client::new(&info).unwrap();
+    for h in &mut holders {
+        h.handle(&keys).unwrap();
+    }
+    let mut coordinator = Coordinator::with_calibration(&info, cal.clone()).unwrap();
+    let all = [Aggregation::Mean, Aggregation::Weighted, Aggregation::SoftmaxMean, Aggregation::Vote];
+    // Without the coordinator's keys, the polynomial aggregations are refused, not guessed.
+    let request = user.encrypt(&vec![0.0; 784]).unwrap();
+    for (h, holder) in holders.iter_mut().enumerate() {
+        coordinator.receive(h, &holder.handle(&request).unwrap().unwrap()).unwrap();
+    }
+    let err = coordinator.aggregate(Aggregation::Vote).unwrap_err().to_string();
+    assert!(err.contains("evaluation keys"), "{err}");
+    coordinator
+        .set_evaluation_keys(&user.evaluation_keys(&coordinator.evaluation_key_steps(&all).unwrap()).unwrap())
+        .unwrap();
+
+    for i in 0..3 {
+        let image: Vec<f64> = models[0].normalize(test.images.image(i)).into_iter().map(f64::from).collect();
+        let request = user.encrypt(&image).unwrap();
+        let replies: Vec<Message> = holders.iter_mut().map(|h| h.handle(&request).unwrap().unwrap()).collect();
+        // Holder 1 drops out of the second image.
+        let live: Vec<usize> = if i == 1 { vec![0, 2] } else { vec![0, 1, 2] };
+        let plain: Vec<Vec<f64>> =
+            live.iter().map(|&h| logits(&mut models[h], &[test.images.image(i)]).remove(0)).collect();
+        let refs: Vec<&[f64]> = plain.iter().map(Vec::as_slice).collect();
+        for agg in all {
+            for &h in &live {
+                coordinator.receive(h, &replies[h]).unwrap();
+            }
+            let out = coordinator.aggregate(agg).unwrap();
+            assert_eq!(out.contributors, live);
+            let got = user.decrypt_scores(&out.message).unwrap();
+            let want = agg.apply_plain(&refs, &live, &cal).unwrap();
+            let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max);
+            let size = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+            // Linear aggregations carry the network's error (~3e-3 on these logits); the
+            // polynomial ones are checked relative to their (small) values.
+            let budget = if agg.depth() < 6 { 1e-2 } else { 1e-2 * size };
+            assert!(err < budget, "image {i}, {agg}: off by {err} (values up to {size}): {got:?} vs {want:?}");
+        }
+    }
 }
