@@ -20,10 +20,14 @@ fn fingerprint(encoding: &[u8; 32]) -> u128 {
 
 /// Solves `P = v·G ↦ v` for `|v| ≤ bound`, `G` the ristretto255 basepoint.
 ///
-/// Baby steps: the encodings of `j·G` for `0 ≤ j < m`, built once (in parallel) and shared
-/// read-only across threads. A lookup walks giant steps `P + (bound − i·m)·G` until one is in
-/// the table: at most `⌈(2·bound + 1)/m⌉` point encodings (one when `m > 2·bound`). A value
-/// outside the bound is [`FeError::OutOfBound`], never a wrong number.
+/// Baby steps: the encodings of `2j·G` for `0 ≤ j < m`, built once (in parallel) and shared
+/// read-only across threads. A lookup walks giant steps `Q = P + (bound − i·m)·G` until the
+/// encoding of `2Q` is in the table: at most `⌈(2·bound + 1)/m⌉` steps (one when
+/// `m > 2·bound`). Encoding doubled points is what makes lookups batchable: a ristretto255
+/// encoding needs an inverse square root, but the encodings of `2Q_k` for many `Q_k` share one
+/// field inversion ([`RistrettoPoint::double_and_compress_batch`]), so
+/// [`DlogTable::solve_batch`] pays one inversion per step for the whole batch. A value outside
+/// the bound is [`FeError::OutOfBound`], never a wrong number.
 pub struct DlogTable {
     bound: u64,
     m: u64,
@@ -63,17 +67,15 @@ impl DlogTable {
             return Err(FeError::InvalidArgument(format!("bound {bound} above 2^62")));
         }
         let m = baby_steps as u64;
-        // j·G for a run of j, encoded in batches: double_and_compress_batch encodes 2·P, so
-        // the batch holds j·(G/2).
-        let half = Scalar::from(2u64).invert();
+        // 2j·G for a run of j, encoded in batches of j·G.
         const CHUNK: u64 = 4096;
         let chunks: Vec<Vec<(u128, u32)>> = (0..m.div_ceil(CHUNK))
             .into_par_iter()
             .map(|c| {
                 let start = c * CHUNK;
                 let len = CHUNK.min(m - start);
-                let step = RISTRETTO_BASEPOINT_POINT * half;
-                let mut p = RistrettoPoint::mul_base(&(Scalar::from(start) * half));
+                let step = RISTRETTO_BASEPOINT_POINT;
+                let mut p = RistrettoPoint::mul_base(&Scalar::from(start));
                 let points: Vec<RistrettoPoint> = (0..len)
                     .map(|_| {
                         let q = p;
@@ -116,19 +118,28 @@ impl DlogTable {
     /// # Errors
     /// [`FeError::OutOfBound`] if no such `v` exists.
     pub fn solve(&self, p: &RistrettoPoint) -> Result<i64> {
+        self.solve_batch(std::slice::from_ref(p)).remove(0)
+    }
+
+    /// [`DlogTable::solve`] for many points, sharing one field inversion per giant step.
+    pub fn solve_batch(&self, points: &[RistrettoPoint]) -> Vec<Result<i64>> {
         let range = 2 * self.bound + 1;
-        let mut t = p + self.offset; // (v + bound)·G, with v + bound in [0, range)
+        let mut out: Vec<Result<i64>> = vec![Err(FeError::OutOfBound { bound: self.bound }); points.len()];
+        // (index, (v + bound)·G − base·G) for the points not found yet.
+        let mut open: Vec<(usize, RistrettoPoint)> = points.iter().map(|p| p + self.offset).enumerate().collect();
         let mut base = 0u64;
-        while base < range {
-            if let Some(&j) = self.baby.get(&fingerprint(t.compress().as_bytes())) {
-                let u = base + j as u64;
-                if u < range {
-                    return Ok(u as i64 - self.bound as i64);
+        while base < range && !open.is_empty() {
+            let encodings = RistrettoPoint::double_and_compress_batch(open.iter().map(|(_, t)| t));
+            let mut still = Vec::new();
+            for ((i, t), enc) in open.into_iter().zip(&encodings) {
+                match self.baby.get(&fingerprint(enc.as_bytes())) {
+                    Some(&j) if base + (j as u64) < range => out[i] = Ok((base + j as u64) as i64 - self.bound as i64),
+                    _ => still.push((i, t + self.giant)),
                 }
             }
-            t += self.giant;
+            open = still;
             base += self.m;
         }
-        Err(FeError::OutOfBound { bound: self.bound })
+        out
     }
 }

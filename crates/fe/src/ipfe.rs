@@ -12,9 +12,9 @@
 //! are signed integers (negative values are negative exponents).
 
 use crate::{DlogTable, FeError, Result};
-use curve25519_dalek::ristretto::RistrettoPoint;
+use curve25519_dalek::ristretto::{RistrettoBasepointTable, RistrettoPoint};
 use curve25519_dalek::scalar::Scalar;
-use curve25519_dalek::traits::VartimeMultiscalarMul;
+use curve25519_dalek::traits::Identity;
 use rand_chacha::ChaCha20Rng;
 use rayon::prelude::*;
 use subtle::{Choice, ConditionallySelectable};
@@ -44,10 +44,14 @@ pub struct MasterPublicKey {
     h: Vec<RistrettoPoint>,
 }
 
-/// An encryption of a vector of length `n`: `ct_0 = r·G`, `ct_i = r·h_i + x_i·G`.
+/// An encryption of a vector of length `n`: `ct_0 = r·G`, `ct_i = r·h_i + x_i·G`, and the
+/// precomputed `2^64·ct_0, 2^128·ct_0, 2^192·ct_0` (public functions of `ct_0`, made by the
+/// encryptor with three fixed-base multiplications): they turn the decryptor's
+/// `sk_y·ct_0` into four 64-bit multiplications sharing 64 doublings instead of 253.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ciphertext {
     ct0: RistrettoPoint,
+    ct0_powers: [RistrettoPoint; 3],
     cts: Vec<RistrettoPoint>,
 }
 
@@ -133,10 +137,17 @@ impl MasterPublicKey {
         check_len(self.h.len(), x.len())?;
         let mut r = Scalar::random(rng);
         let ct0 = RistrettoPoint::mul_base(&r);
+        let two64 = Scalar::from(1u128 << 64);
+        let mut rk = r;
+        let ct0_powers = [0; 3].map(|_| {
+            rk *= two64;
+            RistrettoPoint::mul_base(&rk)
+        });
+        rk.zeroize();
         let cts =
             self.h.par_iter().zip(x).map(|(h, &xi)| h * r + RistrettoPoint::mul_base(&scalar_from_i64(xi))).collect();
         r.zeroize();
-        Ok(Ciphertext { ct0, cts })
+        Ok(Ciphertext { ct0, ct0_powers, cts })
     }
 }
 
@@ -173,15 +184,29 @@ impl Ciphertext {
         self.cts.is_empty()
     }
 
-    /// `⟨x, y⟩·G = Σ y_i·ct_i − sk_y·ct_0`: one multi-scalar multiplication of `n + 1`
-    /// points (variable time: the ciphertext and `y` are known to the decryptor).
+    /// `⟨x, y⟩·G = Σ y_i·ct_i − sk_y·ct_0`, in variable time (the ciphertext and `y` are
+    /// known to the decryptor): the sum by [`small_multiscalar_mul`]; `−sk_y·ct_0` split into
+    /// four 64-bit limbs against `ct_0` and its precomputed powers, interleaved (width-5
+    /// NAF, 64 shared doublings instead of 253). For many keys on one ciphertext,
+    /// [`Ciphertext::prepare`] first.
     ///
     /// # Errors
     /// [`FeError::Length`] if the key is for another length.
     pub fn decrypt_point(&self, key: &FunctionKey) -> Result<RistrettoPoint> {
         check_len(self.cts.len(), key.y.len())?;
-        let scalars = key.y.iter().map(|&y| scalar_from_i64(y)).chain(std::iter::once(-key.sk));
-        Ok(RistrettoPoint::vartime_multiscalar_mul(scalars, self.cts.iter().chain(std::iter::once(&self.ct0))))
+        let neg = (-key.sk).to_bytes();
+        let limbs = neg.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        let bases = std::iter::once(&self.ct0).chain(&self.ct0_powers);
+        let terms: Vec<Term> = limbs.zip(bases).map(|(v, p)| Term::new(v as u128, false, p, 5, 65)).collect();
+        Ok(small_multiscalar_mul(&key.y, &self.cts) + interleaved_wnaf(&terms))
+    }
+
+    /// Precomputes multiples of `ct_0` (a 32×8-point table, about the cost of three
+    /// variable-base multiplications) so that each key's `sk_y·ct_0` becomes a fixed-base
+    /// multiplication, about four times cheaper: worth it from a handful of keys per
+    /// ciphertext, as in the secure matrix product.
+    pub fn prepare(&self) -> PreparedCiphertext<'_> {
+        PreparedCiphertext { ct: self, ct0: RistrettoBasepointTable::create(&self.ct0) }
     }
 
     /// `⟨x, y⟩` as an integer, if it lies within the table's bound.
@@ -194,15 +219,169 @@ impl Ciphertext {
     }
 }
 
+/// A [`Ciphertext`] with a table of multiples of `ct_0` ([`Ciphertext::prepare`]).
+pub struct PreparedCiphertext<'a> {
+    ct: &'a Ciphertext,
+    ct0: RistrettoBasepointTable,
+}
+
+impl PreparedCiphertext<'_> {
+    /// [`Ciphertext::decrypt_point`] with the precomputed table.
+    ///
+    /// # Errors
+    /// [`FeError::Length`] if the key is for another length.
+    pub fn decrypt_point(&self, key: &FunctionKey) -> Result<RistrettoPoint> {
+        check_len(self.ct.cts.len(), key.y.len())?;
+        Ok(small_multiscalar_mul(&key.y, &self.ct.cts) - &self.ct0 * &key.sk)
+    }
+
+    /// [`Ciphertext::decrypt`] with the precomputed table.
+    ///
+    /// # Errors
+    /// As [`Ciphertext::decrypt`].
+    pub fn decrypt(&self, key: &FunctionKey, table: &DlogTable) -> Result<i64> {
+        table.solve(&self.decrypt_point(key)?)
+    }
+}
+
+/// `Σ y_i·P_i` for integer scalars that are small (CryptoNN's weights at two decimal digits
+/// are at most a few hundred), in variable time. Of two methods, the one with fewer group
+/// additions for these scalars:
+///
+/// * interleaved signed binary (non-adjacent form, shared doublings): about
+///   `n·(b/3 + 1) + b` additions for `b`-bit scalars;
+/// * buckets by value (Pippenger's method with a single window): each point added into the
+///   bucket of `|y_i|`, then `Σ_v v·B_v` by running sums: `n + 2·max|y_i|` additions.
+///
+/// A generic multi-scalar multiplication treats every scalar as 253 bits; these pay only
+/// for the bits the scalars have.
+///
+/// # Panics
+/// If the lengths differ.
+pub fn small_multiscalar_mul(ys: &[i64], points: &[RistrettoPoint]) -> RistrettoPoint {
+    assert_eq!(ys.len(), points.len(), "one scalar per point");
+    let max = ys.iter().map(|y| y.unsigned_abs()).max().unwrap_or(0);
+    let bits = small_bits(ys) as u64;
+    let n = ys.len() as u64;
+    if n + 2 * max <= n * (bits / 3 + 1) + bits {
+        buckets(ys, points, max as usize)
+    } else {
+        let terms: Vec<Term> = ys
+            .iter()
+            .zip(points)
+            .filter(|(y, _)| **y != 0)
+            .map(|(&y, p)| Term::new(y.unsigned_abs() as u128, y < 0, p, 2, bits as usize + 1))
+            .collect();
+        interleaved_wnaf(&terms)
+    }
+}
+
+/// Bits of the largest `|y_i|`.
+fn small_bits(ys: &[i64]) -> usize {
+    let max = ys.iter().map(|y| y.unsigned_abs()).max().unwrap_or(0);
+    (64 - max.leading_zeros()) as usize
+}
+
+/// Adds `q` to an optional accumulator.
+fn accumulate(acc: &mut Option<RistrettoPoint>, q: RistrettoPoint) {
+    *acc = Some(match acc.take() {
+        Some(a) => a + q,
+        None => q,
+    });
+}
+
+fn buckets(ys: &[i64], points: &[RistrettoPoint], max: usize) -> RistrettoPoint {
+    let mut bucket: Vec<Option<RistrettoPoint>> = vec![None; max + 1];
+    for (&y, p) in ys.iter().zip(points) {
+        if y != 0 {
+            accumulate(&mut bucket[y.unsigned_abs() as usize], if y < 0 { -p } else { *p });
+        }
+    }
+    let (mut running, mut sum) = (None, None);
+    for b in bucket.into_iter().skip(1).rev() {
+        if let Some(b) = b {
+            accumulate(&mut running, b);
+        }
+        if let Some(r) = running {
+            accumulate(&mut sum, r);
+        }
+    }
+    sum.unwrap_or_else(RistrettoPoint::identity)
+}
+
+/// One scalar·point term of [`interleaved_wnaf`]: the scalar's width-`w` non-adjacent form
+/// (odd digits `|d| < 2^(w-1)`, least significant first) and the odd multiples
+/// `P, 3P, …, (2^(w-1) − 1)P` of the (possibly negated) point.
+struct Term {
+    digits: Vec<i8>,
+    odd_multiples: Vec<RistrettoPoint>,
+}
+
+impl Term {
+    /// `±v·P` (negative if `negative`), `v < 2^(len−1)`.
+    fn new(mut v: u128, negative: bool, p: &RistrettoPoint, w: u32, len: usize) -> Self {
+        let mut digits = vec![0i8; len];
+        for d in digits.iter_mut() {
+            if v & 1 == 1 {
+                let m = (v & ((1 << w) - 1)) as i32;
+                let z = if m >= 1 << (w - 1) { m - (1 << w) } else { m };
+                *d = z as i8;
+                v = if z > 0 { v - z as u128 } else { v + (-z) as u128 };
+            }
+            v >>= 1;
+        }
+        debug_assert_eq!(v, 0, "scalar longer than its digits");
+        let p = if negative { -p } else { *p };
+        let twice = p + p;
+        let mut odd_multiples = vec![p];
+        for k in 1..(1usize << (w - 2)) {
+            odd_multiples.push(odd_multiples[k - 1] + twice);
+        }
+        Self { digits, odd_multiples }
+    }
+}
+
+/// `Σ` of the terms' products by Straus's interleaving: one doubling per digit position,
+/// one addition per non-zero digit.
+fn interleaved_wnaf(terms: &[Term]) -> RistrettoPoint {
+    let len = terms.iter().map(|t| t.digits.len()).max().unwrap_or(0);
+    let mut acc: Option<RistrettoPoint> = None;
+    for b in (0..len).rev() {
+        if let Some(a) = acc {
+            acc = Some(a + a);
+        }
+        for t in terms {
+            match t.digits.get(b) {
+                Some(&d) if d > 0 => accumulate(&mut acc, t.odd_multiples[d as usize / 2]),
+                Some(&d) if d < 0 => accumulate(&mut acc, -t.odd_multiples[(-d) as usize / 2]),
+                _ => {}
+            }
+        }
+    }
+    acc.unwrap_or_else(RistrettoPoint::identity)
+}
+
 /// Secure matrix product (CryptoNN §IV-B): row `i` of `X` encrypted as `rows[i]`, one function
 /// key per column `j` of `Y`; returns `X·Y` (`rows.len() × keys.len()`, row-major), each entry
-/// decrypted and its discrete log taken, in parallel over the rows.
+/// decrypted and its discrete log taken, in parallel over the rows. Per row: `ct_0`'s table
+/// ([`Ciphertext::prepare`]) from four keys on, and one batched lookup
+/// ([`DlogTable::solve_batch`]) for all the row's entries.
 ///
 /// # Errors
 /// As [`Ciphertext::decrypt`], for the first entry that fails.
 pub fn matrix_product(rows: &[Ciphertext], keys: &[FunctionKey], table: &DlogTable) -> Result<Vec<i64>> {
-    let per_row: Vec<Result<Vec<i64>>> =
-        rows.par_iter().map(|ct| keys.iter().map(|k| ct.decrypt(k, table)).collect()).collect();
+    let per_row: Vec<Result<Vec<i64>>> = rows
+        .par_iter()
+        .map(|ct| {
+            let points: Vec<RistrettoPoint> = if keys.len() >= 4 {
+                let prepared = ct.prepare();
+                keys.iter().map(|k| prepared.decrypt_point(k)).collect::<Result<_>>()?
+            } else {
+                keys.iter().map(|k| ct.decrypt_point(k)).collect::<Result<_>>()?
+            };
+            table.solve_batch(&points).into_iter().collect()
+        })
+        .collect();
     let mut out = Vec::with_capacity(rows.len() * keys.len());
     for r in per_row {
         out.extend(r?);

@@ -24,7 +24,7 @@ pub use dlog::DlogTable;
 pub use encoding::FixedPoint;
 
 /// Errors of the functional-encryption layer.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FeError {
     /// A vector whose length does not match the key or ciphertext.

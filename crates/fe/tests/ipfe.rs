@@ -1,10 +1,11 @@
 //! Inner-product FE against plaintext inner products, the bounded discrete log at and beyond
 //! its bound, the secure matrix product, and fixed-point encoding. Fixed seeds.
 
-use blindfold_fe::ipfe::{matrix_product, setup_with_rng};
+use blindfold_fe::ipfe::{matrix_product, setup_with_rng, small_multiscalar_mul};
 use blindfold_fe::{DlogTable, FeError, FixedPoint};
 use curve25519_dalek::ristretto::RistrettoPoint;
 use curve25519_dalek::scalar::Scalar;
+use curve25519_dalek::traits::VartimeMultiscalarMul;
 use proptest::prelude::*;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
@@ -33,6 +34,7 @@ fn decryption_gives_the_inner_product() {
         let key = msk.derive(&y).unwrap();
         let want: i64 = x.iter().zip(&y).map(|(a, b)| a * b).sum();
         assert_eq!(ct.decrypt(&key, &table).unwrap(), want);
+        assert_eq!(ct.prepare().decrypt(&key, &table).unwrap(), want);
     }
     // Extremes of the bound.
     let x = vec![100; 25];
@@ -71,6 +73,17 @@ fn dlog_finds_every_value_in_range_and_refuses_the_rest() {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
+    /// Both small-scalar methods (buckets for many points and small values, signed binary
+    /// otherwise) agree with the generic multi-scalar multiplication.
+    #[test]
+    fn small_multiscalar_mul_matches_the_generic_one(n in 0usize..60, max in 0i64..3000, seed in 0u64..1000) {
+        let mut r = rng(seed);
+        let ys = small_vec(&mut r, n, max);
+        let points: Vec<RistrettoPoint> = (0..n).map(|_| point(r.next_u64() as i64 >> 8)).collect();
+        let scalars = ys.iter().map(|&y| { let s = Scalar::from(y.unsigned_abs()); if y < 0 { -s } else { s } });
+        prop_assert_eq!(small_multiscalar_mul(&ys, &points), RistrettoPoint::vartime_multiscalar_mul(scalars, &points));
+    }
+
     #[test]
     fn dlog_with_any_table_shape(bound in 0u64..5000, m in 1usize..3000, frac in 0.0f64..1.0) {
         let table = DlogTable::new(bound, m).unwrap();
