@@ -69,6 +69,13 @@ impl Drop for FunctionKey {
     }
 }
 
+/// Shows the length only: `sk_y` is never printed.
+impl std::fmt::Debug for FunctionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FunctionKey").field("len", &self.y.len()).finish_non_exhaustive()
+    }
+}
+
 impl FunctionKey {
     /// The vector `y` the key is for.
     pub fn vector(&self) -> &[i64] {

@@ -5,6 +5,9 @@
 //!   vector `x`, an authority holding the master secret key derives a function key for a
 //!   vector `y`, and whoever holds that key learns `⟨x, y⟩` and nothing else about `x`
 //!   (selective security under DDH).
+//! * [`febo`] — FE for basic operations (CryptoNN §III-B): an encrypted integer and keys,
+//!   bound to one ciphertext, for `x + y`, `x − y` or `x · y` with a public `y` (CryptoNN's
+//!   encrypted labels). Reveals `x` to the key holder.
 //! * [`DlogTable`] — the bounded discrete logarithm that turns the decrypted `g^⟨x,y⟩` into
 //!   an integer: a baby-step giant-step table built once and shared read-only across threads.
 //!   A value outside the bound is an error, never a wrong number.
@@ -18,6 +21,7 @@
 
 mod dlog;
 mod encoding;
+pub mod febo;
 pub mod ipfe;
 
 pub use dlog::DlogTable;

@@ -11,6 +11,10 @@
 //!   holders ([`Aggregation`]) for the client, who decrypts the result. Holds no key that can
 //!   decrypt and accepts only encrypted scores.
 //!
+//! * [`cryptonn::KeyAuthority`] — in CryptoNN training, holds the functional-encryption
+//!   master secret key and issues function keys under a policy (span, bounds, sparsity, rate,
+//!   audit log).
+//!
 //! Messages ([`Message`]) are postcard-encoded; the keys and ciphertexts inside use the CKKS
 //! wire format (`blindfold_ckks::serialize`), which carries the parameter fingerprint, so keys
 //! or ciphertexts made for other parameters are refused with a clear error.
@@ -20,6 +24,7 @@
 //! `Client::decrypt_scores`.
 #![forbid(unsafe_code)]
 
+pub mod cryptonn;
 mod ensemble;
 mod inference;
 
