@@ -1,7 +1,7 @@
 //! `blindfold ensemble`: several model holders, each with a model trained on its own share
 //! of the data, a coordinator combining their encrypted scores, one end user decrypting.
 
-use crate::{bar, cached_model, percentile, say, train_on, DataArgs, Percentiles, TrainOpts, LOG_INPUT_SCALE, PRESET};
+use crate::{bar, cached_model, percentile, say, train_on, DataArgs, Percentiles, TrainOpts, PRESET};
 use anyhow::{bail, Context as _, Result};
 use blindfold_ckks::{presets, Preset};
 use blindfold_data::{class_histogram, partition, Partition, Split};
@@ -221,8 +221,10 @@ fn evaluate_split(
     };
     let holder_accuracies: Vec<f64> = plain.iter().map(|p| accuracy(&|i| argmax_f64(&p[i]))).collect();
 
+    // Inputs at the scale of the primes the network consumes (the top ones).
+    let log_input_scale = *setup.preset.log_q.last().expect("a modulus chain");
     let mut holders: Vec<ModelHolder> =
-        models.iter().map(|m| ModelHolder::new(m, setup.preset, LOG_INPUT_SCALE)).collect::<Result<_, _>>()?;
+        models.iter().map(|m| ModelHolder::new(m, setup.preset, log_input_scale)).collect::<Result<_, _>>()?;
     let info = holders[0].info().clone();
     let (mut user, keys) = Client::new(&info)?;
     for h in &mut holders {

@@ -1,7 +1,9 @@
 //! The ensemble coordinator's work per image: receiving K holders' encrypted scores
-//! (deserialization with the parameter check) and their encrypted mean (serialized for the
-//! end user). Scores are level-0 ciphertexts of `N8192_DEPTH5_128BIT`, as the holders of
-//! `blindfold ensemble` send them. Single thread.
+//! (deserialization with the parameter check) and their aggregation (serialized for the end
+//! user). The mean on level-0 ciphertexts of `N8192_DEPTH5_128BIT`, as the holders of
+//! `blindfold ensemble --aggregation mean` send them; every aggregation on level-6
+//! ciphertexts of `N16384_DEPTH11_128BIT`, as they arrive when the polynomial aggregations are
+//! on. Single thread.
 //!
 //! Run: `cargo bench -p blindfold-protocol --bench coordinator`; CI runs it once with `-- --test`.
 
@@ -10,7 +12,7 @@
 use blindfold_ckks::serialize::serialize;
 use blindfold_ckks::{presets, Context, Encoder, Encryptor, KeyGenerator};
 use blindfold_nn::ArchSpec;
-use blindfold_protocol::{Aggregation, Coordinator, Message, PlanInfo};
+use blindfold_protocol::{Aggregation, Calibration, Coordinator, Message, PlanInfo};
 use criterion::{criterion_group, Criterion};
 use std::hint::black_box;
 
@@ -43,6 +45,57 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    polynomial_aggregations(c);
+}
+
+/// Scores vectors like centred logits, for holder `h` and image `i`.
+fn scores(h: usize, i: usize) -> Vec<f64> {
+    (0..10).map(|j| ((j * 7 + h * 3 + i * 5) % 11) as f64 - 5.0).collect()
+}
+
+fn polynomial_aggregations(c: &mut Criterion) {
+    let preset = presets::N16384_DEPTH11_128BIT;
+    let ctx = Context::new(&preset.parameters().unwrap()).unwrap();
+    let mut keygen = KeyGenerator::from_seed(&ctx, [4; 32]);
+    let mut enc = Encryptor::with_public_key(&ctx, &keygen.public_key()).unwrap();
+    let encoder = Encoder::new(&ctx);
+    let info = PlanInfo {
+        arch: ArchSpec::builtin("tenseal-cnn1").unwrap(),
+        preset: preset.name.to_string(),
+        log_input_scale: 29,
+    };
+    let holders = 5;
+    let validation: Vec<Vec<Vec<f64>>> = (0..holders).map(|h| (0..50).map(|i| scores(h, i)).collect()).collect();
+    let labels: Vec<u8> = (0..50).map(|i| (i % 10) as u8).collect();
+    let cal = Calibration::from_validation(&validation, &labels).unwrap();
+    let mut coordinator = Coordinator::with_calibration(&info, cal).unwrap();
+    let steps = coordinator.evaluation_key_steps(&Aggregation::ALL).unwrap();
+    let keys = Message::EvaluationKeys {
+        relinearization: serialize(&keygen.relinearization_key(), &ctx).unwrap().to_vec(),
+        galois: serialize(&keygen.galois_keys_at_levels(&steps).unwrap(), &ctx).unwrap().to_vec(),
+    };
+    coordinator.set_evaluation_keys(&keys).unwrap();
+    // Scores at the level the network leaves them (11 − 5), at the default scale.
+    let level = ctx.max_level() - info.arch.depth();
+    let replies: Vec<Message> = (0..holders)
+        .map(|h| {
+            let pt = encoder.encode_real(&scores(h, 0), level, 2f64.powi(29)).unwrap();
+            Message::EncryptedScores { ciphertext: serialize(&enc.encrypt(&pt).unwrap(), &ctx).unwrap().to_vec() }
+        })
+        .collect();
+    let mut g = c.benchmark_group("coordinator_N16384");
+    g.sample_size(10);
+    for agg in Aggregation::ALL {
+        g.bench_function(format!("{}_of_{holders}", agg.name()), |b| {
+            b.iter(|| {
+                for (h, r) in replies.iter().enumerate() {
+                    coordinator.receive(h, black_box(r)).unwrap();
+                }
+                coordinator.aggregate(agg).unwrap()
+            })
+        });
+    }
+    g.finish();
 }
 
 criterion_group! {

@@ -120,7 +120,8 @@ fn polynomial_aggregations_match_their_plaintext_twins() {
     assert!(cal.weights.iter().all(|&w| w > 0.0) && cal.score_bounds.len() == 3);
 
     let preset = presets::N16384_DEPTH11_128BIT;
-    let mut holders: Vec<ModelHolder> = models.iter().map(|m| ModelHolder::new(m, preset, 29).unwrap()).collect();
+    // Inputs at 2^31, the scale of the preset's top primes.
+    let mut holders: Vec<ModelHolder> = models.iter().map(|m| ModelHolder::new(m, preset, 31).unwrap()).collect();
     let info = holders[0].info().clone();
     let (mut user, keys) = Client::new(&info).unwrap();
     for h in &mut holders {

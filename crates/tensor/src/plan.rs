@@ -21,6 +21,18 @@ pub enum PlanError {
         /// Depth available.
         available: usize,
     },
+    /// The input scale is far from the primes the network's levels consume: every rescale
+    /// would then move the scale further off, and the result would be noise.
+    #[error(
+        "input scale 2^{scale_bits:.1} does not fit these parameters, whose top prime has {prime_bits} bits: \
+         encrypt at scale 2^{prime_bits}"
+    )]
+    Scale {
+        /// log2 of the input scale.
+        scale_bits: f64,
+        /// Bits of the top prime.
+        prime_bits: u32,
+    },
     /// A layout does not fit in the slots.
     #[error("layout does not fit: {0}")]
     Layout(String),
@@ -306,7 +318,8 @@ impl CnnPlan {
     ///
     /// # Errors
     /// [`PlanError::Unsupported`] for another form, [`PlanError::TooDeep`] if the parameters
-    /// have too few levels, [`PlanError::Layout`] if a layer does not fit in the slots.
+    /// have too few levels, [`PlanError::Scale`] for an input scale more than a factor 2 from
+    /// the top prime, [`PlanError::Layout`] if a layer does not fit in the slots.
     pub fn compile(model: &Model, ctx: &Arc<Context>, input_scale: f64) -> Result<Self> {
         let spec = model.spec();
         let layers = &spec.layers;
@@ -314,6 +327,11 @@ impl CnnPlan {
         let depth = spec.depth();
         if depth > ctx.max_level() {
             return Err(PlanError::TooDeep { needed: depth, available: ctx.max_level() });
+        }
+        let top = ctx.params().q()[ctx.max_level()];
+        let prime_bits = 64 - top.leading_zeros();
+        if (input_scale.log2() - (top as f64).log2()).abs() > 1.0 {
+            return Err(PlanError::Scale { scale_bits: input_scale.log2(), prime_bits });
         }
         let slots = ctx.params().slots();
         let layout = InputLayout::from_arch(spec, slots)?;

@@ -95,6 +95,9 @@ fn wrong_inputs_are_refused() {
     // Too deep for a depth-3 preset.
     let small = Context::new(&presets::N8192_DEPTH3_128BIT.parameters().unwrap()).unwrap();
     assert!(CnnPlan::compile(&model, &small, 2f64.powi(30)).unwrap_err().to_string().contains("depth 5"));
+    // An input scale that does not fit the primes (the network would decrypt to noise).
+    let err = CnnPlan::compile(&model, &ctx, 2f64.powi(40)).unwrap_err().to_string();
+    assert!(err.contains("encrypt at scale 2^29"), "{err}");
     // cnn2 is not of the single-convolution form.
     let cnn2 = Model::init(ArchSpec::builtin("cnn2").unwrap(), &mut ChaCha20Rng::seed_from_u64(1)).unwrap();
     assert!(CnnPlan::compile(&cnn2, &ctx, 2f64.powi(30)).is_err());
