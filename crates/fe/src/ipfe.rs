@@ -44,14 +44,17 @@ pub struct MasterPublicKey {
     h: Vec<RistrettoPoint>,
 }
 
+/// Limbs of `sk_y` in decryption: `sk_y·ct_0 = Σ_k sk_k·(2^{32k}·ct_0)` with 32-bit `sk_k`.
+const LIMBS: usize = 8;
+
 /// An encryption of a vector of length `n`: `ct_0 = r·G`, `ct_i = r·h_i + x_i·G`, and the
-/// precomputed `2^64·ct_0, 2^128·ct_0, 2^192·ct_0` (public functions of `ct_0`, made by the
-/// encryptor with three fixed-base multiplications): they turn the decryptor's
-/// `sk_y·ct_0` into four 64-bit multiplications sharing 64 doublings instead of 253.
+/// precomputed `2^{32k}·ct_0` for `k = 1..8` (public functions of `ct_0`, made by the
+/// encryptor with seven fixed-base multiplications): they turn the decryptor's `sk_y·ct_0`
+/// into eight 32-bit multiplications sharing 33 doublings instead of 253.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ciphertext {
     ct0: RistrettoPoint,
-    ct0_powers: [RistrettoPoint; 3],
+    ct0_powers: [RistrettoPoint; LIMBS - 1],
     cts: Vec<RistrettoPoint>,
 }
 
@@ -144,10 +147,10 @@ impl MasterPublicKey {
         check_len(self.h.len(), x.len())?;
         let mut r = Scalar::random(rng);
         let ct0 = RistrettoPoint::mul_base(&r);
-        let two64 = Scalar::from(1u128 << 64);
+        let two32 = Scalar::from(1u64 << 32);
         let mut rk = r;
-        let ct0_powers = [0; 3].map(|_| {
-            rk *= two64;
+        let ct0_powers = [0; LIMBS - 1].map(|_| {
+            rk *= two32;
             RistrettoPoint::mul_base(&rk)
         });
         rk.zeroize();
@@ -192,9 +195,10 @@ impl Ciphertext {
     }
 
     /// `⟨x, y⟩·G = Σ y_i·ct_i − sk_y·ct_0`, in variable time (the ciphertext and `y` are
-    /// known to the decryptor): the sum by [`small_multiscalar_mul`]; `−sk_y·ct_0` split into
-    /// four 64-bit limbs against `ct_0` and its precomputed powers, interleaved (width-5
-    /// NAF, 64 shared doublings instead of 253). For many keys on one ciphertext,
+    /// known to the decryptor). `−sk_y` is split into eight 32-bit limbs against `ct_0` and its
+    /// precomputed powers (width-4 NAF, 33 shared doublings instead of 253); the small `y_i`
+    /// join the same interleaved loop (NAF), or, when buckets are cheaper for them (long
+    /// vectors), go through [`small_multiscalar_mul`]. For many keys on one ciphertext,
     /// [`Ciphertext::prepare`] first.
     ///
     /// # Errors
@@ -202,10 +206,14 @@ impl Ciphertext {
     pub fn decrypt_point(&self, key: &FunctionKey) -> Result<RistrettoPoint> {
         check_len(self.cts.len(), key.y.len())?;
         let neg = (-key.sk).to_bytes();
-        let limbs = neg.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        let limbs = neg.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")));
         let bases = std::iter::once(&self.ct0).chain(&self.ct0_powers);
-        let terms: Vec<Term> = limbs.zip(bases).map(|(v, p)| Term::new(v as u128, false, p, 5, 65)).collect();
-        Ok(small_multiscalar_mul(&key.y, &self.cts) + interleaved_wnaf(&terms))
+        let mut terms: Vec<Term> = limbs.zip(bases).map(|(v, p)| Term::new(v as u128, false, p, 4, 33)).collect();
+        if buckets_cheaper(&key.y) {
+            return Ok(small_multiscalar_mul(&key.y, &self.cts) + interleaved_wnaf(&terms));
+        }
+        terms.extend(naf_terms(&key.y, &self.cts));
+        Ok(interleaved_wnaf(&terms))
     }
 
     /// Precomputes multiples of `ct_0` (a 32×8-point table, about the cost of three
@@ -267,20 +275,29 @@ impl PreparedCiphertext<'_> {
 /// If the lengths differ.
 pub fn small_multiscalar_mul(ys: &[i64], points: &[RistrettoPoint]) -> RistrettoPoint {
     assert_eq!(ys.len(), points.len(), "one scalar per point");
-    let max = ys.iter().map(|y| y.unsigned_abs()).max().unwrap_or(0);
-    let bits = small_bits(ys) as u64;
-    let n = ys.len() as u64;
-    if n + 2 * max <= n * (bits / 3 + 1) + bits {
+    if buckets_cheaper(ys) {
+        let max = ys.iter().map(|y| y.unsigned_abs()).max().unwrap_or(0);
         buckets(ys, points, max as usize)
     } else {
-        let terms: Vec<Term> = ys
-            .iter()
-            .zip(points)
-            .filter(|(y, _)| **y != 0)
-            .map(|(&y, p)| Term::new(y.unsigned_abs() as u128, y < 0, p, 2, bits as usize + 1))
-            .collect();
-        interleaved_wnaf(&terms)
+        interleaved_wnaf(&naf_terms(ys, points))
     }
+}
+
+/// Whether buckets take fewer additions than interleaved NAF for these scalars.
+fn buckets_cheaper(ys: &[i64]) -> bool {
+    let max = ys.iter().map(|y| y.unsigned_abs()).max().unwrap_or(0);
+    let (bits, n) = (small_bits(ys) as u64, ys.len() as u64);
+    n + 2 * max <= n * (bits / 3 + 1) + bits
+}
+
+/// The non-zero `y_i·P_i` as NAF terms.
+fn naf_terms(ys: &[i64], points: &[RistrettoPoint]) -> Vec<Term> {
+    let len = small_bits(ys) + 1;
+    ys.iter()
+        .zip(points)
+        .filter(|(y, _)| **y != 0)
+        .map(|(&y, p)| Term::new(y.unsigned_abs() as u128, y < 0, p, 2, len))
+        .collect()
 }
 
 /// Bits of the largest `|y_i|`.
