@@ -10,23 +10,29 @@
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use blindfold_ckks::serialize::serialize;
-use blindfold_ckks::{presets, Context, Encoder, Encryptor, KeyGenerator};
+use blindfold_ckks::{presets, Context, Encoder, Encryptor, KeyGenerator, Preset};
 use blindfold_nn::ArchSpec;
 use blindfold_protocol::{Aggregation, Calibration, Coordinator, Message, PlanInfo};
 use criterion::{criterion_group, Criterion};
 use std::hint::black_box;
+use std::sync::Arc;
 
-fn bench(c: &mut Criterion) {
-    let preset = presets::N8192_DEPTH5_128BIT;
+/// Keys, an encryptor and an encoder under `preset`, and the plan information of tenseal-cnn1
+/// with inputs at the scale of the preset's top prime.
+fn setup(preset: Preset, seed: u8) -> (Arc<Context>, KeyGenerator, Encryptor, Encoder, PlanInfo) {
     let ctx = Context::new(&preset.parameters().unwrap()).unwrap();
-    let mut keygen = KeyGenerator::from_seed(&ctx, [3; 32]);
-    let mut enc = Encryptor::with_public_key(&ctx, &keygen.public_key()).unwrap();
-    let encoder = Encoder::new(&ctx);
+    let mut keygen = KeyGenerator::from_seed(&ctx, [seed; 32]);
+    let enc = Encryptor::with_public_key(&ctx, &keygen.public_key()).unwrap();
     let info = PlanInfo {
         arch: ArchSpec::builtin("tenseal-cnn1").unwrap(),
         preset: preset.name.to_string(),
-        log_input_scale: 29,
+        log_input_scale: *preset.log_q.last().unwrap(),
     };
+    (ctx.clone(), keygen, enc, Encoder::new(&ctx), info)
+}
+
+fn bench(c: &mut Criterion) {
+    let (ctx, _, mut enc, encoder, info) = setup(presets::N8192_DEPTH5_128BIT, 3);
     for holders in [3, 5] {
         let replies: Vec<Message> = (0..holders)
             .map(|h| {
@@ -54,16 +60,7 @@ fn scores(h: usize, i: usize) -> Vec<f64> {
 }
 
 fn polynomial_aggregations(c: &mut Criterion) {
-    let preset = presets::N16384_DEPTH11_128BIT;
-    let ctx = Context::new(&preset.parameters().unwrap()).unwrap();
-    let mut keygen = KeyGenerator::from_seed(&ctx, [4; 32]);
-    let mut enc = Encryptor::with_public_key(&ctx, &keygen.public_key()).unwrap();
-    let encoder = Encoder::new(&ctx);
-    let info = PlanInfo {
-        arch: ArchSpec::builtin("tenseal-cnn1").unwrap(),
-        preset: preset.name.to_string(),
-        log_input_scale: 29,
-    };
+    let (ctx, mut keygen, mut enc, encoder, info) = setup(presets::N16384_DEPTH11_128BIT, 4);
     let holders = 5;
     let validation: Vec<Vec<Vec<f64>>> = (0..holders).map(|h| (0..50).map(|i| scores(h, i)).collect()).collect();
     let labels: Vec<u8> = (0..50).map(|i| (i % 10) as u8).collect();
