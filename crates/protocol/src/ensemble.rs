@@ -336,9 +336,10 @@ impl Coordinator {
         &self.cal
     }
 
-    /// Rotation steps (each with the highest level it is used at) that the end user must
-    /// generate Galois keys for, with a relinearization key, so that the coordinator can run
-    /// `aggregations` ([`crate::Client::evaluation_keys`]). Empty for the linear ones.
+    /// Rotation steps, each with a level it is used at, that the end user must generate Galois
+    /// keys for, with a relinearization key, so that the coordinator can run `aggregations`
+    /// ([`crate::Client::evaluation_keys`]; a step listed twice gets one key, at the higher
+    /// level). Empty for the linear ones.
     ///
     /// # Errors
     /// [`ProtocolError::Unexpected`] if an aggregation needs more levels than the scores
@@ -360,33 +361,18 @@ impl Coordinator {
             match agg {
                 Aggregation::SoftmaxMean => {
                     steps.push((-c, l - 3));
-                    steps.extend(window_sum_steps(self.classes).into_iter().map(|s| (s, l - 3)));
+                    steps.extend(doubling_steps(self.classes, 1).into_iter().map(|s| (s, l - 3)));
                 }
                 _ => {
                     let r = self.region() as i64;
-                    steps.push((-c, l - 1));
-                    for (s, _) in replicate_steps(self.classes - 1, 0, r).into_iter().chain(replicate_steps(
-                        self.classes - 1,
-                        1,
-                        r,
-                    )) {
-                        steps.push((s, l - 1));
-                    }
-                    steps.push((1, l - 1));
+                    let replicas =
+                        doubling_steps(self.classes - 1, -r).into_iter().chain(doubling_steps(self.classes - 1, 1 - r));
+                    steps.extend([(-c, l - 1), (1, l - 1)].into_iter().chain(replicas.map(|s| (s, l - 1))));
                     steps.extend((0..4).map(|b| ((r << b) % self.slots() as i64, l - 3)));
                 }
             }
         }
-        // One key per Galois element, at the highest level it is used.
-        let mut by_element: Vec<(u64, i64, usize)> = Vec::new();
-        for (s, level) in steps {
-            let g = self.ctx.galois_element_for_rotation(s);
-            match by_element.iter_mut().find(|(e, _, _)| *e == g) {
-                Some(entry) => entry.2 = entry.2.max(level),
-                None => by_element.push((g, s, level)),
-            }
-        }
-        Ok(by_element.into_iter().filter(|(g, _, _)| *g != 1).map(|(_, s, l)| (s, l)).collect())
+        Ok(steps)
     }
 
     /// Accepts the end user's public evaluation keys ([`Message::EvaluationKeys`]), needed by
@@ -617,30 +603,25 @@ impl Coordinator {
         Ok(sum)
     }
 
-    /// Sum of the `C` slots `j..j+C` of a window whose slots `C..2C` repeat `0..C`: every
-    /// slot `j < C` gets the window's total.
-    fn window_sum(&self, ct: &Ciphertext) -> Result<Ciphertext> {
+    /// `Σ_{k<count} rot(ct, k·unit)` by doubling: about `2·log2(count)` rotations
+    /// ([`doubling_plan`]).
+    fn sum_of_rotations(&self, ct: &Ciphertext, count: usize, unit: i64) -> Result<Ciphertext> {
         let (_, gk) = self.keys()?;
-        // Doubling: blocks[b] sums 2^b consecutive slots.
+        let (doubling, combine) = doubling_plan(count, unit);
         let mut blocks = vec![ct.clone()];
-        while (1 << blocks.len()) <= self.classes {
+        for step in doubling {
             let last = blocks.last().expect("non-empty");
-            let step = 1i64 << (blocks.len() - 1);
             blocks.push(self.eval.add(last, &self.eval.rotate(last, step, gk)?)?);
         }
         let mut acc: Option<Ciphertext> = None;
-        let mut offset = 0i64;
-        for b in (0..blocks.len()).rev() {
-            if self.classes & (1 << b) != 0 {
-                let part = if offset == 0 { blocks[b].clone() } else { self.eval.rotate(&blocks[b], offset, gk)? };
-                match &mut acc {
-                    Some(a) => self.eval.add_assign(a, &part)?,
-                    None => acc = Some(part),
-                }
-                offset += 1 << b;
+        for (b, step) in combine {
+            let part = if step == 0 { blocks[b].clone() } else { self.eval.rotate(&blocks[b], step, gk)? };
+            match &mut acc {
+                Some(a) => self.eval.add_assign(a, &part)?,
+                None => acc = Some(part),
             }
         }
-        Ok(acc.expect("classes >= 1"))
+        Ok(acc.expect("count >= 1"))
     }
 
     /// `ct + rot(ct, −C)`: slots `C..2C` of each window repeat `0..C` (the rest of the
@@ -658,7 +639,7 @@ impl Coordinator {
         let u = self.eval.add_plain(&packed, &one)?;
         let u2 = self.multiply(&u, &u)?;
         let e = self.multiply(&u2, &u2)?;
-        let sum = self.window_sum(&self.repeat_window(&e)?)?;
+        let sum = self.sum_of_rotations(&self.repeat_window(&e)?, self.classes, 1)?;
         // The inverse at 2^6 times the working scale (its coefficients are small), the
         // numerators at 2^-6 times it, so that the product is back at the working scale.
         let inv = self.cubic(&sum, self.cal.softmax_inverse, e.scale() * 64.0)?;
@@ -675,8 +656,8 @@ impl Coordinator {
         let shifts = self.classes - 1;
         let region = self.region() as i64;
         // Region k−1 of `d`: a_j − a_{(j+k) mod C}, for k = 1..C.
-        let same = self.replicate(&a, shifts, 0, region)?;
-        let shifted = self.replicate(&self.eval.rotate(&self.repeat_window(&a)?, 1, gk)?, shifts, 1, region)?;
+        let same = self.sum_of_rotations(&a, shifts, -region)?;
+        let shifted = self.sum_of_rotations(&self.eval.rotate(&self.repeat_window(&a)?, 1, gk)?, shifts, 1 - region)?;
         let d = self.eval.sub(&same, &shifted)?;
         // step(d)/(C−1) = 1/(2(C−1)) + d(3 − d²)/(4(C−1)).
         let scale = 4.0 * shifts as f64;
@@ -699,71 +680,31 @@ impl Coordinator {
         }
         self.unpack_mean(&t, contributors)
     }
-
-    /// `count` copies of `ct`'s first region in regions `0..count`, copy `k` rotated left by
-    /// `k·shift` more slots than copy 0: by doubling, with [`replicate_steps`].
-    fn replicate(&self, ct: &Ciphertext, count: usize, shift: i64, region: i64) -> Result<Ciphertext> {
-        let (_, gk) = self.keys()?;
-        let mut blocks = vec![ct.clone()];
-        while (1 << blocks.len()) <= count {
-            let last = blocks.last().expect("non-empty");
-            let m = 1i64 << (blocks.len() - 1);
-            blocks.push(self.eval.add(last, &self.eval.rotate(last, m * (shift - region), gk)?)?);
-        }
-        let mut acc: Option<Ciphertext> = None;
-        let mut offset = 0i64;
-        for b in (0..blocks.len()).rev() {
-            if count & (1 << b) != 0 {
-                let part = if offset == 0 {
-                    blocks[b].clone()
-                } else {
-                    self.eval.rotate(&blocks[b], offset * (shift - region), gk)?
-                };
-                match &mut acc {
-                    Some(a) => self.eval.add_assign(a, &part)?,
-                    None => acc = Some(part),
-                }
-                offset += 1 << b;
-            }
-        }
-        Ok(acc.expect("count >= 1"))
-    }
 }
 
-/// Rotation steps of [`Coordinator::window_sum`] for `classes` slots.
-fn window_sum_steps(classes: usize) -> Vec<i64> {
-    let mut steps: Vec<i64> = (0..usize::BITS).map(|b| 1i64 << b).take_while(|&s| s <= classes as i64 / 2).collect();
-    let mut offset = 0i64;
-    for b in (0..usize::BITS).rev() {
-        if classes & (1 << b) != 0 {
-            if offset != 0 {
-                steps.push(offset);
-            }
-            offset += 1 << b;
-        }
+/// How [`Coordinator::sum_of_rotations`] builds `Σ_{k<count} rot(ct, k·unit)`: the doubling
+/// steps (block `b+1` = block `b` + its rotation by `2^b·unit`, so block `b` sums `2^b` copies),
+/// then, per set bit `b` of `count`, block `b` rotated by the copies already placed.
+fn doubling_plan(count: usize, unit: i64) -> (Vec<i64>, Vec<(usize, i64)>) {
+    let mut doubling = Vec::new();
+    while 1usize << (doubling.len() + 1) <= count {
+        doubling.push(unit * (1i64 << doubling.len()));
     }
-    steps
-}
-
-/// Rotation steps of [`Coordinator::replicate`], with the block sizes they move.
-fn replicate_steps(count: usize, shift: i64, region: i64) -> Vec<(i64, usize)> {
-    let mut steps = Vec::new();
-    let mut blocks = 1;
-    while (1 << blocks) <= count {
-        let m = 1i64 << (blocks - 1);
-        steps.push((m * (shift - region), blocks));
-        blocks += 1;
-    }
-    let mut offset = 0i64;
-    for b in (0..blocks).rev() {
+    let mut combine = Vec::new();
+    let mut placed = 0i64;
+    for b in (0..=doubling.len()).rev() {
         if count & (1 << b) != 0 {
-            if offset != 0 {
-                steps.push((offset * (shift - region), b));
-            }
-            offset += 1 << b;
+            combine.push((b, placed * unit));
+            placed += 1 << b;
         }
     }
-    steps
+    (doubling, combine)
+}
+
+/// The rotation steps [`doubling_plan`] uses.
+fn doubling_steps(count: usize, unit: i64) -> Vec<i64> {
+    let (doubling, combine) = doubling_plan(count, unit);
+    doubling.into_iter().chain(combine.into_iter().map(|(_, s)| s).filter(|&s| s != 0)).collect()
 }
 
 #[cfg(test)]
@@ -787,10 +728,22 @@ mod tests {
     }
 
     #[test]
-    fn window_sum_steps_cover_the_classes() {
-        assert_eq!(window_sum_steps(10), vec![1, 2, 4, 8]);
-        assert_eq!(window_sum_steps(16), vec![1, 2, 4, 8]);
-        assert_eq!(window_sum_steps(3), vec![1, 2]);
-        assert_eq!(replicate_steps(9, 0, 100).iter().map(|s| s.0).collect::<Vec<_>>(), vec![-100, -200, -400, -800]);
+    fn the_doubling_plan_places_every_copy_once() {
+        assert_eq!(doubling_steps(10, 1), vec![1, 2, 4, 8]);
+        assert_eq!(doubling_steps(16, 1), vec![1, 2, 4, 8]);
+        assert_eq!(doubling_steps(3, 1), vec![1, 2]);
+        assert_eq!(doubling_steps(9, -100), vec![-100, -200, -400, -800]);
+        // Follow the plan on copy offsets: every k < count exactly once.
+        for count in 1..40 {
+            let (doubling, combine) = doubling_plan(count, 1);
+            let mut blocks = vec![vec![0i64]];
+            for step in doubling {
+                let last = blocks.last().unwrap().clone();
+                blocks.push(last.iter().copied().chain(last.iter().map(|k| k + step)).collect());
+            }
+            let mut all: Vec<i64> = combine.iter().flat_map(|&(b, s)| blocks[b].iter().map(move |k| k + s)).collect();
+            all.sort();
+            assert_eq!(all, (0..count as i64).collect::<Vec<_>>(), "count {count}");
+        }
     }
 }
