@@ -368,7 +368,7 @@ impl Coordinator {
                     let replicas =
                         doubling_steps(self.classes - 1, -r).into_iter().chain(doubling_steps(self.classes - 1, 1 - r));
                     steps.extend([(-c, l - 1), (1, l - 1)].into_iter().chain(replicas.map(|s| (s, l - 1))));
-                    steps.extend((0..4).map(|b| ((r << b) % self.slots() as i64, l - 3)));
+                    steps.extend((0..4).map(|b| (r << b, l - 3)));
                 }
             }
         }
@@ -520,22 +520,17 @@ impl Coordinator {
         self.ctx.params().q()[level] as f64
     }
 
-    /// Holder `h`'s scores in slots `0..C`, times `factor(h)`, the rest zeroed, moved to
+    /// Contributor `i`'s scores in slots `0..C`, times `factors[i]`, the rest zeroed, moved to
     /// window `h`, all holders summed, at the default scale: one level.
-    fn pack(
-        &self,
-        cts: &[Ciphertext],
-        contributors: &[usize],
-        factor: impl Fn(usize) -> Result<f64>,
-    ) -> Result<Ciphertext> {
+    fn pack(&self, cts: &[Ciphertext], contributors: &[usize], factors: &[f64]) -> Result<Ciphertext> {
         let (_, gk) = self.keys()?;
         let level = cts[0].level();
         let masked = cts
             .iter()
-            .zip(contributors)
-            .map(|(ct, &h)| {
+            .zip(factors)
+            .map(|(ct, &factor)| {
                 let mut v = vec![0.0; self.slots()];
-                v[..self.classes].fill(factor(h)?);
+                v[..self.classes].fill(factor);
                 // The plaintext's scale takes the scores' scale (whatever the network left)
                 // to the default scale after the rescale.
                 let scale = self.ctx.params().default_scale() * self.prime(level) / ct.scale();
@@ -631,10 +626,14 @@ impl Coordinator {
         Ok(self.eval.add(ct, &self.eval.rotate(ct, -(self.classes as i64), gk)?)?)
     }
 
+    /// `numerator / R_h` for each contributor `h`.
+    fn bound_factors(&self, contributors: &[usize], numerator: f64) -> Result<Vec<f64>> {
+        contributors.iter().map(|&h| Ok(numerator / self.cal.bound(h)?)).collect()
+    }
+
     fn softmax_mean(&self, cts: &[Ciphertext], contributors: &[usize]) -> Result<Ciphertext> {
-        let bounds = contributors.iter().map(|&h| self.cal.bound(h)).collect::<Result<Vec<_>>>()?;
-        let pos = |h: usize| contributors.iter().position(|&c| c == h).expect("a contributor");
-        let packed = self.pack(cts, contributors, |h| Ok(1.0 / bounds[pos(h)]))?;
+        let factors = self.bound_factors(contributors, 1.0)?;
+        let packed = self.pack(cts, contributors, &factors)?;
         let one = self.window_constant(1.0, contributors, &packed)?;
         let u = self.eval.add_plain(&packed, &one)?;
         let u2 = self.multiply(&u, &u)?;
@@ -650,9 +649,8 @@ impl Coordinator {
 
     fn vote(&self, cts: &[Ciphertext], contributors: &[usize]) -> Result<Ciphertext> {
         let (_, gk) = self.keys()?;
-        let bounds = contributors.iter().map(|&h| self.cal.bound(h)).collect::<Result<Vec<_>>>()?;
-        let pos = |h: usize| contributors.iter().position(|&c| c == h).expect("a contributor");
-        let a = self.pack(cts, contributors, |h| Ok(0.5 / bounds[pos(h)]))?;
+        let factors = self.bound_factors(contributors, 0.5)?;
+        let a = self.pack(cts, contributors, &factors)?;
         let shifts = self.classes - 1;
         let region = self.region() as i64;
         // Region k−1 of `d`: a_j − a_{(j+k) mod C}, for k = 1..C.
@@ -672,7 +670,7 @@ impl Coordinator {
         self.eval.add_plain_assign(&mut t, &half)?;
         // Rank: the regions summed into region 0.
         for b in (0..4).rev() {
-            let r = self.eval.rotate(&t, (region << b) % self.slots() as i64, gk)?;
+            let r = self.eval.rotate(&t, region << b, gk)?;
             self.eval.add_assign(&mut t, &r)?;
         }
         for _ in 0..VOTE_POWER_LOG2 {
