@@ -917,29 +917,31 @@ impl Evaluator {
 
     /// First half of a ModDown, shared by every `q_i`: the part of a value over `Q_l ∪ P`
     /// that lies over `P` (NTT form, overwritten) brought back to coefficients and prepared
-    /// for conversion (see [`blindfold_math::BasisConverter::prepare`]).
-    fn mod_down_prepare(&self, level: usize, p_part: &mut [u64]) -> Scratch {
+    /// for conversion, with its centering (see [`blindfold_math::BasisConverter::prepare`]
+    /// and [`blindfold_math::BasisConverter::centering`]).
+    fn mod_down_prepare(&self, level: usize, p_part: &mut [u64]) -> (Scratch, Vec<u8>) {
         let ctx = &self.ctx;
         p_part.par_chunks_exact_mut(ctx.n()).enumerate().for_each(|(k, r)| ctx.ntt[ctx.special_index(k)].backward(r));
         let mut prepared = Scratch::overwritten(p_part.len());
         ctx.mod_down[level].prepare(p_part, &mut prepared);
-        prepared
+        let centering = ctx.mod_down[level].centering(&prepared);
+        (prepared, centering)
     }
 
     /// Residue `i` of a ModDown: `dest += (x - [p]_{q_i}) · P^{-1} mod q_i`, NTT form, where
-    /// `x` is the value's residue modulo `q_i` and `prepared` its `P` part from
+    /// `x` is the value's residue modulo `q_i` and `(prepared, centering)` its `P` part from
     /// [`Evaluator::mod_down_prepare`]; `conv` (length `N`) is scratch space.
     fn mod_down_residue(
         &self,
         level: usize,
         i: usize,
-        prepared: &[u64],
+        (prepared, centering): &(Scratch, Vec<u8>),
         x: &[u64],
         dest: &mut [u64],
         conv: &mut [u64],
     ) {
         let ctx = &self.ctx;
-        ctx.mod_down[level].convert_prepared_centered(prepared, i..i + 1, conv);
+        ctx.mod_down[level].convert_prepared_centered(prepared, centering, i..i + 1, conv);
         ctx.ntt[i].forward(conv);
         slice::add_sub_mul_scalar_assign(dest, x, conv, ctx.p_inv_mod_q[i], &ctx.moduli[i]);
     }

@@ -122,35 +122,57 @@ impl BasisConverter {
         }
     }
 
+    /// The multiple `u` of `Q` that the fast conversion of each coefficient of a
+    /// [`BasisConverter::prepare`]d input adds, estimated as `round(Σ_i y_i/q_i)` in floating
+    /// point (Halevi–Polyakov–Shoup, CT-RSA 2019, §2.2): what
+    /// [`BasisConverter::convert_prepared_centered`] subtracts. It depends on the input only,
+    /// so one estimate serves every target. Empty for one source prime (that conversion is
+    /// centered already).
+    pub fn centering(&self, prepared: &[u64]) -> Vec<u8> {
+        let k = self.from.len();
+        if k == 1 {
+            return Vec::new();
+        }
+        let n = prepared.len() / k;
+        let y: Vec<&[u64]> = prepared.chunks_exact(n).collect();
+        (0..n)
+            .map(|c| {
+                let estimate: f64 = y.iter().zip(&self.q_inv_f64).map(|(yi, inv)| yi[c] as f64 * inv).sum();
+                estimate.round() as u8
+            })
+            .collect()
+    }
+
     /// [`BasisConverter::convert_prepared`] made exact on the centered representative in
-    /// `(-Q/2, Q/2]` for several source primes too: the multiple `u` of `Q` that the fast
-    /// conversion adds is estimated per coefficient as `round(Σ_i y_i/q_i)` in floating point
-    /// and subtracted (Halevi–Polyakov–Shoup, CT-RSA 2019, §2.2). A misestimate can only
-    /// happen within about `2^-50·Q` of `±Q/2`, where both representatives are equally
-    /// centered. ModDown needs this: the uncentered conversion leaves an error of mean about
+    /// `(-Q/2, Q/2]` for several source primes too, by subtracting the multiples of `Q` given
+    /// by [`BasisConverter::centering`] of the same input. A misestimate can only happen
+    /// within about `2^-50·Q` of `±Q/2`, where both representatives are equally centered.
+    /// ModDown needs this: the uncentered conversion leaves an error of mean about
     /// `-(k+1)/2` in every coefficient, which a decoder turns into large errors in the slots
     /// near the root 1.
     ///
     /// # Panics
-    /// As [`BasisConverter::convert_prepared`].
-    pub fn convert_prepared_centered(&self, prepared: &[u64], targets: core::ops::Range<usize>, output: &mut [u64]) {
+    /// As [`BasisConverter::convert_prepared`], and if `centering` is neither empty (one
+    /// source prime) nor one entry per coefficient.
+    pub fn convert_prepared_centered(
+        &self,
+        prepared: &[u64],
+        centering: &[u8],
+        targets: core::ops::Range<usize>,
+        output: &mut [u64],
+    ) {
         self.convert_prepared(prepared, targets.clone(), output);
         let k = self.from.len();
         if k == 1 {
             return;
         }
         let n = prepared.len() / k;
-        let y: Vec<&[u64]> = prepared.chunks_exact(n).collect();
-        let mut u = vec![0usize; n];
-        for (c, u) in u.iter_mut().enumerate() {
-            let estimate: f64 = y.iter().zip(&self.q_inv_f64).map(|(yi, inv)| yi[c] as f64 * inv).sum();
-            *u = estimate.round() as usize;
-        }
+        assert_eq!(centering.len(), n, "one centering entry per coefficient");
         for (o, j) in targets.enumerate() {
             let pj = &self.to[j];
             let multiples: Vec<u64> = (0..=k as u64).map(|m| pj.mul(pj.reduce(m), self.q_mod_p[j])).collect();
-            for (out, &u) in output[o * n..(o + 1) * n].iter_mut().zip(&u) {
-                *out = pj.sub(*out, multiples[u]);
+            for (out, &u) in output[o * n..(o + 1) * n].iter_mut().zip(centering) {
+                *out = pj.sub(*out, multiples[u as usize]);
             }
         }
     }
@@ -215,7 +237,7 @@ mod tests {
         let mut prepared = vec![0u64; input.len()];
         conv.prepare(&input, &mut prepared);
         let mut out = vec![0u64; 3 * n];
-        conv.convert_prepared_centered(&prepared, 0..3, &mut out);
+        conv.convert_prepared_centered(&prepared, &conv.centering(&prepared), 0..3, &mut out);
         for (j, p) in ps.iter().enumerate() {
             for (c, &x) in xs.iter().enumerate() {
                 assert_eq!(out[j * n + c], x.rem_euclid(p.value() as i128) as u64, "value {x}, prime {j}");
