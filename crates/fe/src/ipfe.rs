@@ -209,11 +209,13 @@ impl Ciphertext {
         let limbs = neg.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")));
         let bases = std::iter::once(&self.ct0).chain(&self.ct0_powers);
         let mut terms: Vec<Term> = limbs.zip(bases).map(|(v, p)| Term::new(v as u128, false, p, 4, 33)).collect();
-        if buckets_cheaper(&key.y) {
-            return Ok(small_multiscalar_mul(&key.y, &self.cts) + interleaved_wnaf(&terms));
+        match SmallMethod::for_scalars(&key.y) {
+            SmallMethod::Buckets { max } => Ok(buckets(&key.y, &self.cts, max) + interleaved_wnaf(&terms)),
+            SmallMethod::Naf { len } => {
+                terms.extend(naf_terms(&key.y, &self.cts, len));
+                Ok(interleaved_wnaf(&terms))
+            }
         }
-        terms.extend(naf_terms(&key.y, &self.cts));
-        Ok(interleaved_wnaf(&terms))
     }
 
     /// Precomputes multiples of `ct_0` (a 32×8-point table, about the cost of three
@@ -275,35 +277,40 @@ impl PreparedCiphertext<'_> {
 /// If the lengths differ.
 pub fn small_multiscalar_mul(ys: &[i64], points: &[RistrettoPoint]) -> RistrettoPoint {
     assert_eq!(ys.len(), points.len(), "one scalar per point");
-    if buckets_cheaper(ys) {
-        let max = ys.iter().map(|y| y.unsigned_abs()).max().unwrap_or(0);
-        buckets(ys, points, max as usize)
-    } else {
-        interleaved_wnaf(&naf_terms(ys, points))
+    match SmallMethod::for_scalars(ys) {
+        SmallMethod::Buckets { max } => buckets(ys, points, max),
+        SmallMethod::Naf { len } => interleaved_wnaf(&naf_terms(ys, points, len)),
     }
 }
 
-/// Whether buckets take fewer additions than interleaved NAF for these scalars.
-fn buckets_cheaper(ys: &[i64]) -> bool {
-    let max = ys.iter().map(|y| y.unsigned_abs()).max().unwrap_or(0);
-    let (bits, n) = (small_bits(ys) as u64, ys.len() as u64);
-    n + 2 * max <= n * (bits / 3 + 1) + bits
+/// The method of [`small_multiscalar_mul`] for some scalars.
+enum SmallMethod {
+    /// Buckets `1..=max`.
+    Buckets { max: usize },
+    /// Interleaved NAF with `len` digits.
+    Naf { len: usize },
 }
 
-/// The non-zero `y_i·P_i` as NAF terms.
-fn naf_terms(ys: &[i64], points: &[RistrettoPoint]) -> Vec<Term> {
-    let len = small_bits(ys) + 1;
+impl SmallMethod {
+    /// The one with fewer additions for `ys`.
+    fn for_scalars(ys: &[i64]) -> Self {
+        let max = ys.iter().map(|y| y.unsigned_abs()).max().unwrap_or(0);
+        let (bits, n) = (u64::from(64 - max.leading_zeros()), ys.len() as u64);
+        if n + 2 * max <= n * (bits / 3 + 1) + bits {
+            SmallMethod::Buckets { max: max as usize }
+        } else {
+            SmallMethod::Naf { len: bits as usize + 1 }
+        }
+    }
+}
+
+/// The non-zero `y_i·P_i` as NAF terms of `len` digits.
+fn naf_terms(ys: &[i64], points: &[RistrettoPoint], len: usize) -> Vec<Term> {
     ys.iter()
         .zip(points)
         .filter(|(y, _)| **y != 0)
         .map(|(&y, p)| Term::new(y.unsigned_abs() as u128, y < 0, p, 2, len))
         .collect()
-}
-
-/// Bits of the largest `|y_i|`.
-fn small_bits(ys: &[i64]) -> usize {
-    let max = ys.iter().map(|y| y.unsigned_abs()).max().unwrap_or(0);
-    (64 - max.leading_zeros()) as usize
 }
 
 /// Adds `q` to an optional accumulator.
