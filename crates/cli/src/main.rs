@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+mod cryptonn;
 mod ensemble;
 
 /// Encrypted neural-network inference with CKKS homomorphic encryption.
@@ -40,6 +41,9 @@ enum Command {
     /// Encrypted ensemble: several model holders trained on their own shares of the data, a
     /// coordinator combining their encrypted scores; one row per data split.
     Ensemble(ensemble::EnsembleArgs),
+    /// CryptoNN: training over data encrypted with functional encryption.
+    #[command(subcommand)]
+    Cryptonn(cryptonn::CryptonnCommand),
     /// List the CKKS parameter presets and the 128-bit bound each is checked against.
     Params {
         /// Print JSON instead of a table.
@@ -214,6 +218,7 @@ fn main() {
         Command::Train(a) => train_cmd(a).map(|_| ()),
         Command::Infer(a) => infer_cmd(a),
         Command::Ensemble(a) => ensemble::ensemble_cmd(a),
+        Command::Cryptonn(c) => cryptonn::cryptonn_cmd(c),
         Command::Params { json } => params_cmd(json),
         Command::Keygen { model, out_dir } => keygen_cmd(&model, &out_dir),
         Command::Encrypt { keys, data, index, out } => encrypt_cmd(&keys, &data, index, &out),

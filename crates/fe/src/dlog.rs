@@ -142,4 +142,15 @@ impl DlogTable {
         }
         out
     }
+
+    /// [`DlogTable::solve_batch`] in parallel over chunks of `points`, failing on the first
+    /// value out of bound.
+    ///
+    /// # Errors
+    /// [`FeError::OutOfBound`] if any point's value is outside the bound.
+    pub fn solve_all(&self, points: &[RistrettoPoint]) -> Result<Vec<i64>> {
+        const CHUNK: usize = 256;
+        let chunks: Vec<Vec<Result<i64>>> = points.par_chunks(CHUNK).map(|c| self.solve_batch(c)).collect();
+        chunks.into_iter().flatten().collect()
+    }
 }

@@ -125,3 +125,41 @@ fn fixed_point_encoding() {
     assert!(FixedPoint::with_scale(0).is_err());
     assert_eq!(FixedPoint::with_scale(1).unwrap().encode(255.0).unwrap(), 255);
 }
+
+#[test]
+fn the_encryptor_makes_the_same_ciphertexts_as_the_public_key() {
+    let (msk, mpk) = setup_with_rng(6, &mut rng(8)).unwrap();
+    let encryptor = mpk.encryptor();
+    let table = DlogTable::with_bound(1 << 20).unwrap();
+    // Small entries (the constant-time small-multiple path) and one beyond 2^32 (the general
+    // path for the whole vector), with signs.
+    for x in [vec![0, 1, -1, 100, -255, 65_535], vec![3, -7, 1 << 33, 0, -(1 << 40), 9]] {
+        let a = mpk.encrypt_with_rng(&x, &mut rng(9)).unwrap();
+        let b = encryptor.encrypt_with_rng(&x, &mut rng(9)).unwrap();
+        assert_eq!(a, b);
+        let y = vec![1, 2, 0, 0, 0, 1];
+        let key = msk.derive(&y).unwrap();
+        let want: i64 = x.iter().zip(&y).map(|(a, b)| a * b).sum();
+        if want.unsigned_abs() <= 1 << 20 {
+            assert_eq!(b.decrypt(&key, &table).unwrap(), want);
+        }
+    }
+    assert!(matches!(encryptor.encrypt(&[1, 2]), Err(FeError::Length { expected: 6, actual: 2 })));
+}
+
+#[test]
+fn matrix_product_with_many_short_keys_matches_the_plaintext_product() {
+    // 128 keys of length 16 with entries up to 11: each row's multiples are shared by the keys
+    // (the gradient's shape); the results must be those of single decryptions.
+    let mut r = rng(12);
+    let (msk, mpk) = setup_with_rng(16, &mut r).unwrap();
+    let xs: Vec<Vec<i64>> = (0..3).map(|_| small_vec(&mut r, 16, 100)).collect();
+    let ys: Vec<Vec<i64>> = (0..128).map(|_| small_vec(&mut r, 16, 11)).collect();
+    let rows: Vec<_> = xs.iter().map(|x| mpk.encrypt_with_rng(x, &mut r).unwrap()).collect();
+    let keys: Vec<_> = ys.iter().map(|y| msk.derive(y).unwrap()).collect();
+    let table = DlogTable::with_bound(16 * 100 * 11).unwrap();
+    let got = matrix_product(&rows, &keys, &table).unwrap();
+    let want: Vec<i64> =
+        xs.iter().flat_map(|x| ys.iter().map(move |y| x.iter().zip(y).map(|(a, b)| a * b).sum::<i64>())).collect();
+    assert_eq!(got, want);
+}

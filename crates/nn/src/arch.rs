@@ -69,6 +69,9 @@ pub enum LayerSpec {
         /// Coefficients, constant term first.
         coeffs: Vec<f64>,
     },
+    /// `max(x, 0)` element-wise. Plaintext only (CryptoNN trains everything after the first
+    /// layer in the clear); encrypted evaluation plans refuse it.
+    Relu,
 }
 
 impl LayerSpec {
@@ -105,7 +108,7 @@ impl LayerSpec {
                 }
                 Ok(Shape { c: outputs, h: 1, w: 1 })
             }
-            LayerSpec::Square => Ok(s),
+            LayerSpec::Square | LayerSpec::Relu => Ok(s),
             LayerSpec::Poly { ref coeffs } => {
                 if coeffs.is_empty() || coeffs.iter().any(|c| !c.is_finite()) {
                     return bad("poly activation needs finite coefficients".into());
@@ -117,11 +120,12 @@ impl LayerSpec {
 
     /// Multiplicative depth of this layer under CKKS (levels consumed): one per plaintext
     /// product (linear layers) and `ceil(log2(degree))` for polynomial activations
-    /// (evaluated with constants folded into the products).
+    /// (evaluated with constants folded into the products). [`LayerSpec::Relu`] counts 0: it
+    /// has no polynomial form, and plans refuse it.
     pub fn depth(&self) -> usize {
         match self {
             LayerSpec::Conv2d { .. } | LayerSpec::Dense { .. } | LayerSpec::AvgPool2d { .. } => 1,
-            LayerSpec::Flatten => 0,
+            LayerSpec::Flatten | LayerSpec::Relu => 0,
             LayerSpec::Square => 1,
             LayerSpec::Poly { coeffs } => {
                 let degree = coeffs.len().saturating_sub(1).max(1);
@@ -221,6 +225,21 @@ impl ArchSpec {
                 LayerSpec::Square,
                 LayerSpec::Dense { outputs: 10 },
             ],
+            // CryptoNN's MLP (Xu–Joshi–Li 2019): 784 → 128 → ReLU → 10, on pixels in [0, 1].
+            "mlp" => {
+                let layers = vec![
+                    LayerSpec::Flatten,
+                    LayerSpec::Dense { outputs: 128 },
+                    LayerSpec::Relu,
+                    LayerSpec::Dense { outputs: 10 },
+                ];
+                return Ok(Self {
+                    name: name.into(),
+                    input,
+                    layers,
+                    normalization: Normalization { mean: 0.0, std: 1.0 },
+                });
+            }
             other => return Err(Error::UnknownArch(other.to_string())),
         };
         Ok(Self { name: name.to_string(), input, layers, normalization })
@@ -245,5 +264,5 @@ impl ArchSpec {
     }
 
     /// Names of the built-in architectures.
-    pub const BUILTIN: [&'static str; 3] = ["tenseal-cnn1", "cryptonets", "cnn2"];
+    pub const BUILTIN: [&'static str; 4] = ["tenseal-cnn1", "cryptonets", "cnn2", "mlp"];
 }

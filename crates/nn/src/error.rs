@@ -24,8 +24,14 @@ pub enum Error {
         reason: String,
     },
     /// An unknown built-in architecture name.
-    #[error("unknown architecture {0:?}: expected one of tenseal-cnn1, cryptonets, cnn2")]
+    #[error("unknown architecture {0:?}: expected one of tenseal-cnn1, cryptonets, cnn2, mlp")]
     UnknownArch(String),
+    /// A value the fixed-point encoding cannot represent.
+    #[error("fixed-point encoding: {0}")]
+    Encoding(String),
+    /// The first layer's products (functional encryption or its plaintext twin) failed.
+    #[error("first-layer products: {0}")]
+    Products(String),
     /// Training diverged (a non-finite loss).
     #[error("training diverged at epoch {epoch}, batch {batch}: loss is {loss}; lower the learning rate")]
     Diverged {

@@ -172,6 +172,12 @@ impl Layer {
                 }
                 x.mapv(|v| v * v)
             }
+            LayerSpec::Relu => {
+                if train {
+                    self.cache = Some(x.clone());
+                }
+                x.mapv(|v| v.max(0.0))
+            }
             LayerSpec::Poly { coeffs } => {
                 if train {
                     self.cache = Some(x.clone());
@@ -251,6 +257,10 @@ impl Layer {
             LayerSpec::Square => {
                 let x = self.cache.as_ref().expect("forward before backward");
                 gy * &x.mapv(|v| 2.0 * v)
+            }
+            LayerSpec::Relu => {
+                let x = self.cache.as_ref().expect("forward before backward");
+                ndarray::Zip::from(gy).and(x).map_collect(|&g, &v| if v > 0.0 { g } else { 0.0 })
             }
             LayerSpec::Poly { coeffs } => {
                 let x = self.cache.as_ref().expect("forward before backward");

@@ -6,10 +6,13 @@
 //! [`LayerSpec::Conv2d`] (stride, zero padding), [`LayerSpec::AvgPool2d`],
 //! [`LayerSpec::Flatten`], [`LayerSpec::Dense`], [`LayerSpec::Square`] and
 //! [`LayerSpec::Poly`]. Every layer is polynomial, so the whole network can be evaluated on
-//! CKKS ciphertexts (CryptoNets, Gilad-Bachrach et al., ICML 2016).
+//! CKKS ciphertexts (CryptoNets, Gilad-Bachrach et al., ICML 2016), except
+//! [`LayerSpec::Relu`], which serves CryptoNN training ([`cryptonn`]): there only the first
+//! layer's products see the data, through functional encryption.
 #![forbid(unsafe_code)]
 
 pub mod arch;
+pub mod cryptonn;
 mod error;
 mod layers;
 mod model;

@@ -136,3 +136,25 @@ fn centered_logits_sum_to_zero_and_keep_the_softmax() {
         assert!(b.iter().zip(a.iter()).all(|(x, y)| (x - y - shift).abs() < 1e-4), "{b} vs {a}");
     }
 }
+
+#[test]
+fn relu_passes_gradients_where_its_input_is_positive() {
+    let input = Shape { c: 4, h: 1, w: 1 };
+    let mut layer = crate::layers::Layer::new(LayerSpec::Relu, input, input, None);
+    let x = Array2::from_shape_vec((1, 4), vec![-1.0, 0.5, 0.0, 2.0]).unwrap();
+    assert_eq!(layer.forward(&x, true).into_raw_vec_and_offset().0, vec![0.0, 0.5, 0.0, 2.0]);
+    let g = Array2::from_shape_vec((1, 4), vec![1.0, 2.0, 3.0, 4.0]).unwrap();
+    assert_eq!(layer.backward(&g).into_raw_vec_and_offset().0, vec![0.0, 2.0, 0.0, 4.0]);
+}
+
+#[test]
+fn fixed_batches_hold_every_example_once() {
+    let batches = crate::cryptonn::FixedBatches::new(150, 64, 3);
+    assert_eq!(batches.len(), 3);
+    assert_eq!((batches.get(0).len(), batches.get(2).len()), (64, 22));
+    let mut all: Vec<usize> = (0..3).flat_map(|b| batches.get(b).to_vec()).collect();
+    assert_ne!(all[..10], (0..10).collect::<Vec<_>>()[..], "shuffled");
+    all.sort_unstable();
+    assert_eq!(all, (0..150).collect::<Vec<_>>());
+    assert_eq!(batches, crate::cryptonn::FixedBatches::new(150, 64, 3), "reproducible");
+}

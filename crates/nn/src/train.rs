@@ -54,6 +54,71 @@ struct AdamState {
     v_b: Array1<f32>,
 }
 
+/// Adam with global gradient-norm clipping and cosine learning-rate decay over `total_steps`,
+/// applied to the gradients the layers have accumulated.
+pub(crate) struct Adam {
+    states: Vec<Option<AdamState>>,
+    step: usize,
+    total_steps: usize,
+}
+
+impl Adam {
+    pub(crate) fn new(model: &Model, total_steps: usize) -> Self {
+        let states = model
+            .layers
+            .iter()
+            .map(|l| {
+                l.params.as_ref().map(|p| AdamState {
+                    m_w: Array2::zeros(p.weight.raw_dim()),
+                    v_w: Array2::zeros(p.weight.raw_dim()),
+                    m_b: Array1::zeros(p.bias.raw_dim()),
+                    v_b: Array1::zeros(p.bias.raw_dim()),
+                })
+            })
+            .collect();
+        Self { states, step: 0, total_steps }
+    }
+
+    /// One update of every parameter from its accumulated gradient.
+    pub(crate) fn step(&mut self, model: &mut Model, learning_rate: f32, clip_norm: f32) {
+        let (beta1, beta2, eps) = (0.9f32, 0.999f32, 1e-8f32);
+        let norm: f32 = model
+            .layers
+            .iter()
+            .filter_map(|l| l.grads.as_ref())
+            .map(|g| g.weight.iter().chain(g.bias.iter()).map(|v| v * v).sum::<f32>())
+            .sum::<f32>()
+            .sqrt();
+        let clip = if norm > clip_norm { clip_norm / norm } else { 1.0 };
+        self.step += 1;
+        let step = self.step;
+        let progress_frac = step as f32 / self.total_steps.max(1) as f32;
+        let lr = learning_rate * (0.01 + 0.99 * 0.5 * (1.0 + (std::f32::consts::PI * progress_frac).cos()));
+        let (c1, c2) = (1.0 - beta1.powi(step as i32), 1.0 - beta2.powi(step as i32));
+        for (l, st) in model.layers.iter_mut().zip(self.states.iter_mut()) {
+            let (Some(p), Some(g), Some(s)) = (l.params.as_mut(), l.grads.as_ref(), st.as_mut()) else {
+                continue;
+            };
+            let update = |param: &mut f32, grad: f32, m: &mut f32, v: &mut f32| {
+                let grad = grad * clip;
+                *m = beta1 * *m + (1.0 - beta1) * grad;
+                *v = beta2 * *v + (1.0 - beta2) * grad * grad;
+                *param -= lr * (*m / c1) / ((*v / c2).sqrt() + eps);
+            };
+            ndarray::Zip::from(&mut p.weight)
+                .and(&g.weight)
+                .and(&mut s.m_w)
+                .and(&mut s.v_w)
+                .for_each(|p, &g, m, v| update(p, g, m, v));
+            ndarray::Zip::from(&mut p.bias)
+                .and(&g.bias)
+                .and(&mut s.m_b)
+                .and(&mut s.v_b)
+                .for_each(|p, &g, m, v| update(p, g, m, v));
+        }
+    }
+}
+
 /// Trains `model` in place. `progress(done, total)` is called after every batch.
 ///
 /// # Errors
@@ -80,22 +145,8 @@ pub fn train(
     let x_all: Vec<f32> = model.normalize(&data.images.pixels);
     let shape = model.spec().input;
     let background = model.normalize(&[0])[0];
-    let mut states: Vec<Option<AdamState>> = model
-        .layers
-        .iter()
-        .map(|l| {
-            l.params.as_ref().map(|p| AdamState {
-                m_w: Array2::zeros(p.weight.raw_dim()),
-                v_w: Array2::zeros(p.weight.raw_dim()),
-                m_b: Array1::zeros(p.bias.raw_dim()),
-                v_b: Array1::zeros(p.bias.raw_dim()),
-            })
-        })
-        .collect();
     let batches = n.div_ceil(cfg.batch_size);
-    let total_steps = cfg.epochs * batches;
-    let (beta1, beta2, eps) = (0.9f32, 0.999f32, 1e-8f32);
-    let mut step = 0usize;
+    let mut adam = Adam::new(model, cfg.epochs * batches);
     let mut order: Vec<usize> = (0..n).collect();
     let mut reports = Vec::new();
     for epoch in 1..=cfg.epochs {
@@ -135,40 +186,7 @@ pub fn train(
             for l in model.layers.iter_mut().rev() {
                 g = l.backward(&g);
             }
-            // Global gradient-norm clipping.
-            let norm: f32 = model
-                .layers
-                .iter()
-                .filter_map(|l| l.grads.as_ref())
-                .map(|g| g.weight.iter().chain(g.bias.iter()).map(|v| v * v).sum::<f32>())
-                .sum::<f32>()
-                .sqrt();
-            let clip = if norm > cfg.clip_norm { cfg.clip_norm / norm } else { 1.0 };
-            step += 1;
-            let progress_frac = step as f32 / total_steps.max(1) as f32;
-            let lr = cfg.learning_rate * (0.01 + 0.99 * 0.5 * (1.0 + (std::f32::consts::PI * progress_frac).cos()));
-            let (c1, c2) = (1.0 - beta1.powi(step as i32), 1.0 - beta2.powi(step as i32));
-            for (l, st) in model.layers.iter_mut().zip(states.iter_mut()) {
-                let (Some(p), Some(g), Some(s)) = (l.params.as_mut(), l.grads.as_ref(), st.as_mut()) else {
-                    continue;
-                };
-                let update = |param: &mut f32, grad: f32, m: &mut f32, v: &mut f32| {
-                    let grad = grad * clip;
-                    *m = beta1 * *m + (1.0 - beta1) * grad;
-                    *v = beta2 * *v + (1.0 - beta2) * grad * grad;
-                    *param -= lr * (*m / c1) / ((*v / c2).sqrt() + eps);
-                };
-                ndarray::Zip::from(&mut p.weight)
-                    .and(&g.weight)
-                    .and(&mut s.m_w)
-                    .and(&mut s.v_w)
-                    .for_each(|p, &g, m, v| update(p, g, m, v));
-                ndarray::Zip::from(&mut p.bias)
-                    .and(&g.bias)
-                    .and(&mut s.m_b)
-                    .and(&mut s.v_b)
-                    .for_each(|p, &g, m, v| update(p, g, m, v));
-            }
+            adam.step(model, cfg.learning_rate, cfg.clip_norm);
             progress(b + 1, batches);
         }
         let eval_accuracy = eval.map(|e| model.accuracy(e)).transpose()?;

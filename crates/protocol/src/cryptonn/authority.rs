@@ -1,17 +1,4 @@
-//! The key authority of CryptoNN training (Xu–Joshi–Li, ICDCS 2019; `../shared/CRYPTONN.md`):
-//! holds the inner-product FE master secret key and issues function keys under a policy.
-//!
-//! Inner-product FE keys are linear: keys for vectors spanning `Z_ℓ^n` let their holder solve
-//! for the master secret key, and then decrypt every ciphertext under its public key. The
-//! policy therefore tracks the span of what it has issued under the current key pair and
-//! refuses a key that would complete it; the caller rotates the key pair
-//! ([`KeyAuthority::rotate`]) and has the data re-encrypted before that. It also bounds the
-//! vectors' entries, refuses sparse vectors (a unit vector is a pixel in the clear), limits
-//! keys per (epoch, batch, purpose), refuses requests for batches it has moved past, and logs
-//! every key it issues.
-//!
-//! What it cannot prevent is stated in SECURITY.md: the products it allows still reveal
-//! `W·x`, from which inputs can be reconstructed over enough batches or epochs.
+//! The key authority: the master secret keys, the policy, the audit log.
 
 use blindfold_fe::ipfe::{self, FunctionKey, MasterPublicKey, MasterSecretKey};
 use blindfold_fe::FeError;
@@ -67,6 +54,31 @@ impl KeyPolicy {
             max_rank: n.saturating_sub(1),
             max_keys_per_batch: 1024,
         }
+    }
+}
+
+impl KeyPolicy {
+    /// The rules that look at the request alone (`count` keys already issued for its slot).
+    fn check(&self, request: &KeyRequest, count: usize) -> Result<(), PolicyError> {
+        let v = &request.vector;
+        if let Some((index, &value)) =
+            v.iter().enumerate().find(|(_, x)| x.unsigned_abs() > self.max_entry.unsigned_abs())
+        {
+            return Err(PolicyError::EntryOutOfBounds { index, value, bound: self.max_entry });
+        }
+        let nonzero = v.iter().filter(|&&x| x != 0).count();
+        if nonzero < self.min_nonzero {
+            return Err(PolicyError::TooSparse { nonzero, min: self.min_nonzero });
+        }
+        if count >= self.max_keys_per_batch {
+            return Err(PolicyError::RateLimited {
+                epoch: request.epoch,
+                batch: request.batch,
+                purpose: request.purpose,
+                limit: self.max_keys_per_batch,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -157,7 +169,8 @@ pub struct AuditEntry {
     pub purpose: Purpose,
     /// SHA-256 of the vector's little-endian entries.
     pub vector_sha256: [u8; 32],
-    /// Dimension of the span of this generation's keys after this one.
+    /// Dimension of the span of this generation's keys after this one (0 when the authority
+    /// has no policy and does not track it).
     pub rank_after: usize,
 }
 
@@ -210,7 +223,8 @@ impl Span {
 /// The key authority: the FE master secret key, the policy, the span of issued keys and the
 /// audit log. Never gives out the master secret key.
 pub struct KeyAuthority {
-    policy: KeyPolicy,
+    /// `None`: CryptoNN as published, no policy.
+    policy: Option<KeyPolicy>,
     n: usize,
     msk: MasterSecretKey,
     mpk: MasterPublicKey,
@@ -235,6 +249,20 @@ impl KeyAuthority {
             ))
             .into());
         }
+        Self::with_policy(n, Some(policy))
+    }
+
+    /// An authority that issues every key asked for, for vectors of length `n`: CryptoNN as
+    /// published. Keys for `n` independent vectors reveal the master secret key, which the
+    /// first layer's keys reach within a few batches; the audit log is still kept.
+    ///
+    /// # Errors
+    /// [`PolicyError::Fe`] for `n = 0` or a failing random source.
+    pub fn unrestricted(n: usize) -> Result<Self, PolicyError> {
+        Self::with_policy(n, None)
+    }
+
+    fn with_policy(n: usize, policy: Option<KeyPolicy>) -> Result<Self, PolicyError> {
         let (msk, mpk) = ipfe::setup(n)?;
         let mut rng = blindfold_math::sampler::os_rng().map_err(|e| FeError::Rng(e.to_string()))?;
         Ok(Self {
@@ -255,9 +283,10 @@ impl KeyAuthority {
         (self.generation, &self.mpk)
     }
 
-    /// Keys that can still be issued under the current key pair (dimensions left in the span).
+    /// Keys that can still be issued under the current key pair (dimensions left in the span;
+    /// unlimited without a policy).
     pub fn remaining_rank(&self) -> usize {
-        self.policy.max_rank - self.span.rows.len()
+        self.policy.as_ref().map_or(usize::MAX, |p| p.max_rank - self.span.rows.len())
     }
 
     /// Every key issued so far, in order.
@@ -284,17 +313,9 @@ impl KeyAuthority {
     /// The [`PolicyError`] naming the first rule the request breaks; nothing is issued or
     /// recorded then.
     pub fn issue(&mut self, request: &KeyRequest) -> Result<FunctionKey, PolicyError> {
-        let (p, v) = (&self.policy, &request.vector);
+        let v = &request.vector;
         if v.len() != self.n {
             return Err(PolicyError::Length { expected: self.n, actual: v.len() });
-        }
-        if let Some((index, &value)) = v.iter().enumerate().find(|(_, x)| x.unsigned_abs() > p.max_entry.unsigned_abs())
-        {
-            return Err(PolicyError::EntryOutOfBounds { index, value, bound: p.max_entry });
-        }
-        let nonzero = v.iter().filter(|&&x| x != 0).count();
-        if nonzero < p.min_nonzero {
-            return Err(PolicyError::TooSparse { nonzero, min: p.min_nonzero });
         }
         if let Some((latest_epoch, latest_batch)) = self.latest {
             if (request.epoch, request.batch) < (latest_epoch, latest_batch) {
@@ -308,22 +329,20 @@ impl KeyAuthority {
         }
         let slot = (request.epoch, request.batch, request.purpose);
         let count = self.per_batch.get(&slot).copied().unwrap_or(0);
-        if count >= p.max_keys_per_batch {
-            return Err(PolicyError::RateLimited {
-                epoch: request.epoch,
-                batch: request.batch,
-                purpose: request.purpose,
-                limit: p.max_keys_per_batch,
-            });
-        }
-        let reduced = self.span.reduce(v);
-        let grows = reduced.iter().any(|&x| x != 0);
-        let rank = self.span.rows.len() + usize::from(grows);
-        if rank > p.max_rank {
-            return Err(PolicyError::WouldSpan { generation: self.generation, rank, limit: p.max_rank });
-        }
+        let (reduced, rank) = match &self.policy {
+            Some(p) => {
+                p.check(request, count)?;
+                let reduced = self.span.reduce(v);
+                let rank = self.span.rows.len() + usize::from(reduced.iter().any(|&x| x != 0));
+                if rank > p.max_rank {
+                    return Err(PolicyError::WouldSpan { generation: self.generation, rank, limit: p.max_rank });
+                }
+                (Some(reduced), rank)
+            }
+            None => (None, 0),
+        };
         let key = self.msk.derive(v)?;
-        if grows {
+        if let Some(reduced) = reduced.filter(|r| r.iter().any(|&x| x != 0)) {
             self.span.insert(reduced);
         }
         self.per_batch.insert(slot, count + 1);

@@ -1,0 +1,223 @@
+//! `blindfold cryptonn train`: CryptoNN training over functional encryption, next to its
+//! plaintext twin on the same fixed-point encoding, in one process.
+
+use crate::{bar, DataArgs};
+use anyhow::{bail, Context as _, Result};
+use blindfold_data::{LabeledImages, Split};
+use blindfold_fe::{DlogTable, FixedPoint};
+use blindfold_nn::cryptonn::{CryptonnConfig, FixedBatches, PlainProducts, Trainer};
+use blindfold_nn::{ArchSpec, Model};
+use blindfold_protocol::cryptonn::{Breakdown, FeProducts, Mode, TrainingAuthority, TrainingClient};
+use clap::{Args, Subcommand, ValueEnum};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Subcommand)]
+pub(crate) enum CryptonnCommand {
+    /// Train with the first layer's products (forward `W·x` and gradient `δ·X`) decrypted from
+    /// functional-encryption ciphertexts, next to plaintext training of the same model on the
+    /// same fixed-point encoding; report accuracy and time per epoch.
+    Train(TrainArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    /// CryptoNN as published: labels encrypted with FE for basic operations; the server
+    /// decrypts `A − Y` element-wise (which reveals the labels to it).
+    Faithful,
+    /// Labels in the clear (CryptoNN's follow-up NN-EMD).
+    PlainLabels,
+}
+
+#[derive(Args)]
+pub(crate) struct TrainArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Model: mlp (784-128-10 with ReLU, CryptoNN's MLP).
+    #[arg(long, default_value = "mlp")]
+    model: String,
+    /// How labels reach the server.
+    #[arg(long, value_enum, default_value = "faithful")]
+    mode: ModeArg,
+    /// Passes over the training set.
+    #[arg(long, default_value_t = 2)]
+    epochs: usize,
+    /// Decimal digits of the fixed-point encoding of pixels, weights and deltas (CryptoNN: 2).
+    #[arg(long, default_value_t = 2)]
+    precision: u32,
+    /// Train on the first N training images only (quick runs).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Examples per mini-batch (CryptoNN: 64).
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Peak learning rate (Adam, cosine decay over the run).
+    #[arg(long, default_value_t = 1e-3)]
+    learning_rate: f32,
+    /// Seed of initialization, batches and their order.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Largest |product| the discrete logarithm finds; a larger one stops training with an
+    /// error (never a wrong number). The table takes about 40 bytes per value of the range
+    /// divided by 4.
+    #[arg(long, default_value_t = 1 << 21)]
+    dlog_bound: u64,
+    /// Write a machine-readable report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct Report {
+    model: String,
+    mode: &'static str,
+    dataset: String,
+    n_train: usize,
+    n_test: usize,
+    batch_size: usize,
+    precision: u32,
+    threads: usize,
+    epochs: Vec<EpochRow>,
+}
+
+#[derive(Serialize)]
+struct EpochRow {
+    epoch: usize,
+    encrypted_accuracy: f64,
+    plain_accuracy: f64,
+    seconds: f64,
+    plain_seconds: f64,
+    breakdown_seconds: BreakdownRow,
+}
+
+#[derive(Serialize)]
+struct BreakdownRow {
+    encrypt: f64,
+    key_derivation: f64,
+    decrypt: f64,
+    dlog: f64,
+}
+
+impl From<Breakdown> for BreakdownRow {
+    fn from(b: Breakdown) -> Self {
+        Self {
+            encrypt: b.encrypt.as_secs_f64(),
+            key_derivation: b.key_derivation.as_secs_f64(),
+            decrypt: b.decrypt.as_secs_f64(),
+            dlog: b.dlog.as_secs_f64(),
+        }
+    }
+}
+
+pub(crate) fn cryptonn_cmd(cmd: CryptonnCommand) -> Result<()> {
+    match cmd {
+        CryptonnCommand::Train(a) => train(a),
+    }
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    if a.model != "mlp" {
+        bail!("model {:?}: CryptoNN training supports mlp", a.model);
+    }
+    if a.epochs == 0 || a.batch_size == 0 {
+        bail!("--epochs and --batch-size must be at least 1");
+    }
+    let encoding = FixedPoint::decimal(a.precision).context("--precision")?;
+    let mut train_set = a.data.load(Split::Train)?;
+    if let Some(n) = a.limit {
+        if n == 0 {
+            bail!("--limit 0: nothing to train on");
+        }
+        train_set = train_set.truncate(n);
+    }
+    let test_set = a.data.load(Split::Test)?;
+    let spec = ArchSpec::builtin(&a.model)?;
+    if train_set.images.rows * train_set.images.cols != spec.input.len() {
+        bail!(
+            "{} has {}×{} images; {} takes {}",
+            a.data.dataset.name(),
+            train_set.images.rows,
+            train_set.images.cols,
+            a.model,
+            spec.input
+        );
+    }
+    let classes = spec.classes()?;
+    let model = Model::init(spec, &mut blindfold_nn::train::seeded_rng(a.seed))?;
+    let batches = FixedBatches::new(train_set.len(), a.batch_size, a.seed);
+    let cfg =
+        CryptonnConfig { epochs: a.epochs, learning_rate: a.learning_rate, clip_norm: 5.0, encoding, seed: a.seed };
+    let (mode, mode_name) = match a.mode {
+        ModeArg::Faithful => (Mode::Faithful, "faithful"),
+        ModeArg::PlainLabels => (Mode::PlainLabels, "plain-labels"),
+    };
+    eprintln!(
+        "CryptoNN training, {} mode: {} on {} training images of {} (batches of {}, {} digits); first-layer \
+         products through inner-product FE on ristretto255",
+        mode_name,
+        a.model,
+        train_set.len(),
+        a.data.dataset.name(),
+        a.batch_size,
+        a.precision
+    );
+    let start = Instant::now();
+    let table = DlogTable::new(a.dlog_bound, (2 * a.dlog_bound + 1).min(1 << 23) as usize)?;
+    let mut authority = TrainingAuthority::unrestricted(spec_inputs(&train_set), a.batch_size, mode)?;
+    let client = TrainingClient::new(&train_set, encoding, classes, &authority);
+    eprintln!("keys, encryption tables and discrete-log table ready in {:.1} s", start.elapsed().as_secs_f64());
+    let mut fe = Trainer::new(model.clone(), &batches, cfg.clone())?;
+    let mut twin = Trainer::new(model, &batches, cfg)?;
+    let mut plain = PlainProducts::new(&train_set, &batches, encoding, a.dlog_bound, classes);
+    let mut products = FeProducts::new(&client, &mut authority, table, &batches);
+    let mut rows = Vec::new();
+    println!("epoch  encrypted  plaintext   seconds  encrypt  keys  decrypt  dlog");
+    for epoch in 1..=a.epochs {
+        products.start_epoch(epoch as u32 - 1);
+        let pb = bar(batches.len() as u64, &format!("epoch {epoch}"));
+        let t = Instant::now();
+        fe.epoch(&batches, &mut products, |done, _| pb.set_position(done as u64))?;
+        let seconds = t.elapsed().as_secs_f64();
+        pb.finish_and_clear();
+        let t = Instant::now();
+        twin.epoch(&batches, &mut plain, |_, _| ())?;
+        let plain_seconds = t.elapsed().as_secs_f64();
+        let encrypted_accuracy = fe.model().accuracy(&test_set)?;
+        let plain_accuracy = twin.model().accuracy(&test_set)?;
+        let b = BreakdownRow::from(products.breakdown);
+        if encrypted_accuracy != plain_accuracy {
+            eprintln!("note: epoch {epoch}: the FE run and its twin differ ({encrypted_accuracy} vs {plain_accuracy})");
+        }
+        println!(
+            "{epoch:>5}  {:>8.2}%  {:>8.2}%  {seconds:>8.1}  {:>7.1}  {:>4.1}  {:>7.1}  {:>4.1}",
+            100.0 * encrypted_accuracy,
+            100.0 * plain_accuracy,
+            b.encrypt,
+            b.key_derivation,
+            b.decrypt,
+            b.dlog
+        );
+        rows.push(EpochRow { epoch, encrypted_accuracy, plain_accuracy, seconds, plain_seconds, breakdown_seconds: b });
+    }
+    if let Some(path) = &a.json {
+        let report = Report {
+            model: a.model.clone(),
+            mode: mode_name,
+            dataset: a.data.dataset.name().into(),
+            n_train: train_set.len(),
+            n_test: test_set.len(),
+            batch_size: a.batch_size,
+            precision: a.precision,
+            threads: rayon::current_num_threads(),
+            epochs: rows,
+        };
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn spec_inputs(data: &LabeledImages) -> usize {
+    data.images.rows * data.images.cols
+}

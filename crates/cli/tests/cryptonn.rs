@@ -1,0 +1,65 @@
+//! `blindfold cryptonn train` end to end on Fashion-MNIST (Debian's `dataset-fashion-mnist`),
+//! with small settings: the JSON report's shape, the FE run equal to its plaintext twin, and
+//! clear errors.
+
+use std::process::Command;
+
+fn blindfold(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_blindfold")).args(args).output().expect("runs")
+}
+
+#[test]
+fn cryptonn_train_reports_each_epoch_next_to_its_twin() {
+    let json = std::env::temp_dir().join(format!("blindfold-cli-cryptonn-{}.json", std::process::id()));
+    let json_s = json.display().to_string();
+    let out = blindfold(&[
+        "cryptonn",
+        "train",
+        "--mode",
+        "faithful",
+        "--epochs",
+        "2",
+        "--limit",
+        "64",
+        "--batch-size",
+        "32",
+        "--dlog-bound",
+        "1000000",
+        "--json",
+        &json_s,
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["model"], "mlp");
+    assert_eq!(report["mode"], "faithful");
+    assert_eq!(report["n_train"], 64);
+    let epochs = report["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 2);
+    for e in epochs {
+        // Decryption is exact: the FE run takes the twin's steps.
+        assert_eq!(e["encrypted_accuracy"], e["plain_accuracy"], "{e}");
+        assert!(e["encrypted_accuracy"].as_f64().unwrap() > 0.0);
+        let b = &e["breakdown_seconds"];
+        for part in ["encrypt", "key_derivation", "decrypt", "dlog"] {
+            assert!(b[part].as_f64().unwrap() > 0.0, "{part}: {b}");
+        }
+        assert!(e["seconds"].as_f64().unwrap() >= b["decrypt"].as_f64().unwrap());
+    }
+    let _ = std::fs::remove_file(&json);
+}
+
+#[test]
+fn cryptonn_train_refuses_what_it_cannot_do() {
+    for (args, message) in [
+        (&["--model", "resnet"][..], "supports mlp"),
+        (&["--limit", "0"][..], "--limit 0"),
+        (&["--precision", "16"][..], "decimal digits"),
+        (&["--mode", "everything"][..], "invalid value"),
+    ] {
+        let all: Vec<&str> = ["cryptonn", "train"].iter().chain(args).copied().collect();
+        let out = blindfold(&all);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
+}

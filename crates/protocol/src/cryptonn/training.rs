@@ -1,0 +1,354 @@
+//! The data owner and the training server of CryptoNN training, and [`FeProducts`], which
+//! runs them with the key authority for `blindfold_nn::cryptonn::Trainer`.
+//!
+//! Per fixed mini-batch of `b ≤ B` examples the client sends an [`EncryptedBatch`]: each
+//! example's encoded input `[scale; x̂]` (length `1 + n`) encrypted under the forward key pair,
+//! each of the `1 + n` feature columns across the batch (length `B`, zero-padded) under the
+//! gradient key pair, and the labels: one-hot at `scale` under FE for basic operations in
+//! [`Mode::Faithful`], in the clear in [`Mode::PlainLabels`] (NN-EMD). The server asks one
+//! forward key per row of `Ŵ` and one gradient key per row of `Δ̂`, and decrypts `X̂·Ŵᵀ`
+//! and `Δ̂·X̂` with the secure matrix product (`blindfold_fe::ipfe::matrix_product`);
+//! in faithful mode it also asks, per example and class, a FEBO subtraction key for
+//! `ŷ − â`, which reveals the label (CryptoNN does this; SECURITY.md says so).
+
+use super::{KeyAuthority, KeyRequest, PolicyError, Purpose};
+use blindfold_data::LabeledImages;
+use blindfold_fe::ipfe::{self, Ciphertext, Encryptor, FunctionKey};
+use blindfold_fe::{febo, DlogTable, FeError, FixedPoint};
+use blindfold_nn::cryptonn::{encode_input, FirstLayerProducts, FixedBatches};
+use ndarray::Array2;
+use std::time::{Duration, Instant};
+
+/// How labels reach the training server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// CryptoNN as published: labels encrypted with FE for basic operations, the output
+    /// deltas `A − Y` decrypted element-wise (which reveals the labels to the server).
+    Faithful,
+    /// Labels in the clear, as CryptoNN's follow-up NN-EMD.
+    PlainLabels,
+}
+
+/// One fixed batch as the client sends it.
+pub struct EncryptedBatch {
+    rows: Vec<Ciphertext>,
+    columns: Vec<Ciphertext>,
+    labels: Labels,
+}
+
+enum Labels {
+    Clear(Vec<u8>),
+    /// `(examples × classes)` one-hot entries at `scale`, row-major.
+    Encrypted(Vec<febo::Ciphertext>),
+}
+
+/// Where the time of the FE side goes, summed over calls (wall-clock).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Breakdown {
+    /// The client encrypting batches.
+    pub encrypt: Duration,
+    /// The authority deriving function keys.
+    pub key_derivation: Duration,
+    /// The server computing `g^{⟨x,y⟩}` (multi-scalar multiplications).
+    pub decrypt: Duration,
+    /// The server's discrete logarithms.
+    pub dlog: Duration,
+}
+
+/// The key authority of training: the forward and gradient IPFE key pairs and, in faithful
+/// mode, the FEBO key pair for the labels.
+pub struct TrainingAuthority {
+    forward: KeyAuthority,
+    gradient: KeyAuthority,
+    labels: Option<(febo::MasterSecretKey, febo::MasterPublicKey)>,
+}
+
+impl TrainingAuthority {
+    /// Key pairs for inputs of `features` values (without the bias entry) and batches of up
+    /// to `batch_size`, issuing every key asked for (CryptoNN as published).
+    ///
+    /// # Errors
+    /// [`PolicyError::Fe`] if the random source fails or a length is 0.
+    pub fn unrestricted(features: usize, batch_size: usize, mode: Mode) -> Result<Self, PolicyError> {
+        Ok(Self {
+            forward: KeyAuthority::unrestricted(features + 1)?,
+            gradient: KeyAuthority::unrestricted(batch_size)?,
+            labels: match mode {
+                Mode::Faithful => Some(febo::setup()?),
+                Mode::PlainLabels => None,
+            },
+        })
+    }
+
+    /// The forward and gradient authorities (their audit logs).
+    pub fn authorities(&self) -> (&KeyAuthority, &KeyAuthority) {
+        (&self.forward, &self.gradient)
+    }
+}
+
+/// The data owner: encrypts its fixed batches under the authority's public keys.
+pub struct TrainingClient<'a> {
+    data: &'a LabeledImages,
+    encoding: FixedPoint,
+    rows: Encryptor,
+    columns: Encryptor,
+    labels: Option<febo::MasterPublicKey>,
+    classes: usize,
+}
+
+impl<'a> TrainingClient<'a> {
+    /// A client holding `data`, encrypting under `authority`'s public keys.
+    pub fn new(data: &'a LabeledImages, encoding: FixedPoint, classes: usize, authority: &TrainingAuthority) -> Self {
+        Self {
+            data,
+            encoding,
+            rows: authority.forward.public_key().1.encryptor(),
+            columns: authority.gradient.public_key().1.encryptor(),
+            labels: authority.labels.as_ref().map(|(_, mpk)| *mpk),
+            classes,
+        }
+    }
+
+    /// Encrypts the examples `indices` (at most the gradient key pair's batch size).
+    ///
+    /// # Errors
+    /// [`FeError::Length`] for too many examples; [`FeError::Rng`].
+    pub fn encrypt_batch(&self, indices: &[usize]) -> Result<EncryptedBatch, FeError> {
+        let size = self.columns.len();
+        if indices.len() > size {
+            return Err(FeError::Length { expected: size, actual: indices.len() });
+        }
+        let inputs: Vec<Vec<i64>> = indices
+            .iter()
+            .map(|&i| encode_input(self.data.images.image(i), self.encoding))
+            .collect::<Result<_, _>>()
+            .map_err(|e| FeError::Encoding(e.to_string()))?;
+        let rows = inputs.iter().map(|x| self.rows.encrypt(x)).collect::<Result<_, _>>()?;
+        let width = inputs.first().map_or(0, Vec::len);
+        let columns = (0..width)
+            .map(|j| {
+                let mut column = vec![0; size];
+                column.iter_mut().zip(&inputs).for_each(|(c, x)| *c = x[j]);
+                self.columns.encrypt(&column)
+            })
+            .collect::<Result<_, _>>()?;
+        let labels: Vec<u8> = indices.iter().map(|&i| self.data.labels[i]).collect();
+        let labels = match &self.labels {
+            None => Labels::Clear(labels),
+            Some(mpk) => Labels::Encrypted(
+                labels
+                    .iter()
+                    .flat_map(|&l| (0..self.classes).map(move |c| if c == l as usize { 1 } else { 0 }))
+                    .map(|onehot| mpk.encrypt(onehot * self.encoding.scale() as i64))
+                    .collect::<Result<_, _>>()?,
+            ),
+        };
+        Ok(EncryptedBatch { rows, columns, labels })
+    }
+}
+
+/// The training server's FE side: holds the current batch's ciphertexts and the discrete-log
+/// table; decrypts the products its keys allow. Holds no master secret key and no pixel.
+pub struct TrainingServer {
+    table: DlogTable,
+    batch: Option<(usize, EncryptedBatch)>,
+}
+
+impl TrainingServer {
+    /// A server whose products must lie within `table`'s bound.
+    pub fn new(table: DlogTable) -> Self {
+        Self { table, batch: None }
+    }
+
+    /// Takes batch `id` from the client.
+    pub fn receive(&mut self, id: usize, batch: EncryptedBatch) {
+        self.batch = Some((id, batch));
+    }
+
+    fn current(&self, id: usize) -> Result<&EncryptedBatch, FeError> {
+        match &self.batch {
+            Some((held, b)) if *held == id => Ok(b),
+            _ => Err(FeError::InvalidArgument(format!("batch {id} has not been received"))),
+        }
+    }
+
+    /// `X̂·Ŵᵀ` (`examples × keys`) from one forward key per row of `Ŵ`.
+    ///
+    /// # Errors
+    /// [`FeError::OutOfBound`] for a product beyond the table; [`FeError::Length`].
+    pub fn forward(&self, id: usize, keys: &[FunctionKey], time: &mut Breakdown) -> Result<Array2<i64>, FeError> {
+        let rows = &self.current(id)?.rows;
+        let values = self.product(rows, keys, time)?;
+        Ok(Array2::from_shape_vec((rows.len(), keys.len()), values).expect("one value per row and key"))
+    }
+
+    /// `Δ̂·X̂` (`keys × features`) from one gradient key per row of `Δ̂`.
+    ///
+    /// # Errors
+    /// As [`TrainingServer::forward`].
+    pub fn gradient(&self, id: usize, keys: &[FunctionKey], time: &mut Breakdown) -> Result<Array2<i64>, FeError> {
+        let columns = &self.current(id)?.columns;
+        let values = self.product(columns, keys, time)?;
+        // columns × keys → keys × columns
+        Ok(Array2::from_shape_vec((columns.len(), keys.len()), values)
+            .expect("one value per column and key")
+            .reversed_axes())
+    }
+
+    fn product(&self, cts: &[Ciphertext], keys: &[FunctionKey], time: &mut Breakdown) -> Result<Vec<i64>, FeError> {
+        let start = Instant::now();
+        let points = ipfe::matrix_product_points(cts, keys)?;
+        let mid = Instant::now();
+        let values = self.table.solve_all(&points);
+        time.decrypt += mid - start;
+        time.dlog += mid.elapsed();
+        values
+    }
+
+    /// The labels of batch `id` if they came in the clear.
+    fn clear_labels(&self, id: usize) -> Result<Option<&[u8]>, FeError> {
+        Ok(match &self.current(id)?.labels {
+            Labels::Clear(l) => Some(l),
+            Labels::Encrypted(_) => None,
+        })
+    }
+
+    /// The encrypted labels (whose commitments FEBO keys are asked for).
+    fn encrypted_labels(&self, id: usize) -> Result<&[febo::Ciphertext], FeError> {
+        match &self.current(id)?.labels {
+            Labels::Encrypted(l) => Ok(l),
+            Labels::Clear(_) => Err(FeError::InvalidArgument("the labels came in the clear".into())),
+        }
+    }
+
+    /// `ŷ − â` per encrypted label entry, with one FEBO subtraction key each.
+    fn label_differences(&self, id: usize, keys: &[febo::FunctionKey]) -> Result<Vec<i64>, FeError> {
+        match &self.current(id)?.labels {
+            Labels::Encrypted(l) if l.len() == keys.len() => {
+                l.iter().zip(keys).map(|(ct, k)| ct.decrypt(k, &self.table)).collect()
+            }
+            _ => Err(FeError::InvalidArgument("one FEBO key per encrypted label entry".into())),
+        }
+    }
+}
+
+/// The three roles run in one process for `blindfold_nn::cryptonn::Trainer`: the client
+/// encrypts each batch when the server first needs it, the server requests keys from the
+/// authority (bound to epoch, step and purpose) and decrypts. Keeps the time breakdown.
+pub struct FeProducts<'a> {
+    client: &'a TrainingClient<'a>,
+    authority: &'a mut TrainingAuthority,
+    server: TrainingServer,
+    batches: &'a FixedBatches,
+    epoch: u32,
+    step: u32,
+    /// Time spent so far.
+    pub breakdown: Breakdown,
+}
+
+impl<'a> FeProducts<'a> {
+    /// The roles for `batches`, with products bounded by `table`.
+    pub fn new(
+        client: &'a TrainingClient<'a>,
+        authority: &'a mut TrainingAuthority,
+        table: DlogTable,
+        batches: &'a FixedBatches,
+    ) -> Self {
+        Self {
+            client,
+            authority,
+            server: TrainingServer::new(table),
+            batches,
+            epoch: 0,
+            step: 0,
+            breakdown: Breakdown::default(),
+        }
+    }
+
+    /// Starts epoch `epoch` (key requests carry it); resets the breakdown.
+    pub fn start_epoch(&mut self, epoch: u32) {
+        (self.epoch, self.step, self.breakdown) = (epoch, 0, Breakdown::default());
+    }
+
+    fn keys(
+        &mut self,
+        purpose: Purpose,
+        vectors: impl Iterator<Item = Vec<i64>>,
+    ) -> blindfold_nn::Result<Vec<FunctionKey>> {
+        let start = Instant::now();
+        let authority = match purpose {
+            Purpose::Forward => &mut self.authority.forward,
+            Purpose::Gradient => &mut self.authority.gradient,
+        };
+        let keys = vectors
+            .map(|vector| authority.issue(&KeyRequest { epoch: self.epoch, batch: self.step, purpose, vector }))
+            .collect::<Result<_, _>>()
+            .map_err(products_error)?;
+        self.breakdown.key_derivation += start.elapsed();
+        Ok(keys)
+    }
+}
+
+fn products_error(e: impl std::fmt::Display) -> blindfold_nn::Error {
+    blindfold_nn::Error::Products(e.to_string())
+}
+
+impl FirstLayerProducts for FeProducts<'_> {
+    fn forward(&mut self, batch: usize, weights: &Array2<i64>) -> blindfold_nn::Result<Array2<i64>> {
+        self.step += 1;
+        let start = Instant::now();
+        let encrypted = self.client.encrypt_batch(self.batches.get(batch)).map_err(products_error)?;
+        self.breakdown.encrypt += start.elapsed();
+        self.server.receive(batch, encrypted);
+        let keys = self.keys(Purpose::Forward, weights.rows().into_iter().map(|r| r.to_vec()))?;
+        self.server.forward(batch, &keys, &mut self.breakdown).map_err(products_error)
+    }
+
+    fn gradient(&mut self, batch: usize, deltas: &Array2<i64>) -> blindfold_nn::Result<Array2<i64>> {
+        let size = self.batches.batch_size();
+        let padded = deltas.rows().into_iter().map(|r| {
+            let mut v = r.to_vec();
+            v.resize(size, 0);
+            v
+        });
+        let keys = self.keys(Purpose::Gradient, padded)?;
+        self.server.gradient(batch, &keys, &mut self.breakdown).map_err(products_error)
+    }
+
+    fn output_delta(&mut self, batch: usize, probabilities: &Array2<i64>) -> blindfold_nn::Result<Array2<i64>> {
+        let scale = self.client.encoding.scale() as i64;
+        if let Some(labels) = self.server.clear_labels(batch).map_err(products_error)? {
+            let mut d = probabilities.clone();
+            for (r, &l) in labels.iter().enumerate() {
+                if l as usize >= d.ncols() {
+                    return Err(products_error(format!("label {l} for {} classes", d.ncols())));
+                }
+                d[[r, l as usize]] -= scale;
+            }
+            return Ok(d);
+        }
+        let Some((msk, _)) = &self.authority.labels else {
+            return Err(products_error("encrypted labels but no FEBO key pair"));
+        };
+        let labels = self.server.encrypted_labels(batch).map_err(products_error)?;
+        if labels.len() != probabilities.len() {
+            return Err(products_error(format!(
+                "{} encrypted label entries for {} probabilities",
+                labels.len(),
+                probabilities.len()
+            )));
+        }
+        let start = Instant::now();
+        let keys: Vec<febo::FunctionKey> = labels
+            .iter()
+            .zip(probabilities.iter())
+            .map(|(ct, &a)| msk.derive(ct.commitment(), febo::Operation::Sub, a))
+            .collect();
+        self.breakdown.key_derivation += start.elapsed();
+        let start = Instant::now();
+        let differences = self.server.label_differences(batch, &keys).map_err(products_error)?;
+        self.breakdown.dlog += start.elapsed();
+        Ok(Array2::from_shape_vec(probabilities.raw_dim(), differences.into_iter().map(|v| -v).collect())
+            .expect("one difference per probability"))
+    }
+}
