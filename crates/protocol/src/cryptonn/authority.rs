@@ -55,9 +55,7 @@ impl KeyPolicy {
             max_keys_per_batch: 1024,
         }
     }
-}
 
-impl KeyPolicy {
     /// The rules that look at the request alone (`count` keys already issued for its slot).
     fn check(&self, request: &KeyRequest, count: usize) -> Result<(), PolicyError> {
         let v = &request.vector;
