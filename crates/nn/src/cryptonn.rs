@@ -201,20 +201,19 @@ impl Trainer {
     fn step(&mut self, batch: usize, examples: usize, products: &mut impl FirstLayerProducts) -> Result<()> {
         let enc = self.cfg.encoding;
         let scale = enc.scale() as f64;
-        let encode = |v: f32| enc.encode(f64::from(v)).map_err(|e| Error::Encoding(e.to_string()));
+        let encode = |m: &Array2<f32>| -> Result<Array2<i64>> {
+            let v = m.iter().map(|&x| enc.encode(f64::from(x))).collect::<std::result::Result<Vec<_>, _>>();
+            let v = v.map_err(|e| Error::Encoding(e.to_string()))?;
+            Ok(Array2::from_shape_vec(m.raw_dim(), v).expect("same shape"))
+        };
         for l in self.model.layers.iter_mut() {
             l.zero_grads();
         }
         let p = self.model.layers[self.first].params.as_ref().expect("first layer has parameters");
         let (outputs, inputs) = p.weight.dim();
-        let mut w = Array2::<i64>::zeros((outputs, inputs + 1));
-        for o in 0..outputs {
-            w[[o, 0]] = encode(p.bias[o])?;
-            for i in 0..inputs {
-                w[[o, i + 1]] = encode(p.weight[[o, i]])?;
-            }
-        }
-        let z = products.forward(batch, &w)?;
+        let bias_and_weight = ndarray::concatenate(Axis(1), &[p.bias.view().insert_axis(Axis(1)), p.weight.view()])
+            .expect("one bias per row");
+        let z = products.forward(batch, &encode(&bias_and_weight)?)?;
         check_dim("forward product", z.dim(), (examples, outputs))?;
         let mut h = z.mapv(|v| (v as f64 / (scale * scale)) as f32);
         for l in self.model.layers[self.first + 1..].iter_mut() {
@@ -224,8 +223,7 @@ impl Trainer {
         if probabilities.iter().any(|v| !v.is_finite()) {
             return Err(Error::Diverged { epoch: self.epoch, batch, loss: f32::NAN });
         }
-        let a = probabilities.mapv(encode).into_iter().collect::<Result<Vec<i64>>>()?;
-        let a = Array2::from_shape_vec(probabilities.raw_dim(), a).expect("same shape");
+        let a = encode(&probabilities)?;
         let d = products.output_delta(batch, &a)?;
         check_dim("output delta", d.dim(), a.dim())?;
         // Mean loss over the batch: each example's delta / examples.
@@ -234,10 +232,7 @@ impl Trainer {
             g = l.backward(&g);
         }
         // δ1 per example (the 1/examples is applied after the product, where it is exact).
-        let delta = g.t().mapv(|v| v * examples as f32);
-        let delta = delta.mapv(encode).into_iter().collect::<Result<Vec<i64>>>()?;
-        let delta = Array2::from_shape_vec((outputs, examples), delta).expect("same shape");
-        let grad = products.gradient(batch, &delta)?;
+        let grad = products.gradient(batch, &encode(&g.t().mapv(|v| v * examples as f32))?)?;
         check_dim("gradient product", grad.dim(), (outputs, inputs + 1))?;
         let unscale = |v: i64| (v as f64 / (scale * scale) / examples as f64) as f32;
         let grads = self.model.layers[self.first].grads.as_mut().expect("first layer has gradients");
