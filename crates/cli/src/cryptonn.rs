@@ -3,7 +3,7 @@
 
 use crate::{bar, DataArgs};
 use anyhow::{bail, Context as _, Result};
-use blindfold_data::{LabeledImages, Split};
+use blindfold_data::Split;
 use blindfold_fe::{DlogTable, FixedPoint};
 use blindfold_nn::cryptonn::{CryptonnConfig, FixedBatches, PlainProducts, Trainer};
 use blindfold_nn::{ArchSpec, Model};
@@ -144,6 +144,7 @@ fn train(a: TrainArgs) -> Result<()> {
         );
     }
     let classes = spec.classes()?;
+    let features = spec.input.len();
     let model = Model::init(spec, &mut blindfold_nn::train::seeded_rng(a.seed))?;
     let batches = FixedBatches::new(train_set.len(), a.batch_size, a.seed);
     let cfg =
@@ -164,7 +165,7 @@ fn train(a: TrainArgs) -> Result<()> {
     );
     let start = Instant::now();
     let table = DlogTable::new(a.dlog_bound, (2 * a.dlog_bound + 1).min(1 << 23) as usize)?;
-    let mut authority = TrainingAuthority::unrestricted(spec_inputs(&train_set), a.batch_size, mode)?;
+    let mut authority = TrainingAuthority::unrestricted(features, a.batch_size, mode)?;
     let client = TrainingClient::new(&train_set, encoding, classes, &authority);
     eprintln!("keys, encryption tables and discrete-log table ready in {:.1} s", start.elapsed().as_secs_f64());
     let mut fe = Trainer::new(model.clone(), &batches, cfg.clone())?;
@@ -216,8 +217,4 @@ fn train(a: TrainArgs) -> Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
-}
-
-fn spec_inputs(data: &LabeledImages) -> usize {
-    data.images.rows * data.images.cols
 }

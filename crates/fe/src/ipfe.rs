@@ -361,7 +361,7 @@ fn signed_radix32(s: &Scalar) -> [i8; 51] {
 /// about 1,000 additions and doublings (dalek's constant-time `RistrettoBasepointTable` costs
 /// 256 field inversions more); a multiplication then costs at most 51 additions.
 struct FixedBaseTable {
-    windows: Vec<[RistrettoPoint; 16]>,
+    windows: Vec<Vec<RistrettoPoint>>,
 }
 
 impl FixedBaseTable {
@@ -369,10 +369,7 @@ impl FixedBaseTable {
         let mut base = *p;
         let windows = (0..51)
             .map(|_| {
-                let mut row = [base; 16];
-                for d in 1..16 {
-                    row[d] = row[d - 1] + base;
-                }
+                let row = multiples(&base, 16);
                 // 32·base = 2·(16·base).
                 base = row[15] + row[15];
                 row
@@ -385,13 +382,23 @@ impl FixedBaseTable {
     fn mul(&self, s: &Scalar) -> RistrettoPoint {
         let mut acc = RistrettoPoint::identity();
         for (row, &d) in self.windows.iter().zip(signed_radix32(s).iter()) {
-            match d.cmp(&0) {
-                std::cmp::Ordering::Greater => acc += row[d as usize - 1],
-                std::cmp::Ordering::Less => acc -= row[(-d) as usize - 1],
-                std::cmp::Ordering::Equal => {}
-            }
+            add_multiple(&mut acc, row, d.into());
         }
         acc
+    }
+}
+
+/// `P, 2P, …, count·P`.
+fn multiples(p: &RistrettoPoint, count: usize) -> Vec<RistrettoPoint> {
+    std::iter::successors(Some(*p), |m| Some(m + p)).take(count).collect()
+}
+
+/// `acc += d·P` from the [`multiples`] of `P` (at least `|d|` of them), in variable time.
+fn add_multiple(acc: &mut RistrettoPoint, multiples: &[RistrettoPoint], d: i64) {
+    match d.cmp(&0) {
+        std::cmp::Ordering::Greater => *acc += multiples[d as usize - 1],
+        std::cmp::Ordering::Less => *acc -= multiples[d.unsigned_abs() as usize - 1],
+        std::cmp::Ordering::Equal => {}
     }
 }
 
@@ -403,6 +410,28 @@ impl PreparedCiphertext<'_> {
     pub fn decrypt_point(&self, key: &FunctionKey) -> Result<RistrettoPoint> {
         check_len(self.ct.cts.len(), key.y.len())?;
         Ok(small_multiscalar_mul(&key.y, &self.ct.cts) - self.ct0.mul(&key.sk))
+    }
+
+    /// [`PreparedCiphertext::decrypt_point`] for many keys with entries up to `max` in
+    /// magnitude, sharing the multiples `m·ct_i` (`m ≤ max`) among them: one addition per
+    /// entry of each key instead of [`small_multiscalar_mul`]'s `n + 2·max`.
+    ///
+    /// # Errors
+    /// [`FeError::Length`] if a key is for another length.
+    fn decrypt_points_sharing_multiples(&self, keys: &[FunctionKey], max: usize) -> Result<Vec<RistrettoPoint>> {
+        let cts = &self.ct.cts;
+        keys.iter().try_for_each(|key| check_len(cts.len(), key.y.len()))?;
+        let multiples: Vec<Vec<RistrettoPoint>> = cts.iter().map(|p| multiples(p, max)).collect();
+        Ok(keys
+            .iter()
+            .map(|key| {
+                let mut acc = -self.ct0.mul(&key.sk);
+                for (&y, m) in key.y.iter().zip(&multiples) {
+                    add_multiple(&mut acc, m, y);
+                }
+                acc
+            })
+            .collect())
     }
 
     /// [`Ciphertext::decrypt`] with the precomputed table.
@@ -573,29 +602,9 @@ pub fn matrix_product_points(rows: &[Ciphertext], keys: &[FunctionKey]) -> Resul
             }
             let prepared = ct.prepare();
             let (n, k) = (ct.cts.len(), keys.len());
-            // Many keys, few points, small entries (the gradient's δ·X over a batch): all
-            // multiples `m·ct_i` once, then one addition per entry of each key.
+            // Many keys, few points, small entries (the gradient's δ·X over a batch).
             if n * max + k * n < k * (n + 2 * max) && n * max <= 1 << 16 {
-                keys.iter().try_for_each(|key| check_len(n, key.y.len()))?;
-                let multiples: Vec<Vec<RistrettoPoint>> = ct
-                    .cts
-                    .iter()
-                    .map(|p| std::iter::successors(Some(*p), |m| Some(m + p)).take(max).collect())
-                    .collect();
-                return Ok(keys
-                    .iter()
-                    .map(|key| {
-                        let mut acc = -prepared.ct0.mul(&key.sk);
-                        for (y, m) in key.y.iter().zip(&multiples) {
-                            match y.cmp(&0) {
-                                std::cmp::Ordering::Greater => acc += m[*y as usize - 1],
-                                std::cmp::Ordering::Less => acc -= m[y.unsigned_abs() as usize - 1],
-                                std::cmp::Ordering::Equal => {}
-                            }
-                        }
-                        acc
-                    })
-                    .collect());
+                return prepared.decrypt_points_sharing_multiples(keys, max);
             }
             keys.iter().map(|k| prepared.decrypt_point(k)).collect()
         })

@@ -251,6 +251,24 @@ fn check_dim(what: &'static str, actual: (usize, usize), expected: (usize, usize
     }
 }
 
+/// `Â − Ŷ` from labels in the clear: `probabilities` is `(examples, classes)` at `encoding`'s
+/// scale, with one label per example.
+///
+/// # Errors
+/// [`Error::Shape`] for a label count other than the examples; [`Error::Products`] for a
+/// label beyond the classes.
+pub fn subtract_labels(probabilities: &Array2<i64>, labels: &[u8], encoding: FixedPoint) -> Result<Array2<i64>> {
+    check_dim("labels", (labels.len(), probabilities.ncols()), probabilities.dim())?;
+    let mut d = probabilities.clone();
+    for (r, &l) in labels.iter().enumerate() {
+        if l as usize >= d.ncols() {
+            return Err(Error::Products(format!("label {l} for {} classes", d.ncols())));
+        }
+        d[[r, l as usize]] -= encoding.scale() as i64;
+    }
+    Ok(d)
+}
+
 /// Row-wise softmax.
 fn softmax(logits: &Array2<f32>) -> Array2<f32> {
     let mut out = logits.clone();
@@ -316,14 +334,8 @@ impl FirstLayerProducts for PlainProducts<'_> {
     }
 
     fn output_delta(&mut self, batch: usize, probabilities: &Array2<i64>) -> Result<Array2<i64>> {
-        let mut d = probabilities.clone();
-        for (r, &i) in self.batches.get(batch).iter().enumerate() {
-            let label = self.data.labels[i] as usize;
-            if label >= self.classes || d.ncols() != self.classes {
-                return Err(Error::Products(format!("label {label} for {} classes", d.ncols())));
-            }
-            d[[r, label]] -= self.encoding.scale() as i64;
-        }
-        Ok(d)
+        check_dim("probabilities", probabilities.dim(), (probabilities.nrows(), self.classes))?;
+        let labels: Vec<u8> = self.batches.get(batch).iter().map(|&i| self.data.labels[i]).collect();
+        subtract_labels(probabilities, &labels, self.encoding)
     }
 }

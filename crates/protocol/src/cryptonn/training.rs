@@ -15,7 +15,7 @@ use super::{KeyAuthority, KeyRequest, PolicyError, Purpose};
 use blindfold_data::LabeledImages;
 use blindfold_fe::ipfe::{self, Ciphertext, Encryptor, FunctionKey};
 use blindfold_fe::{febo, DlogTable, FeError, FixedPoint};
-use blindfold_nn::cryptonn::{encode_input, FirstLayerProducts, FixedBatches};
+use blindfold_nn::cryptonn::{encode_input, subtract_labels, FirstLayerProducts, FixedBatches};
 use ndarray::Array2;
 use std::time::{Duration, Instant};
 
@@ -319,16 +319,8 @@ impl FirstLayerProducts for FeProducts<'_> {
     }
 
     fn output_delta(&mut self, batch: usize, probabilities: &Array2<i64>) -> blindfold_nn::Result<Array2<i64>> {
-        let scale = self.client.encoding.scale() as i64;
         if let Some(labels) = self.server.clear_labels(batch).map_err(products_error)? {
-            let mut d = probabilities.clone();
-            for (r, &l) in labels.iter().enumerate() {
-                if l as usize >= d.ncols() {
-                    return Err(products_error(format!("label {l} for {} classes", d.ncols())));
-                }
-                d[[r, l as usize]] -= scale;
-            }
-            return Ok(d);
+            return subtract_labels(probabilities, labels, self.client.encoding);
         }
         let Some((msk, _)) = &self.authority.labels else {
             return Err(products_error("encrypted labels but no FEBO key pair"));
