@@ -153,4 +153,94 @@ impl DlogTable {
         let chunks: Vec<Vec<Result<i64>>> = points.par_chunks(CHUNK).map(|c| self.solve_batch(c)).collect();
         chunks.into_iter().flatten().collect()
     }
+
+    /// [`DlogTable::solve_batch`] for the doubled points `2·P` of eight lanes each
+    /// ([`crate::lanes`]), in parallel: the encoding of `2P + 2c·G` is looked up first for a
+    /// centre `c = min(m/2, bound)` (values in `[−c, m − c)`, most of them, in one step), and
+    /// lanes not found there walk the giant steps of [`DlogTable::solve_batch`] from the
+    /// bottom of the range, their encodings `2·Q` computed directly since the points are
+    /// already doubled.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn solve_doubled_lanes(
+        &self,
+        s: crate::lanes::Ifma,
+        points: &[crate::lanes::Point],
+    ) -> Vec<[Result<i64>; crate::lanes::LANES]> {
+        use crate::lanes::LANES;
+        let c = s.constants();
+        let centre = (self.m / 2).min(self.bound);
+        let doubled = |p: RistrettoPoint| s.to_niels(&s.load_doubled(&[&[p]], c)[0], c);
+        let (centre_2, offset_2, giant_2) = s.vectorize(|| {
+            (doubled(RistrettoPoint::mul_base(&Scalar::from(centre))), doubled(self.offset), doubled(self.giant))
+        });
+        let range = 2 * self.bound + 1;
+        let lookup = |q: &crate::lanes::Point| s.encode(q, c).map(|e| self.baby.get(&fingerprint(&e)).copied());
+        points
+            .par_iter()
+            .map(|p| {
+                s.vectorize(|| {
+                    let mut out: [Result<i64>; LANES] =
+                        std::array::from_fn(|_| Err(FeError::OutOfBound { bound: self.bound }));
+                    let mut open = 0u8;
+                    for (lane, j) in lookup(&s.add_niels(p, &centre_2, false)).into_iter().enumerate() {
+                        match j.map(|j| j as i64 - centre as i64) {
+                            Some(v) if v.unsigned_abs() <= self.bound => out[lane] = Ok(v),
+                            _ => open |= 1 << lane,
+                        }
+                    }
+                    let (mut q, mut base) = (s.add_niels(p, &offset_2, false), 0u64);
+                    while open != 0 && base < range {
+                        for (lane, j) in lookup(&q).into_iter().enumerate() {
+                            match j {
+                                Some(j) if open >> lane & 1 == 1 && base + (j as u64) < range => {
+                                    out[lane] = Ok((base + j as u64) as i64 - self.bound as i64);
+                                    open &= !(1 << lane);
+                                }
+                                _ => {}
+                            }
+                        }
+                        q = s.add_niels(&q, &giant_2, false);
+                        base += self.m;
+                    }
+                    out
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// The eight-lane solver finds every value in range (from its centre window or the walk)
+    /// and refuses the rest, for tables with fewer baby steps than the range and with more.
+    #[test]
+    fn lanes_solve_like_the_serial_walk() {
+        let Some(s) = crate::lanes::Ifma::try_new() else { return };
+        let c = s.constants();
+        for (bound, m) in [(300u64, 64usize), (100, 1000), (0, 1), (1000, 7)] {
+            let table = DlogTable::new(bound, m).unwrap();
+            let values: Vec<i64> = (-(bound as i64) - 9..=bound as i64 + 9).collect();
+            let points: Vec<RistrettoPoint> = values
+                .iter()
+                .map(|&v| {
+                    RistrettoPoint::mul_base(&Scalar::from(v.unsigned_abs()))
+                        * if v < 0 { -Scalar::ONE } else { Scalar::ONE }
+                })
+                .collect();
+            let lanes: Vec<_> = points
+                .chunks(crate::lanes::LANES)
+                .map(|chunk| {
+                    let rows: Vec<&[RistrettoPoint]> = chunk.iter().map(std::slice::from_ref).collect();
+                    s.vectorize(|| s.load_doubled(&rows, c)[0])
+                })
+                .collect();
+            let solved = table.solve_doubled_lanes(s, &lanes);
+            for (i, &v) in values.iter().enumerate() {
+                let expected = if v.unsigned_abs() <= bound { Ok(v) } else { Err(FeError::OutOfBound { bound }) };
+                assert_eq!(solved[i / 8][i % 8], expected, "bound {bound}, {m} baby steps, v = {v}");
+            }
+        }
+    }
 }

@@ -337,7 +337,7 @@ pub struct PreparedCiphertext<'a> {
 
 /// Signed radix-32 digits of a scalar's canonical value, least significant first: 51 digits
 /// in `[-16, 16]`.
-fn signed_radix32(s: &Scalar) -> [i8; 51] {
+pub(crate) fn signed_radix32(s: &Scalar) -> [i8; 51] {
     let bytes = s.to_bytes();
     let bit = |i: usize| -> u8 {
         if i < 256 {
@@ -576,24 +576,112 @@ fn interleaved_wnaf(terms: &[Term]) -> RistrettoPoint {
 
 /// Secure matrix product (CryptoNN §IV-B): row `i` of `X` encrypted as `rows[i]`, one function
 /// key per column `j` of `Y`; returns `X·Y` (`rows.len() × keys.len()`, row-major):
-/// [`matrix_product_points`], then [`DlogTable::solve_all`].
+/// [`matrix_product_points`], then [`ProductPoints::solve`].
 ///
 /// # Errors
 /// As [`Ciphertext::decrypt`], for the first entry that fails.
 pub fn matrix_product(rows: &[Ciphertext], keys: &[FunctionKey], table: &DlogTable) -> Result<Vec<i64>> {
-    table.solve_all(&matrix_product_points(rows, keys)?)
+    matrix_product_points(rows, keys)?.solve(table)
 }
 
-/// The group elements `(X·Y)_{ij}·G` of [`matrix_product`], before the discrete logarithms
-/// (row-major), in parallel over the rows; each row's `ct_0` table ([`Ciphertext::prepare`])
-/// from four keys on. When the keys are many and short with small entries (CryptoNN's
-/// gradient), each row's multiples `m·ct_i` up to the largest `|y_i|` are computed once and
-/// every key costs one addition per entry; otherwise [`small_multiscalar_mul`] per key.
+/// The group elements `(X·Y)_{ij}·G` of a secure matrix product before their discrete
+/// logarithms ([`matrix_product_points`]); [`ProductPoints::solve`] turns them into integers.
+pub struct ProductPoints {
+    repr: Repr,
+    len: usize,
+}
+
+enum Repr {
+    /// Row-major, one dalek point per entry.
+    Points(Vec<RistrettoPoint>),
+    /// Eight rows per vector, doubled ([`crate::lanes`]): `points[g·keys + k]` holds entry
+    /// `(8g + lane, k)` times two.
+    #[cfg(target_arch = "x86_64")]
+    Lanes { ifma: crate::lanes::Ifma, points: Vec<crate::lanes::Point>, keys: usize },
+}
+
+impl std::fmt::Debug for ProductPoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProductPoints").field("len", &self.len).finish_non_exhaustive()
+    }
+}
+
+impl ProductPoints {
+    /// Number of entries (`rows × keys`).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The entries as integers (row-major), by [`DlogTable::solve_all`] or its eight-lane
+    /// counterpart, in parallel.
+    ///
+    /// # Errors
+    /// [`FeError::OutOfBound`] if any entry's value is outside the table's bound.
+    pub fn solve(&self, table: &DlogTable) -> Result<Vec<i64>> {
+        match &self.repr {
+            Repr::Points(points) => table.solve_all(points),
+            #[cfg(target_arch = "x86_64")]
+            Repr::Lanes { ifma, points, keys } => {
+                let solved = table.solve_doubled_lanes(*ifma, points);
+                let mut out = Vec::with_capacity(self.len);
+                for i in 0..self.len / keys {
+                    for k in 0..*keys {
+                        out.push(solved[(i / crate::lanes::LANES) * keys + k][i % crate::lanes::LANES].clone()?);
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+/// The group elements `(X·Y)_{ij}·G` of [`matrix_product`], before the discrete logarithms,
+/// in parallel over the rows.
+///
+/// With AVX-512 IFMA, eight rows at a time in the lanes of [`crate::lanes`] (about ten times
+/// faster per group addition than dalek's serial arithmetic); otherwise with dalek, each
+/// row's `ct_0` table ([`Ciphertext::prepare`]) from four keys on. When the keys are many and
+/// short with small entries (CryptoNN's gradient), each row's multiples `m·ct_i` up to the
+/// largest `|y_i|` are computed once and every key costs one addition per entry; otherwise
+/// buckets ([`small_multiscalar_mul`]) per key.
 ///
 /// # Errors
 /// [`FeError::Length`] if a key and a row differ in length.
-pub fn matrix_product_points(rows: &[Ciphertext], keys: &[FunctionKey]) -> Result<Vec<RistrettoPoint>> {
-    let max = keys.iter().flat_map(|k| k.y.iter()).map(|y| y.unsigned_abs()).max().unwrap_or(0) as usize;
+pub fn matrix_product_points(rows: &[Ciphertext], keys: &[FunctionKey]) -> Result<ProductPoints> {
+    for ct in rows {
+        keys.iter().try_for_each(|k| check_len(ct.cts.len(), k.y.len()))?;
+    }
+    let len = rows.len() * keys.len();
+    #[cfg(target_arch = "x86_64")]
+    if let Some(ifma) = crate::lanes::Ifma::try_new() {
+        if largest_entry(keys) <= LANE_MAX_ENTRY && !keys.is_empty() {
+            let points = ifma.vectorize(|| matrix_product_lanes(ifma, rows, keys));
+            return Ok(ProductPoints { repr: Repr::Lanes { ifma, points, keys: keys.len() }, len });
+        }
+    }
+    Ok(ProductPoints { repr: Repr::Points(matrix_product_serial(rows, keys)?), len })
+}
+
+/// Largest `|y_i|` the eight-lane path takes (buckets or multiples up to it are kept).
+const LANE_MAX_ENTRY: usize = 1 << 12;
+
+fn largest_entry(keys: &[FunctionKey]) -> usize {
+    keys.iter().flat_map(|k| k.y.iter()).map(|y| y.unsigned_abs()).max().unwrap_or(0) as usize
+}
+
+/// Whether sharing each row's multiples among the keys costs fewer additions than buckets
+/// per key, for rows of `n` entries, `k` keys and entries up to `max`.
+fn share_multiples(n: usize, k: usize, max: usize) -> bool {
+    k >= 4 && n * max + k * n < k * (n + 2 * max) && n * max <= 1 << 16
+}
+
+fn matrix_product_serial(rows: &[Ciphertext], keys: &[FunctionKey]) -> Result<Vec<RistrettoPoint>> {
+    let max = largest_entry(keys);
     let per_row: Vec<Result<Vec<RistrettoPoint>>> = rows
         .par_iter()
         .map(|ct| {
@@ -601,9 +689,7 @@ pub fn matrix_product_points(rows: &[Ciphertext], keys: &[FunctionKey]) -> Resul
                 return keys.iter().map(|k| ct.decrypt_point(k)).collect();
             }
             let prepared = ct.prepare();
-            let (n, k) = (ct.cts.len(), keys.len());
-            // Many keys, few points, small entries (the gradient's δ·X over a batch).
-            if n * max + k * n < k * (n + 2 * max) && n * max <= 1 << 16 {
+            if share_multiples(ct.cts.len(), keys.len(), max) {
                 return prepared.decrypt_points_sharing_multiples(keys, max);
             }
             keys.iter().map(|k| prepared.decrypt_point(k)).collect()
@@ -614,4 +700,75 @@ pub fn matrix_product_points(rows: &[Ciphertext], keys: &[FunctionKey]) -> Resul
         out.extend(r?);
     }
     Ok(out)
+}
+
+/// [`matrix_product_points`] in eight lanes: per group of eight rows (lengths checked), the
+/// points loaded doubled, `ct_0`'s fixed-base table, then per key `−sk_y·ct_0` from the table
+/// plus `Σ y_i·ct_i` by shared multiples or buckets: the same bucket, digit or multiple in
+/// every lane.
+#[cfg(target_arch = "x86_64")]
+fn matrix_product_lanes(s: crate::lanes::Ifma, rows: &[Ciphertext], keys: &[FunctionKey]) -> Vec<crate::lanes::Point> {
+    let c = s.constants();
+    let max = largest_entry(keys);
+    let groups: Vec<Vec<crate::lanes::Point>> = rows
+        .par_chunks(crate::lanes::LANES)
+        .map(|group| {
+            s.vectorize(|| {
+                let ct0: Vec<&[RistrettoPoint]> = group.iter().map(|ct| std::slice::from_ref(&ct.ct0)).collect();
+                let table = s.fixed_base_table(&s.load_doubled(&ct0, c)[0], c);
+                let cts: Vec<&[RistrettoPoint]> = group.iter().map(|ct| ct.cts.as_slice()).collect();
+                let points = s.load_doubled(&cts, c);
+                let minus_sk_ct0 = |key: &FunctionKey| s.fixed_base_mul(&table, &signed_radix32(&-key.sk));
+                if share_multiples(points.len(), keys.len(), max) {
+                    let multiples: Vec<_> = points.iter().map(|p| s.multiples(p, max, c)).collect();
+                    keys.iter()
+                        .map(|key| {
+                            let mut acc = minus_sk_ct0(key);
+                            for (&y, m) in key.y.iter().zip(&multiples) {
+                                s.add_multiple(&mut acc, m, y);
+                            }
+                            acc
+                        })
+                        .collect()
+                } else {
+                    let niels: Vec<_> = points.iter().map(|p| s.to_niels(p, c)).collect();
+                    keys.iter().map(|key| s.add_points(&s.buckets(&key.y, &niels, c), &minus_sk_ct0(key), c)).collect()
+                }
+            })
+        })
+        .collect();
+    groups.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_core::SeedableRng;
+
+    fn small(rng: &mut ChaCha20Rng, n: usize, max: i64) -> Vec<i64> {
+        (0..n).map(|_| (rand_core::Rng::next_u64(rng) % (2 * max as u64 + 1)) as i64 - max).collect()
+    }
+
+    /// The eight-lane product equals the serial one (both shapes of keys, rows not a multiple
+    /// of eight), and its values out of bound are errors.
+    #[test]
+    fn lanes_and_serial_products_agree() {
+        let mut rng = ChaCha20Rng::seed_from_u64(11);
+        let table = DlogTable::new(1 << 17, 1 << 12).unwrap();
+        // (rows, length, keys, largest key entry): buckets per key, then shared multiples.
+        for (rows, n, k, max) in [(11, 40, 5, 30), (9, 12, 20, 3), (3, 7, 2, 1000), (8, 5, 6, 0)] {
+            let (msk, mpk) = setup_with_rng(n, &mut rng).unwrap();
+            let cts: Vec<Ciphertext> =
+                (0..rows).map(|_| mpk.encrypt_with_rng(&small(&mut rng, n, 20), &mut rng).unwrap()).collect();
+            let keys: Vec<FunctionKey> = (0..k).map(|_| msk.derive(&small(&mut rng, n, max)).unwrap()).collect();
+            let serial = table.solve_all(&matrix_product_serial(&cts, &keys).unwrap()).unwrap();
+            let points = matrix_product_points(&cts, &keys).unwrap();
+            assert_eq!(points.len(), rows * k);
+            assert_eq!(points.solve(&table).unwrap(), serial, "{rows}×{n} by {k} keys up to {max}");
+        }
+        let (msk, mpk) = setup_with_rng(3, &mut rng).unwrap();
+        let ct = mpk.encrypt_with_rng(&[(1 << 16) + 1, 1 << 16, 0], &mut rng).unwrap();
+        let key = msk.derive(&[1, 1, 1]).unwrap();
+        assert_eq!(matrix_product(&[ct], &[key], &table), Err(FeError::OutOfBound { bound: 1 << 17 }));
+    }
 }

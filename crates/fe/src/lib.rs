@@ -23,6 +23,8 @@ mod dlog;
 mod encoding;
 pub mod febo;
 pub mod ipfe;
+#[cfg(target_arch = "x86_64")]
+mod lanes;
 
 pub use dlog::DlogTable;
 pub use encoding::FixedPoint;

@@ -1,0 +1,577 @@
+//! ristretto255 arithmetic on eight points at once with AVX-512 IFMA (52-bit multiply-add),
+//! for the server's decryption and discrete logarithms, selected at run time.
+//!
+//! Field elements of `GF(2^255 − 19)` are five limbs in radix `2^51`, each limb a vector of
+//! eight lanes (structure of arrays: lane `k` of every limb is one element). A product of
+//! two limbs below `2^52` is split by `vpmadd52luq`/`vpmadd52huq` into its low 52 bits (weight
+//! `2^{51(i+j)}`) and high 52 bits (weight `2^{51(i+j)+52}`, twice the next limb's). Points are
+//! in extended twisted Edwards coordinates with the Hisil–Wong–Carter–Dawson formulas
+//! (Asiacrypt 2008, §3.1, `a = −1`), the same as curve25519-dalek's serial backend; encoding
+//! and decoding follow RFC 9496 §4.3, so encodings are byte-for-byte dalek's.
+//!
+//! Every algorithm here applies the same sequence of operations to all eight lanes (the same
+//! bucket, table digit or multiple), so no gathers are needed: the eight lanes are eight
+//! ciphertexts under the same function keys. Inputs and outputs of the hot paths are public
+//! (ciphertexts, keys, decrypted values): nothing here needs constant time.
+
+use core::arch::x86_64::__m512i as W;
+use curve25519_dalek::ristretto::RistrettoPoint;
+
+pulp::simd_type! {
+    /// x86-64-v4 with AVX-512 IFMA.
+    pub(crate) struct Ifma {
+        pub sse: "sse",
+        pub sse2: "sse2",
+        pub fxsr: "fxsr",
+        pub sse3: "sse3",
+        pub ssse3: "ssse3",
+        pub sse4_1: "sse4.1",
+        pub sse4_2: "sse4.2",
+        pub popcnt: "popcnt",
+        pub avx: "avx",
+        pub avx2: "avx2",
+        pub bmi1: "bmi1",
+        pub bmi2: "bmi2",
+        pub fma: "fma",
+        pub lzcnt: "lzcnt",
+        pub avx512f: "avx512f",
+        pub avx512bw: "avx512bw",
+        pub avx512cd: "avx512cd",
+        pub avx512dq: "avx512dq",
+        pub avx512vl: "avx512vl",
+        pub avx512ifma: "avx512ifma",
+    }
+}
+
+/// Lanes per vector.
+pub(crate) const LANES: usize = 8;
+const MASK51: u64 = (1 << 51) - 1;
+/// `p = 2^255 − 19` in radix 2^51.
+const P: [u64; 5] = [MASK51 - 18, MASK51, MASK51, MASK51, MASK51];
+
+/// Eight field elements: limbs below `2^52` (after every operation: below `2^51 + 2^17`).
+#[derive(Clone, Copy)]
+pub(crate) struct Fe([W; 5]);
+
+/// Eight points in extended coordinates `(X : Y : Z : T)`, `x = X/Z`, `y = Y/Z`, `T = XY/Z`.
+#[derive(Clone, Copy)]
+pub(crate) struct Point([Fe; 4]);
+
+/// Eight points ready to be added: `(Y + X, Y − X, Z, 2d·T)`.
+#[derive(Clone, Copy)]
+pub(crate) struct Niels([Fe; 4]);
+
+/// The constants of the curve and of RFC 9496, as field elements (computed once).
+pub(crate) struct Constants {
+    two_d: [u64; 5],
+    d: [u64; 5],
+    sqrt_m1: [u64; 5],
+    invsqrt_a_minus_d: [u64; 5],
+}
+
+impl Ifma {
+    #[inline(always)]
+    fn splat(self, v: u64) -> W {
+        self.avx512f._mm512_set1_epi64(v as i64)
+    }
+    #[inline(always)]
+    fn add64(self, a: W, b: W) -> W {
+        self.avx512f._mm512_add_epi64(a, b)
+    }
+    #[inline(always)]
+    fn sub64(self, a: W, b: W) -> W {
+        self.avx512f._mm512_sub_epi64(a, b)
+    }
+    #[inline(always)]
+    fn and64(self, a: W, b: W) -> W {
+        self.avx512f._mm512_and_si512(a, b)
+    }
+    #[inline(always)]
+    fn shr51(self, a: W) -> W {
+        self.avx512f._mm512_srli_epi64::<51>(a)
+    }
+    #[inline(always)]
+    fn mul19(self, a: W) -> W {
+        let a2 = self.avx512f._mm512_slli_epi64::<1>(a);
+        let a16 = self.avx512f._mm512_slli_epi64::<4>(a);
+        self.add64(self.add64(a, a2), a16)
+    }
+
+    /// One parallel carry: limbs below `2^63` in, below `2^51 + 2^17` out.
+    #[inline(always)]
+    fn carry(self, z: [W; 5]) -> Fe {
+        let m = self.splat(MASK51);
+        let c = z.map(|zi| self.shr51(zi));
+        let mut r = z.map(|zi| self.and64(zi, m));
+        r[0] = self.add64(r[0], self.mul19(c[4]));
+        for i in 1..5 {
+            r[i] = self.add64(r[i], c[i - 1]);
+        }
+        Fe(r)
+    }
+
+    #[inline(always)]
+    fn fe_const(self, limbs: &[u64; 5]) -> Fe {
+        Fe(limbs.map(|l| self.splat(l)))
+    }
+
+    #[inline(always)]
+    fn zero(self) -> Fe {
+        self.fe_const(&[0; 5])
+    }
+
+    #[inline(always)]
+    fn one(self) -> Fe {
+        self.fe_const(&[1, 0, 0, 0, 0])
+    }
+
+    #[inline(always)]
+    pub(crate) fn add(self, a: Fe, b: Fe) -> Fe {
+        self.carry(std::array::from_fn(|i| self.add64(a.0[i], b.0[i])))
+    }
+
+    /// `a + 4p − b`, carried.
+    #[inline(always)]
+    pub(crate) fn sub(self, a: Fe, b: Fe) -> Fe {
+        self.carry(std::array::from_fn(|i| self.sub64(self.add64(a.0[i], self.splat(4 * P[i])), b.0[i])))
+    }
+
+    #[inline(always)]
+    fn neg(self, a: Fe) -> Fe {
+        self.sub(self.zero(), a)
+    }
+
+    #[inline(always)]
+    pub(crate) fn mul(self, a: Fe, b: Fe) -> Fe {
+        let f = self.avx512f._mm512_setzero_si512();
+        let (mut lo, mut hi) = ([f; 9], [f; 9]);
+        for i in 0..5 {
+            for j in 0..5 {
+                lo[i + j] = self.avx512ifma._mm512_madd52lo_epu64(lo[i + j], a.0[i], b.0[j]);
+                hi[i + j] = self.avx512ifma._mm512_madd52hi_epu64(hi[i + j], a.0[i], b.0[j]);
+            }
+        }
+        // z_k = lo_k + 2·hi_{k−1} (< 2^57), and 2^255 ≡ 19 folds z_{k+5} into z_k.
+        let z = |k: usize| {
+            let l = if k < 9 { lo[k] } else { f };
+            if k == 0 {
+                l
+            } else {
+                self.add64(l, self.avx512f._mm512_slli_epi64::<1>(hi[k - 1]))
+            }
+        };
+        self.carry(std::array::from_fn(|k| self.add64(z(k), self.mul19(z(k + 5)))))
+    }
+
+    #[inline(always)]
+    fn square(self, a: Fe) -> Fe {
+        self.mul(a, a)
+    }
+
+    #[inline(always)]
+    fn square_n(self, mut a: Fe, n: usize) -> Fe {
+        for _ in 0..n {
+            a = self.square(a);
+        }
+        a
+    }
+
+    /// `a^{(p−5)/8} = a^{2^252 − 3}` (the addition chain of ref10).
+    fn pow_p58(self, a: Fe) -> Fe {
+        let a2 = self.square(a);
+        let a9 = self.mul(self.square_n(a2, 2), a);
+        let a11 = self.mul(a9, a2);
+        let a_5_0 = self.mul(self.square(a11), a9);
+        let a_10_0 = self.mul(self.square_n(a_5_0, 5), a_5_0);
+        let a_20_0 = self.mul(self.square_n(a_10_0, 10), a_10_0);
+        let a_40_0 = self.mul(self.square_n(a_20_0, 20), a_20_0);
+        let a_50_0 = self.mul(self.square_n(a_40_0, 10), a_10_0);
+        let a_100_0 = self.mul(self.square_n(a_50_0, 50), a_50_0);
+        let a_200_0 = self.mul(self.square_n(a_100_0, 100), a_100_0);
+        let a_250_0 = self.mul(self.square_n(a_200_0, 50), a_50_0);
+        self.mul(self.square_n(a_250_0, 2), a)
+    }
+
+    /// `a^e` for a little-endian exponent (square and multiply; for constants only).
+    fn pow(self, a: Fe, e: &[u8; 32]) -> Fe {
+        let mut acc = self.one();
+        for bit in (0..256).rev() {
+            acc = self.square(acc);
+            if (e[bit / 8] >> (bit % 8)) & 1 == 1 {
+                acc = self.mul(acc, a);
+            }
+        }
+        acc
+    }
+
+    /// The canonical limbs (value in `[0, p)`, limbs below `2^51`).
+    #[inline(always)]
+    fn canonical(self, a: Fe) -> [W; 5] {
+        let m = self.splat(MASK51);
+        // q = ⌊(a + 19)/2^255⌋ ∈ {0, 1} (a < 2p), then a + 19q − q·2^255.
+        let mut q = self.shr51(self.add64(a.0[0], self.splat(19)));
+        for i in 1..5 {
+            q = self.shr51(self.add64(a.0[i], q));
+        }
+        let mut h = a.0;
+        h[0] = self.add64(h[0], self.mul19(q));
+        for i in 0..4 {
+            h[i + 1] = self.add64(h[i + 1], self.shr51(h[i]));
+            h[i] = self.and64(h[i], m);
+        }
+        h[4] = self.and64(h[4], m);
+        h
+    }
+
+    /// Lanes whose element is odd (RFC 9496's `IS_NEGATIVE`).
+    #[inline(always)]
+    fn is_negative(self, a: Fe) -> u8 {
+        self.avx512f._mm512_test_epi64_mask(self.canonical(a)[0], self.splat(1))
+    }
+
+    /// Lanes where `a = b`.
+    #[inline(always)]
+    fn eq(self, a: Fe, b: Fe) -> u8 {
+        let (a, b) = (self.canonical(a), self.canonical(b));
+        (0..5).fold(0xff, |m, i| m & self.avx512f._mm512_cmpeq_epi64_mask(a[i], b[i]))
+    }
+
+    /// `b` in the lanes of `mask`, `a` elsewhere.
+    #[inline(always)]
+    fn select(self, mask: u8, a: Fe, b: Fe) -> Fe {
+        Fe(std::array::from_fn(|i| self.avx512f._mm512_mask_blend_epi64(mask, a.0[i], b.0[i])))
+    }
+
+    #[inline(always)]
+    fn abs(self, a: Fe) -> Fe {
+        self.select(self.is_negative(a), a, self.neg(a))
+    }
+
+    /// RFC 9496 §4.2 `SQRT_RATIO_M1(u, v)`: (lanes where `u/v` is a square, the non-negative
+    /// `√(u/v)` or `√(i·u/v)`).
+    fn sqrt_ratio_m1(self, u: Fe, v: Fe, c: &Constants) -> (u8, Fe) {
+        let v3 = self.mul(self.square(v), v);
+        let v7 = self.mul(self.square(v3), v);
+        let r = self.mul(self.mul(u, v3), self.pow_p58(self.mul(u, v7)));
+        let check = self.mul(v, self.square(r));
+        let sqrt_m1 = self.fe_const(&c.sqrt_m1);
+        let neg_u = self.neg(u);
+        let correct = self.eq(check, u);
+        let flipped = self.eq(check, neg_u);
+        let flipped_i = self.eq(check, self.mul(neg_u, sqrt_m1));
+        let r = self.select(flipped | flipped_i, r, self.mul(sqrt_m1, r));
+        (correct | flipped, self.abs(r))
+    }
+
+    /// The curve's constants, from their definitions: `d = −121665/121666`,
+    /// `√−1 = 2^{(p−1)/4}`, `1/√(a − d)` with `a = −1`.
+    fn compute_constants(self) -> Constants {
+        let mut p_minus_2 = [0xff; 32];
+        p_minus_2[0] = 0xeb;
+        p_minus_2[31] = 0x7f;
+        // (p − 1)/4 = 2^253 − 5.
+        let mut quarter = [0xff; 32];
+        quarter[0] = 0xfb;
+        quarter[31] = 0x1f;
+        let small = |v: u64| self.fe_const(&[v, 0, 0, 0, 0]);
+        let d = self.neg(self.mul(small(121665), self.pow(small(121666), &p_minus_2)));
+        let sqrt_m1 = self.pow(small(2), &quarter);
+        let lane0 = |a: Fe| self.canonical(a).map(|w| pulp::cast::<W, [u64; 8]>(w)[0]);
+        let partial =
+            Constants { two_d: lane0(self.add(d, d)), d: lane0(d), sqrt_m1: lane0(sqrt_m1), invsqrt_a_minus_d: [0; 5] };
+        let a_minus_d = self.sub(self.neg(self.one()), d);
+        let (_, invsqrt) = self.sqrt_ratio_m1(self.one(), a_minus_d, &partial);
+        Constants { invsqrt_a_minus_d: lane0(invsqrt), ..partial }
+    }
+
+    /// The constants, computed on first use.
+    pub(crate) fn constants(self) -> &'static Constants {
+        static CONSTANTS: std::sync::OnceLock<Constants> = std::sync::OnceLock::new();
+        CONSTANTS.get_or_init(|| self.vectorize(|| self.compute_constants()))
+    }
+
+    /// Eight 32-byte little-endian field elements, reduced modulo 2^255 (bit 255 dropped).
+    fn fe_from_bytes(self, bytes: &[[u8; 32]; LANES]) -> Fe {
+        let limbs: [[u64; LANES]; 5] = std::array::from_fn(|k| {
+            std::array::from_fn(|lane| {
+                let w = |i: usize| u64::from_le_bytes(bytes[lane][8 * i..8 * i + 8].try_into().expect("8 bytes"));
+                let bit = 51 * k;
+                let (word, shift) = (bit / 64, bit % 64);
+                let mut v = w(word) >> shift;
+                if shift + 51 > 64 && word + 1 < 4 {
+                    v |= w(word + 1) << (64 - shift);
+                }
+                v & MASK51
+            })
+        });
+        Fe(limbs.map(pulp::cast))
+    }
+
+    /// The canonical 32-byte encodings of eight field elements.
+    fn fe_to_bytes(self, a: Fe) -> [[u8; 32]; LANES] {
+        let limbs = self.canonical(a).map(pulp::cast::<W, [u64; LANES]>);
+        std::array::from_fn(|lane| {
+            let l = |k: usize| limbs[k][lane] as u128;
+            let lo = l(0) | l(1) << 51 | (l(2) & ((1 << 26) - 1)) << 102;
+            let hi = l(2) >> 26 | l(3) << 25 | l(4) << 76;
+            let mut out = [0u8; 32];
+            out[..16].copy_from_slice(&lo.to_le_bytes());
+            out[16..].copy_from_slice(&hi.to_le_bytes());
+            out
+        })
+    }
+
+    /// The identity in all lanes.
+    #[inline(always)]
+    pub(crate) fn identity(self) -> Point {
+        Point([self.zero(), self.one(), self.one(), self.zero()])
+    }
+
+    #[inline(always)]
+    pub(crate) fn to_niels(self, p: &Point, c: &Constants) -> Niels {
+        let [x, y, z, t] = p.0;
+        Niels([self.add(y, x), self.sub(y, x), z, self.mul(t, self.fe_const(&c.two_d))])
+    }
+
+    /// `p + q` (`negate`: `p − q`), complete formulas: 8 multiplications.
+    #[inline(always)]
+    pub(crate) fn add_niels(self, p: &Point, q: &Niels, negate: bool) -> Point {
+        let [x, y, z, t] = p.0;
+        let [q_ypx, q_ymx, q_z, q_t2d] = q.0;
+        let (q_ypx, q_ymx) = if negate { (q_ymx, q_ypx) } else { (q_ypx, q_ymx) };
+        let pp = self.mul(self.add(y, x), q_ypx);
+        let mm = self.mul(self.sub(y, x), q_ymx);
+        let tt = self.mul(t, q_t2d);
+        let zz = self.mul(z, q_z);
+        let zz2 = self.add(zz, zz);
+        let (cx, cy) = (self.sub(pp, mm), self.add(pp, mm));
+        let (cz, ct) =
+            if negate { (self.sub(zz2, tt), self.add(zz2, tt)) } else { (self.add(zz2, tt), self.sub(zz2, tt)) };
+        Point([self.mul(cx, ct), self.mul(cy, cz), self.mul(cz, ct), self.mul(cx, cy)])
+    }
+
+    #[inline(always)]
+    pub(crate) fn add_points(self, p: &Point, q: &Point, c: &Constants) -> Point {
+        self.add_niels(p, &self.to_niels(q, c), false)
+    }
+
+    /// RFC 9496 §4.3.1: decodes eight encodings; the mask has the lanes that were valid
+    /// (invalid lanes hold some point and must not be used).
+    pub(crate) fn decode(self, bytes: &[[u8; 32]; LANES], c: &Constants) -> (Point, u8) {
+        let canonical = bytes.iter().enumerate().fold(0u8, |m, (lane, b)| {
+            // s < p and s even (non-negative).
+            let below_p = b[31] < 0x7f || b[1..31].iter().any(|&x| x != 0xff) || b[0] < 0xed;
+            m | (u8::from(b[31] >> 7 == 0 && below_p && b[0] & 1 == 0) << lane)
+        });
+        let s = self.fe_from_bytes(bytes);
+        let ss = self.square(s);
+        let u1 = self.sub(self.one(), ss);
+        let u2 = self.add(self.one(), ss);
+        let u2_sqr = self.square(u2);
+        let v = self.sub(self.neg(self.mul(self.fe_const(&c.d), self.square(u1))), u2_sqr);
+        let (was_square, invsqrt) = self.sqrt_ratio_m1(self.one(), self.mul(v, u2_sqr), c);
+        let den_x = self.mul(invsqrt, u2);
+        let den_y = self.mul(self.mul(invsqrt, den_x), v);
+        let x = self.abs(self.mul(self.add(s, s), den_x));
+        let y = self.mul(u1, den_y);
+        let t = self.mul(x, y);
+        let y_zero = self.eq(y, self.zero());
+        let valid = canonical & was_square & !self.is_negative(t) & !y_zero;
+        (Point([x, y, self.one(), t]), valid)
+    }
+
+    /// RFC 9496 §4.3.2: the canonical encodings of eight points.
+    pub(crate) fn encode(self, p: &Point, c: &Constants) -> [[u8; 32]; LANES] {
+        let [x0, y0, z0, t0] = p.0;
+        let u1 = self.mul(self.add(z0, y0), self.sub(z0, y0));
+        let u2 = self.mul(x0, y0);
+        let (_, invsqrt) = self.sqrt_ratio_m1(self.one(), self.mul(u1, self.square(u2)), c);
+        let den1 = self.mul(invsqrt, u1);
+        let den2 = self.mul(invsqrt, u2);
+        let z_inv = self.mul(self.mul(den1, den2), t0);
+        let sqrt_m1 = self.fe_const(&c.sqrt_m1);
+        let (ix0, iy0) = (self.mul(x0, sqrt_m1), self.mul(y0, sqrt_m1));
+        let enchanted = self.mul(den1, self.fe_const(&c.invsqrt_a_minus_d));
+        let rotate = self.is_negative(self.mul(t0, z_inv));
+        let x = self.select(rotate, x0, iy0);
+        let y = self.select(rotate, y0, ix0);
+        let den_inv = self.select(rotate, den2, enchanted);
+        let y = self.select(self.is_negative(self.mul(x, z_inv)), y, self.neg(y));
+        self.fe_to_bytes(self.abs(self.mul(den_inv, self.sub(z0, y))))
+    }
+
+    /// Entry `i` of up to eight rows of dalek points, doubled, in the lanes of `out[i]` (missing
+    /// lanes repeat the first row): dalek's batched double-and-encode (one shared inversion
+    /// per row), then [`Ifma::decode`]. Doubling is what makes the conversion cheap; every
+    /// product computed from these points is doubled too, which [`DlogTable`] lookups on
+    /// doubled points expect.
+    ///
+    /// [`DlogTable`]: crate::DlogTable
+    pub(crate) fn load_doubled(self, rows: &[&[RistrettoPoint]], c: &Constants) -> Vec<Point> {
+        debug_assert!(!rows.is_empty() && rows.len() <= LANES);
+        let encoded: Vec<Vec<_>> = rows.iter().map(|r| RistrettoPoint::double_and_compress_batch(*r)).collect();
+        (0..rows[0].len())
+            .map(|i| {
+                let bytes = std::array::from_fn(|lane| encoded.get(lane).unwrap_or(&encoded[0])[i].to_bytes());
+                let (p, valid) = self.decode(&bytes, c);
+                debug_assert_eq!(valid, 0xff, "dalek encodings decode");
+                p
+            })
+            .collect()
+    }
+
+    /// `P, 2P, …, count·P`, ready to be added.
+    pub(crate) fn multiples(self, p: &Point, count: usize, c: &Constants) -> Vec<Niels> {
+        let first = self.to_niels(p, c);
+        let mut m = *p;
+        let mut out = vec![first];
+        for _ in 1..count {
+            m = self.add_niels(&m, &first, false);
+            out.push(self.to_niels(&m, c));
+        }
+        out
+    }
+
+    /// `acc ± |d|·P` from the multiples of `P`.
+    #[inline(always)]
+    pub(crate) fn add_multiple(self, acc: &mut Point, multiples: &[Niels], d: i64) {
+        if d != 0 {
+            *acc = self.add_niels(acc, &multiples[d.unsigned_abs() as usize - 1], d < 0);
+        }
+    }
+
+    /// The fixed-base table of `P`: `d·32^w·P` for `d = 1..16` and 51 windows (the layout
+    /// of `ipfe`'s serial table).
+    pub(crate) fn fixed_base_table(self, p: &Point, c: &Constants) -> Vec<Vec<Niels>> {
+        let mut base = *p;
+        (0..51)
+            .map(|_| {
+                let row = self.multiples(&base, 16, c);
+                let sixteen = self.add_niels(&base, &row[14], false);
+                base = self.add_points(&sixteen, &sixteen, c);
+                row
+            })
+            .collect()
+    }
+
+    /// `s·P` from [`Ifma::fixed_base_table`] and the signed radix-32 digits of `s`.
+    pub(crate) fn fixed_base_mul(self, table: &[Vec<Niels>], digits: &[i8; 51]) -> Point {
+        let mut acc = self.identity();
+        for (row, &d) in table.iter().zip(digits) {
+            self.add_multiple(&mut acc, row, d.into());
+        }
+        acc
+    }
+
+    /// `Σ y_i·P_i` by buckets (Pippenger with one window): `n + 2·max|y_i|` additions.
+    pub(crate) fn buckets(self, ys: &[i64], points: &[Niels], c: &Constants) -> Point {
+        let max = ys.iter().map(|y| y.unsigned_abs()).max().unwrap_or(0) as usize;
+        let mut bucket = vec![self.identity(); max + 1];
+        for (&y, p) in ys.iter().zip(points) {
+            if y != 0 {
+                let b = &mut bucket[y.unsigned_abs() as usize];
+                *b = self.add_niels(b, p, y < 0);
+            }
+        }
+        let (mut running, mut sum) = (self.identity(), self.identity());
+        for b in bucket[1..].iter().rev() {
+            running = self.add_points(&running, b, c);
+            sum = self.add_points(&sum, &running, c);
+        }
+        sum
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use curve25519_dalek::ristretto::CompressedRistretto;
+    use curve25519_dalek::scalar::Scalar;
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    fn random_points(n: usize, seed: u64) -> Vec<RistrettoPoint> {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        (0..n).map(|_| RistrettoPoint::mul_base(&Scalar::random(&mut rng))).collect()
+    }
+
+    fn encodings(points: &[RistrettoPoint]) -> [[u8; 32]; LANES] {
+        std::array::from_fn(|i| points[i].compress().to_bytes())
+    }
+
+    #[test]
+    fn decode_then_encode_is_dalek_encoding() {
+        let Some(s) = Ifma::try_new() else { return };
+        let c = s.constants();
+        for seed in 0..4 {
+            let points = random_points(LANES, seed);
+            let bytes = encodings(&points);
+            let (p, valid) = s.vectorize(|| s.decode(&bytes, c));
+            assert_eq!(valid, 0xff);
+            assert_eq!(s.vectorize(|| s.encode(&p, c)), bytes);
+        }
+        // The identity and the basepoint.
+        let mut points = random_points(LANES, 9);
+        points[0] = RistrettoPoint::default();
+        points[1] = curve25519_dalek::constants::RISTRETTO_BASEPOINT_POINT;
+        let bytes = encodings(&points);
+        let (p, valid) = s.vectorize(|| s.decode(&bytes, c));
+        assert_eq!(valid, 0xff);
+        assert_eq!(s.vectorize(|| s.encode(&p, c)), bytes);
+    }
+
+    #[test]
+    fn sums_match_dalek() {
+        let Some(s) = Ifma::try_new() else { return };
+        let c = s.constants();
+        let (a, b) = (random_points(LANES, 1), random_points(LANES, 2));
+        let (pa, _) = s.decode(&encodings(&a), c);
+        let (pb, _) = s.decode(&encodings(&b), c);
+        let nb = s.to_niels(&pb, c);
+        let sum = s.vectorize(|| s.encode(&s.add_niels(&pa, &nb, false), c));
+        let diff = s.vectorize(|| s.encode(&s.add_niels(&pa, &nb, true), c));
+        let double = s.vectorize(|| s.encode(&s.add_points(&pa, &pa, c), c));
+        for lane in 0..LANES {
+            assert_eq!(sum[lane], (a[lane] + b[lane]).compress().to_bytes());
+            assert_eq!(diff[lane], (a[lane] - b[lane]).compress().to_bytes());
+            assert_eq!(double[lane], (a[lane] + a[lane]).compress().to_bytes());
+        }
+        let rows = [&a[0..1], &a[1..2], &a[2..3]];
+        let doubled = s.vectorize(|| s.encode(&s.load_doubled(&rows, c)[0], c));
+        for lane in 0..LANES {
+            assert_eq!(doubled[lane], (a[lane.min(3) % 3] * Scalar::from(2u8)).compress().to_bytes());
+        }
+    }
+
+    #[test]
+    fn invalid_encodings_are_refused_like_dalek() {
+        let Some(s) = Ifma::try_new() else { return };
+        let c = s.constants();
+        let mut rng = ChaCha20Rng::seed_from_u64(5);
+        let valid_point = random_points(1, 6)[0].compress().to_bytes();
+        for round in 0..16 {
+            let mut bytes: [[u8; 32]; LANES] = std::array::from_fn(|_| {
+                let mut b = [0u8; 32];
+                rand_core::Rng::fill_bytes(&mut rng, &mut b);
+                b
+            });
+            bytes[0] = valid_point;
+            bytes[1] = [0xff; 32];
+            bytes[2] = {
+                // p itself: non-canonical zero.
+                let mut b = [0xff; 32];
+                b[0] = 0xed;
+                b[31] = 0x7f;
+                b
+            };
+            if round % 2 == 0 {
+                bytes[3][0] |= 1; // negative s
+            }
+            let (_, valid) = s.vectorize(|| s.decode(&bytes, c));
+            for (lane, b) in bytes.iter().enumerate() {
+                let dalek = CompressedRistretto(*b).decompress().is_some();
+                assert_eq!(valid >> lane & 1 == 1, dalek, "lane {lane}: {b:?}");
+            }
+        }
+    }
+}
