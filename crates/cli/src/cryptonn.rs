@@ -28,6 +28,10 @@ enum ModeArg {
     Faithful,
     /// Labels in the clear (CryptoNN's follow-up NN-EMD).
     PlainLabels,
+    /// Every key pair under the authority's policy (bounds, sparsity, span with rotation,
+    /// rate limit, audit log); labels only summed over the batch inside FE products, never
+    /// decrypted per example. Needs batches larger than the hidden width (default 256).
+    Hardened,
 }
 
 #[derive(Args)]
@@ -49,9 +53,13 @@ pub(crate) struct TrainArgs {
     /// Train on the first N training images only (quick runs).
     #[arg(long)]
     limit: Option<usize>,
-    /// Examples per mini-batch (CryptoNN: 64).
-    #[arg(long, default_value_t = 64)]
-    batch_size: usize,
+    /// Examples per mini-batch [default: 64 (CryptoNN's), 256 in hardened mode].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Hardened mode: fewest non-zero entries of a gradient or label-sum key; a hidden unit
+    /// whose key is sparser gets no gradient from that batch.
+    #[arg(long, default_value_t = 32)]
+    min_nonzero: usize,
     /// Peak learning rate (Adam, cosine decay over the run).
     #[arg(long, default_value_t = 1e-3)]
     learning_rate: f32,
@@ -120,7 +128,8 @@ fn train(a: TrainArgs) -> Result<()> {
     if a.model != "mlp" {
         bail!("model {:?}: CryptoNN training supports mlp", a.model);
     }
-    if a.epochs == 0 || a.batch_size == 0 {
+    let batch_size = a.batch_size.unwrap_or(if matches!(a.mode, ModeArg::Hardened) { 256 } else { 64 });
+    if a.epochs == 0 || batch_size == 0 {
         bail!("--epochs and --batch-size must be at least 1");
     }
     let encoding = FixedPoint::decimal(a.precision).context("--precision")?;
@@ -146,12 +155,20 @@ fn train(a: TrainArgs) -> Result<()> {
     let classes = spec.classes()?;
     let features = spec.input.len();
     let model = Model::init(spec, &mut blindfold_nn::train::seeded_rng(a.seed))?;
-    let batches = FixedBatches::new(train_set.len(), a.batch_size, a.seed);
-    let cfg =
-        CryptonnConfig { epochs: a.epochs, learning_rate: a.learning_rate, clip_norm: 5.0, encoding, seed: a.seed };
+    let batches = FixedBatches::new(train_set.len(), batch_size, a.seed);
     let (mode, mode_name) = match a.mode {
         ModeArg::Faithful => (Mode::Faithful, "faithful"),
         ModeArg::PlainLabels => (Mode::PlainLabels, "plain-labels"),
+        ModeArg::Hardened => (Mode::Hardened, "hardened"),
+    };
+    let hardened = (mode == Mode::Hardened).then_some(a.min_nonzero);
+    let cfg = CryptonnConfig {
+        epochs: a.epochs,
+        learning_rate: a.learning_rate,
+        clip_norm: 5.0,
+        encoding,
+        seed: a.seed,
+        hardened,
     };
     eprintln!(
         "CryptoNN training, {} mode: {} on {} training images of {} (batches of {}, {} digits); first-layer \
@@ -160,18 +177,24 @@ fn train(a: TrainArgs) -> Result<()> {
         a.model,
         train_set.len(),
         a.data.dataset.name(),
-        a.batch_size,
+        batch_size,
         a.precision
     );
     let start = Instant::now();
     let table = DlogTable::new(a.dlog_bound, (2 * a.dlog_bound + 1).min(1 << 23) as usize)?;
-    let mut authority = TrainingAuthority::unrestricted(features, a.batch_size, mode)?;
-    let client = TrainingClient::new(&train_set, encoding, classes, &authority);
+    let mut authority = match mode {
+        Mode::Hardened => {
+            let hidden = model.params(1).context("the first dense layer")?.weight.nrows();
+            TrainingAuthority::hardened(features, batch_size, classes, hidden, a.min_nonzero)?
+        }
+        _ => TrainingAuthority::unrestricted(features, batch_size, mode)?,
+    };
+    let client = TrainingClient::new(&train_set, encoding, classes, batch_size, &authority);
     eprintln!("keys, encryption tables and discrete-log table ready in {:.1} s", start.elapsed().as_secs_f64());
     let mut fe = Trainer::new(model.clone(), &batches, cfg.clone())?;
     let mut twin = Trainer::new(model, &batches, cfg)?;
     let mut plain = PlainProducts::new(&train_set, &batches, encoding, a.dlog_bound, classes);
-    let mut products = FeProducts::new(&client, &mut authority, table, &batches);
+    let mut products = FeProducts::new(client, &mut authority, table, &batches);
     let mut rows = Vec::new();
     println!("epoch  encrypted  plaintext   seconds  encrypt  keys  decrypt  dlog");
     for epoch in 1..=a.epochs {
@@ -208,7 +231,7 @@ fn train(a: TrainArgs) -> Result<()> {
             dataset: a.data.dataset.name().into(),
             n_train: train_set.len(),
             n_test: test_set.len(),
-            batch_size: a.batch_size,
+            batch_size,
             precision: a.precision,
             threads: rayon::current_num_threads(),
             epochs: rows,

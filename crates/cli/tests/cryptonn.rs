@@ -55,6 +55,10 @@ fn cryptonn_train_refuses_what_it_cannot_do() {
         (&["--limit", "0"][..], "--limit 0"),
         (&["--precision", "16"][..], "decimal digits"),
         (&["--mode", "everything"][..], "invalid value"),
+        (
+            &["--mode", "hardened", "--batch-size", "64", "--limit", "100", "--dlog-bound", "1000"][..],
+            "at least 130 examples",
+        ),
     ] {
         let all: Vec<&str> = ["cryptonn", "train"].iter().chain(args).copied().collect();
         let out = blindfold(&all);

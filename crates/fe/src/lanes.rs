@@ -480,6 +480,118 @@ impl Ifma {
         }
         sum
     }
+
+    /// [`Ifma::buckets`] for entries of any size: base-`2^12` digit planes (signed like their
+    /// entries), combined by Horner's rule with twelve doublings per plane.
+    pub(crate) fn buckets_wide(self, ys: &[i64], points: &[Niels], c: &Constants) -> Point {
+        const BITS: u32 = 12;
+        let max = ys.iter().map(|y| y.unsigned_abs()).max().unwrap_or(0);
+        let planes = (64 - max.leading_zeros()).div_ceil(BITS).max(1);
+        let mut acc = self.identity();
+        for t in (0..planes).rev() {
+            for _ in 0..BITS {
+                acc = self.add_points(&acc, &acc, c);
+            }
+            let plane: Vec<i64> = ys
+                .iter()
+                .map(|&y| ((y.unsigned_abs() >> (BITS * t)) & ((1 << BITS) - 1)) as i64 * y.signum())
+                .collect();
+            acc = self.add_points(&acc, &self.buckets(&plane, points, c), c);
+        }
+        acc
+    }
+}
+
+/// A constant-time fixed-base table of one point `P` for eight secret scalars at once:
+/// `d·16^w·P` for `d = 1..8` and 64 windows, each entry the limbs of `(Y + X, Y − X, Z, 2d·T)`
+/// (the same point in every lane, so stored once). About 80 KB.
+pub(crate) struct SecretTable {
+    entries: Vec<[[u64; 5]; 4]>,
+}
+
+/// Signed radix-16 digits in `[−8, 8]` of eight secret values, one vector per window,
+/// least significant first (zeroized on drop).
+pub(crate) struct SecretDigits(Vec<[i64; LANES]>);
+
+impl Drop for SecretDigits {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+impl SecretDigits {
+    /// The digits of eight values given as little-endian bytes (`bits ≤ 256` significant
+    /// bits, below `2^{bits−1}`·…: the top digit absorbs the last carry), each multiplied by
+    /// its lane's sign (`negative`): `windows` digits per lane, without a branch on a value.
+    pub(crate) fn new(values: &[[u8; 32]; LANES], negative: [bool; LANES], windows: usize) -> Self {
+        let mut digits = vec![[0i64; LANES]; windows];
+        for lane in 0..LANES {
+            let sign = 1 - 2 * i64::from(negative[lane]);
+            let mut carry = 0i64;
+            for (w, d) in digits.iter_mut().enumerate() {
+                let nibble = i64::from(values[lane].get(w / 2).copied().unwrap_or(0) >> (4 * (w % 2)) & 15) + carry;
+                // nibble ∈ [0, 16]: above 7, borrow from the next window.
+                carry = (nibble + 8) >> 4;
+                d[lane] = (nibble - (carry << 4)) * sign;
+            }
+        }
+        Self(digits)
+    }
+}
+
+impl Ifma {
+    /// The [`SecretTable`]s of up to eight points (exact, from their encodings).
+    pub(crate) fn secret_tables(self, points: &[RistrettoPoint], c: &Constants) -> Vec<SecretTable> {
+        let bytes = std::array::from_fn(|lane| points[lane.min(points.len() - 1)].compress().to_bytes());
+        let (mut base, valid) = self.decode(&bytes, c);
+        debug_assert_eq!(valid, 0xff);
+        let mut tables: Vec<SecretTable> =
+            points.iter().map(|_| SecretTable { entries: Vec::with_capacity(64 * 8) }).collect();
+        for _ in 0..64 {
+            let row = self.multiples(&base, 8, c);
+            for niels in &row {
+                let limbs = niels.0.map(|fe| fe.0.map(pulp::cast::<W, [u64; LANES]>));
+                for (lane, table) in tables.iter_mut().enumerate() {
+                    table.entries.push(std::array::from_fn(|k| std::array::from_fn(|l| limbs[k][l][lane])));
+                }
+            }
+            let eight = self.add_niels(&base, &row[6], false);
+            let sixteen = self.add_points(&eight, &eight, c);
+            base = sixteen;
+        }
+        tables
+    }
+
+    /// `Σ_w d_w·16^w·P` per lane from `P`'s table and the lanes' digits (the first
+    /// `digits.len()` windows), in constant time: every entry of a window is read and
+    /// blended in by a mask, the sign applied by blends.
+    pub(crate) fn secret_mul(self, table: &SecretTable, digits: &SecretDigits) -> Point {
+        let mut acc = self.identity();
+        let zero = self.avx512f._mm512_setzero_si512();
+        for (w, d) in digits.0.iter().enumerate() {
+            let d: W = pulp::cast(*d);
+            let abs = self.avx512f._mm512_abs_epi64(d);
+            let negative = self.avx512f._mm512_cmplt_epi64_mask(d, zero);
+            let mut sel = Niels([self.one(), self.one(), self.one(), self.zero()]);
+            for (e, entry) in table.entries[8 * w..8 * w + 8].iter().enumerate() {
+                let m = self.avx512f._mm512_cmpeq_epi64_mask(abs, self.splat(e as u64 + 1));
+                for (coord, limbs) in sel.0.iter_mut().zip(entry) {
+                    for (v, &l) in coord.0.iter_mut().zip(limbs) {
+                        *v = self.avx512f._mm512_mask_blend_epi64(m, *v, self.splat(l));
+                    }
+                }
+            }
+            let [ypx, ymx, z, t2d] = sel.0;
+            let sel = Niels([
+                self.select(negative, ypx, ymx),
+                self.select(negative, ymx, ypx),
+                z,
+                self.select(negative, t2d, self.neg(t2d)),
+            ]);
+            acc = self.add_niels(&acc, &sel, false);
+        }
+        acc
+    }
 }
 
 #[cfg(test)]

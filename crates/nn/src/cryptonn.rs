@@ -50,6 +50,69 @@ pub trait FirstLayerProducts {
     /// # Errors
     /// As [`FirstLayerProducts::forward`].
     fn output_delta(&mut self, batch: usize, probabilities: &Array2<i64>) -> Result<Array2<i64>>;
+
+    /// Hardened mode: `Ŷᵀ·Kᵀ` for the batch's one-hot labels `Ŷ` (0/1, `(examples,
+    /// classes)`) and `keys` `(rows, examples)`; returns `(classes, rows)`. The labels'
+    /// sums over the batch, never one example's label. All-zero key rows give zero columns.
+    ///
+    /// # Errors
+    /// As [`FirstLayerProducts::forward`].
+    fn label_sums(&mut self, batch: usize, keys: &Array2<i64>) -> Result<Array2<i64>>;
+
+    /// Hardened mode: `K·Û` for `keys` `(outputs, (1 + classes)·B)` and the batch's
+    /// [`augmented_columns`] `Û` (`B` the largest batch size); returns `(outputs, 1 + inputs)`.
+    /// All-zero key rows give zero rows.
+    ///
+    /// # Errors
+    /// As [`FirstLayerProducts::forward`].
+    fn gradient_with_labels(&mut self, batch: usize, keys: &Array2<i64>) -> Result<Array2<i64>>;
+}
+
+/// The hardened mode's encrypted matrix `Û` (`((1 + classes)·B, 1 + inputs)`) from a batch's
+/// encoded inputs `X̂` (`(examples, 1 + inputs)`) and labels: block 0 holds `X̂` (rows beyond
+/// the examples zero), block `1 + c` holds `X̂` with the rows of examples not of class `c`
+/// zeroed. With it, the first layer's gradient `δ1ᵀ·X̂` for `δ1 = (A − Y)·W2 ∘ M` is one
+/// product whose keys hold `(A·W2 ∘ M)ᵀ` (block 0) and `−W2[c, k]·M[·, k]` (block `1 + c`):
+/// the label term is summed over the batch inside the product.
+///
+/// # Errors
+/// [`Error::Shape`] for more examples than `batch_size` or one label count off;
+/// [`Error::Products`] for a label beyond the classes.
+pub fn augmented_columns(x: &Array2<i64>, labels: &[u8], classes: usize, batch_size: usize) -> Result<Array2<i64>> {
+    let (examples, width) = x.dim();
+    check_dim("labels", (labels.len(), width), (examples, width))?;
+    if examples > batch_size {
+        return Err(Error::Shape {
+            op: "batch",
+            expected: format!("≤ {batch_size} examples"),
+            actual: examples.to_string(),
+        });
+    }
+    let mut u = Array2::zeros(((1 + classes) * batch_size, width));
+    for (e, &l) in labels.iter().enumerate() {
+        if l as usize >= classes {
+            return Err(Error::Products(format!("label {l} for {classes} classes")));
+        }
+        u.row_mut(e).assign(&x.row(e));
+        u.row_mut((1 + l as usize) * batch_size + e).assign(&x.row(e));
+    }
+    Ok(u)
+}
+
+/// Zeroes the rows of `keys` with fewer than `min_nonzero` non-zero entries (hardened mode:
+/// such keys would single out a few examples; the authority refuses them); returns which
+/// rows were kept.
+fn drop_sparse_rows(keys: &mut Array2<i64>, min_nonzero: usize) -> Vec<bool> {
+    keys.rows_mut()
+        .into_iter()
+        .map(|mut row| {
+            let keep = row.iter().filter(|&&v| v != 0).count() >= min_nonzero;
+            if !keep {
+                row.fill(0);
+            }
+            keep
+        })
+        .collect()
 }
 
 /// The training set cut once into fixed mini-batches (CryptoNN encrypts each batch once;
@@ -130,6 +193,12 @@ pub struct CryptonnConfig {
     pub encoding: FixedPoint,
     /// Seed of the batch order.
     pub seed: u64,
+    /// Hardened mode, for a model dense → ReLU → dense: the labels reach the products only
+    /// summed over the batch ([`FirstLayerProducts::label_sums`],
+    /// [`FirstLayerProducts::gradient_with_labels`]), never as `A − Y`. `Some(k)`: the fewest
+    /// non-zero entries of a gradient or label key; a hidden unit whose key is sparser gets no
+    /// gradient from that batch.
+    pub hardened: Option<usize>,
 }
 
 /// The training loop of this module, one epoch at a time.
@@ -140,6 +209,7 @@ pub struct Trainer {
     cfg: CryptonnConfig,
     rng: ChaCha20Rng,
     epoch: usize,
+    batch_size: usize,
 }
 
 impl Trainer {
@@ -159,9 +229,19 @@ impl Trainer {
                 model.spec().name
             )));
         };
+        if cfg.hardened.is_some() {
+            let rest: Vec<&LayerSpec> = model.layers[first + 1..].iter().map(|l| &l.spec).collect();
+            if !matches!(rest.as_slice(), [LayerSpec::Relu, LayerSpec::Dense { .. }]) {
+                return Err(Error::Architecture(format!(
+                    "{}: hardened CryptoNN training needs dense → ReLU → dense (the label term of deeper \
+                     networks cannot be summed over the batch inside one product)",
+                    model.spec().name
+                )));
+            }
+        }
         let adam = Adam::new(&model, cfg.epochs * batches.len());
         let rng = ChaCha20Rng::seed_from_u64(cfg.seed);
-        Ok(Self { model, first, adam, cfg, rng, epoch: 0 })
+        Ok(Self { model, first, adam, cfg, rng, epoch: 0, batch_size: batches.batch_size() })
     }
 
     /// The model as trained so far.
@@ -198,14 +278,16 @@ impl Trainer {
         Ok(())
     }
 
-    fn step(&mut self, batch: usize, examples: usize, products: &mut impl FirstLayerProducts) -> Result<()> {
+    /// `m` at the configured fixed-point scale.
+    fn encode(&self, m: &Array2<f32>) -> Result<Array2<i64>> {
         let enc = self.cfg.encoding;
-        let scale = enc.scale() as f64;
-        let encode = |m: &Array2<f32>| -> Result<Array2<i64>> {
-            let v = m.iter().map(|&x| enc.encode(f64::from(x))).collect::<std::result::Result<Vec<_>, _>>();
-            let v = v.map_err(|e| Error::Encoding(e.to_string()))?;
-            Ok(Array2::from_shape_vec(m.raw_dim(), v).expect("same shape"))
-        };
+        let v = m.iter().map(|&x| enc.encode(f64::from(x))).collect::<std::result::Result<Vec<_>, _>>();
+        let v = v.map_err(|e| Error::Encoding(e.to_string()))?;
+        Ok(Array2::from_shape_vec(m.raw_dim(), v).expect("same shape"))
+    }
+
+    fn step(&mut self, batch: usize, examples: usize, products: &mut impl FirstLayerProducts) -> Result<()> {
+        let scale = self.cfg.encoding.scale() as f64;
         for l in self.model.layers.iter_mut() {
             l.zero_grads();
         }
@@ -213,17 +295,51 @@ impl Trainer {
         let (outputs, inputs) = p.weight.dim();
         let bias_and_weight = ndarray::concatenate(Axis(1), &[p.bias.view().insert_axis(Axis(1)), p.weight.view()])
             .expect("one bias per row");
-        let z = products.forward(batch, &encode(&bias_and_weight)?)?;
+        let z = products.forward(batch, &self.encode(&bias_and_weight)?)?;
         check_dim("forward product", z.dim(), (examples, outputs))?;
-        let mut h = z.mapv(|v| (v as f64 / (scale * scale)) as f32);
-        for l in self.model.layers[self.first + 1..].iter_mut() {
+        let z = z.mapv(|v| (v as f64 / (scale * scale)) as f32);
+        let grad = match self.cfg.hardened {
+            Some(min_nonzero) => self.backward_hardened(batch, z, products, min_nonzero)?,
+            None => self.backward(batch, z, products)?,
+        };
+        check_dim("gradient product", grad.dim(), (outputs, inputs + 1))?;
+        let unscale = |v: i64| (v as f64 / (scale * scale) / examples as f64) as f32;
+        let grads = self.model.layers[self.first].grads.as_mut().expect("first layer has gradients");
+        grads.bias = grad.column(0).mapv(unscale);
+        grads.weight = Array2::from_shape_fn((outputs, inputs), |(o, i)| unscale(grad[[o, i + 1]]));
+        self.adam.step(&mut self.model, self.cfg.learning_rate, self.cfg.clip_norm);
+        Ok(())
+    }
+
+    /// The rest of the network forward from the first layer's outputs `z`, softmax.
+    fn probabilities(&mut self, batch: usize, z: Array2<f32>) -> Result<(Array2<f32>, Array2<f32>)> {
+        let mut h = z;
+        let mut hidden = None;
+        for (i, l) in self.model.layers[self.first + 1..].iter_mut().enumerate() {
             h = l.forward(&h, true);
+            if i == 0 {
+                hidden = Some(h.clone());
+            }
         }
         let probabilities = softmax(&h);
         if probabilities.iter().any(|v| !v.is_finite()) {
             return Err(Error::Diverged { epoch: self.epoch, batch, loss: f32::NAN });
         }
-        let a = encode(&probabilities)?;
+        Ok((probabilities, hidden.unwrap_or(h)))
+    }
+
+    /// CryptoNN's backward pass: `Â − Ŷ` from the products, backward through the rest in
+    /// floating point, then `Δ̂·X̂`.
+    fn backward(
+        &mut self,
+        batch: usize,
+        z: Array2<f32>,
+        products: &mut impl FirstLayerProducts,
+    ) -> Result<Array2<i64>> {
+        let scale = self.cfg.encoding.scale() as f64;
+        let examples = z.nrows();
+        let (probabilities, _) = self.probabilities(batch, z)?;
+        let a = self.encode(&probabilities)?;
         let d = products.output_delta(batch, &a)?;
         check_dim("output delta", d.dim(), a.dim())?;
         // Mean loss over the batch: each example's delta / examples.
@@ -232,14 +348,64 @@ impl Trainer {
             g = l.backward(&g);
         }
         // δ1 per example (the 1/examples is applied after the product, where it is exact).
-        let grad = products.gradient(batch, &encode(&g.t().mapv(|v| v * examples as f32))?)?;
-        check_dim("gradient product", grad.dim(), (outputs, inputs + 1))?;
-        let unscale = |v: i64| (v as f64 / (scale * scale) / examples as f64) as f32;
-        let grads = self.model.layers[self.first].grads.as_mut().expect("first layer has gradients");
-        grads.bias = grad.column(0).mapv(unscale);
-        grads.weight = Array2::from_shape_fn((outputs, inputs), |(o, i)| unscale(grad[[o, i + 1]]));
-        self.adam.step(&mut self.model, self.cfg.learning_rate, self.cfg.clip_norm);
-        Ok(())
+        products.gradient(batch, &self.encode(&g.t().mapv(|v| v * examples as f32))?)
+    }
+
+    /// The hardened backward pass for dense → ReLU → dense, linear in the labels: with
+    /// `H` the hidden activations, `M` their ReLU mask and `W2` the last layer,
+    /// `∂W2 = AᵀH − YᵀH`, `∂b2 = Σ A − Σ Y` (the label parts from
+    /// [`FirstLayerProducts::label_sums`] with keys `[1 | Ĥ]ᵀ`) and `δ1 = A·W2 ∘ M − Y·W2 ∘ M`,
+    /// whose gradient `δ1ᵀ·X̂` is one [`FirstLayerProducts::gradient_with_labels`] product.
+    /// Keys with fewer than `min_nonzero` non-zero entries are dropped in both products (that
+    /// hidden unit's gradients are zero for the batch).
+    fn backward_hardened(
+        &mut self,
+        batch: usize,
+        z: Array2<f32>,
+        products: &mut impl FirstLayerProducts,
+        min_nonzero: usize,
+    ) -> Result<Array2<i64>> {
+        let scale = self.cfg.encoding.scale() as f64;
+        let examples = z.nrows();
+        let mask = z.mapv(|v| if v > 0.0 { 1i64 } else { 0 });
+        let (a, h) = self.probabilities(batch, z)?;
+        let last = self.first + 2;
+        let w2 = self.model.layers[last].params.as_ref().expect("dense layer").weight.clone();
+        // Label sums over the batch: [1 | Ĥ]ᵀ as keys, (1 + hidden) × examples.
+        let h_hat = self.encode(&h)?;
+        let ones = Array2::from_elem((examples, 1), self.cfg.encoding.scale() as i64);
+        let mut sum_keys = ndarray::concatenate(Axis(1), &[ones.view(), h_hat.view()]).expect("rows").reversed_axes();
+        let kept = drop_sparse_rows(&mut sum_keys, min_nonzero);
+        let y_sums = products.label_sums(batch, &sum_keys)?;
+        check_dim("label sums", y_sums.dim(), (a.ncols(), sum_keys.nrows()))?;
+        // AᵀH with the same quantised H; both at scale, then over the examples.
+        let a_sums = a.t().dot(&sum_keys.t().mapv(|v| v as f32));
+        let grads = self.model.layers[last].grads.as_mut().expect("dense layer has gradients");
+        let g = Array2::from_shape_fn(y_sums.dim(), |(c, r)| {
+            if kept[r] {
+                ((f64::from(a_sums[[c, r]]) - y_sums[[c, r]] as f64) / scale / examples as f64) as f32
+            } else {
+                0.0
+            }
+        });
+        grads.bias = g.column(0).to_owned();
+        grads.weight = Array2::from_shape_fn((g.nrows(), g.ncols() - 1), |(c, k)| g[[c, k + 1]]);
+        // δ1's keys: (A·W2 ∘ M)ᵀ in block 0, −Ŵ2[c, k]·M[·, k] in block 1 + c.
+        let batch_size = self.batch_size;
+        let known = self.encode(&(a.dot(&w2) * mask.mapv(|m| m as f32)).reversed_axes())?;
+        let w2_hat = self.encode(&w2)?;
+        let (classes, hidden) = w2_hat.dim();
+        let mut keys = Array2::zeros((hidden, (1 + classes) * batch_size));
+        for k in 0..hidden {
+            for e in 0..examples {
+                keys[[k, e]] = known[[k, e]];
+                for c in 0..classes {
+                    keys[[k, (1 + c) * batch_size + e]] = -w2_hat[[c, k]] * mask[[e, k]];
+                }
+            }
+        }
+        drop_sparse_rows(&mut keys, min_nonzero);
+        products.gradient_with_labels(batch, &keys)
     }
 }
 
@@ -314,6 +480,10 @@ impl<'a> PlainProducts<'a> {
         Ok(Array2::from_shape_vec((idx.len(), width), x).expect("rows of equal width"))
     }
 
+    fn labels(&self, batch: usize) -> Vec<u8> {
+        self.batches.get(batch).iter().map(|&i| self.data.labels[i]).collect()
+    }
+
     fn bounded(&self, m: Array2<i64>) -> Result<Array2<i64>> {
         match m.iter().find(|v| v.unsigned_abs() > self.bound) {
             Some(v) => Err(Error::Products(format!("a product is {v}, beyond the discrete-log bound ±{}", self.bound))),
@@ -335,7 +505,19 @@ impl FirstLayerProducts for PlainProducts<'_> {
 
     fn output_delta(&mut self, batch: usize, probabilities: &Array2<i64>) -> Result<Array2<i64>> {
         check_dim("probabilities", probabilities.dim(), (probabilities.nrows(), self.classes))?;
-        let labels: Vec<u8> = self.batches.get(batch).iter().map(|&i| self.data.labels[i]).collect();
-        subtract_labels(probabilities, &labels, self.encoding)
+        subtract_labels(probabilities, &self.labels(batch), self.encoding)
+    }
+
+    fn label_sums(&mut self, batch: usize, keys: &Array2<i64>) -> Result<Array2<i64>> {
+        let labels = self.labels(batch);
+        check_dim("label-sum keys", (keys.nrows(), labels.len()), keys.dim())?;
+        let onehot = Array2::from_shape_fn((labels.len(), self.classes), |(e, c)| i64::from(labels[e] as usize == c));
+        self.bounded(keys.dot(&onehot).reversed_axes())
+    }
+
+    fn gradient_with_labels(&mut self, batch: usize, keys: &Array2<i64>) -> Result<Array2<i64>> {
+        let u = augmented_columns(&self.inputs(batch)?, &self.labels(batch), self.classes, self.batches.batch_size())?;
+        check_dim("gradient keys", (keys.nrows(), u.nrows()), keys.dim())?;
+        self.bounded(keys.dot(&u))
     }
 }

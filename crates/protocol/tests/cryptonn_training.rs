@@ -3,9 +3,10 @@
 
 use blindfold_data::{Images, LabeledImages};
 use blindfold_fe::{DlogTable, FixedPoint};
+use blindfold_nn::arch::LayerSpec;
 use blindfold_nn::cryptonn::{CryptonnConfig, FixedBatches, PlainProducts, Trainer};
 use blindfold_nn::{ArchSpec, Model};
-use blindfold_protocol::cryptonn::{FeProducts, Mode, Purpose, TrainingAuthority, TrainingClient};
+use blindfold_protocol::cryptonn::{FeProducts, Mode, PolicyError, Purpose, TrainingAuthority, TrainingClient};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 
@@ -26,7 +27,14 @@ fn data() -> LabeledImages {
 }
 
 fn config(epochs: usize) -> CryptonnConfig {
-    CryptonnConfig { epochs, learning_rate: 2e-3, clip_norm: 5.0, encoding: FixedPoint::decimal(2).unwrap(), seed: 7 }
+    CryptonnConfig {
+        epochs,
+        learning_rate: 2e-3,
+        clip_norm: 5.0,
+        encoding: FixedPoint::decimal(2).unwrap(),
+        seed: 7,
+        hardened: None,
+    }
 }
 
 fn check_mode(mode: Mode, epochs: usize) {
@@ -38,11 +46,11 @@ fn check_mode(mode: Mode, epochs: usize) {
     let mut twin = Trainer::new(model.clone(), &batches, cfg.clone()).unwrap();
     let mut fe = Trainer::new(model, &batches, cfg.clone()).unwrap();
     let mut authority = TrainingAuthority::unrestricted(784, 16, mode).unwrap();
-    let client = TrainingClient::new(&data, cfg.encoding, 10, &authority);
+    let client = TrainingClient::new(&data, cfg.encoding, 10, 16, &authority);
     let table = DlogTable::new(bound, (2 * bound + 1) as usize / 8).unwrap();
     let mut plain = PlainProducts::new(&data, &batches, cfg.encoding, bound, 10);
     {
-        let mut products = FeProducts::new(&client, &mut authority, table, &batches);
+        let mut products = FeProducts::new(client, &mut authority, table, &batches);
         for epoch in 0..cfg.epochs {
             products.start_epoch(epoch as u32);
             fe.epoch(&batches, &mut products, |_, _| ()).unwrap();
@@ -71,4 +79,60 @@ fn fe_training_matches_the_plaintext_twin_with_plain_labels() {
 #[test]
 fn fe_training_matches_the_plaintext_twin_with_encrypted_labels() {
     check_mode(Mode::Faithful, 1);
+}
+
+/// The built-in MLP with 12 hidden units (hardened batches must exceed the hidden width).
+fn narrow_mlp() -> Model {
+    let mut spec = ArchSpec::builtin("mlp").unwrap();
+    spec.layers[1] = LayerSpec::Dense { outputs: 12 };
+    Model::init(spec, &mut ChaCha20Rng::seed_from_u64(5)).unwrap()
+}
+
+/// Hardened mode: the same steps as the twin, labels only as batch sums (no FEBO keys, no
+/// per-example deltas), every key pair under its policy and rotated before its keys could
+/// span: the audit logs never reach the span limit, and rotations happened.
+#[test]
+fn hardened_fe_training_matches_the_plaintext_twin_under_the_policy() {
+    let data = data();
+    let cfg = CryptonnConfig { hardened: Some(4), ..config(2) };
+    let (hidden, batch_size) = (12, 14);
+    let batches = FixedBatches::new(data.len(), batch_size, 11);
+    let bound = 1 << 21;
+    let mut twin = Trainer::new(narrow_mlp(), &batches, cfg.clone()).unwrap();
+    let mut fe = Trainer::new(narrow_mlp(), &batches, cfg.clone()).unwrap();
+    let mut authority = TrainingAuthority::hardened(784, batch_size, 10, hidden, 4).unwrap();
+    let client = TrainingClient::new(&data, cfg.encoding, 10, batch_size, &authority);
+    let table = DlogTable::new(bound, (2 * bound + 1) as usize / 8).unwrap();
+    let mut plain = PlainProducts::new(&data, &batches, cfg.encoding, bound, 10);
+    {
+        let mut products = FeProducts::new(client, &mut authority, table, &batches);
+        for epoch in 0..cfg.epochs {
+            products.start_epoch(epoch as u32);
+            fe.epoch(&batches, &mut products, |_, _| ()).unwrap();
+            twin.epoch(&batches, &mut plain, |_, _| ()).unwrap();
+        }
+    }
+    assert_eq!(fe.first_layer(), twin.first_layer(), "hardened FE training left the twin");
+    assert_eq!(fe.model().params(3), twin.model().params(3), "last layers differ");
+    assert_ne!(narrow_mlp().params(1), twin.model().params(1), "no training happened");
+    let (forward, gradient) = authority.authorities();
+    let label_sums = authority.label_sums_authority().unwrap();
+    for (log, n) in
+        [(forward.audit_log(), 785), (gradient.audit_log(), 11 * batch_size), (label_sums.audit_log(), batch_size)]
+    {
+        assert!(!log.is_empty());
+        assert!(log.iter().all(|e| e.rank_after > 0 && e.rank_after < n), "a span reached {n}");
+    }
+    // 13 label-sum keys per batch of at most 14 examples: a new key pair every batch.
+    assert_eq!(label_sums.audit_log().last().unwrap().generation as usize, cfg.epochs * batches.len() - 1);
+    assert!(label_sums.audit_log().iter().all(|e| e.purpose == Purpose::LabelSums));
+}
+
+#[test]
+fn hardened_mode_refuses_batches_the_label_keys_could_span() {
+    match TrainingAuthority::hardened(784, 64, 10, 128, 32) {
+        Err(PolicyError::Fe(e)) => assert!(e.to_string().contains("at least 130 examples"), "{e}"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a batch of 64 with 128 hidden units was accepted"),
+    }
 }

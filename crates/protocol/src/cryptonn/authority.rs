@@ -15,6 +15,8 @@ pub enum Purpose {
     Forward,
     /// A row of `δ1`, for the first layer's gradient `δ1·X` (over the batch's feature columns).
     Gradient,
+    /// A column of `[1 | H]` over the batch, for the hardened mode's label sums `YᵀH`.
+    LabelSums,
 }
 
 /// A request for one function key, bound to where in training it is used.

@@ -10,12 +10,20 @@
 //! and `Δ̂·X̂` with the secure matrix product (`blindfold_fe::ipfe::matrix_product`);
 //! in faithful mode it also asks, per example and class, a FEBO subtraction key for
 //! `ŷ − â`, which reveals the label (CryptoNN does this; SECURITY.md says so).
+//!
+//! In [`Mode::Hardened`] the labels are never decrypted per example: the client encrypts
+//! the augmented columns of `blindfold_nn::cryptonn::augmented_columns` (each feature column,
+//! then per class the same column with other classes' examples zeroed) under the gradient key
+//! pair and the one-hot label columns under a third pair; the server gets `δ1ᵀ·X̂` and
+//! `Yᵀ·[1 | H]` as batch sums. Every key pair runs under a [`KeyPolicy`]: the authority
+//! rotates a pair (and the client re-encrypts under the new one) before its keys could span
+//! the space, which needs batches larger than the hidden width.
 
-use super::{KeyAuthority, KeyRequest, PolicyError, Purpose};
+use super::{KeyAuthority, KeyPolicy, KeyRequest, PolicyError, Purpose};
 use blindfold_data::LabeledImages;
-use blindfold_fe::ipfe::{self, Ciphertext, Encryptor, FunctionKey};
+use blindfold_fe::ipfe::{self, CiphertextBatch, Encryptor, FunctionKey};
 use blindfold_fe::{febo, DlogTable, FeError, FixedPoint};
-use blindfold_nn::cryptonn::{encode_input, subtract_labels, FirstLayerProducts, FixedBatches};
+use blindfold_nn::cryptonn::{augmented_columns, encode_input, subtract_labels, FirstLayerProducts, FixedBatches};
 use ndarray::Array2;
 use std::time::{Duration, Instant};
 
@@ -27,12 +35,15 @@ pub enum Mode {
     Faithful,
     /// Labels in the clear, as CryptoNN's follow-up NN-EMD.
     PlainLabels,
+    /// Every key pair under a policy with rotation, labels only summed over the batch inside
+    /// FE products (`blindfold_nn::cryptonn::CryptonnConfig::hardened`).
+    Hardened,
 }
 
 /// One fixed batch as the client sends it.
 pub struct EncryptedBatch {
-    rows: Vec<Ciphertext>,
-    columns: Vec<Ciphertext>,
+    rows: CiphertextBatch,
+    columns: CiphertextBatch,
     labels: Labels,
 }
 
@@ -40,6 +51,8 @@ enum Labels {
     Clear(Vec<u8>),
     /// `(examples × classes)` one-hot entries at `scale`, row-major.
     Encrypted(Vec<febo::Ciphertext>),
+    /// Hardened mode: per class, the one-hot column over the batch (0/1, zero-padded).
+    Columns(CiphertextBatch),
 }
 
 /// Where the time of the FE side goes, summed over calls (wall-clock).
@@ -62,6 +75,8 @@ pub struct TrainingAuthority {
     forward: KeyAuthority,
     gradient: KeyAuthority,
     labels: Option<(febo::MasterSecretKey, febo::MasterPublicKey)>,
+    /// Hardened mode: the key pair of the label columns.
+    label_sums: Option<KeyAuthority>,
 }
 
 impl TrainingAuthority {
@@ -70,6 +85,7 @@ impl TrainingAuthority {
     ///
     /// # Errors
     /// [`PolicyError::Fe`] if the random source fails or a length is 0.
+    /// [`FeError::InvalidArgument`] for [`Mode::Hardened`] ([`TrainingAuthority::hardened`]).
     pub fn unrestricted(features: usize, batch_size: usize, mode: Mode) -> Result<Self, PolicyError> {
         Ok(Self {
             forward: KeyAuthority::unrestricted(features + 1)?,
@@ -77,7 +93,46 @@ impl TrainingAuthority {
             labels: match mode {
                 Mode::Faithful => Some(febo::setup()?),
                 Mode::PlainLabels => None,
+                Mode::Hardened => {
+                    return Err(FeError::InvalidArgument("the hardened mode's authority has a policy".into()).into())
+                }
             },
+            label_sums: None,
+        })
+    }
+
+    /// The hardened mode's key pairs, each under a [`KeyPolicy`]: forward (length
+    /// `1 + features`, the default policy), gradient over the augmented columns (length
+    /// `(1 + classes)·batch_size`) and label sums (length `batch_size`), the last two refusing
+    /// keys with fewer than `min_nonzero` non-zero entries. Per batch the server asks `hidden`
+    /// forward keys, `hidden` gradient keys and `1 + hidden` label-sum keys, so a batch must
+    /// hold at least `hidden + 2` examples: with fewer, the label-sum keys of one batch would
+    /// span the batch space and reveal the labels.
+    ///
+    /// # Errors
+    /// [`FeError::InvalidArgument`] for a batch size below `hidden + 2`; [`PolicyError::Fe`].
+    pub fn hardened(
+        features: usize,
+        batch_size: usize,
+        classes: usize,
+        hidden: usize,
+        min_nonzero: usize,
+    ) -> Result<Self, PolicyError> {
+        if batch_size < hidden + 2 {
+            return Err(FeError::InvalidArgument(format!(
+                "hardened mode needs batches of at least {} examples (hidden width {hidden} + 2): with \
+                 {batch_size}, one batch's {} label-sum keys would span the batch and reveal its labels",
+                hidden + 2,
+                hidden + 1
+            ))
+            .into());
+        }
+        let sparse = |n: usize| KeyAuthority::new(n, KeyPolicy { min_nonzero, ..KeyPolicy::for_length(n) });
+        Ok(Self {
+            forward: KeyAuthority::new(features + 1, KeyPolicy::for_length(features + 1))?,
+            gradient: sparse((1 + classes) * batch_size)?,
+            labels: None,
+            label_sums: Some(sparse(batch_size)?),
         })
     }
 
@@ -85,37 +140,100 @@ impl TrainingAuthority {
     pub fn authorities(&self) -> (&KeyAuthority, &KeyAuthority) {
         (&self.forward, &self.gradient)
     }
+
+    /// The hardened mode's label-sum authority.
+    pub fn label_sums_authority(&self) -> Option<&KeyAuthority> {
+        self.label_sums.as_ref()
+    }
+
+    /// Rotates each key pair that cannot issue `hidden` more keys (`hidden + 1` label-sum
+    /// keys) under its policy; returns whether any was rotated. Pairs without a policy never
+    /// rotate.
+    ///
+    /// # Errors
+    /// [`PolicyError::Fe`] if the random source fails.
+    pub fn rotate_before(&mut self, hidden: usize) -> Result<bool, PolicyError> {
+        let mut rotated = false;
+        let pairs = [(&mut self.forward, hidden), (&mut self.gradient, hidden)];
+        for (authority, needed) in pairs.into_iter().chain(self.label_sums.as_mut().map(|a| (a, hidden + 1))) {
+            if authority.remaining_rank() < needed {
+                authority.rotate()?;
+                rotated = true;
+            }
+        }
+        Ok(rotated)
+    }
+
+    /// The key pairs' generations (the client re-encrypts when they change).
+    fn generations(&self) -> [u32; 3] {
+        let label_sums = self.label_sums.as_ref().map_or(0, |a| a.public_key().0);
+        [self.forward.public_key().0, self.gradient.public_key().0, label_sums]
+    }
 }
 
-/// The data owner: encrypts its fixed batches under the authority's public keys.
+/// The data owner: encrypts its fixed batches under the authority's current public keys.
 pub struct TrainingClient<'a> {
     data: &'a LabeledImages,
     encoding: FixedPoint,
     rows: Encryptor,
     columns: Encryptor,
     labels: Option<febo::MasterPublicKey>,
+    label_columns: Option<ipfe::MasterPublicKey>,
+    generations: [u32; 3],
     classes: usize,
+    batch_size: usize,
 }
 
 impl<'a> TrainingClient<'a> {
-    /// A client holding `data`, encrypting under `authority`'s public keys.
-    pub fn new(data: &'a LabeledImages, encoding: FixedPoint, classes: usize, authority: &TrainingAuthority) -> Self {
+    /// A client holding `data`, encrypting batches of up to `batch_size` examples under
+    /// `authority`'s public keys.
+    pub fn new(
+        data: &'a LabeledImages,
+        encoding: FixedPoint,
+        classes: usize,
+        batch_size: usize,
+        authority: &TrainingAuthority,
+    ) -> Self {
         Self {
             data,
             encoding,
             rows: authority.forward.public_key().1.encryptor(),
             columns: authority.gradient.public_key().1.encryptor(),
             labels: authority.labels.as_ref().map(|(_, mpk)| *mpk),
+            label_columns: authority.label_sums.as_ref().map(|a| a.public_key().1.clone()),
+            generations: authority.generations(),
             classes,
+            batch_size,
         }
     }
 
-    /// Encrypts the examples `indices` (at most the gradient key pair's batch size).
+    /// Takes the authority's new public keys after a rotation (fixed-base tables rebuilt).
+    fn refresh(&mut self, authority: &TrainingAuthority) {
+        let now = authority.generations();
+        if now[0] != self.generations[0] {
+            self.rows = authority.forward.public_key().1.encryptor();
+        }
+        if now[1] != self.generations[1] {
+            self.columns = authority.gradient.public_key().1.encryptor();
+        }
+        self.label_columns = authority.label_sums.as_ref().map(|a| a.public_key().1.clone());
+        self.generations = now;
+    }
+
+    /// Encrypts the examples `indices` (at most the batch size) under `authority`'s current
+    /// public keys.
     ///
     /// # Errors
-    /// [`FeError::Length`] for too many examples; [`FeError::Rng`].
-    pub fn encrypt_batch(&self, indices: &[usize]) -> Result<EncryptedBatch, FeError> {
-        let size = self.columns.len();
+    /// [`FeError::Length`] for too many examples; [`FeError::Encoding`]; [`FeError::Rng`].
+    pub fn encrypt_batch(
+        &mut self,
+        indices: &[usize],
+        authority: &TrainingAuthority,
+    ) -> Result<EncryptedBatch, FeError> {
+        if authority.generations() != self.generations {
+            self.refresh(authority);
+        }
+        let size = self.batch_size;
         if indices.len() > size {
             return Err(FeError::Length { expected: size, actual: indices.len() });
         }
@@ -124,25 +242,38 @@ impl<'a> TrainingClient<'a> {
             .map(|&i| encode_input(self.data.images.image(i), self.encoding))
             .collect::<Result<_, _>>()
             .map_err(|e| FeError::Encoding(e.to_string()))?;
-        let rows = inputs.iter().map(|x| self.rows.encrypt(x)).collect::<Result<_, _>>()?;
+        let rows = self.rows.encrypt_batch(&inputs)?;
         let width = inputs.first().map_or(0, Vec::len);
-        let columns = (0..width)
-            .map(|j| {
-                let mut column = vec![0; size];
-                column.iter_mut().zip(&inputs).for_each(|(c, x)| *c = x[j]);
-                self.columns.encrypt(&column)
-            })
-            .collect::<Result<_, _>>()?;
+        let x = ndarray::Array2::from_shape_vec((inputs.len(), width), inputs.concat()).expect("rows of equal width");
         let labels: Vec<u8> = indices.iter().map(|&i| self.data.labels[i]).collect();
-        let labels = match &self.labels {
-            None => Labels::Clear(labels),
-            Some(mpk) => Labels::Encrypted(
+        // The gradient's columns: X̂ zero-padded to the batch size, or augmented with labels.
+        let columns_of = match &self.label_columns {
+            Some(_) => {
+                augmented_columns(&x, &labels, self.classes, size).map_err(|e| FeError::Encoding(e.to_string()))?
+            }
+            None => {
+                let mut padded = ndarray::Array2::zeros((size, width));
+                padded.rows_mut().into_iter().zip(x.rows()).for_each(|(mut p, r)| p.assign(&r));
+                padded
+            }
+        };
+        let columns =
+            self.columns.encrypt_batch(&columns_of.columns().into_iter().map(|c| c.to_vec()).collect::<Vec<_>>())?;
+        let labels = match (&self.labels, &self.label_columns) {
+            (Some(mpk), _) => Labels::Encrypted(
                 labels
                     .iter()
                     .flat_map(|&l| (0..self.classes).map(move |c| if c == l as usize { 1 } else { 0 }))
                     .map(|onehot| mpk.encrypt(onehot * self.encoding.scale() as i64))
                     .collect::<Result<_, _>>()?,
             ),
+            (None, Some(mpk)) => {
+                let onehot: Vec<Vec<i64>> = (0..self.classes)
+                    .map(|c| (0..size).map(|e| i64::from(labels.get(e).is_some_and(|&l| l as usize == c))).collect())
+                    .collect();
+                Labels::Columns(mpk.encryptor().encrypt_batch(&onehot)?)
+            }
+            (None, None) => Labels::Clear(labels),
         };
         Ok(EncryptedBatch { rows, columns, labels })
     }
@@ -196,9 +327,9 @@ impl TrainingServer {
             .reversed_axes())
     }
 
-    fn product(&self, cts: &[Ciphertext], keys: &[FunctionKey], time: &mut Breakdown) -> Result<Vec<i64>, FeError> {
+    fn product(&self, cts: &CiphertextBatch, keys: &[FunctionKey], time: &mut Breakdown) -> Result<Vec<i64>, FeError> {
         let start = Instant::now();
-        let points = ipfe::matrix_product_points(cts, keys)?;
+        let points = cts.product(keys)?;
         let mid = Instant::now();
         let values = points.solve(&self.table);
         time.decrypt += mid - start;
@@ -206,11 +337,24 @@ impl TrainingServer {
         values
     }
 
+    /// Hardened mode: `Ŷᵀ·K` (`classes × keys`) from one label-sum key per column of `K`.
+    ///
+    /// # Errors
+    /// As [`TrainingServer::forward`]; [`FeError::InvalidArgument`] if the labels did not
+    /// come as encrypted columns.
+    pub fn label_sums(&self, id: usize, keys: &[FunctionKey], time: &mut Breakdown) -> Result<Array2<i64>, FeError> {
+        let Labels::Columns(columns) = &self.current(id)?.labels else {
+            return Err(FeError::InvalidArgument("the labels did not come as encrypted columns".into()));
+        };
+        let values = self.product(columns, keys, time)?;
+        Ok(Array2::from_shape_vec((columns.len(), keys.len()), values).expect("one value per class and key"))
+    }
+
     /// The labels of batch `id` if they came in the clear.
     fn clear_labels(&self, id: usize) -> Result<Option<&[u8]>, FeError> {
         Ok(match &self.current(id)?.labels {
             Labels::Clear(l) => Some(l),
-            Labels::Encrypted(_) => None,
+            Labels::Encrypted(_) | Labels::Columns(_) => None,
         })
     }
 
@@ -219,6 +363,9 @@ impl TrainingServer {
         match &self.current(id)?.labels {
             Labels::Encrypted(l) => Ok(l),
             Labels::Clear(_) => Err(FeError::InvalidArgument("the labels came in the clear".into())),
+            Labels::Columns(_) => {
+                Err(FeError::InvalidArgument("hardened mode: the labels are only summed over the batch".into()))
+            }
         }
     }
 
@@ -239,7 +386,7 @@ impl TrainingServer {
 /// server requests keys from the authority (bound to epoch, step and purpose) and decrypts.
 /// Keeps the time breakdown.
 pub struct FeProducts<'a> {
-    client: &'a TrainingClient<'a>,
+    client: TrainingClient<'a>,
     authority: &'a mut TrainingAuthority,
     server: TrainingServer,
     batches: &'a FixedBatches,
@@ -252,7 +399,7 @@ pub struct FeProducts<'a> {
 impl<'a> FeProducts<'a> {
     /// The roles for `batches`, with products bounded by `table`.
     pub fn new(
-        client: &'a TrainingClient<'a>,
+        client: TrainingClient<'a>,
         authority: &'a mut TrainingAuthority,
         table: DlogTable,
         batches: &'a FixedBatches,
@@ -282,6 +429,9 @@ impl<'a> FeProducts<'a> {
         let authority = match purpose {
             Purpose::Forward => &mut self.authority.forward,
             Purpose::Gradient => &mut self.authority.gradient,
+            Purpose::LabelSums => {
+                self.authority.label_sums.as_mut().ok_or_else(|| products_error("no label-sum key pair"))?
+            }
         };
         let keys = vectors
             .map(|vector| authority.issue(&KeyRequest { epoch: self.epoch, batch: self.step, purpose, vector }))
@@ -289,6 +439,24 @@ impl<'a> FeProducts<'a> {
             .map_err(products_error)?;
         self.breakdown.key_derivation += start.elapsed();
         Ok(keys)
+    }
+
+    /// Keys for the non-zero rows of `keys` (zero-padded to `len`) only: a zero row's product
+    /// is zero without one. Returns the rows' indices and the keys.
+    fn nonzero_keys(
+        &mut self,
+        purpose: Purpose,
+        keys: &Array2<i64>,
+        len: usize,
+    ) -> blindfold_nn::Result<(Vec<usize>, Vec<FunctionKey>)> {
+        let rows: Vec<usize> = (0..keys.nrows()).filter(|&r| keys.row(r).iter().any(|&v| v != 0)).collect();
+        let vectors = rows.iter().map(|&r| {
+            let mut v = keys.row(r).to_vec();
+            v.resize(len, 0);
+            v
+        });
+        let issued = self.keys(purpose, vectors.collect::<Vec<_>>().into_iter())?;
+        Ok((rows, issued))
     }
 }
 
@@ -299,8 +467,9 @@ fn products_error(e: impl std::fmt::Display) -> blindfold_nn::Error {
 impl FirstLayerProducts for FeProducts<'_> {
     fn forward(&mut self, batch: usize, weights: &Array2<i64>) -> blindfold_nn::Result<Array2<i64>> {
         self.step += 1;
+        self.authority.rotate_before(weights.nrows()).map_err(products_error)?;
         let start = Instant::now();
-        let encrypted = self.client.encrypt_batch(self.batches.get(batch)).map_err(products_error)?;
+        let encrypted = self.client.encrypt_batch(self.batches.get(batch), self.authority).map_err(products_error)?;
         self.breakdown.encrypt += start.elapsed();
         self.server.receive(batch, encrypted);
         let keys = self.keys(Purpose::Forward, weights.rows().into_iter().map(|r| r.to_vec()))?;
@@ -346,5 +515,25 @@ impl FirstLayerProducts for FeProducts<'_> {
         self.breakdown.decrypt += start.elapsed();
         Ok(Array2::from_shape_vec(probabilities.raw_dim(), differences.into_iter().map(|v| -v).collect())
             .expect("one difference per probability"))
+    }
+
+    fn label_sums(&mut self, batch: usize, keys: &Array2<i64>) -> blindfold_nn::Result<Array2<i64>> {
+        let (rows, issued) = self.nonzero_keys(Purpose::LabelSums, keys, self.batches.batch_size())?;
+        let sums = self.server.label_sums(batch, &issued, &mut self.breakdown).map_err(products_error)?;
+        let mut out = Array2::zeros((sums.nrows(), keys.nrows()));
+        for (i, &r) in rows.iter().enumerate() {
+            out.column_mut(r).assign(&sums.column(i));
+        }
+        Ok(out)
+    }
+
+    fn gradient_with_labels(&mut self, batch: usize, keys: &Array2<i64>) -> blindfold_nn::Result<Array2<i64>> {
+        let (rows, issued) = self.nonzero_keys(Purpose::Gradient, keys, keys.ncols())?;
+        let grad = self.server.gradient(batch, &issued, &mut self.breakdown).map_err(products_error)?;
+        let mut out = Array2::zeros((keys.nrows(), grad.ncols()));
+        for (i, &r) in rows.iter().enumerate() {
+            out.row_mut(r).assign(&grad.row(i));
+        }
+        Ok(out)
     }
 }
