@@ -458,7 +458,33 @@ impl MasterSecretKey {
     /// [`FeError::Length`] if `y` has the wrong length.
     pub fn derive(&self, y: &[i64]) -> Result<FunctionKey> {
         check_len(self.s.len(), y.len())?;
-        let sk = self.s.iter().zip(y).map(|(s, &yi)| s * scalar_from_i64(yi)).sum();
+        // Σ |y_i|·s_i over the integers, positive and negative `y_i` apart (`y` is public, the
+        // arithmetic on `s` has no branch), in 384-bit accumulators (785 terms of at most
+        // 253 + 63 bits fit), reduced once: about six times cheaper than a multiplication
+        // modulo ℓ per entry.
+        let mut sums = [[0u64; 6]; 2];
+        for (s, &yi) in self.s.iter().zip(y) {
+            let acc = &mut sums[usize::from(yi < 0)];
+            let m = u128::from(yi.unsigned_abs());
+            let mut carry = 0u128;
+            for (k, limb) in s.as_bytes().chunks_exact(8).enumerate() {
+                let t = u128::from(acc[k]) + u128::from(u64::from_le_bytes(limb.try_into().expect("8 bytes"))) * m + carry;
+                acc[k] = t as u64;
+                carry = t >> 64;
+            }
+            let t = u128::from(acc[4]) + carry;
+            acc[4] = t as u64;
+            acc[5] = acc[5].wrapping_add((t >> 64) as u64);
+        }
+        let mut wide = [[0u8; 64]; 2];
+        for (w, acc) in wide.iter_mut().zip(&sums) {
+            for (chunk, limb) in w.chunks_exact_mut(8).zip(acc) {
+                chunk.copy_from_slice(&limb.to_le_bytes());
+            }
+        }
+        let sk = Scalar::from_bytes_mod_order_wide(&wide[0]) - Scalar::from_bytes_mod_order_wide(&wide[1]);
+        sums.zeroize();
+        wide.zeroize();
         Ok(FunctionKey { y: y.to_vec(), sk })
     }
 }
@@ -990,6 +1016,23 @@ mod tests {
             let expected: Vec<i64> =
                 xs.iter().flat_map(|x| ys.iter().map(|y| x.iter().zip(y).map(|(a, b)| a * b).sum::<i64>())).collect();
             assert_eq!(batch.product(&keys).unwrap().solve(&table).unwrap(), expected, "{rows}×{n} by {k} keys");
+        }
+    }
+
+    /// Key derivation by wide integer sums equals `Σ s_i·y_i` modulo ℓ, for any signs and
+    /// sizes of `y_i` (including `i64::MIN`) and lengths past 785.
+    #[test]
+    fn derived_keys_are_the_inner_product_with_the_master_secret_key() {
+        let mut rng = ChaCha20Rng::seed_from_u64(13);
+        for (n, max) in [(1, 1), (785, 100), (2000, i64::MAX), (5, 0)] {
+            let (msk, _) = setup_with_rng(n, &mut rng).unwrap();
+            let mut y = small(&mut rng, n, max.min(1 << 40));
+            if max == i64::MAX {
+                y[0] = i64::MIN;
+                y[1] = i64::MAX;
+            }
+            let expected: Scalar = msk.s.iter().zip(&y).map(|(s, &v)| s * scalar_from_i64(v)).sum();
+            assert_eq!(msk.derive(&y).unwrap().sk, expected, "n = {n}");
         }
     }
 }

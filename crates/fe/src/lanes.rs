@@ -151,7 +151,15 @@ impl Ifma {
                 hi[i + j] = self.avx512ifma._mm512_madd52hi_epu64(hi[i + j], a.0[i], b.0[j]);
             }
         }
-        // z_k = lo_k + 2·hi_{k−1} (< 2^57), and 2^255 ≡ 19 folds z_{k+5} into z_k.
+        self.fold(lo, hi)
+    }
+
+    /// The reduced product from its low and high 52-bit halves per limb position (each below
+    /// `2^56`): `z_k = lo_k + 2·hi_{k−1}` (below `2^58`), and `2^255 ≡ 19` folds `z_{k+5}`
+    /// into `z_k`.
+    #[inline(always)]
+    fn fold(self, lo: [W; 9], hi: [W; 9]) -> Fe {
+        let f = self.avx512f._mm512_setzero_si512();
         let z = |k: usize| {
             let l = if k < 9 { lo[k] } else { f };
             if k == 0 {
@@ -163,9 +171,27 @@ impl Ifma {
         self.carry(std::array::from_fn(|k| self.add64(z(k), self.mul19(z(k + 5)))))
     }
 
+    /// `a²` with 30 IFMA products instead of 50: the cross products `a_i·a_j` (`i < j`) once,
+    /// doubled after accumulation (doubling a limb first would leave the 52-bit inputs).
     #[inline(always)]
     fn square(self, a: Fe) -> Fe {
-        self.mul(a, a)
+        let f = self.avx512f._mm512_setzero_si512();
+        let (mut lo, mut hi) = ([f; 9], [f; 9]);
+        for i in 0..5 {
+            for j in i + 1..5 {
+                lo[i + j] = self.avx512ifma._mm512_madd52lo_epu64(lo[i + j], a.0[i], a.0[j]);
+                hi[i + j] = self.avx512ifma._mm512_madd52hi_epu64(hi[i + j], a.0[i], a.0[j]);
+            }
+        }
+        for k in 0..9 {
+            lo[k] = self.avx512f._mm512_slli_epi64::<1>(lo[k]);
+            hi[k] = self.avx512f._mm512_slli_epi64::<1>(hi[k]);
+        }
+        for i in 0..5 {
+            lo[2 * i] = self.avx512ifma._mm512_madd52lo_epu64(lo[2 * i], a.0[i], a.0[i]);
+            hi[2 * i] = self.avx512ifma._mm512_madd52hi_epu64(hi[2 * i], a.0[i], a.0[i]);
+        }
+        self.fold(lo, hi)
     }
 
     #[inline(always)]

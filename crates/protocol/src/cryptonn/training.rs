@@ -455,7 +455,7 @@ impl<'a> FeProducts<'a> {
             v.resize(len, 0);
             v
         });
-        let issued = self.keys(purpose, vectors.collect::<Vec<_>>().into_iter())?;
+        let issued = self.keys(purpose, vectors)?;
         Ok((rows, issued))
     }
 }
