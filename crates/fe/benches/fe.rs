@@ -4,6 +4,8 @@
 //! decimal digits (|x|, |y| ≤ 100); discrete-log tables sized for each product's bound and
 //! built once, outside the timing.
 //!
+//! `encrypt_batch_8x785` encrypts eight images at once, as training does.
+//!
 //! Run: `cargo bench -p blindfold-fe --bench fe`; `BENCH_THREADS` sets the thread pool (default 1).
 
 #![allow(missing_docs)] // criterion_group! generates undocumented items
@@ -45,6 +47,13 @@ fn bench(c: &mut Criterion) {
     let (msk, mpk) = setup_with_rng(785, &mut r).unwrap();
     let x: Vec<i64> = (0..785).map(|i| if i == 0 { 100 } else { (r.next_u64() % 101) as i64 }).collect();
     g.bench_function("encrypt_785", |b| b.iter(|| mpk.encrypt_with_rng(black_box(&x), &mut r).unwrap()));
+    // Eight images at once (lanes with AVX-512 IFMA): the per-image cost is this / 8.
+    let encryptor = mpk.encryptor();
+    let eight = vec![x.clone(); 8];
+    g.sample_size(10);
+    g.bench_function("encrypt_batch_8x785", |b| {
+        b.iter(|| encryptor.encrypt_batch_with_rng(black_box(&eight), &mut r).unwrap())
+    });
     let y = vec(&mut r, 785);
     g.sample_size(30);
     g.bench_function("derive_key_785", |b| b.iter(|| msk.derive(black_box(&y)).unwrap()));

@@ -468,7 +468,8 @@ impl MasterSecretKey {
             let m = u128::from(yi.unsigned_abs());
             let mut carry = 0u128;
             for (k, limb) in s.as_bytes().chunks_exact(8).enumerate() {
-                let t = u128::from(acc[k]) + u128::from(u64::from_le_bytes(limb.try_into().expect("8 bytes"))) * m + carry;
+                let t =
+                    u128::from(acc[k]) + u128::from(u64::from_le_bytes(limb.try_into().expect("8 bytes"))) * m + carry;
                 acc[k] = t as u64;
                 carry = t >> 64;
             }
