@@ -37,28 +37,39 @@ fn config(epochs: usize) -> CryptonnConfig {
     }
 }
 
+/// Trains `model` through FE (with `authority`) and as the plaintext twin, epoch by epoch;
+/// every part of the FE time breakdown is non-zero in every epoch.
+fn train_both(
+    model: Model,
+    data: &LabeledImages,
+    batches: &FixedBatches,
+    cfg: &CryptonnConfig,
+    authority: &mut TrainingAuthority,
+) -> (Trainer, Trainer) {
+    let bound = 1 << 21;
+    let mut twin = Trainer::new(model.clone(), batches, cfg.clone()).unwrap();
+    let mut fe = Trainer::new(model, batches, cfg.clone()).unwrap();
+    let client = TrainingClient::new(data, cfg.encoding, 10, batches.batch_size(), authority);
+    let table = DlogTable::new(bound, (2 * bound + 1) as usize / 8).unwrap();
+    let mut plain = PlainProducts::new(data, batches, cfg.encoding, bound, 10);
+    let mut products = FeProducts::new(client, authority, table, batches);
+    for epoch in 0..cfg.epochs {
+        products.start_epoch(epoch as u32);
+        fe.epoch(batches, &mut products, |_, _| ()).unwrap();
+        twin.epoch(batches, &mut plain, |_, _| ()).unwrap();
+        let b = products.breakdown;
+        assert!([b.encrypt, b.key_derivation, b.decrypt, b.dlog].iter().all(|t| !t.is_zero()), "{b:?}");
+    }
+    (fe, twin)
+}
+
 fn check_mode(mode: Mode, epochs: usize) {
     let data = data();
     let cfg = config(epochs);
     let batches = FixedBatches::new(data.len(), 16, 11);
     let model = Model::init(ArchSpec::builtin("mlp").unwrap(), &mut ChaCha20Rng::seed_from_u64(5)).unwrap();
-    let bound = 1 << 21;
-    let mut twin = Trainer::new(model.clone(), &batches, cfg.clone()).unwrap();
-    let mut fe = Trainer::new(model, &batches, cfg.clone()).unwrap();
     let mut authority = TrainingAuthority::unrestricted(784, 16, mode).unwrap();
-    let client = TrainingClient::new(&data, cfg.encoding, 10, 16, &authority);
-    let table = DlogTable::new(bound, (2 * bound + 1) as usize / 8).unwrap();
-    let mut plain = PlainProducts::new(&data, &batches, cfg.encoding, bound, 10);
-    {
-        let mut products = FeProducts::new(client, &mut authority, table, &batches);
-        for epoch in 0..cfg.epochs {
-            products.start_epoch(epoch as u32);
-            fe.epoch(&batches, &mut products, |_, _| ()).unwrap();
-            twin.epoch(&batches, &mut plain, |_, _| ()).unwrap();
-            let b = products.breakdown;
-            assert!([b.encrypt, b.key_derivation, b.decrypt, b.dlog].iter().all(|t| !t.is_zero()), "{b:?}");
-        }
-    }
+    let (fe, twin) = train_both(model, &data, &batches, &cfg, &mut authority);
     assert_eq!(fe.first_layer(), twin.first_layer(), "{mode:?}: FE training left the twin");
     // The first layer moved: training happened.
     let init = Model::init(ArchSpec::builtin("mlp").unwrap(), &mut ChaCha20Rng::seed_from_u64(5)).unwrap();
@@ -97,21 +108,8 @@ fn hardened_fe_training_matches_the_plaintext_twin_under_the_policy() {
     let cfg = CryptonnConfig { hardened: Some(4), ..config(2) };
     let (hidden, batch_size) = (12, 14);
     let batches = FixedBatches::new(data.len(), batch_size, 11);
-    let bound = 1 << 21;
-    let mut twin = Trainer::new(narrow_mlp(), &batches, cfg.clone()).unwrap();
-    let mut fe = Trainer::new(narrow_mlp(), &batches, cfg.clone()).unwrap();
     let mut authority = TrainingAuthority::hardened(784, batch_size, 10, hidden, 4).unwrap();
-    let client = TrainingClient::new(&data, cfg.encoding, 10, batch_size, &authority);
-    let table = DlogTable::new(bound, (2 * bound + 1) as usize / 8).unwrap();
-    let mut plain = PlainProducts::new(&data, &batches, cfg.encoding, bound, 10);
-    {
-        let mut products = FeProducts::new(client, &mut authority, table, &batches);
-        for epoch in 0..cfg.epochs {
-            products.start_epoch(epoch as u32);
-            fe.epoch(&batches, &mut products, |_, _| ()).unwrap();
-            twin.epoch(&batches, &mut plain, |_, _| ()).unwrap();
-        }
-    }
+    let (mut fe, mut twin) = train_both(narrow_mlp(), &data, &batches, &cfg, &mut authority);
     assert_eq!(fe.first_layer(), twin.first_layer(), "hardened FE training left the twin");
     assert_eq!(fe.model().params(3), twin.model().params(3), "last layers differ");
     assert_ne!(narrow_mlp().params(1), twin.model().params(1), "no training happened");
