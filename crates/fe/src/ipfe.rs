@@ -214,7 +214,7 @@ fn small_mul_base(x: i64) -> RistrettoPoint {
 /// Encryption under one master public key with precomputed fixed-base tables of the `h_i`
 /// ([`MasterPublicKey::encryptor`]) for a client that encrypts many vectors.
 ///
-/// With AVX-512 IFMA the tables are [`crate::lanes`]' constant-time ones and
+/// With AVX-512 IFMA the tables are the constant-time ones of `crates/fe/src/lanes.rs` and
 /// [`Encryptor::encrypt_batch`] encrypts eight vectors at once (single
 /// [`Encryptor::encrypt`] calls then use the public key's variable-base multiplications);
 /// otherwise dalek's `RistrettoBasepointTable` per `h_i`, about three times cheaper than a
@@ -856,7 +856,7 @@ impl ProductPoints {
 /// The group elements `(X·Y)_{ij}·G` of [`matrix_product`], before the discrete logarithms,
 /// in parallel over the rows.
 ///
-/// With AVX-512 IFMA, eight rows at a time in the lanes of [`crate::lanes`] (about ten times
+/// With AVX-512 IFMA, eight rows at a time in the lanes of `crates/fe/src/lanes.rs` (about ten times
 /// faster per group addition than dalek's serial arithmetic); otherwise with dalek, each
 /// row's `ct_0` table ([`Ciphertext::prepare`]) from four keys on. When the keys are many and
 /// short with small entries (CryptoNN's gradient), each row's multiples `m·ct_i` up to the
