@@ -21,7 +21,7 @@
 
 use super::{KeyAuthority, KeyPolicy, KeyRequest, PolicyError, Purpose};
 use blindfold_data::LabeledImages;
-use blindfold_fe::ipfe::{self, CiphertextBatch, Encryptor, FunctionKey};
+use blindfold_fe::ipfe::{CiphertextBatch, Encryptor, FunctionKey};
 use blindfold_fe::{febo, DlogTable, FeError, FixedPoint};
 use blindfold_nn::cryptonn::{augmented_columns, encode_input, subtract_labels, FirstLayerProducts, FixedBatches};
 use ndarray::Array2;
@@ -147,21 +147,19 @@ impl TrainingAuthority {
     }
 
     /// Rotates each key pair that cannot issue `hidden` more keys (`hidden + 1` label-sum
-    /// keys) under its policy; returns whether any was rotated. Pairs without a policy never
-    /// rotate.
+    /// keys) under its policy (the client re-encrypts when it sees the new generation). Pairs
+    /// without a policy never rotate.
     ///
     /// # Errors
     /// [`PolicyError::Fe`] if the random source fails.
-    pub fn rotate_before(&mut self, hidden: usize) -> Result<bool, PolicyError> {
-        let mut rotated = false;
+    pub fn rotate_before(&mut self, hidden: usize) -> Result<(), PolicyError> {
         let pairs = [(&mut self.forward, hidden), (&mut self.gradient, hidden)];
         for (authority, needed) in pairs.into_iter().chain(self.label_sums.as_mut().map(|a| (a, hidden + 1))) {
             if authority.remaining_rank() < needed {
                 authority.rotate()?;
-                rotated = true;
             }
         }
-        Ok(rotated)
+        Ok(())
     }
 
     /// The key pairs' generations (the client re-encrypts when they change).
@@ -178,7 +176,7 @@ pub struct TrainingClient<'a> {
     rows: Encryptor,
     columns: Encryptor,
     labels: Option<febo::MasterPublicKey>,
-    label_columns: Option<ipfe::MasterPublicKey>,
+    label_columns: Option<Encryptor>,
     generations: [u32; 3],
     classes: usize,
     batch_size: usize,
@@ -200,7 +198,7 @@ impl<'a> TrainingClient<'a> {
             rows: authority.forward.public_key().1.encryptor(),
             columns: authority.gradient.public_key().1.encryptor(),
             labels: authority.labels.as_ref().map(|(_, mpk)| *mpk),
-            label_columns: authority.label_sums.as_ref().map(|a| a.public_key().1.clone()),
+            label_columns: authority.label_sums.as_ref().map(|a| a.public_key().1.encryptor()),
             generations: authority.generations(),
             classes,
             batch_size,
@@ -208,15 +206,16 @@ impl<'a> TrainingClient<'a> {
     }
 
     /// Takes the authority's new public keys after a rotation (fixed-base tables rebuilt).
-    fn refresh(&mut self, authority: &TrainingAuthority) {
-        let now = authority.generations();
+    fn refresh(&mut self, authority: &TrainingAuthority, now: [u32; 3]) {
         if now[0] != self.generations[0] {
             self.rows = authority.forward.public_key().1.encryptor();
         }
         if now[1] != self.generations[1] {
             self.columns = authority.gradient.public_key().1.encryptor();
         }
-        self.label_columns = authority.label_sums.as_ref().map(|a| a.public_key().1.clone());
+        if now[2] != self.generations[2] {
+            self.label_columns = authority.label_sums.as_ref().map(|a| a.public_key().1.encryptor());
+        }
         self.generations = now;
     }
 
@@ -230,8 +229,9 @@ impl<'a> TrainingClient<'a> {
         indices: &[usize],
         authority: &TrainingAuthority,
     ) -> Result<EncryptedBatch, FeError> {
-        if authority.generations() != self.generations {
-            self.refresh(authority);
+        let now = authority.generations();
+        if now != self.generations {
+            self.refresh(authority, now);
         }
         let size = self.batch_size;
         if indices.len() > size {
@@ -267,11 +267,11 @@ impl<'a> TrainingClient<'a> {
                     .map(|onehot| mpk.encrypt(onehot * self.encoding.scale() as i64))
                     .collect::<Result<_, _>>()?,
             ),
-            (None, Some(mpk)) => {
+            (None, Some(encryptor)) => {
                 let onehot: Vec<Vec<i64>> = (0..self.classes)
                     .map(|c| (0..size).map(|e| i64::from(labels.get(e).is_some_and(|&l| l as usize == c))).collect())
                     .collect();
-                Labels::Columns(mpk.encryptor().encrypt_batch(&onehot)?)
+                Labels::Columns(encryptor.encrypt_batch(&onehot)?)
             }
             (None, None) => Labels::Clear(labels),
         };
