@@ -38,7 +38,9 @@ enum ModeArg {
 pub(crate) struct TrainArgs {
     #[command(flatten)]
     data: DataArgs,
-    /// Model: mlp (784-128-10 with ReLU, CryptoNN's MLP).
+    /// Model: mlp (784-128-10 with ReLU, CryptoNN's MLP) or lenet5 (conv 5×5 ×6 → pool → conv
+    /// 5×5 ×16 → pool → 120 → 84 → 10, ReLU; its first convolution through FE). Hardened mode
+    /// trains the MLP only.
     #[arg(long, default_value = "mlp")]
     model: String,
     /// How labels reach the server.
@@ -125,8 +127,16 @@ pub(crate) fn cryptonn_cmd(cmd: CryptonnCommand) -> Result<()> {
 }
 
 fn train(a: TrainArgs) -> Result<()> {
-    if a.model != "mlp" {
-        bail!("model {:?}: CryptoNN training supports mlp", a.model);
+    let lenet = match a.model.as_str() {
+        "mlp" => false,
+        "lenet5" => true,
+        other => bail!("model {other:?}: CryptoNN training supports mlp and lenet5"),
+    };
+    if lenet && matches!(a.mode, ModeArg::Hardened) {
+        bail!(
+            "hardened mode trains the MLP only: a convolution's keys are sparse (26 of 785 entries) and the \
+             label term of deeper networks cannot be summed over the batch inside one product"
+        );
     }
     let batch_size = a.batch_size.unwrap_or(if matches!(a.mode, ModeArg::Hardened) { 256 } else { 64 });
     if a.epochs == 0 || batch_size == 0 {
@@ -190,6 +200,7 @@ fn train(a: TrainArgs) -> Result<()> {
         _ => TrainingAuthority::unrestricted(features, batch_size, mode)?,
     };
     let client = TrainingClient::new(&train_set, encoding, classes, batch_size, &authority);
+    let client = if lenet { client.rows_only() } else { client };
     eprintln!("keys, encryption tables and discrete-log table ready in {:.1} s", start.elapsed().as_secs_f64());
     let mut fe = Trainer::new(model.clone(), &batches, cfg.clone())?;
     let mut twin = Trainer::new(model, &batches, cfg)?;

@@ -439,6 +439,168 @@ impl CiphertextBatch {
             }
         }
     }
+
+    /// `Σ_b ⟨x_b, y_{o,b}⟩·G` per output `o`, with a different key for every ciphertext:
+    /// `keys` is output-major, `keys[o·len + b]` for ciphertext `b`; only the sums over the
+    /// batch reach a discrete logarithm ([`ProductPoints::solve`] gives `keys.len() / len`
+    /// values). A convolutional first layer's gradient: per filter and kernel entry, each
+    /// example's deltas placed where that entry reads.
+    ///
+    /// With IFMA, eight outputs per vector of lanes for one ciphertext at a time: per group of
+    /// eight ciphertexts, each entry's multiples `m·ct_i` up to the largest `|y|` (at most 64;
+    /// larger entries in signed radix-128 digit planes combined at the end) and `ct_0`'s
+    /// fixed-base table, stored per lane; each lane then reads its own key's multiple
+    /// ([`crate::lanes`] gather). Otherwise each ciphertext's table of `ct_0`
+    /// ([`Ciphertext::prepare`]) and dalek.
+    ///
+    /// # Errors
+    /// [`FeError::Length`] if a key's length is not `n`; [`FeError::InvalidArgument`] if the
+    /// keys are not a multiple of the ciphertexts.
+    pub fn summed_product(&self, keys: &[FunctionKey]) -> Result<ProductPoints> {
+        keys.iter().try_for_each(|k| check_len(self.n, k.y.len()))?;
+        if self.len == 0 || !keys.len().is_multiple_of(self.len) {
+            return Err(FeError::InvalidArgument(format!(
+                "{} keys for {} ciphertexts: one per ciphertext and output",
+                keys.len(),
+                self.len
+            )));
+        }
+        let outputs = keys.len() / self.len;
+        let repr = match &self.repr {
+            BatchRepr::Serial(cts) => {
+                let sums = cts
+                    .par_iter()
+                    .enumerate()
+                    .map(|(b, ct)| {
+                        let prepared = ct.prepare();
+                        (0..outputs)
+                            .map(|o| prepared.decrypt_point(&keys[o * self.len + b]))
+                            .collect::<Result<Vec<_>>>()
+                    })
+                    .try_reduce(
+                        || vec![RistrettoPoint::identity(); outputs],
+                        |a, b| Ok(a.iter().zip(&b).map(|(x, y)| x + y).collect()),
+                    )?;
+                Repr::Points(sums)
+            }
+            #[cfg(target_arch = "x86_64")]
+            BatchRepr::Lanes { ifma, groups } => {
+                Repr::Lanes { ifma: *ifma, points: summed_product_lanes(*ifma, groups, self.len, keys), keys: 1 }
+            }
+        };
+        Ok(ProductPoints { repr, len: outputs })
+    }
+}
+
+/// [`CiphertextBatch::summed_product`] in lanes: eight outputs per vector, doubled.
+#[cfg(target_arch = "x86_64")]
+fn summed_product_lanes(
+    s: crate::lanes::Ifma,
+    groups: &[(crate::lanes::Point, Vec<crate::lanes::Point>)],
+    len: usize,
+    keys: &[FunctionKey],
+) -> Vec<crate::lanes::Point> {
+    use crate::lanes::{NielsLimbs, IDENTITY, LANES};
+    const RADIX_BITS: u32 = 7;
+    const HALF: i64 = 1 << (RADIX_BITS - 1);
+    let c = s.constants();
+    let outputs = keys.len() / len;
+    let chunks = outputs.div_ceil(LANES);
+    let max = largest_entry(keys) as i64;
+    let t = max.clamp(1, HALF) as usize;
+    let planes = if max <= HALF { 1 } else { (64 - max.leading_zeros()).div_ceil(RADIX_BITS) as usize + 1 };
+    // Signed radix-2^7 digits of y in [−64, 63] (one plane: y itself, |y| ≤ 64).
+    let digits = |y: i64| -> [i64; 12] {
+        let mut d = [0i64; 12];
+        if planes == 1 {
+            d[0] = y;
+            return d;
+        }
+        let mut v = y;
+        for slot in d.iter_mut().take(planes) {
+            *slot = ((v + HALF) & ((1 << RADIX_BITS) - 1)) - HALF;
+            v = (v - *slot) >> RADIX_BITS;
+        }
+        d
+    };
+    let identity = s.vectorize(|| s.identity());
+    // Per group: `planes` accumulators per chunk for Σ y·ct_i, one for −sk·ct_0.
+    let sums = groups
+        .par_iter()
+        .enumerate()
+        .map(|(g, (ct0, cts))| {
+            s.vectorize(|| {
+                let n = cts.len();
+                let width = t + 1;
+                let mut tables: Vec<Vec<NielsLimbs>> = vec![vec![IDENTITY; n * width]; LANES];
+                for (i, p) in cts.iter().enumerate() {
+                    for (m, niels) in s.multiples(p, t, c).iter().enumerate() {
+                        for (table, limbs) in tables.iter_mut().zip(s.split_lanes(niels)) {
+                            table[i * width + m + 1] = limbs;
+                        }
+                    }
+                }
+                let mut ct0_tables: Vec<Vec<NielsLimbs>> = vec![vec![IDENTITY; 51 * 17]; LANES];
+                for (w, row) in s.fixed_base_table(ct0, c).iter().enumerate() {
+                    for (d, niels) in row.iter().enumerate() {
+                        for (table, limbs) in ct0_tables.iter_mut().zip(s.split_lanes(niels)) {
+                            table[w * 17 + d + 1] = limbs;
+                        }
+                    }
+                }
+                let mut acc = vec![s.identity(); (planes + 1) * chunks];
+                for lane in 0..LANES.min(len - g * LANES) {
+                    let b = g * LANES + lane;
+                    let key = |o: usize| (o < outputs).then(|| &keys[o * len + b]);
+                    let (table, ct0_table) = (&tables[lane], &ct0_tables[lane]);
+                    for chunk in 0..chunks {
+                        let sk: [[i8; 51]; LANES] =
+                            std::array::from_fn(|l| key(chunk * LANES + l).map_or([0; 51], |k| signed_radix32(&-k.sk)));
+                        let a = &mut acc[planes * chunks + chunk];
+                        for w in 0..51 {
+                            let index = std::array::from_fn(|l| w * 17 + sk[l][w].unsigned_abs() as usize);
+                            let negative = (0..LANES).fold(0u8, |m, l| m | (u8::from(sk[l][w] < 0) << l));
+                            *a = s.add_niels(a, &s.gather(ct0_table, index, negative), false);
+                        }
+                    }
+                    for i in 0..n {
+                        for chunk in 0..chunks {
+                            let d: [[i64; 12]; LANES] =
+                                std::array::from_fn(|l| key(chunk * LANES + l).map_or([0; 12], |k| digits(k.y[i])));
+                            for (plane, a) in acc[chunk..].iter_mut().step_by(chunks).take(planes).enumerate() {
+                                if d.iter().all(|d| d[plane] == 0) {
+                                    continue;
+                                }
+                                let index = std::array::from_fn(|l| i * width + d[l][plane].unsigned_abs() as usize);
+                                let negative = (0..LANES).fold(0u8, |m, l| m | (u8::from(d[l][plane] < 0) << l));
+                                *a = s.add_niels(a, &s.gather(table, index, negative), false);
+                            }
+                        }
+                    }
+                }
+                acc
+            })
+        })
+        .reduce(
+            || vec![identity; (planes + 1) * chunks],
+            |a, b| s.vectorize(|| a.iter().zip(&b).map(|(x, y)| s.add_points(x, y, c)).collect()),
+        );
+    s.vectorize(|| {
+        (0..chunks)
+            .map(|chunk| {
+                let mut total = sums[(planes - 1) * chunks + chunk];
+                for plane in (0..planes - 1).rev() {
+                    for _ in 0..RADIX_BITS {
+                        total = s.add_points(&total, &total, c);
+                    }
+                    total = s.add_points(&total, &sums[plane * chunks + chunk], c);
+                }
+                let total = s.add_points(&total, &sums[planes * chunks + chunk], c);
+                // Doubled, as the discrete logarithm expects.
+                s.add_points(&total, &total, c)
+            })
+            .collect()
+    })
 }
 
 impl MasterSecretKey {
@@ -1017,6 +1179,34 @@ mod tests {
             let expected: Vec<i64> =
                 xs.iter().flat_map(|x| ys.iter().map(|y| x.iter().zip(y).map(|(a, b)| a * b).sum::<i64>())).collect();
             assert_eq!(batch.product(&keys).unwrap().solve(&table).unwrap(), expected, "{rows}×{n} by {k} keys");
+        }
+    }
+
+    /// The summed product (a different key per ciphertext, sums over the batch) equals the
+    /// plaintext sums, in lanes and serially: small entries (one table), entries past 64
+    /// (digit planes), outputs and batches that are not multiples of eight; wrong key counts
+    /// are refused.
+    #[test]
+    fn summed_product_gives_the_plaintext_sums() {
+        let mut rng = ChaCha20Rng::seed_from_u64(14);
+        let table = DlogTable::new(1 << 20, 1 << 12).unwrap();
+        for (rows, n, outputs, max) in [(11, 20, 5, 2), (8, 9, 9, 64), (5, 7, 3, 3000), (1, 4, 1, 0)] {
+            let (msk, mpk) = setup_with_rng(n, &mut rng).unwrap();
+            let xs: Vec<Vec<i64>> = (0..rows).map(|_| small(&mut rng, n, 100)).collect();
+            let ys: Vec<Vec<i64>> = (0..outputs * rows).map(|_| small(&mut rng, n, max)).collect();
+            let keys: Vec<FunctionKey> = ys.iter().map(|y| msk.derive(y).unwrap()).collect();
+            let expected: Vec<i64> = (0..outputs)
+                .map(|o| {
+                    let dot = |b: usize| xs[b].iter().zip(&ys[o * rows + b]).map(|(a, c)| a * c).sum::<i64>();
+                    (0..rows).map(dot).sum()
+                })
+                .collect();
+            let batch = mpk.encryptor().encrypt_batch_with_rng(&xs, &mut rng).unwrap();
+            assert_eq!(batch.summed_product(&keys).unwrap().solve(&table).unwrap(), expected, "{rows}×{n}, {max}");
+            let cts = xs.iter().map(|x| mpk.encrypt_with_rng(x, &mut rng).unwrap()).collect();
+            let serial = CiphertextBatch { n, len: rows, repr: BatchRepr::Serial(cts) };
+            assert_eq!(serial.summed_product(&keys).unwrap().solve(&table).unwrap(), expected);
+            assert!(matches!(batch.summed_product(&keys[1..]), Err(FeError::InvalidArgument(_))) || rows == 1);
         }
     }
 

@@ -61,6 +61,13 @@ pub(crate) struct Point([Fe; 4]);
 #[derive(Clone, Copy)]
 pub(crate) struct Niels([Fe; 4]);
 
+/// One point as five 51-bit limbs of each of `(Y + X, Y − X, Z, 2d·T)`: a lane of [`Niels`]
+/// stored on its own, for tables read lane by lane ([`Ifma::gather`]).
+pub(crate) type NielsLimbs = [[u64; 5]; 4];
+
+/// The identity as [`NielsLimbs`].
+pub(crate) const IDENTITY: NielsLimbs = [[1, 0, 0, 0, 0], [1, 0, 0, 0, 0], [1, 0, 0, 0, 0], [0; 5]];
+
 /// The constants of the curve and of RFC 9496, as field elements (computed once).
 pub(crate) struct Constants {
     two_d: [u64; 5],
@@ -489,6 +496,36 @@ impl Ifma {
         acc
     }
 
+    /// The eight lanes of `n` as separate points.
+    pub(crate) fn split_lanes(self, n: &Niels) -> [NielsLimbs; LANES] {
+        let limbs = n.0.map(|fe| fe.0.map(pulp::cast::<W, [u64; LANES]>));
+        std::array::from_fn(|lane| std::array::from_fn(|k| std::array::from_fn(|l| limbs[k][l][lane])))
+    }
+
+    /// `−n` in the lanes of `negative`, `n` elsewhere.
+    #[inline(always)]
+    fn negate_lanes(self, n: Niels, negative: u8) -> Niels {
+        let [ypx, ymx, z, t2d] = n.0;
+        Niels([
+            self.select(negative, ypx, ymx),
+            self.select(negative, ymx, ypx),
+            z,
+            self.select(negative, t2d, self.neg(t2d)),
+        ])
+    }
+
+    /// Lane `k` holds `entries[index[k]]`, negated in the lanes of `negative`: a gather by
+    /// scalar loads (eight different table entries, one per lane), for sums whose lanes use
+    /// different keys.
+    #[inline(always)]
+    pub(crate) fn gather(self, entries: &[NielsLimbs], index: [usize; LANES], negative: u8) -> Niels {
+        let rows: [&NielsLimbs; LANES] = std::array::from_fn(|lane| &entries[index[lane]]);
+        let n = Niels(std::array::from_fn(|k| {
+            Fe(std::array::from_fn(|l| pulp::cast(std::array::from_fn::<u64, LANES, _>(|lane| rows[lane][k][l]))))
+        }));
+        self.negate_lanes(n, negative)
+    }
+
     /// `Σ y_i·P_i` by buckets (Pippenger with one window): `n + 2·max|y_i|` additions.
     pub(crate) fn buckets(self, ys: &[i64], points: &[Niels], c: &Constants) -> Point {
         let max = ys.iter().map(|y| y.unsigned_abs()).max().unwrap_or(0) as usize;
@@ -576,9 +613,8 @@ impl Ifma {
         for _ in 0..64 {
             let row = self.multiples(&base, 8, c);
             for niels in &row {
-                let limbs = niels.0.map(|fe| fe.0.map(pulp::cast::<W, [u64; LANES]>));
-                for (lane, table) in tables.iter_mut().enumerate() {
-                    table.entries.push(std::array::from_fn(|k| std::array::from_fn(|l| limbs[k][l][lane])));
+                for (table, limbs) in tables.iter_mut().zip(self.split_lanes(niels)) {
+                    table.entries.push(limbs);
                 }
             }
             let eight = self.add_niels(&base, &row[6], false);
@@ -607,14 +643,7 @@ impl Ifma {
                     }
                 }
             }
-            let [ypx, ymx, z, t2d] = sel.0;
-            let sel = Niels([
-                self.select(negative, ypx, ymx),
-                self.select(negative, ymx, ypx),
-                z,
-                self.select(negative, t2d, self.neg(t2d)),
-            ]);
-            acc = self.add_niels(&acc, &sel, false);
+            acc = self.add_niels(&acc, &self.negate_lanes(sel, negative), false);
         }
         acc
     }

@@ -13,6 +13,13 @@
 //! 4. Backward through the rest in floating point to `δ1 = ∂loss/∂z` per example.
 //! 5. `Δ̂·X̂` ([`FirstLayerProducts::gradient`]) with `Δ̂ = round(scale·δ1)ᵀ`: the first
 //!    layer's gradient, `/ scale²`.
+//!
+//! A convolutional first layer (LeNet-5) is the same with im2col (`../shared/CRYPTONN.md`),
+//! on the same per-example ciphertexts: step 1's keys are one per filter and output position,
+//! each holding the filter's `[bias | weights]` at the pixels its window reads (26 non-zero
+//! entries of `1 + inputs`); step 5 sums, per filter and kernel entry, each example's deltas
+//! placed at the pixels that entry reads ([`FirstLayerProducts::summed_products`]), and the
+//! bias gradient `Σ δ1` needs no data.
 //! 6. Adam on every layer (as [`crate::train::train`]).
 //!
 //! Only the products (and, with encrypted labels, the output deltas) see the data: the loop
@@ -20,11 +27,12 @@
 
 use crate::arch::LayerSpec;
 use crate::error::{Error, Result};
+use crate::layers::ConvGeom;
 use crate::layers::Params;
 use crate::model::Model;
 use crate::train::Adam;
 use blindfold_fe::FixedPoint;
-use ndarray::{Array2, Axis};
+use ndarray::{Array2, Array3, Axis};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 
@@ -50,6 +58,15 @@ pub trait FirstLayerProducts {
     /// # Errors
     /// As [`FirstLayerProducts::forward`].
     fn output_delta(&mut self, batch: usize, probabilities: &Array2<i64>) -> Result<Array2<i64>>;
+
+    /// `Σ_e ⟨x̂_e, K[o, e, ·]⟩` per output `o`: one key per output and example, only the sum
+    /// over the batch returned (a convolutional first layer's gradient, whose keys are the
+    /// example's deltas placed where each kernel entry reads). `keys` is `(outputs, examples,
+    /// 1 + inputs)`; returns `outputs` values.
+    ///
+    /// # Errors
+    /// As [`FirstLayerProducts::forward`].
+    fn summed_products(&mut self, batch: usize, keys: &Array3<i64>) -> Result<Vec<i64>>;
 
     /// Hardened mode: `Ŷᵀ·Kᵀ` for the batch's one-hot labels `Ŷ` (0/1, `(examples,
     /// classes)`) and `keys` `(rows, examples)`; returns `(classes, rows)`. The labels'
@@ -214,18 +231,19 @@ pub struct Trainer {
 
 impl Trainer {
     /// A trainer for `model`, whose first layer with parameters must be dense and come after
-    /// flatten layers only (CryptoNN's MLP).
+    /// flatten layers only (CryptoNN's MLP), or be a convolution on the input (LeNet-5).
     ///
     /// # Errors
-    /// [`Error::Architecture`] for any other model.
+    /// [`Error::Architecture`] for any other model, and for a convolution in hardened mode.
     pub fn new(model: Model, batches: &FixedBatches, cfg: CryptonnConfig) -> Result<Self> {
         let first = model.layers.iter().position(|l| l.params.is_some());
-        let Some(first) = first.filter(|&f| {
-            matches!(model.layers[f].spec, LayerSpec::Dense { .. })
-                && model.layers[..f].iter().all(|l| matches!(l.spec, LayerSpec::Flatten))
+        let Some(first) = first.filter(|&f| match model.layers[f].spec {
+            LayerSpec::Dense { .. } => model.layers[..f].iter().all(|l| matches!(l.spec, LayerSpec::Flatten)),
+            LayerSpec::Conv2d { .. } => f == 0,
+            _ => false,
         }) else {
             return Err(Error::Architecture(format!(
-                "{}: CryptoNN training needs a dense first layer (after flatten only)",
+                "{}: CryptoNN training needs a dense first layer (after flatten only) or a convolution on the input",
                 model.spec().name
             )));
         };
@@ -291,16 +309,29 @@ impl Trainer {
         for l in self.model.layers.iter_mut() {
             l.zero_grads();
         }
-        let p = self.model.layers[self.first].params.as_ref().expect("first layer has parameters");
+        let layer = &self.model.layers[self.first];
+        let (conv, p) = (layer.conv_geom(), layer.params.as_ref().expect("first layer has parameters"));
         let (outputs, inputs) = p.weight.dim();
         let bias_and_weight = ndarray::concatenate(Axis(1), &[p.bias.view().insert_axis(Axis(1)), p.weight.view()])
             .expect("one bias per row");
-        let z = products.forward(batch, &self.encode(&bias_and_weight)?)?;
-        check_dim("forward product", z.dim(), (examples, outputs))?;
+        let bias_and_weight = self.encode(&bias_and_weight)?;
+        let (z, width) = match &conv {
+            Some(g) => (products.forward(batch, &conv_forward_keys(g, &bias_and_weight))?, outputs * g.positions()),
+            None => (products.forward(batch, &bias_and_weight)?, outputs),
+        };
+        check_dim("forward product", z.dim(), (examples, width))?;
         let z = z.mapv(|v| (v as f64 / (scale * scale)) as f32);
-        let grad = match self.cfg.hardened {
-            Some(min_nonzero) => self.backward_hardened(batch, z, products, min_nonzero)?,
-            None => self.backward(batch, z, products)?,
+        let grad = match (self.cfg.hardened, conv) {
+            (Some(min_nonzero), _) => self.backward_hardened(batch, z, products, min_nonzero)?,
+            (None, None) => {
+                let d = self.deltas(batch, z, products)?;
+                products.gradient(batch, &self.encode(&d.reversed_axes())?)?
+            }
+            (None, Some(g)) => {
+                let d = self.deltas(batch, z, products)?;
+                let d = self.encode(&d)?;
+                conv_gradient(&g, batch, &d, self.cfg.encoding.scale() as i64, products)?
+            }
         };
         check_dim("gradient product", grad.dim(), (outputs, inputs + 1))?;
         let unscale = |v: i64| (v as f64 / (scale * scale) / examples as f64) as f32;
@@ -328,14 +359,10 @@ impl Trainer {
         Ok((probabilities, hidden.unwrap_or(h)))
     }
 
-    /// CryptoNN's backward pass: `Â − Ŷ` from the products, backward through the rest in
-    /// floating point, then `Δ̂·X̂`.
-    fn backward(
-        &mut self,
-        batch: usize,
-        z: Array2<f32>,
-        products: &mut impl FirstLayerProducts,
-    ) -> Result<Array2<i64>> {
+    /// CryptoNN's backward pass to the first layer: `Â − Ŷ` from the products, backward
+    /// through the rest in floating point; returns `δ1` per example `(examples, outputs)`
+    /// (the mean's `1/examples` is applied after the gradient product, where it is exact).
+    fn deltas(&mut self, batch: usize, z: Array2<f32>, products: &mut impl FirstLayerProducts) -> Result<Array2<f32>> {
         let scale = self.cfg.encoding.scale() as f64;
         let examples = z.nrows();
         let (probabilities, _) = self.probabilities(batch, z)?;
@@ -347,8 +374,7 @@ impl Trainer {
         for l in self.model.layers[self.first + 1..].iter_mut().rev() {
             g = l.backward(&g);
         }
-        // δ1 per example (the 1/examples is applied after the product, where it is exact).
-        products.gradient(batch, &self.encode(&g.t().mapv(|v| v * examples as f32))?)
+        Ok(g.mapv(|v| v * examples as f32))
     }
 
     /// The hardened backward pass for dense → ReLU → dense, linear in the labels: with
@@ -407,6 +433,60 @@ impl Trainer {
         drop_sparse_rows(&mut keys, min_nonzero);
         products.gradient_with_labels(batch, &keys)
     }
+}
+
+/// The forward keys of a convolutional first layer: `bias_and_weight` is `(filters, 1 +
+/// in_channels·k²)`; row `f·positions + p` of the result (`(filters·positions, 1 + inputs)`)
+/// holds filter `f`'s bias at 0 and its weight `j` at `1 + geom.source(p, j)`, so the
+/// products are the layer's outputs in its `(examples, filters·positions)` layout.
+pub fn conv_forward_keys(geom: &ConvGeom, bias_and_weight: &Array2<i64>) -> Array2<i64> {
+    let positions = geom.positions();
+    let mut keys = Array2::zeros((bias_and_weight.nrows() * positions, 1 + geom.input.len()));
+    for (f, w) in bias_and_weight.rows().into_iter().enumerate() {
+        for p in 0..positions {
+            let mut key = keys.row_mut(f * positions + p);
+            key[0] = w[0];
+            for j in 0..geom.cols() {
+                if let Some(src) = geom.source(p, j) {
+                    key[1 + src] = w[1 + j];
+                }
+            }
+        }
+    }
+    keys
+}
+
+/// A convolutional first layer's gradient `(filters, 1 + cols)` from the deltas `δ̂`
+/// `(examples, filters·positions)` at `scale`: the weights' column `1 + j` from
+/// [`FirstLayerProducts::summed_products`] with keys `K[(f, j), e, 1 + source(p, j)] =
+/// δ̂[e, f·positions + p]`, the bias column `Σ_e Σ_p δ̂·scale` in the clear (it reads no data).
+fn conv_gradient(
+    geom: &ConvGeom,
+    batch: usize,
+    deltas: &Array2<i64>,
+    scale: i64,
+    products: &mut impl FirstLayerProducts,
+) -> Result<Array2<i64>> {
+    let (examples, positions, cols) = (deltas.nrows(), geom.positions(), geom.cols());
+    let filters = deltas.ncols() / positions;
+    let mut keys = Array3::zeros((filters * cols, examples, 1 + geom.input.len()));
+    for f in 0..filters {
+        for j in 0..cols {
+            for e in 0..examples {
+                for p in 0..positions {
+                    if let Some(src) = geom.source(p, j) {
+                        keys[[f * cols + j, e, 1 + src]] = deltas[[e, f * positions + p]];
+                    }
+                }
+            }
+        }
+    }
+    let sums = products.summed_products(batch, &keys)?;
+    check_dim("summed products", (sums.len(), 1), (filters * cols, 1))?;
+    Ok(Array2::from_shape_fn((filters, 1 + cols), |(f, c)| match c {
+        0 => (0..positions).map(|p| deltas.column(f * positions + p).sum()).sum::<i64>() * scale,
+        c => sums[f * cols + c - 1],
+    }))
 }
 
 fn check_dim(what: &'static str, actual: (usize, usize), expected: (usize, usize)) -> Result<()> {
@@ -495,7 +575,26 @@ impl<'a> PlainProducts<'a> {
 impl FirstLayerProducts for PlainProducts<'_> {
     fn forward(&mut self, batch: usize, weights: &Array2<i64>) -> Result<Array2<i64>> {
         let x = self.inputs(batch)?;
-        self.bounded(x.dot(&weights.t()))
+        // Over each key's non-zero entries (a convolution's keys have 26 of 785).
+        let mut z = Array2::zeros((x.nrows(), weights.nrows()));
+        for (k, w) in weights.rows().into_iter().enumerate() {
+            let nonzero: Vec<(usize, i64)> = w.iter().copied().enumerate().filter(|&(_, v)| v != 0).collect();
+            for (e, row) in x.rows().into_iter().enumerate() {
+                z[[e, k]] = nonzero.iter().map(|&(i, v)| row[i] * v).sum();
+            }
+        }
+        self.bounded(z)
+    }
+
+    fn summed_products(&mut self, batch: usize, keys: &Array3<i64>) -> Result<Vec<i64>> {
+        let x = self.inputs(batch)?;
+        let (outputs, examples, width) = keys.dim();
+        check_dim("summed-product keys", (examples, width), x.dim())?;
+        let sums = Array2::from_shape_fn((outputs, 1), |(o, _)| {
+            let k = keys.index_axis(Axis(0), o);
+            (0..examples).map(|e| k.row(e).dot(&x.row(e))).sum()
+        });
+        Ok(self.bounded(sums)?.column(0).to_vec())
     }
 
     fn gradient(&mut self, batch: usize, deltas: &Array2<i64>) -> Result<Array2<i64>> {

@@ -17,6 +17,11 @@ pub enum Purpose {
     Gradient,
     /// A column of `[1 | H]` over the batch, for the hardened mode's label sums `YᵀH`.
     LabelSums,
+    /// One example's deltas placed at the pixels one kernel entry reads, for a convolutional
+    /// first layer's gradient (on the forward key pair, the examples' own ciphertexts). The
+    /// server sums these products over the batch before the discrete logarithm; it could
+    /// decrypt each example's term.
+    ConvGradient,
 }
 
 /// A request for one function key, bound to where in training it is used.

@@ -24,7 +24,7 @@ use blindfold_data::LabeledImages;
 use blindfold_fe::ipfe::{CiphertextBatch, Encryptor, FunctionKey};
 use blindfold_fe::{febo, DlogTable, FeError, FixedPoint};
 use blindfold_nn::cryptonn::{augmented_columns, encode_input, subtract_labels, FirstLayerProducts, FixedBatches};
-use ndarray::Array2;
+use ndarray::{Array2, Array3};
 use std::time::{Duration, Instant};
 
 /// How labels reach the training server.
@@ -43,7 +43,8 @@ pub enum Mode {
 /// One fixed batch as the client sends it.
 pub struct EncryptedBatch {
     rows: CiphertextBatch,
-    columns: CiphertextBatch,
+    /// `None` for a convolutional first layer, whose gradient is computed on `rows`.
+    columns: Option<CiphertextBatch>,
     labels: Labels,
 }
 
@@ -174,7 +175,8 @@ pub struct TrainingClient<'a> {
     data: &'a LabeledImages,
     encoding: FixedPoint,
     rows: Encryptor,
-    columns: Encryptor,
+    /// `None`: a convolutional first layer, no feature columns.
+    columns: Option<Encryptor>,
     labels: Option<febo::MasterPublicKey>,
     label_columns: Option<Encryptor>,
     generations: [u32; 3],
@@ -196,7 +198,7 @@ impl<'a> TrainingClient<'a> {
             data,
             encoding,
             rows: authority.forward.public_key().1.encryptor(),
-            columns: authority.gradient.public_key().1.encryptor(),
+            columns: Some(authority.gradient.public_key().1.encryptor()),
             labels: authority.labels.as_ref().map(|(_, mpk)| *mpk),
             label_columns: authority.label_sums.as_ref().map(|a| a.public_key().1.encryptor()),
             generations: authority.generations(),
@@ -205,13 +207,21 @@ impl<'a> TrainingClient<'a> {
         }
     }
 
+    /// A client for a convolutional first layer (LeNet-5): its gradient is computed on the
+    /// examples' own ciphertexts ([`Purpose::ConvGradient`]), so no feature columns are
+    /// encrypted.
+    pub fn rows_only(mut self) -> Self {
+        self.columns = None;
+        self
+    }
+
     /// Takes the authority's new public keys after a rotation (fixed-base tables rebuilt).
     fn refresh(&mut self, authority: &TrainingAuthority, now: [u32; 3]) {
         if now[0] != self.generations[0] {
             self.rows = authority.forward.public_key().1.encryptor();
         }
-        if now[1] != self.generations[1] {
-            self.columns = authority.gradient.public_key().1.encryptor();
+        if now[1] != self.generations[1] && self.columns.is_some() {
+            self.columns = Some(authority.gradient.public_key().1.encryptor());
         }
         if now[2] != self.generations[2] {
             self.label_columns = authority.label_sums.as_ref().map(|a| a.public_key().1.encryptor());
@@ -247,18 +257,24 @@ impl<'a> TrainingClient<'a> {
         let x = ndarray::Array2::from_shape_vec((inputs.len(), width), inputs.concat()).expect("rows of equal width");
         let labels: Vec<u8> = indices.iter().map(|&i| self.data.labels[i]).collect();
         // The gradient's columns: X̂ zero-padded to the batch size, or augmented with labels.
-        let columns_of = match &self.label_columns {
-            Some(_) => {
-                augmented_columns(&x, &labels, self.classes, size).map_err(|e| FeError::Encoding(e.to_string()))?
+        let columns = match &self.columns {
+            Some(encryptor) => {
+                let columns_of = match &self.label_columns {
+                    Some(_) => augmented_columns(&x, &labels, self.classes, size)
+                        .map_err(|e| FeError::Encoding(e.to_string()))?,
+                    None => {
+                        let mut padded = ndarray::Array2::zeros((size, width));
+                        padded.rows_mut().into_iter().zip(x.rows()).for_each(|(mut p, r)| p.assign(&r));
+                        padded
+                    }
+                };
+                Some(
+                    encryptor
+                        .encrypt_batch(&columns_of.columns().into_iter().map(|c| c.to_vec()).collect::<Vec<_>>())?,
+                )
             }
-            None => {
-                let mut padded = ndarray::Array2::zeros((size, width));
-                padded.rows_mut().into_iter().zip(x.rows()).for_each(|(mut p, r)| p.assign(&r));
-                padded
-            }
+            None => None,
         };
-        let columns =
-            self.columns.encrypt_batch(&columns_of.columns().into_iter().map(|c| c.to_vec()).collect::<Vec<_>>())?;
         let labels = match (&self.labels, &self.label_columns) {
             (Some(mpk), _) => Labels::Encrypted(
                 labels
@@ -319,12 +335,32 @@ impl TrainingServer {
     /// # Errors
     /// As [`TrainingServer::forward`].
     pub fn gradient(&self, id: usize, keys: &[FunctionKey], time: &mut Breakdown) -> Result<Array2<i64>, FeError> {
-        let columns = &self.current(id)?.columns;
+        let Some(columns) = &self.current(id)?.columns else {
+            return Err(FeError::InvalidArgument("the batch came without feature columns".into()));
+        };
         let values = self.product(columns, keys, time)?;
         // columns × keys → keys × columns
         Ok(Array2::from_shape_vec((columns.len(), keys.len()), values)
             .expect("one value per column and key")
             .reversed_axes())
+    }
+
+    /// `Σ_e ⟨x̂_e, y_{o,e}⟩` per output `o` from one key per output and example
+    /// (`keys[o·examples + e]`, [`Purpose::ConvGradient`]): the sums only reach a discrete
+    /// logarithm.
+    ///
+    /// # Errors
+    /// As [`TrainingServer::forward`]; [`FeError::InvalidArgument`] for a key count that is not
+    /// a multiple of the examples.
+    pub fn summed_products(&self, id: usize, keys: &[FunctionKey], time: &mut Breakdown) -> Result<Vec<i64>, FeError> {
+        let rows = &self.current(id)?.rows;
+        let start = Instant::now();
+        let points = rows.summed_product(keys)?;
+        let mid = Instant::now();
+        let values = points.solve(&self.table);
+        time.decrypt += mid - start;
+        time.dlog += mid.elapsed();
+        values
     }
 
     fn product(&self, cts: &CiphertextBatch, keys: &[FunctionKey], time: &mut Breakdown) -> Result<Vec<i64>, FeError> {
@@ -427,7 +463,7 @@ impl<'a> FeProducts<'a> {
     ) -> blindfold_nn::Result<Vec<FunctionKey>> {
         let start = Instant::now();
         let authority = match purpose {
-            Purpose::Forward => &mut self.authority.forward,
+            Purpose::Forward | Purpose::ConvGradient => &mut self.authority.forward,
             Purpose::Gradient => &mut self.authority.gradient,
             Purpose::LabelSums => {
                 self.authority.label_sums.as_mut().ok_or_else(|| products_error("no label-sum key pair"))?
@@ -515,6 +551,14 @@ impl FirstLayerProducts for FeProducts<'_> {
         self.breakdown.decrypt += start.elapsed();
         Ok(Array2::from_shape_vec(probabilities.raw_dim(), differences.into_iter().map(|v| -v).collect())
             .expect("one difference per probability"))
+    }
+
+    fn summed_products(&mut self, batch: usize, keys: &Array3<i64>) -> blindfold_nn::Result<Vec<i64>> {
+        let vectors = keys
+            .outer_iter()
+            .flat_map(|per_output| per_output.rows().into_iter().map(|y| y.to_vec()).collect::<Vec<_>>());
+        let issued = self.keys(Purpose::ConvGradient, vectors)?;
+        self.server.summed_products(batch, &issued, &mut self.breakdown).map_err(products_error)
     }
 
     fn label_sums(&mut self, batch: usize, keys: &Array2<i64>) -> blindfold_nn::Result<Array2<i64>> {
