@@ -492,6 +492,58 @@ impl CiphertextBatch {
     }
 }
 
+/// Key entries as signed radix-`2^7` digits in `[−64, 63]` (one plane, the entry itself, when
+/// every entry is at most 64 in magnitude), so that tables of multiples `m·P` need `m ≤ 64`.
+#[derive(Clone, Copy, Debug)]
+struct DigitPlanes {
+    /// Multiples per table: the largest entry, at most 64 (at least 1).
+    table: usize,
+    /// Digits per entry.
+    planes: usize,
+}
+
+impl DigitPlanes {
+    const BITS: u32 = 7;
+    const HALF: i64 = 1 << (Self::BITS - 1);
+
+    fn for_max(max: usize) -> Self {
+        let max = max as u64;
+        let planes = if max <= Self::HALF as u64 { 1 } else { (64 - max.leading_zeros()).div_ceil(Self::BITS) as usize + 1 };
+        Self { table: max.clamp(1, Self::HALF as u64) as usize, planes }
+    }
+
+    /// The digits of `y`, least significant first (`planes` of them used).
+    #[inline(always)]
+    fn digits(self, y: i64) -> [i64; 12] {
+        let mut d = [0i64; 12];
+        if self.planes == 1 {
+            d[0] = y;
+            return d;
+        }
+        let mut v = y;
+        for slot in d.iter_mut().take(self.planes) {
+            *slot = ((v + Self::HALF) & ((1 << Self::BITS) - 1)) - Self::HALF;
+            v = (v - *slot) >> Self::BITS;
+        }
+        d
+    }
+
+    /// `Σ_p 2^{7p}·per_plane[p]` by Horner's rule.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn combine(self, s: crate::lanes::Ifma, per_plane: &[crate::lanes::Point]) -> crate::lanes::Point {
+        let c = s.constants();
+        let mut total = per_plane[per_plane.len() - 1];
+        for p in per_plane[..per_plane.len() - 1].iter().rev() {
+            for _ in 0..Self::BITS {
+                total = s.add_points(&total, &total, c);
+            }
+            total = s.add_points(&total, p, c);
+        }
+        total
+    }
+}
+
 /// [`CiphertextBatch::summed_product`] in lanes: eight outputs per vector, doubled.
 #[cfg(target_arch = "x86_64")]
 fn summed_product_lanes(
@@ -501,28 +553,11 @@ fn summed_product_lanes(
     keys: &[FunctionKey],
 ) -> Vec<crate::lanes::Point> {
     use crate::lanes::{NielsLimbs, IDENTITY, LANES};
-    const RADIX_BITS: u32 = 7;
-    const HALF: i64 = 1 << (RADIX_BITS - 1);
     let c = s.constants();
     let outputs = keys.len() / len;
     let chunks = outputs.div_ceil(LANES);
-    let max = largest_entry(keys) as i64;
-    let t = max.clamp(1, HALF) as usize;
-    let planes = if max <= HALF { 1 } else { (64 - max.leading_zeros()).div_ceil(RADIX_BITS) as usize + 1 };
-    // Signed radix-2^7 digits of y in [−64, 63] (one plane: y itself, |y| ≤ 64).
-    let digits = |y: i64| -> [i64; 12] {
-        let mut d = [0i64; 12];
-        if planes == 1 {
-            d[0] = y;
-            return d;
-        }
-        let mut v = y;
-        for slot in d.iter_mut().take(planes) {
-            *slot = ((v + HALF) & ((1 << RADIX_BITS) - 1)) - HALF;
-            v = (v - *slot) >> RADIX_BITS;
-        }
-        d
-    };
+    let digits = DigitPlanes::for_max(largest_entry(keys));
+    let (t, planes) = (digits.table, digits.planes);
     let identity = s.vectorize(|| s.identity());
     // Per group: `planes` accumulators per chunk for Σ y·ct_i, one for −sk·ct_0.
     let sums = groups
@@ -565,8 +600,9 @@ fn summed_product_lanes(
                     }
                     for i in 0..n {
                         for chunk in 0..chunks {
-                            let d: [[i64; 12]; LANES] =
-                                std::array::from_fn(|l| key(chunk * LANES + l).map_or([0; 12], |k| digits(k.y[i])));
+                            let d: [[i64; 12]; LANES] = std::array::from_fn(|l| {
+                                key(chunk * LANES + l).map_or([0; 12], |k| digits.digits(k.y[i]))
+                            });
                             for (plane, a) in acc[chunk..].iter_mut().step_by(chunks).take(planes).enumerate() {
                                 if d.iter().all(|d| d[plane] == 0) {
                                     continue;
@@ -588,14 +624,8 @@ fn summed_product_lanes(
     s.vectorize(|| {
         (0..chunks)
             .map(|chunk| {
-                let mut total = sums[(planes - 1) * chunks + chunk];
-                for plane in (0..planes - 1).rev() {
-                    for _ in 0..RADIX_BITS {
-                        total = s.add_points(&total, &total, c);
-                    }
-                    total = s.add_points(&total, &sums[plane * chunks + chunk], c);
-                }
-                let total = s.add_points(&total, &sums[planes * chunks + chunk], c);
+                let per_plane: Vec<_> = (0..planes).map(|plane| sums[plane * chunks + chunk]).collect();
+                let total = s.add_points(&digits.combine(s, &per_plane), &sums[planes * chunks + chunk], c);
                 // Doubled, as the discrete logarithm expects.
                 s.add_points(&total, &total, c)
             })
@@ -1107,15 +1137,26 @@ fn product_group(
     let c = s.constants();
     let table = s.fixed_base_table(ct0, c);
     let minus_sk_ct0 = |key: &FunctionKey| s.fixed_base_mul(&table, &signed_radix32(&-key.sk));
-    if share_multiples(points.len(), keys.len(), max) {
-        let multiples: Vec<_> = points.iter().map(|p| s.multiples(p, max, c)).collect();
+    // Additions of the two methods: shared multiples up to 64 with digit planes, or buckets
+    // (12-bit planes) per key.
+    let digits = DigitPlanes::for_max(max);
+    let nonzero: usize = keys.iter().map(|k| k.y.iter().filter(|&&y| y != 0).count()).sum();
+    let shared = points.len() * digits.table + digits.planes * nonzero + keys.len() * (digits.planes - 1) * 8;
+    let bucket_planes = (usize::BITS - max.leading_zeros()).div_ceil(12).max(1) as usize;
+    let buckets = bucket_planes * (nonzero + keys.len() * (2 * max.min(1 << 12) + 12));
+    if shared < buckets {
+        let multiples: Vec<_> = points.iter().map(|p| s.multiples(p, digits.table, c)).collect();
         keys.iter()
             .map(|key| {
-                let mut acc = minus_sk_ct0(key);
+                let mut per_plane = vec![s.identity(); digits.planes];
                 for (&y, m) in key.y.iter().zip(&multiples) {
-                    s.add_multiple(&mut acc, m, y);
+                    if y != 0 {
+                        for (acc, d) in per_plane.iter_mut().zip(digits.digits(y)) {
+                            s.add_multiple(acc, m, d);
+                        }
+                    }
                 }
-                acc
+                s.add_points(&digits.combine(s, &per_plane), &minus_sk_ct0(key), c)
             })
             .collect()
     } else {
