@@ -4,7 +4,8 @@
 //! decimal digits (|x|, |y| ≤ 100); discrete-log tables sized for each product's bound and
 //! built once, outside the timing.
 //!
-//! `encrypt_batch_8x785` encrypts eight images at once, as training does.
+//! `encrypt_batch_8x785` encrypts eight images at once, as training does;
+//! `product_1x25_25x1_batch` is the 1×25 product on a ciphertext of the batch encryptor.
 //!
 //! Run: `cargo bench -p blindfold-fe --bench fe`; `BENCH_THREADS` sets the thread pool (default 1).
 
@@ -32,6 +33,12 @@ fn bench(c: &mut Criterion) {
     let ct = mpk.encrypt_with_rng(&vec(&mut r, 25), &mut r).unwrap();
     let key = msk.derive(&vec(&mut r, 25)).unwrap();
     g.bench_function("product_1x25_25x1", |b| b.iter(|| ct.decrypt(black_box(&key), &table25).unwrap()));
+    // The same product on a ciphertext from the batch encryptor (with AVX-512 IFMA: in lanes,
+    // the product split over them; otherwise the same as above).
+    let batch = mpk.encryptor().encrypt_batch_with_rng(&[vec(&mut r, 25)], &mut r).unwrap();
+    g.bench_function("product_1x25_25x1_batch", |b| {
+        b.iter(|| batch.product(std::slice::from_ref(black_box(&key))).unwrap().solve(&table25).unwrap())
+    });
 
     // 100×10 by 10×100.
     let table10 = DlogTable::with_bound(10 * 100 * 100).unwrap();

@@ -36,6 +36,9 @@ pub struct DlogTable {
     offset: RistrettoPoint,
     /// `−m·G`.
     giant: RistrettoPoint,
+    /// The lanes' doubled `2c·G` (centre), `2·offset` and `2·giant`, made on first use.
+    #[cfg(target_arch = "x86_64")]
+    lanes: std::sync::OnceLock<[crate::lanes::Niels; 3]>,
 }
 
 impl std::fmt::Debug for DlogTable {
@@ -100,6 +103,8 @@ impl DlogTable {
             baby,
             offset: RistrettoPoint::mul_base(&Scalar::from(bound)),
             giant: -RistrettoPoint::mul_base(&Scalar::from(m)),
+            #[cfg(target_arch = "x86_64")]
+            lanes: std::sync::OnceLock::new(),
         })
     }
 
@@ -169,9 +174,11 @@ impl DlogTable {
         use crate::lanes::LANES;
         let c = s.constants();
         let centre = (self.m / 2).min(self.bound);
-        let doubled = |p: RistrettoPoint| s.to_niels(&s.load_doubled(&[&[p]], c)[0], c);
-        let (centre_2, offset_2, giant_2) = s.vectorize(|| {
-            (doubled(RistrettoPoint::mul_base(&Scalar::from(centre))), doubled(self.offset), doubled(self.giant))
+        let [centre_2, offset_2, giant_2] = *self.lanes.get_or_init(|| {
+            let doubled = |p: RistrettoPoint| s.to_niels(&s.load_doubled(&[&[p]], c)[0], c);
+            s.vectorize(|| {
+                [doubled(RistrettoPoint::mul_base(&Scalar::from(centre))), doubled(self.offset), doubled(self.giant)]
+            })
         });
         let range = 2 * self.bound + 1;
         let lookup = |q: &crate::lanes::Point| s.encode(q, c).map(|e| self.baby.get(&fingerprint(&e)).copied());

@@ -9,10 +9,13 @@
 //! (Asiacrypt 2008, §3.1, `a = −1`), the same as curve25519-dalek's serial backend; encoding
 //! and decoding follow RFC 9496 §4.3, so encodings are byte-for-byte dalek's.
 //!
-//! Every algorithm here applies the same sequence of operations to all eight lanes (the same
-//! bucket, table digit or multiple), so no gathers are needed: the eight lanes are eight
-//! ciphertexts under the same function keys. Inputs and outputs of the hot paths are public
-//! (ciphertexts, keys, decrypted values): nothing here needs constant time.
+//! Most algorithms here apply the same sequence of operations to all eight lanes (the same
+//! bucket, table digit or multiple): the eight lanes are eight ciphertexts under the same
+//! function keys. Where the lanes need different entries of a table — eight different keys on
+//! one ciphertext ([`Ifma::gather`], scalar loads), or one product split over the lanes with
+//! per-lane digits ([`Ifma::straus_per_lane`], masked blends) — each lane reads its own.
+//! Inputs and outputs of the decryption paths are public (ciphertexts, keys, decrypted values);
+//! encryption ([`Ifma::secret_mul`]) reads every table entry and blends (constant time).
 
 use core::arch::x86_64::__m512i as W;
 use curve25519_dalek::ristretto::RistrettoPoint;
@@ -473,25 +476,27 @@ impl Ifma {
         }
     }
 
-    /// The fixed-base table of `P`: `d·32^w·P` for `d = 1..16` and 51 windows (the layout
-    /// of `ipfe`'s serial table).
-    pub(crate) fn fixed_base_table(self, p: &Point, c: &Constants) -> Vec<Vec<Niels>> {
+    /// The fixed-base table of `P` for signed radix-`2^bits` digits: `d·2^{bits·w}·P` for
+    /// `d = 1..2^{bits−1}` and `windows` windows (`bits = 5`, 51 windows: the layout of
+    /// `ipfe`'s serial table).
+    pub(crate) fn fixed_base_table(self, p: &Point, bits: u32, windows: usize, c: &Constants) -> Vec<Vec<Niels>> {
+        let half = 1usize << (bits - 1);
         let mut base = *p;
-        (0..51)
+        (0..windows)
             .map(|_| {
-                let row = self.multiples(&base, 16, c);
-                let sixteen = self.add_niels(&base, &row[14], false);
-                base = self.add_points(&sixteen, &sixteen, c);
+                let row = self.multiples(&base, half, c);
+                let top = self.add_niels(&base, &row[half - 2], false);
+                base = self.add_points(&top, &top, c);
                 row
             })
             .collect()
     }
 
-    /// `s·P` from [`Ifma::fixed_base_table`] and the signed radix-32 digits of `s`.
-    pub(crate) fn fixed_base_mul(self, table: &[Vec<Niels>], digits: &[i8; 51]) -> Point {
+    /// `s·P` from [`Ifma::fixed_base_table`] and the signed digits of `s`.
+    pub(crate) fn fixed_base_mul(self, table: &[Vec<Niels>], digits: &[i64]) -> Point {
         let mut acc = self.identity();
         for (row, &d) in table.iter().zip(digits) {
-            self.add_multiple(&mut acc, row, d.into());
+            self.add_multiple(&mut acc, row, d);
         }
         acc
     }
@@ -629,23 +634,99 @@ impl Ifma {
     /// blended in by a mask, the sign applied by blends.
     pub(crate) fn secret_mul(self, table: &SecretTable, digits: &SecretDigits) -> Point {
         let mut acc = self.identity();
-        let zero = self.avx512f._mm512_setzero_si512();
         for (w, d) in digits.0.iter().enumerate() {
-            let d: W = pulp::cast(*d);
-            let abs = self.avx512f._mm512_abs_epi64(d);
-            let negative = self.avx512f._mm512_cmplt_epi64_mask(d, zero);
-            let mut sel = Niels([self.one(), self.one(), self.one(), self.zero()]);
-            for (e, entry) in table.entries[8 * w..8 * w + 8].iter().enumerate() {
-                let m = self.avx512f._mm512_cmpeq_epi64_mask(abs, self.splat(e as u64 + 1));
-                for (coord, limbs) in sel.0.iter_mut().zip(entry) {
-                    for (v, &l) in coord.0.iter_mut().zip(limbs) {
-                        *v = self.avx512f._mm512_mask_blend_epi64(m, *v, self.splat(l));
-                    }
-                }
-            }
-            acc = self.add_niels(&acc, &self.negate_lanes(sel, negative), false);
+            let entry = |e: usize| {
+                let limbs = &table.entries[8 * w + e];
+                Niels(std::array::from_fn(|k| Fe(std::array::from_fn(|l| self.splat(limbs[k][l])))))
+            };
+            acc = self.add_niels(&acc, &self.pick(pulp::cast(*d), entry), false);
         }
         acc
+    }
+
+    /// Per lane, `d·P` for its digit `d ∈ [−8, 8]` from `entry(e) = (e + 1)·P`: every entry
+    /// read and blended in by a mask (constant time), the sign applied by blends.
+    #[inline(always)]
+    fn pick(self, d: W, entry: impl Fn(usize) -> Niels) -> Niels {
+        let abs = self.avx512f._mm512_abs_epi64(d);
+        let negative = self.avx512f._mm512_cmplt_epi64_mask(d, self.avx512f._mm512_setzero_si512());
+        let mut sel = Niels([self.one(), self.one(), self.one(), self.zero()]);
+        for e in 0..8 {
+            let m = self.avx512f._mm512_cmpeq_epi64_mask(abs, self.splat(e as u64 + 1));
+            for (coord, from) in sel.0.iter_mut().zip(entry(e).0) {
+                for (v, f) in coord.0.iter_mut().zip(from.0) {
+                    *v = self.avx512f._mm512_mask_blend_epi64(m, *v, f);
+                }
+            }
+        }
+        self.negate_lanes(sel, negative)
+    }
+
+    /// `Σ_j s_j·P_j` with a different scalar in every lane (Straus): `digits[j]` are the
+    /// signed radix-16 digits of the eight scalars of `points[j]`, tables `1..8·P_j` per lane.
+    /// Public inputs; variable time in which windows are all zero.
+    pub(crate) fn straus_per_lane(self, points: &[Point], digits: &[&SecretDigits], c: &Constants) -> Point {
+        let tables: Vec<Vec<Niels>> = points.iter().map(|p| self.multiples(p, 8, c)).collect();
+        let windows = digits.iter().map(|d| d.0.len()).max().unwrap_or(0);
+        let mut acc = self.identity();
+        for w in (0..windows).rev() {
+            if w + 1 < windows {
+                for _ in 0..4 {
+                    acc = self.add_points(&acc, &acc, c);
+                }
+            }
+            for (table, d) in tables.iter().zip(digits) {
+                match d.0.get(w) {
+                    Some(d) if d.iter().any(|&v| v != 0) => {
+                        acc = self.add_niels(&acc, &self.pick(pulp::cast(*d), |e| table[e]), false);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        acc
+    }
+
+    /// The eight lanes' points added together, the sum in every lane.
+    pub(crate) fn sum_lanes(self, p: &Point, c: &Constants) -> Point {
+        let f = self.avx512f;
+        let rotate = |p: &Point, k: usize| {
+            Point(p.0.map(|fe| {
+                Fe(fe.0.map(|w| match k {
+                    4 => f._mm512_alignr_epi64::<4>(w, w),
+                    2 => f._mm512_alignr_epi64::<2>(w, w),
+                    _ => f._mm512_alignr_epi64::<1>(w, w),
+                }))
+            }))
+        };
+        let p = self.add_points(p, &rotate(p, 4), c);
+        let p = self.add_points(&p, &rotate(&p, 2), c);
+        self.add_points(&p, &rotate(&p, 1), c)
+    }
+
+    /// Lane `lane` of each of `points`, eight to a vector (lanes past the end: the identity).
+    pub(crate) fn transpose_lane(self, points: &[Point], lane: usize) -> Vec<Point> {
+        const ONE: [u64; 5] = [1, 0, 0, 0, 0];
+        points
+            .chunks(LANES)
+            .map(|chunk| {
+                Point(std::array::from_fn(|k| {
+                    Fe(std::array::from_fn(|l| {
+                        pulp::cast(std::array::from_fn::<u64, LANES, _>(|to| match chunk.get(to) {
+                            Some(p) => pulp::cast::<W, [u64; LANES]>(p.0[k].0[l])[lane],
+                            None if k == 1 || k == 2 => ONE[l],
+                            None => 0,
+                        }))
+                    }))
+                }))
+            })
+            .collect()
+    }
+
+    /// Lane `lane` of `p` in lane `lane` of `into`, the other lanes of `into` kept.
+    pub(crate) fn blend_lane(self, into: &Point, p: &Point, lane: usize) -> Point {
+        let m = 1u8 << lane;
+        Point(std::array::from_fn(|k| self.select(m, into.0[k], p.0[k])))
     }
 }
 

@@ -11,6 +11,12 @@
 //! in faithful mode it also asks, per example and class, a FEBO subtraction key for
 //! `ŷ − â`, which reveals the label (CryptoNN does this; SECURITY.md says so).
 //!
+//! For a convolutional first layer (LeNet-5, [`TrainingClient::rows_only`]) no feature
+//! columns are encrypted: the forward keys are one per filter and output position, and the
+//! gradient keys ([`Purpose::ConvGradient`]) one per filter, kernel entry and example on the
+//! examples' own ciphertexts, summed over the batch before the discrete logarithm
+//! ([`TrainingServer::summed_products`]).
+//!
 //! In [`Mode::Hardened`] the labels are never decrypted per example: the client encrypts
 //! the augmented columns of `blindfold_nn::cryptonn::augmented_columns` (each feature column,
 //! then per class the same column with other classes' examples zeroed) under the gradient key
