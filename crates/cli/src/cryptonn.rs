@@ -70,9 +70,10 @@ pub(crate) struct TrainArgs {
     seed: u64,
     /// Largest |product| the discrete logarithm finds; a larger one stops training with an
     /// error (never a wrong number). The table takes about 40 bytes per value of the range
-    /// divided by 4.
-    #[arg(long, default_value_t = 1 << 21)]
-    dlog_bound: u64,
+    /// divided by 4 (at most 2^23 entries) [default: 2^21 for mlp; 2^24 for lenet5, whose
+    /// gradient sums each filter entry over the batch and all 784 positions].
+    #[arg(long)]
+    dlog_bound: Option<u64>,
     /// Write a machine-readable report here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -191,7 +192,8 @@ fn train(a: TrainArgs) -> Result<()> {
         a.precision
     );
     let start = Instant::now();
-    let table = DlogTable::new(a.dlog_bound, (2 * a.dlog_bound + 1).min(1 << 23) as usize)?;
+    let bound = a.dlog_bound.unwrap_or(if lenet { 1 << 24 } else { 1 << 21 });
+    let table = DlogTable::new(bound, (2 * bound + 1).min(1 << 23) as usize)?;
     let mut authority = match mode {
         Mode::Hardened => {
             let hidden = model.params(1).context("the first dense layer")?.weight.nrows();
@@ -204,7 +206,7 @@ fn train(a: TrainArgs) -> Result<()> {
     eprintln!("keys, encryption tables and discrete-log table ready in {:.1} s", start.elapsed().as_secs_f64());
     let mut fe = Trainer::new(model.clone(), &batches, cfg.clone())?;
     let mut twin = Trainer::new(model, &batches, cfg)?;
-    let mut plain = PlainProducts::new(&train_set, &batches, encoding, a.dlog_bound, classes);
+    let mut plain = PlainProducts::new(&train_set, &batches, encoding, bound, classes);
     let mut products = FeProducts::new(client, &mut authority, table, &batches);
     let mut rows = Vec::new();
     println!("epoch  encrypted  plaintext   seconds  encrypt  keys  decrypt  dlog");

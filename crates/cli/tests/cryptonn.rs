@@ -48,6 +48,37 @@ fn cryptonn_train_reports_each_epoch_next_to_its_twin() {
     let _ = std::fs::remove_file(&json);
 }
 
+/// LeNet-5: the first convolution through FE, the report names it, the twin's accuracy.
+#[test]
+fn cryptonn_trains_lenet5() {
+    let json = std::env::temp_dir().join(format!("blindfold-cli-lenet-{}.json", std::process::id()));
+    let json_s = json.display().to_string();
+    let out = blindfold(&[
+        "cryptonn",
+        "train",
+        "--model",
+        "lenet5",
+        "--mode",
+        "plain-labels",
+        "--epochs",
+        "1",
+        "--limit",
+        "32",
+        "--batch-size",
+        "16",
+        "--dlog-bound",
+        "1000000",
+        "--json",
+        &json_s,
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["model"], "lenet5");
+    let e = &report["epochs"][0];
+    assert_eq!(e["encrypted_accuracy"], e["plain_accuracy"], "{e}");
+    let _ = std::fs::remove_file(&json);
+}
+
 #[test]
 fn cryptonn_train_refuses_what_it_cannot_do() {
     for (args, message) in [
@@ -59,6 +90,7 @@ fn cryptonn_train_refuses_what_it_cannot_do() {
             &["--mode", "hardened", "--batch-size", "64", "--limit", "100", "--dlog-bound", "1000"][..],
             "at least 130 examples",
         ),
+        (&["--model", "lenet5", "--mode", "hardened"][..], "hardened mode trains the MLP only"),
     ] {
         let all: Vec<&str> = ["cryptonn", "train"].iter().chain(args).copied().collect();
         let out = blindfold(&all);

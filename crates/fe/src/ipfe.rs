@@ -436,7 +436,6 @@ impl CiphertextBatch {
             BatchRepr::Lanes { ifma, groups } => {
                 let s = *ifma;
                 keys.iter().try_for_each(|k| check_len(self.n, k.y.len()))?;
-                let c = s.constants();
                 let max = largest_entry(keys);
                 let points = groups
                     .par_iter()
@@ -449,7 +448,7 @@ impl CiphertextBatch {
                             }
                             let mut out = product_group(s, &group.ct0_powers[0], &group.cts, keys, max);
                             // Doubled, as the discrete logarithm expects.
-                            out.iter_mut().for_each(|p| *p = s.add_points(p, p, c));
+                            out.iter_mut().for_each(|p| *p = s.double(p));
                             out
                         })
                     })
@@ -559,7 +558,7 @@ impl DigitPlanes {
         let mut total = per_plane[per_plane.len() - 1];
         for p in per_plane[..per_plane.len() - 1].iter().rev() {
             for _ in 0..Self::BITS {
-                total = s.add_points(&total, &total, c);
+                total = s.double(&total);
             }
             total = s.add_points(&total, p, c);
         }
@@ -610,7 +609,7 @@ fn split_product(
                 .collect();
             let sum = s.sum_lanes(&s.straus_per_lane(&points, &digits.iter().collect::<Vec<_>>(), c), c);
             // Doubled, as the discrete logarithm expects.
-            *out = s.blend_lane(out, &s.add_points(&sum, &sum, c), lane);
+            *out = s.blend_lane(out, &s.double(&sum), lane);
         }
     }
     out
@@ -648,7 +647,7 @@ fn summed_product_lanes(
                     }
                 }
                 let mut ct0_tables: Vec<Vec<NielsLimbs>> = vec![vec![IDENTITY; 51 * 17]; LANES];
-                for (w, row) in s.fixed_base_table(&ct0_powers[0], 5, 51, c).iter().enumerate() {
+                for (w, row) in s.fixed_base_table(&ct0_powers[0], c).iter().enumerate() {
                     for (d, niels) in row.iter().enumerate() {
                         for (table, limbs) in ct0_tables.iter_mut().zip(s.split_lanes(niels)) {
                             table[w * 17 + d + 1] = limbs;
@@ -661,9 +660,8 @@ fn summed_product_lanes(
                     let key = |o: usize| (o < outputs).then(|| &keys[o * len + b]);
                     let (table, ct0_table) = (&tables[lane], &ct0_tables[lane]);
                     for chunk in 0..chunks {
-                        let sk: [Vec<i64>; LANES] = std::array::from_fn(|l| {
-                            key(chunk * LANES + l).map_or(vec![0; 51], |k| signed_radix(&-k.sk, 5, 51))
-                        });
+                        let sk: [[i64; 51]; LANES] =
+                            std::array::from_fn(|l| key(chunk * LANES + l).map_or([0; 51], |k| signed_radix32(&-k.sk)));
                         let a = &mut acc[planes * chunks + chunk];
                         for w in 0..51 {
                             let index = std::array::from_fn(|l| w * 17 + sk[l][w].unsigned_abs() as usize);
@@ -700,7 +698,7 @@ fn summed_product_lanes(
                 let per_plane: Vec<_> = (0..planes).map(|plane| sums[plane * chunks + chunk]).collect();
                 let total = s.add_points(&digits.combine(s, &per_plane), &sums[planes * chunks + chunk], c);
                 // Doubled, as the discrete logarithm expects.
-                s.add_points(&total, &total, c)
+                s.double(&total)
             })
             .collect()
     })
@@ -813,25 +811,23 @@ pub struct PreparedCiphertext<'a> {
     ct0: FixedBaseTable,
 }
 
-/// Signed radix-`2^bits` digits of a scalar's canonical value, least significant first:
-/// `windows` digits in `[−2^{bits−1}, 2^{bits−1}]` (enough windows for 253 bits and a carry).
-pub(crate) fn signed_radix(s: &Scalar, bits: u32, windows: usize) -> Vec<i64> {
+/// Signed radix-32 digits of a scalar's canonical value, least significant first: 51 digits
+/// in `[−16, 16]`.
+pub(crate) fn signed_radix32(s: &Scalar) -> [i64; 51] {
     let bytes = s.to_bytes();
     let bit = |i: usize| -> i64 { bytes.get(i / 8).map_or(0, |b| i64::from((b >> (i % 8)) & 1)) };
-    let (radix, half) = (1i64 << bits, 1i64 << (bits - 1));
     let mut carry = 0;
-    (0..windows)
-        .map(|w| {
-            let v = (0..bits as usize).map(|b| bit(w * bits as usize + b) << b).sum::<i64>() + carry;
-            let (digit, c) = if v > half { (v - radix, 1) } else { (v, 0) };
-            carry = c;
-            digit
-        })
-        .collect()
+    std::array::from_fn(|w| {
+        let v = (0..5).map(|b| bit(5 * w + b) << b).sum::<i64>() + carry;
+        // v ∈ [0, 32]: digits above 16 borrow from the next window.
+        let (digit, c) = if v > 16 { (v - 32, 1) } else { (v, 0) };
+        carry = c;
+        digit
+    })
 }
 
 /// A variable-time fixed-base table for one point `P` (the decryptor's `ct_0`, public):
-/// `d·32^w·P` for `d = 1..16` and the 51 windows `w` of [`signed_radix`] with 5 bits. Building it costs
+/// `d·32^w·P` for `d = 1..16` and the 51 windows `w` of [`signed_radix32`]. Building it costs
 /// about 1,000 additions and doublings (dalek's constant-time `RistrettoBasepointTable` costs
 /// 256 field inversions more); a multiplication then costs at most 51 additions.
 struct FixedBaseTable {
@@ -855,7 +851,7 @@ impl FixedBaseTable {
     /// `s·P`, in variable time.
     fn mul(&self, s: &Scalar) -> RistrettoPoint {
         let mut acc = RistrettoPoint::identity();
-        for (row, &d) in self.windows.iter().zip(signed_radix(s, 5, 51).iter()) {
+        for (row, &d) in self.windows.iter().zip(signed_radix32(s).iter()) {
             add_multiple(&mut acc, row, d);
         }
         acc
@@ -1204,16 +1200,8 @@ fn product_group(
     max: usize,
 ) -> Vec<crate::lanes::Point> {
     let c = s.constants();
-    // The table's radix: wider windows cost more to build and less per key.
-    let bits = (5..=10u32)
-        .min_by_key(|&b| {
-            let windows = 253usize.div_ceil(b as usize) + 1;
-            windows * ((1 << (b - 1)) + keys.len())
-        })
-        .expect("a radix");
-    let windows = 253usize.div_ceil(bits as usize) + 1;
-    let table = s.fixed_base_table(ct0, bits, windows, c);
-    let minus_sk_ct0 = |key: &FunctionKey| s.fixed_base_mul(&table, &signed_radix(&-key.sk, bits, windows));
+    let table = s.fixed_base_table(ct0, c);
+    let minus_sk_ct0 = |key: &FunctionKey| s.fixed_base_mul(&table, &signed_radix32(&-key.sk));
     // Additions of the two methods: shared multiples up to 64 with digit planes, or buckets
     // (12-bit planes) per key.
     let digits = DigitPlanes::for_max(max);
@@ -1327,30 +1315,6 @@ mod tests {
             let serial = CiphertextBatch { n, len: rows, repr: BatchRepr::Serial(cts) };
             assert_eq!(serial.summed_product(&keys).unwrap().solve(&table).unwrap(), expected);
             assert!(matches!(batch.summed_product(&keys[1..]), Err(FeError::InvalidArgument(_))) || rows == 1);
-        }
-    }
-
-    /// Fixed-base multiplication in lanes for every table radix the matrix product picks
-    /// equals dalek's, for random and extreme scalars.
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn lane_fixed_base_tables_of_every_radix_multiply_like_dalek() {
-        let Some(s) = crate::lanes::Ifma::try_new() else { return };
-        let c = s.constants();
-        let mut rng = ChaCha20Rng::seed_from_u64(15);
-        let p = RistrettoPoint::random(&mut rng);
-        let scalars = [Scalar::random(&mut rng), -Scalar::ONE, Scalar::ZERO, Scalar::from(u64::MAX)];
-        for bits in 5..=10u32 {
-            let windows = 253usize.div_ceil(bits as usize) + 1;
-            s.vectorize(|| {
-                let lane_p = s.load_doubled(&[&[p]], c)[0];
-                let table = s.fixed_base_table(&lane_p, bits, windows, c);
-                for k in &scalars {
-                    let got = s.fixed_base_mul(&table, &signed_radix(k, bits, windows));
-                    let expected = (p * k + p * k).compress().to_bytes();
-                    assert_eq!(s.encode(&got, c)[0], expected, "{bits}-bit windows");
-                }
-            });
         }
     }
 

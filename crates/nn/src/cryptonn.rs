@@ -13,6 +13,7 @@
 //! 4. Backward through the rest in floating point to `δ1 = ∂loss/∂z` per example.
 //! 5. `Δ̂·X̂` ([`FirstLayerProducts::gradient`]) with `Δ̂ = round(scale·δ1)ᵀ`: the first
 //!    layer's gradient, `/ scale²`.
+//! 6. Adam on every layer (as [`crate::train::train`]).
 //!
 //! A convolutional first layer (LeNet-5) is the same with im2col (`../shared/CRYPTONN.md`),
 //! on the same per-example ciphertexts: step 1's keys are one per filter and output position,
@@ -20,15 +21,13 @@
 //! entries of `1 + inputs`); step 5 sums, per filter and kernel entry, each example's deltas
 //! placed at the pixels that entry reads ([`FirstLayerProducts::summed_products`]), and the
 //! bias gradient `Σ δ1` needs no data.
-//! 6. Adam on every layer (as [`crate::train::train`]).
 //!
 //! Only the products (and, with encrypted labels, the output deltas) see the data: the loop
 //! never reads pixels or labels.
 
 use crate::arch::LayerSpec;
 use crate::error::{Error, Result};
-use crate::layers::ConvGeom;
-use crate::layers::Params;
+use crate::layers::{ConvGeom, Params};
 use crate::model::Model;
 use crate::train::Adam;
 use blindfold_fe::FixedPoint;
@@ -439,7 +438,7 @@ impl Trainer {
 /// in_channels·k²)`; row `f·positions + p` of the result (`(filters·positions, 1 + inputs)`)
 /// holds filter `f`'s bias at 0 and its weight `j` at `1 + geom.source(p, j)`, so the
 /// products are the layer's outputs in its `(examples, filters·positions)` layout.
-pub fn conv_forward_keys(geom: &ConvGeom, bias_and_weight: &Array2<i64>) -> Array2<i64> {
+fn conv_forward_keys(geom: &ConvGeom, bias_and_weight: &Array2<i64>) -> Array2<i64> {
     let positions = geom.positions();
     let mut keys = Array2::zeros((bias_and_weight.nrows() * positions, 1 + geom.input.len()));
     for (f, w) in bias_and_weight.rows().into_iter().enumerate() {
