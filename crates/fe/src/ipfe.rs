@@ -471,7 +471,7 @@ impl CiphertextBatch {
     /// eight ciphertexts, each entry's multiples `m·ct_i` up to the largest `|y|` (at most 64;
     /// larger entries in signed radix-128 digit planes combined at the end) and `ct_0`'s
     /// fixed-base table, stored per lane; each lane then reads its own key's multiple
-    /// ([`crate::lanes`] gather). Otherwise each ciphertext's table of `ct_0`
+    /// (`crates/fe/src/lanes.rs`, a gather). Otherwise each ciphertext's table of `ct_0`
     /// ([`Ciphertext::prepare`]) and dalek.
     ///
     /// # Errors

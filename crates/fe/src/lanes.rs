@@ -648,18 +648,28 @@ impl Ifma {
     /// blended in by a mask, the sign applied by blends.
     pub(crate) fn secret_mul(self, table: &SecretTable, digits: &SecretDigits) -> Point {
         let mut acc = self.identity();
+        let zero = self.avx512f._mm512_setzero_si512();
         for (w, d) in digits.0.iter().enumerate() {
-            let entry = |e: usize| {
-                let limbs = &table.entries[8 * w + e];
-                Niels(std::array::from_fn(|k| Fe(std::array::from_fn(|l| self.splat(limbs[k][l])))))
-            };
-            acc = self.add_niels(&acc, &self.pick(pulp::cast(*d), entry), false);
+            let d: W = pulp::cast(*d);
+            let abs = self.avx512f._mm512_abs_epi64(d);
+            let negative = self.avx512f._mm512_cmplt_epi64_mask(d, zero);
+            let mut sel = Niels([self.one(), self.one(), self.one(), self.zero()]);
+            for (e, entry) in table.entries[8 * w..8 * w + 8].iter().enumerate() {
+                let m = self.avx512f._mm512_cmpeq_epi64_mask(abs, self.splat(e as u64 + 1));
+                for (coord, limbs) in sel.0.iter_mut().zip(entry) {
+                    for (v, &l) in coord.0.iter_mut().zip(limbs) {
+                        *v = self.avx512f._mm512_mask_blend_epi64(m, *v, self.splat(l));
+                    }
+                }
+            }
+            acc = self.add_niels(&acc, &self.negate_lanes(sel, negative), false);
         }
         acc
     }
 
     /// Per lane, `d·P` for its digit `d ∈ [−8, 8]` from `entry(e) = (e + 1)·P`: every entry
-    /// read and blended in by a mask (constant time), the sign applied by blends.
+    /// read and blended in by a mask, the sign applied by blends (as in
+    /// [`Ifma::secret_mul`], whose entries are single points).
     #[inline(always)]
     fn pick(self, d: W, entry: impl Fn(usize) -> Niels) -> Niels {
         let abs = self.avx512f._mm512_abs_epi64(d);
