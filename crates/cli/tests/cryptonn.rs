@@ -8,28 +8,26 @@ fn blindfold(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_blindfold")).args(args).output().expect("runs")
 }
 
+/// Runs `cryptonn train` with `args` and a JSON report (a temporary file named after `name`),
+/// and returns the report.
+fn train_report(name: &str, args: &[&str]) -> serde_json::Value {
+    let json = std::env::temp_dir().join(format!("blindfold-cli-{name}-{}.json", std::process::id()));
+    let json_s = json.display().to_string();
+    let all: Vec<&str> =
+        ["cryptonn", "train"].iter().chain(args).chain(&["--json", json_s.as_str()]).copied().collect();
+    let out = blindfold(&all);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    report
+}
+
 #[test]
 fn cryptonn_train_reports_each_epoch_next_to_its_twin() {
-    let json = std::env::temp_dir().join(format!("blindfold-cli-cryptonn-{}.json", std::process::id()));
-    let json_s = json.display().to_string();
-    let out = blindfold(&[
+    let report = train_report(
         "cryptonn",
-        "train",
-        "--mode",
-        "faithful",
-        "--epochs",
-        "2",
-        "--limit",
-        "64",
-        "--batch-size",
-        "32",
-        "--dlog-bound",
-        "1000000",
-        "--json",
-        &json_s,
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        &["--mode", "faithful", "--epochs", "2", "--limit", "64", "--batch-size", "32", "--dlog-bound", "1000000"],
+    );
     assert_eq!(report["model"], "mlp");
     assert_eq!(report["mode"], "faithful");
     assert_eq!(report["n_train"], 64);
@@ -45,38 +43,31 @@ fn cryptonn_train_reports_each_epoch_next_to_its_twin() {
         }
         assert!(e["seconds"].as_f64().unwrap() >= b["decrypt"].as_f64().unwrap());
     }
-    let _ = std::fs::remove_file(&json);
 }
 
 /// LeNet-5: the first convolution through FE, the report names it, the twin's accuracy.
 #[test]
 fn cryptonn_trains_lenet5() {
-    let json = std::env::temp_dir().join(format!("blindfold-cli-lenet-{}.json", std::process::id()));
-    let json_s = json.display().to_string();
-    let out = blindfold(&[
-        "cryptonn",
-        "train",
-        "--model",
+    let report = train_report(
         "lenet5",
-        "--mode",
-        "plain-labels",
-        "--epochs",
-        "1",
-        "--limit",
-        "32",
-        "--batch-size",
-        "16",
-        "--dlog-bound",
-        "1000000",
-        "--json",
-        &json_s,
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        &[
+            "--model",
+            "lenet5",
+            "--mode",
+            "plain-labels",
+            "--epochs",
+            "1",
+            "--limit",
+            "32",
+            "--batch-size",
+            "16",
+            "--dlog-bound",
+            "1000000",
+        ],
+    );
     assert_eq!(report["model"], "lenet5");
     let e = &report["epochs"][0];
     assert_eq!(e["encrypted_accuracy"], e["plain_accuracy"], "{e}");
-    let _ = std::fs::remove_file(&json);
 }
 
 #[test]

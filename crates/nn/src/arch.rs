@@ -226,47 +226,34 @@ impl ArchSpec {
                 LayerSpec::Dense { outputs: 10 },
             ],
             // CryptoNN's MLP (Xu–Joshi–Li 2019): 784 → 128 → ReLU → 10, on pixels in [0, 1].
-            "mlp" => {
-                let layers = vec![
-                    LayerSpec::Flatten,
-                    LayerSpec::Dense { outputs: 128 },
-                    LayerSpec::Relu,
-                    LayerSpec::Dense { outputs: 10 },
-                ];
-                return Ok(Self {
-                    name: name.into(),
-                    input,
-                    layers,
-                    normalization: Normalization { mean: 0.0, std: 1.0 },
-                });
-            }
+            "mlp" => vec![
+                LayerSpec::Flatten,
+                LayerSpec::Dense { outputs: 128 },
+                LayerSpec::Relu,
+                LayerSpec::Dense { outputs: 10 },
+            ],
             // LeNet-5 (LeCun et al. 1998) as CryptoNN trains it, on pixels in [0, 1]: conv 5×5
             // padding 2, 6 maps → ReLU → 2×2 average pooling → conv 5×5, 16 maps → ReLU →
             // pooling → 400 → 120 → ReLU → 84 → ReLU → 10.
-            "lenet5" => {
-                let layers = vec![
-                    LayerSpec::Conv2d { out_channels: 6, kernel: 5, stride: 1, padding: 2 },
-                    LayerSpec::Relu,
-                    LayerSpec::AvgPool2d { kernel: 2, stride: 2 },
-                    LayerSpec::Conv2d { out_channels: 16, kernel: 5, stride: 1, padding: 0 },
-                    LayerSpec::Relu,
-                    LayerSpec::AvgPool2d { kernel: 2, stride: 2 },
-                    LayerSpec::Flatten,
-                    LayerSpec::Dense { outputs: 120 },
-                    LayerSpec::Relu,
-                    LayerSpec::Dense { outputs: 84 },
-                    LayerSpec::Relu,
-                    LayerSpec::Dense { outputs: 10 },
-                ];
-                return Ok(Self {
-                    name: name.into(),
-                    input,
-                    layers,
-                    normalization: Normalization { mean: 0.0, std: 1.0 },
-                });
-            }
+            "lenet5" => vec![
+                LayerSpec::Conv2d { out_channels: 6, kernel: 5, stride: 1, padding: 2 },
+                LayerSpec::Relu,
+                LayerSpec::AvgPool2d { kernel: 2, stride: 2 },
+                LayerSpec::Conv2d { out_channels: 16, kernel: 5, stride: 1, padding: 0 },
+                LayerSpec::Relu,
+                LayerSpec::AvgPool2d { kernel: 2, stride: 2 },
+                LayerSpec::Flatten,
+                LayerSpec::Dense { outputs: 120 },
+                LayerSpec::Relu,
+                LayerSpec::Dense { outputs: 84 },
+                LayerSpec::Relu,
+                LayerSpec::Dense { outputs: 10 },
+            ],
             other => return Err(Error::UnknownArch(other.to_string())),
         };
+        // CryptoNN's networks take pixels in [0, 1] (the FE encoding's inputs).
+        let normalization =
+            if matches!(name, "mlp" | "lenet5") { Normalization { mean: 0.0, std: 1.0 } } else { normalization };
         Ok(Self { name: name.to_string(), input, layers, normalization })
     }
 

@@ -27,7 +27,7 @@
 
 use super::{KeyAuthority, KeyPolicy, KeyRequest, PolicyError, Purpose};
 use blindfold_data::LabeledImages;
-use blindfold_fe::ipfe::{CiphertextBatch, Encryptor, FunctionKey};
+use blindfold_fe::ipfe::{CiphertextBatch, Encryptor, FunctionKey, ProductPoints};
 use blindfold_fe::{febo, DlogTable, FeError, FixedPoint};
 use blindfold_nn::cryptonn::{augmented_columns, encode_input, subtract_labels, FirstLayerProducts, FixedBatches};
 use ndarray::{Array2, Array3};
@@ -360,18 +360,21 @@ impl TrainingServer {
     /// a multiple of the examples.
     pub fn summed_products(&self, id: usize, keys: &[FunctionKey], time: &mut Breakdown) -> Result<Vec<i64>, FeError> {
         let rows = &self.current(id)?.rows;
-        let start = Instant::now();
-        let points = rows.summed_product(keys)?;
-        let mid = Instant::now();
-        let values = points.solve(&self.table);
-        time.decrypt += mid - start;
-        time.dlog += mid.elapsed();
-        values
+        self.solve(|| rows.summed_product(keys), time)
     }
 
     fn product(&self, cts: &CiphertextBatch, keys: &[FunctionKey], time: &mut Breakdown) -> Result<Vec<i64>, FeError> {
+        self.solve(|| cts.product(keys), time)
+    }
+
+    /// The group elements from `decrypt`, then their discrete logarithms, each timed.
+    fn solve(
+        &self,
+        decrypt: impl FnOnce() -> Result<ProductPoints, FeError>,
+        time: &mut Breakdown,
+    ) -> Result<Vec<i64>, FeError> {
         let start = Instant::now();
-        let points = cts.product(keys)?;
+        let points = decrypt()?;
         let mid = Instant::now();
         let values = points.solve(&self.table);
         time.decrypt += mid - start;
