@@ -623,7 +623,7 @@ fn summed_product_lanes(
     len: usize,
     keys: &[FunctionKey],
 ) -> Vec<crate::lanes::Point> {
-    use crate::lanes::{NielsLimbs, IDENTITY, LANES};
+    use crate::lanes::LANES;
     let c = s.constants();
     let outputs = keys.len() / len;
     let chunks = outputs.div_ceil(LANES);
@@ -638,22 +638,8 @@ fn summed_product_lanes(
             s.vectorize(|| {
                 let n = cts.len();
                 let width = t + 1;
-                let mut tables: Vec<Vec<NielsLimbs>> = vec![vec![IDENTITY; n * width]; LANES];
-                for (i, p) in cts.iter().enumerate() {
-                    for (m, niels) in s.multiples(p, t, c).iter().enumerate() {
-                        for (table, limbs) in tables.iter_mut().zip(s.split_lanes(niels)) {
-                            table[i * width + m + 1] = limbs;
-                        }
-                    }
-                }
-                let mut ct0_tables: Vec<Vec<NielsLimbs>> = vec![vec![IDENTITY; 51 * 17]; LANES];
-                for (w, row) in s.fixed_base_table(&ct0_powers[0], c).iter().enumerate() {
-                    for (d, niels) in row.iter().enumerate() {
-                        for (table, limbs) in ct0_tables.iter_mut().zip(s.split_lanes(niels)) {
-                            table[w * 17 + d + 1] = limbs;
-                        }
-                    }
-                }
+                let tables = s.lane_tables(cts.iter().map(|p| s.multiples(p, t, c)), width);
+                let ct0_tables = s.lane_tables(s.fixed_base_table(&ct0_powers[0], c).into_iter(), 17);
                 let mut acc = vec![s.identity(); (planes + 1) * chunks];
                 for lane in 0..LANES.min(len - g * LANES) {
                     let b = g * LANES + lane;
@@ -664,9 +650,8 @@ fn summed_product_lanes(
                             std::array::from_fn(|l| key(chunk * LANES + l).map_or([0; 51], |k| signed_radix32(&-k.sk)));
                         let a = &mut acc[planes * chunks + chunk];
                         for w in 0..51 {
-                            let index = std::array::from_fn(|l| w * 17 + sk[l][w].unsigned_abs() as usize);
-                            let negative = (0..LANES).fold(0u8, |m, l| m | (u8::from(sk[l][w] < 0) << l));
-                            *a = s.add_niels(a, &s.gather(ct0_table, index, negative), false);
+                            let row = &ct0_table[w * 17..(w + 1) * 17];
+                            *a = s.add_niels(a, &s.gather(row, std::array::from_fn(|l| sk[l][w])), false);
                         }
                     }
                     for i in 0..n {
@@ -678,9 +663,8 @@ fn summed_product_lanes(
                                 if d.iter().all(|d| d[plane] == 0) {
                                     continue;
                                 }
-                                let index = std::array::from_fn(|l| i * width + d[l][plane].unsigned_abs() as usize);
-                                let negative = (0..LANES).fold(0u8, |m, l| m | (u8::from(d[l][plane] < 0) << l));
-                                *a = s.add_niels(a, &s.gather(table, index, negative), false);
+                                let row = &table[i * width..(i + 1) * width];
+                                *a = s.add_niels(a, &s.gather(row, std::array::from_fn(|l| d[l][plane])), false);
                             }
                         }
                     }
@@ -1314,7 +1298,9 @@ mod tests {
             let cts = xs.iter().map(|x| mpk.encrypt_with_rng(x, &mut rng).unwrap()).collect();
             let serial = CiphertextBatch { n, len: rows, repr: BatchRepr::Serial(cts) };
             assert_eq!(serial.summed_product(&keys).unwrap().solve(&table).unwrap(), expected);
-            assert!(matches!(batch.summed_product(&keys[1..]), Err(FeError::InvalidArgument(_))) || rows == 1);
+            if rows > 1 {
+                assert!(matches!(batch.summed_product(&keys[1..]), Err(FeError::InvalidArgument(_))));
+            }
         }
     }
 

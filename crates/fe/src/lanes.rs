@@ -69,7 +69,7 @@ pub(crate) struct Niels([Fe; 4]);
 pub(crate) type NielsLimbs = [[u64; 5]; 4];
 
 /// The identity as [`NielsLimbs`].
-pub(crate) const IDENTITY: NielsLimbs = [[1, 0, 0, 0, 0], [1, 0, 0, 0, 0], [1, 0, 0, 0, 0], [0; 5]];
+const IDENTITY: NielsLimbs = [[1, 0, 0, 0, 0], [1, 0, 0, 0, 0], [1, 0, 0, 0, 0], [0; 5]];
 
 /// The constants of the curve and of RFC 9496, as field elements (computed once).
 pub(crate) struct Constants {
@@ -534,15 +534,34 @@ impl Ifma {
         ])
     }
 
-    /// Lane `k` holds `entries[index[k]]`, negated in the lanes of `negative`: a gather by
-    /// scalar loads (eight different table entries, one per lane), for sums whose lanes use
-    /// different keys.
+    /// Per lane, tables of `rows` for [`Ifma::gather`]: row `r` at `r·width`, its entry 0
+    /// the identity and entry `m` the row's `m`-th point (`width − 1` points per row).
+    pub(crate) fn lane_tables(
+        self,
+        rows: impl ExactSizeIterator<Item = Vec<Niels>>,
+        width: usize,
+    ) -> Vec<Vec<NielsLimbs>> {
+        let mut tables = vec![vec![IDENTITY; rows.len() * width]; LANES];
+        for (r, row) in rows.enumerate() {
+            for (m, niels) in row.iter().enumerate() {
+                for (table, limbs) in tables.iter_mut().zip(self.split_lanes(niels)) {
+                    table[r * width + m + 1] = limbs;
+                }
+            }
+        }
+        tables
+    }
+
+    /// Lane `k` holds `d_k·P` for its signed digit `d_k` from `row` (entry `m` is `m·P`, the
+    /// first the identity: a row of [`Ifma::lane_tables`]): a gather by scalar loads (eight
+    /// different table entries, one per lane), for sums whose lanes use different keys.
     #[inline(always)]
-    pub(crate) fn gather(self, entries: &[NielsLimbs], index: [usize; LANES], negative: u8) -> Niels {
-        let rows: [&NielsLimbs; LANES] = std::array::from_fn(|lane| &entries[index[lane]]);
+    pub(crate) fn gather(self, row: &[NielsLimbs], digits: [i64; LANES]) -> Niels {
+        let rows: [&NielsLimbs; LANES] = std::array::from_fn(|lane| &row[digits[lane].unsigned_abs() as usize]);
         let n = Niels(std::array::from_fn(|k| {
             Fe(std::array::from_fn(|l| pulp::cast(std::array::from_fn::<u64, LANES, _>(|lane| rows[lane][k][l]))))
         }));
+        let negative = (0..LANES).fold(0u8, |m, lane| m | (u8::from(digits[lane] < 0) << lane));
         self.negate_lanes(n, negative)
     }
 
@@ -690,19 +709,7 @@ impl Ifma {
     /// signed radix-16 digits of the eight scalars of `points[j]`, tables `1..8·P_j` per lane.
     /// Public inputs; variable time in which windows are all zero.
     pub(crate) fn straus_per_lane(self, points: &[Point], digits: &[&SecretDigits], c: &Constants) -> Point {
-        let tables: Vec<[Niels; 8]> = points
-            .iter()
-            .map(|p| {
-                let first = self.to_niels(p, c);
-                let mut m = *p;
-                std::array::from_fn(|k| {
-                    if k > 0 {
-                        m = self.add_niels(&m, &first, false);
-                    }
-                    self.to_niels(&m, c)
-                })
-            })
-            .collect();
+        let tables: Vec<Vec<Niels>> = points.iter().map(|p| self.multiples(p, 8, c)).collect();
         let windows = digits.iter().map(|d| d.0.len()).max().unwrap_or(0);
         let mut acc = self.identity();
         for w in (0..windows).rev() {
