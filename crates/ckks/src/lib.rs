@@ -55,7 +55,7 @@ pub use params::{max_log_qp_128bit, Parameters, ParametersLiteral, Preset, Secur
 /// Released parameter presets, named for what they guarantee.
 pub mod presets {
     pub use crate::params::{
-        N16384_DEPTH11_128BIT, N16384_DEPTH7_128BIT, N32768_DEPTH16_128BIT, N8192_DEPTH2_128BIT, N8192_DEPTH3_128BIT,
-        N8192_DEPTH5_128BIT, PRESETS,
+        N16384_DEPTH11_128BIT, N16384_DEPTH7_128BIT, N16384_DEPTH9_128BIT, N32768_DEPTH16_128BIT, N8192_DEPTH2_128BIT,
+        N8192_DEPTH3_128BIT, N8192_DEPTH5_128BIT, PRESETS,
     };
 }

@@ -1,8 +1,8 @@
 //! The ensemble coordinator's work per image: receiving K holders' encrypted scores
 //! (deserialization with the parameter check) and their aggregation (serialized for the end
 //! user). The mean on level-0 ciphertexts of `N8192_DEPTH5_128BIT`, as the holders of
-//! `blindfold ensemble --aggregation mean` send them; every aggregation on level-6
-//! ciphertexts of `N16384_DEPTH11_128BIT`, as they arrive when the polynomial aggregations are
+//! `blindfold ensemble --aggregation mean` send them; every aggregation on level-4
+//! ciphertexts of `N16384_DEPTH9_128BIT`, as they arrive when the polynomial aggregations are
 //! on. Single thread.
 //!
 //! Run: `cargo bench -p blindfold-protocol --bench coordinator`; CI runs it once with `-- --test`.
@@ -60,7 +60,7 @@ fn scores(h: usize, i: usize) -> Vec<f64> {
 }
 
 fn polynomial_aggregations(c: &mut Criterion) {
-    let (ctx, mut keygen, mut enc, encoder, info) = setup(presets::N16384_DEPTH11_128BIT, 4);
+    let (ctx, mut keygen, mut enc, encoder, info) = setup(presets::N16384_DEPTH9_128BIT, 4);
     let holders = 5;
     let validation: Vec<Vec<Vec<f64>>> = (0..holders).map(|h| (0..50).map(|i| scores(h, i)).collect()).collect();
     let labels: Vec<u8> = (0..50).map(|i| (i % 10) as u8).collect();
@@ -72,11 +72,11 @@ fn polynomial_aggregations(c: &mut Criterion) {
         galois: serialize(&keygen.galois_keys_at_levels(&steps).unwrap(), &ctx).unwrap().to_vec(),
     };
     coordinator.set_evaluation_keys(&keys).unwrap();
-    // Scores at the level the network leaves them (11 − 5), at the default scale.
+    // Scores at the level the network leaves them (9 − 5), at the default scale.
     let level = ctx.max_level() - info.arch.depth();
     let replies: Vec<Message> = (0..holders)
         .map(|h| {
-            let pt = encoder.encode_real(&scores(h, 0), level, 2f64.powi(29)).unwrap();
+            let pt = encoder.encode_real(&scores(h, 0), level, 2f64.powi(35)).unwrap();
             Message::EncryptedScores { ciphertext: serialize(&enc.encrypt(&pt).unwrap(), &ctx).unwrap().to_vec() }
         })
         .collect();

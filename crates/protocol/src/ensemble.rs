@@ -25,8 +25,8 @@ type Result<T> = std::result::Result<T, ProtocolError>;
 const WINDOW: usize = 32;
 /// Regions of the vote's packed pairwise differences (one per shift `1..C`, padded).
 const VOTE_REGIONS: usize = 16;
-/// Power applied to the vote's normalised rank (`(rank/(C-1))^VOTE_POWER`).
-const VOTE_POWER_LOG2: usize = 3;
+/// Levels the polynomial aggregations consume after the network.
+const POLYNOMIAL_DEPTH: usize = 4;
 
 /// How the coordinator combines the holders' scores. Each has a plaintext twin
 /// ([`Aggregation::apply_plain`]) that the decrypted result is checked against.
@@ -39,17 +39,17 @@ pub enum Aggregation {
     /// `Σ w_h s_h / Σ w_h` over the contributors, with public weights
     /// ([`Calibration::weights`]): one constant multiplication and one rescale (depth 1).
     Weighted,
-    /// Mean of a polynomial softmax per holder: `e_j = (1 + s_j/R_h)^4` (the exponential's
-    /// limit form `(1 + x/n)^n` with `n = 4`), normalised by a degree-3 approximation of
-    /// `1/Σ_j e_j` on the range seen in validation ([`Calibration::softmax_inverse`]).
-    /// Depth 6: mask 1, fourth power 2, inverse 2, product 1.
+    /// Mean of a polynomial softmax per holder: `e_j = (1 + s_j/R_h)^2` (the exponential
+    /// `exp(2 s_j/R_h)` in its limit form `(1 + x/n)^n` with `n = 2`), normalised by the
+    /// linear Chebyshev approximation of `1/Σ_j e_j` on the range seen in validation
+    /// ([`Calibration::softmax_inverse`]; with centred logits `Σ_j e_j = C + Σ_j (s_j/R_h)^2`
+    /// varies little). Depth 4: mask 1, square 1, normalisation 2.
     SoftmaxMean,
-    /// Mean of approximate one-hot votes: with `a = s/(2R_h)` and the degree-3 sign
-    /// approximation `f(x) = (3x − x³)/2`, class `j`'s rank is
-    /// `r_j = Σ_{k≠j} (1 + f(a_j − a_k))/2` (`C − 1` for the top class when the signs are
-    /// sharp) and the vote is `(r_j/(C−1))^8`. Depth 6: mask 1, sign 2, power 3. (An exact
-    /// plurality vote would multiply the `C − 1` steps instead — depth 7 here — and needs
-    /// sharper, deeper signs.)
+    /// Mean of approximate votes: with `a = s/(2R_h)` and the degree-3 sign approximation
+    /// `f(x) = (3x − x³)/2`, class `j`'s rank is `r_j = Σ_{k≠j} (1 + f(a_j − a_k))/2`
+    /// (`C − 1` for the top class when the signs are sharp) and the vote is `(r_j/(C−1))^2`.
+    /// Depth 4: mask 1, sign 2, square 1. (An exact plurality vote would multiply the `C − 1`
+    /// steps instead — depth 7 here — and needs sharper, deeper signs.)
     Vote,
 }
 
@@ -73,7 +73,7 @@ impl Aggregation {
         match self {
             Aggregation::Mean => 0,
             Aggregation::Weighted => 1,
-            Aggregation::SoftmaxMean | Aggregation::Vote => 6,
+            Aggregation::SoftmaxMean | Aggregation::Vote => POLYNOMIAL_DEPTH,
         }
     }
 
@@ -135,9 +135,9 @@ pub struct Calibration {
     /// The interval on which `Σ_j e_j` of [`Aggregation::SoftmaxMean`] fell in validation
     /// (widened by 20% on each side).
     pub softmax_sum_range: (f64, f64),
-    /// Power-basis coefficients `c_0..c_3` of the degree-3 Chebyshev interpolant of `1/x`
+    /// Coefficients `c_0, c_1` of `c_0 + c_1 x`, the linear Chebyshev interpolant of `1/x`
     /// on `softmax_sum_range`.
-    pub softmax_inverse: [f64; 4],
+    pub softmax_inverse: [f64; 2],
 }
 
 impl Calibration {
@@ -148,7 +148,7 @@ impl Calibration {
             weights: vec![1.0; holders],
             score_bounds: Vec::new(),
             softmax_sum_range: (0.0, 0.0),
-            softmax_inverse: [0.0; 4],
+            softmax_inverse: [0.0; 2],
         }
     }
 
@@ -186,7 +186,7 @@ impl Calibration {
             }
         }
         cal.softmax_sum_range = (0.8 * lo, 1.2 * hi);
-        cal.softmax_inverse = chebyshev_inverse_cubic(0.8 * lo, 1.2 * hi);
+        cal.softmax_inverse = chebyshev_inverse_linear(0.8 * lo, 1.2 * hi);
         Ok(cal)
     }
 
@@ -202,18 +202,17 @@ impl Calibration {
         })
     }
 
-    /// `(1 + s_j/R_h)^4`.
+    /// `(1 + s_j/R_h)^2`.
     fn softmax_numerators(&self, h: usize, s: &[f64]) -> Result<Vec<f64>> {
         let r = self.bound(h)?;
-        Ok(s.iter().map(|v| (1.0 + v / r).powi(4)).collect())
+        Ok(s.iter().map(|v| (1.0 + v / r).powi(2)).collect())
     }
 
     fn softmax_plain(&self, h: usize, s: &[f64]) -> Result<Vec<f64>> {
         let e = self.softmax_numerators(h, s)?;
         let sum: f64 = e.iter().sum();
-        let c = self.softmax_inverse;
-        let inv = c[0] + c[1] * sum + c[2] * sum * sum + c[3] * sum * sum * sum;
-        Ok(e.iter().map(|v| v * inv).collect())
+        let [c0, c1] = self.softmax_inverse;
+        Ok(e.iter().map(|v| c0 * v + c1 * (v * sum)).collect())
     }
 
     fn vote_plain(&self, h: usize, s: &[f64]) -> Result<Vec<f64>> {
@@ -228,39 +227,18 @@ impl Calibration {
                         0.5 / (c - 1) as f64 + d * (3.0 - d * d) / (4 * (c - 1)) as f64
                     })
                     .sum();
-                rank.powi(1 << VOTE_POWER_LOG2)
+                rank * rank
             })
             .collect())
     }
 }
 
-/// Power-basis coefficients of the cubic interpolating `1/x` at the four Chebyshev nodes of
-/// `[lo, hi]` (Newton divided differences, then expanded).
-fn chebyshev_inverse_cubic(lo: f64, hi: f64) -> [f64; 4] {
-    let x: Vec<f64> = (0..4)
-        .map(|i| 0.5 * (lo + hi) + 0.5 * (hi - lo) * ((2 * i + 1) as f64 * std::f64::consts::PI / 8.0).cos())
-        .collect();
-    let mut d: Vec<f64> = x.iter().map(|v| 1.0 / v).collect();
-    for k in 1..4 {
-        for i in (k..4).rev() {
-            d[i] = (d[i] - d[i - 1]) / (x[i] - x[i - k]);
-        }
-    }
-    // p(t) = d0 + d1 (t−x0) + d2 (t−x0)(t−x1) + d3 (t−x0)(t−x1)(t−x2), expanded by Horner.
-    let mut c = [d[3], 0.0, 0.0, 0.0]; // highest degree first while expanding
-    let mut deg = 0;
-    for i in (0..3).rev() {
-        // c ← c·(t − x_i) + d_i
-        let mut next = [0.0; 4];
-        for k in 0..=deg {
-            next[k] += c[k];
-            next[k + 1] -= c[k] * x[i];
-        }
-        deg += 1;
-        next[deg] += d[i];
-        c = next;
-    }
-    [c[3], c[2], c[1], c[0]]
+/// `[c_0, c_1]` of the line interpolating `1/x` at the two Chebyshev nodes `x_0, x_1` of
+/// `[lo, hi]`: `c_1 = −1/(x_0 x_1)`, `c_0 = 1/x_0 + 1/x_1`.
+fn chebyshev_inverse_linear(lo: f64, hi: f64) -> [f64; 2] {
+    let (mid, half) = (0.5 * (lo + hi), 0.5 * (hi - lo) * std::f64::consts::FRAC_1_SQRT_2);
+    let (x0, x1) = (mid - half, mid + half);
+    [1.0 / x0 + 1.0 / x1, -1.0 / (x0 * x1)]
 }
 
 fn argmax(v: &[f64]) -> usize {
@@ -348,7 +326,7 @@ impl Coordinator {
         let mut steps: Vec<(i64, usize)> = Vec::new();
         for &agg in aggregations {
             self.check_depth(agg, self.score_level)?;
-            if agg.depth() < 6 {
+            if agg.depth() < POLYNOMIAL_DEPTH {
                 continue;
             }
             self.check_layout()?;
@@ -356,12 +334,12 @@ impl Coordinator {
             let k = self.scores.len() as i64;
             let w = WINDOW as i64;
             steps.extend((1..k).map(|h| (-w * h, l - 1)));
-            steps.extend((1..k).map(|h| (w * h, l - 6)));
+            steps.extend((1..k).map(|h| (w * h, l - POLYNOMIAL_DEPTH)));
             let c = self.classes as i64;
             match agg {
                 Aggregation::SoftmaxMean => {
-                    steps.push((-c, l - 3));
-                    steps.extend(doubling_steps(self.classes, 1).into_iter().map(|s| (s, l - 3)));
+                    steps.push((-c, l - 2));
+                    steps.extend(doubling_steps(self.classes, 1).into_iter().map(|s| (s, l - 2)));
                 }
                 _ => {
                     let r = self.region() as i64;
@@ -456,7 +434,7 @@ impl Coordinator {
         if agg.depth() > level {
             return Err(ProtocolError::Unexpected(format!(
                 "aggregation {agg} needs {} levels after the network, the scores arrive at level {level}: \
-                 use a parameter preset with more levels (N16384_DEPTH11_128BIT)",
+                 use a parameter preset with more levels (N16384_DEPTH9_128BIT)",
                 agg.depth()
             )));
         }
@@ -582,22 +560,6 @@ impl Coordinator {
         Ok(self.eval.rescale(&self.eval.multiply_const(a, value, target * q / a.scale())?)?)
     }
 
-    /// `c_0 + c_1 x + c_2 x² + c_3 x³`, two levels down, at scale `target` exactly. Every
-    /// constant is multiplied in at the scale that lands its term on `target`, so a larger
-    /// `target` keeps more bits of small coefficients.
-    fn cubic(&self, x: &Ciphertext, c: [f64; 4], target: f64) -> Result<Ciphertext> {
-        let x2 = self.multiply(x, x)?;
-        let q = self.prime(x2.level());
-        let c3x = self.times_const(x, c[3], target * q / x2.scale())?;
-        let mut sum = self.multiply(&c3x, &x2)?;
-        self.eval.add_assign(&mut sum, &self.times_const(&x2, c[2], target)?)?;
-        let x1 = self.eval.drop_to_level(x, x2.level())?;
-        self.eval.add_assign(&mut sum, &self.times_const(&x1, c[1], target)?)?;
-        let c0 = self.encoder.encode_real(&vec![c[0]; self.slots()], sum.level(), sum.scale())?;
-        self.eval.add_plain_assign(&mut sum, &c0)?;
-        Ok(sum)
-    }
-
     /// `Σ_{k<count} rot(ct, k·unit)` by doubling: about `2·log2(count)` rotations
     /// ([`doubling_plan`]).
     fn sum_of_rotations(&self, ct: &Ciphertext, count: usize, unit: i64) -> Result<Ciphertext> {
@@ -636,14 +598,15 @@ impl Coordinator {
         let packed = self.pack(cts, contributors, &factors)?;
         let one = self.window_constant(1.0, contributors, &packed)?;
         let u = self.eval.add_plain(&packed, &one)?;
-        let u2 = self.multiply(&u, &u)?;
-        let e = self.multiply(&u2, &u2)?;
+        let e = self.multiply(&u, &u)?;
         let sum = self.sum_of_rotations(&self.repeat_window(&e)?, self.classes, 1)?;
-        // The inverse at 2^6 times the working scale (its coefficients are small), the
-        // numerators at 2^-6 times it, so that the product is back at the working scale.
-        let inv = self.cubic(&sum, self.cal.softmax_inverse, e.scale() * 64.0)?;
-        let e = self.times_const(&e, 1.0, e.scale() / 64.0)?;
-        let p = self.multiply(&e, &inv)?;
+        // e·(c_0 + c_1 Σ) = c_0 e + (c_1 e)·Σ, both terms landing on the default scale.
+        let [c0, c1] = self.cal.softmax_inverse;
+        let target = self.ctx.params().default_scale();
+        let q = self.prime(e.level() - 1);
+        let mut p = self.multiply(&self.times_const(&e, c1, target * q / sum.scale())?, &sum)?;
+        let c0e = self.eval.drop_to_level(&self.times_const(&e, c0, target)?, p.level())?;
+        self.eval.add_assign(&mut p, &c0e)?;
         self.unpack_mean(&p, contributors)
     }
 
@@ -662,8 +625,9 @@ impl Coordinator {
         let d2 = self.multiply(&d, &d)?;
         let three = self.encoder.encode_real(&vec![3.0; self.slots()], d2.level(), d2.scale())?;
         let g = self.eval.add_plain(&self.eval.negate(&d2)?, &three)?;
-        let dq = self.times_const(&d, 1.0 / scale, d.scale())?;
-        let mut t = self.multiply(&dq, &g)?;
+        // The small factor goes into the plaintext, so that t lands on the default scale.
+        let target = self.ctx.params().default_scale() * self.prime(g.level()) / g.scale();
+        let mut t = self.multiply(&self.times_const(&d, 1.0 / scale, target)?, &g)?;
         let mut half = vec![0.0; self.slots()];
         half[..shifts * region as usize].fill(0.5 / shifts as f64);
         let half = self.encoder.encode_real(&half, t.level(), t.scale())?;
@@ -673,10 +637,7 @@ impl Coordinator {
             let r = self.eval.rotate(&t, region << b, gk)?;
             self.eval.add_assign(&mut t, &r)?;
         }
-        for _ in 0..VOTE_POWER_LOG2 {
-            t = self.multiply(&t, &t)?;
-        }
-        self.unpack_mean(&t, contributors)
+        self.unpack_mean(&self.multiply(&t, &t)?, contributors)
     }
 }
 
@@ -710,18 +671,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_inverse_cubic_interpolates_at_the_chebyshev_nodes() {
-        let (lo, hi) = (8.0, 40.0);
-        let c = chebyshev_inverse_cubic(lo, hi);
-        for i in 0..4 {
-            let x = 0.5 * (lo + hi) + 0.5 * (hi - lo) * ((2 * i + 1) as f64 * std::f64::consts::PI / 8.0).cos();
-            let p = c[0] + c[1] * x + c[2] * x * x + c[3] * x * x * x;
-            assert!((p * x - 1.0).abs() < 1e-9, "node {x}: {p}");
+    fn the_inverse_line_interpolates_at_the_chebyshev_nodes() {
+        let (lo, hi) = (8.0, 18.0);
+        let [c0, c1] = chebyshev_inverse_linear(lo, hi);
+        let half = 0.5 * (hi - lo) * std::f64::consts::FRAC_1_SQRT_2;
+        for x in [13.0 - half, 13.0 + half] {
+            assert!(((c0 + c1 * x) * x - 1.0).abs() < 1e-12, "node {x}");
         }
         // And it is a usable inverse over the whole interval.
-        for x in [8.0, 12.0, 20.0, 33.0, 40.0] {
-            let p = c[0] + c[1] * x + c[2] * x * x + c[3] * x * x * x;
-            assert!((p * x - 1.0).abs() < 0.2, "{x}: {}", p * x);
+        for x in [8.0, 10.0, 13.0, 16.0, 18.0] {
+            assert!(((c0 + c1 * x) * x - 1.0).abs() < 0.15, "{x}: {}", (c0 + c1 * x) * x);
         }
     }
 

@@ -119,9 +119,9 @@ fn polynomial_aggregations_match_their_plaintext_twins() {
     let cal = Calibration::from_validation(&val_scores, &test.labels[100..400]).unwrap();
     assert!(cal.weights.iter().all(|&w| w > 0.0) && cal.score_bounds.len() == 3);
 
-    let preset = presets::N16384_DEPTH11_128BIT;
-    // Inputs at 2^31, the scale of the preset's top primes.
-    let mut holders: Vec<ModelHolder> = models.iter().map(|m| ModelHolder::new(m, preset, 31).unwrap()).collect();
+    let preset = presets::N16384_DEPTH9_128BIT;
+    // Inputs at 2^34, the scale of the preset's top primes.
+    let mut holders: Vec<ModelHolder> = models.iter().map(|m| ModelHolder::new(m, preset, 34).unwrap()).collect();
     let info = holders[0].info().clone();
     let (mut user, keys) = Client::new(&info).unwrap();
     for h in &mut holders {
@@ -159,9 +159,10 @@ fn polynomial_aggregations_match_their_plaintext_twins() {
             let want = agg.apply_plain(&refs, &live, &cal).unwrap();
             let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max);
             let size = want.iter().fold(0f64, |m, v| m.max(v.abs()));
-            // Linear aggregations carry the network's error (~3e-3 on these logits); the
-            // polynomial ones are checked relative to their (small) values.
-            let budget = if agg.depth() < 6 { 1e-2 } else { 1e-2 * size };
+            // Linear aggregations carry the network's error (~1e-3 on these logits); the
+            // polynomial ones, whose values are below 1, to 1e-4 of their size (about 1e-5
+            // measured).
+            let budget = if agg.depth() < 4 { 1e-2 } else { 1e-4 * size };
             assert!(err < budget, "image {i}, {agg}: off by {err} (values up to {size}): {got:?} vs {want:?}");
         }
     }
