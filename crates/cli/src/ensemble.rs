@@ -362,7 +362,11 @@ fn print_row(row: &Row, aggregations: &[Aggregation]) {
     for agg in aggregations {
         let r = &row.ensemble[agg.name()];
         let verdict = if r.encrypted_accuracy > row.best_single { "beats" } else { "does not beat" };
-        let exact = if agg.depth() > 1 { format!(", exact {}", pct(r.exact_accuracy)) } else { String::new() };
+        let exact = if matches!(agg, Aggregation::SoftmaxMean | Aggregation::Vote) {
+            format!(", exact {}", pct(r.exact_accuracy))
+        } else {
+            String::new()
+        };
         println!(
             "  {:<14} encrypted {}, plaintext {}, agreement {}{exact} ({verdict} the best single holder); \
              depth {}, largest error {:.1e}, coordinator p50 {:.2} ms",
