@@ -560,6 +560,14 @@ impl Coordinator {
         Ok(self.eval.rescale(&self.eval.multiply_const(a, value, target * q / a.scale())?)?)
     }
 
+    /// `c·a·b` two levels below `a` (`b` at most one level below it), at scale `target`
+    /// exactly: the constant goes in at the scale that lands the product on `target`, so a
+    /// small `c` costs no precision.
+    fn scaled_product(&self, a: &Ciphertext, c: f64, b: &Ciphertext, target: f64) -> Result<Ciphertext> {
+        let q = self.prime(a.level() - 1);
+        self.multiply(&self.times_const(a, c, target * q / b.scale())?, b)
+    }
+
     /// `Σ_{k<count} rot(ct, k·unit)` by doubling: about `2·log2(count)` rotations
     /// ([`doubling_plan`]).
     fn sum_of_rotations(&self, ct: &Ciphertext, count: usize, unit: i64) -> Result<Ciphertext> {
@@ -603,8 +611,7 @@ impl Coordinator {
         // e·(c_0 + c_1 Σ) = c_0 e + (c_1 e)·Σ, both terms landing on the default scale.
         let [c0, c1] = self.cal.softmax_inverse;
         let target = self.ctx.params().default_scale();
-        let q = self.prime(e.level() - 1);
-        let mut p = self.multiply(&self.times_const(&e, c1, target * q / sum.scale())?, &sum)?;
+        let mut p = self.scaled_product(&e, c1, &sum, target)?;
         let c0e = self.eval.drop_to_level(&self.times_const(&e, c0, target)?, p.level())?;
         self.eval.add_assign(&mut p, &c0e)?;
         self.unpack_mean(&p, contributors)
@@ -625,9 +632,7 @@ impl Coordinator {
         let d2 = self.multiply(&d, &d)?;
         let three = self.encoder.encode_real(&vec![3.0; self.slots()], d2.level(), d2.scale())?;
         let g = self.eval.add_plain(&self.eval.negate(&d2)?, &three)?;
-        // The small factor goes into the plaintext, so that t lands on the default scale.
-        let target = self.ctx.params().default_scale() * self.prime(g.level()) / g.scale();
-        let mut t = self.multiply(&self.times_const(&d, 1.0 / scale, target)?, &g)?;
+        let mut t = self.scaled_product(&d, 1.0 / scale, &g, self.ctx.params().default_scale())?;
         let mut half = vec![0.0; self.slots()];
         half[..shifts * region as usize].fill(0.5 / shifts as f64);
         let half = self.encoder.encode_real(&half, t.level(), t.scale())?;
