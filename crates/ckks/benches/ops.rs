@@ -19,7 +19,7 @@ fn bench_preset(c: &mut Criterion, preset: Preset) {
     let pk = keygen.public_key();
     let rlk = keygen.relinearization_key();
     let steps: Vec<i64> = (1..=8).collect();
-    let gk = keygen.galois_keys(&steps, true);
+    let gk = keygen.galois_keys(&keygen.top_level_requests(&steps, true)).unwrap();
     let encoder = Encoder::new(&ctx);
     let mut encryptor = Encryptor::with_public_key(&ctx, &pk).unwrap();
     let decryptor = Decryptor::new(keygen.secret_key());

@@ -24,8 +24,8 @@ fn run() -> Result<()> {
     let mut keygen = KeyGenerator::from_seed(&ctx, [1; 32]);
     let pk = keygen.public_key();
     let rlk = keygen.relinearization_key();
-    let gk = keygen.galois_keys(&[1], false);
-    let gk8 = keygen.galois_keys(&[1, 2, 3, 4, 5, 6, 7, 8], false);
+    let gk = keygen.galois_keys(&keygen.top_level_requests(&[1], false)).unwrap();
+    let gk8 = keygen.galois_keys(&keygen.top_level_requests(&[1, 2, 3, 4, 5, 6, 7, 8], false)).unwrap();
     let encoder = Encoder::new(&ctx);
     let pt = encoder.encode_real(&[0.5; 16], ctx.max_level(), params.default_scale())?;
     let mut enc = Encryptor::with_public_key(&ctx, &pk)?;

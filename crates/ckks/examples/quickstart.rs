@@ -22,7 +22,7 @@ fn main() -> Result<()> {
     let mut keygen = KeyGenerator::new(&ctx)?;
     let pk = keygen.public_key();
     let rlk = keygen.relinearization_key();
-    let gk = keygen.galois_keys(&[1], false);
+    let gk = keygen.galois_keys(&keygen.top_level_requests(&[1], false)).unwrap();
     let encoder = Encoder::new(&ctx);
     let x: Vec<f64> = (0..encoder.slots()).map(|i| (i as f64 / 100.0).sin()).collect();
     let pt = encoder.encode_real(&x, ctx.max_level(), params.default_scale())?;

@@ -2,6 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::params::Parameters;
+use crate::types::{GaloisElement, GaloisKeyRequest, Level};
 use blindfold_math::{BasisConverter, Modulus, NttOperator};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -156,7 +157,7 @@ impl Context {
     }
 
     /// Galois element of a rotation of the slots to the left by `step` (negative: right).
-    pub fn galois_element_for_rotation(&self, step: i64) -> u64 {
+    pub fn galois_element_for_rotation(&self, step: i64) -> GaloisElement {
         let two_n = 2 * self.n() as u64;
         let slots = self.params.slots() as i64;
         let k = step.rem_euclid(slots) as u64;
@@ -170,17 +171,37 @@ impl Context {
             base = base * base % two_n;
             e >>= 1;
         }
-        g
+        GaloisElement(g)
     }
 
     /// Galois element of complex conjugation of the slots, `2N - 1`.
-    pub fn galois_element_for_conjugation(&self) -> u64 {
-        2 * self.n() as u64 - 1
+    pub fn galois_element_for_conjugation(&self) -> GaloisElement {
+        GaloisElement(2 * self.n() as u64 - 1)
+    }
+
+    /// A request for the Galois key of a rotation by `step` slots, serving levels up to
+    /// `level`.
+    pub fn rotation_key_request(&self, step: i64, level: Level) -> GaloisKeyRequest {
+        GaloisKeyRequest { element: self.galois_element_for_rotation(step), level }
+    }
+
+    /// A Galois element read from outside (a wire message): checked to be odd and below `2N`.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidArgument`] otherwise.
+    pub fn galois_element(&self, g: u64) -> Result<GaloisElement> {
+        if g.is_multiple_of(2) || g >= 2 * self.n() as u64 {
+            return Err(Error::InvalidArgument(format!(
+                "Galois element {g} must be odd and below 2N = {}",
+                2 * self.n()
+            )));
+        }
+        Ok(GaloisElement(g))
     }
 
     /// Permutation of NTT slots that applies `X -> X^g` (same for every prime).
-    pub(crate) fn galois_permutation(&self, g: u64) -> Vec<u32> {
-        self.ntt[0].galois_permutation(g)
+    pub(crate) fn galois_permutation(&self, g: GaloisElement) -> Vec<u32> {
+        self.ntt[0].galois_permutation(g.0)
     }
 
     /// Centered CRT reconstruction of one coefficient given its residues modulo

@@ -4,7 +4,7 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::keys::{GaloisKeys, KeySwitchingKey, RelinearizationKey};
 use crate::scratch::{self, Scratch};
-use crate::types::{Ciphertext, Plaintext};
+use crate::types::{Ciphertext, GaloisElement, Plaintext};
 use blindfold_math::{slice, Modulus};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -209,6 +209,25 @@ impl Evaluator {
         let mut out = a.clone();
         self.add_plain_assign(&mut out, pt)?;
         Ok(out)
+    }
+
+    /// `a + c` in every slot, at `a`'s level and scale, without encoding a plaintext: a
+    /// constant polynomial `round(c·Δ)` is the same value at every NTT point.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if `c·Δ` is not finite.
+    pub fn add_const_assign(&self, a: &mut Ciphertext, c: f64) -> Result<()> {
+        self.check(a)?;
+        let k = (c * a.scale).round();
+        if !k.is_finite() {
+            return Err(Error::InvalidArgument(format!("constant {c} at scale {} is not finite", a.scale)));
+        }
+        for (i, r) in self.residues(a.level) {
+            let q = &self.ctx.moduli[i];
+            let v = q.reduce_f64(k);
+            a.parts[0][r].iter_mut().for_each(|x| *x = q.add(*x, v));
+        }
+        Ok(())
     }
 
     /// `a ⊙ pt` slot-wise; the scale becomes `a.scale · pt.scale` (rescale afterwards).
@@ -524,12 +543,12 @@ impl Evaluator {
     ///
     /// # Errors
     /// [`Error::MissingGaloisKey`], [`Error::CiphertextSize`].
-    pub fn apply_galois(&self, a: &Ciphertext, g: u64, gk: &GaloisKeys) -> Result<Ciphertext> {
+    pub fn apply_galois(&self, a: &Ciphertext, g: GaloisElement, gk: &GaloisKeys) -> Result<Ciphertext> {
         self.check(a)?;
         if a.parts.len() != 2 {
             return Err(Error::CiphertextSize { op: "rotate", expected: 2, actual: a.parts.len() });
         }
-        if g == 1 {
+        if g == GaloisElement::IDENTITY {
             return Ok(a.clone());
         }
         let (key, perm) = gk.get(g)?;
@@ -553,11 +572,14 @@ impl Evaluator {
     /// # Errors
     /// [`Error::MissingGaloisKey`] (before any work), [`Error::CiphertextSize`].
     pub fn rotate_hoisted(&self, a: &Ciphertext, steps: &[i64], gk: &GaloisKeys) -> Result<Vec<Ciphertext>> {
-        let elements: Vec<u64> = steps.iter().map(|&s| self.ctx.galois_element_for_rotation(s)).collect();
+        let elements: Vec<GaloisElement> = steps.iter().map(|&s| self.ctx.galois_element_for_rotation(s)).collect();
         for &g in &elements {
-            if g != 1 {
+            if g != GaloisElement::IDENTITY {
                 self.check_key(&gk.get(g)?.0, "Galois key", a.level)?;
             }
+        }
+        if elements.iter().all(|&g| g == GaloisElement::IDENTITY) {
+            return Ok(steps.iter().map(|_| a.clone()).collect());
         }
         let dec = self.decompose(a)?;
         elements.iter().map(|&g| self.apply_galois_hoisted(a, &dec, g, gk)).collect()
@@ -584,11 +606,11 @@ impl Evaluator {
         &self,
         a: &Ciphertext,
         dec: &Decomposed,
-        g: u64,
+        g: GaloisElement,
         gk: &GaloisKeys,
     ) -> Result<Ciphertext> {
         Self::same_level("apply_galois_hoisted", a.level, dec.level)?;
-        if g == 1 {
+        if g == GaloisElement::IDENTITY {
             return Ok(a.clone());
         }
         let (key, perm) = gk.get(g)?;
@@ -830,7 +852,7 @@ impl Evaluator {
         let mut permuted = Scratch::overwritten(len);
         for (c, &step) in cts.iter().zip(steps) {
             let g = ctx.galois_element_for_rotation(step);
-            if g == 1 {
+            if g == GaloisElement::IDENTITY {
                 for (i, r) in self.residues(level) {
                     slice::add_assign(&mut out.parts[0][r.clone()], &c.parts[0][r.clone()], &ctx.moduli[i]);
                     slice::add_assign(&mut out.parts[1][r.clone()], &c.parts[1][r], &ctx.moduli[i]);

@@ -2,6 +2,7 @@
 
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::types::{GaloisElement, GaloisKeyRequest, Level};
 use blindfold_math::sampler;
 use rand_chacha::ChaCha20Rng;
 use rand_core::Rng;
@@ -144,17 +145,27 @@ pub(crate) fn key_indices(ctx: &Context, max_level: usize) -> Vec<usize> {
 
 impl GaloisKeys {
     /// The Galois elements these keys cover.
-    pub fn elements(&self) -> impl Iterator<Item = u64> + '_ {
-        self.keys.keys().copied()
+    pub fn elements(&self) -> impl Iterator<Item = GaloisElement> + '_ {
+        self.keys.keys().map(|&g| GaloisElement(g))
     }
 
     /// Highest level the key for Galois element `g` serves, if there is one.
-    pub fn max_level(&self, g: u64) -> Option<usize> {
-        self.keys.get(&g).map(|(k, _)| k.max_level)
+    pub fn max_level(&self, g: GaloisElement) -> Option<usize> {
+        self.keys.get(&g.0).map(|(k, _)| k.max_level)
     }
 
-    pub(crate) fn get(&self, g: u64) -> Result<&(KeySwitchingKey, Vec<u32>)> {
-        self.keys.get(&g).ok_or(Error::MissingGaloisKey { element: g })
+    /// The requests that are not served, if any.
+    pub fn missing(&self, requests: &[GaloisKeyRequest]) -> Vec<GaloisKeyRequest> {
+        requests
+            .iter()
+            .filter(|r| r.element != GaloisElement::IDENTITY)
+            .filter(|r| self.max_level(r.element).is_none_or(|have| have < r.level.0))
+            .copied()
+            .collect()
+    }
+
+    pub(crate) fn get(&self, g: GaloisElement) -> Result<&(KeySwitchingKey, Vec<u32>)> {
+        self.keys.get(&g.0).ok_or(Error::MissingGaloisKey { element: g.0 })
     }
 }
 
@@ -268,42 +279,36 @@ impl KeyGenerator {
         RelinearizationKey(self.key_switching_key(&s2, top))
     }
 
-    /// Galois keys for the given Galois elements (odd, below 2N; duplicates ignored).
+    /// Galois keys for the requested elements, each serving ciphertexts up to its level and
+    /// correspondingly smaller (a key for level `m` holds `m+1` chain primes). An element
+    /// requested twice gets one key, at the higher level; the identity needs no key and is
+    /// skipped. The one entry point for Galois keys: circuits declare what they need as
+    /// [`GaloisKeyRequest`]s.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for an even element or one not below `2N`.
-    pub fn galois_keys_for_elements(&mut self, elements: &[u64]) -> Result<GaloisKeys> {
-        let top = self.ctx.max_level();
-        let with_levels: Vec<(u64, usize)> = elements.iter().map(|&g| (g, top)).collect();
-        self.galois_keys_for_element_levels(&with_levels)
-    }
-
-    /// Galois keys for `(element, max_level)` pairs: each key serves ciphertexts up to its
-    /// level and is correspondingly smaller (a key for level `m` holds `m+1` chain primes).
-    /// For an element listed twice, the higher level is kept.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] for an even element, one not below `2N`, or a level above
-    /// the top level.
-    pub fn galois_keys_for_element_levels(&mut self, elements: &[(u64, usize)]) -> Result<GaloisKeys> {
+    /// [`Error::InvalidArgument`] for an element that is not odd and below `2N`, or a level
+    /// above the top level.
+    pub fn galois_keys(&mut self, requests: &[GaloisKeyRequest]) -> Result<GaloisKeys> {
         let n = self.ctx.n();
         let mut wanted: BTreeMap<u64, usize> = BTreeMap::new();
-        for &(g, level) in elements {
+        for r in requests {
+            let level = r.level.0;
             if level > self.ctx.max_level() {
                 return Err(Error::InvalidArgument(format!(
                     "key level {level} above the top level {}",
                     self.ctx.max_level()
                 )));
             }
-            let e = wanted.entry(g).or_insert(level);
+            let g = self.ctx.galois_element(r.element.value())?;
+            if g == GaloisElement::IDENTITY {
+                continue;
+            }
+            let e = wanted.entry(g.value()).or_insert(level);
             *e = (*e).max(level);
         }
         let mut keys = BTreeMap::new();
         for (g, level) in wanted {
-            if g % 2 == 0 || g >= 2 * n as u64 {
-                return Err(Error::InvalidArgument(format!("Galois element {g} must be odd and below 2N")));
-            }
-            let perm = self.ctx.galois_permutation(g);
+            let perm = self.ctx.galois_permutation(GaloisElement(g));
             let mut target = Zeroizing::new(vec![0u64; self.sk.ntt.len()]);
             for (i, r) in target.chunks_exact_mut(n).enumerate() {
                 let s = &self.sk.ntt[i * n..(i + 1) * n];
@@ -317,22 +322,14 @@ impl KeyGenerator {
         Ok(GaloisKeys { keys })
     }
 
-    /// Galois keys for rotations at given levels: `(step, max_level)` pairs (see
-    /// [`KeyGenerator::galois_keys_for_element_levels`]).
-    pub fn galois_keys_at_levels(&mut self, steps: &[(i64, usize)]) -> Result<GaloisKeys> {
-        let elements: Vec<(u64, usize)> =
-            steps.iter().map(|&(s, l)| (self.ctx.galois_element_for_rotation(s), l)).filter(|&(g, _)| g != 1).collect();
-        self.galois_keys_for_element_levels(&elements)
-    }
-
-    /// Galois keys for rotations of the slots by each of `steps` (left for positive steps)
-    /// and, if `conjugation`, for complex conjugation.
-    pub fn galois_keys(&mut self, steps: &[i64], conjugation: bool) -> GaloisKeys {
-        let mut elements: Vec<u64> = steps.iter().map(|&s| self.ctx.galois_element_for_rotation(s)).collect();
+    /// Requests for rotations by each of `steps` at the top level, and for conjugation if
+    /// `conjugation` (a convenience for [`KeyGenerator::galois_keys`]).
+    pub fn top_level_requests(&self, steps: &[i64], conjugation: bool) -> Vec<GaloisKeyRequest> {
+        let top = Level(self.ctx.max_level());
+        let mut r: Vec<GaloisKeyRequest> = steps.iter().map(|&s| self.ctx.rotation_key_request(s, top)).collect();
         if conjugation {
-            elements.push(self.ctx.galois_element_for_conjugation());
+            r.push(GaloisKeyRequest { element: self.ctx.galois_element_for_conjugation(), level: top });
         }
-        elements.retain(|&g| g != 1);
-        self.galois_keys_for_elements(&elements).expect("elements from rotations are valid")
+        r
     }
 }

@@ -41,7 +41,7 @@ mod params;
 mod scratch;
 pub mod serialize;
 mod types;
-pub use types::{Ciphertext, Plaintext};
+pub use types::{Ciphertext, GaloisElement, GaloisKeyRequest, Level, Plaintext};
 
 pub use context::Context;
 pub use crypto::{Decryptor, Encryptor, SeededCiphertext};

@@ -23,7 +23,7 @@ pub fn max_log_qp_128bit(n: usize) -> Option<u32> {
 /// rescale, so the multiplicative depth is `L = log_q.len() - 1`. `P = p_0···p_{α-1}` are the
 /// special primes of hybrid key switching (Han–Ki, CT-RSA 2020): the `L+1` primes of `Q` are
 /// grouped into `dnum` digits of `α = ceil((L+1)/dnum)` primes each.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ParametersLiteral {
     /// log2 of the ring degree `N`.
     pub log_n: u32,

@@ -509,7 +509,7 @@ impl WireObject for GaloisKeys {
             if keys.contains_key(g) {
                 return Err(malformed(WHAT, format!("Galois element {g} appears twice")));
             }
-            keys.insert(*g, (ksk_from_wire(ctx, k, WHAT)?, ctx.galois_permutation(*g)));
+            keys.insert(*g, (ksk_from_wire(ctx, k, WHAT)?, ctx.galois_permutation(crate::GaloisElement(*g))));
         }
         Ok(GaloisKeys { keys })
     }

@@ -1,4 +1,50 @@
-//! Plaintexts and ciphertexts.
+//! Plaintexts and ciphertexts, and the units that name levels and automorphisms.
+
+use serde::{Deserialize, Serialize};
+
+/// A level of the modulus chain: a value at level `l` has residues modulo `q_0…q_l` and can
+/// be rescaled `l` more times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Level(pub usize);
+
+impl std::fmt::Display for Level {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "level {}", self.0)
+    }
+}
+
+/// A Galois element `g` of `(Z/2NZ)*`, naming the automorphism `X -> X^g` of the ring. A
+/// rotation of the slots by `k` is `g = 5^k mod 2N`, complex conjugation `g = 2N - 1`, the
+/// identity `g = 1` ([`crate::Context::galois_element_for_rotation`]). Built only by the
+/// context (always odd and below `2N` for its ring) or read back from the wire format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct GaloisElement(pub(crate) u64);
+
+impl GaloisElement {
+    /// The identity automorphism (rotation by 0), which needs no key.
+    pub const IDENTITY: GaloisElement = GaloisElement(1);
+
+    /// The integer `g`.
+    pub fn value(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for GaloisElement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Galois element {}", self.0)
+    }
+}
+
+/// One Galois key to generate: its element and the highest level it must serve (a key for
+/// level `m` holds `m + 1` chain primes, so keys used low in the chain are smaller).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct GaloisKeyRequest {
+    /// The automorphism.
+    pub element: GaloisElement,
+    /// Highest ciphertext level the key must serve.
+    pub level: Level,
+}
 
 /// A CKKS plaintext: a polynomial with residues modulo `q_0…q_level` in NTT form, together
 /// with the scale Δ its slots were multiplied by.

@@ -146,7 +146,7 @@ fn rotations_conjugation_and_hoisting() {
         let a = values(slots, 7);
         let ct = s.encrypt(&a);
         let steps = [1i64, 2, 5, -1, -7, slots as i64 / 2];
-        let gk = s.keygen.galois_keys(&steps, true);
+        let gk = s.keygen.galois_keys(&s.keygen.top_level_requests(&steps, true)).unwrap();
         for &k in &steps {
             let want: Vec<_> = (0..slots).map(|j| a[(j as i64 + k).rem_euclid(slots as i64) as usize]).collect();
             report(&format!("rotate {k}"), &s.decrypt(&s.eval.rotate(&ct, k, &gk).unwrap()), &want, 21.0);
@@ -173,7 +173,7 @@ fn rotate_sum_and_dot_plain_match_their_definitions() {
         let slots = s.encoder.slots();
         let (a, b) = (values(slots, 13), values(slots, 14));
         let (ca, cb) = (s.encrypt(&a), s.encrypt(&b));
-        let gk = s.keygen.galois_keys(&[1, 3], false);
+        let gk = s.keygen.galois_keys(&s.keygen.top_level_requests(&[1, 3], false)).unwrap();
         // rot(a, 1) + b + rot(b, 3), one ModDown.
         let sum = s.eval.rotate_sum(&[&ca, &cb, &cb], &[1, 0, 3], &gk).unwrap();
         let want: Vec<_> = (0..slots).map(|j| a[(j + 1) % slots] + b[j] + b[(j + 3) % slots]).collect();
@@ -205,7 +205,10 @@ fn mismatches_are_typed_errors() {
     other_scale.set_scale(ct.scale() * 2.0);
     assert!(matches!(s.eval.add(&ct, &other_scale), Err(Error::ScaleMismatch { .. })));
     let three = s.eval.multiply(&ct, &ct).unwrap();
-    assert!(matches!(s.eval.rotate(&three, 1, &s.keygen.galois_keys(&[1], false)), Err(Error::CiphertextSize { .. })));
+    assert!(matches!(
+        s.eval.rotate(&three, 1, &s.keygen.galois_keys(&s.keygen.top_level_requests(&[1], false)).unwrap()),
+        Err(Error::CiphertextSize { .. })
+    ));
     assert!(matches!(s.eval.relinearize(&ct, &s.rlk), Err(Error::CiphertextSize { .. })));
     assert!(matches!(s.eval.multiply_const(&ct, f64::NAN, 2.0), Err(Error::InvalidArgument(_))));
 }
@@ -216,7 +219,10 @@ fn level_limited_galois_keys_serve_lower_levels_only() {
     let slots = s.encoder.slots();
     let a = values(slots, 11);
     let ct = s.encrypt(&a);
-    let gk = s.keygen.galois_keys_at_levels(&[(1, 1), (2, 3)]).unwrap();
+    let gk = s
+        .keygen
+        .galois_keys(&[s.ctx.rotation_key_request(1, Level(1)), s.ctx.rotation_key_request(2, Level(3))])
+        .unwrap();
     assert_eq!(gk.max_level(s.ctx.galois_element_for_rotation(1)), Some(1));
     let low = s.eval.drop_to_level(&ct, 1).unwrap();
     let want: Vec<_> = (0..slots).map(|j| a[(j + 1) % slots]).collect();
@@ -224,8 +230,8 @@ fn level_limited_galois_keys_serve_lower_levels_only() {
     let err = s.eval.rotate(&ct, 1, &gk).unwrap_err();
     assert!(matches!(err, Error::KeyLevel { max_level: 1, level: 3, .. }), "{err}");
     // The smaller key is smaller on the wire too.
-    let full = s.keygen.galois_keys(&[1], false);
-    let small = s.keygen.galois_keys_at_levels(&[(1, 1)]).unwrap();
+    let full = s.keygen.galois_keys(&s.keygen.top_level_requests(&[1], false)).unwrap();
+    let small = s.keygen.galois_keys(&[s.ctx.rotation_key_request(1, Level(1))]).unwrap();
     let (fb, sb) =
         (serialize::serialize(&full, &s.ctx).unwrap().len(), serialize::serialize(&small, &s.ctx).unwrap().len());
     assert!(sb * 2 < fb, "level-1 key {sb} bytes vs full {fb}");
@@ -241,7 +247,10 @@ fn objects_of_other_parameters_are_refused() {
     let sq3 = s.eval.multiply(&ct, &ct).unwrap();
     let err = s.eval.relinearize(&sq3, &other_keys.relinearization_key()).unwrap_err();
     assert!(matches!(err, Error::ForeignObject { .. }), "{err}");
-    let err = s.eval.rotate(&ct, 1, &other_keys.galois_keys(&[1], false)).unwrap_err();
+    let err = s
+        .eval
+        .rotate(&ct, 1, &other_keys.galois_keys(&other_keys.top_level_requests(&[1], false)).unwrap())
+        .unwrap_err();
     assert!(matches!(err, Error::ForeignObject { .. } | Error::MissingGaloisKey { .. }), "{err}");
     // Another ring degree: the shape check refuses it before any indexing.
     let mut big = setup(presets::N8192_DEPTH3_128BIT.parameters().unwrap(), 9);
@@ -289,7 +298,7 @@ fn key_switching_with_two_special_primes_keeps_its_precision() {
     // Secret-key encryption: its noise is small enough for the conversion error to show.
     let pt = s.encoder.encode(&a, s.ctx.max_level(), s.params.default_scale()).unwrap();
     let ct = Encryptor::with_secret_key(s.keygen.secret_key()).unwrap().encrypt_symmetric(&pt).unwrap().expand(&s.ctx);
-    let gk = s.keygen.galois_keys(&[1], false);
+    let gk = s.keygen.galois_keys(&s.keygen.top_level_requests(&[1], false)).unwrap();
     let want: Vec<_> = (0..slots).map(|j| a[(j + 1) % slots]).collect();
     report("rotate 1, N=2^14, α=2", &s.decrypt(&s.eval.rotate(&ct, 1, &gk).unwrap()), &want, 13.0);
 }

@@ -29,7 +29,7 @@ fn every_object_roundtrips() {
     let pk = s.keygen.public_key();
     roundtrip(&pk, &s.ctx);
     roundtrip(&s.rlk, &s.ctx);
-    let gk = s.keygen.galois_keys(&[1, -3], true);
+    let gk = s.keygen.galois_keys(&s.keygen.top_level_requests(&[1, -3], true)).unwrap();
     roundtrip(&gk, &s.ctx);
     let seeded = Encryptor::with_secret_key(s.keygen.secret_key()).unwrap().encrypt_symmetric(&pt).unwrap();
     let seeded_bytes = roundtrip(&seeded, &s.ctx);
@@ -148,7 +148,7 @@ fn valid_objects(ctx: &Arc<Context>) -> Vec<Vec<u8>> {
         serialize::serialize(&pt, ctx).unwrap().to_vec(),
         serialize::serialize(&pk, ctx).unwrap().to_vec(),
         serialize::serialize(&kg.relinearization_key(), ctx).unwrap().to_vec(),
-        serialize::serialize(&kg.galois_keys(&[1], true), ctx).unwrap().to_vec(),
+        serialize::serialize(&kg.galois_keys(&kg.top_level_requests(&[1], true)).unwrap(), ctx).unwrap().to_vec(),
         serialize::serialize(kg.secret_key(), ctx).unwrap().to_vec(),
     ]
 }

@@ -1,12 +1,12 @@
 //! `blindfold ensemble`: several model holders, each with a model trained on its own share
 //! of the data, a coordinator combining their encrypted scores, one end user decrypting.
 
-use crate::{bar, cached_model, percentile, say, train_on, DataArgs, Percentiles, TrainOpts, PRESET};
+use crate::{bar, cached_model, percentile, say, train_on, DataArgs, Percentiles, TrainOpts};
 use anyhow::{bail, Context as _, Result};
-use blindfold_ckks::{presets, Preset};
+use blindfold_ckks::{presets, Parameters};
 use blindfold_data::{class_histogram, partition, Partition, Split};
-use blindfold_nn::{argmax, Model};
-use blindfold_protocol::{Aggregation, Calibration, Client, Coordinator, Message, ModelHolder};
+use blindfold_nn::{argmax, compile, Model};
+use blindfold_protocol::{Aggregation, Calibration, Client, CompiledModel, Coordinator, Message, ModelHolder};
 use clap::Args;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -68,12 +68,18 @@ fn parse_aggregation(name: &str) -> Result<Aggregation, String> {
     name.parse()
 }
 
-/// The smallest preset with the levels `aggregations` need after the network.
-fn preset_for(aggregations: &[Aggregation]) -> Preset {
+/// The parameters with the levels `aggregations` need after `arch`'s network, and their name:
+/// the compiler's chain for the network alone when every aggregation is linear, else
+/// `N16384_DEPTH9_128BIT` (five levels for the network on 34-bit primes, four for the
+/// aggregation on 35-bit primes).
+fn parameters_for(arch: &blindfold_nn::ArchSpec, aggregations: &[Aggregation]) -> Result<(Parameters, String)> {
     if aggregations.iter().all(|a| a.depth() == 0) {
-        PRESET
+        let p = compile::parameters(compile::circuit_depth(arch)?, &Default::default())?;
+        let name = blindfold_protocol::PlanInfo::name_of(p.literal());
+        Ok((p, name))
     } else {
-        presets::N16384_DEPTH9_128BIT
+        let preset = presets::N16384_DEPTH9_128BIT;
+        Ok((preset.parameters()?, preset.name.to_string()))
     }
 }
 
@@ -126,7 +132,7 @@ pub(crate) fn ensemble_cmd(a: EnsembleArgs) -> Result<()> {
         bail!("--holders must be at least 1");
     }
     let aggregations = a.aggregation.clone();
-    let preset = preset_for(&aggregations);
+    let (params, preset) = parameters_for(&a.opts.arch_spec(&a.arch)?, &aggregations)?;
     let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |t| t.get())).max(1);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
     let train_set = a.data.load(Split::Train)?.truncate(a.opts.limit.unwrap_or(usize::MAX));
@@ -158,7 +164,7 @@ pub(crate) fn ensemble_cmd(a: EnsembleArgs) -> Result<()> {
                 a.split_seed,
                 train_set.len()
             ));
-            let model = match cached_model(&path, &a.arch) {
+            let model = match cached_model(&path, &a.opts.arch_spec(&a.arch)?) {
                 Some(m) => m,
                 None => train_on(&a.arch, a.data.dataset, &train_set.subset(idx), &test_full, &a.opts, &path)?,
             };
@@ -168,7 +174,7 @@ pub(crate) fn ensemble_cmd(a: EnsembleArgs) -> Result<()> {
         models.iter_mut().for_each(Model::center_logits);
         let val_scores = models.iter_mut().map(|m| logits_f64(m, &val)).collect::<Result<Vec<_>>>()?;
         let calibration = Calibration::from_validation(&val_scores, &val.labels)?;
-        let ctx = Setup { preset, calibration, aggregations: &aggregations };
+        let ctx = Setup { params: params.clone(), calibration, aggregations: &aggregations };
         let row = pool.install(|| evaluate_split(&split.to_string(), &mut models, &parts, &test, &ctx, &a))?;
         print_row(&row, &aggregations);
         rows.push(row);
@@ -179,7 +185,7 @@ pub(crate) fn ensemble_cmd(a: EnsembleArgs) -> Result<()> {
         holders: a.holders,
         n: test.len(),
         n_val: a.n_val,
-        preset: preset.name.to_string(),
+        preset: preset.clone(),
         threads,
         rows,
     };
@@ -200,7 +206,7 @@ fn logits_f64(model: &mut Model, set: &blindfold_data::LabeledImages) -> Result<
 
 /// What one split's encrypted run is set up with.
 struct Setup<'a> {
-    preset: Preset,
+    params: Parameters,
     calibration: Calibration,
     aggregations: &'a [Aggregation],
 }
@@ -224,22 +230,20 @@ fn evaluate_split(
     };
     let holder_accuracies: Vec<f64> = plain.iter().map(|p| accuracy(&|i| argmax_f64(&p[i]))).collect();
 
-    // Inputs at the scale of the primes the network consumes (the top ones).
-    let log_input_scale = *setup.preset.log_q.last().expect("a modulus chain");
-    let mut holders: Vec<ModelHolder> =
-        models.iter().map(|m| ModelHolder::new(m, setup.preset, log_input_scale)).collect::<Result<_, _>>()?;
+    let mut holders: Vec<ModelHolder> = models
+        .iter()
+        .map(|m| Ok(ModelHolder::new(CompiledModel::with_parameters(m, &setup.params)?)))
+        .collect::<Result<_>>()?;
     let info = holders[0].info().clone();
     let (mut user, keys) = Client::new(&info)?;
     for h in &mut holders {
         h.handle(&keys)?;
     }
     let mut coordinator = Coordinator::with_calibration(&info, setup.calibration.clone())?;
-    let steps = coordinator.evaluation_key_steps(aggregations)?;
+    let steps = coordinator.rotation_keys(aggregations)?;
     if !steps.is_empty() {
-        coordinator.set_evaluation_keys(&user.evaluation_keys(&steps)?)?;
+        coordinator.set_evaluation_keys(&user.evaluation_keys_for(&steps)?)?;
     }
-    let normalized: Vec<Vec<f64>> =
-        images.iter().map(|img| models[0].normalize(img).into_iter().map(f64::from).collect()).collect();
     let mut encrypted_pred = vec![vec![0usize; n]; aggregations.len()];
     let mut plain_pred = vec![vec![0usize; n]; aggregations.len()];
     let mut exact_pred = vec![vec![0usize; n]; aggregations.len()];
@@ -249,7 +253,7 @@ fn evaluate_split(
     let pb = bar(n as u64, split);
     for i in 0..n {
         let t0 = Instant::now();
-        let request = user.encrypt(&normalized[i])?;
+        let request = user.encrypt_pixels(images[i])?;
         let replies: Vec<(Option<Message>, f64)> = holders
             .par_iter_mut()
             .map(|h| {

@@ -2,11 +2,12 @@
 
 use anyhow::{bail, Context as _, Result};
 use blindfold_ckks::serialize::{deserialize, read_header, serialize};
-use blindfold_ckks::{max_log_qp_128bit, presets, Preset, SecretKey};
+use blindfold_ckks::{max_log_qp_128bit, presets, SecretKey};
 use blindfold_data::{load, Dataset, LabeledImages, Split};
+use blindfold_nn::compile::ChainOptions;
 use blindfold_nn::train::{train, TrainConfig};
-use blindfold_nn::{argmax, ArchSpec, Model};
-use blindfold_protocol::{Client, Message, ModelHolder, PlanInfo};
+use blindfold_nn::{argmax, ArchSpec, LayerSpec, Model};
+use blindfold_protocol::{Client, CompiledModel, Message, ModelHolder, PlanInfo};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -145,13 +146,37 @@ struct TrainOpts {
     /// Train on the first N training images only (quick runs).
     #[arg(long)]
     limit: Option<usize>,
+    /// Activation of every hidden layer: square (x², CryptoNets), or relu-poly2, relu-poly3,
+    /// relu-poly4 (least-squares polynomial fits of ReLU on the pre-activation range seen in
+    /// training, trained with the polynomial in the loop).
+    #[arg(long, default_value = "square")]
+    activation: String,
+}
+
+impl TrainOpts {
+    /// The built-in architecture `name` with this activation.
+    fn arch_spec(&self, name: &str) -> Result<ArchSpec> {
+        let spec = ArchSpec::builtin(name)?;
+        match self.activation.as_str() {
+            "square" => Ok(spec.with_activation(LayerSpec::Square)),
+            other => bail!("unknown activation {other:?}: expected square, relu-poly2, relu-poly3 or relu-poly4"),
+        }
+    }
+
+    /// File name of the cached model of `arch` on `dataset`.
+    fn model_file(&self, dataset: Dataset, arch: &str) -> String {
+        match self.activation.as_str() {
+            "square" => format!("{dataset}-{arch}.safetensors"),
+            act => format!("{dataset}-{arch}-{act}.safetensors"),
+        }
+    }
 }
 
 #[derive(Args)]
 struct TrainArgs {
     #[command(flatten)]
     data: DataArgs,
-    /// Architecture: tenseal-cnn1, cryptonets or cnn2.
+    /// Architecture: tenseal-cnn1, cryptonets, cnn2 or lenet5.
     #[arg(long, default_value = "tenseal-cnn1")]
     arch: String,
     #[command(flatten)]
@@ -159,6 +184,23 @@ struct TrainArgs {
     /// Output model file (safetensors).
     #[arg(long)]
     out: PathBuf,
+}
+
+#[derive(Args, Clone, Copy)]
+struct ChainArgs {
+    /// Scale bits of the CKKS chain (every rescaled prime has this size) [default: the most the
+    /// smallest 128-bit ring that holds the network allows, up to 40].
+    #[arg(long)]
+    scale_bits: Option<u32>,
+    /// Ring degree log2 N (13, 14 or 15) [default: the smallest that holds the network].
+    #[arg(long)]
+    log_n: Option<u32>,
+}
+
+impl ChainArgs {
+    fn options(&self) -> ChainOptions {
+        ChainOptions { log_n: self.log_n, scale_bits: self.scale_bits, ..ChainOptions::default() }
+    }
 }
 
 #[derive(Args)]
@@ -178,13 +220,15 @@ struct EvalOpts {
     /// images' work).
     #[arg(long, default_value_t = 1)]
     parallel_images: usize,
+    #[command(flatten)]
+    chain: ChainArgs,
 }
 
 #[derive(Args)]
 struct DemoArgs {
     #[command(flatten)]
     data: DataArgs,
-    /// Architecture: tenseal-cnn1 or cryptonets (cnn2 trains but has no encrypted plan yet).
+    /// Architecture: tenseal-cnn1, cryptonets, cnn2 or lenet5.
     #[arg(long, default_value = "tenseal-cnn1")]
     arch: String,
     #[command(flatten)]
@@ -206,10 +250,6 @@ struct InferArgs {
     #[command(flatten)]
     eval: EvalOpts,
 }
-
-/// The preset used for encrypted inference and the scale of the inputs (bits).
-const PRESET: Preset = presets::N8192_DEPTH5_128BIT;
-const LOG_INPUT_SCALE: u32 = 29;
 
 fn main() {
     let cli = Cli::parse();
@@ -257,6 +297,19 @@ fn train_model(arch: &str, data: &DataArgs, opts: &TrainOpts, out: &Path) -> Res
     train_on(arch, data.dataset, &train_set, &test_set, opts, out)
 }
 
+/// Whether two architectures have the same layers, ignoring the coefficients of polynomial
+/// activations (which training fits).
+fn same_structure(a: &ArchSpec, b: &ArchSpec) -> bool {
+    let kind = |l: &LayerSpec| match l {
+        LayerSpec::Poly { coeffs } => LayerSpec::Poly { coeffs: vec![0.0; coeffs.len()] },
+        other => other.clone(),
+    };
+    a.name == b.name
+        && a.input == b.input
+        && a.layers.len() == b.layers.len()
+        && a.layers.iter().zip(&b.layers).all(|(x, y)| kind(x) == kind(y))
+}
+
 /// Trains `arch` on `train_set` (reporting accuracy on `test_set` each epoch) and writes the
 /// model to `out`.
 fn train_on(
@@ -267,7 +320,7 @@ fn train_on(
     opts: &TrainOpts,
     out: &Path,
 ) -> Result<Model> {
-    let spec = ArchSpec::builtin(arch)?;
+    let spec = opts.arch_spec(arch)?;
     let mut model = Model::init(spec, &mut blindfold_nn::train::seeded_rng(opts.seed))?;
     // The settings behind the accuracies in BENCHMARKS.md.
     let fashion = dataset == Dataset::FashionMnist;
@@ -319,8 +372,8 @@ fn train_cmd(a: TrainArgs) -> Result<Model> {
 }
 
 fn demo(a: DemoArgs) -> Result<()> {
-    let path = a.model_dir.join(format!("{}-{}.safetensors", a.data.dataset, a.arch));
-    let model = match cached_model(&path, &a.arch) {
+    let path = a.model_dir.join(a.opts.model_file(a.data.dataset, &a.arch));
+    let model = match cached_model(&path, &a.opts.arch_spec(&a.arch)?) {
         Some(m) => {
             eprintln!("using cached model {}", path.display());
             m
@@ -330,9 +383,10 @@ fn demo(a: DemoArgs) -> Result<()> {
     run_inference(model, &a.data, &a.eval)
 }
 
-/// The model at `path` if it exists, loads and has the architecture `arch`.
-fn cached_model(path: &Path, arch: &str) -> Option<Model> {
-    Model::load(path).ok().filter(|(_, file)| file.arch.name == arch).map(|(m, _)| m)
+/// The model at `path` if it exists, loads and has the architecture `arch` (up to fitted
+/// coefficients).
+fn cached_model(path: &Path, arch: &ArchSpec) -> Option<Model> {
+    Model::load(path).ok().filter(|(_, file)| same_structure(&file.arch, arch)).map(|(m, _)| m)
 }
 
 fn infer_cmd(a: InferArgs) -> Result<()> {
@@ -405,16 +459,18 @@ fn run_inference(mut model: Model, data: &DataArgs, opts: &EvalOpts) -> Result<(
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
     let arch = model.spec().name.clone();
     let setup = Instant::now();
-    let holder = ModelHolder::new(&model, PRESET, LOG_INPUT_SCALE)?;
-    let info = holder.info().clone();
+    let compiled = CompiledModel::new(&model, &opts.chain.options())?;
+    let info = compiled.info().clone();
     let (client, keys) = Client::new(&info)?;
     let key_bytes = keys.to_bytes().len();
+    let params = info.parameters()?;
+    let preset = info.parameters_name();
     eprintln!(
-        "plan: depth {}, {} Galois keys ({:.1} MB of evaluation keys), preset {}; setup {:.1} s",
-        holder.plan().depth(),
-        holder.plan().rotation_steps().len(),
+        "circuit: depth {}, {} Galois keys ({:.1} MB of evaluation keys), {} input ciphertext(s), parameters {preset}; setup {:.1} s",
+        info.depth,
+        info.rotation_keys.len(),
         key_bytes as f64 / 1e6,
-        PRESET.name,
+        compiled.circuit().packing().ciphertexts(),
         setup.elapsed().as_secs_f64()
     );
     let plain_logits = {
@@ -426,8 +482,6 @@ fn run_inference(mut model: Model, data: &DataArgs, opts: &EvalOpts) -> Result<(
         }
         all
     };
-    let normalized: Vec<Vec<f64>> =
-        (0..n).map(|i| model.normalize(test.images.image(i)).into_iter().map(f64::from).collect()).collect();
     let pb = bar(n as u64, "encrypted");
     let mut results: Vec<Option<ImageResult>> = vec![None; n];
     // Each worker is a client/model-holder pair sharing the same keys: the holder gets the
@@ -438,20 +492,19 @@ fn run_inference(mut model: Model, data: &DataArgs, opts: &EvalOpts) -> Result<(
         let handles: Vec<_> = chunks
             .iter()
             .map(|idx| {
-                let (model_ref, keys_ref, info_ref, pb, normalized, plain_logits, labels, pool) =
-                    (&model, &keys, &info, &pb, &normalized, &plain_logits, &test.labels, &pool);
+                let (compiled, keys_ref, info_ref, pb, test, plain_logits, pool) =
+                    (&compiled, &keys, &info, &pb, &test, &plain_logits, &pool);
                 let sk_bytes = serialize(client.secret_key(), client.context()); // zeroized on drop
                 scope.spawn(move || {
                     pool.install(|| -> Result<Vec<(usize, ImageResult)>> {
-                        let mut holder = ModelHolder::new(model_ref, PRESET, LOG_INPUT_SCALE)?;
+                        let mut holder = ModelHolder::new(compiled.clone());
                         holder.handle(keys_ref)?;
-                        let ctx = holder.plan().context().clone();
-                        let sk: SecretKey = deserialize(&sk_bytes?, &ctx)?;
-                        let (mut client, _) = Client::with_secret_key(info_ref, &sk)?;
+                        let sk: SecretKey = deserialize(&sk_bytes?, compiled.context())?;
+                        let mut client = Client::with_secret_key(info_ref, &sk)?;
                         let mut out = Vec::with_capacity(idx.len());
                         for &i in idx {
                             let t0 = Instant::now();
-                            let request = client.encrypt(&normalized[i])?.to_bytes();
+                            let request = client.encrypt_pixels(test.images.image(i))?.to_bytes();
                             let t1 = Instant::now();
                             let reply = holder
                                 .handle(&Message::from_bytes(&request)?)?
@@ -467,7 +520,7 @@ fn run_inference(mut model: Model, data: &DataArgs, opts: &EvalOpts) -> Result<(
                                 (
                                     argmax(&s32),
                                     plain_logits[i],
-                                    labels[i],
+                                    test.labels[i],
                                     ms(t1, t2),
                                     ms(t0, t1),
                                     ms(t2, t3),
@@ -498,7 +551,6 @@ fn run_inference(mut model: Model, data: &DataArgs, opts: &EvalOpts) -> Result<(
     let mut server: Vec<f64> = results.iter().map(|r| r.3).collect();
     let mut enc: Vec<f64> = results.iter().map(|r| r.4).collect();
     let mut dec: Vec<f64> = results.iter().map(|r| r.5).collect();
-    let params = PRESET.parameters()?;
     let report = Report {
         dataset: data.dataset.to_string(),
         arch: arch.clone(),
@@ -517,12 +569,12 @@ fn run_inference(mut model: Model, data: &DataArgs, opts: &EvalOpts) -> Result<(
             log_n: params.log_n(),
             log_qp: params.log_qp(),
             security_bits: 128,
-            preset: PRESET.name.to_string(),
+            preset: preset.clone(),
         },
         threads,
         parallel_images: workers,
-        depth: holder.plan().depth(),
-        rotation_keys: holder.plan().rotation_steps().len(),
+        depth: info.depth,
+        rotation_keys: info.rotation_keys.len(),
     };
     println!("{:<22} {}", "dataset", report.dataset);
     println!("{:<22} {}", "architecture", report.arch);
@@ -547,7 +599,7 @@ fn run_inference(mut model: Model, data: &DataArgs, opts: &EvalOpts) -> Result<(
     );
     println!(
         "{:<22} {} (N = 2^{}, log2 QP = {:.1}, 128-bit)",
-        "parameters", PRESET.name, report.params.log_n, report.params.log_qp
+        "parameters", preset, report.params.log_n, report.params.log_qp
     );
     if let Some(path) = &opts.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
@@ -611,7 +663,11 @@ fn params_cmd(json: bool) -> Result<()> {
             special.join(" ")
         );
     }
-    println!("\nEvery preset is checked at construction against the HomomorphicEncryption.org 128-bit bound\n(uniform ternary secret, sigma = 3.2). Encrypted inference uses {}.", PRESET.name);
+    println!(
+        "\nEvery preset is checked at construction against the HomomorphicEncryption.org 128-bit bound\n\
+         (uniform ternary secret, sigma = 3.2). Encrypted inference generates its chain from the\n\
+         network's depth (the smallest secure ring, the largest scale up to 2^40) and checks it the same way."
+    );
     Ok(())
 }
 
@@ -632,7 +688,7 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
 
 fn keygen_cmd(model: &str, out_dir: &Path) -> Result<()> {
     let arch = arch_of(model)?;
-    let info = PlanInfo { arch, preset: PRESET.name.to_string(), log_input_scale: LOG_INPUT_SCALE };
+    let info = PlanInfo::for_architecture(&arch, &ChainOptions::default())?;
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let (client, keys) = Client::new(&info)?;
     let sk = serialize(client.secret_key(), client.context())?;
@@ -658,23 +714,20 @@ fn keygen_cmd(model: &str, out_dir: &Path) -> Result<()> {
 fn load_client(keys: &Path) -> Result<Client> {
     let info: PlanInfo = serde_json::from_slice(&read_file(&keys.join("plan.json"))?)
         .with_context(|| format!("{} is not a plan file", keys.join("plan.json").display()))?;
-    let ctx = blindfold_ckks::Context::new(&info.preset()?.parameters()?)?;
+    let ctx = blindfold_ckks::Context::new(&info.parameters()?)?;
     let sk_path = keys.join("secret.key");
     let sk: SecretKey =
         deserialize(&read_file(&sk_path)?, &ctx).with_context(|| format!("loading {}", sk_path.display()))?;
-    Ok(Client::with_secret_key(&info, &sk)?.0)
+    Ok(Client::with_secret_key(&info, &sk)?)
 }
 
 fn encrypt_cmd(keys: &Path, data: &DataArgs, index: usize, out: &Path) -> Result<()> {
     let mut client = load_client(keys)?;
-    let info: PlanInfo = serde_json::from_slice(&read_file(&keys.join("plan.json"))?)?;
     let test = data.load(Split::Test)?;
     if index >= test.len() {
         bail!("--index {index} is out of range: the test set has {} images", test.len());
     }
-    let norm = info.arch.normalization;
-    let image: Vec<f64> = test.images.image(index).iter().map(|&p| (p as f64 / 255.0 - norm.mean) / norm.std).collect();
-    let msg = client.encrypt(&image)?.to_bytes();
+    let msg = client.encrypt_pixels(test.images.image(index))?.to_bytes();
     write_file(out, &msg)?;
     println!(
         "encrypted test image {index} (label {}) into {} ({:.2} MB)",
@@ -687,7 +740,7 @@ fn encrypt_cmd(keys: &Path, data: &DataArgs, index: usize, out: &Path) -> Result
 
 fn evaluate_cmd(model: &Path, eval_keys: &Path, input: &Path, out: &Path) -> Result<()> {
     let (model, _) = Model::load(model)?;
-    let mut holder = ModelHolder::new(&model, PRESET, LOG_INPUT_SCALE)?;
+    let mut holder = ModelHolder::new(CompiledModel::new(&model, &ChainOptions::default())?);
     let keys =
         Message::from_bytes(&read_file(eval_keys)?).with_context(|| format!("reading {}", eval_keys.display()))?;
     holder.handle(&keys).with_context(|| format!("loading evaluation keys {}", eval_keys.display()))?;

@@ -1,36 +1,9 @@
 //! Architectures: layer specifications, shape inference and the built-in networks.
 
 use crate::error::{Error, Result};
+pub use blindfold_tensor::Shape;
+use blindfold_tensor::{ConvGeom, PoolGeom};
 use serde::{Deserialize, Serialize};
-
-/// Shape of one example's activation: `channels × height × width` (dense layers have
-/// `height = width = 1`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Shape {
-    /// Channels.
-    pub c: usize,
-    /// Height.
-    pub h: usize,
-    /// Width.
-    pub w: usize,
-}
-
-impl Shape {
-    /// Number of features, `c·h·w`.
-    pub fn len(&self) -> usize {
-        self.c * self.h * self.w
-    }
-    /// Whether the shape holds no feature.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl std::fmt::Display for Shape {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}×{}×{}", self.c, self.h, self.w)
-    }
-}
 
 /// One layer of an architecture.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -83,21 +56,9 @@ impl LayerSpec {
         let bad = |m: String| Err(Error::Architecture(m));
         match *self {
             LayerSpec::Conv2d { out_channels, kernel, stride, padding } => {
-                if kernel == 0 || stride == 0 || out_channels == 0 {
-                    return bad("conv2d needs kernel, stride and channels above zero".into());
-                }
-                let (h, w) = (s.h + 2 * padding, s.w + 2 * padding);
-                if h < kernel || w < kernel {
-                    return bad(format!("conv2d kernel {kernel} larger than padded input {h}×{w}"));
-                }
-                Ok(Shape { c: out_channels, h: (h - kernel) / stride + 1, w: (w - kernel) / stride + 1 })
+                ConvGeom::new(s, out_channels, kernel, stride, padding).map(|g| g.output).or_else(bad)
             }
-            LayerSpec::AvgPool2d { kernel, stride } => {
-                if kernel == 0 || stride == 0 || s.h < kernel || s.w < kernel {
-                    return bad(format!("avgpool2d {kernel}/{stride} does not fit {s}"));
-                }
-                Ok(Shape { c: s.c, h: (s.h - kernel) / stride + 1, w: (s.w - kernel) / stride + 1 })
-            }
+            LayerSpec::AvgPool2d { kernel, stride } => PoolGeom::new(s, kernel, stride).map(|g| g.output).or_else(bad),
             LayerSpec::Flatten => Ok(Shape { c: s.len(), h: 1, w: 1 }),
             LayerSpec::Dense { outputs } => {
                 if s.h != 1 || s.w != 1 {
@@ -118,22 +79,51 @@ impl LayerSpec {
         }
     }
 
-    /// Multiplicative depth of this layer under CKKS (levels consumed): one per plaintext
-    /// product (linear layers) and `ceil(log2(degree))` for polynomial activations
-    /// (evaluated with constants folded into the products). [`LayerSpec::Relu`] counts 0: it
-    /// has no polynomial form, and plans refuse it.
+    /// Multiplicative depth of this layer in blindfold's circuits (levels consumed): one per
+    /// linear layer (convolution, dense), none for pooling (a sum of rotations, its division
+    /// folded into a linear layer) and flattening, `ceil(log2(degree))` for polynomial
+    /// activations (the leading coefficient folded into the next linear layer).
+    /// [`LayerSpec::Relu`] counts 0: it has no polynomial form, and circuits refuse it.
     pub fn depth(&self) -> usize {
         match self {
-            LayerSpec::Conv2d { .. } | LayerSpec::Dense { .. } | LayerSpec::AvgPool2d { .. } => 1,
-            LayerSpec::Flatten | LayerSpec::Relu => 0,
+            LayerSpec::Conv2d { .. } | LayerSpec::Dense { .. } => 1,
+            LayerSpec::AvgPool2d { .. } | LayerSpec::Flatten | LayerSpec::Relu => 0,
             LayerSpec::Square => 1,
-            LayerSpec::Poly { coeffs } => {
-                let degree = coeffs.len().saturating_sub(1).max(1);
-                (usize::BITS - (degree - 1).leading_zeros()) as usize + 1
+            LayerSpec::Poly { .. } => {
+                let degree = self.degree().unwrap_or(0);
+                (usize::BITS - degree.saturating_sub(1).leading_zeros()) as usize
             }
         }
     }
+
+    /// Degree of a polynomial activation (trailing zero coefficients ignored): 2 for
+    /// [`LayerSpec::Square`], `None` for other layers.
+    pub fn degree(&self) -> Option<usize> {
+        match self {
+            LayerSpec::Square => Some(2),
+            LayerSpec::Poly { coeffs } => Some(coeffs.iter().rposition(|&c| c != 0.0).unwrap_or(0)),
+            _ => None,
+        }
+    }
+
+    /// Number of trainable weights (without biases) for an input of shape `s`, if the layer
+    /// has parameters.
+    fn weights(&self, s: Shape) -> Option<usize> {
+        match *self {
+            LayerSpec::Conv2d { out_channels, kernel, .. } => {
+                s.c.checked_mul(kernel)?.checked_mul(kernel)?.checked_mul(out_channels)
+            }
+            LayerSpec::Dense { outputs } => s.len().checked_mul(outputs),
+            _ => Some(0),
+        }
+    }
 }
+
+/// Most layers an architecture may have.
+pub const MAX_LAYERS: usize = 256;
+/// Most weights one layer may have (2^26, 256 MB of `f32`): a bound checked before any
+/// weight is allocated, so a model file cannot make a reader allocate without bound.
+pub const MAX_WEIGHTS: usize = 1 << 26;
 
 /// Input normalization applied by the client before encoding: `x = (pixel/255 - mean) / std`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -142,6 +132,14 @@ pub struct Normalization {
     pub mean: f64,
     /// Standard deviation of the pixel values scaled to [0, 1].
     pub std: f64,
+}
+
+impl Normalization {
+    /// The model's input for 8-bit pixels: `(pixel/255 - mean) / std`, rounded to `f32`. The
+    /// one normalization: the trainer, the plaintext model and the encrypting client all use it.
+    pub fn apply(&self, pixels: &[u8]) -> Vec<f32> {
+        pixels.iter().map(|&p| ((p as f64 / 255.0 - self.mean) / self.std) as f32).collect()
+    }
 }
 
 /// A network architecture: input shape, layers, classes.
@@ -163,11 +161,33 @@ impl ArchSpec {
     /// # Errors
     /// [`Error::Architecture`] if a layer does not fit.
     pub fn shapes(&self) -> Result<Vec<Shape>> {
+        if self.layers.len() > MAX_LAYERS {
+            return Err(Error::Architecture(format!("{} layers, at most {MAX_LAYERS}", self.layers.len())));
+        }
+        let n = self.normalization;
+        if !(n.mean.is_finite() && n.std.is_finite() && n.std > 0.0) {
+            return Err(Error::Architecture(format!(
+                "normalization mean {} std {}: need finite values, std > 0",
+                n.mean, n.std
+            )));
+        }
+        if self.input.checked_len().is_none_or(|n| n == 0) {
+            return Err(Error::Architecture(format!("input shape {} is empty or too large", self.input)));
+        }
         let mut shapes = vec![self.input];
         for (i, l) in self.layers.iter().enumerate() {
-            let s = l
-                .output_shape(*shapes.last().expect("non-empty"))
-                .map_err(|e| Error::Architecture(format!("layer {i} ({l:?}): {e}")))?;
+            let input = *shapes.last().expect("non-empty");
+            let err = |e: String| Error::Architecture(format!("layer {i} ({l:?}): {e}"));
+            let s = l.output_shape(input).map_err(|e| err(e.to_string()))?;
+            if s.checked_len().is_none() {
+                return Err(err(format!("output shape {s} is too large")));
+            }
+            if l.weights(input).is_none_or(|w| w > MAX_WEIGHTS) {
+                return Err(err(format!("more than {MAX_WEIGHTS} weights")));
+            }
+            if matches!(l, LayerSpec::Poly { coeffs } if coeffs.len() > 16) {
+                return Err(err("a polynomial activation of more than 16 coefficients".into()));
+            }
             shapes.push(s);
         }
         Ok(shapes)
@@ -261,10 +281,10 @@ impl ArchSpec {
     ///
     /// # Errors
     /// [`Error::Architecture`] if the shapes do not infer.
-    pub fn conv_geom(&self, i: usize) -> Result<Option<crate::layers::ConvGeom>> {
+    pub fn conv_geom(&self, i: usize) -> Result<Option<ConvGeom>> {
         let shapes = self.shapes()?;
         Ok(match self.layers.get(i) {
-            Some(LayerSpec::Conv2d { kernel, stride, padding, .. }) => Some(crate::layers::ConvGeom {
+            Some(LayerSpec::Conv2d { kernel, stride, padding, .. }) => Some(ConvGeom {
                 input: shapes[i],
                 output: shapes[i + 1],
                 kernel: *kernel,
@@ -273,6 +293,17 @@ impl ArchSpec {
             }),
             _ => None,
         })
+    }
+
+    /// The same architecture with every activation (ReLU, square, polynomial) replaced by
+    /// `activation`.
+    pub fn with_activation(mut self, activation: LayerSpec) -> Self {
+        for l in &mut self.layers {
+            if matches!(l, LayerSpec::Relu | LayerSpec::Square | LayerSpec::Poly { .. }) {
+                *l = activation.clone();
+            }
+        }
+        self
     }
 
     /// Names of the built-in architectures.

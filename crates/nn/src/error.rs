@@ -24,8 +24,11 @@ pub enum Error {
         reason: String,
     },
     /// An unknown built-in architecture name.
-    #[error("unknown architecture {0:?}: expected one of tenseal-cnn1, cryptonets, cnn2, mlp")]
+    #[error("unknown architecture {0:?}: expected one of tenseal-cnn1, cryptonets, cnn2, mlp, lenet5")]
     UnknownArch(String),
+    /// The model has no encrypted form, or its circuit does not fit the parameters.
+    #[error("encrypted circuit: {0}")]
+    Circuit(#[from] blindfold_tensor::CircuitError),
     /// A value the fixed-point encoding cannot represent.
     #[error("fixed-point encoding: {0}")]
     Encoding(String),

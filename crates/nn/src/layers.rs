@@ -1,6 +1,7 @@
 //! Forward and backward passes of each layer on `(batch, features)` matrices.
 
 use crate::arch::{LayerSpec, Shape};
+pub use blindfold_tensor::ConvGeom;
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
 /// Trainable parameters of a linear layer: `weight` is `(outputs, inputs)` (for a
@@ -21,66 +22,22 @@ pub(crate) struct Grads {
     pub bias: Array1<f32>,
 }
 
-/// Geometry of a convolution: which input feature each im2col entry reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConvGeom {
-    /// Input shape.
-    pub input: Shape,
-    /// Output shape.
-    pub output: Shape,
-    /// Kernel side.
-    pub kernel: usize,
-    /// Stride.
-    pub stride: usize,
-    /// Zero padding per side.
-    pub padding: usize,
-}
-
-impl ConvGeom {
-    /// For output position `p = oy·ow + ox` and column `j = c·k² + ky·k + kx`, the input
-    /// feature index, or `None` in the padding.
-    #[inline]
-    pub fn source(&self, p: usize, j: usize) -> Option<usize> {
-        let k = self.kernel;
-        let (oy, ox) = (p / self.output.w, p % self.output.w);
-        let (c, r) = (j / (k * k), j % (k * k));
-        let (ky, kx) = (r / k, r % k);
-        let y = (oy * self.stride + ky) as isize - self.padding as isize;
-        let x = (ox * self.stride + kx) as isize - self.padding as isize;
-        if y < 0 || x < 0 || y >= self.input.h as isize || x >= self.input.w as isize {
-            None
-        } else {
-            Some(c * self.input.h * self.input.w + y as usize * self.input.w + x as usize)
-        }
-    }
-
-    /// Rows of im2col per example (output positions).
-    pub fn positions(&self) -> usize {
-        self.output.h * self.output.w
-    }
-
-    /// Columns of im2col (`in_channels·k²`).
-    pub fn cols(&self) -> usize {
-        self.input.c * self.kernel * self.kernel
-    }
-
-    /// The im2col matrix of a batch: `(batch·positions, cols)`.
-    pub(crate) fn im2col(&self, x: ArrayView2<f32>) -> Array2<f32> {
-        let (b, p, c) = (x.nrows(), self.positions(), self.cols());
-        let mut out = Array2::<f32>::zeros((b * p, c));
-        for e in 0..b {
-            let row = x.row(e);
-            for pos in 0..p {
-                let mut o = out.row_mut(e * p + pos);
-                for j in 0..c {
-                    if let Some(src) = self.source(pos, j) {
-                        o[j] = row[src];
-                    }
+/// The im2col matrix of a batch: `(batch·positions, cols)`.
+pub(crate) fn im2col(g: &ConvGeom, x: ArrayView2<f32>) -> Array2<f32> {
+    let (b, p, c) = (x.nrows(), g.positions(), g.cols());
+    let mut out = Array2::<f32>::zeros((b * p, c));
+    for e in 0..b {
+        let row = x.row(e);
+        for pos in 0..p {
+            let mut o = out.row_mut(e * p + pos);
+            for j in 0..c {
+                if let Some(src) = g.source(pos, j) {
+                    o[j] = row[src];
                 }
             }
         }
-        out
     }
+    out
 }
 
 /// A layer with its parameters, gradients and the cache of its last forward pass.
@@ -118,7 +75,7 @@ impl Layer {
             LayerSpec::Conv2d { .. } => {
                 let g = self.conv_geom().expect("conv");
                 let p = self.params.as_ref().expect("conv params");
-                let cols = g.im2col(x.view());
+                let cols = im2col(&g, x.view());
                 // (b·P, cols)·(cols, oc) → (b·P, oc) → (b, oc·P)
                 let out = cols.dot(&p.weight.t());
                 let positions = g.positions();

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod arch;
+pub mod compile;
 pub mod cryptonn;
 mod error;
 mod layers;

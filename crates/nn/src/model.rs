@@ -90,8 +90,7 @@ impl Model {
 
     /// Normalizes 8-bit pixels into the model's input: `(pixel/255 - mean) / std`.
     pub fn normalize(&self, pixels: &[u8]) -> Vec<f32> {
-        let n = self.spec.normalization;
-        pixels.iter().map(|&p| ((p as f64 / 255.0 - n.mean) / n.std) as f32).collect()
+        self.spec.normalization.apply(pixels)
     }
 
     /// Logits for a batch `(batch, input features)` → `(batch, classes)`.

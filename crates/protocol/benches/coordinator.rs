@@ -11,23 +11,22 @@
 
 use blindfold_ckks::serialize::serialize;
 use blindfold_ckks::{presets, Context, Encoder, Encryptor, KeyGenerator, Preset};
-use blindfold_nn::ArchSpec;
-use blindfold_protocol::{Aggregation, Calibration, Coordinator, Message, PlanInfo};
+use blindfold_nn::{ArchSpec, Model};
+use blindfold_protocol::{Aggregation, Calibration, CompiledModel, Coordinator, Message, PlanInfo};
 use criterion::{criterion_group, Criterion};
 use std::hint::black_box;
 use std::sync::Arc;
 
 /// Keys, an encryptor and an encoder under `preset`, and the plan information of tenseal-cnn1
-/// with inputs at the scale of the preset's top prime.
+/// compiled for it.
 fn setup(preset: Preset, seed: u8) -> (Arc<Context>, KeyGenerator, Encryptor, Encoder, PlanInfo) {
-    let ctx = Context::new(&preset.parameters().unwrap()).unwrap();
+    let params = preset.parameters().unwrap();
+    let ctx = Context::new(&params).unwrap();
     let mut keygen = KeyGenerator::from_seed(&ctx, [seed; 32]);
     let enc = Encryptor::with_public_key(&ctx, &keygen.public_key()).unwrap();
-    let info = PlanInfo {
-        arch: ArchSpec::builtin("tenseal-cnn1").unwrap(),
-        preset: preset.name.to_string(),
-        log_input_scale: *preset.log_q.last().unwrap(),
-    };
+    let model =
+        Model::init(ArchSpec::builtin("tenseal-cnn1").unwrap(), &mut blindfold_nn::train::seeded_rng(1)).unwrap();
+    let info = CompiledModel::with_parameters(&model, &params).unwrap().info().clone();
     (ctx.clone(), keygen, enc, Encoder::new(&ctx), info)
 }
 
@@ -66,14 +65,15 @@ fn polynomial_aggregations(c: &mut Criterion) {
     let labels: Vec<u8> = (0..50).map(|i| (i % 10) as u8).collect();
     let cal = Calibration::from_validation(&validation, &labels).unwrap();
     let mut coordinator = Coordinator::with_calibration(&info, cal).unwrap();
-    let steps = coordinator.evaluation_key_steps(&Aggregation::ALL).unwrap();
+    let keys = coordinator.rotation_keys(&Aggregation::ALL).unwrap();
+    let requests = blindfold_tensor::requirements::key_requests(&keys, &ctx);
     let keys = Message::EvaluationKeys {
         relinearization: serialize(&keygen.relinearization_key(), &ctx).unwrap().to_vec(),
-        galois: serialize(&keygen.galois_keys_at_levels(&steps).unwrap(), &ctx).unwrap().to_vec(),
+        galois: serialize(&keygen.galois_keys(&requests).unwrap(), &ctx).unwrap().to_vec(),
     };
     coordinator.set_evaluation_keys(&keys).unwrap();
     // Scores at the level the network leaves them (9 − 5), at the default scale.
-    let level = ctx.max_level() - info.arch.depth();
+    let level = ctx.max_level() - info.depth;
     let replies: Vec<Message> = (0..holders)
         .map(|h| {
             let pt = encoder.encode_real(&scores(h, 0), level, 2f64.powi(35)).unwrap();

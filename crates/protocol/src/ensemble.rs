@@ -5,7 +5,7 @@
 //! linear, and two that first pass each holder's scores through a polynomial: a softmax
 //! approximation (then the mean), and a vote approximation (then the mean of the votes). The
 //! polynomial ones need levels after the network (see [`Aggregation::depth`]) and evaluation
-//! keys for the coordinator ([`Coordinator::evaluation_key_steps`]); their constants are public
+//! keys for the coordinator ([`Coordinator::rotation_keys`]); their constants are public
 //! and come from a validation set no holder trained on ([`Calibration`]).
 //!
 //! Layout. A holder's scores arrive in slots `0..C` (`C` classes; the other slots hold partial
@@ -15,6 +15,7 @@
 use crate::inference::{Message, PlanInfo, ProtocolError};
 use blindfold_ckks::serialize::{deserialize, serialize};
 use blindfold_ckks::{Ciphertext, Context, Encoder, Evaluator, GaloisKeys, RelinearizationKey};
+use blindfold_tensor::RotationKey;
 use serde::{Deserialize, Serialize};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -294,9 +295,9 @@ impl Coordinator {
         if !cal.score_bounds.is_empty() && cal.score_bounds.len() != holders {
             return Err(ProtocolError::Unexpected("calibration: one score bound per holder".into()));
         }
-        let ctx = Context::new(&info.preset()?.parameters()?)?;
-        let classes = info.arch.classes().map_err(|e| ProtocolError::Unexpected(e.to_string()))?;
-        let score_level = ctx.max_level().saturating_sub(info.arch.depth());
+        let ctx = Context::new(&info.parameters()?)?;
+        let classes = info.arch.classes()?;
+        let score_level = ctx.max_level().saturating_sub(info.depth);
         Ok(Self {
             eval: Evaluator::new(&ctx),
             encoder: Encoder::new(&ctx),
@@ -316,13 +317,13 @@ impl Coordinator {
 
     /// Rotation steps, each with a level it is used at, that the end user must generate Galois
     /// keys for, with a relinearization key, so that the coordinator can run `aggregations`
-    /// ([`crate::Client::evaluation_keys`]; a step listed twice gets one key, at the higher
+    /// ([`crate::Client::evaluation_keys_for`]; a step listed twice gets one key, at the higher
     /// level). Empty for the linear ones.
     ///
     /// # Errors
     /// [`ProtocolError::Unexpected`] if an aggregation needs more levels than the scores
     /// arrive with, or the holders or classes do not fit the packed layout.
-    pub fn evaluation_key_steps(&self, aggregations: &[Aggregation]) -> Result<Vec<(i64, usize)>> {
+    pub fn rotation_keys(&self, aggregations: &[Aggregation]) -> Result<Vec<RotationKey>> {
         let mut steps: Vec<(i64, usize)> = Vec::new();
         for &agg in aggregations {
             self.check_depth(agg, self.score_level)?;
@@ -350,7 +351,7 @@ impl Coordinator {
                 }
             }
         }
-        Ok(steps)
+        Ok(steps.into_iter().map(|(step, level)| RotationKey { step, level }).collect())
     }
 
     /// Accepts the end user's public evaluation keys ([`Message::EvaluationKeys`]), needed by

@@ -29,4 +29,4 @@ mod ensemble;
 mod inference;
 
 pub use ensemble::{Aggregated, Aggregation, Calibration, Coordinator};
-pub use inference::{Client, Message, ModelHolder, PlanInfo, ProtocolError};
+pub use inference::{Client, CompiledModel, Message, ModelHolder, PlanInfo, ProtocolError};

@@ -2,14 +2,19 @@
 //! a coordinator that only ever sees encrypted scores.
 
 use blindfold_ckks::presets;
+use blindfold_ckks::Preset;
 use blindfold_data::{load, partition, Dataset, Partition, Split};
 use blindfold_nn::train::{train, TrainConfig};
 use blindfold_nn::{ArchSpec, Model};
 use blindfold_protocol::{
-    Aggregation, Calibration, Client, Coordinator, Message, ModelHolder, PlanInfo, ProtocolError,
+    Aggregation, Calibration, Client, CompiledModel, Coordinator, Message, ModelHolder, ProtocolError,
 };
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
+
+fn holder_for(model: &Model, preset: Preset) -> ModelHolder {
+    ModelHolder::new(CompiledModel::with_parameters(model, &preset.parameters().unwrap()).unwrap())
+}
 
 /// Three holders trained briefly on an IID split of 3,000 Fashion-MNIST images.
 fn holders() -> (Vec<Model>, blindfold_data::LabeledImages) {
@@ -34,8 +39,7 @@ fn holders() -> (Vec<Model>, blindfold_data::LabeledImages) {
 #[test]
 fn encrypted_mean_matches_its_plaintext_twin_and_dropout_is_reported() {
     let (mut models, test) = holders();
-    let mut holders: Vec<ModelHolder> =
-        models.iter().map(|m| ModelHolder::new(m, presets::N8192_DEPTH5_128BIT, 29).unwrap()).collect();
+    let mut holders: Vec<ModelHolder> = models.iter().map(|m| holder_for(m, presets::N8192_DEPTH5_128BIT)).collect();
     let info = holders[0].info().clone();
     let (mut user, keys) = Client::new(&info).unwrap();
     for h in &mut holders {
@@ -72,7 +76,7 @@ fn encrypted_mean_matches_its_plaintext_twin_and_dropout_is_reported() {
 #[test]
 fn the_coordinator_refuses_keys_foreign_scores_and_empty_rounds() {
     let (models, _) = holders();
-    let mut holder = ModelHolder::new(&models[0], presets::N8192_DEPTH5_128BIT, 29).unwrap();
+    let mut holder = holder_for(&models[0], presets::N8192_DEPTH5_128BIT);
     let info = holder.info().clone();
     let (mut user, keys) = Client::new(&info).unwrap();
     let mut coordinator = Coordinator::new(&info, 2).unwrap();
@@ -83,10 +87,8 @@ fn the_coordinator_refuses_keys_foreign_scores_and_empty_rounds() {
     // Nothing received: no prediction, rather than a wrong one.
     assert!(coordinator.aggregate(Aggregation::Mean).is_err());
     // Scores made under other parameters: a parameter-mismatch error naming both.
-    let other =
-        PlanInfo { preset: presets::N16384_DEPTH7_128BIT.name.to_string(), log_input_scale: 40, ..info.clone() };
-    let mut other_holder = ModelHolder::new(&models[1], presets::N16384_DEPTH7_128BIT, 40).unwrap();
-    let (mut other_user, other_keys) = Client::new(&other).unwrap();
+    let mut other_holder = holder_for(&models[1], presets::N16384_DEPTH7_128BIT);
+    let (mut other_user, other_keys) = Client::new(other_holder.info()).unwrap();
     other_holder.handle(&other_keys).unwrap();
     let foreign = other_holder.handle(&other_user.encrypt(&[0.0; 784]).unwrap()).unwrap().unwrap();
     let err = coordinator.receive(1, &foreign).unwrap_err().to_string();
@@ -120,8 +122,7 @@ fn polynomial_aggregations_match_their_plaintext_twins() {
     assert!(cal.weights.iter().all(|&w| w > 0.0) && cal.score_bounds.len() == 3);
 
     let preset = presets::N16384_DEPTH9_128BIT;
-    // Inputs at 2^34, the scale of the preset's top primes.
-    let mut holders: Vec<ModelHolder> = models.iter().map(|m| ModelHolder::new(m, preset, 34).unwrap()).collect();
+    let mut holders: Vec<ModelHolder> = models.iter().map(|m| holder_for(m, preset)).collect();
     let info = holders[0].info().clone();
     let (mut user, keys) = Client::new(&info).unwrap();
     for h in &mut holders {
@@ -137,7 +138,7 @@ fn polynomial_aggregations_match_their_plaintext_twins() {
     let err = coordinator.aggregate(Aggregation::Vote).unwrap_err().to_string();
     assert!(err.contains("evaluation keys"), "{err}");
     coordinator
-        .set_evaluation_keys(&user.evaluation_keys(&coordinator.evaluation_key_steps(&all).unwrap()).unwrap())
+        .set_evaluation_keys(&user.evaluation_keys_for(&coordinator.rotation_keys(&all).unwrap()).unwrap())
         .unwrap();
 
     for i in 0..3 {

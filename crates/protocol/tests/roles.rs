@@ -4,7 +4,7 @@ use blindfold_ckks::presets;
 use blindfold_data::{load, Dataset, Split};
 use blindfold_nn::train::{train, TrainConfig};
 use blindfold_nn::{argmax, ArchSpec, Model};
-use blindfold_protocol::{Client, Message, ModelHolder, PlanInfo, ProtocolError};
+use blindfold_protocol::{Client, CompiledModel, Message, ModelHolder, PlanInfo, ProtocolError};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
@@ -21,7 +21,7 @@ fn small_model() -> (Model, blindfold_data::LabeledImages) {
 #[test]
 fn client_and_model_holder_agree_with_plaintext() {
     let (mut model, test) = small_model();
-    let mut holder = ModelHolder::new(&model, presets::N8192_DEPTH5_128BIT, 29).unwrap();
+    let mut holder = ModelHolder::new(CompiledModel::new(&model, &Default::default()).unwrap());
     // The client sees the architecture, not the weights.
     let info = PlanInfo::clone(holder.info());
     let (mut client, keys) = Client::new(&info).unwrap();
@@ -40,7 +40,7 @@ fn client_and_model_holder_agree_with_plaintext() {
 #[test]
 fn wrong_messages_and_foreign_keys_are_refused() {
     let (model, test) = small_model();
-    let mut holder = ModelHolder::new(&model, presets::N8192_DEPTH5_128BIT, 29).unwrap();
+    let mut holder = ModelHolder::new(CompiledModel::new(&model, &Default::default()).unwrap());
     let info = holder.info().clone();
     let (mut client, keys) = Client::new(&info).unwrap();
     let image: Vec<f64> = vec![0.0; 784];
@@ -55,8 +55,13 @@ fn wrong_messages_and_foreign_keys_are_refused() {
     assert!(matches!(Message::from_bytes(&[200, 1, 2]), Err(ProtocolError::Malformed(_))));
     assert!(matches!(client.decrypt_scores(&scores), Err(ProtocolError::Ckks(_))));
     // Keys made for other parameters: a clear parameter-mismatch error.
-    let other_info = PlanInfo { preset: presets::N16384_DEPTH7_128BIT.name.to_string(), ..info.clone() };
-    let (_, other_keys) = Client::new(&other_info).unwrap();
+    let other_params = presets::N16384_DEPTH7_128BIT.parameters().unwrap();
+    let other = CompiledModel::with_parameters(&model, &other_params).unwrap();
+    let (_, other_keys) = Client::new(other.info()).unwrap();
+    // A plan whose published keys are not its architecture's: refused by the client.
+    let mut greedy: PlanInfo = info.clone();
+    greedy.rotation_keys.push(blindfold_tensor::RotationKey { step: 3, level: 2 });
+    assert!(matches!(Client::new(&greedy), Err(ProtocolError::Unexpected(_))));
     let err = holder.handle(&other_keys).unwrap_err().to_string();
     assert!(err.contains("parameter mismatch"), "{err}");
     // Then the right keys work.

@@ -1,0 +1,440 @@
+//! Compiling a model into an encrypted circuit ([`blindfold_tensor::Circuit`]), and choosing
+//! the CKKS parameters its depth needs.
+//!
+//! The layers map to stages one by one: convolutions and dense layers to linear stages (one
+//! level each), average pooling to a sum of rotations (no level: its division by the window
+//! size goes into the linear layer before it, or after it when an activation lies between),
+//! polynomial activations to monic polynomials (their leading coefficient goes into the next
+//! linear layer). The first convolution reads the client's packing, chosen among three by
+//! the cost of that first stage: im2col with one copy per output channel (no rotation before
+//! the fold; TenSEAL's packing), im2col without copies (output channels reached by giant
+//! steps), or the image itself (kernel taps as baby steps). Later convolutions run on the
+//! previous layer's packed output ([`blindfold_tensor::conv::placed`]).
+//!
+//! The structure — packing, layouts, diagonals present, rotation keys, levels — depends on
+//! the architecture alone, so a client builds the same circuit without the weights
+//! ([`circuit`] with `None`) to know its keys and packing.
+
+use crate::arch::{ArchSpec, LayerSpec};
+use crate::error::{Error, Result};
+use crate::model::Model;
+use blindfold_ckks::{max_log_qp_128bit, Context, Parameters, ParametersLiteral};
+use blindfold_tensor::conv::{grid_tap, im2col_in_place, placed};
+use blindfold_tensor::matvec::dense;
+use blindfold_tensor::{
+    Circuit, CircuitError, ConvGeom, Layout, LinearMap, Packing, PolynomialActivation, PoolGeom, RotationSum, Stage,
+};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Factor by which the last linear layer lowers the logits' scale: room below `q_0/2` for
+/// large logits, at a cost of 4 of the scale's bits of precision.
+pub const OUTPUT_HEADROOM: f64 = 16.0;
+/// Bits of the base prime `q_0` above the scale: with [`OUTPUT_HEADROOM`], logits up to
+/// about 2^10 decrypt correctly.
+pub const BASE_EXTRA_BITS: u32 = 7;
+/// Bits of each special prime above the scale: one more than `q_0`, so the special primes'
+/// product exceeds every key-switching digit and key switching adds noise well below a
+/// rescale's.
+pub const SPECIAL_EXTRA_BITS: u32 = BASE_EXTRA_BITS + 1;
+/// Largest scale the compiler picks by itself (more bits add little precision).
+pub const MAX_AUTO_SCALE_BITS: u32 = 40;
+
+/// How the compiler chooses the CKKS parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainOptions {
+    /// Ring degree `log2 N`; `None`: the smallest of 13, 14, 15 that holds the depth.
+    pub log_n: Option<u32>,
+    /// Scale bits (every prime consumed by a rescale has this size); `None`: the largest the
+    /// ring allows, up to [`MAX_AUTO_SCALE_BITS`].
+    pub scale_bits: Option<u32>,
+    /// The fewest scale bits the compiler accepts when it chooses them.
+    pub min_scale_bits: u32,
+}
+
+impl Default for ChainOptions {
+    fn default() -> Self {
+        Self { log_n: None, scale_bits: None, min_scale_bits: 24 }
+    }
+}
+
+/// Special primes for ring degree `2^log_n` (more digits per key switch on small rings).
+fn special_primes(log_n: u32) -> usize {
+    match log_n {
+        ..=13 => 1,
+        14 => 2,
+        _ => 3,
+    }
+}
+
+/// The modulus chain for `depth` rescales of `scale_bits` each at ring degree `2^log_n`:
+/// `q_0` of `scale_bits + 7` bits, `depth` primes of `scale_bits`, special primes of
+/// `scale_bits + 8` (one at N = 8192, two at 16384, three at 32768). At depth 5 and
+/// N = 8192 this is `N8192_DEPTH5_128BIT`. Not checked: see
+/// [`Parameters::new`].
+pub fn chain(depth: usize, log_n: u32, scale_bits: u32) -> ParametersLiteral {
+    let mut log_q = vec![scale_bits + BASE_EXTRA_BITS];
+    log_q.extend(std::iter::repeat_n(scale_bits, depth));
+    ParametersLiteral {
+        log_n,
+        log_q,
+        log_p: vec![scale_bits + SPECIAL_EXTRA_BITS; special_primes(log_n)],
+        log_default_scale: scale_bits,
+        dnum: None,
+    }
+}
+
+/// The largest scale (bits) a 128-bit chain of `depth` at `2^log_n` can have.
+fn max_scale_bits(depth: usize, log_n: u32) -> Option<u32> {
+    let bound = max_log_qp_128bit(1 << log_n)? as usize;
+    let k = special_primes(log_n);
+    let fixed = (BASE_EXTRA_BITS + SPECIAL_EXTRA_BITS * k as u32) as usize;
+    let s = bound.checked_sub(fixed)? / (depth + 1 + k);
+    Some(s.min(60 - BASE_EXTRA_BITS as usize) as u32)
+}
+
+/// The parameters for a circuit of `depth` under `opts`: the smallest ring (unless given)
+/// whose 128-bit chain has at least `min_scale_bits` (or exactly `scale_bits`), the largest
+/// scale up to [`MAX_AUTO_SCALE_BITS`] (unless given). Every candidate goes through
+/// [`Parameters::new`], which checks the HomomorphicEncryption.org bound on the actual primes.
+///
+/// # Errors
+/// [`Error::Circuit`] with [`CircuitError::TooDeep`] when no 128-bit chain holds the depth
+/// at the scale asked for, naming the deepest one that exists; CKKS parameter errors.
+pub fn parameters(depth: usize, opts: &ChainOptions) -> Result<Parameters> {
+    let rings: Vec<u32> = opts.log_n.map_or(vec![13, 14, 15], |l| vec![l]);
+    let min = opts.scale_bits.unwrap_or(opts.min_scale_bits);
+    for &log_n in &rings {
+        let Some(max) = max_scale_bits(depth, log_n) else { continue };
+        let s = match opts.scale_bits {
+            Some(s) if s <= max => s,
+            Some(_) => continue,
+            None if max >= min => max.min(MAX_AUTO_SCALE_BITS),
+            None => continue,
+        };
+        // Actual primes lie below 2^bits, so the nominal fit is conservative; check anyway.
+        if let Ok(p) = Parameters::new(chain(depth, log_n, s)) {
+            return Ok(p);
+        }
+    }
+    let log_n = *rings.last().expect("non-empty");
+    let deepest = (1..=64).take_while(|&d| max_scale_bits(d, log_n).is_some_and(|m| m >= min)).last().unwrap_or(0);
+    Err(Error::Circuit(CircuitError::TooDeep {
+        needed: depth,
+        available: deepest,
+        hint: Some(format!(
+            "the largest 128-bit chain at N = 2^{log_n} with {min}-bit scale holds depth {deepest} \
+             (HomomorphicEncryption.org bound {} bits); use fewer or lower-degree activations",
+            max_log_qp_128bit(1 << log_n).unwrap_or(0)
+        )),
+    }))
+}
+
+/// A model compiled for its parameters: the circuit with every plaintext encoded.
+#[derive(Debug)]
+pub struct Compiled {
+    /// The architecture compiled.
+    pub arch: ArchSpec,
+    /// The circuit.
+    pub circuit: Circuit,
+    /// The CKKS context of its parameters.
+    pub ctx: Arc<Context>,
+}
+
+impl Compiled {
+    /// Compiles `model`: parameters from its depth and `opts`, inputs encrypted at the scale
+    /// of the top prime (so each rescale restores it exactly).
+    ///
+    /// # Errors
+    /// As [`parameters`] and [`circuit`].
+    pub fn new(model: &Model, opts: &ChainOptions) -> Result<Self> {
+        let depth = circuit_depth(model.spec())?;
+        let params = parameters(depth, opts)?;
+        Self::with_parameters(model, &params)
+    }
+
+    /// Compiles `model` for given parameters.
+    ///
+    /// # Errors
+    /// As [`circuit`]; [`Error::Circuit`] for too few levels.
+    pub fn with_parameters(model: &Model, params: &Parameters) -> Result<Self> {
+        let ctx = Context::new(params).map_err(|e| Error::Circuit(e.into()))?;
+        let mut circuit = circuit(model.spec(), Some(model), params.slots(), ctx.max_level())?;
+        let scale = input_scale(&ctx);
+        circuit.encode(&ctx, scale)?;
+        Ok(Self { arch: model.spec().clone(), circuit, ctx })
+    }
+}
+
+/// The scale inputs are encrypted at: the top prime of the chain.
+pub fn input_scale(ctx: &Context) -> f64 {
+    ctx.params().q()[ctx.max_level()] as f64
+}
+
+/// The depth of `arch`'s circuit (checks the architecture can be compiled).
+///
+/// # Errors
+/// As [`circuit`].
+pub fn circuit_depth(arch: &ArchSpec) -> Result<usize> {
+    check(arch)?;
+    Ok(arch.depth())
+}
+
+fn check(arch: &ArchSpec) -> Result<()> {
+    arch.shapes()?;
+    let unsupported =
+        |i: usize, what: String| Err(Error::Circuit(CircuitError::Unsupported(format!("layer {i}: {what}"))));
+    for (i, l) in arch.layers.iter().enumerate() {
+        match l {
+            LayerSpec::Relu => return unsupported(
+                i,
+                "ReLU has no encrypted form: train with a polynomial activation (--activation square or relu-poly2..4)"
+                    .into(),
+            ),
+            LayerSpec::Poly { .. } | LayerSpec::Square if l.degree().is_none_or(|d| d == 0 || d > 4) => {
+                return unsupported(i, format!("polynomial activations of degree 1 to 4 (got {:?})", l.degree()))
+            }
+            _ => {}
+        }
+    }
+    if !matches!(
+        arch.layers.iter().rev().find(|l| !matches!(l, LayerSpec::Flatten)),
+        Some(LayerSpec::Dense { .. } | LayerSpec::Conv2d { .. })
+    ) {
+        return unsupported(
+            arch.layers.len().saturating_sub(1),
+            "the last layer must be linear (dense or convolution)".into(),
+        );
+    }
+    Ok(())
+}
+
+/// Leading coefficient and monic lower coefficients of a polynomial activation.
+fn monic(l: &LayerSpec) -> (f64, Vec<f64>) {
+    let coeffs = match l {
+        LayerSpec::Square => vec![0.0, 0.0, 1.0],
+        LayerSpec::Poly { coeffs } => coeffs.clone(),
+        _ => unreachable!("an activation"),
+    };
+    let d = l.degree().expect("an activation");
+    let lead = coeffs[d];
+    (lead, coeffs[..d].iter().map(|c| c / lead).collect())
+}
+
+/// Per linear layer, the factor on its weights (from activations and pooling before it) and
+/// on its whole output (from pooling right after it).
+fn factors(arch: &ArchSpec) -> Result<(Vec<f64>, Vec<f64>)> {
+    let n = arch.layers.len();
+    let (mut weight, mut output) = (vec![1.0; n], vec![1.0; n]);
+    let mut pending = 1.0;
+    let mut last_linear: Option<usize> = None;
+    let mut clean = false; // no activation since the last linear layer
+    for (i, l) in arch.layers.iter().enumerate() {
+        match l {
+            LayerSpec::Conv2d { .. } | LayerSpec::Dense { .. } => {
+                weight[i] = pending;
+                pending = 1.0;
+                last_linear = Some(i);
+                clean = true;
+            }
+            LayerSpec::AvgPool2d { kernel, .. } => {
+                let f = 1.0 / (kernel * kernel) as f64;
+                match last_linear {
+                    Some(j) if clean => output[j] *= f,
+                    _ => pending *= f,
+                }
+            }
+            LayerSpec::Square | LayerSpec::Poly { .. } => {
+                if pending != 1.0 {
+                    return Err(Error::Circuit(CircuitError::Unsupported(format!(
+                        "layer {i}: two non-linear layers (or a pooling between activations) without a linear layer between them"
+                    ))));
+                }
+                pending = monic(l).0;
+                clean = false;
+            }
+            LayerSpec::Flatten | LayerSpec::Relu => {}
+        }
+    }
+    Ok((weight, output))
+}
+
+/// Weights (row-major, `outputs × inputs`) and biases of linear layer `i`, zero without a model.
+fn weights(model: Option<&Model>, i: usize, outputs: usize, inputs: usize) -> (Vec<f64>, Vec<f64>) {
+    match model.and_then(|m| m.params(i)) {
+        Some(p) => (p.weight.iter().map(|&w| w as f64).collect(), p.bias.iter().map(|&b| b as f64).collect()),
+        None => (vec![0.0; outputs * inputs], vec![0.0; outputs]),
+    }
+}
+
+/// Estimated cost of a first stage, in key switches: plaintext products at 1/60 of one
+/// (measured at N = 8192 and 16384), each input ciphertext at 1/2 (the client encrypts and
+/// uploads it, the server expands it).
+fn first_stage_cost(stage: &Stage, cts: usize) -> f64 {
+    let c = stage.cost();
+    c.key_switches() as f64 + c.plain_products as f64 / 60.0 + cts as f64 / 2.0
+}
+
+/// The circuit of `arch` for `slots` slots with inputs at `top_level`, with `model`'s
+/// weights (or zeros: the structure, which is the same, for a client).
+///
+/// # Errors
+/// [`Error::Circuit`]: ReLU or another layer without an encrypted form, a network deeper
+/// than `top_level`, a layout that does not fit; [`Error::Architecture`] for an invalid
+/// architecture.
+pub fn circuit(arch: &ArchSpec, model: Option<&Model>, slots: usize, top_level: usize) -> Result<Circuit> {
+    check(arch)?;
+    if let Some(m) = model {
+        if m.spec() != arch {
+            return Err(Error::Architecture("the model's architecture differs from the one compiled".into()));
+        }
+    }
+    let depth = arch.depth();
+    if depth > top_level {
+        return Err(Error::Circuit(CircuitError::TooDeep { needed: depth, available: top_level, hint: None }));
+    }
+    let shapes = arch.shapes()?;
+    let (weight_factor, output_factor) = factors(arch)?;
+    let last_linear = arch.layers.iter().rposition(|l| matches!(l, LayerSpec::Conv2d { .. } | LayerSpec::Dense { .. }));
+    let mut level = top_level;
+    let mut stages: Vec<Stage> = Vec::new();
+    let mut packing: Option<Packing> = None;
+    let mut layout: Option<Layout> = None;
+    let image = || Packing::image(arch.input, slots);
+    for (i, l) in arch.layers.iter().enumerate() {
+        let (input, output) = (shapes[i], shapes[i + 1]);
+        let scaled = |m: LinearMap| m.scaled(weight_factor[i] * output_factor[i], output_factor[i]);
+        match l {
+            LayerSpec::Conv2d { kernel, stride, padding, .. } => {
+                let geom = ConvGeom { input, output, kernel: *kernel, stride: *stride, padding: *padding };
+                let (w, b) = weights(model, i, output.c, geom.cols());
+                let (stage, out) = match &layout {
+                    None => {
+                        let (p, stage, out) = first_conv(&geom, &w, &b, slots, level, scaled)?;
+                        packing = Some(p);
+                        (stage, out)
+                    }
+                    Some(lay) => {
+                        let (s, out) = later_conv(lay, &geom, scaled(LinearMap::conv(&geom, &w, &b)?), level)?;
+                        (Stage::Linear(s), out)
+                    }
+                };
+                stages.push(stage);
+                layout = Some(out);
+                level -= 1;
+            }
+            LayerSpec::Dense { outputs } => {
+                let lay = match layout.take() {
+                    Some(lay) => lay,
+                    None => {
+                        let p = image()?;
+                        let lay = p.layout();
+                        packing = Some(p);
+                        lay
+                    }
+                };
+                let (w, b) = weights(model, i, *outputs, input.len());
+                let last = Some(i) == last_linear;
+                let headroom = if last { OUTPUT_HEADROOM } else { 1.0 };
+                let (stage, out) = dense(&lay, &scaled(LinearMap::dense(input.len(), &w, &b)?), last, level, headroom)?;
+                stages.push(Stage::Linear(stage));
+                layout = Some(out);
+                level -= 1;
+            }
+            LayerSpec::AvgPool2d { kernel, stride } => {
+                let lay = match layout.take() {
+                    Some(lay) => lay,
+                    None => {
+                        let p = image()?;
+                        let lay = p.layout();
+                        packing = Some(p);
+                        lay
+                    }
+                };
+                let geom = PoolGeom { input, output, kernel: *kernel, stride: *stride };
+                let (stage, out) = RotationSum::pool(&lay, &geom, level)?;
+                stages.push(Stage::RotationSum(stage));
+                layout = Some(out);
+            }
+            LayerSpec::Flatten => {
+                if let Some(lay) = layout.as_mut() {
+                    lay.grid = None;
+                }
+            }
+            LayerSpec::Square | LayerSpec::Poly { .. } => {
+                if layout.is_none() {
+                    return Err(Error::Circuit(CircuitError::Unsupported(format!(
+                        "layer {i}: an activation before the first linear layer"
+                    ))));
+                }
+                let stage = PolynomialActivation::monic(monic(l).1, level)?;
+                level -= stage.depth();
+                stages.push(Stage::Polynomial(stage));
+            }
+            LayerSpec::Relu => unreachable!("checked"),
+        }
+    }
+    let (packing, layout) = (packing.expect("a linear layer"), layout.expect("a linear layer"));
+    Ok(Circuit::new(packing, top_level, stages, layout)?)
+}
+
+/// A convolution on the packed output of an earlier layer.
+fn later_conv(
+    lay: &Layout,
+    geom: &ConvGeom,
+    map: LinearMap,
+    level: usize,
+) -> Result<(blindfold_tensor::LinearTransform, Layout)> {
+    let grid = lay.grid.as_ref().filter(|g| g.shape == geom.input).ok_or_else(|| {
+        Error::Circuit(CircuitError::Unsupported(format!("a convolution needs a {} feature map on a grid", geom.input)))
+    })?;
+    let name = format!("conv {}→{} (on ciphertexts)", geom.input, geom.output);
+    Ok(placed(
+        lay,
+        &map,
+        geom.output,
+        (grid.row * geom.stride, grid.col * geom.stride),
+        |_, y, x, f| grid_tap(grid, geom, y, x, f),
+        name,
+        level,
+    )?)
+}
+
+/// The first convolution: the cheapest of the three packings.
+fn first_conv(
+    geom: &ConvGeom,
+    w: &[f64],
+    b: &[f64],
+    slots: usize,
+    level: usize,
+    scaled: impl Fn(LinearMap) -> LinearMap,
+) -> Result<(Packing, Stage, Layout)> {
+    let mut candidates: Vec<(Packing, Stage, Layout)> = Vec::new();
+    if let Ok(p @ Packing::Im2col { block, .. }) = Packing::im2col(*geom, true, slots) {
+        let map = scaled(LinearMap::im2col_conv(geom, true, w, b)?);
+        let (s, out) = im2col_in_place(&p.layout(), geom, block, &map, level)?;
+        candidates.push((p, Stage::Linear(s), out));
+    }
+    if let Ok(p) = Packing::im2col(*geom, false, slots) {
+        let map = scaled(LinearMap::im2col_conv(geom, false, w, b)?);
+        let name = format!("conv {}→{} (im2col, giant steps over channels)", geom.input, geom.output);
+        if let Ok((s, out)) = placed(&p.layout(), &map, geom.output, (geom.output.w, 1), |_, _, _, _| 0, name, level) {
+            candidates.push((p, Stage::Linear(s), out));
+        }
+    }
+    if let Ok(p) = Packing::image(geom.input, slots) {
+        let lay = p.layout();
+        if let Ok((s, out)) = later_conv(&lay, geom, scaled(LinearMap::conv(geom, w, b)?), level) {
+            candidates.push((p, Stage::Linear(s), out));
+        }
+    }
+    candidates
+        .into_iter()
+        .min_by(|a, b| first_stage_cost(&a.1, a.0.ciphertexts()).total_cmp(&first_stage_cost(&b.1, b.0.ciphertexts())))
+        .ok_or_else(|| {
+            Error::Circuit(CircuitError::Layout(format!(
+                "the first convolution {} → {} fits no packing in {slots} slots",
+                geom.input, geom.output
+            )))
+        })
+}

@@ -1,0 +1,272 @@
+//! Where a circuit runs: on CKKS ciphertexts, or on the plaintext twin.
+//!
+//! Every stage is written once, against [`Backend`]; [`CkksBackend`] evaluates it on
+//! ciphertexts with public evaluation keys, [`PlainBackend`] on `f64` slot vectors with the
+//! same slot layout (the twin that encrypted results are checked against). Scales and levels
+//! exist only on the CKKS side: the twin computes the exact values the encrypted slots
+//! approximate.
+
+use crate::error::{CircuitError, Result};
+use blindfold_ckks::{
+    Ciphertext, Encoder, Evaluator, GaloisElement, GaloisKeyRequest, GaloisKeys, Level, Plaintext, RelinearizationKey,
+};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+/// A plaintext operand of a stage (a diagonal, a mask, a bias): its slot values, and once the
+/// circuit is encoded for a context, the CKKS plaintext at the level and scale the stage uses.
+#[derive(Clone, Debug)]
+pub struct Operand {
+    /// Slot values (`slots` of them).
+    pub values: Vec<f64>,
+    /// The encoded plaintext, if encoded.
+    pub encoded: Option<Plaintext>,
+}
+
+impl Operand {
+    /// An operand that is not encoded yet.
+    pub fn new(values: Vec<f64>) -> Self {
+        Self { values, encoded: None }
+    }
+
+    /// Encodes the values at `level` and `scale`.
+    ///
+    /// # Errors
+    /// CKKS encoding errors.
+    pub fn encode(&mut self, encoder: &Encoder, level: usize, scale: f64) -> Result<()> {
+        self.encoded = Some(encoder.encode_real(&self.values, level, scale)?);
+        Ok(())
+    }
+
+    fn plaintext(&self) -> Result<&Plaintext> {
+        self.encoded.as_ref().ok_or(CircuitError::NotEncoded)
+    }
+}
+
+/// The operations circuit stages are written against. Rotations are to the left: slot `j` of
+/// `rotate(x, k)` is slot `j + k` of `x` (cyclically).
+pub trait Backend {
+    /// A (possibly encrypted) slot vector.
+    type Value: Clone;
+
+    /// Rotations of `x` by each of `steps` (sharing work where the backend can: hoisting).
+    fn rotate_hoisted(&self, x: &Self::Value, steps: &[i64]) -> Result<Vec<Self::Value>>;
+    /// `x` rotated by `step`.
+    fn rotate(&self, x: &Self::Value, step: i64) -> Result<Self::Value>;
+    /// `Σ_i rot(xs[i], steps[i])` (one shared ModDown on CKKS).
+    fn rotate_sum(&self, xs: &[&Self::Value], steps: &[i64]) -> Result<Self::Value>;
+    /// `Σ_i xs[i] ⊙ ws[i]` (no rescale).
+    fn dot_plain(&self, xs: &[&Self::Value], ws: &[&Operand]) -> Result<Self::Value>;
+    /// `a + b`.
+    fn add(&self, a: &Self::Value, b: &Self::Value) -> Result<Self::Value>;
+    /// `a += b`.
+    fn add_assign(&self, a: &mut Self::Value, b: &Self::Value) -> Result<()>;
+    /// `a += w`.
+    fn add_plain_assign(&self, a: &mut Self::Value, w: &Operand) -> Result<()>;
+    /// `a + c` in every slot.
+    fn add_const(&self, a: &Self::Value, c: f64) -> Result<Self::Value>;
+    /// `c·a`, one level down, at exactly the scale of `like`.
+    fn mul_const_like(&self, a: &Self::Value, c: f64, like: &Self::Value) -> Result<Self::Value>;
+    /// `a ⊙ b` relinearized and rescaled, at one level below the lower of the two.
+    fn mul_rescale(&self, a: &Self::Value, b: &Self::Value) -> Result<Self::Value>;
+    /// `a ⊙ a` relinearized and rescaled.
+    fn square_rescale(&self, a: &Self::Value) -> Result<Self::Value>;
+    /// `a` rescaled (one level down, scale divided by the dropped prime).
+    fn rescale(&self, a: Self::Value) -> Result<Self::Value>;
+    /// `a` brought down to the level of `like` without rescaling.
+    fn drop_to(&self, a: &Self::Value, like: &Self::Value) -> Result<Self::Value>;
+}
+
+/// The plaintext twin: slot vectors of `f64`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PlainBackend;
+
+fn rotated(v: &[f64], k: i64) -> Vec<f64> {
+    let n = v.len();
+    let k = k.rem_euclid(n as i64) as usize;
+    v[k..].iter().chain(&v[..k]).copied().collect()
+}
+
+fn zip(a: &[f64], b: &[f64], f: impl Fn(f64, f64) -> f64) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| f(*x, *y)).collect()
+}
+
+impl Backend for PlainBackend {
+    type Value = Vec<f64>;
+
+    fn rotate_hoisted(&self, x: &Vec<f64>, steps: &[i64]) -> Result<Vec<Vec<f64>>> {
+        Ok(steps.iter().map(|&s| rotated(x, s)).collect())
+    }
+    fn rotate(&self, x: &Vec<f64>, step: i64) -> Result<Vec<f64>> {
+        Ok(rotated(x, step))
+    }
+    fn rotate_sum(&self, xs: &[&Vec<f64>], steps: &[i64]) -> Result<Vec<f64>> {
+        let mut acc = vec![0.0; xs.first().map_or(0, |x| x.len())];
+        for (x, &s) in xs.iter().zip(steps) {
+            acc = zip(&acc, &rotated(x, s), |a, b| a + b);
+        }
+        Ok(acc)
+    }
+    fn dot_plain(&self, xs: &[&Vec<f64>], ws: &[&Operand]) -> Result<Vec<f64>> {
+        let mut acc = vec![0.0; xs.first().map_or(0, |x| x.len())];
+        for (x, w) in xs.iter().zip(ws) {
+            for ((a, xv), wv) in acc.iter_mut().zip(x.iter()).zip(&w.values) {
+                *a += xv * wv;
+            }
+        }
+        Ok(acc)
+    }
+    fn add(&self, a: &Vec<f64>, b: &Vec<f64>) -> Result<Vec<f64>> {
+        Ok(zip(a, b, |x, y| x + y))
+    }
+    fn add_assign(&self, a: &mut Vec<f64>, b: &Vec<f64>) -> Result<()> {
+        a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+        Ok(())
+    }
+    fn add_plain_assign(&self, a: &mut Vec<f64>, w: &Operand) -> Result<()> {
+        self.add_assign(a, &w.values)
+    }
+    fn add_const(&self, a: &Vec<f64>, c: f64) -> Result<Vec<f64>> {
+        Ok(a.iter().map(|x| x + c).collect())
+    }
+    fn mul_const_like(&self, a: &Vec<f64>, c: f64, _like: &Vec<f64>) -> Result<Vec<f64>> {
+        Ok(a.iter().map(|x| x * c).collect())
+    }
+    fn mul_rescale(&self, a: &Vec<f64>, b: &Vec<f64>) -> Result<Vec<f64>> {
+        Ok(zip(a, b, |x, y| x * y))
+    }
+    fn square_rescale(&self, a: &Vec<f64>) -> Result<Vec<f64>> {
+        Ok(a.iter().map(|x| x * x).collect())
+    }
+    fn rescale(&self, a: Vec<f64>) -> Result<Vec<f64>> {
+        Ok(a)
+    }
+    fn drop_to(&self, a: &Vec<f64>, _like: &Vec<f64>) -> Result<Vec<f64>> {
+        Ok(a.clone())
+    }
+}
+
+/// CKKS evaluation with the client's public evaluation keys.
+///
+/// Every rotation is checked against the Galois keys the circuit declared ([`CkksBackend::new`]'s
+/// `declared`): a request outside them, or at a higher level than declared, is refused with
+/// [`CircuitError::UndeclaredKey`] even if the key set happens to hold the key. The elements
+/// and levels actually used are recorded ([`CkksBackend::used`]).
+pub struct CkksBackend<'a> {
+    eval: &'a Evaluator,
+    rlk: &'a RelinearizationKey,
+    gk: &'a GaloisKeys,
+    declared: BTreeMap<GaloisElement, usize>,
+    used: Mutex<BTreeMap<GaloisElement, usize>>,
+}
+
+impl<'a> CkksBackend<'a> {
+    /// A backend over `eval` with the evaluation keys `rlk` and `gk`, allowing the rotations
+    /// in `declared` (each up to its level).
+    pub fn new(
+        eval: &'a Evaluator,
+        rlk: &'a RelinearizationKey,
+        gk: &'a GaloisKeys,
+        declared: &[GaloisKeyRequest],
+    ) -> Self {
+        let mut map = BTreeMap::new();
+        for r in declared {
+            let e = map.entry(r.element).or_insert(r.level.0);
+            *e = (*e).max(r.level.0);
+        }
+        Self { eval, rlk, gk, declared: map, used: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// The Galois keys the evaluations so far used, each with the highest level it served.
+    pub fn used(&self) -> Vec<GaloisKeyRequest> {
+        let used = self.used.lock().expect("not poisoned");
+        used.iter().map(|(&element, &level)| GaloisKeyRequest { element, level: Level(level) }).collect()
+    }
+
+    fn check(&self, step: i64, level: usize) -> Result<()> {
+        let g = self.eval.context().galois_element_for_rotation(step);
+        if g == GaloisElement::IDENTITY {
+            return Ok(());
+        }
+        if self.declared.get(&g).is_none_or(|&l| l < level) {
+            return Err(CircuitError::UndeclaredKey { stage: String::new(), step, level });
+        }
+        let mut used = self.used.lock().expect("not poisoned");
+        let e = used.entry(g).or_insert(level);
+        *e = (*e).max(level);
+        Ok(())
+    }
+
+    fn relinearize_rescale(&self, p: &mut Ciphertext) -> Result<()> {
+        self.eval.relinearize_assign(p, self.rlk)?;
+        Ok(self.eval.rescale_assign(p)?)
+    }
+
+    fn prime(&self, level: usize) -> f64 {
+        self.eval.context().params().q()[level] as f64
+    }
+}
+
+impl Backend for CkksBackend<'_> {
+    type Value = Ciphertext;
+
+    fn rotate_hoisted(&self, x: &Ciphertext, steps: &[i64]) -> Result<Vec<Ciphertext>> {
+        for &s in steps {
+            self.check(s, x.level())?;
+        }
+        Ok(self.eval.rotate_hoisted(x, steps, self.gk)?)
+    }
+    fn rotate(&self, x: &Ciphertext, step: i64) -> Result<Ciphertext> {
+        self.check(step, x.level())?;
+        Ok(self.eval.rotate(x, step, self.gk)?)
+    }
+    fn rotate_sum(&self, xs: &[&Ciphertext], steps: &[i64]) -> Result<Ciphertext> {
+        for (x, &s) in xs.iter().zip(steps) {
+            self.check(s, x.level())?;
+        }
+        Ok(self.eval.rotate_sum(xs, steps, self.gk)?)
+    }
+    fn dot_plain(&self, xs: &[&Ciphertext], ws: &[&Operand]) -> Result<Ciphertext> {
+        let pts = ws.iter().map(|w| w.plaintext()).collect::<Result<Vec<_>>>()?;
+        Ok(self.eval.dot_plain(xs, &pts)?)
+    }
+    fn add(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
+        Ok(self.eval.add(a, b)?)
+    }
+    fn add_assign(&self, a: &mut Ciphertext, b: &Ciphertext) -> Result<()> {
+        Ok(self.eval.add_assign(a, b)?)
+    }
+    fn add_plain_assign(&self, a: &mut Ciphertext, w: &Operand) -> Result<()> {
+        Ok(self.eval.add_plain_assign(a, w.plaintext()?)?)
+    }
+    fn add_const(&self, a: &Ciphertext, c: f64) -> Result<Ciphertext> {
+        let mut out = a.clone();
+        self.eval.add_const_assign(&mut out, c)?;
+        Ok(out)
+    }
+    fn mul_const_like(&self, a: &Ciphertext, c: f64, like: &Ciphertext) -> Result<Ciphertext> {
+        let const_scale = like.scale() * self.prime(a.level()) / a.scale();
+        Ok(self.eval.rescale(&self.eval.multiply_const(a, c, const_scale)?)?)
+    }
+    fn mul_rescale(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
+        let mut p = match a.level().cmp(&b.level()) {
+            std::cmp::Ordering::Equal => self.eval.multiply(a, b)?,
+            std::cmp::Ordering::Greater => self.eval.multiply(&self.eval.drop_to_level(a, b.level())?, b)?,
+            std::cmp::Ordering::Less => self.eval.multiply(a, &self.eval.drop_to_level(b, a.level())?)?,
+        };
+        self.relinearize_rescale(&mut p)?;
+        Ok(p)
+    }
+    fn square_rescale(&self, a: &Ciphertext) -> Result<Ciphertext> {
+        let mut p = self.eval.square(a)?;
+        self.relinearize_rescale(&mut p)?;
+        Ok(p)
+    }
+    fn rescale(&self, mut a: Ciphertext) -> Result<Ciphertext> {
+        self.eval.rescale_assign(&mut a)?;
+        Ok(a)
+    }
+    fn drop_to(&self, a: &Ciphertext, like: &Ciphertext) -> Result<Ciphertext> {
+        Ok(self.eval.drop_to_level(a, like.level())?)
+    }
+}

@@ -1,0 +1,298 @@
+//! Circuits: the one description of an encrypted computation.
+//!
+//! A [`Circuit`] is the client's input packing followed by a sequence of stages. Everything
+//! about the computation derives from it: the depth, the rotation keys with their levels
+//! ([`Circuit::rotation_keys`]), the cost report, the CKKS evaluation and the plaintext twin —
+//! so an evaluation cannot ask for a key the circuit did not declare (the CKKS backend refuses
+//! any other, [`crate::CircuitError::UndeclaredKey`]).
+
+use crate::activation::PolynomialActivation;
+use crate::backend::{Backend, CkksBackend, PlainBackend};
+use crate::error::{CircuitError, Result};
+use crate::layout::{Layout, Packing};
+use crate::linear::LinearTransform;
+use crate::pooling::RotationSum;
+use crate::requirements::{key_requests, merge_keys, RotationKey, StageCost};
+use blindfold_ckks::{Ciphertext, Context, Encoder, Evaluator, GaloisKeyRequest, GaloisKeys, RelinearizationKey};
+
+/// One stage of a circuit.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Stage {
+    /// A linear map (convolution, dense layer): one level.
+    Linear(LinearTransform),
+    /// Sums of rotations (pooling): no level.
+    RotationSum(RotationSum),
+    /// A polynomial activation: `ceil(log2 degree)` levels.
+    Polynomial(PolynomialActivation),
+}
+
+impl Stage {
+    /// Level of the stage's input.
+    pub fn level(&self) -> usize {
+        match self {
+            Stage::Linear(s) => s.level(),
+            Stage::RotationSum(s) => s.level(),
+            Stage::Polynomial(s) => s.level(),
+        }
+    }
+
+    /// Levels the stage consumes.
+    pub fn depth(&self) -> usize {
+        match self {
+            Stage::Linear(_) => 1,
+            Stage::RotationSum(_) => 0,
+            Stage::Polynomial(s) => s.depth(),
+        }
+    }
+
+    /// The rotations the stage makes, each at the level it is made at.
+    pub fn rotation_keys(&self) -> Vec<RotationKey> {
+        match self {
+            Stage::Linear(s) => s.rotation_keys(),
+            Stage::RotationSum(s) => s.rotation_keys(),
+            Stage::Polynomial(_) => Vec::new(),
+        }
+    }
+
+    /// Whether the stage multiplies ciphertexts (and needs the relinearization key).
+    pub fn relinearizes(&self) -> bool {
+        matches!(self, Stage::Polynomial(p) if p.depth() > 0)
+    }
+
+    /// What the stage costs.
+    pub fn cost(&self) -> StageCost {
+        match self {
+            Stage::Linear(s) => s.cost(),
+            Stage::RotationSum(s) => s.cost(),
+            Stage::Polynomial(s) => s.cost(),
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Stage::Linear(s) => s.name().to_string(),
+            Stage::RotationSum(s) => s.name().to_string(),
+            Stage::Polynomial(s) => s.cost().name,
+        }
+    }
+
+    fn evaluate<B: Backend>(&self, be: &B, inputs: &[B::Value]) -> Result<B::Value> {
+        let one = || {
+            inputs.first().filter(|_| inputs.len() == 1).ok_or_else(|| CircuitError::Input {
+                expected: "one ciphertext".into(),
+                actual: inputs.len().to_string(),
+            })
+        };
+        match self {
+            Stage::Linear(s) => s.evaluate(be, inputs),
+            Stage::RotationSum(s) => s.evaluate(be, one()?),
+            Stage::Polynomial(s) => s.evaluate(be, one()?),
+        }
+    }
+}
+
+/// A compiled encrypted computation: the client's packing, the stages, where the result's
+/// values lie.
+#[derive(Clone, Debug)]
+pub struct Circuit {
+    packing: Packing,
+    slots: usize,
+    top_level: usize,
+    stages: Vec<Stage>,
+    output: Layout,
+    input_scale: Option<f64>,
+}
+
+impl Circuit {
+    /// A circuit of `stages` on inputs packed by `packing` at `top_level`, whose result has
+    /// layout `output`.
+    ///
+    /// # Errors
+    /// [`CircuitError::TooDeep`] if the stages need more levels than `top_level`;
+    /// [`CircuitError::Layout`] if a stage's level does not follow from the one before.
+    pub fn new(packing: Packing, top_level: usize, stages: Vec<Stage>, output: Layout) -> Result<Self> {
+        let depth: usize = stages.iter().map(Stage::depth).sum();
+        if depth > top_level {
+            return Err(CircuitError::TooDeep { needed: depth, available: top_level, hint: None });
+        }
+        let mut level = top_level;
+        for s in &stages {
+            if s.level() != level {
+                return Err(CircuitError::Layout(format!(
+                    "stage {} at level {}, expected {level}",
+                    s.name(),
+                    s.level()
+                )));
+            }
+            level -= s.depth();
+        }
+        let slots = output.slots;
+        Ok(Self { packing, slots, top_level, stages, output, input_scale: None })
+    }
+
+    /// The client's input packing.
+    pub fn packing(&self) -> &Packing {
+        &self.packing
+    }
+
+    /// The stages, in order.
+    pub fn stages(&self) -> &[Stage] {
+        &self.stages
+    }
+
+    /// Level of the input ciphertexts.
+    pub fn top_level(&self) -> usize {
+        self.top_level
+    }
+
+    /// Multiplicative depth (levels consumed); the result is at `top_level − depth`.
+    pub fn depth(&self) -> usize {
+        self.stages.iter().map(Stage::depth).sum()
+    }
+
+    /// Where the result's values lie in the output ciphertext's slots.
+    pub fn output(&self) -> &Layout {
+        &self.output
+    }
+
+    /// Number of result values (the logits of a network).
+    pub fn outputs(&self) -> usize {
+        self.output.len()
+    }
+
+    /// Every rotation the circuit makes, one per Galois element, each at the highest level it
+    /// is made at: the Galois keys to generate (each only as large as its level needs), and
+    /// only these.
+    pub fn rotation_keys(&self) -> Vec<RotationKey> {
+        merge_keys(self.stages.iter().flat_map(Stage::rotation_keys), self.slots)
+    }
+
+    /// [`Circuit::rotation_keys`] as key-generator requests for `ctx`.
+    pub fn key_requests(&self, ctx: &Context) -> Vec<GaloisKeyRequest> {
+        key_requests(&self.rotation_keys(), ctx)
+    }
+
+    /// Whether the circuit needs the relinearization key.
+    pub fn relinearizes(&self) -> bool {
+        self.stages.iter().any(Stage::relinearizes)
+    }
+
+    /// What each stage costs.
+    pub fn costs(&self) -> Vec<StageCost> {
+        self.stages.iter().map(Stage::cost).collect()
+    }
+
+    /// The scale the inputs are encrypted at, once encoded.
+    pub fn input_scale(&self) -> Option<f64> {
+        self.input_scale
+    }
+
+    /// Encodes every plaintext of the circuit for `ctx`, with inputs encrypted at
+    /// `input_scale` at the top level.
+    ///
+    /// # Errors
+    /// [`CircuitError::TooDeep`] if `ctx` has fewer levels than the circuit was built for;
+    /// CKKS encoding errors.
+    pub fn encode(&mut self, ctx: &std::sync::Arc<Context>, input_scale: f64) -> Result<()> {
+        if ctx.max_level() != self.top_level || ctx.params().slots() != self.slots {
+            return Err(CircuitError::Input {
+                expected: format!("parameters with top level {} and {} slots", self.top_level, self.slots),
+                actual: format!("top level {} and {} slots", ctx.max_level(), ctx.params().slots()),
+            });
+        }
+        let encoder = Encoder::new(ctx);
+        let q = ctx.params().q();
+        let mut scale = input_scale;
+        for s in &mut self.stages {
+            let level = s.level();
+            scale = match s {
+                Stage::Linear(l) => l.encode(&encoder, q, scale)?,
+                Stage::RotationSum(_) => scale,
+                Stage::Polynomial(p) => polynomial_scale(p, scale, q, level),
+            };
+        }
+        self.input_scale = Some(input_scale);
+        Ok(())
+    }
+
+    /// Evaluates the circuit on any backend, starting from the packed inputs.
+    ///
+    /// # Errors
+    /// [`CircuitError::Input`] for a wrong number of inputs; backend errors, with
+    /// [`CircuitError::UndeclaredKey`] naming the stage.
+    pub fn evaluate_on<B: Backend>(&self, be: &B, inputs: &[B::Value]) -> Result<B::Value> {
+        if inputs.len() != self.packing.ciphertexts() {
+            return Err(CircuitError::Input {
+                expected: format!("{} input ciphertexts", self.packing.ciphertexts()),
+                actual: inputs.len().to_string(),
+            });
+        }
+        let mut value: Option<B::Value> = None;
+        for s in &self.stages {
+            let x = match &value {
+                Some(v) => std::slice::from_ref(v),
+                None => inputs,
+            };
+            let out = s.evaluate(be, x).map_err(|e| match e {
+                CircuitError::UndeclaredKey { step, level, .. } => {
+                    CircuitError::UndeclaredKey { stage: s.name(), step, level }
+                }
+                e => e,
+            })?;
+            value = Some(out);
+        }
+        value.ok_or_else(|| CircuitError::Layout("a circuit without stages".into()))
+    }
+
+    /// Evaluates the circuit on the client's ciphertexts (at the top level and the input
+    /// scale) with public keys only; returns the result ciphertext, whose slots
+    /// [`Circuit::output`] holds the values.
+    ///
+    /// # Errors
+    /// [`CircuitError::NotEncoded`] for a circuit that was not encoded; as
+    /// [`Circuit::evaluate_on`].
+    pub fn evaluate(
+        &self,
+        eval: &Evaluator,
+        inputs: &[Ciphertext],
+        rlk: &RelinearizationKey,
+        gk: &GaloisKeys,
+    ) -> Result<Ciphertext> {
+        if self.input_scale.is_none() {
+            return Err(CircuitError::NotEncoded);
+        }
+        let be = CkksBackend::new(eval, rlk, gk, &self.key_requests(eval.context()));
+        self.evaluate_on(&be, inputs)
+    }
+
+    /// The plaintext twin: the same computation on slot vectors, returning the result values
+    /// (read from the output layout).
+    ///
+    /// # Errors
+    /// As [`Circuit::evaluate_on`].
+    pub fn evaluate_plain(&self, inputs: &[Vec<f64>]) -> Result<Vec<f64>> {
+        let out = self.evaluate_on(&PlainBackend, inputs)?;
+        Ok(self.output.unpack(&[out]))
+    }
+
+    /// The result values in decoded output slots.
+    pub fn read_output(&self, slots: &[f64]) -> Vec<f64> {
+        self.output.unpack(&[slots.to_vec()])
+    }
+}
+
+/// Scale after a polynomial stage whose input has `scale` at `level` (the scale of its
+/// top-degree product; constants land on it).
+fn polynomial_scale(p: &PolynomialActivation, scale: f64, q: &[u64], level: usize) -> f64 {
+    let after = |s: f64, l: usize| s * s / q[l] as f64;
+    match p.degree() {
+        1 => scale,
+        2 => after(scale, level),
+        3 => scale * after(scale, level) / q[level - 1] as f64,
+        _ => {
+            let x2 = after(scale, level);
+            x2 * x2 / q[level - 1] as f64
+        }
+    }
+}
