@@ -926,6 +926,77 @@ impl Evaluator {
         Ok(out)
     }
 
+    /// For each group `g`, `Σ_{(k, pt) ∈ groups[g]} cts[k] ⊙ pt`: the inner sums of a
+    /// baby-step giant-step linear map (`cts` the baby steps, one group per giant step) in one
+    /// pass per residue, so each input residue is read once for every group instead of once
+    /// per group. Same arithmetic as [`Evaluator::dot_plain`] on each group.
+    ///
+    /// # Errors
+    /// As [`Evaluator::dot_plain`], for any group; [`Error::InvalidArgument`] for an index
+    /// outside `cts` or an empty group.
+    pub fn dot_plain_groups(
+        &self,
+        cts: &[&Ciphertext],
+        groups: &[Vec<(usize, &Plaintext)>],
+    ) -> Result<Vec<Ciphertext>> {
+        let first = cts.first().ok_or_else(|| Error::InvalidArgument("dot_plain_groups needs ciphertexts".into()))?;
+        for c in cts {
+            self.check(c)?;
+            Self::same_level("dot_plain_groups", first.level, c.level)?;
+            if c.parts.len() != 2 {
+                return Err(Error::CiphertextSize { op: "dot_plain_groups", expected: 2, actual: c.parts.len() });
+            }
+        }
+        let mut scales = Vec::with_capacity(groups.len());
+        for g in groups {
+            let &(k0, p0) = g.first().ok_or_else(|| Error::InvalidArgument("an empty group".into()))?;
+            for &(k, p) in g {
+                let c = cts.get(k).ok_or_else(|| Error::InvalidArgument(format!("term index {k} of {}", cts.len())))?;
+                self.check_plain(p)?;
+                Self::same_level("dot_plain_groups", c.level, p.level)?;
+                Self::same_scale("dot_plain_groups", cts[k0].scale * p0.scale, c.scale * p.scale)?;
+            }
+            scales.push(cts[k0].scale * p0.scale);
+        }
+        let level = first.level;
+        let n = self.ctx.n();
+        let len = (level + 1) * n;
+        let mut outs: Vec<(Vec<u64>, Vec<u64>)> =
+            groups.iter().map(|_| (scratch::vec_overwritten(len), scratch::vec_overwritten(len))).collect();
+        // Per residue, every group's output slices.
+        let mut per_residue: Vec<Vec<(&mut [u64], &mut [u64])>> = (0..=level).map(|_| Vec::new()).collect();
+        for (o0, o1) in outs.iter_mut() {
+            for (i, (a, b)) in o0.chunks_exact_mut(n).zip(o1.chunks_exact_mut(n)).enumerate() {
+                per_residue[i].push((a, b));
+            }
+        }
+        per_residue.into_par_iter().enumerate().for_each(|(i, group_outs)| {
+            let r = i * n..(i + 1) * n;
+            let q = &self.ctx.moduli[i];
+            let mut tmp = Scratch::overwritten(2 * n);
+            for (g, (o0, o1)) in groups.iter().zip(group_outs) {
+                for (chunk_i, chunk) in g.chunks(16).enumerate() {
+                    let d: Vec<&[u64]> = chunk.iter().map(|(_, p)| &p.data[r.clone()]).collect();
+                    let b0: Vec<&[u64]> = chunk.iter().map(|&(k, _)| &cts[k].parts[0][r.clone()]).collect();
+                    let b1: Vec<&[u64]> = chunk.iter().map(|&(k, _)| &cts[k].parts[1][r.clone()]).collect();
+                    if chunk_i == 0 {
+                        slice::dot([&mut *o0, &mut *o1], &d, [&b0, &b1], q);
+                    } else {
+                        let (t0, t1) = tmp.split_at_mut(n);
+                        slice::dot([t0, t1], &d, [&b0, &b1], q);
+                        slice::add_assign(o0, t0, q);
+                        slice::add_assign(o1, t1, q);
+                    }
+                }
+            }
+        });
+        Ok(outs
+            .into_iter()
+            .zip(scales)
+            .map(|((o0, o1), scale)| Ciphertext { parts: vec![o0, o1], level, scale })
+            .collect())
+    }
+
     /// `dest += round(x / P)` from `Q_l ∪ P` to `Q_l`, NTT form in and out (the `P` part of
     /// `x` is overwritten).
     fn mod_down_add(&self, x: &mut [u64], level: usize, dest: &mut [u64]) {

@@ -13,10 +13,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 mod cryptonn;
 mod ensemble;
+mod sweep;
 
 /// Encrypted neural-network inference with CKKS homomorphic encryption.
 ///
@@ -42,6 +44,9 @@ enum Command {
     /// Encrypted ensemble: several model holders trained on their own shares of the data, a
     /// coordinator combining their encrypted scores; one row per data split.
     Ensemble(ensemble::EnsembleArgs),
+    /// Encrypted accuracy, agreement and latency across scale bits and ring degrees: a CSV and
+    /// two SVG charts. Points that cannot be 128-bit secure are skipped, with the reason.
+    Sweep(sweep::SweepArgs),
     /// CryptoNN: training over data encrypted with functional encryption.
     #[command(subcommand)]
     Cryptonn(cryptonn::CryptonnCommand),
@@ -157,10 +162,15 @@ impl TrainOpts {
     /// The built-in architecture `name` with this activation.
     fn arch_spec(&self, name: &str) -> Result<ArchSpec> {
         let spec = ArchSpec::builtin(name)?;
-        match self.activation.as_str() {
-            "square" => Ok(spec.with_activation(LayerSpec::Square)),
+        let degree = match self.activation.as_str() {
+            "square" => return Ok(spec.with_activation(LayerSpec::Square)),
+            "relu-poly2" => 2,
+            "relu-poly3" => 3,
+            "relu-poly4" => 4,
             other => bail!("unknown activation {other:?}: expected square, relu-poly2, relu-poly3 or relu-poly4"),
-        }
+        };
+        // The range is refitted from the data before and during training.
+        Ok(spec.with_activation(LayerSpec::ReluPoly { degree, lo: -4.0, hi: 4.0 }))
     }
 
     /// File name of the cached model of `arch` on `dataset`.
@@ -258,6 +268,7 @@ fn main() {
         Command::Train(a) => train_cmd(a).map(|_| ()),
         Command::Infer(a) => infer_cmd(a),
         Command::Ensemble(a) => ensemble::ensemble_cmd(a),
+        Command::Sweep(a) => sweep::sweep_cmd(a),
         Command::Cryptonn(c) => cryptonn::cryptonn_cmd(c),
         Command::Params { json } => params_cmd(json),
         Command::Keygen { model, out_dir } => keygen_cmd(&model, &out_dir),
@@ -302,6 +313,7 @@ fn train_model(arch: &str, data: &DataArgs, opts: &TrainOpts, out: &Path) -> Res
 fn same_structure(a: &ArchSpec, b: &ArchSpec) -> bool {
     let kind = |l: &LayerSpec| match l {
         LayerSpec::Poly { coeffs } => LayerSpec::Poly { coeffs: vec![0.0; coeffs.len()] },
+        LayerSpec::ReluPoly { degree, .. } => LayerSpec::ReluPoly { degree: *degree, lo: 0.0, hi: 0.0 },
         other => other.clone(),
     };
     a.name == b.name
@@ -357,7 +369,23 @@ fn train_on(
         },
     )?;
     pb.finish_and_clear();
+    // The fitted ranges against pre-activations the training never saw.
+    let ranges = model.activation_ranges(&test_set.clone().truncate(1000))?;
+    for r in &ranges {
+        eprintln!(
+            "layer {:>2}: ReLU fit on [{:.2}, {:.2}]; on 1,000 test images inputs in [{:.2}, {:.2}], {:.3}% outside",
+            r.layer,
+            r.lo,
+            r.hi,
+            r.min,
+            r.max,
+            100.0 * r.outside
+        );
+    }
     let mut prov = HashMap::new();
+    if !ranges.is_empty() {
+        prov.insert("activation_ranges".into(), serde_json::to_string(&ranges)?);
+    }
     prov.insert("dataset".into(), dataset.to_string());
     prov.insert("epochs".into(), reports.len().to_string());
     prov.insert("test_accuracy".into(), format!("{:.4}", last.unwrap_or(0.0)));
@@ -437,6 +465,9 @@ struct Report {
     parallel_images: usize,
     depth: usize,
     rotation_keys: usize,
+    input_ciphertexts: usize,
+    /// ReLU fits: fitted range against the pre-activations of the first 1,000 test images.
+    activation_ranges: Vec<blindfold_nn::ActivationRange>,
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -453,26 +484,47 @@ type ImageResult = (usize, usize, u8, f64, f64, f64, usize, usize);
 
 fn run_inference(mut model: Model, data: &DataArgs, opts: &EvalOpts) -> Result<()> {
     let test = data.load(Split::Test)?.truncate(opts.n_test);
-    let n = test.len();
-    let threads = opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |t| t.get())).max(1);
-    let workers = opts.parallel_images.clamp(1, threads);
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
-    let arch = model.spec().name.clone();
     let setup = Instant::now();
     let compiled = CompiledModel::new(&model, &opts.chain.options())?;
+    let info = compiled.info();
+    eprintln!(
+        "circuit: depth {}, {} Galois keys, {} input ciphertext(s), parameters {}; compiled in {:.1} s",
+        info.depth,
+        info.rotation_keys.len(),
+        compiled.circuit().packing().ciphertexts(),
+        info.parameters_name(),
+        setup.elapsed().as_secs_f64()
+    );
+    let report = encrypted_inference(&mut model, &compiled, &test, data.dataset, opts.threads, opts.parallel_images)?;
+    print_report(&report);
+    if let Some(path) = &opts.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Encrypted inference of `compiled` (the circuit of `model`) on every image of `test`:
+/// client and model holder exchanging bytes, `workers` images at a time on `threads` threads.
+fn encrypted_inference(
+    model: &mut Model,
+    compiled: &Arc<CompiledModel>,
+    test: &LabeledImages,
+    dataset: Dataset,
+    threads: Option<usize>,
+    parallel_images: usize,
+) -> Result<Report> {
+    let n = test.len();
+    let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |t| t.get())).max(1);
+    let workers = parallel_images.clamp(1, threads);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    let arch = model.spec().name.clone();
     let info = compiled.info().clone();
     let (client, keys) = Client::new(&info)?;
     let key_bytes = keys.to_bytes().len();
     let params = info.parameters()?;
     let preset = info.parameters_name();
-    eprintln!(
-        "circuit: depth {}, {} Galois keys ({:.1} MB of evaluation keys), {} input ciphertext(s), parameters {preset}; setup {:.1} s",
-        info.depth,
-        info.rotation_keys.len(),
-        key_bytes as f64 / 1e6,
-        compiled.circuit().packing().ciphertexts(),
-        setup.elapsed().as_secs_f64()
-    );
     let plain_logits = {
         let imgs: Vec<&[u8]> = (0..n).map(|i| test.images.image(i)).collect();
         let mut all = Vec::with_capacity(n);
@@ -493,7 +545,7 @@ fn run_inference(mut model: Model, data: &DataArgs, opts: &EvalOpts) -> Result<(
             .iter()
             .map(|idx| {
                 let (compiled, keys_ref, info_ref, pb, test, plain_logits, pool) =
-                    (&compiled, &keys, &info, &pb, &test, &plain_logits, &pool);
+                    (compiled, &keys, &info, &pb, test, &plain_logits, &pool);
                 let sk_bytes = serialize(client.secret_key(), client.context()); // zeroized on drop
                 scope.spawn(move || {
                     pool.install(|| -> Result<Vec<(usize, ImageResult)>> {
@@ -551,8 +603,8 @@ fn run_inference(mut model: Model, data: &DataArgs, opts: &EvalOpts) -> Result<(
     let mut server: Vec<f64> = results.iter().map(|r| r.3).collect();
     let mut enc: Vec<f64> = results.iter().map(|r| r.4).collect();
     let mut dec: Vec<f64> = results.iter().map(|r| r.5).collect();
-    let report = Report {
-        dataset: data.dataset.to_string(),
+    Ok(Report {
+        dataset: dataset.to_string(),
         arch: arch.clone(),
         n,
         plain_accuracy,
@@ -575,16 +627,21 @@ fn run_inference(mut model: Model, data: &DataArgs, opts: &EvalOpts) -> Result<(
         parallel_images: workers,
         depth: info.depth,
         rotation_keys: info.rotation_keys.len(),
-    };
+        input_ciphertexts: compiled.circuit().packing().ciphertexts(),
+        activation_ranges: model.activation_ranges(&test.clone().truncate(1000))?,
+    })
+}
+
+fn print_report(report: &Report) {
     println!("{:<22} {}", "dataset", report.dataset);
     println!("{:<22} {}", "architecture", report.arch);
-    println!("{:<22} {}", "test images", n);
-    println!("{:<22} {:.2}%", "plaintext accuracy", 100.0 * plain_accuracy);
-    println!("{:<22} {:.2}%", "encrypted accuracy", 100.0 * encrypted_accuracy);
-    println!("{:<22} {:.2}%", "agreement", 100.0 * agreement);
+    println!("{:<22} {}", "test images", report.n);
+    println!("{:<22} {:.2}%", "plaintext accuracy", 100.0 * report.plain_accuracy);
+    println!("{:<22} {:.2}%", "encrypted accuracy", 100.0 * report.encrypted_accuracy);
+    println!("{:<22} {:.2}%", "agreement", 100.0 * report.agreement);
     println!(
-        "{:<22} p50 {:.1} ms, p95 {:.1} ms ({threads} threads, {workers} image(s) at a time)",
-        "server per image", report.server_ms.p50, report.server_ms.p95
+        "{:<22} p50 {:.1} ms, p95 {:.1} ms ({} threads, {} image(s) at a time)",
+        "server per image", report.server_ms.p50, report.server_ms.p95, report.threads, report.parallel_images
     );
     println!(
         "{:<22} encrypt {:.1} ms, decrypt {:.1} ms (p50)",
@@ -598,15 +655,26 @@ fn run_inference(mut model: Model, data: &DataArgs, opts: &EvalOpts) -> Result<(
         report.bytes.eval_keys as f64 / 1e6
     );
     println!(
-        "{:<22} {} (N = 2^{}, log2 QP = {:.1}, 128-bit)",
-        "parameters", preset, report.params.log_n, report.params.log_qp
+        "{:<22} {} (N = 2^{}, log2 QP = {:.1}, 128-bit), depth {}, {} rotation keys",
+        "parameters",
+        report.params.preset,
+        report.params.log_n,
+        report.params.log_qp,
+        report.depth,
+        report.rotation_keys
     );
-    if let Some(path) = &opts.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
+    for r in &report.activation_ranges {
+        println!(
+            "{:<22} layer {}: fitted on [{:.2}, {:.2}], inputs in [{:.2}, {:.2}], {:.3}% outside",
+            "ReLU fit",
+            r.layer,
+            r.lo,
+            r.hi,
+            r.min,
+            r.max,
+            100.0 * r.outside
+        );
     }
-    Ok(())
 }
 
 fn params_cmd(json: bool) -> Result<()> {

@@ -42,6 +42,17 @@ pub enum LayerSpec {
         /// Coefficients, constant term first.
         coeffs: Vec<f64>,
     },
+    /// The least-squares fit of ReLU of `degree` (1 to 4) on `[lo, hi]`
+    /// ([`crate::activation::relu_fit`]): `relu-poly2..4`. Training sets the interval to the
+    /// pre-activation range it observes and refits it every epoch.
+    ReluPoly {
+        /// Degree.
+        degree: usize,
+        /// Lower end of the fitted range.
+        lo: f64,
+        /// Upper end of the fitted range.
+        hi: f64,
+    },
     /// `max(x, 0)` element-wise. Plaintext only (CryptoNN trains everything after the first
     /// layer in the clear); encrypted evaluation plans refuse it.
     Relu,
@@ -76,6 +87,10 @@ impl LayerSpec {
                 }
                 Ok(s)
             }
+            LayerSpec::ReluPoly { degree, lo, hi } => {
+                crate::activation::relu_fit(degree, lo, hi).map_err(|e| Error::Architecture(e.to_string()))?;
+                Ok(s)
+            }
         }
     }
 
@@ -89,21 +104,42 @@ impl LayerSpec {
             LayerSpec::Conv2d { .. } | LayerSpec::Dense { .. } => 1,
             LayerSpec::AvgPool2d { .. } | LayerSpec::Flatten | LayerSpec::Relu => 0,
             LayerSpec::Square => 1,
-            LayerSpec::Poly { .. } => {
+            LayerSpec::Poly { .. } | LayerSpec::ReluPoly { .. } => {
                 let degree = self.degree().unwrap_or(0);
                 (usize::BITS - degree.saturating_sub(1).leading_zeros()) as usize
             }
         }
     }
 
-    /// Degree of a polynomial activation (trailing zero coefficients ignored): 2 for
-    /// [`LayerSpec::Square`], `None` for other layers.
-    pub fn degree(&self) -> Option<usize> {
+    /// Power-basis coefficients (constant first) of a polynomial activation: `[0, 0, 1]` for
+    /// [`LayerSpec::Square`], the fit for [`LayerSpec::ReluPoly`]; `None` for other layers (or
+    /// a fit whose range is invalid).
+    ///
+    /// A fit's terms of highest degree that stay below 10^-6 of its largest term over
+    /// `[lo, hi]` are dropped (a cubic fit on a symmetric range is a quadratic): the plaintext
+    /// model and the encrypted circuit evaluate the same polynomial.
+    pub fn polynomial(&self) -> Option<Vec<f64>> {
         match self {
-            LayerSpec::Square => Some(2),
-            LayerSpec::Poly { coeffs } => Some(coeffs.iter().rposition(|&c| c != 0.0).unwrap_or(0)),
+            LayerSpec::Square => Some(vec![0.0, 0.0, 1.0]),
+            LayerSpec::Poly { coeffs } => Some(coeffs.clone()),
+            LayerSpec::ReluPoly { degree, lo, hi } => {
+                let mut c = crate::activation::relu_fit(*degree, *lo, *hi).ok()?;
+                let reach = lo.abs().max(hi.abs());
+                let size = |k: usize, v: f64| v.abs() * reach.powi(k as i32);
+                let largest = c.iter().enumerate().fold(0f64, |m, (k, &v)| m.max(size(k, v)));
+                while c.len() > 1 && size(c.len() - 1, c[c.len() - 1]) < 1e-6 * largest {
+                    c.pop();
+                }
+                Some(c)
+            }
             _ => None,
         }
+    }
+
+    /// Degree of a polynomial activation (its highest nonzero coefficient in
+    /// [`LayerSpec::polynomial`]); `None` for other layers.
+    pub fn degree(&self) -> Option<usize> {
+        Some(self.polynomial()?.iter().rposition(|&v| v != 0.0).unwrap_or(0))
     }
 
     /// Number of trainable weights (without biases) for an input of shape `s`, if the layer
@@ -299,7 +335,7 @@ impl ArchSpec {
     /// `activation`.
     pub fn with_activation(mut self, activation: LayerSpec) -> Self {
         for l in &mut self.layers {
-            if matches!(l, LayerSpec::Relu | LayerSpec::Square | LayerSpec::Poly { .. }) {
+            if matches!(l, LayerSpec::Relu | LayerSpec::Square | LayerSpec::Poly { .. } | LayerSpec::ReluPoly { .. }) {
                 *l = activation.clone();
             }
         }

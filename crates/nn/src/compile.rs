@@ -191,7 +191,9 @@ fn check(arch: &ArchSpec) -> Result<()> {
                 "ReLU has no encrypted form: train with a polynomial activation (--activation square or relu-poly2..4)"
                     .into(),
             ),
-            LayerSpec::Poly { .. } | LayerSpec::Square if l.degree().is_none_or(|d| d == 0 || d > 4) => {
+            LayerSpec::Poly { .. } | LayerSpec::Square | LayerSpec::ReluPoly { .. }
+                if l.degree().is_none_or(|d| d == 0 || d > 4) =>
+            {
                 return unsupported(i, format!("polynomial activations of degree 1 to 4 (got {:?})", l.degree()))
             }
             _ => {}
@@ -211,11 +213,7 @@ fn check(arch: &ArchSpec) -> Result<()> {
 
 /// Leading coefficient and monic lower coefficients of a polynomial activation.
 fn monic(l: &LayerSpec) -> (f64, Vec<f64>) {
-    let coeffs = match l {
-        LayerSpec::Square => vec![0.0, 0.0, 1.0],
-        LayerSpec::Poly { coeffs } => coeffs.clone(),
-        _ => unreachable!("an activation"),
-    };
+    let coeffs = l.polynomial().expect("an activation");
     let d = l.degree().expect("an activation");
     let lead = coeffs[d];
     (lead, coeffs[..d].iter().map(|c| c / lead).collect())
@@ -244,7 +242,7 @@ fn factors(arch: &ArchSpec) -> Result<(Vec<f64>, Vec<f64>)> {
                     _ => pending *= f,
                 }
             }
-            LayerSpec::Square | LayerSpec::Poly { .. } => {
+            LayerSpec::Square | LayerSpec::Poly { .. } | LayerSpec::ReluPoly { .. } => {
                 if pending != 1.0 {
                     return Err(Error::Circuit(CircuitError::Unsupported(format!(
                         "layer {i}: two non-linear layers (or a pooling between activations) without a linear layer between them"
@@ -361,7 +359,7 @@ pub fn circuit(arch: &ArchSpec, model: Option<&Model>, slots: usize, top_level: 
                     lay.grid = None;
                 }
             }
-            LayerSpec::Square | LayerSpec::Poly { .. } => {
+            LayerSpec::Square | LayerSpec::Poly { .. } | LayerSpec::ReluPoly { .. } => {
                 if layout.is_none() {
                     return Err(Error::Circuit(CircuitError::Unsupported(format!(
                         "layer {i}: an activation before the first linear layer"

@@ -49,6 +49,9 @@ pub(crate) struct Layer {
     pub params: Option<Params>,
     pub grads: Option<Grads>,
     cache: Option<Array2<f32>>,
+    /// For a ReLU fit in training: the smallest and largest inputs since the last refit (the
+    /// range the fit is refitted to).
+    pub observed: Option<(f64, f64)>,
 }
 
 impl Layer {
@@ -56,7 +59,7 @@ impl Layer {
         let grads = params
             .as_ref()
             .map(|p| Grads { weight: Array2::zeros(p.weight.raw_dim()), bias: Array1::zeros(p.bias.raw_dim()) });
-        Self { spec, input, output, params, grads, cache: None }
+        Self { spec, input, output, params, grads, cache: None, observed: None }
     }
 
     pub fn conv_geom(&self) -> Option<ConvGeom> {
@@ -135,11 +138,16 @@ impl Layer {
                 }
                 x.mapv(|v| v.max(0.0))
             }
-            LayerSpec::Poly { coeffs } => {
+            LayerSpec::Poly { .. } | LayerSpec::ReluPoly { .. } => {
                 if train {
                     self.cache = Some(x.clone());
+                    if matches!(self.spec, LayerSpec::ReluPoly { .. }) && !x.is_empty() {
+                        let (lo, hi) = x.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+                        let r = self.observed.get_or_insert((f64::MAX, f64::MIN));
+                        *r = (r.0.min(lo as f64), r.1.max(hi as f64));
+                    }
                 }
-                let c: Vec<f32> = coeffs.iter().map(|&c| c as f32).collect();
+                let c: Vec<f32> = self.spec.polynomial().unwrap_or_default().iter().map(|&c| c as f32).collect();
                 x.mapv(|v| c.iter().rev().fold(0.0, |acc, &a| acc * v + a))
             }
         };
@@ -219,8 +227,9 @@ impl Layer {
                 let x = self.cache.as_ref().expect("forward before backward");
                 ndarray::Zip::from(gy).and(x).map_collect(|&g, &v| if v > 0.0 { g } else { 0.0 })
             }
-            LayerSpec::Poly { coeffs } => {
+            LayerSpec::Poly { .. } | LayerSpec::ReluPoly { .. } => {
                 let x = self.cache.as_ref().expect("forward before backward");
+                let coeffs = self.spec.polynomial().unwrap_or_default();
                 let d: Vec<f32> = coeffs.iter().enumerate().skip(1).map(|(i, &c)| (i as f64 * c) as f32).collect();
                 gy * &x.mapv(|v| d.iter().rev().fold(0.0, |acc, &a| acc * v + a))
             }

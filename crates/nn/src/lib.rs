@@ -4,13 +4,15 @@
 //! Activations are row-major `(batch, features)` matrices; a feature vector of a spatial
 //! layer is laid out channel-major (`c·H·W + y·W + x`, as PyTorch's `NCHW`). Layers:
 //! [`LayerSpec::Conv2d`] (stride, zero padding), [`LayerSpec::AvgPool2d`],
-//! [`LayerSpec::Flatten`], [`LayerSpec::Dense`], [`LayerSpec::Square`] and
-//! [`LayerSpec::Poly`]. Every layer is polynomial, so the whole network can be evaluated on
+//! [`LayerSpec::Flatten`], [`LayerSpec::Dense`], [`LayerSpec::Square`], [`LayerSpec::Poly`]
+//! and [`LayerSpec::ReluPoly`] (a polynomial fit of ReLU on the range training observes).
+//! Every layer is polynomial, so the whole network can be evaluated on
 //! CKKS ciphertexts (CryptoNets, Gilad-Bachrach et al., ICML 2016), except
 //! [`LayerSpec::Relu`], which serves CryptoNN training ([`cryptonn`]): there only the first
 //! layer's products see the data, through functional encryption.
 #![forbid(unsafe_code)]
 
+pub mod activation;
 pub mod arch;
 pub mod compile;
 pub mod cryptonn;
@@ -24,4 +26,4 @@ pub mod train;
 pub use arch::{ArchSpec, LayerSpec, Normalization, Shape};
 pub use error::{Error, Result};
 pub use layers::{ConvGeom, Params};
-pub use model::{argmax, Model, ModelFile, FORMAT_VERSION};
+pub use model::{argmax, ActivationRange, Model, ModelFile, FORMAT_VERSION};

@@ -88,6 +88,93 @@ impl Model {
         p.bias -= bias_mean;
     }
 
+    /// Sets every ReLU fit's range to the one observed in training since the last refit (the
+    /// smallest and largest pre-activation, widened by 10% of the width on each side) and
+    /// forgets the observations. Returns whether any range changed.
+    pub fn refit_activations(&mut self) -> bool {
+        let mut changed = false;
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let Some((lo, hi)) = l.observed.take() else { continue };
+            if let LayerSpec::ReluPoly { degree, .. } = l.spec {
+                let (lo, hi) = widened(lo, hi);
+                l.spec = LayerSpec::ReluPoly { degree, lo, hi };
+                self.spec.layers[i] = l.spec.clone();
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// Fits every ReLU fit to the pre-activations of the examples `x` (`(batch, features)`),
+    /// layer after layer, so the first epoch trains with polynomials fitted where values fall.
+    ///
+    /// # Errors
+    /// As [`Model::forward`].
+    pub fn calibrate_activations(&mut self, x: &Array2<f32>) -> Result<()> {
+        if x.ncols() != self.spec.input.len() {
+            return Err(Error::Shape {
+                op: "calibrate_activations",
+                expected: format!("{} input features", self.spec.input.len()),
+                actual: x.ncols().to_string(),
+            });
+        }
+        let mut h = x.clone();
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            if let LayerSpec::ReluPoly { degree, .. } = l.spec {
+                let (lo, hi) = h.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+                let (lo, hi) = widened(lo as f64, hi as f64);
+                l.spec = LayerSpec::ReluPoly { degree, lo, hi };
+                self.spec.layers[i] = l.spec.clone();
+            }
+            h = l.forward(&h, false);
+        }
+        Ok(())
+    }
+
+    /// For each polynomial activation, the inputs it sees on `set` against the range it was
+    /// fitted on: what a plan reports before anything is encrypted.
+    ///
+    /// # Errors
+    /// As [`Model::forward`].
+    pub fn activation_ranges(&mut self, set: &blindfold_data::LabeledImages) -> Result<Vec<ActivationRange>> {
+        let mut out: Vec<ActivationRange> = Vec::new();
+        for start in (0..set.len()).step_by(500) {
+            let end = (start + 500).min(set.len());
+            let mut h = Array2::<f32>::zeros((end - start, self.spec.input.len()));
+            for (r, i) in (start..end).enumerate() {
+                for (j, v) in self.normalize(set.images.image(i)).into_iter().enumerate() {
+                    h[[r, j]] = v;
+                }
+            }
+            let mut k = 0;
+            for (i, l) in self.layers.iter_mut().enumerate() {
+                if let LayerSpec::ReluPoly { lo, hi, .. } = l.spec {
+                    if out.len() <= k {
+                        out.push(ActivationRange { layer: i, lo, hi, min: f64::MAX, max: f64::MIN, outside: 0.0 });
+                    }
+                    let r = &mut out[k];
+                    for &v in h.iter() {
+                        let v = v as f64;
+                        (r.min, r.max) = (r.min.min(v), r.max.max(v));
+                        if v < lo || v > hi {
+                            r.outside += 1.0;
+                        }
+                    }
+                    k += 1;
+                }
+                h = l.forward(&h, false);
+            }
+        }
+        let per_layer: Vec<usize> = {
+            let shapes = self.spec.shapes()?;
+            out.iter().map(|r| shapes[r.layer].len() * set.len()).collect()
+        };
+        for (r, n) in out.iter_mut().zip(per_layer) {
+            r.outside /= n.max(1) as f64;
+        }
+        Ok(out)
+    }
+
     /// Normalizes 8-bit pixels into the model's input: `(pixel/255 - mean) / std`.
     pub fn normalize(&self, pixels: &[u8]) -> Vec<f32> {
         self.spec.normalization.apply(pixels)
@@ -250,6 +337,29 @@ impl Model {
         let file = ModelFile { format_version: version.clone(), arch, provenance };
         Ok((model, file))
     }
+}
+
+/// The range a ReLU fit is fitted on, against the pre-activations seen on a calibration set.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ActivationRange {
+    /// Layer index.
+    pub layer: usize,
+    /// Fitted range, lower end.
+    pub lo: f64,
+    /// Fitted range, upper end.
+    pub hi: f64,
+    /// Smallest pre-activation seen.
+    pub min: f64,
+    /// Largest pre-activation seen.
+    pub max: f64,
+    /// Fraction of pre-activations outside the fitted range.
+    pub outside: f64,
+}
+
+/// `[lo, hi]` widened by 10% of its width on each side, and made to contain 0 strictly.
+fn widened(lo: f64, hi: f64) -> (f64, f64) {
+    let w = (hi - lo).max(1e-3);
+    ((lo - 0.1 * w).min(-1e-3), (hi + 0.1 * w).max(1e-3))
 }
 
 /// Index of the largest value (first on ties).

@@ -10,6 +10,9 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use std::time::Instant;
 
+/// Batches between refits of the ReLU fits' ranges.
+const REFIT_EVERY: usize = 50;
+
 /// Training settings.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainConfig {
@@ -149,8 +152,14 @@ pub fn train(
     let mut adam = Adam::new(model, cfg.epochs * batches);
     let mut order: Vec<usize> = (0..n).collect();
     let mut reports = Vec::new();
+    // ReLU fits start on the range of a first batch's pre-activations (layer after layer).
+    let first = n.min(512);
+    model.calibrate_activations(
+        &Array2::from_shape_vec((first, width), x_all[..first * width].to_vec()).expect("sizes"),
+    )?;
     for epoch in 1..=cfg.epochs {
         let start = Instant::now();
+
         // Fisher–Yates shuffle.
         for i in (1..n).rev() {
             let j = (rng.next_u64() % (i as u64 + 1)) as usize;
@@ -187,6 +196,12 @@ pub fn train(
                 g = l.backward(&g);
             }
             adam.step(model, cfg.learning_rate, cfg.clip_norm);
+            // The polynomial in the loop: every REFIT_EVERY batches, ReLU fits move to the
+            // range of the pre-activations seen since the last refit (never after the last
+            // batch: the weights are trained for the polynomial they end with).
+            if (b + 1) % REFIT_EVERY == 0 && !(epoch == cfg.epochs && b + 1 == batches) {
+                model.refit_activations();
+            }
             progress(b + 1, batches);
         }
         let eval_accuracy = eval.map(|e| model.accuracy(e)).transpose()?;

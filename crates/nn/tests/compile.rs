@@ -55,3 +55,11 @@ fn lenet5_polynomial() {
     let poly = LayerSpec::Poly { coeffs: vec![0.1, 0.5, 0.2, -0.01, 0.003] };
     twin_matches_model(ArchSpec::builtin("lenet5").unwrap().with_activation(poly));
 }
+
+#[test]
+fn cnn2_with_relu_fits() {
+    for degree in [2, 3, 4] {
+        let fit = LayerSpec::ReluPoly { degree, lo: -2.5, hi: 3.5 };
+        twin_matches_model(ArchSpec::builtin("cnn2").unwrap().with_activation(fit));
+    }
+}

@@ -55,8 +55,9 @@ pub trait Backend {
     fn rotate(&self, x: &Self::Value, step: i64) -> Result<Self::Value>;
     /// `Σ_i rot(xs[i], steps[i])` (one shared ModDown on CKKS).
     fn rotate_sum(&self, xs: &[&Self::Value], steps: &[i64]) -> Result<Self::Value>;
-    /// `Σ_i xs[i] ⊙ ws[i]` (no rescale).
-    fn dot_plain(&self, xs: &[&Self::Value], ws: &[&Operand]) -> Result<Self::Value>;
+    /// For each group, `Σ_{(k, w)} xs[k] ⊙ w` (no rescale): the inner sums of a baby-step
+    /// giant-step map, one group per giant step.
+    fn dot_plain_groups(&self, xs: &[&Self::Value], groups: &[Vec<(usize, &Operand)>]) -> Result<Vec<Self::Value>>;
     /// `a + b`.
     fn add(&self, a: &Self::Value, b: &Self::Value) -> Result<Self::Value>;
     /// `a += b`.
@@ -107,14 +108,20 @@ impl Backend for PlainBackend {
         }
         Ok(acc)
     }
-    fn dot_plain(&self, xs: &[&Vec<f64>], ws: &[&Operand]) -> Result<Vec<f64>> {
-        let mut acc = vec![0.0; xs.first().map_or(0, |x| x.len())];
-        for (x, w) in xs.iter().zip(ws) {
-            for ((a, xv), wv) in acc.iter_mut().zip(x.iter()).zip(&w.values) {
-                *a += xv * wv;
-            }
-        }
-        Ok(acc)
+    fn dot_plain_groups(&self, xs: &[&Vec<f64>], groups: &[Vec<(usize, &Operand)>]) -> Result<Vec<Vec<f64>>> {
+        let n = xs.first().map_or(0, |x| x.len());
+        Ok(groups
+            .iter()
+            .map(|g| {
+                let mut acc = vec![0.0; n];
+                for &(k, w) in g {
+                    for ((a, xv), wv) in acc.iter_mut().zip(xs[k].iter()).zip(&w.values) {
+                        *a += xv * wv;
+                    }
+                }
+                acc
+            })
+            .collect())
     }
     fn add(&self, a: &Vec<f64>, b: &Vec<f64>) -> Result<Vec<f64>> {
         Ok(zip(a, b, |x, y| x + y))
@@ -226,9 +233,12 @@ impl Backend for CkksBackend<'_> {
         }
         Ok(self.eval.rotate_sum(xs, steps, self.gk)?)
     }
-    fn dot_plain(&self, xs: &[&Ciphertext], ws: &[&Operand]) -> Result<Ciphertext> {
-        let pts = ws.iter().map(|w| w.plaintext()).collect::<Result<Vec<_>>>()?;
-        Ok(self.eval.dot_plain(xs, &pts)?)
+    fn dot_plain_groups(&self, xs: &[&Ciphertext], groups: &[Vec<(usize, &Operand)>]) -> Result<Vec<Ciphertext>> {
+        let groups: Vec<Vec<(usize, &Plaintext)>> = groups
+            .iter()
+            .map(|g| g.iter().map(|&(k, w)| Ok((k, w.plaintext()?))).collect::<Result<_>>())
+            .collect::<Result<_>>()?;
+        Ok(self.eval.dot_plain_groups(xs, &groups)?)
     }
     fn add(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
         Ok(self.eval.add(a, b)?)

@@ -338,19 +338,22 @@ impl LinearTransform {
                 Ok(steps.iter().copied().zip(be.rotate_hoisted(x, &steps)?).collect())
             })
             .collect::<Result<_>>()?;
-        let view = |t: u32, b: i64| -> &B::Value {
-            if b == 0 {
-                &inputs[t as usize]
-            } else {
-                &rotated[t as usize][&b]
+        // Every baby-step value once, then each giant step's terms as indices into them.
+        let mut index: BTreeMap<(u32, i64), usize> = BTreeMap::new();
+        let mut xs: Vec<&B::Value> = Vec::new();
+        for (t, steps) in self.babies.iter().enumerate() {
+            for &b in steps {
+                index.insert((t as u32, b), xs.len());
+                xs.push(if b == 0 { &inputs[t] } else { &rotated[t][&b] });
             }
-        };
-        let mut inners = Vec::with_capacity(self.giants.len());
-        for (_, terms) in &self.giants {
-            let xs: Vec<&B::Value> = terms.iter().map(|(t, b, _)| view(*t, *b)).collect();
-            let ws: Vec<&Operand> = terms.iter().map(|(_, _, d)| d).collect();
-            inners.push(be.dot_plain(&xs, &ws)?);
         }
+        let groups: Vec<Vec<(usize, &Operand)>> = self
+            .giants
+            .iter()
+            .map(|(_, terms)| terms.iter().map(|(t, b, d)| (index[&(*t, *b)], d)).collect())
+            .collect();
+        let mut inners = be.dot_plain_groups(&xs, &groups)?;
+        drop(xs);
         drop(rotated);
         let steps: Vec<i64> = self.giants.iter().map(|(g, _)| *g).collect();
         let acc = match (inners.len(), steps.first()) {
