@@ -553,16 +553,31 @@ impl Evaluator {
         }
         let (key, perm) = gk.get(g)?;
         self.check_key(key, "Galois key", a.level)?;
+        // With the key held as π⁻¹(k): π(c_0 + KS(c_1; π⁻¹(k))).
         let len = a.parts[0].len();
         let mut c0 = scratch::vec_overwritten(len);
-        let mut c1 = Scratch::overwritten(len);
-        for (_, r) in self.residues(a.level) {
-            slice::permute_into(&mut c0[r.clone()], &a.parts[0][r.clone()], perm);
-            slice::permute_into(&mut c1[r.clone()], &a.parts[1][r], perm);
-        }
-        let mut out = Ciphertext { parts: vec![c0, scratch::vec_zeroed(len)], level: a.level, scale: a.scale };
-        self.key_switch_add(&c1, a.level, key, &mut out);
-        Ok(out)
+        c0.copy_from_slice(&a.parts[0]);
+        let mut t = Ciphertext { parts: vec![c0, scratch::vec_zeroed(len)], level: a.level, scale: a.scale };
+        self.key_switch_add(&a.parts[1], a.level, key, &mut t);
+        Ok(self.permuted(&t, perm))
+    }
+
+    /// `π(a)` slot-wise for the NTT permutation `perm` (no key switch: for parts that are
+    /// already under the right key).
+    fn permuted(&self, a: &Ciphertext, perm: &[u32]) -> Ciphertext {
+        let len = a.parts[0].len();
+        let parts = a
+            .parts
+            .iter()
+            .map(|p| {
+                let mut out = scratch::vec_overwritten(len);
+                out.par_chunks_exact_mut(self.ctx.n())
+                    .zip(p.par_chunks_exact(self.ctx.n()))
+                    .for_each(|(o, i)| slice::permute_into(o, i, perm));
+                out
+            })
+            .collect();
+        Ciphertext { parts, level: a.level, scale: a.scale }
     }
 
     /// Rotations of `a` by every step of `steps`, sharing one decomposition of `c_1`
@@ -619,28 +634,23 @@ impl Evaluator {
         let n = ctx.n();
         let level = a.level;
         let ext = level + 1 + ctx.num_special();
+        // The key is held as π⁻¹(k): the digits are multiplied unpermuted, the result
+        // permuted once (π(c_0 + Σ_j d_j·π⁻¹(k_j) / P)).
         let mut acc0 = Scratch::overwritten(ext * n);
         let mut acc1 = Scratch::overwritten(ext * n);
-        let digits = dec.digits.len();
         let accs = acc0.par_chunks_exact_mut(n).zip(acc1.par_chunks_exact_mut(n));
         accs.enumerate().for_each(|(pos, (acc0, acc1))| {
             let r = pos * n..(pos + 1) * n;
-            let mut permuted = Scratch::overwritten(digits * n);
-            for (j, digit) in dec.digits.iter().enumerate() {
-                slice::permute_into(&mut permuted[j * n..(j + 1) * n], &digit[r.clone()], perm);
-            }
-            let d: Vec<&[u64]> = permuted.chunks_exact(n).collect();
+            let d: Vec<&[u64]> = dec.digits.iter().map(|digit| &digit[r.clone()]).collect();
             self.dot_key(acc0, acc1, &d, key, level, pos);
         });
         let len = (level + 1) * n;
         let mut c0 = scratch::vec_overwritten(len);
-        for (_, r) in self.residues(level) {
-            slice::permute_into(&mut c0[r.clone()], &a.parts[0][r], perm);
-        }
-        let mut out = Ciphertext { parts: vec![c0, scratch::vec_zeroed(len)], level, scale: a.scale };
-        self.mod_down_add(&mut acc0, level, &mut out.parts[0]);
-        self.mod_down_add(&mut acc1, level, &mut out.parts[1]);
-        Ok(out)
+        c0.copy_from_slice(&a.parts[0]);
+        let mut t = Ciphertext { parts: vec![c0, scratch::vec_zeroed(len)], level, scale: a.scale };
+        self.mod_down_add(&mut acc0, level, &mut t.parts[0]);
+        self.mod_down_add(&mut acc1, level, &mut t.parts[1]);
+        Ok(self.permuted(&t, perm))
     }
 
     /// Digit `j` of `c` at extended position `pos` (NTT form): a copy of `c`'s residue when
@@ -848,6 +858,7 @@ impl Evaluator {
             Ciphertext { parts: vec![scratch::vec_zeroed(len), scratch::vec_zeroed(len)], level, scale: first.scale };
         let mut acc0 = Scratch::overwritten(ext);
         let mut acc1 = Scratch::overwritten(ext);
+        let (mut t0, mut t1) = (Scratch::overwritten(ext), Scratch::overwritten(ext));
         let mut switched = false;
         let mut permuted = Scratch::overwritten(len);
         for (c, &step) in cts.iter().zip(steps) {
@@ -865,10 +876,25 @@ impl Evaluator {
                 slice::permute_into(&mut permuted[r.clone()], &c.parts[0][r.clone()], perm);
                 slice::add_assign(&mut out.parts[0][r.clone()], &permuted[r.clone()], &ctx.moduli[i]);
             }
-            for (_, r) in self.residues(level) {
-                slice::permute_into(&mut permuted[r.clone()], &c.parts[1][r], perm);
-            }
-            self.key_switch_ext(&permuted, level, key, &mut acc0, &mut acc1, switched);
+            // The key is held as π⁻¹(k): switch c_1 unpermuted, permute the products into the
+            // sum (over Q_l ∪ P, before the shared ModDown).
+            self.key_switch_ext(&c.parts[1], level, key, &mut t0, &mut t1, false);
+            let positions = acc0.par_chunks_exact_mut(n).zip(acc1.par_chunks_exact_mut(n));
+            positions.zip(t0.par_chunks_exact(n).zip(t1.par_chunks_exact(n))).enumerate().for_each(
+                |(pos, ((a0, a1), (s0, s1)))| {
+                    if switched {
+                        let q = &ctx.moduli[ctx.extended_to_full(level, pos)];
+                        let mut p = Scratch::overwritten(n);
+                        slice::permute_into(&mut p, s0, perm);
+                        slice::add_assign(a0, &p, q);
+                        slice::permute_into(&mut p, s1, perm);
+                        slice::add_assign(a1, &p, q);
+                    } else {
+                        slice::permute_into(a0, s0, perm);
+                        slice::permute_into(a1, s1, perm);
+                    }
+                },
+            );
             switched = true;
         }
         if switched {

@@ -125,6 +125,11 @@ pub struct RelinearizationKey(pub(crate) KeySwitchingKey);
 
 /// Galois keys: for each Galois element `g`, switches `s(X^g)` to `s`. Generated only for
 /// the elements asked for (public evaluation keys).
+///
+/// Each key is held with its digits under the inverse automorphism, `π⁻¹(k_j)`: since
+/// `Σ_j π(d_j)·k_j = π(Σ_j d_j·π⁻¹(k_j))`, a rotation multiplies the digits of the
+/// unpermuted `c_1` and permutes only its two outputs, and hoisted rotations permute no digit
+/// at all. The wire format carries the keys themselves (`π` is applied on the way out).
 #[derive(Clone, Debug, PartialEq)]
 pub struct GaloisKeys {
     pub(crate) keys: BTreeMap<u64, (KeySwitchingKey, Vec<u32>)>,
@@ -141,6 +146,29 @@ impl KeySwitchingKey {
 /// primes.
 pub(crate) fn key_indices(ctx: &Context, max_level: usize) -> Vec<usize> {
     (0..=max_level).chain((0..ctx.num_special()).map(|k| ctx.special_index(k))).collect()
+}
+
+/// `perm`'s inverse: `inverse[perm[j]] = j`.
+pub(crate) fn inverse_permutation(perm: &[u32]) -> Vec<u32> {
+    let mut inv = vec![0u32; perm.len()];
+    for (j, &p) in perm.iter().enumerate() {
+        inv[p as usize] = j as u32;
+    }
+    inv
+}
+
+/// `key` with every residue of every digit permuted: `out[j] = in[perm[j]]`.
+pub(crate) fn permuted_key(key: &KeySwitchingKey, perm: &[u32]) -> KeySwitchingKey {
+    let n = perm.len();
+    let permute = |v: &[u64]| -> Vec<u64> {
+        let mut out = vec![0u64; v.len()];
+        for (o, i) in out.chunks_exact_mut(n).zip(v.chunks_exact(n)) {
+            blindfold_math::slice::permute_into(o, i, perm);
+        }
+        out
+    };
+    let digits = key.digits.iter().map(|d| KeyDigit { b: permute(&d.b), a: permute(&d.a), seed: d.seed }).collect();
+    KeySwitchingKey { digits, max_level: key.max_level, fingerprint: key.fingerprint }
 }
 
 impl GaloisKeys {
@@ -317,7 +345,7 @@ impl KeyGenerator {
                 }
             }
             let ksk = self.key_switching_key(&target, level);
-            keys.insert(g, (ksk, perm));
+            keys.insert(g, (permuted_key(&ksk, &inverse_permutation(&perm)), perm));
         }
         Ok(GaloisKeys { keys })
     }

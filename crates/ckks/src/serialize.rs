@@ -23,7 +23,8 @@ use crate::context::Context;
 use crate::crypto::SeededCiphertext;
 use crate::error::{Error, Result};
 use crate::keys::{
-    expand_uniform, key_indices, GaloisKeys, KeyDigit, KeySwitchingKey, PublicKey, RelinearizationKey, SecretKey,
+    expand_uniform, inverse_permutation, key_indices, permuted_key, GaloisKeys, KeyDigit, KeySwitchingKey, PublicKey,
+    RelinearizationKey, SecretKey,
 };
 use crate::types::{Ciphertext, Plaintext};
 use serde::{Deserialize, Serialize};
@@ -494,8 +495,12 @@ impl WireObject for GaloisKeys {
         HEADER_LEN + 64 + MAX_GALOIS_KEYS * (ksk_size(ctx) + 16)
     }
     fn encode_body(&self, ctx: &Context) -> Result<Zeroizing<Vec<u8>>> {
-        let keys: Vec<(u64, KskWire)> =
-            self.keys.iter().map(|(&g, (k, _))| Ok((g, ksk_to_wire(ctx, k)?))).collect::<Result<_>>()?;
+        // Held as π⁻¹(k): the wire carries k.
+        let keys: Vec<(u64, KskWire)> = self
+            .keys
+            .iter()
+            .map(|(&g, (k, perm))| Ok((g, ksk_to_wire(ctx, &permuted_key(k, perm))?)))
+            .collect::<Result<_>>()?;
         to_postcard(&keys)
     }
     fn decode_body(body: &[u8], ctx: &Arc<Context>) -> Result<Self> {
@@ -509,7 +514,9 @@ impl WireObject for GaloisKeys {
             if keys.contains_key(g) {
                 return Err(malformed(WHAT, format!("Galois element {g} appears twice")));
             }
-            keys.insert(*g, (ksk_from_wire(ctx, k, WHAT)?, ctx.galois_permutation(crate::GaloisElement(*g))));
+            let perm = ctx.galois_permutation(crate::GaloisElement(*g));
+            let key = permuted_key(&ksk_from_wire(ctx, k, WHAT)?, &inverse_permutation(&perm));
+            keys.insert(*g, (key, perm));
         }
         Ok(GaloisKeys { keys })
     }

@@ -74,7 +74,7 @@ fn parse_aggregation(name: &str) -> Result<Aggregation, String> {
 /// aggregation on 35-bit primes).
 fn parameters_for(arch: &blindfold_nn::ArchSpec, aggregations: &[Aggregation]) -> Result<(Parameters, String)> {
     if aggregations.iter().all(|a| a.depth() == 0) {
-        let p = compile::parameters(compile::circuit_depth(arch)?, &Default::default())?;
+        let p = compile::parameters(arch, &Default::default())?;
         let name = blindfold_protocol::PlanInfo::name_of(p.literal());
         Ok((p, name))
     } else {

@@ -2,9 +2,10 @@
 
 use anyhow::{bail, Context as _, Result};
 use blindfold_ckks::serialize::{deserialize, read_header, serialize};
+use blindfold_ckks::Parameters;
 use blindfold_ckks::{max_log_qp_128bit, presets, SecretKey};
 use blindfold_data::{load, Dataset, LabeledImages, Split};
-use blindfold_nn::compile::ChainOptions;
+use blindfold_nn::compile::{self, ChainOptions};
 use blindfold_nn::train::{train, TrainConfig};
 use blindfold_nn::{argmax, ArchSpec, LayerSpec, Model};
 use blindfold_protocol::{Client, CompiledModel, Message, ModelHolder, PlanInfo};
@@ -13,7 +14,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 mod cryptonn;
@@ -484,18 +484,8 @@ type ImageResult = (usize, usize, u8, f64, f64, f64, usize, usize);
 
 fn run_inference(mut model: Model, data: &DataArgs, opts: &EvalOpts) -> Result<()> {
     let test = data.load(Split::Test)?.truncate(opts.n_test);
-    let setup = Instant::now();
-    let compiled = CompiledModel::new(&model, &opts.chain.options())?;
-    let info = compiled.info();
-    eprintln!(
-        "circuit: depth {}, {} Galois keys, {} input ciphertext(s), parameters {}; compiled in {:.1} s",
-        info.depth,
-        info.rotation_keys.len(),
-        compiled.circuit().packing().ciphertexts(),
-        info.parameters_name(),
-        setup.elapsed().as_secs_f64()
-    );
-    let report = encrypted_inference(&mut model, &compiled, &test, data.dataset, opts.threads, opts.parallel_images)?;
+    let params = compile::parameters(model.spec(), &opts.chain.options())?;
+    let report = encrypted_inference(&mut model, &params, &test, data.dataset, opts.threads, opts.parallel_images)?;
     print_report(&report);
     if let Some(path) = &opts.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
@@ -505,11 +495,15 @@ fn run_inference(mut model: Model, data: &DataArgs, opts: &EvalOpts) -> Result<(
     Ok(())
 }
 
-/// Encrypted inference of `compiled` (the circuit of `model`) on every image of `test`:
-/// client and model holder exchanging bytes, `workers` images at a time on `threads` threads.
+/// Encrypted inference of `model` compiled for `params` on every image of `test`: client and
+/// model holder exchanging bytes, `parallel_images` images at a time on `threads` threads.
+///
+/// The client makes its keys from the plan of the architecture alone, before the model is
+/// compiled (the two never hold their large objects at once), and refuses a compiled plan
+/// that differs from it.
 fn encrypted_inference(
     model: &mut Model,
-    compiled: &Arc<CompiledModel>,
+    params: &Parameters,
     test: &LabeledImages,
     dataset: Dataset,
     threads: Option<usize>,
@@ -520,9 +514,14 @@ fn encrypted_inference(
     let workers = parallel_images.clamp(1, threads);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
     let arch = model.spec().name.clone();
-    let info = compiled.info().clone();
-    let (client, keys) = Client::new(&info)?;
+    let info = PlanInfo::for_parameters(model.spec(), params)?;
+    let (client, keys) = pool.install(|| Client::new(&info))?;
     let key_bytes = keys.to_bytes().len();
+    let compiled = pool.install(|| CompiledModel::with_parameters(model, params))?;
+    if compiled.info() != &info {
+        bail!("the compiled model's plan differs from its architecture's");
+    }
+    let compiled = &compiled;
     let params = info.parameters()?;
     let preset = info.parameters_name();
     let plain_logits = {
@@ -633,6 +632,10 @@ fn encrypted_inference(
 }
 
 fn print_report(report: &Report) {
+    eprintln!(
+        "circuit: depth {}, {} rotation keys, {} input ciphertext(s), parameters {}",
+        report.depth, report.rotation_keys, report.input_ciphertexts, report.params.preset
+    );
     println!("{:<22} {}", "dataset", report.dataset);
     println!("{:<22} {}", "architecture", report.arch);
     println!("{:<22} {}", "test images", report.n);

@@ -6,9 +6,8 @@ use crate::{bar, cached_model, encrypted_inference, say, train_model, DataArgs, 
 use anyhow::{bail, Context as _, Result};
 use blindfold_ckks::{max_log_qp_128bit, Parameters};
 use blindfold_data::Split;
-use blindfold_nn::compile::{chain, circuit_depth};
+use blindfold_nn::compile::{chain, circuit_depth, key_switch_profile};
 use blindfold_nn::Model;
-use blindfold_protocol::CompiledModel;
 use clap::Args;
 use plotters::prelude::*;
 use std::fmt::Write as _;
@@ -76,13 +75,11 @@ pub(crate) fn sweep_cmd(a: SweepArgs) -> Result<()> {
     let mut points = Vec::with_capacity(total);
     for &log_n in &a.log_n {
         for &s in &a.scale_bits {
-            let literal = chain(depth, log_n, s);
+            let literal = chain(depth, log_n, s, &key_switch_profile(model.spec(), log_n).unwrap_or_default());
             let params = Parameters::new(literal).map_err(|e| e.to_string());
             let log_qp = params.as_ref().ok().map(Parameters::log_qp);
             let result = params.and_then(|p| {
-                let compiled = CompiledModel::with_parameters(&model, &p).map_err(|e| e.to_string())?;
-                encrypted_inference(&mut model, &compiled, &test, a.data.dataset, a.threads, 1)
-                    .map_err(|e| e.to_string())
+                encrypted_inference(&mut model, &p, &test, a.data.dataset, a.threads, 1).map_err(|e| format!("{e:#}"))
             });
             let line = match &result {
                 Ok(r) => format!(

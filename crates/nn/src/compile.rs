@@ -58,67 +58,149 @@ impl Default for ChainOptions {
     }
 }
 
-/// Special primes for ring degree `2^log_n` (more digits per key switch on small rings).
-fn special_primes(log_n: u32) -> usize {
-    match log_n {
-        ..=13 => 1,
-        14 => 2,
-        _ => 3,
+/// Scale bits the compiler keeps when it trades scale for special primes: more special primes
+/// mean fewer key-switching digits and faster rotations, each costing `scale + 8` bits of the
+/// 128-bit budget.
+pub const PREFERRED_SCALE_BITS: u32 = 30;
+
+/// Nominal bits of a chain of `depth` rescales of `s` bits with `alpha` special primes.
+fn chain_bits(depth: usize, s: u32, alpha: usize) -> usize {
+    (s + BASE_EXTRA_BITS) as usize + depth * s as usize + alpha * (s + SPECIAL_EXTRA_BITS) as usize
+}
+
+/// Estimated cost, in NTTs of one residue, of a key switch on `primes` chain primes with
+/// `alpha` special primes: the input's inverse transform, every digit's extension to the
+/// special primes and to the other chain primes, and the ModDown of both outputs.
+fn key_switch_cost(primes: usize, alpha: usize) -> f64 {
+    let digits = primes.div_ceil(alpha);
+    (primes + alpha * digits + primes * (digits - 1) + 2 * alpha + 2 * primes) as f64
+}
+
+/// Estimated cost of a hoisted rotation (the decomposition shared): the ModDown of both
+/// outputs and the permuted digits' key products, half an NTT per digit residue (measured on
+/// this machine class: more special primes make hoisted rotations cheaper, plain ones at low
+/// levels dearer).
+fn hoisted_cost(primes: usize, alpha: usize) -> f64 {
+    let digits = primes.div_ceil(alpha);
+    (2 * alpha + 2 * primes) as f64 + 0.5 * (digits * (primes + alpha)) as f64
+}
+
+/// The largest scale (bits) a 128-bit chain of `depth` at `2^log_n` with `alpha` special
+/// primes can have.
+fn max_scale_bits(depth: usize, log_n: u32, alpha: usize) -> Option<u32> {
+    let bound = max_log_qp_128bit(1 << log_n)? as usize;
+    let fixed = BASE_EXTRA_BITS as usize + SPECIAL_EXTRA_BITS as usize * alpha;
+    let s = bound.checked_sub(fixed)? / (depth + 1 + alpha);
+    Some(s.min(60 - BASE_EXTRA_BITS as usize) as u32)
+}
+
+/// What the key switches of a circuit cost with `alpha` special primes: `profile[l]` holds
+/// the plain and the hoisted key switches at level `l` (empty: one plain key switch at the
+/// top level).
+fn circuit_cost(depth: usize, profile: &[(usize, usize)], alpha: usize) -> f64 {
+    if profile.is_empty() {
+        return key_switch_cost(depth + 1, alpha);
     }
+    profile
+        .iter()
+        .enumerate()
+        .map(|(l, &(plain, hoisted))| {
+            plain as f64 * key_switch_cost(l + 1, alpha) + hoisted as f64 * hoisted_cost(l + 1, alpha)
+        })
+        .sum()
+}
+
+/// Key switches of `arch`'s circuit per level at `2^log_n` (index `l`: level `l`, the top
+/// being the depth): plain ones (rotations, relinearizations) and hoisted rotations. The same
+/// for every chain of that ring, so it chooses the chain's special primes.
+///
+/// # Errors
+/// As [`circuit`].
+pub fn key_switch_profile(arch: &ArchSpec, log_n: u32) -> Result<Vec<(usize, usize)>> {
+    let depth = circuit_depth(arch)?;
+    let c = circuit(arch, None, 1 << (log_n - 1), depth)?;
+    let mut profile = vec![(0, 0); depth + 1];
+    for stage in c.stages() {
+        let cost = stage.cost();
+        let p = &mut profile[stage.level()];
+        p.0 += cost.rotations + cost.products;
+        p.1 += cost.hoisted_rotations;
+    }
+    Ok(profile)
 }
 
 /// The modulus chain for `depth` rescales of `scale_bits` each at ring degree `2^log_n`:
-/// `q_0` of `scale_bits + 7` bits, `depth` primes of `scale_bits`, special primes of
-/// `scale_bits + 8` (one at N = 8192, two at 16384, three at 32768). At depth 5 and
-/// N = 8192 this is `N8192_DEPTH5_128BIT`. Not checked: see
-/// [`Parameters::new`].
-pub fn chain(depth: usize, log_n: u32, scale_bits: u32) -> ParametersLiteral {
+/// `q_0` of `scale_bits + 7` bits, `depth` primes of `scale_bits`, and as many special primes
+/// of `scale_bits + 8` bits as make the circuit's key switches cheapest (`profile` from
+/// [`key_switch_profile`], [`key_switch_cost`]) within the 128-bit bound (one if none fits:
+/// [`Parameters::new`] then says why). At depth 5 and N = 8192 this is
+/// `N8192_DEPTH5_128BIT`. Not checked: see [`Parameters::new`].
+pub fn chain(depth: usize, log_n: u32, scale_bits: u32, profile: &[(usize, usize)]) -> ParametersLiteral {
+    let bound = max_log_qp_128bit(1 << log_n).unwrap_or(0) as usize;
+    let cost = |a: usize| circuit_cost(depth, profile, a);
+    let alpha = (1..=depth + 1)
+        .filter(|&a| chain_bits(depth, scale_bits, a) <= bound)
+        .min_by(|&a, &b| cost(a).total_cmp(&cost(b)))
+        .unwrap_or(1);
     let mut log_q = vec![scale_bits + BASE_EXTRA_BITS];
     log_q.extend(std::iter::repeat_n(scale_bits, depth));
     ParametersLiteral {
         log_n,
         log_q,
-        log_p: vec![scale_bits + SPECIAL_EXTRA_BITS; special_primes(log_n)],
+        log_p: vec![scale_bits + SPECIAL_EXTRA_BITS; alpha],
         log_default_scale: scale_bits,
         dnum: None,
     }
 }
 
-/// The largest scale (bits) a 128-bit chain of `depth` at `2^log_n` can have.
-fn max_scale_bits(depth: usize, log_n: u32) -> Option<u32> {
-    let bound = max_log_qp_128bit(1 << log_n)? as usize;
-    let k = special_primes(log_n);
-    let fixed = (BASE_EXTRA_BITS + SPECIAL_EXTRA_BITS * k as u32) as usize;
-    let s = bound.checked_sub(fixed)? / (depth + 1 + k);
-    Some(s.min(60 - BASE_EXTRA_BITS as usize) as u32)
+/// The scale the compiler picks for `depth` at `2^log_n`, given the least it accepts: the
+/// largest scale (up to [`MAX_AUTO_SCALE_BITS`]) of the special-prime count whose key
+/// switching is cheapest among those keeping [`PREFERRED_SCALE_BITS`] (or `min`, if higher);
+/// when none does, the largest scale of all. `None` if even that is below `min`.
+fn auto_scale_bits(depth: usize, log_n: u32, min: u32, profile: &[(usize, usize)]) -> Option<u32> {
+    let floor = min.max(PREFERRED_SCALE_BITS);
+    let alphas = 1..=depth + 1;
+    let best = alphas
+        .clone()
+        .filter_map(|a| max_scale_bits(depth, log_n, a).filter(|&s| s >= floor).map(|s| (a, s)))
+        .min_by(|x, y| circuit_cost(depth, profile, x.0).total_cmp(&circuit_cost(depth, profile, y.0)))
+        .map(|(_, s)| s);
+    let s = best.or_else(|| alphas.filter_map(|a| max_scale_bits(depth, log_n, a)).max())?;
+    (s >= min).then_some(s.min(MAX_AUTO_SCALE_BITS))
 }
 
-/// The parameters for a circuit of `depth` under `opts`: the smallest ring (unless given)
-/// whose 128-bit chain has at least `min_scale_bits` (or exactly `scale_bits`), the largest
-/// scale up to [`MAX_AUTO_SCALE_BITS`] (unless given). Every candidate goes through
-/// [`Parameters::new`], which checks the HomomorphicEncryption.org bound on the actual primes.
+/// The parameters for `arch`'s circuit under `opts`: the smallest ring (unless given) whose
+/// 128-bit chain has at least `min_scale_bits` (or exactly `scale_bits`), the scale of
+/// [`auto_scale_bits`] (unless given), the special primes of [`chain`] for the circuit's key
+/// switches. Every candidate goes through [`Parameters::new`], which checks the
+/// HomomorphicEncryption.org bound on the actual primes.
 ///
 /// # Errors
 /// [`Error::Circuit`] with [`CircuitError::TooDeep`] when no 128-bit chain holds the depth
-/// at the scale asked for, naming the deepest one that exists; CKKS parameter errors.
-pub fn parameters(depth: usize, opts: &ChainOptions) -> Result<Parameters> {
+/// at the scale asked for, naming the deepest one that exists; CKKS parameter errors; as
+/// [`circuit`].
+pub fn parameters(arch: &ArchSpec, opts: &ChainOptions) -> Result<Parameters> {
+    let depth = circuit_depth(arch)?;
     let rings: Vec<u32> = opts.log_n.map_or(vec![13, 14, 15], |l| vec![l]);
     let min = opts.scale_bits.unwrap_or(opts.min_scale_bits);
     for &log_n in &rings {
-        let Some(max) = max_scale_bits(depth, log_n) else { continue };
+        let Some(best) = max_scale_bits(depth, log_n, 1).filter(|&m| m >= min) else { continue };
+        let profile = key_switch_profile(arch, log_n).unwrap_or_default();
         let s = match opts.scale_bits {
-            Some(s) if s <= max => s,
+            Some(s) if s <= best => s,
             Some(_) => continue,
-            None if max >= min => max.min(MAX_AUTO_SCALE_BITS),
-            None => continue,
+            None => match auto_scale_bits(depth, log_n, min, &profile) {
+                Some(s) => s,
+                None => continue,
+            },
         };
         // Actual primes lie below 2^bits, so the nominal fit is conservative; check anyway.
-        if let Ok(p) = Parameters::new(chain(depth, log_n, s)) {
+        if let Ok(p) = Parameters::new(chain(depth, log_n, s, &profile)) {
             return Ok(p);
         }
     }
     let log_n = *rings.last().expect("non-empty");
-    let deepest = (1..=64).take_while(|&d| max_scale_bits(d, log_n).is_some_and(|m| m >= min)).last().unwrap_or(0);
+    let deepest = (1..=64).take_while(|&d| max_scale_bits(d, log_n, 1).is_some_and(|m| m >= min)).last().unwrap_or(0);
     Err(Error::Circuit(CircuitError::TooDeep {
         needed: depth,
         available: deepest,
@@ -148,8 +230,7 @@ impl Compiled {
     /// # Errors
     /// As [`parameters`] and [`circuit`].
     pub fn new(model: &Model, opts: &ChainOptions) -> Result<Self> {
-        let depth = circuit_depth(model.spec())?;
-        let params = parameters(depth, opts)?;
+        let params = parameters(model.spec(), opts)?;
         Self::with_parameters(model, &params)
     }
 

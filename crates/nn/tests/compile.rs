@@ -11,7 +11,7 @@ use rand_core::{Rng, SeedableRng};
 fn twin_matches_model(arch: ArchSpec) {
     let mut rng = ChaCha20Rng::seed_from_u64(3);
     let mut model = Model::init(arch.clone(), &mut rng).unwrap();
-    let params = parameters(arch.depth(), &ChainOptions::default()).unwrap();
+    let params = parameters(&arch, &ChainOptions::default()).unwrap();
     let c = circuit(&arch, Some(&model), params.slots(), params.max_level()).unwrap();
     println!("{}: depth {}, {} rotation keys, N = {}", arch.name, c.depth(), c.rotation_keys().len(), params.n());
     for s in c.costs() {

@@ -91,8 +91,17 @@ impl PlanInfo {
     /// # Errors
     /// As [`CompiledModel::new`].
     pub fn for_architecture(arch: &ArchSpec, opts: &ChainOptions) -> Result<Self> {
-        let params = compile::parameters(compile::circuit_depth(arch)?, opts)?;
-        let ctx = Context::new(&params)?;
+        Self::for_parameters(arch, &compile::parameters(arch, opts)?)
+    }
+
+    /// The plan of `arch`'s circuit on `params`, without the weights (as
+    /// [`PlanInfo::for_architecture`]; the model holder's [`CompiledModel::with_parameters`]
+    /// publishes the same).
+    ///
+    /// # Errors
+    /// As [`CompiledModel::with_parameters`].
+    pub fn for_parameters(arch: &ArchSpec, params: &Parameters) -> Result<Self> {
+        let ctx = Context::new(params)?;
         let c = compile::circuit(arch, None, params.slots(), ctx.max_level())?;
         Ok(Self {
             arch: arch.clone(),
