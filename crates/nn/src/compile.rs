@@ -132,7 +132,7 @@ pub fn key_switch_profile(arch: &ArchSpec, log_n: u32) -> Result<Vec<(usize, usi
 /// The modulus chain for `depth` rescales of `scale_bits` each at ring degree `2^log_n`:
 /// `q_0` of `scale_bits + 7` bits, `depth` primes of `scale_bits`, and as many special primes
 /// of `scale_bits + 8` bits as make the circuit's key switches cheapest (`profile` from
-/// [`key_switch_profile`], [`key_switch_cost`]) within the 128-bit bound (one if none fits:
+/// [`key_switch_profile`] and an NTT-count cost model) within the 128-bit bound (one if none fits:
 /// [`Parameters::new`] then says why). At depth 5 and N = 8192 this is
 /// `N8192_DEPTH5_128BIT`. Not checked: see [`Parameters::new`].
 pub fn chain(depth: usize, log_n: u32, scale_bits: u32, profile: &[(usize, usize)]) -> ParametersLiteral {
@@ -170,9 +170,10 @@ fn auto_scale_bits(depth: usize, log_n: u32, min: u32, profile: &[(usize, usize)
 }
 
 /// The parameters for `arch`'s circuit under `opts`: the smallest ring (unless given) whose
-/// 128-bit chain has at least `min_scale_bits` (or exactly `scale_bits`), the scale of
-/// [`auto_scale_bits`] (unless given), the special primes of [`chain`] for the circuit's key
-/// switches. Every candidate goes through [`Parameters::new`], which checks the
+/// 128-bit chain has at least `min_scale_bits` (or exactly `scale_bits`); unless given, the
+/// largest scale (up to [`MAX_AUTO_SCALE_BITS`]) of the special-prime count whose key switching
+/// is cheapest among those keeping [`PREFERRED_SCALE_BITS`]; the special primes of [`chain`]
+/// for the circuit's key switches. Every candidate goes through [`Parameters::new`], which checks the
 /// HomomorphicEncryption.org bound on the actual primes.
 ///
 /// # Errors

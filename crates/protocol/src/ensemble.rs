@@ -14,20 +14,15 @@
 
 use crate::inference::{Message, PlanInfo, ProtocolError};
 use blindfold_ckks::serialize::{deserialize, serialize};
-use blindfold_ckks::{Ciphertext, Context, Encoder, Evaluator, GaloisKeys, RelinearizationKey};
-use blindfold_tensor::RotationKey;
+use blindfold_ckks::{Ciphertext, Context, Evaluator, GaloisKeys, RelinearizationKey};
+use blindfold_tensor::aggregation::{VOTE_REGIONS, WINDOW};
+use blindfold_tensor::requirements::{key_requests, merge_keys};
+use blindfold_tensor::{Aggregator, CkksBackend, Combine, PlainBackend, RotationKey};
 use serde::{Deserialize, Serialize};
 use std::str::FromStr;
 use std::sync::Arc;
 
 type Result<T> = std::result::Result<T, ProtocolError>;
-
-/// Slots given to one holder's scores in the packed polynomial aggregations.
-const WINDOW: usize = 32;
-/// Regions of the vote's packed pairwise differences (one per shift `1..C`, padded).
-const VOTE_REGIONS: usize = 16;
-/// Levels the polynomial aggregations consume after the network.
-const POLYNOMIAL_DEPTH: usize = 4;
 
 /// How the coordinator combines the holders' scores. Each has a plaintext twin
 /// ([`Aggregation::apply_plain`]) that the decrypted result is checked against.
@@ -74,8 +69,27 @@ impl Aggregation {
         match self {
             Aggregation::Mean => 0,
             Aggregation::Weighted => 1,
-            Aggregation::SoftmaxMean | Aggregation::Vote => POLYNOMIAL_DEPTH,
+            Aggregation::SoftmaxMean | Aggregation::Vote => 4,
         }
+    }
+
+    /// The circuit of this aggregation for `parties` holders of `classes` scores on `slots`
+    /// slots, with the constants of `cal`.
+    ///
+    /// # Errors
+    /// [`ProtocolError::Unexpected`] for a calibration without the constants the aggregation
+    /// needs, or holders and classes that do not fit the packed layout.
+    pub fn aggregator(self, cal: &Calibration, classes: usize, parties: usize, slots: usize) -> Result<Aggregator> {
+        let bounds = || -> Result<Vec<f64>> { (0..parties).map(|h| cal.bound(h)).collect() };
+        let combine = match self {
+            Aggregation::Mean => Combine::Mean,
+            Aggregation::Weighted => {
+                Combine::Weighted { weights: (0..parties).map(|h| cal.weight(h)).collect::<Result<_>>()? }
+            }
+            Aggregation::SoftmaxMean => Combine::SoftmaxMean { bounds: bounds()?, inverse: cal.softmax_inverse },
+            Aggregation::Vote => Combine::Vote { bounds: bounds()? },
+        };
+        Aggregator::new(combine, classes, parties, slots).map_err(|e| ProtocolError::Unexpected(e.to_string()))
     }
 
     /// The same combination on plaintext score vectors: `scores[i]` (one length, the number
@@ -90,20 +104,22 @@ impl Aggregation {
         if scores.is_empty() || scores.len() != holders.len() || scores.iter().any(|s| s.len() != classes) {
             return Err(ProtocolError::Unexpected("apply_plain: one score vector of one length per holder".into()));
         }
-        let mut out = vec![0f64; classes];
-        let mut total = 0.0;
-        for (s, &h) in scores.iter().zip(holders) {
-            let (weight, term) = match self {
-                Aggregation::Mean => (1.0, s.to_vec()),
-                Aggregation::Weighted => (cal.weight(h)?, s.to_vec()),
-                Aggregation::SoftmaxMean => (1.0, cal.softmax_plain(h, s)?),
-                Aggregation::Vote => (1.0, cal.vote_plain(h, s)?),
-            };
-            out.iter_mut().zip(&term).for_each(|(o, t)| *o += weight * t);
-            total += weight;
-        }
-        out.iter_mut().for_each(|o| *o /= total);
-        Ok(out)
+        // The twin on the smallest slot count the packed layout fits in (the values do not
+        // depend on it).
+        let parties = cal.weights.len();
+        let slots = (VOTE_REGIONS * WINDOW * (parties + 1)).next_power_of_two();
+        let agg = self.aggregator(cal, classes, parties, slots)?;
+        let inputs: Vec<(usize, Vec<f64>)> = scores
+            .iter()
+            .zip(holders)
+            .map(|(s, &h)| {
+                let mut v = vec![0.0; slots];
+                v[..classes].copy_from_slice(s);
+                (h, v)
+            })
+            .collect();
+        let out = agg.evaluate(&PlainBackend, &inputs).map_err(|e| ProtocolError::Unexpected(e.to_string()))?;
+        Ok(out[..classes].to_vec())
     }
 }
 
@@ -208,30 +224,6 @@ impl Calibration {
         let r = self.bound(h)?;
         Ok(s.iter().map(|v| (1.0 + v / r).powi(2)).collect())
     }
-
-    fn softmax_plain(&self, h: usize, s: &[f64]) -> Result<Vec<f64>> {
-        let e = self.softmax_numerators(h, s)?;
-        let sum: f64 = e.iter().sum();
-        let [c0, c1] = self.softmax_inverse;
-        Ok(e.iter().map(|v| c0 * v + c1 * (v * sum)).collect())
-    }
-
-    fn vote_plain(&self, h: usize, s: &[f64]) -> Result<Vec<f64>> {
-        let r = self.bound(h)?;
-        let c = s.len();
-        let a: Vec<f64> = s.iter().map(|v| v / (2.0 * r)).collect();
-        Ok((0..c)
-            .map(|j| {
-                let rank: f64 = (1..c)
-                    .map(|k| {
-                        let d = a[j] - a[(j + k) % c];
-                        0.5 / (c - 1) as f64 + d * (3.0 - d * d) / (4 * (c - 1)) as f64
-                    })
-                    .sum();
-                rank * rank
-            })
-            .collect())
-    }
 }
 
 /// `[c_0, c_1]` of the line interpolating `1/x` at the two Chebyshev nodes `x_0, x_1` of
@@ -264,7 +256,6 @@ pub struct Aggregated {
 pub struct Coordinator {
     ctx: Arc<Context>,
     eval: Evaluator,
-    encoder: Encoder,
     cal: Calibration,
     classes: usize,
     /// Level at which the holders' scores arrive (top level minus the network's depth).
@@ -298,16 +289,7 @@ impl Coordinator {
         let ctx = Context::new(&info.parameters()?)?;
         let classes = info.arch.classes()?;
         let score_level = ctx.max_level().saturating_sub(info.depth);
-        Ok(Self {
-            eval: Evaluator::new(&ctx),
-            encoder: Encoder::new(&ctx),
-            ctx,
-            cal,
-            classes,
-            score_level,
-            keys: None,
-            scores: vec![None; holders],
-        })
+        Ok(Self { eval: Evaluator::new(&ctx), ctx, cal, classes, score_level, keys: None, scores: vec![None; holders] })
     }
 
     /// The public constants in use.
@@ -315,43 +297,46 @@ impl Coordinator {
         &self.cal
     }
 
-    /// Rotation steps, each with a level it is used at, that the end user must generate Galois
+    /// The rotations, each with a level it is made at, that the end user must generate Galois
     /// keys for, with a relinearization key, so that the coordinator can run `aggregations`
-    /// ([`crate::Client::evaluation_keys_for`]; a step listed twice gets one key, at the higher
-    /// level). Empty for the linear ones.
+    /// ([`crate::Client::evaluation_keys_for`]): traced from the aggregations' own evaluation.
+    /// Empty for the linear ones.
     ///
     /// # Errors
     /// [`ProtocolError::Unexpected`] if an aggregation needs more levels than the scores
     /// arrive with, or the holders or classes do not fit the packed layout.
     pub fn rotation_keys(&self, aggregations: &[Aggregation]) -> Result<Vec<RotationKey>> {
-        let mut steps: Vec<(i64, usize)> = Vec::new();
+        let mut keys = Vec::new();
         for &agg in aggregations {
-            self.check_depth(agg, self.score_level)?;
-            if agg.depth() < POLYNOMIAL_DEPTH {
-                continue;
-            }
-            self.check_layout()?;
-            let l = self.score_level;
-            let k = self.scores.len() as i64;
-            let w = WINDOW as i64;
-            steps.extend((1..k).map(|h| (-w * h, l - 1)));
-            steps.extend((1..k).map(|h| (w * h, l - POLYNOMIAL_DEPTH)));
-            let c = self.classes as i64;
-            match agg {
-                Aggregation::SoftmaxMean => {
-                    steps.push((-c, l - 2));
-                    steps.extend(doubling_steps(self.classes, 1).into_iter().map(|s| (s, l - 2)));
-                }
-                _ => {
-                    let r = self.region() as i64;
-                    let replicas =
-                        doubling_steps(self.classes - 1, -r).into_iter().chain(doubling_steps(self.classes - 1, 1 - r));
-                    steps.extend([(-c, l - 1), (1, l - 1)].into_iter().chain(replicas.map(|s| (s, l - 1))));
-                    steps.extend((0..4).map(|b| (r << b, l - 3)));
-                }
-            }
+            keys.extend(self.keys_of(agg, self.score_level)?);
         }
-        Ok(steps.into_iter().map(|(step, level)| RotationKey { step, level }).collect())
+        Ok(merge_keys(keys, self.slots()))
+    }
+
+    fn aggregator(&self, agg: Aggregation) -> Result<Aggregator> {
+        agg.aggregator(&self.cal, self.classes, self.scores.len(), self.slots())
+    }
+
+    /// The rotation keys of `agg` on scores arriving at `level`.
+    fn keys_of(&self, agg: Aggregation, level: usize) -> Result<Vec<RotationKey>> {
+        let p = self.ctx.params();
+        self.aggregator(agg)?.rotation_keys(level, p.q(), p.default_scale()).map_err(|e| self.refused(agg, e))
+    }
+
+    fn refused(&self, agg: Aggregation, e: blindfold_tensor::CircuitError) -> ProtocolError {
+        match e {
+            blindfold_tensor::CircuitError::TooDeep { .. } => ProtocolError::Unexpected(format!(
+                "aggregation {agg} needs {} levels after the network, the scores arrive at level {}: \
+                 use a parameter preset with more levels (N16384_DEPTH9_128BIT)",
+                agg.depth(),
+                self.score_level
+            )),
+            blindfold_tensor::CircuitError::MissingKeys(_) => ProtocolError::Unexpected(format!(
+                "{agg} needs the end user's evaluation keys first (Coordinator::set_evaluation_keys)"
+            )),
+            blindfold_tensor::CircuitError::Ckks(e) => ProtocolError::Ckks(e),
+            e => ProtocolError::Unexpected(format!("aggregation {agg}: {e}")),
+        }
     }
 
     /// Accepts the end user's public evaluation keys ([`Message::EvaluationKeys`]), needed by
@@ -420,256 +405,22 @@ impl Coordinator {
         if cts.is_empty() {
             return Err(ProtocolError::Unexpected("no model holder sent scores".into()));
         }
-        self.check_depth(aggregation, cts[0].level())?;
-        let out = match aggregation {
-            Aggregation::Mean => self.mean(&cts)?,
-            Aggregation::Weighted => self.weighted(&cts, &contributors)?,
-            Aggregation::SoftmaxMean => self.softmax_mean(&cts, &contributors)?,
-            Aggregation::Vote => self.vote(&cts, &contributors)?,
+        let level = cts[0].level();
+        let declared = key_requests(&self.keys_of(aggregation, level)?, &self.ctx);
+        let (rlk, gk) = match &self.keys {
+            Some((r, g)) => (Some(r), Some(g)),
+            None => (None, None),
         };
+        let be = CkksBackend::with_keys(&self.eval, rlk, gk, &declared);
+        let scores: Vec<(usize, Ciphertext)> = contributors.iter().copied().zip(cts).collect();
+        let out = self.aggregator(aggregation)?.evaluate(&be, &scores).map_err(|e| self.refused(aggregation, e))?;
         let message = Message::EncryptedScores { ciphertext: serialize(&out, &self.ctx)?.to_vec() };
         Ok(Aggregated { message, contributors, missing })
-    }
-
-    fn check_depth(&self, agg: Aggregation, level: usize) -> Result<()> {
-        if agg.depth() > level {
-            return Err(ProtocolError::Unexpected(format!(
-                "aggregation {agg} needs {} levels after the network, the scores arrive at level {level}: \
-                 use a parameter preset with more levels (N16384_DEPTH9_128BIT)",
-                agg.depth()
-            )));
-        }
-        Ok(())
     }
 
     fn slots(&self) -> usize {
         self.ctx.params().slots()
     }
-
-    /// Slots per region of the vote's packed differences.
-    fn region(&self) -> usize {
-        self.slots() / VOTE_REGIONS
-    }
-
-    fn check_layout(&self) -> Result<()> {
-        let k = self.scores.len();
-        if 2 * self.classes > WINDOW || self.classes < 2 || WINDOW * (k + 1) > self.region() {
-            return Err(ProtocolError::Unexpected(format!(
-                "softmax-mean and vote pack {k} holders of {} classes into windows of {WINDOW} slots: \
-                 at most {} holders and 2..={} classes at this ring",
-                self.classes,
-                self.region() / WINDOW - 1,
-                WINDOW / 2
-            )));
-        }
-        Ok(())
-    }
-
-    fn keys(&self) -> Result<&(RelinearizationKey, GaloisKeys)> {
-        self.keys.as_ref().ok_or_else(|| {
-            ProtocolError::Unexpected("softmax-mean and vote need the end user's evaluation keys first".into())
-        })
-    }
-
-    fn mean(&self, cts: &[Ciphertext]) -> Result<Ciphertext> {
-        let mut sum = cts[0].clone();
-        for ct in &cts[1..] {
-            self.eval.add_assign(&mut sum, ct)?;
-        }
-        self.eval.divide_exact(&mut sum, cts.len() as f64)?;
-        Ok(sum)
-    }
-
-    fn weighted(&self, cts: &[Ciphertext], contributors: &[usize]) -> Result<Ciphertext> {
-        let weights = contributors.iter().map(|&h| self.cal.weight(h)).collect::<Result<Vec<_>>>()?;
-        let total: f64 = weights.iter().sum();
-        let q = self.prime(cts[0].level());
-        let mut sum: Option<Ciphertext> = None;
-        for (ct, w) in cts.iter().zip(&weights) {
-            let term = self.eval.multiply_const(ct, w / total, q)?;
-            match &mut sum {
-                Some(s) => self.eval.add_assign(s, &term)?,
-                None => sum = Some(term),
-            }
-        }
-        Ok(self.eval.rescale(&sum.expect("at least one contributor"))?)
-    }
-
-    fn prime(&self, level: usize) -> f64 {
-        self.ctx.params().q()[level] as f64
-    }
-
-    /// Contributor `i`'s scores in slots `0..C`, times `factors[i]`, the rest zeroed, moved to
-    /// window `h`, all holders summed, at the default scale: one level.
-    fn pack(&self, cts: &[Ciphertext], contributors: &[usize], factors: &[f64]) -> Result<Ciphertext> {
-        let (_, gk) = self.keys()?;
-        let level = cts[0].level();
-        let masked = cts
-            .iter()
-            .zip(factors)
-            .map(|(ct, &factor)| {
-                let mut v = vec![0.0; self.slots()];
-                v[..self.classes].fill(factor);
-                // The plaintext's scale takes the scores' scale (whatever the network left)
-                // to the default scale after the rescale.
-                let scale = self.ctx.params().default_scale() * self.prime(level) / ct.scale();
-                let pt = self.encoder.encode_real(&v, level, scale)?;
-                Ok(self.eval.rescale(&self.eval.multiply_plain(ct, &pt)?)?)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let refs: Vec<&Ciphertext> = masked.iter().collect();
-        let steps: Vec<i64> = contributors.iter().map(|&h| -((WINDOW * h) as i64)).collect();
-        Ok(self.eval.rotate_sum(&refs, &steps, gk)?)
-    }
-
-    /// The mean over windows: window `h` brought to slots `0..C` and summed, divided by the
-    /// number of contributors.
-    fn unpack_mean(&self, ct: &Ciphertext, contributors: &[usize]) -> Result<Ciphertext> {
-        let (_, gk) = self.keys()?;
-        let refs = vec![ct; contributors.len()];
-        let steps: Vec<i64> = contributors.iter().map(|&h| (WINDOW * h) as i64).collect();
-        let mut out = self.eval.rotate_sum(&refs, &steps, gk)?;
-        self.eval.divide_exact(&mut out, contributors.len() as f64)?;
-        Ok(out)
-    }
-
-    /// Plaintext holding `value` in the first `C` slots of every contributor's window.
-    fn window_constant(
-        &self,
-        value: f64,
-        contributors: &[usize],
-        like: &Ciphertext,
-    ) -> Result<blindfold_ckks::Plaintext> {
-        let mut v = vec![0.0; self.slots()];
-        for &h in contributors {
-            v[WINDOW * h..WINDOW * h + self.classes].fill(value);
-        }
-        Ok(self.encoder.encode_real(&v, like.level(), like.scale())?)
-    }
-
-    fn multiply(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
-        let (rlk, _) = self.keys()?;
-        let level = a.level().min(b.level());
-        let a = self.eval.drop_to_level(a, level)?;
-        let b = self.eval.drop_to_level(b, level)?;
-        Ok(self.eval.rescale(&self.eval.multiply_relin(&a, &b, rlk)?)?)
-    }
-
-    /// `value · a` one level down, at scale `target` exactly.
-    fn times_const(&self, a: &Ciphertext, value: f64, target: f64) -> Result<Ciphertext> {
-        let q = self.prime(a.level());
-        Ok(self.eval.rescale(&self.eval.multiply_const(a, value, target * q / a.scale())?)?)
-    }
-
-    /// `c·a·b` two levels below `a` (`b` at most one level below it), at scale `target`
-    /// exactly: the constant goes in at the scale that lands the product on `target`, so a
-    /// small `c` costs no precision.
-    fn scaled_product(&self, a: &Ciphertext, c: f64, b: &Ciphertext, target: f64) -> Result<Ciphertext> {
-        let q = self.prime(a.level() - 1);
-        self.multiply(&self.times_const(a, c, target * q / b.scale())?, b)
-    }
-
-    /// `Σ_{k<count} rot(ct, k·unit)` by doubling: about `2·log2(count)` rotations
-    /// ([`doubling_plan`]).
-    fn sum_of_rotations(&self, ct: &Ciphertext, count: usize, unit: i64) -> Result<Ciphertext> {
-        let (_, gk) = self.keys()?;
-        let (doubling, combine) = doubling_plan(count, unit);
-        let mut blocks = vec![ct.clone()];
-        for step in doubling {
-            let last = blocks.last().expect("non-empty");
-            blocks.push(self.eval.add(last, &self.eval.rotate(last, step, gk)?)?);
-        }
-        let mut acc: Option<Ciphertext> = None;
-        for (b, step) in combine {
-            let part = if step == 0 { blocks[b].clone() } else { self.eval.rotate(&blocks[b], step, gk)? };
-            match &mut acc {
-                Some(a) => self.eval.add_assign(a, &part)?,
-                None => acc = Some(part),
-            }
-        }
-        Ok(acc.expect("count >= 1"))
-    }
-
-    /// `ct + rot(ct, −C)`: slots `C..2C` of each window repeat `0..C` (the rest of the
-    /// window must be zero).
-    fn repeat_window(&self, ct: &Ciphertext) -> Result<Ciphertext> {
-        let (_, gk) = self.keys()?;
-        Ok(self.eval.add(ct, &self.eval.rotate(ct, -(self.classes as i64), gk)?)?)
-    }
-
-    /// `numerator / R_h` for each contributor `h`.
-    fn bound_factors(&self, contributors: &[usize], numerator: f64) -> Result<Vec<f64>> {
-        contributors.iter().map(|&h| Ok(numerator / self.cal.bound(h)?)).collect()
-    }
-
-    fn softmax_mean(&self, cts: &[Ciphertext], contributors: &[usize]) -> Result<Ciphertext> {
-        let factors = self.bound_factors(contributors, 1.0)?;
-        let packed = self.pack(cts, contributors, &factors)?;
-        let one = self.window_constant(1.0, contributors, &packed)?;
-        let u = self.eval.add_plain(&packed, &one)?;
-        let e = self.multiply(&u, &u)?;
-        let sum = self.sum_of_rotations(&self.repeat_window(&e)?, self.classes, 1)?;
-        // e·(c_0 + c_1 Σ) = c_0 e + (c_1 e)·Σ, both terms landing on the default scale.
-        let [c0, c1] = self.cal.softmax_inverse;
-        let target = self.ctx.params().default_scale();
-        let mut p = self.scaled_product(&e, c1, &sum, target)?;
-        let c0e = self.eval.drop_to_level(&self.times_const(&e, c0, target)?, p.level())?;
-        self.eval.add_assign(&mut p, &c0e)?;
-        self.unpack_mean(&p, contributors)
-    }
-
-    fn vote(&self, cts: &[Ciphertext], contributors: &[usize]) -> Result<Ciphertext> {
-        let (_, gk) = self.keys()?;
-        let factors = self.bound_factors(contributors, 0.5)?;
-        let a = self.pack(cts, contributors, &factors)?;
-        let shifts = self.classes - 1;
-        let region = self.region() as i64;
-        // Region k−1 of `d`: a_j − a_{(j+k) mod C}, for k = 1..C.
-        let same = self.sum_of_rotations(&a, shifts, -region)?;
-        let shifted = self.sum_of_rotations(&self.eval.rotate(&self.repeat_window(&a)?, 1, gk)?, shifts, 1 - region)?;
-        let d = self.eval.sub(&same, &shifted)?;
-        // step(d)/(C−1) = 1/(2(C−1)) + d(3 − d²)/(4(C−1)).
-        let scale = 4.0 * shifts as f64;
-        let d2 = self.multiply(&d, &d)?;
-        let three = self.encoder.encode_real(&vec![3.0; self.slots()], d2.level(), d2.scale())?;
-        let g = self.eval.add_plain(&self.eval.negate(&d2)?, &three)?;
-        let mut t = self.scaled_product(&d, 1.0 / scale, &g, self.ctx.params().default_scale())?;
-        let mut half = vec![0.0; self.slots()];
-        half[..shifts * region as usize].fill(0.5 / shifts as f64);
-        let half = self.encoder.encode_real(&half, t.level(), t.scale())?;
-        self.eval.add_plain_assign(&mut t, &half)?;
-        // Rank: the regions summed into region 0.
-        for b in (0..4).rev() {
-            let r = self.eval.rotate(&t, region << b, gk)?;
-            self.eval.add_assign(&mut t, &r)?;
-        }
-        self.unpack_mean(&self.multiply(&t, &t)?, contributors)
-    }
-}
-
-/// How [`Coordinator::sum_of_rotations`] builds `Σ_{k<count} rot(ct, k·unit)`: the doubling
-/// steps (block `b+1` = block `b` + its rotation by `2^b·unit`, so block `b` sums `2^b` copies),
-/// then, per set bit `b` of `count`, block `b` rotated by the copies already placed.
-fn doubling_plan(count: usize, unit: i64) -> (Vec<i64>, Vec<(usize, i64)>) {
-    let mut doubling = Vec::new();
-    while 1usize << (doubling.len() + 1) <= count {
-        doubling.push(unit * (1i64 << doubling.len()));
-    }
-    let mut combine = Vec::new();
-    let mut placed = 0i64;
-    for b in (0..=doubling.len()).rev() {
-        if count & (1 << b) != 0 {
-            combine.push((b, placed * unit));
-            placed += 1 << b;
-        }
-    }
-    (doubling, combine)
-}
-
-/// The rotation steps [`doubling_plan`] uses.
-fn doubling_steps(count: usize, unit: i64) -> Vec<i64> {
-    let (doubling, combine) = doubling_plan(count, unit);
-    doubling.into_iter().chain(combine.into_iter().map(|(_, s)| s).filter(|&s| s != 0)).collect()
 }
 
 #[cfg(test)]
@@ -690,23 +441,55 @@ mod tests {
         }
     }
 
+    /// The closed forms of the polynomial aggregations, for one holder's scores.
+    fn softmax_closed_form(cal: &Calibration, h: usize, s: &[f64]) -> Vec<f64> {
+        let e = cal.softmax_numerators(h, s).unwrap();
+        let sum: f64 = e.iter().sum();
+        let [c0, c1] = cal.softmax_inverse;
+        e.iter().map(|v| c0 * v + c1 * (v * sum)).collect()
+    }
+
+    fn vote_closed_form(cal: &Calibration, h: usize, s: &[f64]) -> Vec<f64> {
+        let r = cal.bound(h).unwrap();
+        let c = s.len();
+        let a: Vec<f64> = s.iter().map(|v| v / (2.0 * r)).collect();
+        (0..c)
+            .map(|j| {
+                let rank: f64 = (1..c)
+                    .map(|k| {
+                        let d = a[j] - a[(j + k) % c];
+                        0.5 / (c - 1) as f64 + d * (3.0 - d * d) / (4 * (c - 1)) as f64
+                    })
+                    .sum();
+                rank * rank
+            })
+            .collect()
+    }
+
     #[test]
-    fn the_doubling_plan_places_every_copy_once() {
-        assert_eq!(doubling_steps(10, 1), vec![1, 2, 4, 8]);
-        assert_eq!(doubling_steps(16, 1), vec![1, 2, 4, 8]);
-        assert_eq!(doubling_steps(3, 1), vec![1, 2]);
-        assert_eq!(doubling_steps(9, -100), vec![-100, -200, -400, -800]);
-        // Follow the plan on copy offsets: every k < count exactly once.
-        for count in 1..40 {
-            let (doubling, combine) = doubling_plan(count, 1);
-            let mut blocks = vec![vec![0i64]];
-            for step in doubling {
-                let last = blocks.last().unwrap().clone();
-                blocks.push(last.iter().copied().chain(last.iter().map(|k| k + step)).collect());
+    fn the_twin_of_each_aggregation_is_its_closed_form() {
+        let scores: Vec<Vec<Vec<f64>>> = (0..3)
+            .map(|h| (0..40).map(|i| (0..10).map(|j| ((j * 7 + h * 3 + i * 5) % 11) as f64 - 5.0).collect()).collect())
+            .collect();
+        let labels: Vec<u8> = (0..40).map(|i| (i % 10) as u8).collect();
+        let cal = Calibration::from_validation(&scores, &labels).unwrap();
+        let (holders, image) = (vec![0usize, 2], 7);
+        let s: Vec<&[f64]> = holders.iter().map(|&h| scores[h][image].as_slice()).collect();
+        let mean = |f: &dyn Fn(usize, &[f64]) -> Vec<f64>, weight: &dyn Fn(usize) -> f64| -> Vec<f64> {
+            let total: f64 = holders.iter().map(|&h| weight(h)).sum();
+            (0..10).map(|j| holders.iter().zip(&s).map(|(&h, v)| weight(h) * f(h, v)[j]).sum::<f64>() / total).collect()
+        };
+        let want = [
+            (Aggregation::Mean, mean(&|_, v| v.to_vec(), &|_| 1.0)),
+            (Aggregation::Weighted, mean(&|_, v| v.to_vec(), &|h| cal.weights[h])),
+            (Aggregation::SoftmaxMean, mean(&|h, v| softmax_closed_form(&cal, h, v), &|_| 1.0)),
+            (Aggregation::Vote, mean(&|h, v| vote_closed_form(&cal, h, v), &|_| 1.0)),
+        ];
+        for (agg, want) in want {
+            let got = agg.apply_plain(&s, &holders, &cal).unwrap();
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-12 * w.abs().max(1.0), "{agg}: twin {got:?} vs closed form {want:?}");
             }
-            let mut all: Vec<i64> = combine.iter().flat_map(|&(b, s)| blocks[b].iter().map(move |k| k + s)).collect();
-            all.sort();
-            assert_eq!(all, (0..count as i64).collect::<Vec<_>>(), "count {count}");
         }
     }
 }

@@ -109,7 +109,7 @@ impl PolynomialActivation {
                 let x2 = be.square_rescale(x)?;
                 let mut u = x2.clone();
                 if c[d - 1] != 0.0 {
-                    u = be.add(&u, &be.mul_const_like(x, c[d - 1], &x2)?)?;
+                    u = be.add(&u, &be.mul_const_to(x, c[d - 1], be.scale_of(&x2))?)?;
                 }
                 u = with_const(u, c[d - 2])?;
                 if d == 3 {
@@ -119,7 +119,7 @@ impl PolynomialActivation {
                 if c[1] == 0.0 {
                     return with_const(y, c[0]);
                 }
-                let lin = be.drop_to(&be.mul_const_like(x, c[1], &y)?, &y)?;
+                let lin = be.drop_to(&be.mul_const_to(x, c[1], be.scale_of(&y))?, &y)?;
                 with_const(be.add(&y, &lin)?, c[0])
             }
         }

@@ -7,6 +7,7 @@
 //! approximate.
 
 use crate::error::{CircuitError, Result};
+use crate::requirements::RotationKey;
 use blindfold_ckks::{
     Ciphertext, Encoder, Evaluator, GaloisElement, GaloisKeyRequest, GaloisKeys, Level, Plaintext, RelinearizationKey,
 };
@@ -66,8 +67,27 @@ pub trait Backend {
     fn add_plain_assign(&self, a: &mut Self::Value, w: &Operand) -> Result<()>;
     /// `a + c` in every slot.
     fn add_const(&self, a: &Self::Value, c: f64) -> Result<Self::Value>;
-    /// `c·a`, one level down, at exactly the scale of `like`.
-    fn mul_const_like(&self, a: &Self::Value, c: f64, like: &Self::Value) -> Result<Self::Value>;
+    /// `a − b`.
+    fn sub(&self, a: &Self::Value, b: &Self::Value) -> Result<Self::Value>;
+    /// `−a`.
+    fn negate(&self, a: &Self::Value) -> Result<Self::Value>;
+    /// `a / d` for `d > 0`, exactly, through the scale (no level).
+    fn divide_exact(&self, a: Self::Value, d: f64) -> Result<Self::Value>;
+    /// `a + v` slot-wise for public values `v` (encoded at `a`'s level and scale).
+    fn add_values(&self, a: &Self::Value, v: &[f64]) -> Result<Self::Value>;
+    /// `a ⊙ v` for public values `v`, one level down, at exactly `target` scale (the values are
+    /// encoded at the scale that lands the rescaled product there).
+    fn mul_values_to(&self, a: &Self::Value, v: &[f64], target: f64) -> Result<Self::Value>;
+    /// `c·a`, one level down, at exactly `target` scale.
+    fn mul_const_to(&self, a: &Self::Value, c: f64, target: f64) -> Result<Self::Value>;
+    /// The scale of `a` (1 on the twin, which has none).
+    fn scale_of(&self, a: &Self::Value) -> f64;
+    /// The level of `a` (0 on the twin).
+    fn level_of(&self, a: &Self::Value) -> usize;
+    /// The prime `q_level` (1 on the twin).
+    fn prime(&self, level: usize) -> f64;
+    /// The parameters' default scale (1 on the twin).
+    fn default_scale(&self) -> f64;
     /// `a ⊙ b` relinearized and rescaled, at one level below the lower of the two.
     fn mul_rescale(&self, a: &Self::Value, b: &Self::Value) -> Result<Self::Value>;
     /// `a ⊙ a` relinearized and rescaled.
@@ -136,8 +156,35 @@ impl Backend for PlainBackend {
     fn add_const(&self, a: &Vec<f64>, c: f64) -> Result<Vec<f64>> {
         Ok(a.iter().map(|x| x + c).collect())
     }
-    fn mul_const_like(&self, a: &Vec<f64>, c: f64, _like: &Vec<f64>) -> Result<Vec<f64>> {
+    fn sub(&self, a: &Vec<f64>, b: &Vec<f64>) -> Result<Vec<f64>> {
+        Ok(zip(a, b, |x, y| x - y))
+    }
+    fn negate(&self, a: &Vec<f64>) -> Result<Vec<f64>> {
+        Ok(a.iter().map(|x| -x).collect())
+    }
+    fn divide_exact(&self, a: Vec<f64>, d: f64) -> Result<Vec<f64>> {
+        Ok(a.into_iter().map(|x| x / d).collect())
+    }
+    fn add_values(&self, a: &Vec<f64>, v: &[f64]) -> Result<Vec<f64>> {
+        Ok(zip(a, v, |x, y| x + y))
+    }
+    fn mul_values_to(&self, a: &Vec<f64>, v: &[f64], _target: f64) -> Result<Vec<f64>> {
+        Ok(zip(a, v, |x, y| x * y))
+    }
+    fn mul_const_to(&self, a: &Vec<f64>, c: f64, _target: f64) -> Result<Vec<f64>> {
         Ok(a.iter().map(|x| x * c).collect())
+    }
+    fn scale_of(&self, _a: &Vec<f64>) -> f64 {
+        1.0
+    }
+    fn level_of(&self, _a: &Vec<f64>) -> usize {
+        0
+    }
+    fn prime(&self, _level: usize) -> f64 {
+        1.0
+    }
+    fn default_scale(&self) -> f64 {
+        1.0
     }
     fn mul_rescale(&self, a: &Vec<f64>, b: &Vec<f64>) -> Result<Vec<f64>> {
         Ok(zip(a, b, |x, y| x * y))
@@ -161,8 +208,8 @@ impl Backend for PlainBackend {
 /// and levels actually used are recorded ([`CkksBackend::used`]).
 pub struct CkksBackend<'a> {
     eval: &'a Evaluator,
-    rlk: &'a RelinearizationKey,
-    gk: &'a GaloisKeys,
+    rlk: Option<&'a RelinearizationKey>,
+    gk: Option<&'a GaloisKeys>,
     declared: BTreeMap<GaloisElement, usize>,
     used: Mutex<BTreeMap<GaloisElement, usize>>,
 }
@@ -174,6 +221,18 @@ impl<'a> CkksBackend<'a> {
         eval: &'a Evaluator,
         rlk: &'a RelinearizationKey,
         gk: &'a GaloisKeys,
+        declared: &[GaloisKeyRequest],
+    ) -> Self {
+        Self::with_keys(eval, Some(rlk), Some(gk), declared)
+    }
+
+    /// A backend whose evaluation keys may be missing (a computation that needs none, such as
+    /// a mean); an operation that needs a missing key fails with
+    /// [`CircuitError::MissingKeys`].
+    pub fn with_keys(
+        eval: &'a Evaluator,
+        rlk: Option<&'a RelinearizationKey>,
+        gk: Option<&'a GaloisKeys>,
         declared: &[GaloisKeyRequest],
     ) -> Self {
         let mut map = BTreeMap::new();
@@ -205,12 +264,15 @@ impl<'a> CkksBackend<'a> {
     }
 
     fn relinearize_rescale(&self, p: &mut Ciphertext) -> Result<()> {
-        self.eval.relinearize_assign(p, self.rlk)?;
+        self.eval.relinearize_assign(
+            p,
+            self.rlk.ok_or_else(|| CircuitError::MissingKeys("a relinearization key".into()))?,
+        )?;
         Ok(self.eval.rescale_assign(p)?)
     }
 
-    fn prime(&self, level: usize) -> f64 {
-        self.eval.context().params().q()[level] as f64
+    fn galois_keys(&self) -> Result<&GaloisKeys> {
+        self.gk.ok_or_else(|| CircuitError::MissingKeys("Galois keys".into()))
     }
 }
 
@@ -221,17 +283,17 @@ impl Backend for CkksBackend<'_> {
         for &s in steps {
             self.check(s, x.level())?;
         }
-        Ok(self.eval.rotate_hoisted(x, steps, self.gk)?)
+        Ok(self.eval.rotate_hoisted(x, steps, self.galois_keys()?)?)
     }
     fn rotate(&self, x: &Ciphertext, step: i64) -> Result<Ciphertext> {
         self.check(step, x.level())?;
-        Ok(self.eval.rotate(x, step, self.gk)?)
+        Ok(self.eval.rotate(x, step, self.galois_keys()?)?)
     }
     fn rotate_sum(&self, xs: &[&Ciphertext], steps: &[i64]) -> Result<Ciphertext> {
         for (x, &s) in xs.iter().zip(steps) {
             self.check(s, x.level())?;
         }
-        Ok(self.eval.rotate_sum(xs, steps, self.gk)?)
+        Ok(self.eval.rotate_sum(xs, steps, self.galois_keys()?)?)
     }
     fn dot_plain_groups(&self, xs: &[&Ciphertext], groups: &[Vec<(usize, &Operand)>]) -> Result<Vec<Ciphertext>> {
         let groups: Vec<Vec<(usize, &Plaintext)>> = groups
@@ -254,9 +316,40 @@ impl Backend for CkksBackend<'_> {
         self.eval.add_const_assign(&mut out, c)?;
         Ok(out)
     }
-    fn mul_const_like(&self, a: &Ciphertext, c: f64, like: &Ciphertext) -> Result<Ciphertext> {
-        let const_scale = like.scale() * self.prime(a.level()) / a.scale();
+    fn sub(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
+        Ok(self.eval.sub(a, b)?)
+    }
+    fn negate(&self, a: &Ciphertext) -> Result<Ciphertext> {
+        Ok(self.eval.negate(a)?)
+    }
+    fn divide_exact(&self, mut a: Ciphertext, d: f64) -> Result<Ciphertext> {
+        self.eval.divide_exact(&mut a, d)?;
+        Ok(a)
+    }
+    fn add_values(&self, a: &Ciphertext, v: &[f64]) -> Result<Ciphertext> {
+        let pt = Encoder::new(self.eval.context()).encode_real(v, a.level(), a.scale())?;
+        Ok(self.eval.add_plain(a, &pt)?)
+    }
+    fn mul_values_to(&self, a: &Ciphertext, v: &[f64], target: f64) -> Result<Ciphertext> {
+        let scale = target * self.prime(a.level()) / a.scale();
+        let pt = Encoder::new(self.eval.context()).encode_real(v, a.level(), scale)?;
+        Ok(self.eval.rescale(&self.eval.multiply_plain(a, &pt)?)?)
+    }
+    fn mul_const_to(&self, a: &Ciphertext, c: f64, target: f64) -> Result<Ciphertext> {
+        let const_scale = target * self.prime(a.level()) / a.scale();
         Ok(self.eval.rescale(&self.eval.multiply_const(a, c, const_scale)?)?)
+    }
+    fn scale_of(&self, a: &Ciphertext) -> f64 {
+        a.scale()
+    }
+    fn level_of(&self, a: &Ciphertext) -> usize {
+        a.level()
+    }
+    fn prime(&self, level: usize) -> f64 {
+        self.eval.context().params().q()[level] as f64
+    }
+    fn default_scale(&self) -> f64 {
+        self.eval.context().params().default_scale()
     }
     fn mul_rescale(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
         let mut p = match a.level().cmp(&b.level()) {
@@ -278,5 +371,141 @@ impl Backend for CkksBackend<'_> {
     }
     fn drop_to(&self, a: &Ciphertext, like: &Ciphertext) -> Result<Ciphertext> {
         Ok(self.eval.drop_to_level(a, like.level())?)
+    }
+}
+
+/// What a traced value knows: its level and scale.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Trace {
+    /// Level.
+    pub level: usize,
+    /// Scale.
+    pub scale: f64,
+}
+
+/// A backend that computes nothing but levels and scales, and records every rotation with
+/// the level it is made at: run a computation written against [`Backend`] on it to learn the
+/// keys it needs — from the same code that evaluates it.
+#[derive(Debug)]
+pub struct TraceBackend {
+    q: Vec<f64>,
+    default_scale: f64,
+    rotations: Mutex<Vec<RotationKey>>,
+    relinearizes: Mutex<bool>,
+}
+
+impl TraceBackend {
+    /// A tracer for a chain of primes `q` (`q_0` first) with `default_scale`.
+    pub fn new(q: &[u64], default_scale: f64) -> Self {
+        Self {
+            q: q.iter().map(|&p| p as f64).collect(),
+            default_scale,
+            rotations: Mutex::new(Vec::new()),
+            relinearizes: Mutex::new(false),
+        }
+    }
+
+    /// The rotations made so far, each with the level it was made at.
+    pub fn rotations(&self) -> Vec<RotationKey> {
+        self.rotations.lock().expect("not poisoned").clone()
+    }
+
+    /// Whether a ciphertext product (a relinearization) was made.
+    pub fn relinearizes(&self) -> bool {
+        *self.relinearizes.lock().expect("not poisoned")
+    }
+
+    fn record(&self, step: i64, level: usize) {
+        if step != 0 {
+            self.rotations.lock().expect("not poisoned").push(RotationKey { step, level });
+        }
+    }
+
+    fn down(&self, level: usize) -> Result<usize> {
+        level.checked_sub(1).ok_or(CircuitError::TooDeep { needed: 1, available: 0, hint: None })
+    }
+
+    fn product(&self, a: &Trace, b: &Trace) -> Result<Trace> {
+        *self.relinearizes.lock().expect("not poisoned") = true;
+        let level = a.level.min(b.level);
+        Ok(Trace { level: self.down(level)?, scale: a.scale * b.scale / self.q[level] })
+    }
+}
+
+impl Backend for TraceBackend {
+    type Value = Trace;
+
+    fn rotate_hoisted(&self, x: &Trace, steps: &[i64]) -> Result<Vec<Trace>> {
+        steps.iter().for_each(|&s| self.record(s, x.level));
+        Ok(vec![*x; steps.len()])
+    }
+    fn rotate(&self, x: &Trace, step: i64) -> Result<Trace> {
+        self.record(step, x.level);
+        Ok(*x)
+    }
+    fn rotate_sum(&self, xs: &[&Trace], steps: &[i64]) -> Result<Trace> {
+        xs.iter().zip(steps).for_each(|(x, &s)| self.record(s, x.level));
+        xs.first().map(|x| **x).ok_or_else(|| CircuitError::Input { expected: "terms".into(), actual: "none".into() })
+    }
+    fn dot_plain_groups(&self, xs: &[&Trace], groups: &[Vec<(usize, &Operand)>]) -> Result<Vec<Trace>> {
+        let x = xs
+            .first()
+            .map(|x| **x)
+            .ok_or_else(|| CircuitError::Input { expected: "terms".into(), actual: "none".into() })?;
+        Ok(vec![x; groups.len()])
+    }
+    fn add(&self, a: &Trace, _b: &Trace) -> Result<Trace> {
+        Ok(*a)
+    }
+    fn add_assign(&self, _a: &mut Trace, _b: &Trace) -> Result<()> {
+        Ok(())
+    }
+    fn add_plain_assign(&self, _a: &mut Trace, _w: &Operand) -> Result<()> {
+        Ok(())
+    }
+    fn add_const(&self, a: &Trace, _c: f64) -> Result<Trace> {
+        Ok(*a)
+    }
+    fn sub(&self, a: &Trace, _b: &Trace) -> Result<Trace> {
+        Ok(*a)
+    }
+    fn negate(&self, a: &Trace) -> Result<Trace> {
+        Ok(*a)
+    }
+    fn divide_exact(&self, a: Trace, d: f64) -> Result<Trace> {
+        Ok(Trace { scale: a.scale * d, ..a })
+    }
+    fn add_values(&self, a: &Trace, _v: &[f64]) -> Result<Trace> {
+        Ok(*a)
+    }
+    fn mul_values_to(&self, a: &Trace, _v: &[f64], target: f64) -> Result<Trace> {
+        Ok(Trace { level: self.down(a.level)?, scale: target })
+    }
+    fn mul_const_to(&self, a: &Trace, _c: f64, target: f64) -> Result<Trace> {
+        Ok(Trace { level: self.down(a.level)?, scale: target })
+    }
+    fn mul_rescale(&self, a: &Trace, b: &Trace) -> Result<Trace> {
+        self.product(a, b)
+    }
+    fn square_rescale(&self, a: &Trace) -> Result<Trace> {
+        self.product(a, a)
+    }
+    fn rescale(&self, a: Trace) -> Result<Trace> {
+        Ok(Trace { level: self.down(a.level)?, scale: a.scale / self.q[a.level] })
+    }
+    fn drop_to(&self, a: &Trace, like: &Trace) -> Result<Trace> {
+        Ok(Trace { level: like.level, ..*a })
+    }
+    fn scale_of(&self, a: &Trace) -> f64 {
+        a.scale
+    }
+    fn level_of(&self, a: &Trace) -> usize {
+        a.level
+    }
+    fn prime(&self, level: usize) -> f64 {
+        self.q[level]
+    }
+    fn default_scale(&self) -> f64 {
+        self.default_scale
     }
 }

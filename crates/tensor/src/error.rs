@@ -41,6 +41,9 @@ pub enum CircuitError {
         /// Level of the rotated ciphertext.
         level: usize,
     },
+    /// An operation needs an evaluation key the evaluator was not given.
+    #[error("this computation needs the client's evaluation keys ({0}), which were not given")]
+    MissingKeys(String),
     /// The circuit was built without encoding its plaintexts (a client-side structure) and
     /// cannot evaluate on ciphertexts.
     #[error("the circuit has no encoded plaintexts: build it with weights and encode it for a context")]

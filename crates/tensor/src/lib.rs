@@ -11,6 +11,8 @@
 //!   terms of convolutions and dense layers.
 //! * [`pooling`] — sums of rotations (average pooling without a level).
 //! * [`activation`] — polynomial activations at minimum depth.
+//! * [`aggregation`] — combining several parties' encrypted scores (an ensemble's mean,
+//!   weighted mean, polynomial softmax and vote), keys traced from the evaluation itself.
 //! * [`requirements`] — rotation keys with their levels, costs.
 //! * [`circuit`] — the circuit: the stages, the keys and depth they declare, evaluation on
 //!   CKKS ([`CkksBackend`], which refuses any rotation the circuit did not declare) and on the
@@ -18,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod activation;
+pub mod aggregation;
 pub mod backend;
 pub mod circuit;
 pub mod conv;
@@ -30,7 +33,8 @@ pub mod pooling;
 pub mod requirements;
 
 pub use activation::PolynomialActivation;
-pub use backend::{Backend, CkksBackend, Operand, PlainBackend};
+pub use aggregation::{Aggregator, Combine};
+pub use backend::{Backend, CkksBackend, Operand, PlainBackend, Trace, TraceBackend};
 pub use circuit::{Circuit, Stage};
 pub use error::{CircuitError, Result};
 pub use geometry::{ConvGeom, PoolGeom, Shape};
