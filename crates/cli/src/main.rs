@@ -466,6 +466,8 @@ struct Report {
     depth: usize,
     rotation_keys: usize,
     input_ciphertexts: usize,
+    /// The circuit's stages: levels, rotations, products of each.
+    stages: Vec<blindfold_tensor::StageCost>,
     /// ReLU fits: fitted range against the pre-activations of the first 1,000 test images.
     activation_ranges: Vec<blindfold_nn::ActivationRange>,
 }
@@ -627,6 +629,7 @@ fn encrypted_inference(
         depth: info.depth,
         rotation_keys: info.rotation_keys.len(),
         input_ciphertexts: compiled.circuit().packing().ciphertexts(),
+        stages: compiled.circuit().costs(),
         activation_ranges: model.activation_ranges(&test.clone().truncate(1000))?,
     })
 }
@@ -636,6 +639,16 @@ fn print_report(report: &Report) {
         "circuit: depth {}, {} rotation keys, {} input ciphertext(s), parameters {}",
         report.depth, report.rotation_keys, report.input_ciphertexts, report.params.preset
     );
+    for s in &report.stages {
+        eprintln!(
+            "  {:<70} levels {}, key switches {:>2} ({} hoisted), plaintext products {:>3}",
+            s.name,
+            s.levels,
+            s.key_switches(),
+            s.hoisted_rotations,
+            s.plain_products
+        );
+    }
     println!("{:<22} {}", "dataset", report.dataset);
     println!("{:<22} {}", "architecture", report.arch);
     println!("{:<22} {}", "test images", report.n);
