@@ -915,41 +915,8 @@ impl Evaluator {
         if cts.is_empty() || cts.len() != pts.len() {
             return Err(Error::InvalidArgument("dot_plain needs one plaintext per ciphertext".into()));
         }
-        let (c0, p0) = (cts[0], pts[0]);
-        for (c, p) in cts.iter().zip(pts) {
-            self.check(c)?;
-            self.check_plain(p)?;
-            Self::same_level("dot_plain", c0.level, c.level)?;
-            Self::same_level("dot_plain", c.level, p.level)?;
-            Self::same_scale("dot_plain", c0.scale * p0.scale, c.scale * p.scale)?;
-            if c.parts.len() != 2 {
-                return Err(Error::CiphertextSize { op: "dot_plain", expected: 2, actual: c.parts.len() });
-            }
-        }
-        let level = c0.level;
-        let len = (level + 1) * self.ctx.n();
-        let n = self.ctx.n();
-        let (mut o0, mut o1) = (scratch::vec_overwritten(len), scratch::vec_overwritten(len));
-        o0.par_chunks_exact_mut(n).zip(o1.par_chunks_exact_mut(n)).enumerate().for_each(|(i, (o0, o1))| {
-            let r = i * n..(i + 1) * n;
-            let q = &self.ctx.moduli[i];
-            let mut tmp = Scratch::overwritten(2 * n);
-            for (chunk_i, (cc, pc)) in cts.chunks(16).zip(pts.chunks(16)).enumerate() {
-                let d: Vec<&[u64]> = pc.iter().map(|p| &p.data[r.clone()]).collect();
-                let b0: Vec<&[u64]> = cc.iter().map(|c| &c.parts[0][r.clone()]).collect();
-                let b1: Vec<&[u64]> = cc.iter().map(|c| &c.parts[1][r.clone()]).collect();
-                if chunk_i == 0 {
-                    slice::dot([&mut *o0, &mut *o1], &d, [&b0, &b1], q);
-                } else {
-                    let (t0, t1) = tmp.split_at_mut(n);
-                    slice::dot([t0, t1], &d, [&b0, &b1], q);
-                    slice::add_assign(o0, t0, q);
-                    slice::add_assign(o1, t1, q);
-                }
-            }
-        });
-        let out = Ciphertext { parts: vec![o0, o1], level, scale: c0.scale * p0.scale };
-        Ok(out)
+        let group: Vec<(usize, &Plaintext)> = pts.iter().copied().enumerate().collect();
+        Ok(self.dot_plain_groups(cts, &[group])?.pop().expect("one group"))
     }
 
     /// For each group `g`, `Σ_{(k, pt) ∈ groups[g]} cts[k] ⊙ pt`: the inner sums of a

@@ -372,15 +372,7 @@ fn train_on(
     // The fitted ranges against pre-activations the training never saw.
     let ranges = model.activation_ranges(&test_set.clone().truncate(1000))?;
     for r in &ranges {
-        eprintln!(
-            "layer {:>2}: ReLU fit on [{:.2}, {:.2}]; on 1,000 test images inputs in [{:.2}, {:.2}], {:.3}% outside",
-            r.layer,
-            r.lo,
-            r.hi,
-            r.min,
-            r.max,
-            100.0 * r.outside
-        );
+        eprintln!("{r} (1,000 test images)");
     }
     let mut prov = HashMap::new();
     if !ranges.is_empty() {
@@ -680,16 +672,7 @@ fn print_report(report: &Report) {
         report.rotation_keys
     );
     for r in &report.activation_ranges {
-        println!(
-            "{:<22} layer {}: fitted on [{:.2}, {:.2}], inputs in [{:.2}, {:.2}], {:.3}% outside",
-            "ReLU fit",
-            r.layer,
-            r.lo,
-            r.hi,
-            r.min,
-            r.max,
-            100.0 * r.outside
-        );
+        println!("{:<22} {r}", "activation range");
     }
 }
 

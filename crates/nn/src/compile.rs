@@ -380,7 +380,16 @@ pub fn circuit(arch: &ArchSpec, model: Option<&Model>, slots: usize, top_level: 
     let mut stages: Vec<Stage> = Vec::new();
     let mut packing: Option<Packing> = None;
     let mut layout: Option<Layout> = None;
-    let image = || Packing::image(arch.input, slots);
+    // The layout the next layer reads: the previous layer's output, or the client's image.
+    let input_layout = |layout: &mut Option<Layout>, packing: &mut Option<Packing>| -> Result<Layout> {
+        if let Some(lay) = layout.take() {
+            return Ok(lay);
+        }
+        let p = Packing::image(arch.input, slots)?;
+        let lay = p.layout();
+        *packing = Some(p);
+        Ok(lay)
+    };
     for (i, l) in arch.layers.iter().enumerate() {
         let (input, output) = (shapes[i], shapes[i + 1]);
         let scaled = |m: LinearMap| m.scaled(weight_factor[i] * output_factor[i], output_factor[i]);
@@ -404,15 +413,7 @@ pub fn circuit(arch: &ArchSpec, model: Option<&Model>, slots: usize, top_level: 
                 level -= 1;
             }
             LayerSpec::Dense { outputs } => {
-                let lay = match layout.take() {
-                    Some(lay) => lay,
-                    None => {
-                        let p = image()?;
-                        let lay = p.layout();
-                        packing = Some(p);
-                        lay
-                    }
-                };
+                let lay = input_layout(&mut layout, &mut packing)?;
                 let (w, b) = weights(model, i, *outputs, input.len());
                 let last = Some(i) == last_linear;
                 let headroom = if last { OUTPUT_HEADROOM } else { 1.0 };
@@ -422,15 +423,7 @@ pub fn circuit(arch: &ArchSpec, model: Option<&Model>, slots: usize, top_level: 
                 level -= 1;
             }
             LayerSpec::AvgPool2d { kernel, stride } => {
-                let lay = match layout.take() {
-                    Some(lay) => lay,
-                    None => {
-                        let p = image()?;
-                        let lay = p.layout();
-                        packing = Some(p);
-                        lay
-                    }
-                };
+                let lay = input_layout(&mut layout, &mut packing)?;
                 let geom = PoolGeom { input, output, kernel: *kernel, stride: *stride };
                 let (stage, out) = RotationSum::pool(&lay, &geom, level)?;
                 stages.push(Stage::RotationSum(stage));

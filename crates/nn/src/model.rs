@@ -356,6 +356,21 @@ pub struct ActivationRange {
     pub outside: f64,
 }
 
+impl std::fmt::Display for ActivationRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "layer {}: ReLU fit on [{:.2}, {:.2}], inputs in [{:.2}, {:.2}], {:.3}% outside",
+            self.layer,
+            self.lo,
+            self.hi,
+            self.min,
+            self.max,
+            100.0 * self.outside
+        )
+    }
+}
+
 /// `[lo, hi]` widened by 10% of its width on each side, and made to contain 0 strictly.
 fn widened(lo: f64, hi: f64) -> (f64, f64) {
     let w = (hi - lo).max(1e-3);
