@@ -63,3 +63,21 @@ fn cnn2_with_relu_fits() {
         twin_matches_model(ArchSpec::builtin("cnn2").unwrap().with_activation(fit));
     }
 }
+
+#[test]
+fn strided_padded_convolutions_and_pooling_on_ciphertexts() {
+    // A second convolution with stride 2 and padding, a 3×3 pooling with stride 1, and a
+    // dense layer straight after a convolution's activation.
+    let mut arch = ArchSpec::builtin("cnn2").unwrap();
+    arch.name = "strided".into();
+    arch.layers = vec![
+        LayerSpec::Conv2d { out_channels: 4, kernel: 3, stride: 1, padding: 1 },
+        LayerSpec::Square,
+        LayerSpec::Conv2d { out_channels: 6, kernel: 4, stride: 2, padding: 1 },
+        LayerSpec::AvgPool2d { kernel: 3, stride: 1 },
+        LayerSpec::Square,
+        LayerSpec::Flatten,
+        LayerSpec::Dense { outputs: 10 },
+    ];
+    twin_matches_model(arch);
+}
