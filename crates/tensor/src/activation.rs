@@ -1,8 +1,8 @@
 //! Polynomial activations at minimum depth.
 //!
 //! The stage evaluates a *monic* polynomial `x^d + c_{d-1} x^{d-1} + … + c_0` slot-wise: the
-//! compiler divides the activation by its leading coefficient and multiplies that into the
-//! next linear stage's weights, which costs nothing and saves the level a constant
+//! compiler moves the activation's leading coefficient into the weights of the linear stages
+//! around it (`blindfold_nn::compile`), which costs nothing and saves the level a constant
 //! multiplication would take. Depth `ceil(log2 d)`:
 //!
 //! * `d = 1`: `x + c_0` (no level);
