@@ -30,7 +30,7 @@ fn run() -> Result<()> {
     let pt = encoder.encode_real(&[0.5; 16], ctx.max_level(), params.default_scale())?;
     let mut enc = Encryptor::with_public_key(&ctx, &pk)?;
     let sk = keygen.secret_key();
-    let mut enc_sk = Encryptor::with_secret_key(sk)?;
+    let mut enc_sk = SymmetricEncryptor::new(sk)?;
     let ct = enc.encrypt(&pt)?;
     let eval = Evaluator::new(&ctx);
     let prod = eval.multiply(&ct, &ct)?;
@@ -43,8 +43,8 @@ fn run() -> Result<()> {
             "hoisted" => drop(eval.rotate_hoisted(&ct, &[1, 2, 3, 4, 5, 6, 7, 8], &gk8)?),
             "rescale" => drop(eval.rescale(&ct)?),
             "encrypt" => drop(enc.encrypt(&pt)?),
-            "encrypt_sk" => drop(enc_sk.encrypt_symmetric(&pt)?),
-            "serialize_sk" => drop(blindfold_ckks::serialize::serialize(&enc_sk.encrypt_symmetric(&pt)?, &ctx)?),
+            "encrypt_sk" => drop(enc_sk.encrypt(&pt)?),
+            "serialize_sk" => drop(blindfold_ckks::serialize::serialize(&enc_sk.encrypt(&pt)?, &ctx)?),
             "encode" => drop(encoder.encode_real(&[0.5; 4096], ctx.max_level(), params.default_scale())?),
             "decode" => drop(encoder.decode(&pt)),
             other => panic!("unknown op {other}"),

@@ -39,7 +39,7 @@ fn main() -> Result<()> {
     let server = t.elapsed();
 
     // Client: decrypt and compare with the plaintext computation.
-    let out = encoder.decode_real(&Decryptor::new(keygen.secret_key()).decrypt(&y)?);
+    let out = encoder.decode_real(&Decryptor::new(keygen.secret_key()).decrypt(&y)?)?;
     let slots = x.len();
     let max_err = (0..slots).map(|i| (out[i] - (x[i] * x[i] + 0.5 * x[(i + 1) % slots])).abs()).fold(0.0, f64::max);
     println!(

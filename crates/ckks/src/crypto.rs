@@ -4,8 +4,8 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::keys::{expand_uniform, fresh_seed, small_to_ntt, PublicKey, SecretKey};
 use crate::types::{Ciphertext, Plaintext};
-use blindfold_math::{sampler, slice};
-use rand_chacha::ChaCha20Rng;
+use blindfold_math::sampler::{self, SecretRng};
+use blindfold_math::slice;
 use rayon::prelude::*;
 use std::sync::Arc;
 use zeroize::Zeroizing;
@@ -32,16 +32,14 @@ impl SeededCiphertext {
     }
 }
 
-/// Encrypts plaintexts under a public key (anyone) or the secret key (the client).
+/// Encrypts plaintexts under a public key: anyone may hold one, and it holds no secret.
 ///
 /// Public-key encryption follows CKKS (Cheon–Kim–Kim–Song 2017, §3.4):
 /// `(u·b + e_0 + m, u·a + e_1)` with `u` ternary and `e_0, e_1` Gaussian.
-/// Secret-key encryption gives `(-a·s + e + m, a)` with `a` expanded from a fresh seed.
 pub struct Encryptor {
     ctx: Arc<Context>,
-    pk: Option<PublicKey>,
-    sk: Option<SecretKey>,
-    rng: ChaCha20Rng,
+    pk: PublicKey,
+    rng: SecretRng,
 }
 
 impl Encryptor {
@@ -51,17 +49,7 @@ impl Encryptor {
     /// [`Error::Rng`] if the operating system's random source fails.
     pub fn with_public_key(ctx: &Arc<Context>, pk: &PublicKey) -> Result<Self> {
         let rng = sampler::os_rng().map_err(|e| Error::Rng(e.to_string()))?;
-        Ok(Self { ctx: ctx.clone(), pk: Some(pk.clone()), sk: None, rng })
-    }
-
-    /// Secret-key encryptor (client side), producing seeded ciphertexts.
-    ///
-    /// # Errors
-    /// [`Error::Rng`] if the operating system's random source fails.
-    pub fn with_secret_key(sk: &SecretKey) -> Result<Self> {
-        let rng = sampler::os_rng().map_err(|e| Error::Rng(e.to_string()))?;
-        let sk = SecretKey::from_coefficients(&sk.ctx, sk.coeffs.clone());
-        Ok(Self { ctx: sk.ctx.clone(), pk: None, sk: Some(sk), rng })
+        Ok(Self { ctx: ctx.clone(), pk: pk.clone(), rng })
     }
 
     /// Replaces the random generator with a seeded one (reproducible tests and known-answer
@@ -73,46 +61,70 @@ impl Encryptor {
     /// Encrypts with the public key.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] if this encryptor has no public key.
+    /// [`Error::InvalidArgument`] for a plaintext of other parameters (a level above the top
+    /// level, or residues that do not match the ring).
     pub fn encrypt(&mut self, pt: &Plaintext) -> Result<Ciphertext> {
-        let pk = self.pk.as_ref().ok_or_else(|| Error::InvalidArgument("encryptor has no public key".into()))?;
-        let ctx = &self.ctx;
+        check_plaintext(&self.ctx, pt, "encrypt")?;
+        let (ctx, pk) = (&self.ctx, &self.pk);
         let n = ctx.n();
         let level = pt.level;
         let u_coeffs = sampler::ternary(&mut self.rng, n);
         let u = small_to_ntt(ctx, &u_coeffs, 0..=level);
         let e0 = sampler::gaussian(&mut self.rng, n);
         let e1 = sampler::gaussian(&mut self.rng, n);
-        let mut c0 = small_to_ntt(ctx, &e0, 0..=level).to_vec();
-        let mut c1 = small_to_ntt(ctx, &e1, 0..=level).to_vec();
+        let mut c0 = small_to_ntt(ctx, &e0, 0..=level);
+        let mut c1 = small_to_ntt(ctx, &e1, 0..=level);
         for i in 0..=level {
             let r = i * n..(i + 1) * n;
             ctx.ntt[i].mul_acc(&mut c0[r.clone()], &pk.b[r.clone()], &u[r.clone()]);
             ctx.ntt[i].mul_acc(&mut c1[r.clone()], &pk.a[r.clone()], &u[r.clone()]);
             slice::add_assign(&mut c0[r.clone()], &pt.data[r], &ctx.moduli[i]);
         }
-        Ok(Ciphertext { parts: vec![c0, c1], level, scale: pt.scale })
+        Ok(Ciphertext { parts: vec![std::mem::take(&mut *c0), std::mem::take(&mut *c1)], level, scale: pt.scale })
     }
+}
 
-    /// Encrypts with the secret key into the compact seeded form.
+/// Encrypts plaintexts with the secret key (the client): `(-a·s + e + m, a)` with `a`
+/// expanded from a fresh seed, stored as [`SeededCiphertext`]s (half the size on the wire).
+/// Holds a copy of the secret key, zeroized on drop; a separate type from the public-key
+/// [`Encryptor`], so no public-key encryptor can carry a secret key.
+pub struct SymmetricEncryptor {
+    sk: SecretKey,
+    rng: SecretRng,
+}
+
+impl SymmetricEncryptor {
+    /// Secret-key encryptor.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] if this encryptor has no secret key.
-    pub fn encrypt_symmetric(&mut self, pt: &Plaintext) -> Result<SeededCiphertext> {
-        let sk = self.sk.as_ref().ok_or_else(|| Error::InvalidArgument("encryptor has no secret key".into()))?;
-        let seed = fresh_seed(&mut self.rng);
-        Ok(encrypt_seeded(sk, pt, seed, &mut self.rng))
+    /// [`Error::Rng`] if the operating system's random source fails.
+    pub fn new(sk: &SecretKey) -> Result<Self> {
+        let rng = sampler::os_rng().map_err(|e| Error::Rng(e.to_string()))?;
+        Ok(Self { sk: SecretKey::from_coefficients(&sk.ctx, sk.coeffs.clone()), rng })
     }
 
-    /// [`Encryptor::encrypt_symmetric`] of several plaintexts, in parallel: each gets its own
+    /// Encrypts into the compact seeded form.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a plaintext of other parameters.
+    pub fn encrypt(&mut self, pt: &Plaintext) -> Result<SeededCiphertext> {
+        check_plaintext(&self.sk.ctx, pt, "encrypt")?;
+        let seed = fresh_seed(&mut self.rng);
+        Ok(encrypt_seeded(&self.sk, pt, seed, &mut self.rng))
+    }
+
+    /// [`SymmetricEncryptor::encrypt`] of several plaintexts, in parallel: each gets its own
     /// seed and its own noise generator, both drawn from this encryptor's generator.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] if this encryptor has no secret key.
-    pub fn encrypt_symmetric_batch(&mut self, pts: &[Plaintext]) -> Result<Vec<SeededCiphertext>> {
-        let sk = self.sk.as_ref().ok_or_else(|| Error::InvalidArgument("encryptor has no secret key".into()))?;
+    /// [`Error::InvalidArgument`] for a plaintext of other parameters.
+    pub fn encrypt_batch(&mut self, pts: &[Plaintext]) -> Result<Vec<SeededCiphertext>> {
+        for pt in pts {
+            check_plaintext(&self.sk.ctx, pt, "encrypt")?;
+        }
         let seeds: Vec<([u8; 32], Zeroizing<[u8; 32]>)> =
             pts.iter().map(|_| (fresh_seed(&mut self.rng), Zeroizing::new(fresh_seed(&mut self.rng)))).collect();
+        let sk = &self.sk;
         Ok(pts
             .par_iter()
             .zip(seeds)
@@ -121,8 +133,39 @@ impl Encryptor {
     }
 }
 
+/// Refuses a plaintext that was not made for `ctx`'s ring and chain (it would index out of
+/// bounds).
+pub(crate) fn check_plaintext(ctx: &Context, pt: &Plaintext, op: &'static str) -> Result<()> {
+    if pt.level > ctx.max_level() || pt.data.len() != (pt.level + 1) * ctx.n() {
+        return Err(Error::InvalidArgument(format!(
+            "{op}: plaintext of {} residues at level {} does not belong to these parameters (N = {}, top level {})",
+            pt.data.len(),
+            pt.level,
+            ctx.n(),
+            ctx.max_level()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a ciphertext that was not made for `ctx`'s ring and chain.
+pub(crate) fn check_ciphertext(ctx: &Context, ct: &Ciphertext, op: &'static str) -> Result<()> {
+    if !(2..=3).contains(&ct.parts.len()) {
+        return Err(Error::CiphertextSize { op, expected: 2, actual: ct.parts.len() });
+    }
+    if ct.level > ctx.max_level() || ct.parts.iter().any(|p| p.len() != (ct.level + 1) * ctx.n()) {
+        return Err(Error::InvalidArgument(format!(
+            "{op}: ciphertext at level {} does not belong to these parameters (N = {}, top level {})",
+            ct.level,
+            ctx.n(),
+            ctx.max_level()
+        )));
+    }
+    Ok(())
+}
+
 /// `(-a·s + e + m, seed)` with `a` expanded from `seed` and `e` drawn from `rng`.
-fn encrypt_seeded(sk: &SecretKey, pt: &Plaintext, seed: [u8; 32], rng: &mut ChaCha20Rng) -> SeededCiphertext {
+fn encrypt_seeded(sk: &SecretKey, pt: &Plaintext, seed: [u8; 32], rng: &mut SecretRng) -> SeededCiphertext {
     let ctx = &sk.ctx;
     let n = ctx.n();
     let level = pt.level;
@@ -157,12 +200,11 @@ impl Decryptor {
     /// see [`Decryptor::decrypt_flooded`] and SECURITY.md (Li–Micciancio 2021).
     ///
     /// # Errors
-    /// [`Error::CiphertextSize`] for a ciphertext of fewer than 2 or more than 3 parts.
+    /// [`Error::CiphertextSize`] for a ciphertext of fewer than 2 or more than 3 parts;
+    /// [`Error::InvalidArgument`] for a ciphertext of other parameters.
     pub fn decrypt(&self, ct: &Ciphertext) -> Result<Plaintext> {
-        if !(2..=3).contains(&ct.parts.len()) {
-            return Err(Error::CiphertextSize { op: "decrypt", expected: 2, actual: ct.parts.len() });
-        }
         let ctx = &self.sk.ctx;
+        check_ciphertext(ctx, ct, "decrypt")?;
         let n = ctx.n();
         let mut m = ct.parts[0].clone();
         let mut s2 = Zeroizing::new(vec![0u64; n]);

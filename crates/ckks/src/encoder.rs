@@ -200,9 +200,13 @@ impl Encoder {
     }
 
     /// Decodes all `N/2` complex slots of a plaintext (dividing by its scale).
-    pub fn decode(&self, pt: &Plaintext) -> Vec<Complex64> {
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a plaintext of other parameters.
+    pub fn decode(&self, pt: &Plaintext) -> Result<Vec<Complex64>> {
+        crate::crypto::check_plaintext(&self.ctx, pt, "decode")?;
         let n = self.ctx.n();
-        let mut data = pt.data.clone();
+        let mut data = zeroize::Zeroizing::new(pt.data.clone());
         self.ctx.backward(&mut data);
         let coeffs: Vec<f64> = if pt.level == 0 {
             let q = &self.ctx.moduli[0];
@@ -218,7 +222,7 @@ impl Encoder {
                 })
                 .collect()
         };
-        self.decode_coefficients(&coeffs, pt.scale)
+        Ok(self.decode_coefficients(&coeffs, pt.scale))
     }
 
     /// Slot values of the polynomial with (integer-valued) coefficients `coeffs`, divided by
@@ -232,7 +236,10 @@ impl Encoder {
     }
 
     /// Decodes the real parts of all `N/2` slots.
-    pub fn decode_real(&self, pt: &Plaintext) -> Vec<f64> {
-        self.decode(pt).into_iter().map(|c| c.re).collect()
+    ///
+    /// # Errors
+    /// As [`Encoder::decode`].
+    pub fn decode_real(&self, pt: &Plaintext) -> Result<Vec<f64>> {
+        Ok(self.decode(pt)?.into_iter().map(|c| c.re).collect())
     }
 }

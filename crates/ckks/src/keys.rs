@@ -3,8 +3,7 @@
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::types::{GaloisElement, GaloisKeyRequest, Level};
-use blindfold_math::sampler;
-use rand_chacha::ChaCha20Rng;
+use blindfold_math::sampler::{self, SecretRng};
 use rand_core::Rng;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
@@ -40,7 +39,7 @@ pub(crate) fn small_to_ntt(ctx: &Context, coeffs: &[i64], indices: impl Iterator
     out
 }
 
-pub(crate) fn fresh_seed(rng: &mut ChaCha20Rng) -> [u8; 32] {
+pub(crate) fn fresh_seed(rng: &mut SecretRng) -> [u8; 32] {
     let mut seed = [0u8; 32];
     rng.fill_bytes(&mut seed);
     seed
@@ -204,7 +203,7 @@ impl GaloisKeys {
 /// vectors: never use a fixed seed for real keys).
 pub struct KeyGenerator {
     ctx: Arc<Context>,
-    rng: ChaCha20Rng,
+    rng: SecretRng,
     sk: SecretKey,
 }
 
@@ -223,7 +222,7 @@ impl KeyGenerator {
         Self::with_rng(ctx, sampler::seeded_rng(seed))
     }
 
-    fn with_rng(ctx: &Arc<Context>, mut rng: ChaCha20Rng) -> Self {
+    fn with_rng(ctx: &Arc<Context>, mut rng: SecretRng) -> Self {
         let coeffs = sampler::ternary(&mut rng, ctx.n());
         let sk = SecretKey::from_coefficients(ctx, coeffs);
         Self { ctx: ctx.clone(), rng, sk }
@@ -252,14 +251,15 @@ impl KeyGenerator {
         let seed = fresh_seed(&mut self.rng);
         let a = expand_uniform(ctx, &seed, 0..nq);
         let e = sampler::gaussian(&mut self.rng, n);
-        let mut b = small_to_ntt(ctx, &e, 0..nq).to_vec();
+        // b starts as the noise and holds a·s in between: secret until both are in.
+        let mut b = small_to_ntt(ctx, &e, 0..nq);
+        let mut prod = Zeroizing::new(vec![0u64; n]);
         for i in 0..nq {
             let r = i * n..(i + 1) * n;
-            let mut prod = vec![0u64; n];
             ctx.ntt[i].mul(&mut prod, &a[r.clone()], &self.sk.ntt[r.clone()]);
             blindfold_math::slice::sub_assign(&mut b[r], &prod, &ctx.moduli[i]);
         }
-        PublicKey { b, a, seed }
+        PublicKey { b: std::mem::take(&mut *b), a, seed }
     }
 
     /// Key-switching key from `target` (NTT form over the full basis) to `s`, serving
@@ -274,8 +274,9 @@ impl KeyGenerator {
                 let seed = fresh_seed(&mut self.rng);
                 let a = expand_uniform(&ctx, &seed, indices.iter().copied());
                 let e = sampler::gaussian(&mut self.rng, n);
-                let mut b = small_to_ntt(&ctx, &e, indices.iter().copied()).to_vec();
-                let mut prod = vec![0u64; n];
+                // As in `public_key`: noise and a·s are secret until the sum is complete.
+                let mut b = small_to_ntt(&ctx, &e, indices.iter().copied());
+                let mut prod = Zeroizing::new(vec![0u64; n]);
                 for (k, &i) in indices.iter().enumerate() {
                     let (r, full) = (k * n..(k + 1) * n, i * n..(i + 1) * n);
                     ctx.ntt[i].mul(&mut prod, &a[r.clone()], &self.sk.ntt[full.clone()]);
@@ -289,7 +290,7 @@ impl KeyGenerator {
                         }
                     }
                 }
-                KeyDigit { b, a, seed }
+                KeyDigit { b: std::mem::take(&mut *b), a, seed }
             })
             .collect();
         KeySwitchingKey { digits, max_level, fingerprint: *ctx.params().fingerprint() }

@@ -18,7 +18,7 @@
 //! let ct = Encryptor::with_public_key(&ctx, &pk)?.encrypt(&pt)?;
 //! let eval = Evaluator::new(&ctx);
 //! let sq = eval.rescale(&eval.multiply_relin(&ct, &ct, &rlk)?)?;
-//! let out = encoder.decode_real(&Decryptor::new(keygen.secret_key()).decrypt(&sq)?);
+//! let out = encoder.decode_real(&Decryptor::new(keygen.secret_key()).decrypt(&sq)?)?;
 //! for (o, v) in out.iter().zip(x) {
 //!     assert!((o - v * v).abs() < 1e-6);
 //! }
@@ -44,7 +44,7 @@ mod types;
 pub use types::{Ciphertext, GaloisElement, GaloisKeyRequest, Level, Plaintext};
 
 pub use context::Context;
-pub use crypto::{Decryptor, Encryptor, SeededCiphertext};
+pub use crypto::{Decryptor, Encryptor, SeededCiphertext, SymmetricEncryptor};
 pub use encoder::Encoder;
 pub use error::{Error, Result};
 pub use evaluator::{Decomposed, Evaluator};

@@ -26,7 +26,7 @@ use crate::keys::{
     expand_uniform, inverse_permutation, key_indices, permuted_key, GaloisKeys, KeyDigit, KeySwitchingKey, PublicKey,
     RelinearizationKey, SecretKey,
 };
-use crate::types::{Ciphertext, Plaintext};
+use crate::types::Ciphertext;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -50,8 +50,6 @@ pub enum ObjectKind {
     Ciphertext = 1,
     /// [`SeededCiphertext`].
     SeededCiphertext = 2,
-    /// [`Plaintext`].
-    Plaintext = 3,
     /// [`PublicKey`].
     PublicKey = 4,
     /// [`RelinearizationKey`].
@@ -67,7 +65,6 @@ impl ObjectKind {
         Some(match b {
             1 => Self::Ciphertext,
             2 => Self::SeededCiphertext,
-            3 => Self::Plaintext,
             4 => Self::PublicKey,
             5 => Self::RelinearizationKey,
             6 => Self::GaloisKeys,
@@ -81,7 +78,6 @@ impl ObjectKind {
         match self {
             Self::Ciphertext => "ciphertext",
             Self::SeededCiphertext => "seeded ciphertext",
-            Self::Plaintext => "plaintext",
             Self::PublicKey => "public key",
             Self::RelinearizationKey => "relinearization key",
             Self::GaloisKeys => "Galois keys",
@@ -150,21 +146,26 @@ pub trait WireObject: Sized {
 
 /// Serializes `obj` (made under `ctx`'s parameters) with the versioned header.
 ///
-/// Returns bytes that are zeroized on drop (they hold key material for a [`SecretKey`]).
+/// Only public objects (ciphertexts and public keys) have a wire form; a [`SecretKey`]
+/// exports through [`SecretKey::to_bytes`], and plaintexts not at all.
 ///
 /// # Errors
 /// [`Error::InvalidArgument`] if the object does not match `ctx` (e.g. a ciphertext with
 /// more residues than the parameters have).
 pub fn serialize<T: WireObject>(obj: &T, ctx: &Context) -> Result<Zeroizing<Vec<u8>>> {
-    let body = obj.encode_body(ctx)?;
+    Ok(frame(T::KIND, ctx, &obj.encode_body(ctx)?))
+}
+
+/// Header and body: the bytes of an object of `kind`.
+fn frame(kind: ObjectKind, ctx: &Context, body: &[u8]) -> Zeroizing<Vec<u8>> {
     let mut out = Zeroizing::new(Vec::with_capacity(HEADER_LEN + body.len()));
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    out.push(T::KIND as u8);
+    out.push(kind as u8);
     out.extend_from_slice(ctx.params().fingerprint());
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend_from_slice(&body);
-    Ok(out)
+    out.extend_from_slice(body);
+    out
 }
 
 /// Deserializes untrusted bytes into a `T` for `ctx`'s parameters, with the default size
@@ -182,9 +183,15 @@ pub fn deserialize<T: WireObject>(bytes: &[u8], ctx: &Arc<Context>) -> Result<T>
 /// # Errors
 /// As [`deserialize`].
 pub fn deserialize_with_limit<T: WireObject>(bytes: &[u8], ctx: &Arc<Context>, limit: usize) -> Result<T> {
-    let what = T::KIND.name();
+    T::decode_body(unframe(bytes, T::KIND, ctx, limit)?, ctx)
+}
+
+/// The body of an object of `kind` made for `ctx`'s parameters, after checking the header,
+/// the fingerprint, the size limit and the body length.
+fn unframe<'a>(bytes: &'a [u8], kind: ObjectKind, ctx: &Context, limit: usize) -> Result<&'a [u8]> {
+    let what = kind.name();
     let header = read_header(bytes)?;
-    if header.kind != T::KIND {
+    if header.kind != kind {
         return Err(malformed(what, format!("this is a {}, expected a {what}", header.kind.name())));
     }
     if &header.fingerprint != ctx.params().fingerprint() {
@@ -204,7 +211,7 @@ pub fn deserialize_with_limit<T: WireObject>(bytes: &[u8], ctx: &Arc<Context>, l
             format!("header announces {} body bytes, {} present", header.body_len, body.len()),
         ));
     }
-    T::decode_body(body, ctx)
+    Ok(body)
 }
 
 fn to_postcard<T: Serialize>(v: &T) -> Result<Zeroizing<Vec<u8>>> {
@@ -381,32 +388,6 @@ impl WireObject for SeededCiphertext {
 }
 
 #[derive(Serialize, Deserialize)]
-struct PlaintextWire {
-    level: u8,
-    scale: f64,
-    data: serde_bytes::ByteBuf,
-}
-
-impl WireObject for Plaintext {
-    const KIND: ObjectKind = ObjectKind::Plaintext;
-    fn max_size(ctx: &Context) -> usize {
-        HEADER_LEN + 64 + packed_len(ctx, &q_indices(ctx.max_level())) + 10
-    }
-    fn encode_body(&self, ctx: &Context) -> Result<Zeroizing<Vec<u8>>> {
-        let data = pack(ctx, &self.data, &q_indices(self.level))?.into();
-        to_postcard(&PlaintextWire { level: self.level as u8, scale: self.scale, data })
-    }
-    fn decode_body(body: &[u8], ctx: &Arc<Context>) -> Result<Self> {
-        const WHAT: &str = "plaintext";
-        let w: PlaintextWire = from_postcard(WHAT, body)?;
-        let level = check_level(ctx, w.level, WHAT)?;
-        let scale = check_scale(w.scale, WHAT)?;
-        let data = unpack(ctx, &w.data, &q_indices(level), WHAT)?;
-        Ok(Plaintext { data, level, scale })
-    }
-}
-
-#[derive(Serialize, Deserialize)]
 struct SeededPolyWire {
     b: serde_bytes::ByteBuf,
     seed: [u8; 32],
@@ -437,6 +418,13 @@ fn full_indices(ctx: &Context) -> Vec<usize> {
 
 fn ksk_size(ctx: &Context) -> usize {
     ctx.params().dnum() * (packed_len(ctx, &full_indices(ctx)) + 48)
+}
+
+/// Largest serialized size of [`GaloisKeys`] holding `count` keys for `ctx`'s parameters (keys
+/// made for lower levels are smaller): the limit to pass to [`deserialize_with_limit`] when
+/// the number of keys expected is known, e.g. from a circuit's declared rotations.
+pub fn galois_keys_max_size(ctx: &Context, count: usize) -> usize {
+    HEADER_LEN + 64 + count.saturating_mul(ksk_size(ctx) + 16)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -492,7 +480,7 @@ impl WireObject for RelinearizationKey {
 impl WireObject for GaloisKeys {
     const KIND: ObjectKind = ObjectKind::GaloisKeys;
     fn max_size(ctx: &Context) -> usize {
-        HEADER_LEN + 64 + MAX_GALOIS_KEYS * (ksk_size(ctx) + 16)
+        galois_keys_max_size(ctx, MAX_GALOIS_KEYS)
     }
     fn encode_body(&self, ctx: &Context) -> Result<Zeroizing<Vec<u8>>> {
         // Held as π⁻¹(k): the wire carries k.
@@ -535,37 +523,58 @@ impl Drop for SecretKeyWire {
     }
 }
 
-impl WireObject for SecretKey {
-    const KIND: ObjectKind = ObjectKind::SecretKey;
-    fn max_size(ctx: &Context) -> usize {
-        HEADER_LEN + 16 + ctx.n() / 4
-    }
-    fn encode_body(&self, _ctx: &Context) -> Result<Zeroizing<Vec<u8>>> {
-        let mut packed = vec![0u8; self.coeffs.len().div_ceil(4)];
+impl SecretKey {
+    /// The key in the wire format (kind "secret key", with the header and parameter
+    /// fingerprint), in bytes that are zeroized on drop: write them only to the client's own
+    /// storage (e.g. a file created with mode 0600), never into a message.
+    ///
+    /// # Errors
+    /// None in practice; [`Error::InvalidArgument`] is reserved for a key of other parameters.
+    pub fn to_bytes(&self) -> Result<Zeroizing<Vec<u8>>> {
+        let mut packed = Zeroizing::new(vec![0u8; self.coeffs.len().div_ceil(4)]);
         for (i, &c) in self.coeffs.iter().enumerate() {
             // c in {-1, 0, 1} → {2, 0, 1}, branch-free.
             let sign = ((c >> 63) & 1) as u8;
             let code = ((c & 1) as u8 & !sign) | (sign << 1);
             packed[i / 4] |= code << (2 * (i % 4));
         }
-        to_postcard(&SecretKeyWire { coeffs: serde_bytes::ByteBuf::from(packed) })
+        let body = to_postcard(&SecretKeyWire { coeffs: serde_bytes::ByteBuf::from(packed.to_vec()) })?;
+        Ok(frame(ObjectKind::SecretKey, &self.ctx, &body))
     }
-    fn decode_body(body: &[u8], ctx: &Arc<Context>) -> Result<Self> {
+
+    /// Reads a key written by [`SecretKey::to_bytes`] for `ctx`'s parameters.
+    ///
+    /// A key with fewer than `N/4` non-zero coefficients is refused: a uniform ternary key
+    /// has about `2N/3`, so such a file is corrupted (an all-zero key would "decrypt"
+    /// anything to its first component).
+    ///
+    /// # Errors
+    /// [`Error::Malformed`] for bytes that are not such a key; [`Error::ParameterMismatch`]
+    /// for a key of other parameters.
+    pub fn from_bytes(bytes: &[u8], ctx: &Arc<Context>) -> Result<Self> {
         const WHAT: &str = "secret key";
+        let body = unframe(bytes, ObjectKind::SecretKey, ctx, HEADER_LEN + 16 + ctx.n() / 4)?;
         let w: SecretKeyWire = from_postcard(WHAT, body)?;
         let n = ctx.n();
         if w.coeffs.len() != n / 4 {
             return Err(malformed(WHAT, format!("{} bytes of coefficients, expected {}", w.coeffs.len(), n / 4)));
         }
         let mut coeffs = Zeroizing::new(vec![0i64; n]);
-        let mut invalid = 0u8;
+        let (mut invalid, mut weight) = (0u8, 0usize);
         for (i, c) in coeffs.iter_mut().enumerate() {
             let code = (w.coeffs[i / 4] >> (2 * (i % 4))) & 3;
             invalid |= code & (code >> 1); // code 3
+            weight += ((code | (code >> 1)) & 1) as usize;
             *c = (code & 1) as i64 - ((code >> 1) as i64);
         }
         if invalid != 0 {
             return Err(malformed(WHAT, "coefficient code 3 is not a ternary value"));
+        }
+        if weight < n / 4 {
+            return Err(malformed(
+                WHAT,
+                format!("{weight} non-zero coefficients of {n}: not a uniform ternary key (corrupted?)"),
+            ));
         }
         Ok(SecretKey::from_coefficients(ctx, coeffs))
     }

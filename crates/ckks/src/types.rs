@@ -50,11 +50,29 @@ pub struct GaloisKeyRequest {
 /// with the scale Δ its slots were multiplied by.
 ///
 /// Layout: `data[i·N + j]` is the `j`-th NTT slot modulo `q_i`.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// A plaintext is secret material on either side: the output of
+/// [`crate::Decryptor::decrypt`] at level 0 is as good as the secret key modulo `q_0` to
+/// anyone who also has the ciphertext, and a model holder's encoded weights are its model. So
+/// it is zeroized when dropped, its `Debug` shows only level and scale, and it has no wire
+/// form ([`crate::serialize`] takes public objects only).
+#[derive(Clone)]
 pub struct Plaintext {
     pub(crate) data: Vec<u64>,
     pub(crate) level: usize,
     pub(crate) scale: f64,
+}
+
+impl Drop for Plaintext {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.data);
+    }
+}
+
+impl std::fmt::Debug for Plaintext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plaintext").field("level", &self.level).field("scale", &self.scale).finish_non_exhaustive()
+    }
 }
 
 impl Plaintext {

@@ -53,7 +53,7 @@ impl Setup {
         self.encryptor.encrypt(&pt).unwrap()
     }
     pub fn decrypt(&self, ct: &Ciphertext) -> Vec<Complex64> {
-        self.encoder.decode(&self.decryptor.decrypt(ct).unwrap())
+        self.encoder.decode(&self.decryptor.decrypt(ct).unwrap()).unwrap()
     }
 }
 

@@ -32,14 +32,14 @@ fn encrypt_decrypt_roundtrip() {
         report("encrypt/decrypt", &s.decrypt(&ct), &v, 22.0);
         // Secret-key (seeded) encryption.
         let pt = s.encoder.encode(&v, 2, s.params.default_scale()).unwrap();
-        let mut sym = Encryptor::with_secret_key(s.keygen.secret_key()).unwrap();
-        let seeded = sym.encrypt_symmetric(&pt).unwrap();
+        let mut sym = SymmetricEncryptor::new(s.keygen.secret_key()).unwrap();
+        let seeded = sym.encrypt(&pt).unwrap();
         report("symmetric encrypt/decrypt", &s.decrypt(&seeded.expand(&s.ctx)), &v, 22.0);
         // A batch: every plaintext decrypts back, each with its own seed.
         let vs: Vec<Vec<Complex64>> = (0..3).map(|k| values(s.encoder.slots(), 10 + k)).collect();
         let pts: Vec<Plaintext> =
             vs.iter().map(|v| s.encoder.encode(v, 2, s.params.default_scale()).unwrap()).collect();
-        let batch = sym.encrypt_symmetric_batch(&pts).unwrap();
+        let batch = sym.encrypt_batch(&pts).unwrap();
         assert_eq!(batch.len(), 3);
         assert!(batch[0] != batch[1] && batch[1] != batch[2]);
         for (ct, v) in batch.iter().zip(&vs) {
@@ -297,7 +297,7 @@ fn key_switching_with_two_special_primes_keeps_its_precision() {
     let a = values(slots, 11);
     // Secret-key encryption: its noise is small enough for the conversion error to show.
     let pt = s.encoder.encode(&a, s.ctx.max_level(), s.params.default_scale()).unwrap();
-    let ct = Encryptor::with_secret_key(s.keygen.secret_key()).unwrap().encrypt_symmetric(&pt).unwrap().expand(&s.ctx);
+    let ct = SymmetricEncryptor::new(s.keygen.secret_key()).unwrap().encrypt(&pt).unwrap().expand(&s.ctx);
     let gk = s.keygen.galois_keys(&s.keygen.top_level_requests(&[1], false)).unwrap();
     let want: Vec<_> = (0..slots).map(|j| a[(j + 1) % slots]).collect();
     report("rotate 1, N=2^14, α=2", &s.decrypt(&s.eval.rotate(&ct, 1, &gk).unwrap()), &want, 13.0);

@@ -279,7 +279,7 @@ fn evaluate_split(
             if !out.missing.is_empty() {
                 say(&pb, format!("image {i}: {} without holders {:?} (failed or late)", agg.name(), out.missing));
             }
-            let got = user.decrypt_scores(&out.message)?;
+            let got = user.decrypt_ensemble_scores(&out.message)?;
             encrypted_pred[k][i] = argmax_f64(&got);
             let twin: Vec<&[f64]> = out.contributors.iter().map(|&h| plain[h][i].as_slice()).collect();
             let want = agg.apply_plain(&twin, &out.contributors, &setup.calibration)?;

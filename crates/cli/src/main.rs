@@ -1,14 +1,14 @@
 //! `blindfold`: run neural networks on images the server cannot read.
 
 use anyhow::{bail, Context as _, Result};
-use blindfold_ckks::serialize::{deserialize, read_header, serialize};
-use blindfold_ckks::Parameters;
+use blindfold_ckks::serialize::{read_header, WireObject};
 use blindfold_ckks::{max_log_qp_128bit, presets, SecretKey};
+use blindfold_ckks::{Ciphertext, Parameters};
 use blindfold_data::{load, Dataset, LabeledImages, Split};
 use blindfold_nn::compile::{self, ChainOptions};
 use blindfold_nn::train::{train, TrainConfig};
 use blindfold_nn::{argmax, ArchSpec, LayerSpec, Model};
-use blindfold_protocol::{Client, CompiledModel, Message, ModelHolder, PlanInfo};
+use blindfold_protocol::{Client, CompiledModel, KeyId, Message, ModelHolder, PlanInfo};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -539,22 +539,20 @@ fn encrypted_inference(
             .map(|idx| {
                 let (compiled, keys_ref, info_ref, pb, test, plain_logits, pool) =
                     (compiled, &keys, &info, &pb, test, &plain_logits, &pool);
-                let sk_bytes = serialize(client.secret_key(), client.context()); // zeroized on drop
+                let sk_bytes = client.secret_key().to_bytes(); // zeroized on drop
                 scope.spawn(move || {
                     pool.install(|| -> Result<Vec<(usize, ImageResult)>> {
                         let mut holder = ModelHolder::new(compiled.clone());
                         holder.handle(keys_ref)?;
-                        let sk: SecretKey = deserialize(&sk_bytes?, compiled.context())?;
+                        let sk = SecretKey::from_bytes(&sk_bytes?, compiled.context())?;
                         let mut client = Client::with_secret_key(info_ref, &sk)?;
+                        client.set_key_id(KeyId::of(keys_ref).context("evaluation keys")?);
                         let mut out = Vec::with_capacity(idx.len());
                         for &i in idx {
                             let t0 = Instant::now();
                             let request = client.encrypt_pixels(test.images.image(i))?.to_bytes();
                             let t1 = Instant::now();
-                            let reply = holder
-                                .handle(&Message::from_bytes(&request)?)?
-                                .context("the model holder sent no reply")?
-                                .to_bytes();
+                            let reply = holder.handle_bytes(&request)?.context("the model holder sent no reply")?;
                             let t2 = Instant::now();
                             let scores = client.decrypt_scores(&Message::from_bytes(&reply)?)?;
                             let t3 = Instant::now();
@@ -749,8 +747,30 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
-fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+/// Writes secret bytes to a new file that only its owner can read (mode 0600 from creation
+/// on Unix: any old file is removed first, so no other mode is ever in force).
+fn write_secret_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("replacing {}", path.display()))
+        }
+        _ => {}
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(bytes).and_then(|()| file.sync_all()).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Largest plan.json, key id or secret key file read (1 MiB; the real ones are a few KB).
+const MAX_SMALL_FILE: u64 = 1 << 20;
+
+/// Reads `path` if it holds at most `limit` bytes (checked before reading).
+fn read_file(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    blindfold_nn::read_bounded(path, limit).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))
 }
 
 fn keygen_cmd(model: &str, out_dir: &Path) -> Result<()> {
@@ -758,19 +778,15 @@ fn keygen_cmd(model: &str, out_dir: &Path) -> Result<()> {
     let info = PlanInfo::for_architecture(&arch, &ChainOptions::default())?;
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let (client, keys) = Client::new(&info)?;
-    let sk = serialize(client.secret_key(), client.context())?;
     let sk_path = out_dir.join("secret.key");
-    write_file(&sk_path, &sk)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&sk_path, std::fs::Permissions::from_mode(0o600))?;
-    }
+    write_secret_file(&sk_path, &client.secret_key().to_bytes()?)?;
     let keys_bytes = keys.to_bytes();
     write_file(&out_dir.join("eval.keys"), &keys_bytes)?;
+    let key_id = client.key_id().context("the client made evaluation keys")?;
+    write_file(&out_dir.join("key.id"), format!("{}\n", key_id.to_hex()).as_bytes())?;
     write_file(&out_dir.join("plan.json"), serde_json::to_string_pretty(&info)?.as_bytes())?;
     println!(
-        "wrote {} (secret: keep it), eval.keys ({:.1} MB) and plan.json to {}",
+        "wrote {} (secret: keep it), eval.keys ({:.1} MB), key.id and plan.json to {}",
         sk_path.display(),
         keys_bytes.len() as f64 / 1e6,
         out_dir.display()
@@ -779,13 +795,19 @@ fn keygen_cmd(model: &str, out_dir: &Path) -> Result<()> {
 }
 
 fn load_client(keys: &Path) -> Result<Client> {
-    let info: PlanInfo = serde_json::from_slice(&read_file(&keys.join("plan.json"))?)
-        .with_context(|| format!("{} is not a plan file", keys.join("plan.json").display()))?;
-    let ctx = blindfold_ckks::Context::new(&info.parameters()?)?;
+    let plan_path = keys.join("plan.json");
+    let info: PlanInfo = serde_json::from_slice(&read_file(&plan_path, MAX_SMALL_FILE)?)
+        .with_context(|| format!("{} is not a plan file", plan_path.display()))?;
+    let ctx = blindfold_ckks::Context::new(&info.parameters().with_context(|| format!("{}", plan_path.display()))?)?;
     let sk_path = keys.join("secret.key");
-    let sk: SecretKey =
-        deserialize(&read_file(&sk_path)?, &ctx).with_context(|| format!("loading {}", sk_path.display()))?;
-    Ok(Client::with_secret_key(&info, &sk)?)
+    let sk_bytes = zeroize::Zeroizing::new(read_file(&sk_path, MAX_SMALL_FILE)?);
+    let sk = SecretKey::from_bytes(&sk_bytes, &ctx).with_context(|| format!("loading {}", sk_path.display()))?;
+    let mut client =
+        Client::with_secret_key(&info, &sk).with_context(|| format!("{} does not fit its key", plan_path.display()))?;
+    let id_path = keys.join("key.id");
+    let id = String::from_utf8_lossy(&read_file(&id_path, MAX_SMALL_FILE)?).into_owned();
+    client.set_key_id(KeyId::from_hex(&id).with_context(|| format!("reading {}", id_path.display()))?);
+    Ok(client)
 }
 
 fn encrypt_cmd(keys: &Path, data: &DataArgs, index: usize, out: &Path) -> Result<()> {
@@ -808,10 +830,13 @@ fn encrypt_cmd(keys: &Path, data: &DataArgs, index: usize, out: &Path) -> Result
 fn evaluate_cmd(model: &Path, eval_keys: &Path, input: &Path, out: &Path) -> Result<()> {
     let (model, _) = Model::load(model)?;
     let mut holder = ModelHolder::new(CompiledModel::new(&model, &ChainOptions::default())?);
-    let keys =
-        Message::from_bytes(&read_file(eval_keys)?).with_context(|| format!("reading {}", eval_keys.display()))?;
+    // Each file is bounded by what the plan allows before it is read.
+    let keys = Message::from_bytes_limited(&read_file(eval_keys, holder.max_keys_len() as u64)?, holder.max_keys_len())
+        .with_context(|| format!("reading {}", eval_keys.display()))?;
     holder.handle(&keys).with_context(|| format!("loading evaluation keys {}", eval_keys.display()))?;
-    let request = Message::from_bytes(&read_file(input)?).with_context(|| format!("reading {}", input.display()))?;
+    let request =
+        Message::from_bytes_limited(&read_file(input, holder.max_image_len() as u64)?, holder.max_image_len())
+            .with_context(|| format!("reading {}", input.display()))?;
     let t = Instant::now();
     let reply = holder
         .handle(&request)
@@ -826,11 +851,12 @@ fn evaluate_cmd(model: &Path, eval_keys: &Path, input: &Path, out: &Path) -> Res
 
 fn decrypt_cmd(keys: &Path, input: &Path, json: bool) -> Result<()> {
     let client = load_client(keys)?;
-    let bytes = read_file(input)?;
+    let limit = Ciphertext::max_size(client.context()) + 64;
+    let bytes = read_file(input, limit as u64)?;
     if read_header(&bytes).is_ok() {
         bail!("{} is a bare CKKS object, expected the scores file written by `blindfold evaluate`", input.display());
     }
-    let msg = Message::from_bytes(&bytes).with_context(|| format!("reading {}", input.display()))?;
+    let msg = Message::from_bytes_limited(&bytes, limit).with_context(|| format!("reading {}", input.display()))?;
     let scores = client.decrypt_scores(&msg).with_context(|| format!("decrypting {}", input.display()))?;
     let s32: Vec<f32> = scores.iter().map(|&v| v as f32).collect();
     let class = argmax(&s32);

@@ -18,7 +18,6 @@ use crate::ipfe::scalar_from_i64;
 use crate::{DlogTable, FeError, Result};
 use curve25519_dalek::ristretto::{CompressedRistretto, RistrettoPoint};
 use curve25519_dalek::scalar::Scalar;
-use rand_chacha::ChaCha20Rng;
 use zeroize::Zeroize;
 
 /// The operation a function key computes.
@@ -89,7 +88,7 @@ pub fn setup() -> Result<(MasterSecretKey, MasterPublicKey)> {
 }
 
 /// [`setup`] with a given generator (reproducible tests).
-pub fn setup_with_rng(rng: &mut ChaCha20Rng) -> (MasterSecretKey, MasterPublicKey) {
+pub fn setup_with_rng(rng: &mut impl rand_core::CryptoRng) -> (MasterSecretKey, MasterPublicKey) {
     let s = Scalar::random(rng);
     let h = RistrettoPoint::mul_base(&s);
     (MasterSecretKey { s }, MasterPublicKey { h })
@@ -106,7 +105,7 @@ impl MasterPublicKey {
     }
 
     /// [`MasterPublicKey::encrypt`] with a given generator.
-    pub fn encrypt_with_rng(&self, x: i64, rng: &mut ChaCha20Rng) -> Ciphertext {
+    pub fn encrypt_with_rng(&self, x: i64, rng: &mut impl rand_core::CryptoRng) -> Ciphertext {
         let mut r = Scalar::random(rng);
         let out = Ciphertext {
             cmt: RistrettoPoint::mul_base(&r),

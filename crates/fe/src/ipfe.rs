@@ -15,7 +15,6 @@ use crate::{DlogTable, FeError, Result};
 use curve25519_dalek::ristretto::{RistrettoBasepointTable, RistrettoPoint};
 use curve25519_dalek::scalar::Scalar;
 use curve25519_dalek::traits::Identity;
-use rand_chacha::ChaCha20Rng;
 use rayon::prelude::*;
 use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 use zeroize::Zeroize;
@@ -100,7 +99,7 @@ pub fn setup(n: usize) -> Result<(MasterSecretKey, MasterPublicKey)> {
 ///
 /// # Errors
 /// [`FeError::InvalidArgument`] for `n = 0`.
-pub fn setup_with_rng(n: usize, rng: &mut ChaCha20Rng) -> Result<(MasterSecretKey, MasterPublicKey)> {
+pub fn setup_with_rng(n: usize, rng: &mut impl rand_core::CryptoRng) -> Result<(MasterSecretKey, MasterPublicKey)> {
     if n == 0 {
         return Err(FeError::InvalidArgument("vectors of length 0".into()));
     }
@@ -143,7 +142,7 @@ impl MasterPublicKey {
     ///
     /// # Errors
     /// [`FeError::Length`].
-    pub fn encrypt_with_rng(&self, x: &[i64], rng: &mut ChaCha20Rng) -> Result<Ciphertext> {
+    pub fn encrypt_with_rng(&self, x: &[i64], rng: &mut impl rand_core::CryptoRng) -> Result<Ciphertext> {
         check_len(self.h.len(), x.len())?;
         Ok(encrypt_with(x, rng, |i, r| self.h[i] * r))
     }
@@ -158,7 +157,7 @@ impl MasterPublicKey {
 /// `ct_0 = r·G`, its powers, and `ct_i = r·h_i + x_i·G` with `r·h_i` from `r_times_h(i, r)`.
 fn encrypt_with(
     x: &[i64],
-    rng: &mut ChaCha20Rng,
+    rng: &mut impl rand_core::CryptoRng,
     r_times_h: impl Fn(usize, &Scalar) -> RistrettoPoint + Sync,
 ) -> Ciphertext {
     let mut r = Scalar::random(rng);
@@ -291,7 +290,7 @@ impl Encryptor {
     ///
     /// # Errors
     /// [`FeError::Length`].
-    pub fn encrypt_with_rng(&self, x: &[i64], rng: &mut ChaCha20Rng) -> Result<Ciphertext> {
+    pub fn encrypt_with_rng(&self, x: &[i64], rng: &mut impl rand_core::CryptoRng) -> Result<Ciphertext> {
         match &self.tables {
             Tables::Dalek(tables) => {
                 check_len(tables.len(), x.len())?;
@@ -318,7 +317,11 @@ impl Encryptor {
     ///
     /// # Errors
     /// As [`Encryptor::encrypt_batch`].
-    pub fn encrypt_batch_with_rng(&self, xs: &[Vec<i64>], rng: &mut ChaCha20Rng) -> Result<CiphertextBatch> {
+    pub fn encrypt_batch_with_rng(
+        &self,
+        xs: &[Vec<i64>],
+        rng: &mut impl rand_core::CryptoRng,
+    ) -> Result<CiphertextBatch> {
         let n = self.mpk.len();
         xs.iter().try_for_each(|x| check_len(n, x.len()))?;
         match &self.tables {
@@ -932,7 +935,9 @@ impl SmallMethod {
     fn for_scalars(ys: &[i64]) -> Self {
         let max = ys.iter().map(|y| y.unsigned_abs()).max().unwrap_or(0);
         let (bits, n) = (u64::from(64 - max.leading_zeros()), ys.len() as u64);
-        if n + 2 * max <= n * (bits / 3 + 1) + bits {
+        // Saturating: a scalar near i64::MAX must choose NAF, never wrap into a bucket table
+        // of 2^64 entries.
+        if n.saturating_add(max.saturating_mul(2)) <= n.saturating_mul(bits / 3 + 1).saturating_add(bits) {
             SmallMethod::Buckets { max: max as usize }
         } else {
             SmallMethod::Naf { len: bits as usize + 1 }
@@ -1217,6 +1222,7 @@ fn product_group(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand_chacha::ChaCha20Rng;
     use rand_core::SeedableRng;
 
     fn small(rng: &mut ChaCha20Rng, n: usize, max: i64) -> Vec<i64> {
@@ -1246,6 +1252,20 @@ mod tests {
         let ct = mpk.encrypt_with_rng(&[(1 << 16) + 1, 1 << 16, 0], &mut rng).unwrap();
         let key = msk.derive(&[1, 1, 1]).unwrap();
         assert_eq!(matrix_product(&[ct], &[key], &table), Err(FeError::OutOfBound { bound: 1 << 17 }));
+    }
+
+    /// Key entries at the ends of `i64` decrypt (NAF), where the bucket method's cost
+    /// estimate used to wrap and ask for a table of 2^64 buckets.
+    #[test]
+    fn extreme_key_entries_decrypt_without_panicking() {
+        let mut rng = ChaCha20Rng::seed_from_u64(15);
+        let table = DlogTable::new(1 << 17, 1 << 12).unwrap();
+        let (msk, mpk) = setup_with_rng(3, &mut rng).unwrap();
+        let ct = mpk.encrypt_with_rng(&[0, 0, 1], &mut rng).unwrap();
+        for y in [[i64::MAX, i64::MIN, 5], [i64::MIN, 0, -7], [i64::MAX, i64::MAX, 0]] {
+            let key = msk.derive(&y).unwrap();
+            assert_eq!(ct.decrypt(&key, &table), Ok(y[2]), "{y:?}");
+        }
     }
 
     /// Batch encryption (eight vectors per lane group with IFMA) decrypts to the plaintext

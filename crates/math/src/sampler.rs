@@ -18,20 +18,55 @@ pub const ERROR_STD_DEV: f64 = 3.2;
 /// coefficient... and the truncated distribution is what the table describes).
 pub const ERROR_BOUND: i64 = 19;
 
+/// A ChaCha20 generator whose state is overwritten when it is dropped.
+///
+/// Its state regenerates everything it has drawn and will draw (secret keys, noise), so it
+/// is secret material: it has no `Debug` and no `Clone`, and dropping it replaces the key,
+/// counter and output buffer with those of the all-zero seed (`rand_chacha` offers no
+/// zeroization of its own).
+pub struct SecretRng(ChaCha20Rng);
+
+impl rand_core::TryRng for SecretRng {
+    type Error = core::convert::Infallible;
+    #[inline]
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        Ok(self.0.next_u32())
+    }
+    #[inline]
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        Ok(self.0.next_u64())
+    }
+    #[inline]
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        self.0.fill_bytes(dst);
+        Ok(())
+    }
+}
+
+impl rand_core::TryCryptoRng for SecretRng {}
+
+impl Drop for SecretRng {
+    fn drop(&mut self) {
+        self.0 = ChaCha20Rng::from_seed([0; 32]);
+        // Keeps the overwrite from being optimized away as a dead store.
+        std::hint::black_box(&mut self.0);
+    }
+}
+
 /// A ChaCha20 generator seeded with 32 bytes from the operating system.
 ///
 /// # Errors
 /// If the operating system's random source fails.
-pub fn os_rng() -> Result<ChaCha20Rng, getrandom::Error> {
+pub fn os_rng() -> Result<SecretRng, getrandom::Error> {
     let mut seed = Zeroizing::new([0u8; 32]);
     getrandom::fill(seed.as_mut())?;
-    Ok(ChaCha20Rng::from_seed(*seed))
+    Ok(SecretRng(ChaCha20Rng::from_seed(*seed)))
 }
 
 /// A ChaCha20 generator from a 32-byte seed (for expanding seeded polynomials and for
 /// reproducible tests).
-pub fn seeded_rng(seed: [u8; 32]) -> ChaCha20Rng {
-    ChaCha20Rng::from_seed(seed)
+pub fn seeded_rng(seed: [u8; 32]) -> SecretRng {
+    SecretRng(ChaCha20Rng::from_seed(seed))
 }
 
 /// `n` coefficients uniform in `{-1, 0, 1}`.

@@ -142,6 +142,17 @@ impl LayerSpec {
         Some(self.polynomial()?.iter().rposition(|&v| v != 0.0).unwrap_or(0))
     }
 
+    /// Number of weights and biases for an input of shape `s` and an output of shape `out`
+    /// (saturating: callers have checked [`LayerSpec::weights`]).
+    fn parameters(&self, s: Shape, out: Shape) -> usize {
+        match self {
+            LayerSpec::Conv2d { .. } | LayerSpec::Dense { .. } => {
+                self.weights(s).unwrap_or(usize::MAX).saturating_add(out.c)
+            }
+            _ => 0,
+        }
+    }
+
     /// Number of trainable weights (without biases) for an input of shape `s`, if the layer
     /// has parameters.
     fn weights(&self, s: Shape) -> Option<usize> {
@@ -160,6 +171,9 @@ pub const MAX_LAYERS: usize = 256;
 /// Most weights one layer may have (2^26, 256 MB of `f32`): a bound checked before any
 /// weight is allocated, so a model file cannot make a reader allocate without bound.
 pub const MAX_WEIGHTS: usize = 1 << 26;
+/// Most parameters (weights and biases) a whole architecture may have (2^26, 256 MB of
+/// `f32`).
+pub const MAX_PARAMETERS: usize = 1 << 26;
 
 /// Input normalization applied by the client before encoding: `x = (pixel/255 - mean) / std`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -211,6 +225,7 @@ impl ArchSpec {
             return Err(Error::Architecture(format!("input shape {} is empty or too large", self.input)));
         }
         let mut shapes = vec![self.input];
+        let mut parameters = 0usize;
         for (i, l) in self.layers.iter().enumerate() {
             let input = *shapes.last().expect("non-empty");
             let err = |e: String| Error::Architecture(format!("layer {i} ({l:?}): {e}"));
@@ -220,6 +235,10 @@ impl ArchSpec {
             }
             if l.weights(input).is_none_or(|w| w > MAX_WEIGHTS) {
                 return Err(err(format!("more than {MAX_WEIGHTS} weights")));
+            }
+            parameters = parameters.saturating_add(l.parameters(input, s));
+            if parameters > MAX_PARAMETERS {
+                return Err(err(format!("the architecture passes {MAX_PARAMETERS} parameters here")));
             }
             if matches!(l, LayerSpec::Poly { coeffs } if coeffs.len() > 16) {
                 return Err(err("a polynomial activation of more than 16 coefficients".into()));

@@ -26,4 +26,4 @@ pub mod train;
 pub use arch::{ArchSpec, LayerSpec, Normalization, Shape};
 pub use error::{Error, Result};
 pub use layers::{ConvGeom, Params};
-pub use model::{argmax, ActivationRange, Model, ModelFile, FORMAT_VERSION};
+pub use model::{argmax, read_bounded, ActivationRange, Model, ModelFile, FORMAT_VERSION, MAX_MODEL_FILE};

@@ -281,11 +281,16 @@ impl Model {
     /// Reads a model file written by [`Model::save`], checking the format version, the
     /// architecture and every tensor's name, type, shape and finiteness.
     ///
+    /// Untrusted files are safe to read: the file's size is checked against
+    /// [`MAX_MODEL_FILE`] before it is read, the architecture is validated with checked
+    /// arithmetic and caps ([`ArchSpec::shapes`]), and every tensor's shape is compared with
+    /// the architecture before any weight is allocated.
+    ///
     /// # Errors
     /// [`Error::ModelFile`] naming the file and what was wrong.
     pub fn load(path: &Path) -> Result<(Self, ModelFile)> {
         let err = |reason: String| Error::ModelFile { path: path.display().to_string(), reason };
-        let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        let bytes = read_bounded(path, MAX_MODEL_FILE).map_err(err)?;
         let (_, metadata) =
             safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| err(format!("not a safetensors file: {e}")))?;
         let meta = metadata.metadata().clone().ok_or_else(|| err("no metadata (not a blindfold model)".into()))?;
@@ -303,26 +308,40 @@ impl Model {
             .map_err(|e| err(format!("provenance does not parse: {e}")))?
             .unwrap_or_default();
         let tensors = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| err(e.to_string()))?;
-        let mut model = Model::init(arch.clone(), &mut rand_chacha::ChaCha20Rng::from_seed([0; 32]))
-            .map_err(|e| err(e.to_string()))?;
+        // Shapes first: nothing is allocated for an architecture the tensors do not match.
+        let shapes = arch.shapes().map_err(|e| err(e.to_string()))?;
         let mut expected = 0;
-        for (i, l) in model.layers.iter_mut().enumerate() {
-            let Some(p) = l.params.as_mut() else { continue };
+        for (i, l) in arch.layers.iter().enumerate() {
+            let (weights, biases) = match l {
+                LayerSpec::Conv2d { out_channels, kernel, .. } => {
+                    (vec![*out_channels, shapes[i].c * kernel * kernel], vec![*out_channels])
+                }
+                LayerSpec::Dense { outputs } => (vec![*outputs, shapes[i].len()], vec![*outputs]),
+                _ => continue,
+            };
             expected += 2;
-            for (name, dst) in [("weight", p.weight.as_slice_mut()), ("bias", p.bias.as_slice_mut())] {
-                let dst = dst.expect("contiguous");
+            for (name, want) in [("weight", weights), ("bias", biases)] {
                 let key = format!("layers.{i}.{name}");
                 let t = tensors.tensor(&key).map_err(|_| err(format!("missing tensor {key}")))?;
                 if t.dtype() != Dtype::F32 {
                     return Err(err(format!("{key} has type {:?}, expected F32", t.dtype())));
                 }
-                if t.shape().iter().product::<usize>() != dst.len() {
-                    return Err(err(format!(
-                        "{key} has shape {:?}, the architecture needs {} values",
-                        t.shape(),
-                        dst.len()
-                    )));
+                if t.shape() != want.as_slice() {
+                    return Err(err(format!("{key} has shape {:?}, the architecture needs {want:?}", t.shape())));
                 }
+            }
+        }
+        if tensors.len() != expected {
+            return Err(err(format!("{} tensors, the architecture has {expected}", tensors.len())));
+        }
+        let mut model = Model::init(arch.clone(), &mut rand_chacha::ChaCha20Rng::from_seed([0; 32]))
+            .map_err(|e| err(e.to_string()))?;
+        for (i, l) in model.layers.iter_mut().enumerate() {
+            let Some(p) = l.params.as_mut() else { continue };
+            for (name, dst) in [("weight", p.weight.as_slice_mut()), ("bias", p.bias.as_slice_mut())] {
+                let dst = dst.expect("contiguous");
+                let key = format!("layers.{i}.{name}");
+                let t = tensors.tensor(&key).map_err(|_| err(format!("missing tensor {key}")))?;
                 for (d, c) in dst.iter_mut().zip(t.data().chunks_exact(4)) {
                     *d = f32::from_le_bytes(c.try_into().expect("4 bytes"));
                     if !d.is_finite() {
@@ -330,9 +349,6 @@ impl Model {
                     }
                 }
             }
-        }
-        if tensors.len() != expected {
-            return Err(err(format!("{} tensors, the architecture has {expected}", tensors.len())));
         }
         let file = ModelFile { format_version: version.clone(), arch, provenance };
         Ok((model, file))
@@ -375,6 +391,30 @@ impl std::fmt::Display for ActivationRange {
 fn widened(lo: f64, hi: f64) -> (f64, f64) {
     let w = (hi - lo).max(1e-3);
     ((lo - 0.1 * w).min(-1e-3), (hi + 0.1 * w).max(1e-3))
+}
+
+/// Largest model file [`Model::load`] reads: [`crate::arch::MAX_PARAMETERS`] `f32` values and
+/// 1 MiB of header.
+pub const MAX_MODEL_FILE: u64 = 4 * crate::arch::MAX_PARAMETERS as u64 + (1 << 20);
+
+/// Reads the file at `path` if it holds at most `limit` bytes, checking the size before
+/// reading (and reading at most `limit + 1` bytes, should the file grow meanwhile).
+///
+/// # Errors
+/// A message saying what was wrong: the file cannot be read, or it is larger than `limit`.
+pub fn read_bounded(path: &Path, limit: u64) -> std::result::Result<Vec<u8>, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    if len > limit {
+        return Err(format!("{len} bytes, more than the {limit} bytes such a file may have"));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(limit + 1).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > limit {
+        return Err(format!("more than the {limit} bytes such a file may have"));
+    }
+    Ok(bytes)
 }
 
 /// Index of the largest value (first on ties).

@@ -158,3 +158,69 @@ fn fixed_batches_hold_every_example_once() {
     assert_eq!(all, (0..150).collect::<Vec<_>>());
     assert_eq!(batches, crate::cryptonn::FixedBatches::new(150, 64, 3), "reproducible");
 }
+
+/// The crafted architectures of the trust-boundary audit: each is refused with a message,
+/// before anything sized by it is allocated, by the model reader and by the compiler (which
+/// a client runs on a model holder's published architecture).
+#[test]
+fn crafted_architectures_are_refused_before_any_allocation() {
+    let input = Shape { c: 1, h: 28, w: 28 };
+    let arch = |input: Shape, layers: Vec<LayerSpec>| ArchSpec {
+        name: "crafted".into(),
+        input,
+        layers,
+        normalization: Normalization { mean: 0.0, std: 1.0 },
+    };
+    let dense = |outputs| vec![LayerSpec::Flatten, LayerSpec::Dense { outputs }];
+    let conv = |out_channels, kernel, stride| LayerSpec::Conv2d { out_channels, kernel, stride, padding: 0 };
+    let crafted = [
+        ("10^12 outputs", arch(input, dense(1_000_000_000_000))),
+        ("2^62 outputs", arch(input, dense(1 << 62))),
+        ("wrapping stride", arch(Shape { c: 1, h: 28, w: (1 << 60) + 49 }, vec![conv(4, 7, 1 << 59)])),
+        ("10^9 channels", arch(input, vec![conv(1_000_000_000, 5, 1)])),
+        ("10^5 x 10^5 input", arch(Shape { c: 1, h: 100_000, w: 100_000 }, dense(10))),
+        ("usize::MAX kernel", arch(input, vec![conv(4, usize::MAX, 1)])),
+        ("10^4 layers", arch(input, vec![LayerSpec::Square; 10_000])),
+    ];
+    let dir = std::env::temp_dir().join(format!("blindfold-nn-crafted-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, spec) in crafted {
+        assert!(spec.shapes().is_err(), "{name}: shapes");
+        let err = crate::compile::parameters(&spec, &Default::default()).unwrap_err().to_string();
+        assert!(err.contains("invalid architecture"), "{name}: {err}");
+        // A model file declaring it, with one small tensor.
+        let path = dir.join("crafted.safetensors");
+        let data = vec![0u8; 16];
+        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 2], &data).unwrap();
+        let mut meta = std::collections::HashMap::new();
+        meta.insert("format_version".to_string(), crate::FORMAT_VERSION.to_string());
+        meta.insert("arch".to_string(), serde_json::to_string(&spec).unwrap());
+        let bytes = safetensors::serialize([("layers.1.weight".to_string(), view)], Some(meta)).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        let err = Model::load(&path).unwrap_err().to_string();
+        assert!(err.contains("crafted.safetensors") && err.contains("invalid architecture"), "{name}: {err}");
+    }
+    // A tensor of another shape than the architecture's is refused by its shape.
+    let model = Model::init(ArchSpec::builtin("tenseal-cnn1").unwrap(), &mut ChaCha20Rng::seed_from_u64(1)).unwrap();
+    let path = dir.join("m.safetensors");
+    model.save(&path, &Default::default()).unwrap();
+    let (_, file) = Model::load(&path).unwrap();
+    let mut bigger = file.arch.clone();
+    bigger.layers[3] = LayerSpec::Dense { outputs: 1 << 12 };
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("format_version".to_string(), crate::FORMAT_VERSION.to_string());
+    meta.insert("arch".to_string(), serde_json::to_string(&bigger).unwrap());
+    let bytes = std::fs::read(&path).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let out = safetensors::serialize(tensors.tensors(), Some(meta)).unwrap();
+    std::fs::write(&path, out).unwrap();
+    let err = Model::load(&path).unwrap_err().to_string();
+    assert!(err.contains("layers.3.weight has shape [64, 256], the architecture needs [4096, 256]"), "{err}");
+    // A file larger than any model is refused by its size before it is read (sparse: no
+    // disk is used).
+    let f = std::fs::File::create(&path).unwrap();
+    f.set_len(1 << 30).unwrap();
+    let err = Model::load(&path).unwrap_err().to_string();
+    assert!(err.contains("more than the"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -12,7 +12,7 @@
 use blindfold_ckks::serialize::serialize;
 use blindfold_ckks::{presets, Context, Encoder, Encryptor, KeyGenerator, Preset};
 use blindfold_nn::{ArchSpec, Model};
-use blindfold_protocol::{Aggregation, Calibration, CompiledModel, Coordinator, Message, PlanInfo};
+use blindfold_protocol::{Aggregation, Calibration, CompiledModel, Coordinator, KeyId, Message, PlanInfo};
 use criterion::{criterion_group, Criterion};
 use std::hint::black_box;
 use std::sync::Arc;
@@ -37,7 +37,10 @@ fn bench(c: &mut Criterion) {
             .map(|h| {
                 let scores: Vec<f64> = (0..10).map(|i| (i * h) as f64 * 0.1 - 2.0).collect();
                 let pt = encoder.encode_real(&scores, 0, 2f64.powi(25)).unwrap();
-                Message::EncryptedScores { ciphertext: serialize(&enc.encrypt(&pt).unwrap(), &ctx).unwrap().to_vec() }
+                Message::EncryptedScores {
+                    key_id: KeyId([7; 32]),
+                    ciphertext: serialize(&enc.encrypt(&pt).unwrap(), &ctx).unwrap().to_vec(),
+                }
             })
             .collect();
         let mut coordinator = Coordinator::new(&info, holders).unwrap();
@@ -77,7 +80,10 @@ fn polynomial_aggregations(c: &mut Criterion) {
     let replies: Vec<Message> = (0..holders)
         .map(|h| {
             let pt = encoder.encode_real(&scores(h, 0), level, 2f64.powi(35)).unwrap();
-            Message::EncryptedScores { ciphertext: serialize(&enc.encrypt(&pt).unwrap(), &ctx).unwrap().to_vec() }
+            Message::EncryptedScores {
+                key_id: KeyId([7; 32]),
+                ciphertext: serialize(&enc.encrypt(&pt).unwrap(), &ctx).unwrap().to_vec(),
+            }
         })
         .collect();
     let mut g = c.benchmark_group("coordinator_N16384");

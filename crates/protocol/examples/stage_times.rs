@@ -3,7 +3,7 @@
 //!
 //! `cargo run --release -p blindfold-protocol --example stage_times -- MODEL.safetensors [REPS]`
 
-use blindfold_ckks::{Ciphertext, Encoder, Encryptor, Evaluator, KeyGenerator};
+use blindfold_ckks::{Ciphertext, Encoder, Evaluator, KeyGenerator, SymmetricEncryptor};
 use blindfold_nn::compile::ChainOptions;
 use blindfold_nn::Model;
 use blindfold_protocol::CompiledModel;
@@ -23,14 +23,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let requests = c.key_requests(&ctx);
     let gk = keygen.galois_keys(&requests)?;
     let (eval, encoder) = (Evaluator::new(&ctx), Encoder::new(&ctx));
-    let mut encryptor = Encryptor::with_secret_key(keygen.secret_key())?;
+    let mut encryptor = SymmetricEncryptor::new(keygen.secret_key())?;
     let inputs: Vec<Ciphertext> = c
         .packing()
         .pack(&vec![0.3; c.packing().input_len()])?
         .iter()
         .map(|v| {
             let pt = encoder.encode_real(v, ctx.max_level(), compiled.info().input_scale)?;
-            Ok(encryptor.encrypt_symmetric(&pt)?.expand(&ctx))
+            Ok(encryptor.encrypt(&pt)?.expand(&ctx))
         })
         .collect::<Result<_, blindfold_ckks::Error>>()?;
     let be = CkksBackend::new(&eval, &rlk, &gk, &requests);

@@ -12,7 +12,7 @@
 //! sums of the last layer). The polynomial aggregations mask them, move holder `h` to the
 //! window of slots `WINDOW·h ..`, and work on all holders in one ciphertext.
 
-use crate::inference::{Message, PlanInfo, ProtocolError};
+use crate::inference::{KeyId, Message, PlanInfo, ProtocolError};
 use blindfold_ckks::serialize::{deserialize, serialize};
 use blindfold_ckks::{Ciphertext, Context, Evaluator, GaloisKeys, RelinearizationKey};
 use blindfold_tensor::aggregation::{VOTE_REGIONS, WINDOW};
@@ -262,6 +262,9 @@ pub struct Coordinator {
     score_level: usize,
     keys: Option<(RelinearizationKey, GaloisKeys)>,
     scores: Vec<Option<Ciphertext>>,
+    /// The end user's evaluation keys named by the first scores of the current image: every
+    /// holder's scores must name the same.
+    key_id: Option<KeyId>,
 }
 
 impl Coordinator {
@@ -289,7 +292,16 @@ impl Coordinator {
         let ctx = Context::new(&info.parameters()?)?;
         let classes = info.arch.classes()?;
         let score_level = ctx.max_level().saturating_sub(info.depth);
-        Ok(Self { eval: Evaluator::new(&ctx), ctx, cal, classes, score_level, keys: None, scores: vec![None; holders] })
+        Ok(Self {
+            eval: Evaluator::new(&ctx),
+            ctx,
+            cal,
+            classes,
+            score_level,
+            keys: None,
+            scores: vec![None; holders],
+            key_id: None,
+        })
     }
 
     /// The public constants in use.
@@ -359,7 +371,8 @@ impl Coordinator {
     ///
     /// # Errors
     /// [`ProtocolError::Unexpected`] for an unknown holder, a second reply from one holder,
-    /// or any message other than [`Message::EncryptedScores`]; CKKS errors for scores made
+    /// scores computed with other evaluation keys than the other holders' of this image, or
+    /// any message other than [`Message::EncryptedScores`]; CKKS errors for scores made
     /// under other parameters ([`blindfold_ckks::Error::ParameterMismatch`]) or malformed
     /// bytes. A refused message changes nothing.
     pub fn receive(&mut self, holder: usize, msg: &Message) -> Result<()> {
@@ -368,7 +381,7 @@ impl Coordinator {
             .scores
             .get_mut(holder)
             .ok_or_else(|| ProtocolError::Unexpected(format!("holder {holder} of an ensemble of {holders}")))?;
-        let Message::EncryptedScores { ciphertext } = msg else {
+        let Message::EncryptedScores { key_id, ciphertext } = msg else {
             return Err(ProtocolError::Unexpected(format!(
                 "the coordinator accepts only EncryptedScores, got {}",
                 msg.kind()
@@ -377,7 +390,14 @@ impl Coordinator {
         if slot.is_some() {
             return Err(ProtocolError::Unexpected(format!("holder {holder} already sent its scores")));
         }
+        if self.key_id.is_some_and(|k| k != *key_id) {
+            return Err(ProtocolError::Unexpected(format!(
+                "holder {holder} computed with evaluation keys {key_id}, the others with {}",
+                self.key_id.expect("checked")
+            )));
+        }
         *slot = Some(deserialize(ciphertext, &self.ctx)?);
+        self.key_id = Some(*key_id);
         Ok(())
     }
 
@@ -391,6 +411,7 @@ impl Coordinator {
     pub fn aggregate(&mut self, aggregation: Aggregation) -> Result<Aggregated> {
         let holders = self.scores.len();
         let received = std::mem::replace(&mut self.scores, vec![None; holders]);
+        let key_id = self.key_id.take();
         let (mut contributors, mut missing) = (Vec::new(), Vec::new());
         let mut cts = Vec::new();
         for (h, s) in received.into_iter().enumerate() {
@@ -402,9 +423,9 @@ impl Coordinator {
                 None => missing.push(h),
             }
         }
-        if cts.is_empty() {
+        let Some(key_id) = key_id.filter(|_| !cts.is_empty()) else {
             return Err(ProtocolError::Unexpected("no model holder sent scores".into()));
-        }
+        };
         let level = cts[0].level();
         let declared = key_requests(&self.keys_of(aggregation, level)?, &self.ctx);
         let (rlk, gk) = match &self.keys {
@@ -414,7 +435,7 @@ impl Coordinator {
         let be = CkksBackend::with_keys(&self.eval, rlk, gk, &declared);
         let scores: Vec<(usize, Ciphertext)> = contributors.iter().copied().zip(cts).collect();
         let out = self.aggregator(aggregation)?.evaluate(&be, &scores).map_err(|e| self.refused(aggregation, e))?;
-        let message = Message::EncryptedScores { ciphertext: serialize(&out, &self.ctx)?.to_vec() };
+        let message = Message::EncryptedScores { key_id, ciphertext: serialize(&out, &self.ctx)?.to_vec() };
         Ok(Aggregated { message, contributors, missing })
     }
 

@@ -1,9 +1,9 @@
 //! Single-image encrypted inference: client and model holder.
 
-use blindfold_ckks::serialize::{deserialize, serialize};
+use blindfold_ckks::serialize::{deserialize, deserialize_with_limit, galois_keys_max_size, serialize, WireObject};
 use blindfold_ckks::{
-    Ciphertext, Context, Decryptor, Encoder, Encryptor, Evaluator, GaloisKeys, KeyGenerator, Parameters,
-    ParametersLiteral, RelinearizationKey, SeededCiphertext,
+    Ciphertext, Context, Decryptor, Encoder, Evaluator, GaloisKeys, KeyGenerator, Parameters, ParametersLiteral,
+    RelinearizationKey, SeededCiphertext, SymmetricEncryptor,
 };
 use blindfold_nn::compile::{self, ChainOptions, Compiled};
 use blindfold_nn::{ArchSpec, Model};
@@ -11,6 +11,7 @@ use blindfold_tensor::requirements::key_requests;
 use blindfold_tensor::{Circuit, Layout, Packing, RotationKey};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 /// Errors of the inference protocol.
@@ -29,7 +30,21 @@ pub enum ProtocolError {
     /// A model without an encrypted form, or a circuit error.
     #[error(transparent)]
     Model(#[from] blindfold_nn::Error),
+    /// Scores that do not decrypt to logits: made for another key, or corrupted.
+    #[error("the scores cannot be decrypted with this key or are corrupted: {0}")]
+    Undecryptable(String),
 }
+
+/// Largest magnitude a decrypted score may have (`10^6`): logits of trained networks are far
+/// below it.
+pub const MAX_SCORE: f64 = 1e6;
+
+/// Largest difference between the copies of one score that the output layout repeats
+/// across the slots ([`blindfold_tensor::Layout::replica_spread`]) in a correct decryption:
+/// `0.5`. The copies differ by the CKKS error (about `10^-3` in blindfold's plans); a
+/// ciphertext decrypted with another key, or corrupted, is uniform modulo `q_0` in every
+/// slot, so its copies differ by up to `q_0 / Δ` (`2^6` and more).
+pub const MAX_REPLICA_SPREAD: f64 = 0.5;
 
 type Result<T> = std::result::Result<T, ProtocolError>;
 
@@ -184,16 +199,25 @@ pub enum Message {
     },
     /// Client → model holder: the packed image, seeded ciphertexts.
     EncryptedImage {
+        /// The evaluation keys the image is to be evaluated with ([`KeyId`]).
+        key_id: KeyId,
         /// One serialized [`SeededCiphertext`] per input ciphertext of the layout.
         ciphertexts: Vec<serde_bytes::ByteBuf>,
     },
     /// Model holder → client: the encrypted logits.
     EncryptedScores {
+        /// The evaluation keys the scores were computed with: the client refuses scores made
+        /// for keys other than its own.
+        key_id: KeyId,
         /// Serialized [`Ciphertext`].
         #[serde(with = "serde_bytes")]
         ciphertext: Vec<u8>,
     },
 }
+
+/// Default bound on the size of a message read by [`Message::from_bytes`]: 4 GiB. A party
+/// that knows its plan bounds messages far more tightly ([`ModelHolder::max_message_len`]).
+pub const MAX_MESSAGE_LEN: usize = 1 << 32;
 
 impl Message {
     /// Encodes the message.
@@ -201,12 +225,32 @@ impl Message {
         postcard::to_allocvec(self).expect("messages always encode")
     }
 
-    /// Decodes a message.
+    /// Decodes a message of at most [`MAX_MESSAGE_LEN`] bytes.
     ///
     /// # Errors
-    /// [`ProtocolError::Malformed`] for bytes that are not a message.
+    /// As [`Message::from_bytes_limited`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        postcard::from_bytes(bytes).map_err(|e| ProtocolError::Malformed(e.to_string()))
+        Self::from_bytes_limited(bytes, MAX_MESSAGE_LEN)
+    }
+
+    /// Decodes a message of at most `limit` bytes. The size is checked before anything is
+    /// decoded, so the decoder never allocates more than the input's size.
+    ///
+    /// # Errors
+    /// [`ProtocolError::Malformed`] for bytes that are not exactly one message (trailing
+    /// bytes included) or more than `limit` bytes.
+    pub fn from_bytes_limited(bytes: &[u8], limit: usize) -> Result<Self> {
+        if bytes.len() > limit {
+            return Err(ProtocolError::Malformed(format!(
+                "{} bytes, more than the {limit} bytes a message may have here",
+                bytes.len()
+            )));
+        }
+        let (msg, rest) = postcard::take_from_bytes(bytes).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(ProtocolError::Malformed(format!("{} trailing bytes after the message", rest.len())));
+        }
+        Ok(msg)
     }
 
     pub(crate) fn kind(&self) -> &'static str {
@@ -218,13 +262,69 @@ impl Message {
     }
 }
 
+/// Names a client's evaluation keys: SHA-256 of the serialized relinearization key followed
+/// by the serialized Galois keys of an [`Message::EvaluationKeys`]. Requests and responses
+/// carry it, so a model holder never evaluates an image with another client's keys and a
+/// client refuses scores computed for other keys (which would decrypt to noise).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct KeyId(pub [u8; 32]);
+
+impl KeyId {
+    /// The id of the keys of an [`Message::EvaluationKeys`] (`None` for another message).
+    pub fn of(msg: &Message) -> Option<Self> {
+        let Message::EvaluationKeys { relinearization, galois } = msg else { return None };
+        let mut h = Sha256::new();
+        h.update((relinearization.len() as u64).to_le_bytes());
+        h.update(relinearization);
+        h.update(galois);
+        Some(Self(h.finalize().into()))
+    }
+
+    /// Lower-case hexadecimal, 64 characters.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parses [`KeyId::to_hex`]'s form.
+    ///
+    /// # Errors
+    /// [`ProtocolError::Malformed`] for anything but 64 hexadecimal digits.
+    pub fn from_hex(s: &str) -> Result<Self> {
+        let s = s.trim();
+        let bad = || ProtocolError::Malformed(format!("key id {s:?} is not 64 hexadecimal digits"));
+        if s.len() != 64 || !s.is_ascii() {
+            return Err(bad());
+        }
+        let mut id = [0u8; 32];
+        for (i, b) in id.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(Self(id))
+    }
+}
+
+impl std::fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyId({})", &self.to_hex()[..16])
+    }
+}
+
+impl std::fmt::Display for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_hex()[..16])
+    }
+}
+
 /// The data owner: holds the secret key, encrypts images, decrypts scores.
 pub struct Client {
     ctx: Arc<Context>,
     keygen: KeyGenerator,
     encoder: Encoder,
-    encryptor: Encryptor,
+    encryptor: SymmetricEncryptor,
     decryptor: Decryptor,
+    /// The evaluation keys the model holder has (set when they are made, or by
+    /// [`Client::set_key_id`] for keys made earlier).
+    key_id: Option<KeyId>,
     /// How to pack an image, and where the scores come out: from the circuit's structure,
     /// which the client builds from the architecture (no weights).
     packing: Packing,
@@ -250,7 +350,8 @@ impl Client {
     }
 
     /// A client with an existing secret key (e.g. loaded from the client's file); makes no
-    /// keys until asked ([`Client::evaluation_keys`]).
+    /// keys until asked ([`Client::evaluation_keys`]), or is told which keys the model holder
+    /// has ([`Client::set_key_id`]).
     ///
     /// # Errors
     /// As [`Client::new`]; [`ProtocolError::Unexpected`] if the key belongs to other
@@ -280,8 +381,9 @@ impl Client {
         }
         Ok(Self {
             encoder: Encoder::new(&ctx),
-            encryptor: Encryptor::with_secret_key(keygen.secret_key())?,
+            encryptor: SymmetricEncryptor::new(keygen.secret_key())?,
             decryptor: Decryptor::new(keygen.secret_key()),
+            key_id: None,
             ctx,
             keygen,
             packing: circuit.packing().clone(),
@@ -297,7 +399,20 @@ impl Client {
     /// CKKS errors.
     pub fn evaluation_keys(&mut self) -> Result<Message> {
         let keys = self.info.rotation_keys.clone();
-        self.evaluation_keys_for(&keys)
+        let msg = self.evaluation_keys_for(&keys)?;
+        self.key_id = KeyId::of(&msg);
+        Ok(msg)
+    }
+
+    /// The id of the evaluation keys this client's requests name, if any are set.
+    pub fn key_id(&self) -> Option<KeyId> {
+        self.key_id
+    }
+
+    /// Names the evaluation keys the model holder has for this client (made earlier from the
+    /// same secret key, e.g. by `blindfold keygen`).
+    pub fn set_key_id(&mut self, id: KeyId) {
+        self.key_id = Some(id);
     }
 
     /// A relinearization key and Galois keys for `keys`, for another party that evaluates on
@@ -343,8 +458,13 @@ impl Client {
     /// Encrypts one image given as normalized values (channel-major), packed for the circuit.
     ///
     /// # Errors
-    /// [`ProtocolError::Model`] for an image of the wrong size; CKKS encoding errors.
+    /// [`ProtocolError::Model`] for an image of the wrong size; CKKS encoding errors;
+    /// [`ProtocolError::Unexpected`] before the client has evaluation keys
+    /// ([`Client::evaluation_keys`] or [`Client::set_key_id`]).
     pub fn encrypt(&mut self, image: &[f64]) -> Result<Message> {
+        let key_id = self.key_id.ok_or_else(|| {
+            ProtocolError::Unexpected("no evaluation keys yet: make them or name them (set_key_id) first".into())
+        })?;
         let packed = self.packing.pack(image).map_err(blindfold_nn::Error::from)?;
         let (level, scale) = (self.ctx.max_level(), self.info.input_scale);
         let pts = packed
@@ -353,28 +473,80 @@ impl Client {
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let ciphertexts = self
             .encryptor
-            .encrypt_symmetric_batch(&pts)?
+            .encrypt_batch(&pts)?
             .par_iter()
             .map(|ct| Ok(serde_bytes::ByteBuf::from(serialize(ct, &self.ctx)?.to_vec())))
             .collect::<Result<_>>()?;
-        Ok(Message::EncryptedImage { ciphertexts })
+        Ok(Message::EncryptedImage { key_id, ciphertexts })
     }
 
-    /// Decrypts the scores (logits) of an [`Message::EncryptedScores`].
+    /// Decrypts the scores (logits) of a model holder's [`Message::EncryptedScores`].
     ///
     /// The result stays with the client: CKKS decryptions carry noise that depends on the
     /// secret key (see SECURITY.md), so do not send it back to the model holder.
     ///
     /// # Errors
-    /// [`ProtocolError::Unexpected`] for another message; CKKS errors for bad ciphertext bytes.
+    /// [`ProtocolError::Unexpected`] for another message, or scores computed for other
+    /// evaluation keys than this client's; CKKS errors for bad ciphertext bytes;
+    /// [`ProtocolError::Undecryptable`] for a ciphertext at another level than the plan's
+    /// output, copies of a score that disagree ([`MAX_REPLICA_SPREAD`]), or scores that are
+    /// not finite or beyond [`MAX_SCORE`] (what another key or a corrupted ciphertext
+    /// decrypts to).
     pub fn decrypt_scores(&self, msg: &Message) -> Result<Vec<f64>> {
-        let Message::EncryptedScores { ciphertext } = msg else {
+        let ct = self.scores_ciphertext(msg)?;
+        let level = self.ctx.max_level().checked_sub(self.info.depth);
+        if Some(ct.level()) != level {
+            return Err(ProtocolError::Undecryptable(format!(
+                "scores at level {}, the plan's output is at level {}",
+                ct.level(),
+                level.map_or("(none)".into(), |l| l.to_string())
+            )));
+        }
+        let slots = [self.encoder.decode_real(&self.decryptor.decrypt(&ct)?)?];
+        let spread = self.output.replica_spread(&slots);
+        if spread.is_nan() || spread > MAX_REPLICA_SPREAD {
+            return Err(ProtocolError::Undecryptable(format!(
+                "copies of one score differ by {spread:e} (at most {MAX_REPLICA_SPREAD} for a correct decryption)"
+            )));
+        }
+        checked_scores(self.output.unpack(&slots))
+    }
+
+    /// Decrypts the combined scores of an ensemble coordinator ([`crate::Aggregated`]): as
+    /// [`Client::decrypt_scores`], at any level below the holders' output and without the
+    /// check of copies (the polynomial aggregations keep one copy of each score).
+    ///
+    /// # Errors
+    /// As [`Client::decrypt_scores`].
+    pub fn decrypt_ensemble_scores(&self, msg: &Message) -> Result<Vec<f64>> {
+        let ct = self.scores_ciphertext(msg)?;
+        let slots = [self.encoder.decode_real(&self.decryptor.decrypt(&ct)?)?];
+        checked_scores(self.output.unpack(&slots))
+    }
+
+    /// The ciphertext of a [`Message::EncryptedScores`] made for this client's keys.
+    fn scores_ciphertext(&self, msg: &Message) -> Result<Ciphertext> {
+        let Message::EncryptedScores { key_id, ciphertext } = msg else {
             return Err(ProtocolError::Unexpected(format!("client expected EncryptedScores, got {}", msg.kind())));
         };
-        let ct: Ciphertext = deserialize(ciphertext, &self.ctx)?;
-        let pt = self.decryptor.decrypt(&ct)?;
-        Ok(self.output.unpack(&[self.encoder.decode_real(&pt)]))
+        if Some(*key_id) != self.key_id {
+            return Err(ProtocolError::Unexpected(format!(
+                "scores computed with evaluation keys {key_id}, this client's are {}: a response for another client",
+                self.key_id.map_or("not set".into(), |k| k.to_string())
+            )));
+        }
+        Ok(deserialize(ciphertext, &self.ctx)?)
     }
+}
+
+/// `scores` if every one is finite and at most [`MAX_SCORE`] in magnitude.
+fn checked_scores(scores: Vec<f64>) -> Result<Vec<f64>> {
+    if let Some(s) = scores.iter().find(|s| !(s.is_finite() && s.abs() <= MAX_SCORE)) {
+        return Err(ProtocolError::Undecryptable(format!(
+            "a score of {s:e}, beyond any logit (|score| <= {MAX_SCORE:e})"
+        )));
+    }
+    Ok(scores)
 }
 
 /// The model holder: evaluates its model on the client's ciphertexts with the client's
@@ -382,7 +554,7 @@ impl Client {
 pub struct ModelHolder {
     model: Arc<CompiledModel>,
     eval: Evaluator,
-    keys: Option<(RelinearizationKey, GaloisKeys)>,
+    keys: Option<(KeyId, RelinearizationKey, GaloisKeys)>,
 }
 
 impl ModelHolder {
@@ -401,20 +573,59 @@ impl ModelHolder {
         &self.model
     }
 
+    /// The id of the evaluation keys this session holds, if any.
+    pub fn key_id(&self) -> Option<KeyId> {
+        self.keys.as_ref().map(|k| k.0)
+    }
+
+    /// Largest evaluation-keys message the plan allows, in bytes: a relinearization key and
+    /// one Galois key per declared rotation, each at most the size of a top-level key.
+    pub fn max_keys_len(&self) -> usize {
+        let ctx = self.model.context();
+        RelinearizationKey::max_size(ctx) + galois_keys_max_size(ctx, self.info().rotation_keys.len()) + 64
+    }
+
+    /// Largest image message the plan allows, in bytes: its number of input ciphertexts, each
+    /// a seeded ciphertext at the top level.
+    pub fn max_image_len(&self) -> usize {
+        let cts = self.model.circuit().packing().ciphertexts();
+        cts * (SeededCiphertext::max_size(self.model.context()) + 10) + 64
+    }
+
+    /// Largest message this model holder accepts ([`ModelHolder::handle_bytes`]): the larger
+    /// of [`ModelHolder::max_keys_len`] and [`ModelHolder::max_image_len`].
+    pub fn max_message_len(&self) -> usize {
+        self.max_keys_len().max(self.max_image_len())
+    }
+
+    /// [`ModelHolder::handle`] of a message's bytes, refusing more than
+    /// [`ModelHolder::max_message_len`] bytes before decoding anything: the memory a message
+    /// can take is bounded by the plan (its bytes, then at most twice that once its seeded
+    /// polynomials are expanded, plus the evaluation's working set).
+    ///
+    /// # Errors
+    /// As [`Message::from_bytes_limited`] and [`ModelHolder::handle`].
+    pub fn handle_bytes(&mut self, bytes: &[u8]) -> Result<Option<Vec<u8>>> {
+        let msg = Message::from_bytes_limited(bytes, self.max_message_len())?;
+        Ok(self.handle(&msg)?.map(|m| m.to_bytes()))
+    }
+
     /// Handles one message: stores evaluation keys (no reply), or evaluates an encrypted
     /// image (replies with the encrypted scores).
     ///
     /// # Errors
     /// [`ProtocolError::Unexpected`] for keys that lack a rotation the circuit needs, an image
-    /// before the keys or a message meant for the client; CKKS errors for bad keys or
-    /// ciphertexts (parameter mismatch, malformed bytes).
+    /// before the keys, an image for other keys than this session's, an image of the wrong
+    /// number of ciphertexts or a message meant for the client; CKKS errors for bad keys or
+    /// ciphertexts (parameter mismatch, malformed bytes, sizes beyond the plan's).
     pub fn handle(&mut self, msg: &Message) -> Result<Option<Message>> {
         let ctx = self.model.context().clone();
         let circuit = self.model.circuit();
         match msg {
             Message::EvaluationKeys { relinearization, galois } => {
                 let rlk: RelinearizationKey = deserialize(relinearization, &ctx)?;
-                let gk: GaloisKeys = deserialize(galois, &ctx)?;
+                let limit = galois_keys_max_size(&ctx, self.info().rotation_keys.len());
+                let gk: GaloisKeys = deserialize_with_limit(galois, &ctx, limit)?;
                 let missing = gk.missing(&circuit.key_requests(&ctx));
                 if !missing.is_empty() {
                     let steps: Vec<String> = circuit
@@ -428,14 +639,20 @@ impl ModelHolder {
                         steps.join(", ")
                     )));
                 }
-                self.keys = Some((rlk, gk));
+                let id = KeyId::of(msg).expect("evaluation keys");
+                self.keys = Some((id, rlk, gk));
                 Ok(None)
             }
-            Message::EncryptedImage { ciphertexts } => {
-                let (rlk, gk) = self
+            Message::EncryptedImage { key_id, ciphertexts } => {
+                let (id, rlk, gk) = self
                     .keys
                     .as_ref()
                     .ok_or_else(|| ProtocolError::Unexpected("EncryptedImage before EvaluationKeys".into()))?;
+                if key_id != id {
+                    return Err(ProtocolError::Unexpected(format!(
+                        "EncryptedImage for evaluation keys {key_id}, this session holds {id}: upload the keys first"
+                    )));
+                }
                 let expected = circuit.packing().ciphertexts();
                 if ciphertexts.len() != expected {
                     return Err(ProtocolError::Unexpected(format!(
@@ -443,19 +660,21 @@ impl ModelHolder {
                         ciphertexts.len()
                     )));
                 }
-                let cts: Vec<Ciphertext> = ciphertexts
+                // Every ciphertext is checked (bytes, level) before any is expanded.
+                let seeded: Vec<SeededCiphertext> = ciphertexts
                     .iter()
-                    .map(|b| Ok(deserialize::<SeededCiphertext>(b, &ctx)?.expand(&ctx)))
-                    .collect::<Result<_>>()?;
-                if let Some(ct) = cts.iter().find(|c| c.level() != ctx.max_level()) {
+                    .map(|b| deserialize::<SeededCiphertext>(b, &ctx))
+                    .collect::<std::result::Result<_, _>>()?;
+                if let Some(ct) = seeded.iter().find(|c| c.level() != ctx.max_level()) {
                     return Err(ProtocolError::Unexpected(format!(
                         "input ciphertext at level {}, the plan takes level {}",
                         ct.level(),
                         ctx.max_level()
                     )));
                 }
+                let cts: Vec<Ciphertext> = seeded.iter().map(|c| c.expand(&ctx)).collect();
                 let out = circuit.evaluate(&self.eval, &cts, rlk, gk).map_err(blindfold_nn::Error::from)?;
-                Ok(Some(Message::EncryptedScores { ciphertext: serialize(&out, &ctx)?.to_vec() }))
+                Ok(Some(Message::EncryptedScores { key_id: *id, ciphertext: serialize(&out, &ctx)?.to_vec() }))
             }
             other => Err(ProtocolError::Unexpected(format!("model holder does not accept {}", other.kind()))),
         }

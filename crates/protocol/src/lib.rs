@@ -29,4 +29,7 @@ mod ensemble;
 mod inference;
 
 pub use ensemble::{Aggregated, Aggregation, Calibration, Coordinator};
-pub use inference::{Client, CompiledModel, Message, ModelHolder, PlanInfo, ProtocolError};
+pub use inference::{
+    Client, CompiledModel, KeyId, Message, ModelHolder, PlanInfo, ProtocolError, MAX_MESSAGE_LEN, MAX_REPLICA_SPREAD,
+    MAX_SCORE,
+};

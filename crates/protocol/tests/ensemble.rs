@@ -58,7 +58,7 @@ fn encrypted_mean_matches_its_plaintext_twin_and_dropout_is_reported() {
         let out = coordinator.aggregate(Aggregation::Mean).unwrap();
         assert_eq!(out.contributors, live);
         assert_eq!(out.missing, if i % 2 == 1 { vec![2] } else { vec![] });
-        let got = user.decrypt_scores(&out.message).unwrap();
+        let got = user.decrypt_ensemble_scores(&out.message).unwrap();
         let plain: Vec<Vec<f64>> = live
             .iter()
             .map(|&h| {
@@ -101,6 +101,31 @@ fn the_coordinator_refuses_keys_foreign_scores_and_empty_rounds() {
     assert!(coordinator.receive(0, &reply).is_err());
     let out = coordinator.aggregate(Aggregation::Mean).unwrap();
     assert_eq!((out.contributors, out.missing), (vec![0], vec![1]));
+    // A second holder's scores for another end user's keys, in the same round.
+    let (mut stranger, stranger_keys) = Client::new(&info).unwrap();
+    let mut second = holder_for(&models[1], presets::N8192_DEPTH5_128BIT);
+    second.handle(&stranger_keys).unwrap();
+    let strangers = second.handle(&stranger.encrypt(&[0.0; 784]).unwrap()).unwrap().unwrap();
+    coordinator.receive(0, &reply).unwrap();
+    let err = coordinator.receive(1, &strangers).unwrap_err().to_string();
+    assert!(err.contains("computed with evaluation keys"), "{err}");
+    // A plan of more classes than the packed windows hold: refused where it aggregates, not a
+    // panic.
+    let mut wide = info.clone();
+    *wide.arch.layers.last_mut().unwrap() = blindfold_nn::LayerSpec::Dense { outputs: 3000 };
+    let cal = Calibration {
+        weights: vec![1.0; 2],
+        score_bounds: vec![10.0; 2],
+        softmax_sum_range: (8.0, 18.0),
+        softmax_inverse: [0.1, 0.0],
+    };
+    let mut coordinator = Coordinator::with_calibration(&wide, cal).unwrap();
+    for agg in [Aggregation::SoftmaxMean, Aggregation::Vote] {
+        assert!(coordinator.rotation_keys(&[agg]).is_err());
+        coordinator.receive(0, &reply).unwrap();
+        let err = coordinator.aggregate(agg).unwrap_err().to_string();
+        assert!(err.contains("windows"), "{err}");
+    }
 }
 
 /// Plaintext logits of `model` for the normalized images.
@@ -156,7 +181,7 @@ fn polynomial_aggregations_match_their_plaintext_twins() {
             }
             let out = coordinator.aggregate(agg).unwrap();
             assert_eq!(out.contributors, live);
-            let got = user.decrypt_scores(&out.message).unwrap();
+            let got = user.decrypt_ensemble_scores(&out.message).unwrap();
             let want = agg.apply_plain(&refs, &live, &cal).unwrap();
             let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max);
             let size = want.iter().fold(0f64, |m, v| m.max(v.abs()));

@@ -4,7 +4,7 @@ use blindfold_ckks::presets;
 use blindfold_data::{load, Dataset, Split};
 use blindfold_nn::train::{train, TrainConfig};
 use blindfold_nn::{argmax, ArchSpec, Model};
-use blindfold_protocol::{Client, CompiledModel, Message, ModelHolder, PlanInfo, ProtocolError};
+use blindfold_protocol::{Client, CompiledModel, KeyId, Message, ModelHolder, PlanInfo, ProtocolError};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
@@ -48,7 +48,7 @@ fn wrong_messages_and_foreign_keys_are_refused() {
     // An image before the keys.
     assert!(matches!(holder.handle(&request), Err(ProtocolError::Unexpected(_))));
     // Messages meant for the other party.
-    let scores = Message::EncryptedScores { ciphertext: vec![1, 2, 3] };
+    let scores = Message::EncryptedScores { key_id: client.key_id().unwrap(), ciphertext: vec![1, 2, 3] };
     assert!(matches!(holder.handle(&scores), Err(ProtocolError::Unexpected(_))));
     assert!(matches!(client.decrypt_scores(&request), Err(ProtocolError::Unexpected(_))));
     // Garbage bytes.
@@ -68,4 +68,51 @@ fn wrong_messages_and_foreign_keys_are_refused() {
     holder.handle(&keys).unwrap();
     let _ = test;
     assert!(holder.handle(&request).unwrap().is_some());
+}
+
+#[test]
+fn responses_for_other_keys_and_oversized_or_padded_messages_are_refused() {
+    let (model, _) = small_model();
+    let compiled = CompiledModel::new(&model, &Default::default()).unwrap();
+    let mut holder = ModelHolder::new(compiled.clone());
+    let info = holder.info().clone();
+    let (mut alice, alice_keys) = Client::new(&info).unwrap();
+    let (mut bob, _bob_keys) = Client::new(&info).unwrap();
+    assert_ne!(alice.key_id(), bob.key_id());
+    assert!(holder.handle_bytes(&alice_keys.to_bytes()).unwrap().is_none());
+    let image = vec![0.25; 784];
+    let reply = Message::from_bytes(&holder.handle_bytes(&alice.encrypt(&image).unwrap().to_bytes()).unwrap().unwrap())
+        .unwrap();
+    assert!(alice.decrypt_scores(&reply).is_ok());
+    // Bob's image names Bob's keys, which this session does not hold.
+    let err = holder.handle(&bob.encrypt(&image).unwrap()).unwrap_err().to_string();
+    assert!(err.contains("upload the keys first"), "{err}");
+    // Alice's scores given to Bob: refused by the key id.
+    let err = bob.decrypt_scores(&reply).unwrap_err().to_string();
+    assert!(err.contains("another client"), "{err}");
+    // And if Bob is told Alice's key id, the decryption itself gives him away: the copies of
+    // each score disagree (uniform noise under the wrong key).
+    bob.set_key_id(alice.key_id().unwrap());
+    let err = bob.decrypt_scores(&reply).unwrap_err();
+    assert!(matches!(err, ProtocolError::Undecryptable(_)), "{err}");
+    // Trailing bytes after a valid message.
+    let mut padded = alice.encrypt(&image).unwrap().to_bytes();
+    padded.push(0);
+    let err = holder.handle_bytes(&padded).unwrap_err().to_string();
+    assert!(err.contains("1 trailing bytes"), "{err}");
+    // A request of many more ciphertexts than the plan takes is refused by its size before
+    // it is decoded; one of the right size but the wrong count by its count.
+    let Message::EncryptedImage { key_id, ciphertexts } = alice.encrypt(&image).unwrap() else { unreachable!() };
+    let many = Message::EncryptedImage { key_id, ciphertexts: vec![ciphertexts[0].clone(); 8000] }.to_bytes();
+    assert!(many.len() > holder.max_message_len());
+    let err = holder.handle_bytes(&many).unwrap_err().to_string();
+    assert!(err.contains("more than the"), "{err}");
+    let few = Message::EncryptedImage { key_id, ciphertexts: ciphertexts[..1].to_vec() };
+    if ciphertexts.len() > 1 {
+        assert!(holder.handle(&few).unwrap_err().to_string().contains("ciphertexts, the plan takes"));
+    }
+    // Key ids print and parse.
+    let id = alice.key_id().unwrap();
+    assert_eq!(KeyId::from_hex(&id.to_hex()).unwrap(), id);
+    assert!(KeyId::from_hex("zz").is_err());
 }

@@ -100,8 +100,38 @@ impl Layout {
     }
 
     /// The values of the features, read from slot vectors in this layout.
+    ///
+    /// # Panics
+    /// If `cts` has fewer than [`Layout::cts`] vectors or fewer than [`Layout::period`] slots
+    /// each.
     pub fn unpack(&self, cts: &[Vec<f64>]) -> Vec<f64> {
         self.features.iter().map(|&(t, s)| cts[t as usize][s as usize]).collect()
+    }
+
+    /// The largest difference between two copies of one feature in slot vectors of this
+    /// layout (every feature is held at `slot + k·period`): zero up to the noise for values
+    /// computed in the layout, of the size of the values themselves for anything else (a
+    /// ciphertext decrypted with another key is uniform noise in every slot). `0` for a
+    /// layout without copies, `NaN` if a copy is not finite.
+    ///
+    /// # Panics
+    /// As [`Layout::unpack`], and for vectors of fewer than [`Layout::slots`] slots.
+    pub fn replica_spread(&self, cts: &[Vec<f64>]) -> f64 {
+        let copies = self.slots / self.period.max(1);
+        let mut spread = 0f64;
+        for &(t, s) in &self.features {
+            let v = &cts[t as usize];
+            let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+            for k in 0..copies {
+                let x = v[s as usize + k * self.period];
+                if !x.is_finite() {
+                    return f64::NAN;
+                }
+                (lo, hi) = (lo.min(x), hi.max(x));
+            }
+            spread = spread.max(hi - lo);
+        }
+        spread
     }
 }
 

@@ -6,7 +6,7 @@
 //! (measured errors are printed; they are about 2^-17 for one linear stage).
 
 use blindfold_ckks::{
-    presets, Context, Decryptor, Encoder, Encryptor, Evaluator, GaloisKeys, KeyGenerator, RelinearizationKey,
+    presets, Context, Decryptor, Encoder, Evaluator, GaloisKeys, KeyGenerator, RelinearizationKey, SymmetricEncryptor,
 };
 use blindfold_tensor::conv::{grid_tap, placed};
 use blindfold_tensor::matvec::dense;
@@ -54,16 +54,16 @@ impl Setup {
         c.encode(&self.ctx, scale).unwrap();
         let (rlk, gk) = self.keys(c);
         let packed = c.packing().pack(x).unwrap();
-        let mut enc = Encryptor::with_secret_key(self.keygen.secret_key()).unwrap();
+        let mut enc = SymmetricEncryptor::new(self.keygen.secret_key()).unwrap();
         let cts: Vec<_> = packed
             .iter()
             .map(|v| {
                 let pt = self.encoder.encode_real(v, self.ctx.max_level(), scale).unwrap();
-                enc.encrypt_symmetric(&pt).unwrap().expand(&self.ctx)
+                enc.encrypt(&pt).unwrap().expand(&self.ctx)
             })
             .collect();
         let out = c.evaluate(&self.eval, &cts, &rlk, &gk).unwrap();
-        let dec = self.encoder.decode_real(&Decryptor::new(self.keygen.secret_key()).decrypt(&out).unwrap());
+        let dec = self.encoder.decode_real(&Decryptor::new(self.keygen.secret_key()).decrypt(&out).unwrap()).unwrap();
         (c.read_output(&dec), c.evaluate_plain(&packed).unwrap())
     }
 }
@@ -161,7 +161,7 @@ fn the_evaluation_uses_exactly_the_declared_keys() {
     let (rlk, gk) = s.keys(&c);
     let x = uniform(&mut s.rng, 100);
     let pt = s.encoder.encode_real(&c.packing().pack(&x).unwrap()[0], top, scale).unwrap();
-    let ct = Encryptor::with_secret_key(s.keygen.secret_key()).unwrap().encrypt_symmetric(&pt).unwrap().expand(&s.ctx);
+    let ct = SymmetricEncryptor::new(s.keygen.secret_key()).unwrap().encrypt(&pt).unwrap().expand(&s.ctx);
     // Keys generated from the requirements, each at its level: the evaluation uses every one
     // of them, at exactly that level, and nothing else.
     let be = CkksBackend::new(&s.eval, &rlk, &gk, &declared);
