@@ -775,7 +775,8 @@ fn read_file(path: &Path, limit: u64) -> Result<Vec<u8>> {
 
 fn keygen_cmd(model: &str, out_dir: &Path) -> Result<()> {
     let arch = arch_of(model)?;
-    let info = PlanInfo::for_architecture(&arch, &ChainOptions::default())?;
+    let info = PlanInfo::for_architecture(&arch, &ChainOptions::default())
+        .with_context(|| format!("compiling the architecture of {model}"))?;
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let (client, keys) = Client::new(&info)?;
     let sk_path = out_dir.join("secret.key");
@@ -828,8 +829,10 @@ fn encrypt_cmd(keys: &Path, data: &DataArgs, index: usize, out: &Path) -> Result
 }
 
 fn evaluate_cmd(model: &Path, eval_keys: &Path, input: &Path, out: &Path) -> Result<()> {
-    let (model, _) = Model::load(model)?;
-    let mut holder = ModelHolder::new(CompiledModel::new(&model, &ChainOptions::default())?);
+    let (m, _) = Model::load(model)?;
+    let compiled =
+        CompiledModel::new(&m, &ChainOptions::default()).with_context(|| format!("compiling {}", model.display()))?;
+    let mut holder = ModelHolder::new(compiled);
     // Each file is bounded by what the plan allows before it is read.
     let keys = Message::from_bytes_limited(&read_file(eval_keys, holder.max_keys_len() as u64)?, holder.max_keys_len())
         .with_context(|| format!("reading {}", eval_keys.display()))?;
@@ -840,7 +843,7 @@ fn evaluate_cmd(model: &Path, eval_keys: &Path, input: &Path, out: &Path) -> Res
     let t = Instant::now();
     let reply = holder
         .handle(&request)
-        .with_context(|| format!("evaluating {}", input.display()))?
+        .with_context(|| format!("evaluating {} with the keys of {}", input.display(), eval_keys.display()))?
         .context("the request produced no reply")?;
     let ms = t.elapsed().as_secs_f64() * 1e3;
     let bytes = reply.to_bytes();
@@ -857,7 +860,9 @@ fn decrypt_cmd(keys: &Path, input: &Path, json: bool) -> Result<()> {
         bail!("{} is a bare CKKS object, expected the scores file written by `blindfold evaluate`", input.display());
     }
     let msg = Message::from_bytes_limited(&bytes, limit).with_context(|| format!("reading {}", input.display()))?;
-    let scores = client.decrypt_scores(&msg).with_context(|| format!("decrypting {}", input.display()))?;
+    let scores = client
+        .decrypt_scores(&msg)
+        .with_context(|| format!("decrypting {} with the keys in {}", input.display(), keys.display()))?;
     let s32: Vec<f32> = scores.iter().map(|&v| v as f32).collect();
     let class = argmax(&s32);
     if json {

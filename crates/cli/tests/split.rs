@@ -83,7 +83,7 @@ fn bad_files_give_clear_errors() {
     std::fs::write(&req, &bytes).unwrap();
     fails_with(
         &["evaluate", "--model", &model, "--eval-keys", &req, "--input", &req, "--out", &p(&d, "r")],
-        "unexpected message",
+        "refused from the other party",
     );
     // Garbage scores.
     std::fs::write(p(&d, "garbage"), b"not a ciphertext").unwrap();

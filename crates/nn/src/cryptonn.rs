@@ -107,7 +107,7 @@ pub fn augmented_columns(x: &Array2<i64>, labels: &[u8], classes: usize, batch_s
     let mut u = Array2::zeros(((1 + classes) * batch_size, width));
     for (e, &l) in labels.iter().enumerate() {
         if l as usize >= classes {
-            return Err(Error::Products(format!("label {l} for {classes} classes")));
+            return Err(Error::Products(format!("label {l} for {classes} classes").into()));
         }
         u.row_mut(e).assign(&x.row(e));
         u.row_mut((1 + l as usize) * batch_size + e).assign(&x.row(e));
@@ -507,7 +507,7 @@ pub fn subtract_labels(probabilities: &Array2<i64>, labels: &[u8], encoding: Fix
     let mut d = probabilities.clone();
     for (r, &l) in labels.iter().enumerate() {
         if l as usize >= d.ncols() {
-            return Err(Error::Products(format!("label {l} for {} classes", d.ncols())));
+            return Err(Error::Products(format!("label {l} for {} classes", d.ncols()).into()));
         }
         d[[r, l as usize]] -= encoding.scale() as i64;
     }
@@ -565,7 +565,9 @@ impl<'a> PlainProducts<'a> {
 
     fn bounded(&self, m: Array2<i64>) -> Result<Array2<i64>> {
         match m.iter().find(|v| v.unsigned_abs() > self.bound) {
-            Some(v) => Err(Error::Products(format!("a product is {v}, beyond the discrete-log bound ±{}", self.bound))),
+            Some(v) => {
+                Err(Error::Products(format!("a product is {v}, beyond the discrete-log bound ±{}", self.bound).into()))
+            }
             None => Ok(m),
         }
     }

@@ -28,13 +28,15 @@ pub enum Error {
     UnknownArch(String),
     /// The model has no encrypted form, or its circuit does not fit the parameters.
     #[error("encrypted circuit: {0}")]
-    Circuit(#[from] blindfold_tensor::CircuitError),
+    Circuit(blindfold_tensor::CircuitError),
     /// A value the fixed-point encoding cannot represent.
     #[error("fixed-point encoding: {0}")]
     Encoding(String),
-    /// The first layer's products (functional encryption or its plaintext twin) failed.
+    /// The first layer's products (functional encryption or its plaintext twin) failed; the
+    /// cause keeps its type (e.g. the key authority's `PolicyError`, found by
+    /// `downcast_ref`).
     #[error("first-layer products: {0}")]
-    Products(String),
+    Products(Box<dyn std::error::Error + Send + Sync>),
     /// Training diverged (a non-finite loss).
     #[error("training diverged at epoch {epoch}, batch {batch}: loss is {loss}; lower the learning rate")]
     Diverged {
@@ -45,6 +47,14 @@ pub enum Error {
         /// The loss value.
         loss: f32,
     },
+}
+
+// Not `#[from]`: that would also make the circuit error the source, and error reports that
+// print the chain of sources would print its message twice.
+impl From<blindfold_tensor::CircuitError> for Error {
+    fn from(e: blindfold_tensor::CircuitError) -> Self {
+        Error::Circuit(e)
+    }
 }
 
 /// Result alias of this crate.

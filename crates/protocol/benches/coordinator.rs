@@ -9,10 +9,9 @@
 
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
-use blindfold_ckks::serialize::serialize;
 use blindfold_ckks::{presets, Context, Encoder, Encryptor, KeyGenerator, Preset};
 use blindfold_nn::{ArchSpec, Model};
-use blindfold_protocol::{Aggregation, Calibration, CompiledModel, Coordinator, KeyId, Message, PlanInfo};
+use blindfold_protocol::{Aggregation, Calibration, CompiledModel, Coordinator, KeyId, Message, PlanInfo, Wire};
 use criterion::{criterion_group, Criterion};
 use std::hint::black_box;
 use std::sync::Arc;
@@ -39,7 +38,7 @@ fn bench(c: &mut Criterion) {
                 let pt = encoder.encode_real(&scores, 0, 2f64.powi(25)).unwrap();
                 Message::EncryptedScores {
                     key_id: KeyId([7; 32]),
-                    ciphertext: serialize(&enc.encrypt(&pt).unwrap(), &ctx).unwrap().to_vec(),
+                    ciphertext: Wire::new(&enc.encrypt(&pt).unwrap(), &ctx).unwrap(),
                 }
             })
             .collect();
@@ -71,8 +70,8 @@ fn polynomial_aggregations(c: &mut Criterion) {
     let keys = coordinator.rotation_keys(&Aggregation::ALL).unwrap();
     let requests = blindfold_tensor::requirements::key_requests(&keys, &ctx);
     let keys = Message::EvaluationKeys {
-        relinearization: serialize(&keygen.relinearization_key(), &ctx).unwrap().to_vec(),
-        galois: serialize(&keygen.galois_keys(&requests).unwrap(), &ctx).unwrap().to_vec(),
+        relinearization: Wire::new(&keygen.relinearization_key(), &ctx).unwrap(),
+        galois: Wire::new(&keygen.galois_keys(&requests).unwrap(), &ctx).unwrap(),
     };
     coordinator.set_evaluation_keys(&keys).unwrap();
     // Scores at the level the network leaves them (9 − 5), at the default scale.
@@ -82,7 +81,7 @@ fn polynomial_aggregations(c: &mut Criterion) {
             let pt = encoder.encode_real(&scores(h, 0), level, 2f64.powi(35)).unwrap();
             Message::EncryptedScores {
                 key_id: KeyId([7; 32]),
-                ciphertext: serialize(&enc.encrypt(&pt).unwrap(), &ctx).unwrap().to_vec(),
+                ciphertext: Wire::new(&enc.encrypt(&pt).unwrap(), &ctx).unwrap(),
             }
         })
         .collect();

@@ -12,8 +12,7 @@
 //! sums of the last layer). The polynomial aggregations mask them, move holder `h` to the
 //! window of slots `WINDOW·h ..`, and work on all holders in one ciphertext.
 
-use crate::inference::{KeyId, Message, PlanInfo, ProtocolError};
-use blindfold_ckks::serialize::{deserialize, serialize};
+use crate::inference::{KeyId, Message, PlanInfo, ProtocolError, Wire};
 use blindfold_ckks::{Ciphertext, Context, Evaluator, GaloisKeys, RelinearizationKey};
 use blindfold_tensor::aggregation::{VOTE_REGIONS, WINDOW};
 use blindfold_tensor::requirements::{key_requests, merge_keys};
@@ -77,7 +76,7 @@ impl Aggregation {
     /// slots, with the constants of `cal`.
     ///
     /// # Errors
-    /// [`ProtocolError::Unexpected`] for a calibration without the constants the aggregation
+    /// [`ProtocolError::Config`] for a calibration without the constants the aggregation
     /// needs, or holders and classes that do not fit the packed layout.
     pub fn aggregator(self, cal: &Calibration, classes: usize, parties: usize, slots: usize) -> Result<Aggregator> {
         let bounds = || -> Result<Vec<f64>> { (0..parties).map(|h| cal.bound(h)).collect() };
@@ -89,7 +88,7 @@ impl Aggregation {
             Aggregation::SoftmaxMean => Combine::SoftmaxMean { bounds: bounds()?, inverse: cal.softmax_inverse },
             Aggregation::Vote => Combine::Vote { bounds: bounds()? },
         };
-        Aggregator::new(combine, classes, parties, slots).map_err(|e| ProtocolError::Unexpected(e.to_string()))
+        Aggregator::new(combine, classes, parties, slots).map_err(|e| ProtocolError::Config(e.to_string()))
     }
 
     /// The same combination on plaintext score vectors: `scores[i]` (one length, the number
@@ -97,12 +96,12 @@ impl Aggregation {
     /// polynomial aggregations evaluate exactly the polynomials the coordinator evaluates.
     ///
     /// # Errors
-    /// [`ProtocolError::Unexpected`] for no scores, mismatched lengths, or a holder the
+    /// [`ProtocolError::Misuse`] for no scores, mismatched lengths, or a holder the
     /// calibration does not cover.
     pub fn apply_plain(self, scores: &[&[f64]], holders: &[usize], cal: &Calibration) -> Result<Vec<f64>> {
         let classes = scores.first().map_or(0, |s| s.len());
         if scores.is_empty() || scores.len() != holders.len() || scores.iter().any(|s| s.len() != classes) {
-            return Err(ProtocolError::Unexpected("apply_plain: one score vector of one length per holder".into()));
+            return Err(ProtocolError::Misuse("apply_plain: one score vector of one length per holder".into()));
         }
         // The twin on the smallest slot count the packed layout fits in (the values do not
         // depend on it).
@@ -118,7 +117,7 @@ impl Aggregation {
                 (h, v)
             })
             .collect();
-        let out = agg.evaluate(&PlainBackend, &inputs).map_err(|e| ProtocolError::Unexpected(e.to_string()))?;
+        let out = agg.evaluate(&PlainBackend, &inputs).map_err(|e| ProtocolError::Misuse(e.to_string()))?;
         Ok(out[..classes].to_vec())
     }
 }
@@ -173,11 +172,10 @@ impl Calibration {
     /// validation image `i`, whose label is `labels[i]`.
     ///
     /// # Errors
-    /// [`ProtocolError::Unexpected`] for no holders, no images, ragged input, or scores
+    /// [`ProtocolError::Misuse`] for no holders, no images, ragged input, or scores
     /// that are all zero.
     pub fn from_validation(scores: &[Vec<Vec<f64>>], labels: &[u8]) -> Result<Self> {
-        let bad =
-            || ProtocolError::Unexpected("calibration needs every holder's scores for every validation image".into());
+        let bad = || ProtocolError::Misuse("calibration needs every holder's scores for every validation image".into());
         let classes = scores.first().and_then(|s| s.first()).map_or(0, Vec::len);
         if classes < 2
             || labels.is_empty()
@@ -191,7 +189,7 @@ impl Calibration {
             cal.weights[h] = (correct as f64 / labels.len() as f64 - 1.0 / classes as f64).max(0.01);
             let bound = s.iter().flatten().fold(0f64, |m, v| m.max(v.abs()));
             if bound == 0.0 {
-                return Err(ProtocolError::Unexpected(format!("holder {h}: every validation score is zero")));
+                return Err(ProtocolError::Misuse(format!("holder {h}: every validation score is zero")));
             }
             cal.score_bounds.push(1.1 * bound);
         }
@@ -208,12 +206,12 @@ impl Calibration {
     }
 
     fn weight(&self, h: usize) -> Result<f64> {
-        self.weights.get(h).copied().ok_or_else(|| ProtocolError::Unexpected(format!("no weight for holder {h}")))
+        self.weights.get(h).copied().ok_or_else(|| ProtocolError::Config(format!("no weight for holder {h}")))
     }
 
     fn bound(&self, h: usize) -> Result<f64> {
         self.score_bounds.get(h).copied().ok_or_else(|| {
-            ProtocolError::Unexpected(format!(
+            ProtocolError::Config(format!(
                 "no score bound for holder {h}: softmax-mean and vote need a calibration (Calibration::from_validation)"
             ))
         })
@@ -272,7 +270,7 @@ impl Coordinator {
     /// weights ([`Calibration::equal`]).
     ///
     /// # Errors
-    /// [`ProtocolError::Unexpected`] for no holders or an unknown preset; CKKS errors.
+    /// [`ProtocolError::Config`] for no holders or an unknown preset; CKKS errors.
     pub fn new(info: &PlanInfo, holders: usize) -> Result<Self> {
         Self::with_calibration(info, Calibration::equal(holders))
     }
@@ -284,10 +282,10 @@ impl Coordinator {
     pub fn with_calibration(info: &PlanInfo, cal: Calibration) -> Result<Self> {
         let holders = cal.weights.len();
         if holders == 0 {
-            return Err(ProtocolError::Unexpected("an ensemble needs at least one model holder".into()));
+            return Err(ProtocolError::Config("an ensemble needs at least one model holder".into()));
         }
         if !cal.score_bounds.is_empty() && cal.score_bounds.len() != holders {
-            return Err(ProtocolError::Unexpected("calibration: one score bound per holder".into()));
+            return Err(ProtocolError::Config("calibration: one score bound per holder".into()));
         }
         let ctx = Context::new(&info.parameters()?)?;
         let classes = info.arch.classes()?;
@@ -315,7 +313,7 @@ impl Coordinator {
     /// Empty for the linear ones.
     ///
     /// # Errors
-    /// [`ProtocolError::Unexpected`] if an aggregation needs more levels than the scores
+    /// [`ProtocolError::Config`] if an aggregation needs more levels than the scores
     /// arrive with, or the holders or classes do not fit the packed layout.
     pub fn rotation_keys(&self, aggregations: &[Aggregation]) -> Result<Vec<RotationKey>> {
         let mut keys = Vec::new();
@@ -337,17 +335,17 @@ impl Coordinator {
 
     fn refused(&self, agg: Aggregation, e: blindfold_tensor::CircuitError) -> ProtocolError {
         match e {
-            blindfold_tensor::CircuitError::TooDeep { .. } => ProtocolError::Unexpected(format!(
+            blindfold_tensor::CircuitError::TooDeep { .. } => ProtocolError::Config(format!(
                 "aggregation {agg} needs {} levels after the network, the scores arrive at level {}: \
                  use a parameter preset with more levels (N16384_DEPTH9_128BIT)",
                 agg.depth(),
                 self.score_level
             )),
-            blindfold_tensor::CircuitError::MissingKeys(_) => ProtocolError::Unexpected(format!(
+            blindfold_tensor::CircuitError::MissingKeys(_) => ProtocolError::Misuse(format!(
                 "{agg} needs the end user's evaluation keys first (Coordinator::set_evaluation_keys)"
             )),
             blindfold_tensor::CircuitError::Ckks(e) => ProtocolError::Ckks(e),
-            e => ProtocolError::Unexpected(format!("aggregation {agg}: {e}")),
+            e => ProtocolError::Config(format!("aggregation {agg}: {e}")),
         }
     }
 
@@ -355,14 +353,14 @@ impl Coordinator {
     /// the polynomial aggregations.
     ///
     /// # Errors
-    /// [`ProtocolError::Unexpected`] for any other message; CKKS errors for keys of other
+    /// [`ProtocolError::Peer`] for any other message; CKKS errors for keys of other
     /// parameters or malformed bytes.
     pub fn set_evaluation_keys(&mut self, msg: &Message) -> Result<()> {
         let Message::EvaluationKeys { relinearization, galois } = msg else {
-            return Err(ProtocolError::Unexpected(format!("expected EvaluationKeys, got {}", msg.kind())));
+            return Err(ProtocolError::Peer(format!("expected EvaluationKeys, got {}", msg.kind())));
         };
-        let rlk: RelinearizationKey = deserialize(relinearization, &self.ctx)?;
-        let gk: GaloisKeys = deserialize(galois, &self.ctx)?;
+        let rlk = relinearization.decode(&self.ctx)?;
+        let gk = galois.decode(&self.ctx)?;
         self.keys = Some((rlk, gk));
         Ok(())
     }
@@ -370,8 +368,8 @@ impl Coordinator {
     /// Accepts holder `holder`'s reply for the current image.
     ///
     /// # Errors
-    /// [`ProtocolError::Unexpected`] for an unknown holder, a second reply from one holder,
-    /// scores computed with other evaluation keys than the other holders' of this image, or
+    /// [`ProtocolError::Misuse`] for an unknown holder; [`ProtocolError::Peer`] for a second
+    /// reply from one holder, scores computed with other evaluation keys than the other holders' of this image, or
     /// any message other than [`Message::EncryptedScores`]; CKKS errors for scores made
     /// under other parameters ([`blindfold_ckks::Error::ParameterMismatch`]) or malformed
     /// bytes. A refused message changes nothing.
@@ -380,23 +378,23 @@ impl Coordinator {
         let slot = self
             .scores
             .get_mut(holder)
-            .ok_or_else(|| ProtocolError::Unexpected(format!("holder {holder} of an ensemble of {holders}")))?;
+            .ok_or_else(|| ProtocolError::Misuse(format!("holder {holder} of an ensemble of {holders}")))?;
         let Message::EncryptedScores { key_id, ciphertext } = msg else {
-            return Err(ProtocolError::Unexpected(format!(
+            return Err(ProtocolError::Peer(format!(
                 "the coordinator accepts only EncryptedScores, got {}",
                 msg.kind()
             )));
         };
         if slot.is_some() {
-            return Err(ProtocolError::Unexpected(format!("holder {holder} already sent its scores")));
+            return Err(ProtocolError::Peer(format!("holder {holder} already sent its scores")));
         }
         if self.key_id.is_some_and(|k| k != *key_id) {
-            return Err(ProtocolError::Unexpected(format!(
+            return Err(ProtocolError::Peer(format!(
                 "holder {holder} computed with evaluation keys {key_id}, the others with {}",
                 self.key_id.expect("checked")
             )));
         }
-        *slot = Some(deserialize(ciphertext, &self.ctx)?);
+        *slot = Some(ciphertext.decode(&self.ctx)?);
         self.key_id = Some(*key_id);
         Ok(())
     }
@@ -405,8 +403,8 @@ impl Coordinator {
     /// nothing are listed in [`Aggregated::missing`]; the result is never silently partial.
     ///
     /// # Errors
-    /// [`ProtocolError::Unexpected`] if no holder replied, the scores arrive too low for the
-    /// aggregation, or its evaluation keys are missing; CKKS errors if the holders' scores
+    /// [`ProtocolError::Misuse`] if no holder replied or the aggregation's evaluation keys are
+    /// missing; [`ProtocolError::Config`] if the scores arrive too low for the aggregation; CKKS errors if the holders' scores
     /// differ in level or scale (holders compiled for other settings).
     pub fn aggregate(&mut self, aggregation: Aggregation) -> Result<Aggregated> {
         let holders = self.scores.len();
@@ -424,7 +422,7 @@ impl Coordinator {
             }
         }
         let Some(key_id) = key_id.filter(|_| !cts.is_empty()) else {
-            return Err(ProtocolError::Unexpected("no model holder sent scores".into()));
+            return Err(ProtocolError::Misuse("no model holder sent scores".into()));
         };
         let level = cts[0].level();
         let declared = key_requests(&self.keys_of(aggregation, level)?, &self.ctx);
@@ -435,7 +433,7 @@ impl Coordinator {
         let be = CkksBackend::with_keys(&self.eval, rlk, gk, &declared);
         let scores: Vec<(usize, Ciphertext)> = contributors.iter().copied().zip(cts).collect();
         let out = self.aggregator(aggregation)?.evaluate(&be, &scores).map_err(|e| self.refused(aggregation, e))?;
-        let message = Message::EncryptedScores { key_id, ciphertext: serialize(&out, &self.ctx)?.to_vec() };
+        let message = Message::EncryptedScores { key_id, ciphertext: Wire::new(&out, &self.ctx)? };
         Ok(Aggregated { message, contributors, missing })
     }
 

@@ -14,25 +14,62 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
-/// Errors of the inference protocol.
+/// Errors of the protocols, each saying whose fault it is ([`ProtocolError::fault`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProtocolError {
-    /// A message that is not valid for this party in its current state.
-    #[error("unexpected message: {0}")]
-    Unexpected(String),
-    /// Bytes that do not decode as a message.
+    /// The other party sent something this party refuses: a message of the wrong kind or at
+    /// the wrong time, counts or keys that do not fit the plan, a plan that is not its
+    /// architecture's, scores for other keys.
+    #[error("refused from the other party: {0}")]
+    Peer(String),
+    /// Bytes that do not decode as a message (the other party's fault).
     #[error("malformed message: {0}")]
     Malformed(String),
+    /// Scores that do not decrypt to logits: made for another key, or corrupted (the other
+    /// party's fault, or a mismatched key file).
+    #[error("the scores cannot be decrypted with this key or are corrupted: {0}")]
+    Undecryptable(String),
+    /// The caller used the API out of order or with arguments that do not fit (e.g. an
+    /// image before any keys, an unknown holder index).
+    #[error("misuse: {0}")]
+    Misuse(String),
+    /// A setting does not fit: parameters, calibration, an aggregation too deep for the
+    /// levels left.
+    #[error("configuration: {0}")]
+    Config(String),
     /// A CKKS error (bad key or ciphertext bytes, parameter mismatch, …).
     #[error(transparent)]
     Ckks(#[from] blindfold_ckks::Error),
     /// A model without an encrypted form, or a circuit error.
     #[error(transparent)]
     Model(#[from] blindfold_nn::Error),
-    /// Scores that do not decrypt to logits: made for another key, or corrupted.
-    #[error("the scores cannot be decrypted with this key or are corrupted: {0}")]
-    Undecryptable(String),
+}
+
+/// Whose fault an error is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The other party misbehaved (or its bytes were damaged on the way): refuse and report
+    /// to it.
+    Peer,
+    /// The caller of this library misused it: a bug on this side.
+    Caller,
+    /// A setting (parameters, model, calibration) does not fit: fix the configuration.
+    Configuration,
+}
+
+impl ProtocolError {
+    /// Whose fault the error is. CKKS errors about bytes (malformed objects, parameter
+    /// mismatches) are the peer's, other CKKS errors the caller's.
+    pub fn fault(&self) -> Fault {
+        use blindfold_ckks::Error as E;
+        match self {
+            Self::Peer(_) | Self::Malformed(_) | Self::Undecryptable(_) => Fault::Peer,
+            Self::Ckks(E::Malformed { .. } | E::ParameterMismatch { .. }) => Fault::Peer,
+            Self::Misuse(_) | Self::Ckks(_) => Fault::Caller,
+            Self::Config(_) | Self::Model(_) => Fault::Configuration,
+        }
+    }
 }
 
 /// Largest magnitude a decrypted score may have (`10^6`): logits of trained networks are far
@@ -185,33 +222,103 @@ impl CompiledModel {
     }
 }
 
-/// A message between client and model holder.
+/// The wire form ([`blindfold_ckks::serialize`]) of a public CKKS object of type `T`, as it
+/// travels inside a [`Message`]: made only from a `T: WireObject`, so a message field typed
+/// `Wire<T>` cannot carry a secret key (`SecretKey` is not a wire object), and read back only
+/// through the checked deserializer. The bytes are decoded when a party reads them, never
+/// trusted before.
+///
+/// ```compile_fail,E0277
+/// # fn f(sk: &blindfold_ckks::SecretKey, ctx: &blindfold_ckks::Context) {
+/// // A secret key has no wire form: no message can carry one.
+/// let _ = blindfold_protocol::Wire::new(sk, ctx);
+/// # }
+/// ```
+#[derive(Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Wire<T> {
+    #[serde(with = "serde_bytes")]
+    bytes: Vec<u8>,
+    #[serde(skip)]
+    kind: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: WireObject> Wire<T> {
+    /// Serializes `obj`, made under `ctx`'s parameters.
+    ///
+    /// # Errors
+    /// As [`blindfold_ckks::serialize::serialize`].
+    pub fn new(obj: &T, ctx: &Context) -> Result<Self> {
+        Ok(Self { bytes: serialize(obj, ctx)?.to_vec(), kind: std::marker::PhantomData })
+    }
+
+    /// Checks and decodes the object for `ctx`'s parameters, within `T`'s default size limit.
+    ///
+    /// # Errors
+    /// As [`blindfold_ckks::serialize::deserialize`].
+    pub fn decode(&self, ctx: &Arc<Context>) -> Result<T> {
+        Ok(deserialize(&self.bytes, ctx)?)
+    }
+
+    /// [`Wire::decode`] within `limit` bytes.
+    ///
+    /// # Errors
+    /// As [`blindfold_ckks::serialize::deserialize_with_limit`].
+    pub fn decode_with_limit(&self, ctx: &Arc<Context>, limit: usize) -> Result<T> {
+        Ok(deserialize_with_limit(&self.bytes, ctx, limit)?)
+    }
+}
+
+impl<T> Wire<T> {
+    /// The serialized bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl<T> Clone for Wire<T> {
+    fn clone(&self) -> Self {
+        Self { bytes: self.bytes.clone(), kind: std::marker::PhantomData }
+    }
+}
+
+impl<T> PartialEq for Wire<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl<T> std::fmt::Debug for Wire<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Wire<{}>({} bytes)", std::any::type_name::<T>().rsplit("::").next().unwrap_or("?"), self.bytes.len())
+    }
+}
+
+/// A message between client and model holder (and, for scores, the ensemble coordinator).
+/// Its fields are typed by the public objects they carry ([`Wire`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Message {
-    /// Client → model holder: relinearization and Galois keys (CKKS wire format).
+    /// Client → model holder: relinearization and Galois keys.
     EvaluationKeys {
-        /// Serialized [`RelinearizationKey`].
-        #[serde(with = "serde_bytes")]
-        relinearization: Vec<u8>,
-        /// Serialized [`GaloisKeys`].
-        #[serde(with = "serde_bytes")]
-        galois: Vec<u8>,
+        /// The relinearization key.
+        relinearization: Wire<RelinearizationKey>,
+        /// The Galois keys.
+        galois: Wire<GaloisKeys>,
     },
     /// Client → model holder: the packed image, seeded ciphertexts.
     EncryptedImage {
         /// The evaluation keys the image is to be evaluated with ([`KeyId`]).
         key_id: KeyId,
-        /// One serialized [`SeededCiphertext`] per input ciphertext of the layout.
-        ciphertexts: Vec<serde_bytes::ByteBuf>,
+        /// One seeded ciphertext per input ciphertext of the layout.
+        ciphertexts: Vec<Wire<SeededCiphertext>>,
     },
     /// Model holder → client: the encrypted logits.
     EncryptedScores {
         /// The evaluation keys the scores were computed with: the client refuses scores made
         /// for keys other than its own.
         key_id: KeyId,
-        /// Serialized [`Ciphertext`].
-        #[serde(with = "serde_bytes")]
-        ciphertext: Vec<u8>,
+        /// The scores.
+        ciphertext: Wire<Ciphertext>,
     },
 }
 
@@ -274,9 +381,9 @@ impl KeyId {
     pub fn of(msg: &Message) -> Option<Self> {
         let Message::EvaluationKeys { relinearization, galois } = msg else { return None };
         let mut h = Sha256::new();
-        h.update((relinearization.len() as u64).to_le_bytes());
-        h.update(relinearization);
-        h.update(galois);
+        h.update((relinearization.bytes().len() as u64).to_le_bytes());
+        h.update(relinearization.bytes());
+        h.update(galois.bytes());
         Some(Self(h.finalize().into()))
     }
 
@@ -338,7 +445,7 @@ impl Client {
     /// each at its level).
     ///
     /// # Errors
-    /// [`ProtocolError::Unexpected`] for a plan whose published keys or depth are not those
+    /// [`ProtocolError::Peer`] for a plan whose published keys or depth are not those
     /// of its architecture's circuit; CKKS errors for parameters that are not 128-bit secure;
     /// [`ProtocolError::Model`] for an architecture without an encrypted form.
     pub fn new(info: &PlanInfo) -> Result<(Self, Message)> {
@@ -354,13 +461,11 @@ impl Client {
     /// has ([`Client::set_key_id`]).
     ///
     /// # Errors
-    /// As [`Client::new`]; [`ProtocolError::Unexpected`] if the key belongs to other
+    /// As [`Client::new`]; [`ProtocolError::Misuse`] if the key belongs to other
     /// parameters.
     pub fn with_secret_key(info: &PlanInfo, sk: &blindfold_ckks::SecretKey) -> Result<Self> {
         if sk.context().params() != &info.parameters()? {
-            return Err(ProtocolError::Unexpected(
-                "the secret key was made for other parameters than the plan's".into(),
-            ));
+            return Err(ProtocolError::Misuse("the secret key was made for other parameters than the plan's".into()));
         }
         let keygen = KeyGenerator::from_secret_key(sk)?;
         Self::with_keygen(info, sk.context().clone(), keygen)
@@ -368,14 +473,14 @@ impl Client {
 
     fn with_keygen(info: &PlanInfo, ctx: Arc<Context>, keygen: KeyGenerator) -> Result<Self> {
         if !(info.input_scale.is_finite() && info.input_scale >= 2.0 && info.input_scale < 2f64.powi(62)) {
-            return Err(ProtocolError::Unexpected(format!("input scale {} is not usable", info.input_scale)));
+            return Err(ProtocolError::Peer(format!("input scale {} is not usable", info.input_scale)));
         }
         let circuit = compile::circuit(&info.arch, None, ctx.params().slots(), ctx.max_level())?;
         if circuit.rotation_keys() != info.rotation_keys
             || circuit.depth() != info.depth
             || circuit.relinearizes() != info.relinearization
         {
-            return Err(ProtocolError::Unexpected(
+            return Err(ProtocolError::Peer(
                 "the plan's published keys or depth are not those of its architecture's circuit".into(),
             ));
         }
@@ -424,10 +529,7 @@ impl Client {
     pub fn evaluation_keys_for(&mut self, keys: &[RotationKey]) -> Result<Message> {
         let rlk = self.keygen.relinearization_key();
         let gk = self.keygen.galois_keys(&key_requests(keys, &self.ctx))?;
-        Ok(Message::EvaluationKeys {
-            relinearization: serialize(&rlk, &self.ctx)?.to_vec(),
-            galois: serialize(&gk, &self.ctx)?.to_vec(),
-        })
+        Ok(Message::EvaluationKeys { relinearization: Wire::new(&rlk, &self.ctx)?, galois: Wire::new(&gk, &self.ctx)? })
     }
 
     /// The client's secret key (to store it; never send it).
@@ -459,11 +561,11 @@ impl Client {
     ///
     /// # Errors
     /// [`ProtocolError::Model`] for an image of the wrong size; CKKS encoding errors;
-    /// [`ProtocolError::Unexpected`] before the client has evaluation keys
+    /// [`ProtocolError::Misuse`] before the client has evaluation keys
     /// ([`Client::evaluation_keys`] or [`Client::set_key_id`]).
     pub fn encrypt(&mut self, image: &[f64]) -> Result<Message> {
         let key_id = self.key_id.ok_or_else(|| {
-            ProtocolError::Unexpected("no evaluation keys yet: make them or name them (set_key_id) first".into())
+            ProtocolError::Misuse("no evaluation keys yet: make them or name them (set_key_id) first".into())
         })?;
         let packed = self.packing.pack(image).map_err(blindfold_nn::Error::from)?;
         let (level, scale) = (self.ctx.max_level(), self.info.input_scale);
@@ -471,12 +573,8 @@ impl Client {
             .par_iter()
             .map(|v| self.encoder.encode_real(v, level, scale))
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        let ciphertexts = self
-            .encryptor
-            .encrypt_batch(&pts)?
-            .par_iter()
-            .map(|ct| Ok(serde_bytes::ByteBuf::from(serialize(ct, &self.ctx)?.to_vec())))
-            .collect::<Result<_>>()?;
+        let ciphertexts =
+            self.encryptor.encrypt_batch(&pts)?.par_iter().map(|ct| Wire::new(ct, &self.ctx)).collect::<Result<_>>()?;
         Ok(Message::EncryptedImage { key_id, ciphertexts })
     }
 
@@ -486,7 +584,7 @@ impl Client {
     /// secret key (see SECURITY.md), so do not send it back to the model holder.
     ///
     /// # Errors
-    /// [`ProtocolError::Unexpected`] for another message, or scores computed for other
+    /// [`ProtocolError::Peer`] for another message, or scores computed for other
     /// evaluation keys than this client's; CKKS errors for bad ciphertext bytes;
     /// [`ProtocolError::Undecryptable`] for a ciphertext at another level than the plan's
     /// output, copies of a score that disagree ([`MAX_REPLICA_SPREAD`]), or scores that are
@@ -527,15 +625,15 @@ impl Client {
     /// The ciphertext of a [`Message::EncryptedScores`] made for this client's keys.
     fn scores_ciphertext(&self, msg: &Message) -> Result<Ciphertext> {
         let Message::EncryptedScores { key_id, ciphertext } = msg else {
-            return Err(ProtocolError::Unexpected(format!("client expected EncryptedScores, got {}", msg.kind())));
+            return Err(ProtocolError::Peer(format!("client expected EncryptedScores, got {}", msg.kind())));
         };
         if Some(*key_id) != self.key_id {
-            return Err(ProtocolError::Unexpected(format!(
+            return Err(ProtocolError::Peer(format!(
                 "scores computed with evaluation keys {key_id}, this client's are {}: a response for another client",
                 self.key_id.map_or("not set".into(), |k| k.to_string())
             )));
         }
-        Ok(deserialize(ciphertext, &self.ctx)?)
+        ciphertext.decode(&self.ctx)
     }
 }
 
@@ -614,7 +712,7 @@ impl ModelHolder {
     /// image (replies with the encrypted scores).
     ///
     /// # Errors
-    /// [`ProtocolError::Unexpected`] for keys that lack a rotation the circuit needs, an image
+    /// [`ProtocolError::Peer`] for keys that lack a rotation the circuit needs, an image
     /// before the keys, an image for other keys than this session's, an image of the wrong
     /// number of ciphertexts or a message meant for the client; CKKS errors for bad keys or
     /// ciphertexts (parameter mismatch, malformed bytes, sizes beyond the plan's).
@@ -623,9 +721,9 @@ impl ModelHolder {
         let circuit = self.model.circuit();
         match msg {
             Message::EvaluationKeys { relinearization, galois } => {
-                let rlk: RelinearizationKey = deserialize(relinearization, &ctx)?;
+                let rlk = relinearization.decode(&ctx)?;
                 let limit = galois_keys_max_size(&ctx, self.info().rotation_keys.len());
-                let gk: GaloisKeys = deserialize_with_limit(galois, &ctx, limit)?;
+                let gk = galois.decode_with_limit(&ctx, limit)?;
                 let missing = gk.missing(&circuit.key_requests(&ctx));
                 if !missing.is_empty() {
                     let steps: Vec<String> = circuit
@@ -634,7 +732,7 @@ impl ModelHolder {
                         .filter(|k| missing.iter().any(|m| m.element == ctx.galois_element_for_rotation(k.step)))
                         .map(|k| format!("{} at level {}", k.step, k.level))
                         .collect();
-                    return Err(ProtocolError::Unexpected(format!(
+                    return Err(ProtocolError::Peer(format!(
                         "Galois keys lack rotation steps {} (client's fault: keys made for another plan)",
                         steps.join(", ")
                     )));
@@ -647,26 +745,25 @@ impl ModelHolder {
                 let (id, rlk, gk) = self
                     .keys
                     .as_ref()
-                    .ok_or_else(|| ProtocolError::Unexpected("EncryptedImage before EvaluationKeys".into()))?;
+                    .ok_or_else(|| ProtocolError::Peer("EncryptedImage before EvaluationKeys".into()))?;
                 if key_id != id {
-                    return Err(ProtocolError::Unexpected(format!(
-                        "EncryptedImage for evaluation keys {key_id}, this session holds {id}: upload the keys first"
+                    return Err(ProtocolError::Peer(format!(
+                        "EncryptedImage for evaluation keys {key_id}, this session holds {id} (another client's, \
+                         or corrupted): upload the keys first"
                     )));
                 }
                 let expected = circuit.packing().ciphertexts();
                 if ciphertexts.len() != expected {
-                    return Err(ProtocolError::Unexpected(format!(
+                    return Err(ProtocolError::Peer(format!(
                         "EncryptedImage with {} ciphertexts, the plan takes {expected}",
                         ciphertexts.len()
                     )));
                 }
                 // Every ciphertext is checked (bytes, level) before any is expanded.
-                let seeded: Vec<SeededCiphertext> = ciphertexts
-                    .iter()
-                    .map(|b| deserialize::<SeededCiphertext>(b, &ctx))
-                    .collect::<std::result::Result<_, _>>()?;
+                let seeded: Vec<SeededCiphertext> =
+                    ciphertexts.iter().map(|c| c.decode(&ctx)).collect::<Result<_>>()?;
                 if let Some(ct) = seeded.iter().find(|c| c.level() != ctx.max_level()) {
-                    return Err(ProtocolError::Unexpected(format!(
+                    return Err(ProtocolError::Peer(format!(
                         "input ciphertext at level {}, the plan takes level {}",
                         ct.level(),
                         ctx.max_level()
@@ -674,9 +771,9 @@ impl ModelHolder {
                 }
                 let cts: Vec<Ciphertext> = seeded.iter().map(|c| c.expand(&ctx)).collect();
                 let out = circuit.evaluate(&self.eval, &cts, rlk, gk).map_err(blindfold_nn::Error::from)?;
-                Ok(Some(Message::EncryptedScores { key_id: *id, ciphertext: serialize(&out, &ctx)?.to_vec() }))
+                Ok(Some(Message::EncryptedScores { key_id: *id, ciphertext: Wire::new(&out, &ctx)? }))
             }
-            other => Err(ProtocolError::Unexpected(format!("model holder does not accept {}", other.kind()))),
+            other => Err(ProtocolError::Peer(format!("model holder does not accept {}", other.kind()))),
         }
     }
 }

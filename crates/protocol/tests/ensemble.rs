@@ -81,9 +81,9 @@ fn the_coordinator_refuses_keys_foreign_scores_and_empty_rounds() {
     let (mut user, keys) = Client::new(&info).unwrap();
     let mut coordinator = Coordinator::new(&info, 2).unwrap();
     // Key material and images are not for the coordinator.
-    assert!(matches!(coordinator.receive(0, &keys), Err(ProtocolError::Unexpected(_))));
+    assert!(matches!(coordinator.receive(0, &keys), Err(ProtocolError::Peer(_))));
     let request = user.encrypt(&[0.0; 784]).unwrap();
-    assert!(matches!(coordinator.receive(0, &request), Err(ProtocolError::Unexpected(_))));
+    assert!(matches!(coordinator.receive(0, &request), Err(ProtocolError::Peer(_))));
     // Nothing received: no prediction, rather than a wrong one.
     assert!(coordinator.aggregate(Aggregation::Mean).is_err());
     // Scores made under other parameters: a parameter-mismatch error naming both.

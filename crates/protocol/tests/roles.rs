@@ -4,7 +4,7 @@ use blindfold_ckks::presets;
 use blindfold_data::{load, Dataset, Split};
 use blindfold_nn::train::{train, TrainConfig};
 use blindfold_nn::{argmax, ArchSpec, Model};
-use blindfold_protocol::{Client, CompiledModel, KeyId, Message, ModelHolder, PlanInfo, ProtocolError};
+use blindfold_protocol::{Client, CompiledModel, Fault, KeyId, Message, ModelHolder, PlanInfo, ProtocolError};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
@@ -46,22 +46,34 @@ fn wrong_messages_and_foreign_keys_are_refused() {
     let image: Vec<f64> = vec![0.0; 784];
     let request = client.encrypt(&image).unwrap();
     // An image before the keys.
-    assert!(matches!(holder.handle(&request), Err(ProtocolError::Unexpected(_))));
+    assert!(matches!(holder.handle(&request), Err(ProtocolError::Peer(_))));
     // Messages meant for the other party.
-    let scores = Message::EncryptedScores { key_id: client.key_id().unwrap(), ciphertext: vec![1, 2, 3] };
-    assert!(matches!(holder.handle(&scores), Err(ProtocolError::Unexpected(_))));
-    assert!(matches!(client.decrypt_scores(&request), Err(ProtocolError::Unexpected(_))));
+    // Scores whose ciphertext is 3 bytes of garbage (the variant, the key id, the bytes).
+    let mut garbage = vec![2u8];
+    garbage.extend_from_slice(&client.key_id().unwrap().0);
+    garbage.extend_from_slice(&[3, 1, 2, 3]);
+    let scores = Message::from_bytes(&garbage).unwrap();
+    assert!(matches!(holder.handle(&scores), Err(ProtocolError::Peer(_))));
+    assert!(matches!(client.decrypt_scores(&request), Err(ProtocolError::Peer(_))));
     // Garbage bytes.
-    assert!(matches!(Message::from_bytes(&[200, 1, 2]), Err(ProtocolError::Malformed(_))));
+    let garbage = Message::from_bytes(&[200, 1, 2]).unwrap_err();
+    assert!(matches!(garbage, ProtocolError::Malformed(_)));
+    // Whose fault: the other party's for what it sent, the caller's for misuse.
+    assert_eq!(garbage.fault(), Fault::Peer);
+    assert_eq!(holder.handle(&scores).unwrap_err().fault(), Fault::Peer);
+    let other_params = presets::N16384_DEPTH7_128BIT.parameters().unwrap();
+    let foreign_sk =
+        blindfold_ckks::KeyGenerator::from_seed(&blindfold_ckks::Context::new(&other_params).unwrap(), [1; 32]);
+    let misuse = Client::with_secret_key(&info, foreign_sk.secret_key()).err().unwrap();
+    assert_eq!(misuse.fault(), Fault::Caller, "{misuse}");
     assert!(matches!(client.decrypt_scores(&scores), Err(ProtocolError::Ckks(_))));
     // Keys made for other parameters: a clear parameter-mismatch error.
-    let other_params = presets::N16384_DEPTH7_128BIT.parameters().unwrap();
     let other = CompiledModel::with_parameters(&model, &other_params).unwrap();
     let (_, other_keys) = Client::new(other.info()).unwrap();
     // A plan whose published keys are not its architecture's: refused by the client.
     let mut greedy: PlanInfo = info.clone();
     greedy.rotation_keys.push(blindfold_tensor::RotationKey { step: 3, level: 2 });
-    assert!(matches!(Client::new(&greedy), Err(ProtocolError::Unexpected(_))));
+    assert!(matches!(Client::new(&greedy), Err(ProtocolError::Peer(_))));
     let err = holder.handle(&other_keys).unwrap_err().to_string();
     assert!(err.contains("parameter mismatch"), "{err}");
     // Then the right keys work.

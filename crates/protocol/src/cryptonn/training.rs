@@ -474,9 +474,11 @@ impl<'a> FeProducts<'a> {
         let authority = match purpose {
             Purpose::Forward | Purpose::ConvGradient => &mut self.authority.forward,
             Purpose::Gradient => &mut self.authority.gradient,
-            Purpose::LabelSums => {
-                self.authority.label_sums.as_mut().ok_or_else(|| products_error("no label-sum key pair"))?
-            }
+            Purpose::LabelSums => self
+                .authority
+                .label_sums
+                .as_mut()
+                .ok_or_else(|| blindfold_nn::Error::Products("no label-sum key pair".into()))?,
         };
         let keys = vectors
             .map(|vector| authority.issue(&KeyRequest { epoch: self.epoch, batch: self.step, purpose, vector }))
@@ -505,8 +507,10 @@ impl<'a> FeProducts<'a> {
     }
 }
 
-fn products_error(e: impl std::fmt::Display) -> blindfold_nn::Error {
-    blindfold_nn::Error::Products(e.to_string())
+/// The trainer's error for a failure of the FE parties, keeping the cause's type (a
+/// [`PolicyError`] stays one).
+fn products_error(e: impl std::error::Error + Send + Sync + 'static) -> blindfold_nn::Error {
+    blindfold_nn::Error::Products(Box::new(e))
 }
 
 impl FirstLayerProducts for FeProducts<'_> {
@@ -537,15 +541,13 @@ impl FirstLayerProducts for FeProducts<'_> {
             return subtract_labels(probabilities, labels, self.client.encoding);
         }
         let Some((msk, _)) = &self.authority.labels else {
-            return Err(products_error("encrypted labels but no FEBO key pair"));
+            return Err(blindfold_nn::Error::Products("encrypted labels but no FEBO key pair".into()));
         };
         let labels = self.server.encrypted_labels(batch).map_err(products_error)?;
         if labels.len() != probabilities.len() {
-            return Err(products_error(format!(
-                "{} encrypted label entries for {} probabilities",
-                labels.len(),
-                probabilities.len()
-            )));
+            return Err(blindfold_nn::Error::Products(
+                format!("{} encrypted label entries for {} probabilities", labels.len(), probabilities.len()).into(),
+            ));
         }
         let start = Instant::now();
         let keys: Vec<febo::FunctionKey> = labels
