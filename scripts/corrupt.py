@@ -227,6 +227,7 @@ def main():
     for name, (path, command, mutations) in targets.items():
         base = os.path.basename(path)
         counts = {"refused, names the file": 0, "refused, vague": 0, "accepted": 0, "failed": 0}
+        accepted_by = {}
         peak = 0
         for k in range(a.variants + 1):
             variant = J("variant-" + base)
@@ -238,7 +239,8 @@ def main():
                 m = rng.choice(mutations)
                 kind = m.__name__
                 with open(variant, "wb") as f:
-                    f.write(m(rng, originals[name], others))
+                    foreign = [o for o in others if o[:64] != originals[name][:64]]
+                    f.write(m(rng, originals[name], foreign))
             code, err, rss, secs = run(b, command(variant))
             total += 1
             peak = max(peak, rss)
@@ -258,15 +260,19 @@ def main():
                 shutil.copy(variant, keep) if kind != "1 GiB sparse file" else None
             elif code == 0:
                 counts["accepted"] += 1
+                accepted_by[kind] = accepted_by.get(kind, 0) + 1
             elif base in err or "keys-variant" in err:
                 counts["refused, names the file"] += 1
             else:
                 counts["refused, vague"] += 1
                 failures.append({"file": name, "mutation": kind, "problem": "refusal does not name the file",
                                  "stderr": err[-2000:]})
-        rows.append({"file": name, "variants": a.variants + 1, **counts, "peak_rss_mb": round(peak / 2**20, 1)})
+        rows.append({"file": name, "variants": a.variants + 1, **counts, "accepted_by": accepted_by,
+                     "peak_rss_mb": round(peak / 2**20, 1)})
         print(f"{name:<26} {a.variants + 1:>4} variants: " + ", ".join(f"{v} {k}" for k, v in counts.items())
-              + f"; peak RSS {peak / 2**20:.0f} MB", flush=True)
+              + f"; peak RSS {peak / 2**20:.0f} MB"
+              + (f" (accepted: {', '.join(f'{v} {k}' for k, v in accepted_by.items())})" if accepted_by else ""),
+              flush=True)
 
     worst = max(r["peak_rss_mb"] for r in rows)
     print(f"\n{total} corrupted inputs: {sum(r['failed'] for r in rows)} failures "

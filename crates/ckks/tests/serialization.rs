@@ -213,17 +213,7 @@ fn a_secret_key_of_too_few_non_zero_coefficients_is_refused() {
 fn objects_of_other_parameters_give_errors_not_panics() {
     let mut s = setup(small_params(), 16);
     // A smaller ring and a shorter chain: every index would run out of bounds.
-    let other = Context::new(
-        &Parameters::new_insecure(ParametersLiteral {
-            log_n: 10,
-            log_q: vec![50, 40],
-            log_p: vec![50],
-            log_default_scale: 40,
-            dnum: None,
-        })
-        .unwrap(),
-    )
-    .unwrap();
+    let other = ctx_for_fuzz();
     let other_keys = KeyGenerator::from_seed(&other, [3; 32]);
     let other_pt = Encoder::new(&other).encode_real(&[1.0], other.max_level(), 2f64.powi(20)).unwrap();
     let ct = s.encrypt(&values(4, 5));

@@ -431,6 +431,10 @@ struct Bytes {
     ciphertext_in: usize,
     ciphertext_out: usize,
     eval_keys: usize,
+    /// The largest evaluation-keys message the model holder accepts for this plan.
+    max_eval_keys: usize,
+    /// The largest request the model holder accepts for this plan.
+    max_request: usize,
 }
 
 #[derive(Serialize)]
@@ -515,6 +519,7 @@ fn encrypted_inference(
     if compiled.info() != &info {
         bail!("the compiled model's plan differs from its architecture's");
     }
+    let limits = ModelHolder::new(compiled.clone());
     let compiled = &compiled;
     let params = info.parameters()?;
     let preset = info.parameters_name();
@@ -607,6 +612,8 @@ fn encrypted_inference(
             ciphertext_in: results.first().map_or(0, |r| r.6),
             ciphertext_out: results.first().map_or(0, |r| r.7),
             eval_keys: key_bytes,
+            max_eval_keys: limits.max_keys_len(),
+            max_request: limits.max_image_len(),
         },
         params: ParamsReport {
             log_n: params.log_n(),
@@ -659,6 +666,12 @@ fn print_report(report: &Report) {
         report.bytes.ciphertext_in as f64 / 1e6,
         report.bytes.ciphertext_out as f64 / 1e6,
         report.bytes.eval_keys as f64 / 1e6
+    );
+    println!(
+        "{:<22} requests up to {:.2} MB, evaluation keys up to {:.1} MB (larger ones are refused unread)",
+        "model holder limits",
+        report.bytes.max_request as f64 / 1e6,
+        report.bytes.max_eval_keys as f64 / 1e6
     );
     println!(
         "{:<22} {} (N = 2^{}, log2 QP = {:.1}, 128-bit), depth {}, {} rotation keys",

@@ -4,7 +4,7 @@ use blindfold_ckks::presets;
 use blindfold_data::{load, Dataset, Split};
 use blindfold_nn::train::{train, TrainConfig};
 use blindfold_nn::{argmax, ArchSpec, Model};
-use blindfold_protocol::{Client, CompiledModel, Fault, KeyId, Message, ModelHolder, PlanInfo, ProtocolError};
+use blindfold_protocol::{Client, CompiledModel, Fault, KeyId, Message, ModelHolder, PlanInfo, ProtocolError, Wire};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
@@ -107,6 +107,16 @@ fn responses_for_other_keys_and_oversized_or_padded_messages_are_refused() {
     bob.set_key_id(alice.key_id().unwrap());
     let err = bob.decrypt_scores(&reply).unwrap_err();
     assert!(matches!(err, ProtocolError::Undecryptable(_)), "{err}");
+    // Scores at a denormal scale decode to infinities: refused, never a class.
+    let Message::EncryptedScores { key_id, ciphertext } = &reply else { unreachable!() };
+    let mut ct = ciphertext.decode(compiled.context()).unwrap();
+    for scale in [5e-324, 1e-300] {
+        ct.set_scale(scale);
+        let tampered =
+            Message::EncryptedScores { key_id: *key_id, ciphertext: Wire::new(&ct, compiled.context()).unwrap() };
+        let err = alice.decrypt_scores(&tampered).unwrap_err();
+        assert!(matches!(err, ProtocolError::Undecryptable(_)), "scale {scale}: {err}");
+    }
     // Trailing bytes after a valid message.
     let mut padded = alice.encrypt(&image).unwrap().to_bytes();
     padded.push(0);
