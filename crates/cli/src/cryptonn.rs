@@ -1,7 +1,8 @@
 //! `blindfold cryptonn train`: CryptoNN training over functional encryption, next to its
 //! plaintext twin on the same fixed-point encoding, in one process.
 
-use crate::{bar, DataArgs};
+use crate::progress::bar;
+use crate::DataArgs;
 use anyhow::{bail, Context as _, Result};
 use blindfold_data::Split;
 use blindfold_fe::{DlogTable, FixedPoint};

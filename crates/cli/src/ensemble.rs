@@ -1,7 +1,10 @@
 //! `blindfold ensemble`: several model holders, each with a model trained on its own share
 //! of the data, a coordinator combining their encrypted scores, one end user decrypting.
 
-use crate::{bar, cached_model, percentile, say, train_on, DataArgs, Percentiles, TrainOpts};
+use crate::progress::{bar, say};
+use crate::report::{percentile, Percentiles};
+use crate::train::{cached_model, train_on, TrainOpts};
+use crate::DataArgs;
 use anyhow::{bail, Context as _, Result};
 use blindfold_ckks::{presets, Parameters};
 use blindfold_data::{class_histogram, partition, Partition, Split};

@@ -2,7 +2,11 @@
 //! degrees, as a CSV and two SVG charts (the two figures of the TenSEAL/CKKS study: accuracy
 //! against scale bits per ring degree, latency against ring degree).
 
-use crate::{bar, cached_model, encrypted_inference, say, train_model, DataArgs, Report, TrainOpts};
+use crate::infer::encrypted_inference;
+use crate::progress::{bar, say};
+use crate::report::Report;
+use crate::train::{cached_model, train_model, TrainOpts};
+use crate::DataArgs;
 use anyhow::{bail, Context as _, Result};
 use blindfold_ckks::{max_log_qp_128bit, Parameters};
 use blindfold_data::Split;

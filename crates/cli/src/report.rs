@@ -1,0 +1,121 @@
+//! The report of encrypted inference: what `demo`, `infer` and `sweep` print and write as JSON.
+
+use serde::Serialize;
+
+#[derive(Serialize)]
+pub(crate) struct Percentiles {
+    pub(crate) p50: f64,
+    pub(crate) p95: f64,
+}
+
+#[derive(Serialize)]
+pub(crate) struct ClientMs {
+    pub(crate) encrypt_p50: f64,
+    pub(crate) decrypt_p50: f64,
+}
+
+#[derive(Serialize)]
+pub(crate) struct Bytes {
+    pub(crate) ciphertext_in: usize,
+    pub(crate) ciphertext_out: usize,
+    pub(crate) eval_keys: usize,
+    /// The largest evaluation-keys message the model holder accepts for this plan.
+    pub(crate) max_eval_keys: usize,
+    /// The largest request the model holder accepts for this plan.
+    pub(crate) max_request: usize,
+}
+
+#[derive(Serialize)]
+pub(crate) struct ParamsReport {
+    pub(crate) log_n: u32,
+    pub(crate) log_qp: f64,
+    pub(crate) security_bits: u32,
+    pub(crate) preset: String,
+}
+
+#[derive(Serialize)]
+pub(crate) struct Report {
+    pub(crate) dataset: String,
+    pub(crate) arch: String,
+    pub(crate) n: usize,
+    pub(crate) plain_accuracy: f64,
+    pub(crate) encrypted_accuracy: f64,
+    pub(crate) agreement: f64,
+    pub(crate) server_ms: Percentiles,
+    pub(crate) client_ms: ClientMs,
+    pub(crate) bytes: Bytes,
+    pub(crate) params: ParamsReport,
+    pub(crate) threads: usize,
+    pub(crate) parallel_images: usize,
+    pub(crate) depth: usize,
+    pub(crate) rotation_keys: usize,
+    pub(crate) input_ciphertexts: usize,
+    /// The circuit's stages: levels, rotations, products of each.
+    pub(crate) stages: Vec<blindfold_tensor::StageCost>,
+    /// ReLU fits: fitted range against the pre-activations of the first 1,000 test images.
+    pub(crate) activation_ranges: Vec<blindfold_nn::ActivationRange>,
+}
+
+pub(crate) fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+pub(crate) fn print_report(report: &Report) {
+    eprintln!(
+        "circuit: depth {}, {} rotation keys, {} input ciphertext(s), parameters {}",
+        report.depth, report.rotation_keys, report.input_ciphertexts, report.params.preset
+    );
+    for s in &report.stages {
+        eprintln!(
+            "  {:<70} levels {}, key switches {:>2} ({} hoisted), plaintext products {:>3}",
+            s.name,
+            s.levels,
+            s.key_switches(),
+            s.hoisted_rotations,
+            s.plain_products
+        );
+    }
+    println!("{:<22} {}", "dataset", report.dataset);
+    println!("{:<22} {}", "architecture", report.arch);
+    println!("{:<22} {}", "test images", report.n);
+    println!("{:<22} {:.2}%", "plaintext accuracy", 100.0 * report.plain_accuracy);
+    println!("{:<22} {:.2}%", "encrypted accuracy", 100.0 * report.encrypted_accuracy);
+    println!("{:<22} {:.2}%", "agreement", 100.0 * report.agreement);
+    println!(
+        "{:<22} p50 {:.1} ms, p95 {:.1} ms ({} threads, {} image(s) at a time)",
+        "server per image", report.server_ms.p50, report.server_ms.p95, report.threads, report.parallel_images
+    );
+    println!(
+        "{:<22} encrypt {:.1} ms, decrypt {:.1} ms (p50)",
+        "client per image", report.client_ms.encrypt_p50, report.client_ms.decrypt_p50
+    );
+    println!(
+        "{:<22} in {:.2} MB, out {:.2} MB, evaluation keys {:.1} MB",
+        "traffic",
+        report.bytes.ciphertext_in as f64 / 1e6,
+        report.bytes.ciphertext_out as f64 / 1e6,
+        report.bytes.eval_keys as f64 / 1e6
+    );
+    println!(
+        "{:<22} requests up to {:.2} MB, evaluation keys up to {:.1} MB (larger ones are refused unread)",
+        "model holder limits",
+        report.bytes.max_request as f64 / 1e6,
+        report.bytes.max_eval_keys as f64 / 1e6
+    );
+    println!(
+        "{:<22} {} (N = 2^{}, log2 QP = {:.1}, 128-bit), depth {}, {} rotation keys",
+        "parameters",
+        report.params.preset,
+        report.params.log_n,
+        report.params.log_qp,
+        report.depth,
+        report.rotation_keys
+    );
+    for r in &report.activation_ranges {
+        println!("{:<22} {r}", "activation range");
+    }
+}
