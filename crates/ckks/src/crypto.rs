@@ -82,6 +82,56 @@ impl Encryptor {
         }
         Ok(Ciphertext { parts: vec![std::mem::take(&mut *c0), std::mem::take(&mut *c1)], level, scale: pt.scale })
     }
+
+    /// Re-randomizes a ciphertext for circuit privacy: adds a fresh encryption of zero under
+    /// the public key and floods `c_0` with fresh Gaussian noise of standard deviation
+    /// `2^log_sigma` (noise smudging; Gentry 2009, §21; for CKKS, Li–Micciancio,
+    /// EUROCRYPT 2021, §5). Decryption gives the same message plus the flooding noise;
+    /// the ciphertext is then statistically independent of how it was computed, up to its
+    /// message and a statistical distance of about `N·B/σ` when the computation's noise has
+    /// coefficients below `B`: for `λ` bits choose `log_sigma ≥ λ + log2(N·B)`. The flooding
+    /// noise reaches the slots as about `σ·√N/Δ`, so the scale must exceed it by the
+    /// precision wanted, and `Q_level` must hold message and noise below half of it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a ciphertext of other parameters or of three parts
+    /// (relinearize first), or `log_sigma` outside `0..=62`.
+    pub fn rerandomize(&mut self, ct: &mut Ciphertext, log_sigma: f64) -> Result<()> {
+        check_ciphertext(&self.ctx, ct, "rerandomize")?;
+        if ct.parts.len() != 2 {
+            return Err(Error::InvalidArgument("rerandomize: relinearize the ciphertext first".into()));
+        }
+        if !(0.0..=62.0).contains(&log_sigma) {
+            return Err(Error::InvalidArgument(format!("log_sigma = {log_sigma} outside 0..=62")));
+        }
+        let level = ct.level;
+        let zero = Plaintext { data: vec![0; (level + 1) * self.ctx.n()], level, scale: ct.scale };
+        let fresh = self.encrypt(&zero)?;
+        let noise = flooding_noise(&mut self.rng, self.ctx.n(), 2f64.powf(log_sigma));
+        let n = self.ctx.n();
+        for i in 0..=level {
+            let (q, r) = (&self.ctx.moduli[i], i * n..(i + 1) * n);
+            let mut e: Vec<u64> = noise.iter().map(|&x| q.reduce_f64(x)).collect();
+            self.ctx.ntt[i].forward(&mut e);
+            slice::add_assign(&mut ct.parts[0][r.clone()], &e, q);
+            slice::add_assign(&mut ct.parts[0][r.clone()], &fresh.parts[0][r.clone()], q);
+            slice::add_assign(&mut ct.parts[1][r.clone()], &fresh.parts[1][r], q);
+        }
+        Ok(())
+    }
+}
+
+/// `n` samples of a rounded Gaussian of standard deviation `sigma` (Box–Muller on 53-bit
+/// uniforms), for noise flooding: fresh, independent of any secret, not constant-time.
+fn flooding_noise(rng: &mut SecretRng, n: usize, sigma: f64) -> Vec<f64> {
+    use rand_core::Rng;
+    (0..n)
+        .map(|_| {
+            let u1 = ((rng.next_u64() >> 11) as f64 + 1.0) / 9_007_199_254_740_993.0;
+            let u2 = (rng.next_u64() >> 11) as f64 / 9_007_199_254_740_992.0;
+            (sigma * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()).round()
+        })
+        .collect()
 }
 
 /// Encrypts plaintexts with the secret key (the client): `(-a·s + e + m, a)` with `a`
@@ -237,16 +287,7 @@ impl Decryptor {
         let ctx = &self.sk.ctx;
         let n = ctx.n();
         let mut rng = sampler::os_rng().map_err(|e| Error::Rng(e.to_string()))?;
-        let sigma = 2f64.powi(log_sigma as i32);
-        // Box–Muller on 53-bit uniforms; the noise is fresh and independent of any secret.
-        let noise: Vec<f64> = (0..n)
-            .map(|_| {
-                use rand_core::Rng;
-                let u1 = ((rng.next_u64() >> 11) as f64 + 1.0) / 9_007_199_254_740_993.0;
-                let u2 = (rng.next_u64() >> 11) as f64 / 9_007_199_254_740_992.0;
-                (sigma * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()).round()
-            })
-            .collect();
+        let noise = flooding_noise(&mut rng, n, 2f64.powi(log_sigma as i32));
         for i in 0..=pt.level {
             let q = &ctx.moduli[i];
             let mut e: Vec<u64> = noise.iter().map(|&x| q.reduce_f64(x)).collect();

@@ -302,3 +302,33 @@ fn key_switching_with_two_special_primes_keeps_its_precision() {
     let want: Vec<_> = (0..slots).map(|j| a[(j + 1) % slots]).collect();
     report("rotate 1, N=2^14, α=2", &s.decrypt(&s.eval.rotate(&ct, 1, &gk).unwrap()), &want, 13.0);
 }
+
+/// Re-randomization with noise flooding: the same message, a different ciphertext each
+/// time, and slot noise of the width the flooding predicts (`σ·√(N/2)/Δ` per real part).
+#[test]
+fn rerandomize_keeps_the_message_and_floods_the_noise() {
+    let mut s = setup(small_params(), 17);
+    let slots = s.encoder.slots();
+    let a = values(slots, 17);
+    let ct = s.encrypt(&a);
+    let clean = s.decrypt(&ct);
+    let (log_sigma, scale) = (30.0, ct.scale());
+    let expected = 2f64.powf(log_sigma) * (s.ctx.n() as f64 / 2.0).sqrt() / scale;
+    let mut first = ct.clone();
+    s.encryptor.rerandomize(&mut first, log_sigma).unwrap();
+    let mut second = ct.clone();
+    s.encryptor.rerandomize(&mut second, log_sigma).unwrap();
+    assert_ne!(first, ct);
+    assert_ne!(first, second, "two re-randomizations of one ciphertext must differ");
+    for r in [&first, &second] {
+        let got = s.decrypt(r);
+        let diffs: Vec<f64> = got.iter().zip(&clean).map(|(g, c)| (g - c).re).collect();
+        let std = (diffs.iter().map(|d| d * d).sum::<f64>() / diffs.len() as f64).sqrt();
+        assert!(std > 0.5 * expected && std < 2.0 * expected, "flooded slot noise {std:e}, expected {expected:e}");
+        report("rerandomized", &got, &a, 2.0); // 4σ over 1,024 slots: about 2^-3
+    }
+    // Refusals: an unrelinearized product, an absurd width.
+    let mut big = s.eval.multiply(&ct, &ct).unwrap();
+    assert!(s.encryptor.rerandomize(&mut big, 10.0).is_err());
+    assert!(s.encryptor.rerandomize(&mut first, 70.0).is_err());
+}
