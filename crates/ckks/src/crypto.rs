@@ -88,8 +88,9 @@ impl Encryptor {
     /// `2^log_sigma` (noise smudging; Gentry 2009, §21; for CKKS, Li–Micciancio,
     /// EUROCRYPT 2021, §5). Decryption gives the same message plus the flooding noise;
     /// the ciphertext is then statistically independent of how it was computed, up to its
-    /// message and a statistical distance of about `N·B/σ` when the computation's noise has
-    /// coefficients below `B`: for `λ` bits choose `log_sigma ≥ λ + log2(N·B)`. The flooding
+    /// message and a statistical distance of at most `√N·B/(2σ)` when the computation's noise
+    /// has coefficients below `B` (the Gaussian smudging bound through the KL divergence):
+    /// for `λ` bits choose `log_sigma ≥ λ + log2(√N·B)`. The flooding
     /// noise reaches the slots as about `σ·√N/Δ`, so the scale must exceed it by the
     /// precision wanted, and `Q_level` must hold message and noise below half of it.
     ///
