@@ -45,24 +45,24 @@ impl Drop for MasterSecretKey {
 /// The FEBO master public key `h = s·G`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MasterPublicKey {
-    h: RistrettoPoint,
+    pub(crate) h: RistrettoPoint,
 }
 
 /// An encryption of one integer: `(cmt, ct) = (r·G, r·h + x·G)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ciphertext {
-    cmt: RistrettoPoint,
-    ct: RistrettoPoint,
+    pub(crate) cmt: RistrettoPoint,
+    pub(crate) ct: RistrettoPoint,
 }
 
 /// A key for `x op y` on the one ciphertext whose commitment it was derived for. Whoever holds
 /// it learns `x` (it knows `y`); zeroized on drop.
 pub struct FunctionKey {
-    op: Operation,
-    y: i64,
+    pub(crate) op: Operation,
+    pub(crate) y: i64,
     /// The commitment the key is bound to (compressed, for the check at decryption).
-    cmt: CompressedRistretto,
-    key: RistrettoPoint,
+    pub(crate) cmt: CompressedRistretto,
+    pub(crate) key: RistrettoPoint,
 }
 
 impl Drop for FunctionKey {

@@ -40,11 +40,11 @@ impl Drop for MasterSecretKey {
 /// The master public key `h_i = s_i·G`, `n` group elements: anyone can encrypt with it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MasterPublicKey {
-    h: Vec<RistrettoPoint>,
+    pub(crate) h: Vec<RistrettoPoint>,
 }
 
 /// Limbs of `sk_y` in decryption: `sk_y·ct_0 = Σ_k sk_k·(2^{32k}·ct_0)` with 32-bit `sk_k`.
-const LIMBS: usize = 8;
+pub(crate) const LIMBS: usize = 8;
 
 /// An encryption of a vector of length `n`: `ct_0 = r·G`, `ct_i = r·h_i + x_i·G`, and the
 /// precomputed `2^{32k}·ct_0` for `k = 1..8` (public functions of `ct_0`, made by the
@@ -52,17 +52,17 @@ const LIMBS: usize = 8;
 /// into eight 32-bit multiplications sharing 33 doublings instead of 253.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ciphertext {
-    ct0: RistrettoPoint,
-    ct0_powers: [RistrettoPoint; LIMBS - 1],
-    cts: Vec<RistrettoPoint>,
+    pub(crate) ct0: RistrettoPoint,
+    pub(crate) ct0_powers: [RistrettoPoint; LIMBS - 1],
+    pub(crate) cts: Vec<RistrettoPoint>,
 }
 
 /// A function key for the vector `y`: lets its holder compute `⟨x, y⟩` from an encryption of
 /// any `x`, and nothing else about `x`. Holds `y` in the clear (keys are not function-hiding);
 /// `sk_y` is zeroized on drop.
 pub struct FunctionKey {
-    y: Vec<i64>,
-    sk: Scalar,
+    pub(crate) y: Vec<i64>,
+    pub(crate) sk: Scalar,
 }
 
 impl Drop for FunctionKey {

@@ -25,6 +25,7 @@ pub mod febo;
 pub mod ipfe;
 #[cfg(target_arch = "x86_64")]
 mod lanes;
+pub mod wire;
 
 pub use dlog::DlogTable;
 pub use encoding::FixedPoint;
