@@ -11,6 +11,7 @@ mod files;
 mod infer;
 mod params;
 mod progress;
+mod remote;
 mod report;
 mod sweep;
 mod train;
@@ -45,6 +46,11 @@ enum Command {
     /// CryptoNN: training over data encrypted with functional encryption.
     #[command(subcommand)]
     Cryptonn(cryptonn::CryptonnCommand),
+    /// Model holder as a network service (gRPC): clients fetch the plan, upload their
+    /// evaluation keys once and send encrypted images; the secret key never leaves them.
+    Serve(remote::ServeArgs),
+    /// Client of a model holder on the network (`blindfold serve`).
+    Client(remote::ClientArgs),
     /// List the CKKS parameter presets and the 128-bit bound each is checked against.
     Params {
         /// Print JSON instead of a table.
@@ -134,6 +140,8 @@ fn main() {
         Command::Ensemble(a) => ensemble::ensemble_cmd(a),
         Command::Sweep(a) => sweep::sweep_cmd(a),
         Command::Cryptonn(c) => cryptonn::cryptonn_cmd(c),
+        Command::Serve(a) => remote::serve_cmd(a),
+        Command::Client(a) => remote::client_cmd(a),
         Command::Params { json } => params::params_cmd(json),
         Command::Keygen { model, out_dir } => files::keygen_cmd(&model, &out_dir),
         Command::Encrypt { keys, data, index, out } => files::encrypt_cmd(&keys, &data, index, &out),

@@ -1,0 +1,191 @@
+//! `blindfold serve` and `blindfold client`: the model holder as a gRPC service, and a client
+//! that keeps its secret key and sends only evaluation keys and ciphertexts over the network.
+
+use crate::infer::ChainArgs;
+use crate::progress::bar;
+use crate::report::{percentile, Percentiles};
+use crate::DataArgs;
+use anyhow::{bail, Context as _, Result};
+use blindfold_data::Split;
+use blindfold_nn::{argmax, Model};
+use blindfold_protocol::{Client, CompiledModel, Message};
+use blindfold_service::{serve, RemoteModelHolder, DEFAULT_MAX_SESSIONS};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    /// The trained model.
+    #[arg(long)]
+    model: PathBuf,
+    /// Address to listen on (port 0: any free port; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    listen: String,
+    /// Clients whose evaluation keys are kept; beyond it the least recently used are dropped
+    /// (their clients upload again).
+    #[arg(long, default_value_t = DEFAULT_MAX_SESSIONS)]
+    max_sessions: usize,
+    #[command(flatten)]
+    chain: ChainArgs,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+pub(crate) fn serve_cmd(a: ServeArgs) -> Result<()> {
+    let (model, _) = Model::load(&a.model)?;
+    let compiled =
+        CompiledModel::new(&model, &a.chain.options()).with_context(|| format!("compiling {}", a.model.display()))?;
+    let info = compiled.info();
+    eprintln!(
+        "serving {} ({}, depth {}, {} rotation keys)",
+        a.model.display(),
+        info.parameters_name(),
+        info.depth,
+        info.rotation_keys.len()
+    );
+    runtime()?.block_on(async {
+        let listener =
+            tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
+        println!("listening on {}", listener.local_addr()?);
+        std::io::stdout().flush()?;
+        serve(compiled, listener, a.max_sessions).await.context("serving")
+    })
+}
+
+#[derive(Args)]
+pub(crate) struct ClientArgs {
+    /// The model holder's address, e.g. http://127.0.0.1:50051.
+    #[arg(long)]
+    server: String,
+    #[command(subcommand)]
+    command: ClientCommand,
+}
+
+#[derive(Subcommand)]
+enum ClientCommand {
+    /// Classify test images on the remote model holder: keys made and uploaded once, then
+    /// one encrypted image per request; prints and writes a report.
+    Infer(RemoteInferArgs),
+}
+
+#[derive(Args)]
+struct RemoteInferArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Number of test images.
+    #[arg(long, default_value_t = 20)]
+    n_test: usize,
+    /// Write a machine-readable report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct RemoteReport {
+    server: String,
+    dataset: String,
+    n: usize,
+    encrypted_accuracy: f64,
+    parameters: String,
+    depth: usize,
+    /// Request to reply, seen by the client (network and server).
+    round_trip_ms: Percentiles,
+    encrypt_ms_p50: f64,
+    decrypt_ms_p50: f64,
+    key_upload_ms: f64,
+    bytes: RemoteBytes,
+}
+
+#[derive(Serialize)]
+struct RemoteBytes {
+    eval_keys: usize,
+    request: usize,
+    reply: usize,
+}
+
+pub(crate) fn client_cmd(a: ClientArgs) -> Result<()> {
+    let ClientCommand::Infer(args) = a.command;
+    let test = args.data.load(Split::Test)?.truncate(args.n_test);
+    if test.is_empty() {
+        bail!("--n-test 0: nothing to classify");
+    }
+    let (server, json) = (a.server.clone(), args.json.clone());
+    let report = runtime()?.block_on(async move {
+        let mut remote = RemoteModelHolder::connect(server.clone()).await?;
+        let (plan, _) = remote.info().await?;
+        let (mut client, keys) = Client::new(&plan).context("the server's plan")?;
+        let keys = keys.to_bytes();
+        let t = Instant::now();
+        remote.upload_keys(&keys).await?;
+        let key_upload_ms = t.elapsed().as_secs_f64() * 1e3;
+        let pb = bar(test.len() as u64, "remote");
+        let (mut correct, mut rtt, mut enc, mut dec, mut sizes) = (0, Vec::new(), Vec::new(), Vec::new(), (0, 0));
+        for i in 0..test.len() {
+            let t0 = Instant::now();
+            let request = client.encrypt_pixels(test.images.image(i))?.to_bytes();
+            let t1 = Instant::now();
+            let reply = match remote.evaluate(request.clone()).await {
+                // The server dropped this client's keys (a restart, or more clients than it
+                // keeps): upload them again and retry once.
+                Err(s) if s.code() == tonic::Code::NotFound => {
+                    remote.upload_keys(&keys).await?;
+                    remote.evaluate(request.clone()).await?
+                }
+                r => r?,
+            };
+            let t2 = Instant::now();
+            let scores = client.decrypt_scores(&Message::from_bytes(&reply)?)?;
+            let t3 = Instant::now();
+            let s32: Vec<f32> = scores.iter().map(|&v| v as f32).collect();
+            correct += usize::from(argmax(&s32) == test.labels[i] as usize);
+            let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+            enc.push(ms(t0, t1));
+            rtt.push(ms(t1, t2));
+            dec.push(ms(t2, t3));
+            sizes = (request.len(), reply.len());
+            pb.inc(1);
+        }
+        pb.finish_and_clear();
+        anyhow::Ok(RemoteReport {
+            server: server.clone(),
+            dataset: args.data.dataset.to_string(),
+            n: test.len(),
+            encrypted_accuracy: correct as f64 / test.len() as f64,
+            parameters: plan.parameters_name(),
+            depth: plan.depth,
+            round_trip_ms: Percentiles { p50: percentile(&mut rtt, 0.5), p95: percentile(&mut rtt, 0.95) },
+            encrypt_ms_p50: percentile(&mut enc, 0.5),
+            decrypt_ms_p50: percentile(&mut dec, 0.5),
+            key_upload_ms,
+            bytes: RemoteBytes { eval_keys: keys.len(), request: sizes.0, reply: sizes.1 },
+        })
+    })?;
+    println!("{:<22} {}", "server", report.server);
+    println!("{:<22} {} ({} images)", "dataset", report.dataset, report.n);
+    println!("{:<22} {:.2}%", "encrypted accuracy", 100.0 * report.encrypted_accuracy);
+    println!(
+        "{:<22} p50 {:.1} ms, p95 {:.1} ms (network and server)",
+        "round trip", report.round_trip_ms.p50, report.round_trip_ms.p95
+    );
+    println!("{:<22} encrypt {:.1} ms, decrypt {:.1} ms (p50)", "client", report.encrypt_ms_p50, report.decrypt_ms_p50);
+    println!(
+        "{:<22} keys {:.1} MB once ({:.0} ms), request {:.2} MB, reply {:.2} MB",
+        "on the wire",
+        report.bytes.eval_keys as f64 / 1e6,
+        report.key_upload_ms,
+        report.bytes.request as f64 / 1e6,
+        report.bytes.reply as f64 / 1e6
+    );
+    println!("{:<22} {}, depth {}", "parameters", report.parameters, report.depth);
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,250 @@
+//! Network transport for blindfold's roles: a gRPC model-holder service and its client.
+//!
+//! The service only moves bytes. Each payload is a message of `blindfold_protocol`, decoded
+//! and checked by the roles' own state machines ([`ModelHolder::handle_bytes`]); the service
+//! adds sessions keyed by the client's key id (a bounded map, the least recently used session
+//! evicted first) and limits on every message, taken from the plan. No cryptography here.
+//!
+//! Service definition: `proto/blindfold/v1/model_holder.proto` (compiled by protox at build
+//! time, no system `protoc`).
+
+use blindfold_protocol::{CompiledModel, Fault, KeyId, Message, ModelHolder, PlanInfo, ProtocolError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tonic::{Request, Response, Status, Streaming};
+
+/// The generated gRPC types and stubs.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("blindfold.v1");
+}
+
+use proto::model_holder_client::ModelHolderClient;
+use proto::model_holder_server::{ModelHolder as ModelHolderRpc, ModelHolderServer};
+use proto::{EvaluateReply, EvaluateRequest, InfoReply, InfoRequest, KeysChunk, UploadKeysReply};
+
+/// Default number of client sessions (evaluation keys) a server keeps: beyond it the least
+/// recently used is dropped and its client told to upload again.
+pub const DEFAULT_MAX_SESSIONS: usize = 16;
+
+/// Bytes per chunk when the client streams its evaluation keys.
+pub const KEY_CHUNK: usize = 1 << 20;
+
+/// HTTP/2 flow-control window per stream, in bytes (the connection's is twice it).
+const WINDOW: u32 = 8 << 20;
+
+/// The status for a protocol error: the peer's fault is `INVALID_ARGUMENT`, a setting's
+/// `FAILED_PRECONDITION`, anything else `INTERNAL`.
+fn status(e: ProtocolError) -> Status {
+    match e.fault() {
+        Fault::Peer => Status::invalid_argument(e.to_string()),
+        Fault::Configuration => Status::failed_precondition(e.to_string()),
+        Fault::Caller => Status::internal(e.to_string()),
+    }
+}
+
+/// Sessions by key id, with a use counter for least-recently-used eviction.
+struct Sessions {
+    map: HashMap<KeyId, (Arc<Mutex<ModelHolder>>, u64)>,
+    clock: u64,
+    capacity: usize,
+}
+
+impl Sessions {
+    fn get(&mut self, id: &KeyId) -> Option<Arc<Mutex<ModelHolder>>> {
+        self.clock += 1;
+        let clock = self.clock;
+        self.map.get_mut(id).map(|(s, used)| {
+            *used = clock;
+            s.clone()
+        })
+    }
+
+    fn insert(&mut self, id: KeyId, session: ModelHolder) {
+        while self.map.len() >= self.capacity.max(1) {
+            let oldest = *self.map.iter().min_by_key(|(_, (_, used))| *used).expect("non-empty").0;
+            self.map.remove(&oldest);
+        }
+        self.clock += 1;
+        self.map.insert(id, (Arc::new(Mutex::new(session)), self.clock));
+    }
+}
+
+/// The model-holder service: one compiled model shared by every client session.
+pub struct ModelHolderService {
+    model: Arc<CompiledModel>,
+    plan_json: String,
+    max_keys: usize,
+    max_request: usize,
+    sessions: Mutex<Sessions>,
+}
+
+impl ModelHolderService {
+    /// A service for `model` keeping at most `max_sessions` clients' keys.
+    ///
+    /// # Panics
+    /// Never in practice: the plan always serializes to JSON.
+    pub fn new(model: Arc<CompiledModel>, max_sessions: usize) -> Self {
+        let limits = ModelHolder::new(model.clone());
+        Self {
+            plan_json: serde_json_plan(model.info()),
+            max_keys: limits.max_keys_len(),
+            max_request: limits.max_image_len(),
+            model,
+            sessions: Mutex::new(Sessions { map: HashMap::new(), clock: 0, capacity: max_sessions }),
+        }
+    }
+
+    /// Largest gRPC message the service accepts: a request of the plan, or a key chunk.
+    pub fn max_message_len(&self) -> usize {
+        self.max_request.max(KEY_CHUNK) + 1024
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn serde_json_plan(info: &PlanInfo) -> String {
+    serde_json::to_string(info).expect("plans serialize")
+}
+
+#[tonic::async_trait]
+impl ModelHolderRpc for ModelHolderService {
+    async fn info(&self, _: Request<InfoRequest>) -> Result<Response<InfoReply>, Status> {
+        Ok(Response::new(InfoReply {
+            plan_json: self.plan_json.clone(),
+            max_keys_bytes: self.max_keys as u64,
+            max_request_bytes: self.max_request as u64,
+        }))
+    }
+
+    async fn upload_keys(&self, request: Request<Streaming<KeysChunk>>) -> Result<Response<UploadKeysReply>, Status> {
+        let mut stream = request.into_inner();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            if bytes.len() + chunk.data.len() > self.max_keys {
+                return Err(Status::invalid_argument(format!(
+                    "evaluation keys of more than {} bytes, the most this plan takes",
+                    self.max_keys
+                )));
+            }
+            bytes.extend_from_slice(&chunk.data);
+        }
+        let msg = Message::from_bytes_limited(&bytes, self.max_keys).map_err(status)?;
+        let id =
+            KeyId::of(&msg).ok_or_else(|| Status::invalid_argument("UploadKeys takes an EvaluationKeys message"))?;
+        if self.sessions().get(&id).is_some() {
+            return Ok(Response::new(UploadKeysReply { key_id: id.0.to_vec(), already_present: true }));
+        }
+        let model = self.model.clone();
+        let session = tokio::task::spawn_blocking(move || {
+            let mut session = ModelHolder::new(model);
+            session.handle(&msg).map(|_| session)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(status)?;
+        self.sessions().insert(id, session);
+        Ok(Response::new(UploadKeysReply { key_id: id.0.to_vec(), already_present: false }))
+    }
+
+    async fn evaluate(&self, request: Request<EvaluateRequest>) -> Result<Response<EvaluateReply>, Status> {
+        let bytes = request.into_inner().request;
+        let msg = Message::from_bytes_limited(&bytes, self.max_request).map_err(status)?;
+        let Message::EncryptedImage { key_id, .. } = &msg else {
+            return Err(Status::invalid_argument("Evaluate takes an EncryptedImage message"));
+        };
+        let session = self
+            .sessions()
+            .get(key_id)
+            .ok_or_else(|| Status::not_found(format!("unknown key id {key_id}: upload again")))?;
+        let reply = tokio::task::spawn_blocking(move || {
+            let mut holder = session.lock().unwrap_or_else(|e| e.into_inner());
+            holder.handle(&msg)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(status)?
+        .ok_or_else(|| Status::internal("the model holder sent no reply"))?;
+        Ok(Response::new(EvaluateReply { reply: reply.to_bytes() }))
+    }
+}
+
+/// Serves `model` on `listener` until the process ends, keeping at most `max_sessions`
+/// clients' keys.
+///
+/// # Errors
+/// A transport error.
+pub async fn serve(
+    model: Arc<CompiledModel>,
+    listener: tokio::net::TcpListener,
+    max_sessions: usize,
+) -> Result<(), tonic::transport::Error> {
+    let service = ModelHolderService::new(model, max_sessions);
+    let max = service.max_message_len();
+    let server = ModelHolderServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max);
+    // Windows large enough for a whole request in flight (the 64 KiB default takes a dozen
+    // round trips per image), and no Nagle delay on small replies.
+    tonic::transport::Server::builder()
+        .initial_stream_window_size(Some(WINDOW))
+        .initial_connection_window_size(Some(2 * WINDOW))
+        .add_service(server)
+        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)))
+        .await
+}
+
+/// A client of a remote model holder.
+pub struct RemoteModelHolder {
+    inner: ModelHolderClient<tonic::transport::Channel>,
+}
+
+impl RemoteModelHolder {
+    /// Connects to `url` (e.g. `http://127.0.0.1:50051`).
+    ///
+    /// # Errors
+    /// A transport error naming the address.
+    pub async fn connect(url: String) -> Result<Self, Status> {
+        let unavailable = |e: tonic::transport::Error| Status::unavailable(format!("cannot connect to {url}: {e}"));
+        let channel = tonic::transport::Endpoint::from_shared(url.clone())
+            .map_err(|e| Status::invalid_argument(format!("{url} is not a server address: {e}")))?
+            .initial_stream_window_size(Some(WINDOW))
+            .initial_connection_window_size(Some(2 * WINDOW))
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(unavailable)?;
+        let inner = ModelHolderClient::new(channel);
+        Ok(Self { inner: inner.max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20) })
+    }
+
+    /// The server's plan and limits.
+    ///
+    /// # Errors
+    /// The server's status; `INVALID_ARGUMENT` for a plan that does not parse.
+    pub async fn info(&mut self) -> Result<(PlanInfo, InfoReply), Status> {
+        let reply = self.inner.info(InfoRequest {}).await?.into_inner();
+        let plan: PlanInfo = serde_json::from_str(&reply.plan_json)
+            .map_err(|e| Status::invalid_argument(format!("the server's plan does not parse: {e}")))?;
+        Ok((plan, reply))
+    }
+
+    /// Streams the client's evaluation keys (an [`Message::EvaluationKeys`] message's bytes);
+    /// returns whether the server held them already.
+    ///
+    /// # Errors
+    /// The server's status.
+    pub async fn upload_keys(&mut self, keys: &[u8]) -> Result<bool, Status> {
+        let chunks: Vec<KeysChunk> = keys.chunks(KEY_CHUNK).map(|c| KeysChunk { data: c.to_vec() }).collect();
+        let reply = self.inner.upload_keys(tokio_stream::iter(chunks)).await?.into_inner();
+        Ok(reply.already_present)
+    }
+
+    /// One request's bytes to the reply's bytes.
+    ///
+    /// # Errors
+    /// The server's status (`NOT_FOUND` when it does not hold the keys: upload them again).
+    pub async fn evaluate(&mut self, request: Vec<u8>) -> Result<Vec<u8>, Status> {
+        Ok(self.inner.evaluate(EvaluateRequest { request }).await?.into_inner().reply)
+    }
+}

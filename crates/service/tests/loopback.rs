@@ -1,0 +1,56 @@
+//! The model-holder service on loopback: a real server and a real gRPC client, plan, keys
+//! (idempotent upload), evaluation, and refusals with the right status.
+
+use blindfold_nn::{ArchSpec, Model};
+use blindfold_protocol::{Client, CompiledModel, Message};
+use blindfold_service::{serve, RemoteModelHolder};
+use rand_core::SeedableRng;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_loopback_gets_its_scores_and_bad_requests_their_status() {
+    let arch = ArchSpec::builtin("tenseal-cnn1").unwrap();
+    let model = Model::init(arch, &mut rand_chacha::ChaCha20Rng::seed_from_u64(3)).unwrap();
+    let compiled = CompiledModel::new(&model, &Default::default()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(serve(compiled.clone(), listener, 1));
+
+    let mut remote = RemoteModelHolder::connect(url.clone()).await.unwrap();
+    let (plan, limits) = remote.info().await.unwrap();
+    assert_eq!(&plan, compiled.info());
+    let (mut client, keys) = tokio::task::block_in_place(|| Client::new(&plan)).unwrap();
+    let keys = keys.to_bytes();
+    assert!(keys.len() as u64 <= limits.max_keys_bytes);
+    assert!(!remote.upload_keys(&keys).await.unwrap());
+    assert!(remote.upload_keys(&keys).await.unwrap(), "a second upload of the same keys is a no-op");
+
+    let image = vec![0.3; 784];
+    let request = client.encrypt(&image).unwrap().to_bytes();
+    let reply = remote.evaluate(request.clone()).await.unwrap();
+    let scores = client.decrypt_scores(&Message::from_bytes(&reply).unwrap()).unwrap();
+    let want = compiled.circuit().evaluate_plain(&compiled.circuit().packing().pack(&image).unwrap()).unwrap();
+    let want = compiled.circuit().output().unpack(&[want]);
+    let err = scores.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max);
+    assert!(err < 1e-2, "remote scores off by {err}");
+
+    // Garbage, keys where an image belongs, a request one byte over the plan's limit.
+    let status = remote.evaluate(vec![200, 1, 2]).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+    // (keys are far larger than any request: refused by gRPC's own limit before decoding)
+    let status = remote.evaluate(keys.clone()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status}");
+    let status = remote.evaluate(vec![0; limits.max_request_bytes as usize + 1]).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+    // Another client's keys evict the first (one session kept): its image is NOT_FOUND until
+    // it uploads again.
+    let (_, other_keys) = tokio::task::block_in_place(|| Client::new(&plan)).unwrap();
+    remote.upload_keys(&other_keys.to_bytes()).await.unwrap();
+    let status = remote.evaluate(request.clone()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    assert!(status.message().contains("upload again"), "{status}");
+    remote.upload_keys(&keys).await.unwrap();
+    assert!(remote.evaluate(request).await.is_ok());
+    // An address with nothing behind it.
+    server.abort();
+    assert!(RemoteModelHolder::connect("http://127.0.0.1:1".into()).await.is_err());
+}
