@@ -9,7 +9,7 @@ use anyhow::{bail, Context as _, Result};
 use blindfold_data::Split;
 use blindfold_nn::{argmax, Model};
 use blindfold_protocol::{Client, CompiledModel, Message};
-use blindfold_service::{serve, RemoteModelHolder, DEFAULT_MAX_SESSIONS};
+use blindfold_service::{serve, ClientTls, RemoteModelHolder, ServerTls, DEFAULT_MAX_SESSIONS};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use std::io::Write;
@@ -28,8 +28,24 @@ pub(crate) struct ServeArgs {
     /// (their clients upload again).
     #[arg(long, default_value_t = DEFAULT_MAX_SESSIONS)]
     max_sessions: usize,
+    /// Serve over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require clients to present a certificate signed by this CA (PEM): mutual TLS.
+    #[arg(long, requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
     #[command(flatten)]
     chain: ChainArgs,
+}
+
+/// Largest PEM file read (1 MiB).
+const MAX_PEM: u64 = 1 << 20;
+
+fn pem(path: &std::path::Path) -> Result<Vec<u8>> {
+    blindfold_nn::read_bounded(path, MAX_PEM).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -48,20 +64,42 @@ pub(crate) fn serve_cmd(a: ServeArgs) -> Result<()> {
         info.depth,
         info.rotation_keys.len()
     );
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => Some(ServerTls {
+            cert_pem: pem(cert)?,
+            key_pem: pem(key)?,
+            client_ca_pem: a.client_ca.as_deref().map(pem).transpose()?,
+        }),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     runtime()?.block_on(async {
         let listener =
             tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
         println!("listening on {}", listener.local_addr()?);
         std::io::stdout().flush()?;
-        serve(compiled, listener, a.max_sessions).await.context("serving")
+        eprintln!("clients connect with --server {scheme}://{}", listener.local_addr()?);
+        serve(compiled, listener, a.max_sessions, tls).await.context("serving")
     })
 }
 
 #[derive(Args)]
 pub(crate) struct ClientArgs {
-    /// The model holder's address, e.g. http://127.0.0.1:50051.
+    /// The model holder's address, e.g. http://127.0.0.1:50051 (https://… with --ca).
     #[arg(long)]
     server: String,
+    /// Verify the server's TLS certificate against this CA (PEM); the address is then https.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// This client's certificate chain (PEM), for servers that require one; needs --tls-key.
+    #[arg(long, requires = "tls_key", requires = "ca")]
+    tls_cert: Option<PathBuf>,
+    /// This client's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The name in the server's certificate, if not the address's host.
+    #[arg(long, requires = "ca")]
+    tls_domain: Option<String>,
     #[command(subcommand)]
     command: ClientCommand,
 }
@@ -109,14 +147,25 @@ struct RemoteBytes {
 }
 
 pub(crate) fn client_cmd(a: ClientArgs) -> Result<()> {
-    let ClientCommand::Infer(args) = a.command;
+    let ClientCommand::Infer(args) = &a.command;
     let test = args.data.load(Split::Test)?.truncate(args.n_test);
     if test.is_empty() {
         bail!("--n-test 0: nothing to classify");
     }
     let (server, json) = (a.server.clone(), args.json.clone());
+    let tls = match &a.ca {
+        Some(ca) => Some(ClientTls {
+            ca_pem: pem(ca)?,
+            identity: match (&a.tls_cert, &a.tls_key) {
+                (Some(c), Some(k)) => Some((pem(c)?, pem(k)?)),
+                _ => None,
+            },
+            domain: a.tls_domain.clone(),
+        }),
+        None => None,
+    };
     let report = runtime()?.block_on(async move {
-        let mut remote = RemoteModelHolder::connect(server.clone()).await?;
+        let mut remote = RemoteModelHolder::connect(server.clone(), tls).await?;
         let (plan, _) = remote.info().await?;
         let (mut client, keys) = Client::new(&plan).context("the server's plan")?;
         let keys = keys.to_bytes();

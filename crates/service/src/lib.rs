@@ -171,22 +171,55 @@ impl ModelHolderRpc for ModelHolderService {
     }
 }
 
+/// TLS for the server: its certificate chain and private key (PEM), and optionally the CA
+/// whose certificates clients must present (mutual TLS).
+pub struct ServerTls {
+    /// Certificate chain, PEM.
+    pub cert_pem: Vec<u8>,
+    /// Private key, PEM.
+    pub key_pem: Vec<u8>,
+    /// CA certificate clients must be signed by (PEM); `None`: any client may connect.
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+/// TLS for the client: the CA that signed the server's certificate (PEM), optionally the
+/// client's own certificate and key for servers that require them, and the name to verify the
+/// server's certificate against (default: the URL's host).
+pub struct ClientTls {
+    /// CA certificate, PEM.
+    pub ca_pem: Vec<u8>,
+    /// Client certificate chain and private key, PEM.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// Name in the server's certificate, if not the URL's host.
+    pub domain: Option<String>,
+}
+
 /// Serves `model` on `listener` until the process ends, keeping at most `max_sessions`
-/// clients' keys.
+/// clients' keys; over TLS (rustls) when `tls` is given.
 ///
 /// # Errors
-/// A transport error.
+/// A transport error, or certificates or keys that do not parse.
 pub async fn serve(
     model: Arc<CompiledModel>,
     listener: tokio::net::TcpListener,
     max_sessions: usize,
+    tls: Option<ServerTls>,
 ) -> Result<(), tonic::transport::Error> {
     let service = ModelHolderService::new(model, max_sessions);
     let max = service.max_message_len();
     let server = ModelHolderServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(t) = tls {
+        let mut config = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(t.cert_pem, t.key_pem));
+        if let Some(ca) = t.client_ca_pem {
+            config = config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+        }
+        builder = builder.tls_config(config)?;
+    }
     // Windows large enough for a whole request in flight (the 64 KiB default takes a dozen
     // round trips per image), and no Nagle delay on small replies.
-    tonic::transport::Server::builder()
+    builder
         .initial_stream_window_size(Some(WINDOW))
         .initial_connection_window_size(Some(2 * WINDOW))
         .add_service(server)
@@ -200,14 +233,29 @@ pub struct RemoteModelHolder {
 }
 
 impl RemoteModelHolder {
-    /// Connects to `url` (e.g. `http://127.0.0.1:50051`).
+    /// Connects to `url` (`http://127.0.0.1:50051`, or `https://…` with `tls`).
     ///
     /// # Errors
-    /// A transport error naming the address.
-    pub async fn connect(url: String) -> Result<Self, Status> {
-        let unavailable = |e: tonic::transport::Error| Status::unavailable(format!("cannot connect to {url}: {e}"));
-        let channel = tonic::transport::Endpoint::from_shared(url.clone())
-            .map_err(|e| Status::invalid_argument(format!("{url} is not a server address: {e}")))?
+    /// A transport error naming the address (refused connection, failed TLS handshake).
+    pub async fn connect(url: String, tls: Option<ClientTls>) -> Result<Self, Status> {
+        let unavailable = |e: tonic::transport::Error| {
+            let cause = std::error::Error::source(&e).map(|c| format!(": {c}")).unwrap_or_default();
+            Status::unavailable(format!("cannot connect to {url}: {e}{cause}"))
+        };
+        let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())
+            .map_err(|e| Status::invalid_argument(format!("{url} is not a server address: {e}")))?;
+        if let Some(t) = tls {
+            let mut config = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(t.ca_pem));
+            if let Some((cert, key)) = t.identity {
+                config = config.identity(tonic::transport::Identity::from_pem(cert, key));
+            }
+            if let Some(d) = t.domain {
+                config = config.domain_name(d);
+            }
+            endpoint = endpoint.tls_config(config).map_err(unavailable)?;
+        }
+        let channel = endpoint
             .initial_stream_window_size(Some(WINDOW))
             .initial_connection_window_size(Some(2 * WINDOW))
             .tcp_nodelay(true)

@@ -3,7 +3,7 @@
 
 use blindfold_nn::{ArchSpec, Model};
 use blindfold_protocol::{Client, CompiledModel, Message};
-use blindfold_service::{serve, RemoteModelHolder};
+use blindfold_service::{serve, ClientTls, RemoteModelHolder, ServerTls};
 use rand_core::SeedableRng;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -13,9 +13,9 @@ async fn a_client_over_loopback_gets_its_scores_and_bad_requests_their_status() 
     let compiled = CompiledModel::new(&model, &Default::default()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let server = tokio::spawn(serve(compiled.clone(), listener, 1));
+    let server = tokio::spawn(serve(compiled.clone(), listener, 1, None));
 
-    let mut remote = RemoteModelHolder::connect(url.clone()).await.unwrap();
+    let mut remote = RemoteModelHolder::connect(url.clone(), None).await.unwrap();
     let (plan, limits) = remote.info().await.unwrap();
     assert_eq!(&plan, compiled.info());
     let (mut client, keys) = tokio::task::block_in_place(|| Client::new(&plan)).unwrap();
@@ -52,5 +52,54 @@ async fn a_client_over_loopback_gets_its_scores_and_bad_requests_their_status() 
     assert!(remote.evaluate(request).await.is_ok());
     // An address with nothing behind it.
     server.abort();
-    assert!(RemoteModelHolder::connect("http://127.0.0.1:1".into()).await.is_err());
+    assert!(RemoteModelHolder::connect("http://127.0.0.1:1".into(), None).await.is_err());
+}
+
+/// A CA, a certificate for `localhost` signed by it, and a client certificate signed by it
+/// (PEM): (ca, (server cert, server key), (client cert, client key)).
+type Pems = (Vec<u8>, (Vec<u8>, Vec<u8>), (Vec<u8>, Vec<u8>));
+
+fn certificates() -> Pems {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![name.to_string()]).unwrap().signed_by(&key, &issuer).unwrap();
+        (cert.pem().into_bytes(), key.serialize_pem().into_bytes())
+    };
+    (ca.pem().into_bytes(), leaf("localhost"), leaf("client"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_admits_only_clients_with_a_certificate_of_the_ca() {
+    let (ca, server_id, client_id) = certificates();
+    let arch = ArchSpec::builtin("tenseal-cnn1").unwrap();
+    let model = Model::init(arch, &mut rand_chacha::ChaCha20Rng::seed_from_u64(4)).unwrap();
+    let compiled = CompiledModel::new(&model, &Default::default()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let tls = ServerTls { cert_pem: server_id.0, key_pem: server_id.1, client_ca_pem: Some(ca.clone()) };
+    let server = tokio::spawn(serve(compiled.clone(), listener, 4, Some(tls)));
+    let url = format!("https://localhost:{port}");
+    let client_tls = |identity| ClientTls { ca_pem: ca.clone(), identity, domain: None };
+    // With the CA and a client certificate: served.
+    let mut remote = RemoteModelHolder::connect(url.clone(), Some(client_tls(Some(client_id)))).await.unwrap();
+    let (plan, _) = remote.info().await.unwrap();
+    assert_eq!(&plan, compiled.info());
+    // Without a client certificate, or in plain HTTP/2: refused.
+    let refused = match RemoteModelHolder::connect(url.clone(), Some(client_tls(None))).await {
+        Ok(mut r) => r.info().await.is_err(),
+        Err(_) => true,
+    };
+    assert!(refused, "a client without a certificate was served");
+    let plain = match RemoteModelHolder::connect(format!("http://localhost:{port}"), None).await {
+        Ok(mut r) => r.info().await.is_err(),
+        Err(_) => true,
+    };
+    assert!(plain, "a plain-text client was served");
+    server.abort();
 }
