@@ -9,7 +9,9 @@ use anyhow::{bail, Context as _, Result};
 use blindfold_data::Split;
 use blindfold_nn::{argmax, Model};
 use blindfold_protocol::{Client, CompiledModel, Message};
-use blindfold_service::{serve, ClientTls, RemoteModelHolder, ServerTls, DEFAULT_MAX_SESSIONS};
+use blindfold_service::{
+    serve, ClientTls, RemoteModelHolder, ServeOptions, ServerTls, DEFAULT_MAX_SESSIONS, DEFAULT_MAX_STORED,
+};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use std::io::Write;
@@ -28,6 +30,13 @@ pub(crate) struct ServeArgs {
     /// (their clients upload again).
     #[arg(long, default_value_t = DEFAULT_MAX_SESSIONS)]
     max_sessions: usize,
+    /// Keep uploaded keys in this directory, by key id, so they survive a restart (clients
+    /// need not upload again).
+    #[arg(long)]
+    key_store: Option<PathBuf>,
+    /// Key sets kept in --key-store, the oldest dropped first.
+    #[arg(long, default_value_t = DEFAULT_MAX_STORED)]
+    max_stored: usize,
     /// Serve over TLS with this certificate chain (PEM); needs --tls-key.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -79,7 +88,13 @@ pub(crate) fn serve_cmd(a: ServeArgs) -> Result<()> {
         println!("listening on {}", listener.local_addr()?);
         std::io::stdout().flush()?;
         eprintln!("clients connect with --server {scheme}://{}", listener.local_addr()?);
-        serve(compiled, listener, a.max_sessions, tls).await.context("serving")
+        let opts = ServeOptions {
+            max_sessions: a.max_sessions,
+            tls,
+            key_store: a.key_store.clone(),
+            max_stored: a.max_stored,
+        };
+        serve(compiled, listener, opts).await.map_err(|e| anyhow::anyhow!("serving: {e}"))
     })
 }
 

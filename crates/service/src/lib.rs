@@ -10,6 +10,7 @@
 
 use blindfold_protocol::{CompiledModel, Fault, KeyId, Message, ModelHolder, PlanInfo, ProtocolError};
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -77,6 +78,7 @@ pub struct ModelHolderService {
     max_keys: usize,
     max_request: usize,
     sessions: Mutex<Sessions>,
+    store: Option<KeyStore>,
 }
 
 impl ModelHolderService {
@@ -92,7 +94,25 @@ impl ModelHolderService {
             max_request: limits.max_image_len(),
             model,
             sessions: Mutex::new(Sessions { map: HashMap::new(), clock: 0, capacity: max_sessions }),
+            store: None,
         }
+    }
+
+    fn with_store(mut self, store: Option<KeyStore>) -> Self {
+        self.store = store;
+        self
+    }
+
+    /// A session for the keys `msg` carries (decoded and checked off the async threads).
+    async fn open_session(&self, msg: Message) -> Result<ModelHolder, Status> {
+        let model = self.model.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut session = ModelHolder::new(model);
+            session.handle(&msg).map(|_| session)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(status)
     }
 
     /// Largest gRPC message the service accepts: a request of the plan, or a key chunk.
@@ -137,15 +157,11 @@ impl ModelHolderRpc for ModelHolderService {
         if self.sessions().get(&id).is_some() {
             return Ok(Response::new(UploadKeysReply { key_id: id.0.to_vec(), already_present: true }));
         }
-        let model = self.model.clone();
-        let session = tokio::task::spawn_blocking(move || {
-            let mut session = ModelHolder::new(model);
-            session.handle(&msg).map(|_| session)
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(status)?;
+        let session = self.open_session(msg).await?;
         self.sessions().insert(id, session);
+        if let Some(store) = &self.store {
+            store.put(&id, &bytes).map_err(|e| Status::internal(format!("storing the keys: {e}")))?;
+        }
         Ok(Response::new(UploadKeysReply { key_id: id.0.to_vec(), already_present: false }))
     }
 
@@ -155,10 +171,26 @@ impl ModelHolderRpc for ModelHolderService {
         let Message::EncryptedImage { key_id, .. } = &msg else {
             return Err(Status::invalid_argument("Evaluate takes an EncryptedImage message"));
         };
-        let session = self
-            .sessions()
-            .get(key_id)
-            .ok_or_else(|| Status::not_found(format!("unknown key id {key_id}: upload again")))?;
+        let key_id = *key_id;
+        let found = self.sessions().get(&key_id);
+        let session = match found {
+            Some(s) => s,
+            None => {
+                // Not in memory: from the key store, if it has them (e.g. after a restart).
+                let stored = self.store.as_ref().and_then(|st| st.get(&key_id, self.max_keys));
+                let Some(bytes) = stored else {
+                    return Err(Status::not_found(format!("unknown key id {key_id}: upload again")));
+                };
+                let keys = Message::from_bytes_limited(&bytes, self.max_keys).map_err(status)?;
+                if KeyId::of(&keys) != Some(key_id) {
+                    return Err(Status::not_found(format!("unknown key id {key_id}: upload again")));
+                }
+                let session = self.open_session(keys).await?;
+                let mut sessions = self.sessions();
+                sessions.insert(key_id, session);
+                sessions.get(&key_id).ok_or_else(|| Status::internal("session lost"))?
+            }
+        };
         let reply = tokio::task::spawn_blocking(move || {
             let mut holder = session.lock().unwrap_or_else(|e| e.into_inner());
             holder.handle(&msg)
@@ -194,22 +226,54 @@ pub struct ClientTls {
     pub domain: Option<String>,
 }
 
-/// Serves `model` on `listener` until the process ends, keeping at most `max_sessions`
-/// clients' keys; over TLS (rustls) when `tls` is given.
+/// How a model holder serves.
+pub struct ServeOptions {
+    /// Clients whose keys are kept in memory ([`DEFAULT_MAX_SESSIONS`]).
+    pub max_sessions: usize,
+    /// TLS, if any.
+    pub tls: Option<ServerTls>,
+    /// A directory where uploaded keys are kept by key id, so they survive a restart (the
+    /// client need not upload again); `None`: memory only.
+    pub key_store: Option<PathBuf>,
+    /// Key sets kept in the directory, the least recently stored dropped first
+    /// ([`DEFAULT_MAX_STORED`]).
+    pub max_stored: usize,
+}
+
+/// Default number of key sets kept in a key store directory.
+pub const DEFAULT_MAX_STORED: usize = 64;
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self { max_sessions: DEFAULT_MAX_SESSIONS, tls: None, key_store: None, max_stored: DEFAULT_MAX_STORED }
+    }
+}
+
+/// Serves `model` on `listener` until the process ends, with the standard gRPC health
+/// service beside it; over TLS (rustls) when `opts.tls` is given.
 ///
 /// # Errors
-/// A transport error, or certificates or keys that do not parse.
+/// A transport error, certificates or keys that do not parse, a key store that cannot be
+/// created.
 pub async fn serve(
     model: Arc<CompiledModel>,
     listener: tokio::net::TcpListener,
-    max_sessions: usize,
-    tls: Option<ServerTls>,
-) -> Result<(), tonic::transport::Error> {
-    let service = ModelHolderService::new(model, max_sessions);
+    opts: ServeOptions,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let store = match opts.key_store {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir).map_err(|e| format!("creating the key store {}: {e}", dir.display()))?;
+            Some(KeyStore { dir, capacity: opts.max_stored })
+        }
+        None => None,
+    };
+    let service = ModelHolderService::new(model, opts.max_sessions).with_store(store);
     let max = service.max_message_len();
     let server = ModelHolderServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<ModelHolderServer<ModelHolderService>>().await;
     let mut builder = tonic::transport::Server::builder();
-    if let Some(t) = tls {
+    if let Some(t) = opts.tls {
         let mut config = tonic::transport::ServerTlsConfig::new()
             .identity(tonic::transport::Identity::from_pem(t.cert_pem, t.key_pem));
         if let Some(ca) = t.client_ca_pem {
@@ -222,9 +286,55 @@ pub async fn serve(
     builder
         .initial_stream_window_size(Some(WINDOW))
         .initial_connection_window_size(Some(2 * WINDOW))
+        .add_service(health_service)
         .add_service(server)
         .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)))
-        .await
+        .await?;
+    Ok(())
+}
+
+/// Uploaded evaluation keys on disk, one file per key id (`<id in hex>.keys`, the
+/// EvaluationKeys message's bytes), the oldest dropped beyond `capacity`. Files are checked
+/// like any upload when they are loaded.
+struct KeyStore {
+    dir: PathBuf,
+    capacity: usize,
+}
+
+impl KeyStore {
+    fn path(&self, id: &KeyId) -> PathBuf {
+        self.dir.join(format!("{}.keys", id.to_hex()))
+    }
+
+    /// Stores `bytes` under `id` (written to a temporary name, then renamed), then drops the
+    /// oldest files beyond the capacity.
+    fn put(&self, id: &KeyId, bytes: &[u8]) -> std::io::Result<()> {
+        let tmp = self.dir.join(format!("{}.tmp", id.to_hex()));
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, self.path(id))?;
+        let mut files: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&self.dir)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "keys"))
+            .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+            .collect();
+        files.sort();
+        let excess = files.len().saturating_sub(self.capacity.max(1));
+        for (_, p) in files.into_iter().take(excess) {
+            let _ = std::fs::remove_file(p);
+        }
+        Ok(())
+    }
+
+    /// The stored bytes of `id`, if present and at most `limit` bytes.
+    fn get(&self, id: &KeyId, limit: usize) -> Option<Vec<u8>> {
+        let path = self.path(id);
+        let len = std::fs::metadata(&path).ok()?.len();
+        if len > limit as u64 {
+            return None;
+        }
+        std::fs::read(path).ok()
+    }
 }
 
 /// A client of a remote model holder.

@@ -3,7 +3,7 @@
 
 use blindfold_nn::{ArchSpec, Model};
 use blindfold_protocol::{Client, CompiledModel, Message};
-use blindfold_service::{serve, ClientTls, RemoteModelHolder, ServerTls};
+use blindfold_service::{serve, ClientTls, RemoteModelHolder, ServeOptions, ServerTls};
 use rand_core::SeedableRng;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -13,9 +13,18 @@ async fn a_client_over_loopback_gets_its_scores_and_bad_requests_their_status() 
     let compiled = CompiledModel::new(&model, &Default::default()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let server = tokio::spawn(serve(compiled.clone(), listener, 1, None));
+    let opts = ServeOptions { max_sessions: 1, ..Default::default() };
+    let server = tokio::spawn(serve(compiled.clone(), listener, opts));
 
     let mut remote = RemoteModelHolder::connect(url.clone(), None).await.unwrap();
+    // The standard health service reports the model holder as serving.
+    let channel = tonic::transport::Endpoint::from_shared(url.clone()).unwrap().connect().await.unwrap();
+    let health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest { service: "blindfold.v1.ModelHolder".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
     let (plan, limits) = remote.info().await.unwrap();
     assert_eq!(&plan, compiled.info());
     let (mut client, keys) = tokio::task::block_in_place(|| Client::new(&plan)).unwrap();
@@ -83,7 +92,7 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_of_the_ca() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let tls = ServerTls { cert_pem: server_id.0, key_pem: server_id.1, client_ca_pem: Some(ca.clone()) };
-    let server = tokio::spawn(serve(compiled.clone(), listener, 4, Some(tls)));
+    let server = tokio::spawn(serve(compiled.clone(), listener, ServeOptions { tls: Some(tls), ..Default::default() }));
     let url = format!("https://localhost:{port}");
     let client_tls = |identity| ClientTls { ca_pem: ca.clone(), identity, domain: None };
     // With the CA and a client certificate: served.
@@ -102,4 +111,47 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_of_the_ca() {
     };
     assert!(plain, "a plain-text client was served");
     server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_in_the_key_store_survive_a_restart() {
+    let dir = std::env::temp_dir().join(format!("blindfold-key-store-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let arch = ArchSpec::builtin("tenseal-cnn1").unwrap();
+    let model = Model::init(arch, &mut rand_chacha::ChaCha20Rng::seed_from_u64(5)).unwrap();
+    let compiled = CompiledModel::new(&model, &Default::default()).unwrap();
+    let start = |compiled: std::sync::Arc<CompiledModel>| {
+        let dir = dir.clone();
+        async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            let opts = ServeOptions { key_store: Some(dir), max_stored: 2, ..Default::default() };
+            (url, tokio::spawn(serve(compiled, listener, opts)))
+        }
+    };
+    let (url, first) = start(compiled.clone()).await;
+    let mut remote = RemoteModelHolder::connect(url, None).await.unwrap();
+    let (plan, _) = remote.info().await.unwrap();
+    let (mut client, keys) = tokio::task::block_in_place(|| Client::new(&plan)).unwrap();
+    remote.upload_keys(&keys.to_bytes()).await.unwrap();
+    let request = client.encrypt(&vec![0.1; 784]).unwrap().to_bytes();
+    remote.evaluate(request.clone()).await.unwrap();
+    first.abort();
+    // A new server process on the same store: the image evaluates without a new upload.
+    let (url, second) = start(compiled.clone()).await;
+    let mut remote = RemoteModelHolder::connect(url, None).await.unwrap();
+    let reply = remote.evaluate(request).await.unwrap();
+    assert!(client.decrypt_scores(&Message::from_bytes(&reply).unwrap()).is_ok());
+    // The store keeps at most two key sets.
+    for _ in 0..2 {
+        let (_, other) = tokio::task::block_in_place(|| Client::new(&plan)).unwrap();
+        remote.upload_keys(&other.to_bytes()).await.unwrap();
+    }
+    let stored = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "keys"))
+        .count();
+    assert_eq!(stored, 2);
+    second.abort();
+    let _ = std::fs::remove_dir_all(&dir);
 }
