@@ -89,7 +89,7 @@ impl ModelHolderService {
     pub fn new(model: Arc<CompiledModel>, max_sessions: usize) -> Self {
         let limits = ModelHolder::new(model.clone());
         Self {
-            plan_json: serde_json_plan(model.info()),
+            plan_json: serde_json::to_string(model.info()).expect("plans serialize"),
             max_keys: limits.max_keys_len(),
             max_request: limits.max_image_len(),
             model,
@@ -123,10 +123,6 @@ impl ModelHolderService {
     fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-fn serde_json_plan(info: &PlanInfo) -> String {
-    serde_json::to_string(info).expect("plans serialize")
 }
 
 #[tonic::async_trait]
