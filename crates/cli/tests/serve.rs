@@ -52,6 +52,16 @@ fn a_client_process_classifies_on_a_server_process() {
     assert!(r["encrypted_accuracy"].as_f64().unwrap() >= 0.4, "{r}");
     assert!(r["bytes"]["request"].as_u64().unwrap() > 100_000);
     assert_eq!(r["parameters"], "N8192_DEPTH5_128BIT");
+    // The same images on one stream.
+    let out = blindfold()
+        .args(["client", "--server", &format!("http://{addr}"), "infer", "--n-test", "5", "--stream", "--json"])
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(s["streamed"], true);
+    assert_eq!(s["encrypted_accuracy"], r["encrypted_accuracy"], "the same images, the same classes");
     // Nothing listening: a clear error, not a hang.
     let out =
         blindfold().args(["client", "--server", "http://127.0.0.1:1", "infer", "--n-test", "1"]).output().unwrap();

@@ -72,7 +72,10 @@ impl Sessions {
 }
 
 /// The model-holder service: one compiled model shared by every client session.
-pub struct ModelHolderService {
+pub struct ModelHolderService(Arc<State>);
+
+/// What the service's handlers share (with the tasks of streamed evaluations).
+struct State {
     model: Arc<CompiledModel>,
     plan_json: String,
     max_keys: usize,
@@ -82,11 +85,19 @@ pub struct ModelHolderService {
 }
 
 impl ModelHolderService {
-    /// A service for `model` keeping at most `max_sessions` clients' keys.
-    ///
-    /// # Panics
-    /// Never in practice: the plan always serializes to JSON.
+    /// A service for `model` keeping at most `max_sessions` clients' keys in memory.
     pub fn new(model: Arc<CompiledModel>, max_sessions: usize) -> Self {
+        Self(Arc::new(State::new(model, max_sessions)))
+    }
+
+    /// Largest gRPC message the service accepts: a request of the plan, or a key chunk.
+    pub fn max_message_len(&self) -> usize {
+        self.0.max_request.max(KEY_CHUNK) + 1024
+    }
+}
+
+impl State {
+    fn new(model: Arc<CompiledModel>, max_sessions: usize) -> Self {
         let limits = ModelHolder::new(model.clone());
         Self {
             plan_json: serde_json::to_string(model.info()).expect("plans serialize"),
@@ -115,11 +126,6 @@ impl ModelHolderService {
         .map_err(status)
     }
 
-    /// Largest gRPC message the service accepts: a request of the plan, or a key chunk.
-    pub fn max_message_len(&self) -> usize {
-        self.max_request.max(KEY_CHUNK) + 1024
-    }
-
     fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -129,9 +135,9 @@ impl ModelHolderService {
 impl ModelHolderRpc for ModelHolderService {
     async fn info(&self, _: Request<InfoRequest>) -> Result<Response<InfoReply>, Status> {
         Ok(Response::new(InfoReply {
-            plan_json: self.plan_json.clone(),
-            max_keys_bytes: self.max_keys as u64,
-            max_request_bytes: self.max_request as u64,
+            plan_json: self.0.plan_json.clone(),
+            max_keys_bytes: self.0.max_keys as u64,
+            max_request_bytes: self.0.max_request as u64,
         }))
     }
 
@@ -139,30 +145,64 @@ impl ModelHolderRpc for ModelHolderService {
         let mut stream = request.into_inner();
         let mut bytes = Vec::new();
         while let Some(chunk) = stream.message().await? {
-            if bytes.len() + chunk.data.len() > self.max_keys {
+            if bytes.len() + chunk.data.len() > self.0.max_keys {
                 return Err(Status::invalid_argument(format!(
                     "evaluation keys of more than {} bytes, the most this plan takes",
-                    self.max_keys
+                    self.0.max_keys
                 )));
             }
             bytes.extend_from_slice(&chunk.data);
         }
-        let msg = Message::from_bytes_limited(&bytes, self.max_keys).map_err(status)?;
+        let msg = Message::from_bytes_limited(&bytes, self.0.max_keys).map_err(status)?;
         let id =
             KeyId::of(&msg).ok_or_else(|| Status::invalid_argument("UploadKeys takes an EvaluationKeys message"))?;
-        if self.sessions().get(&id).is_some() {
+        if self.0.sessions().get(&id).is_some() {
             return Ok(Response::new(UploadKeysReply { key_id: id.0.to_vec(), already_present: true }));
         }
-        let session = self.open_session(msg).await?;
-        self.sessions().insert(id, session);
-        if let Some(store) = &self.store {
+        let session = self.0.open_session(msg).await?;
+        self.0.sessions().insert(id, session);
+        if let Some(store) = &self.0.store {
             store.put(&id, &bytes).map_err(|e| Status::internal(format!("storing the keys: {e}")))?;
         }
         Ok(Response::new(UploadKeysReply { key_id: id.0.to_vec(), already_present: false }))
     }
 
     async fn evaluate(&self, request: Request<EvaluateRequest>) -> Result<Response<EvaluateReply>, Status> {
-        let bytes = request.into_inner().request;
+        Ok(Response::new(EvaluateReply { reply: self.0.evaluate_bytes(request.into_inner().request).await? }))
+    }
+
+    type EvaluateStreamStream = ReplyStream;
+
+    async fn evaluate_stream(
+        &self,
+        request: Request<Streaming<EvaluateRequest>>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        let mut requests = request.into_inner();
+        let service = self.0.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(async move {
+            loop {
+                let next = match requests.message().await {
+                    Ok(Some(r)) => service.evaluate_bytes(r.request).await.map(|reply| EvaluateReply { reply }),
+                    Ok(None) => break,
+                    Err(e) => Err(e),
+                };
+                let stop = next.is_err();
+                if tx.send(next).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+/// The replies of [`ModelHolderRpc::evaluate_stream`].
+pub type ReplyStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<EvaluateReply, Status>> + Send>>;
+
+impl State {
+    /// One EncryptedImage message's bytes to its EncryptedScores message's bytes.
+    async fn evaluate_bytes(&self, bytes: Vec<u8>) -> Result<Vec<u8>, Status> {
         let msg = Message::from_bytes_limited(&bytes, self.max_request).map_err(status)?;
         let Message::EncryptedImage { key_id, .. } = &msg else {
             return Err(Status::invalid_argument("Evaluate takes an EncryptedImage message"));
@@ -195,7 +235,7 @@ impl ModelHolderRpc for ModelHolderService {
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(status)?
         .ok_or_else(|| Status::internal("the model holder sent no reply"))?;
-        Ok(Response::new(EvaluateReply { reply: reply.to_bytes() }))
+        Ok(reply.to_bytes())
     }
 }
 
@@ -263,7 +303,7 @@ pub async fn serve(
         }
         None => None,
     };
-    let service = ModelHolderService::new(model, opts.max_sessions).with_store(store);
+    let service = ModelHolderService(Arc::new(State::new(model, opts.max_sessions).with_store(store)));
     let max = service.max_message_len();
     let server = ModelHolderServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max);
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -392,6 +432,20 @@ impl RemoteModelHolder {
         let chunks: Vec<KeysChunk> = keys.chunks(KEY_CHUNK).map(|c| KeysChunk { data: c.to_vec() }).collect();
         let reply = self.inner.upload_keys(tokio_stream::iter(chunks)).await?.into_inner();
         Ok(reply.already_present)
+    }
+
+    /// Many requests on one stream; the replies in order.
+    ///
+    /// # Errors
+    /// The status of the first request the server refused (the stream ends there).
+    pub async fn evaluate_stream(&mut self, requests: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, Status> {
+        let outgoing = tokio_stream::iter(requests.into_iter().map(|request| EvaluateRequest { request }));
+        let mut replies = self.inner.evaluate_stream(outgoing).await?.into_inner();
+        let mut out = Vec::new();
+        while let Some(r) = replies.message().await? {
+            out.push(r.reply);
+        }
+        Ok(out)
     }
 
     /// One request's bytes to the reply's bytes.

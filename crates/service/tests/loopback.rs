@@ -42,6 +42,20 @@ async fn a_client_over_loopback_gets_its_scores_and_bad_requests_their_status() 
     let err = scores.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max);
     assert!(err < 1e-2, "remote scores off by {err}");
 
+    // Three images on one stream: three replies, in order.
+    let images: Vec<Vec<f64>> = (0..3).map(|k| vec![0.1 * k as f64; 784]).collect();
+    let requests: Vec<Vec<u8>> = images.iter().map(|x| client.encrypt(x).unwrap().to_bytes()).collect();
+    let replies = remote.evaluate_stream(requests).await.unwrap();
+    assert_eq!(replies.len(), 3);
+    for (x, reply) in images.iter().zip(&replies) {
+        let got = client.decrypt_scores(&Message::from_bytes(reply).unwrap()).unwrap();
+        let twin = compiled.circuit().evaluate_plain(&compiled.circuit().packing().pack(x).unwrap()).unwrap();
+        let want = compiled.circuit().output().unpack(&[twin]);
+        assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-2));
+    }
+    // A bad image ends the stream with its status.
+    let status = remote.evaluate_stream(vec![vec![200, 1, 2]]).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
     // Garbage, keys where an image belongs, a request one byte over the plan's limit.
     let status = remote.evaluate(vec![200, 1, 2]).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
