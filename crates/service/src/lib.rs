@@ -138,6 +138,7 @@ impl ModelHolderRpc for ModelHolderService {
             plan_json: self.0.plan_json.clone(),
             max_keys_bytes: self.0.max_keys as u64,
             max_request_bytes: self.0.max_request as u64,
+            parameter_fingerprint: self.0.model.context().params().fingerprint().to_vec(),
         }))
     }
 
@@ -420,6 +421,10 @@ impl RemoteModelHolder {
         let reply = self.inner.info(InfoRequest {}).await?.into_inner();
         let plan: PlanInfo = serde_json::from_str(&reply.plan_json)
             .map_err(|e| Status::invalid_argument(format!("the server's plan does not parse: {e}")))?;
+        let params = plan.parameters().map_err(|e| Status::invalid_argument(format!("the server's plan: {e}")))?;
+        if params.fingerprint().as_slice() != reply.parameter_fingerprint.as_slice() {
+            return Err(Status::invalid_argument("the server's parameter fingerprint is not its plan's parameters'"));
+        }
         Ok((plan, reply))
     }
 
