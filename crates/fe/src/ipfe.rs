@@ -412,6 +412,39 @@ impl std::fmt::Debug for CiphertextBatch {
 }
 
 impl CiphertextBatch {
+    /// The batch's points in wire order ([`crate::wire`]): per ciphertext `ct_0`, its seven
+    /// precomputed powers and `ct_1..n`, each as its 32-byte ristretto255 encoding.
+    pub(crate) fn encoded_points(&self) -> Vec<[u8; 32]> {
+        match &self.repr {
+            BatchRepr::Serial(cts) => cts
+                .iter()
+                .flat_map(|c| std::iter::once(&c.ct0).chain(&c.ct0_powers).chain(&c.cts))
+                .map(|p| p.compress().to_bytes())
+                .collect(),
+            #[cfg(target_arch = "x86_64")]
+            BatchRepr::Lanes { ifma, groups } => {
+                let (s, lanes) = (*ifma, crate::lanes::LANES);
+                let mut out = Vec::with_capacity(self.len * (LIMBS + self.n));
+                for (g, group) in groups.iter().enumerate() {
+                    let used = lanes.min(self.len - g * lanes);
+                    let encoded: Vec<[[u8; 32]; 8]> = s.vectorize(|| {
+                        group.ct0_powers.iter().chain(&group.cts).map(|p| s.encode(p, s.constants())).collect()
+                    });
+                    for lane in 0..used {
+                        out.extend(encoded.iter().map(|e| e[lane]));
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// A batch of single ciphertexts of vectors of length `n` (the serial representation:
+    /// products on it take dalek's path).
+    pub(crate) fn from_ciphertexts(n: usize, cts: Vec<Ciphertext>) -> Self {
+        Self { n, len: cts.len(), repr: BatchRepr::Serial(cts) }
+    }
+
     /// Number of ciphertexts.
     pub fn len(&self) -> usize {
         self.len

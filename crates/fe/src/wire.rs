@@ -1,7 +1,8 @@
 //! A safe wire format for the public objects of functional encryption, mirroring
 //! `blindfold_ckks::serialize`.
 //!
-//! Layout: a fixed 51-byte header followed by a body of fixed layout.
+//! Layout: a fixed 51-byte header followed by a body of fixed layout (a batch of ciphertexts
+//! starts with its count, little-endian `u32`, at most [`MAX_BATCH`]).
 //!
 //! | bytes | field |
 //! | --- | --- |
@@ -48,6 +49,8 @@ pub enum ObjectKind {
     FeboCiphertext = 5,
     /// [`febo::FunctionKey`].
     FeboFunctionKey = 6,
+    /// [`ipfe::CiphertextBatch`].
+    IpfeCiphertextBatch = 7,
 }
 
 impl ObjectKind {
@@ -59,6 +62,7 @@ impl ObjectKind {
             4 => Self::FeboPublicKey,
             5 => Self::FeboCiphertext,
             6 => Self::FeboFunctionKey,
+            7 => Self::IpfeCiphertextBatch,
             _ => return None,
         })
     }
@@ -72,6 +76,7 @@ impl ObjectKind {
             Self::FeboPublicKey => "FEBO public key",
             Self::FeboCiphertext => "FEBO ciphertext",
             Self::FeboFunctionKey => "FEBO function key",
+            Self::IpfeCiphertextBatch => "inner-product FE ciphertext batch",
         }
     }
 }
@@ -102,8 +107,10 @@ impl FeParams {
 pub trait WireObject: Sized {
     /// Its kind tag.
     const KIND: ObjectKind;
+    /// The body's length for `params`, given the body (variable-length objects read their
+    /// count from its first bytes); `None` if the count is out of range.
     #[doc(hidden)]
-    fn body_len(params: &FeParams) -> usize;
+    fn body_len(body: &[u8], params: &FeParams) -> Option<usize>;
     #[doc(hidden)]
     fn encode_body(&self, out: &mut Vec<u8>);
     #[doc(hidden)]
@@ -125,15 +132,16 @@ pub fn serialize<T: WireObject>(obj: &T, generation: u32) -> Result<Vec<u8>> {
     if params.n > MAX_LEN {
         return Err(FeError::InvalidArgument(format!("{} entries, more than {MAX_LEN}", params.n)));
     }
-    let mut out = Vec::with_capacity(HEADER_LEN + T::body_len(&params));
+    let mut body = Vec::new();
+    obj.encode_body(&mut body);
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.push(T::KIND as u8);
     out.extend_from_slice(&params.fingerprint());
     out.extend_from_slice(&generation.to_le_bytes());
-    out.extend_from_slice(&(T::body_len(&params) as u64).to_le_bytes());
-    obj.encode_body(&mut out);
-    debug_assert_eq!(out.len(), HEADER_LEN + T::body_len(&params));
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&body);
     Ok(out)
 }
 
@@ -176,7 +184,7 @@ pub fn deserialize<T: WireObject>(bytes: &[u8], params: &FeParams) -> Result<T> 
     }
     let announced = u64::from_le_bytes(bytes[43..51].try_into().expect("8 bytes"));
     let body = &bytes[HEADER_LEN..];
-    let expected = T::body_len(params);
+    let expected = T::body_len(body, params).ok_or_else(|| malformed(what, "a count out of range"))?;
     if announced != expected as u64 || body.len() != expected {
         return Err(malformed(
             what,
@@ -184,6 +192,49 @@ pub fn deserialize<T: WireObject>(bytes: &[u8], params: &FeParams) -> Result<T> 
         ));
     }
     T::decode_body(body, params)
+}
+
+/// One ciphertext of length `n`: `ct_0`, its powers (checked against it), `ct_1..n`.
+fn read_ciphertext(r: &mut Reader<'_>, n: usize) -> Result<ipfe::Ciphertext> {
+    let ct0 = r.point()?;
+    let mut ct0_powers = [RistrettoPoint::default(); ipfe::LIMBS - 1];
+    let mut expect = ct0;
+    for p in ct0_powers.iter_mut() {
+        *p = r.point()?;
+        for _ in 0..32 {
+            expect = expect + expect;
+        }
+        if *p != expect {
+            return Err(malformed(r.what, "its precomputed 2^{32k}·ct_0 do not match ct_0"));
+        }
+    }
+    Ok(ipfe::Ciphertext { ct0, ct0_powers, cts: r.points(n)? })
+}
+
+/// Most ciphertexts in one batch (`2^16`).
+pub const MAX_BATCH: usize = 1 << 16;
+
+impl WireObject for ipfe::CiphertextBatch {
+    const KIND: ObjectKind = ObjectKind::IpfeCiphertextBatch;
+    fn body_len(body: &[u8], params: &FeParams) -> Option<usize> {
+        let count = u32::from_le_bytes(body.get(..4)?.try_into().ok()?) as usize;
+        (count <= MAX_BATCH).then(|| 4 + count * 32 * (ipfe::LIMBS + params.n))
+    }
+    fn encode_body(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(self.len() as u32).to_le_bytes());
+        for p in self.encoded_points() {
+            out.extend_from_slice(&p);
+        }
+    }
+    fn decode_body(body: &[u8], params: &FeParams) -> Result<Self> {
+        let mut r = Reader { bytes: body, what: Self::KIND.name() };
+        let count = u32::from_le_bytes(r.take(4).try_into().expect("4 bytes")) as usize;
+        let cts = (0..count).map(|_| read_ciphertext(&mut r, params.n)).collect::<Result<_>>()?;
+        Ok(ipfe::CiphertextBatch::from_ciphertexts(params.n, cts))
+    }
+    fn len_of(&self) -> usize {
+        self.vector_len()
+    }
 }
 
 /// A reader over a body whose length has been checked.
@@ -226,8 +277,8 @@ fn put_points<'a>(out: &mut Vec<u8>, points: impl IntoIterator<Item = &'a Ristre
 
 impl WireObject for ipfe::MasterPublicKey {
     const KIND: ObjectKind = ObjectKind::IpfePublicKey;
-    fn body_len(params: &FeParams) -> usize {
-        32 * params.n
+    fn body_len(_: &[u8], params: &FeParams) -> Option<usize> {
+        Some(32 * params.n)
     }
     fn encode_body(&self, out: &mut Vec<u8>) {
         put_points(out, &self.h);
@@ -242,27 +293,14 @@ impl WireObject for ipfe::MasterPublicKey {
 
 impl WireObject for ipfe::Ciphertext {
     const KIND: ObjectKind = ObjectKind::IpfeCiphertext;
-    fn body_len(params: &FeParams) -> usize {
-        32 * (ipfe::LIMBS + params.n)
+    fn body_len(_: &[u8], params: &FeParams) -> Option<usize> {
+        Some(32 * (ipfe::LIMBS + params.n))
     }
     fn encode_body(&self, out: &mut Vec<u8>) {
         put_points(out, std::iter::once(&self.ct0).chain(&self.ct0_powers).chain(&self.cts));
     }
     fn decode_body(body: &[u8], params: &FeParams) -> Result<Self> {
-        let mut r = Reader { bytes: body, what: Self::KIND.name() };
-        let ct0 = r.point()?;
-        let mut ct0_powers = [RistrettoPoint::default(); ipfe::LIMBS - 1];
-        let mut expect = ct0;
-        for p in ct0_powers.iter_mut() {
-            *p = r.point()?;
-            for _ in 0..32 {
-                expect = expect + expect;
-            }
-            if *p != expect {
-                return Err(malformed(r.what, "its precomputed 2^{32k}·ct_0 do not match ct_0"));
-            }
-        }
-        Ok(Self { ct0, ct0_powers, cts: r.points(params.n)? })
+        read_ciphertext(&mut Reader { bytes: body, what: Self::KIND.name() }, params.n)
     }
     fn len_of(&self) -> usize {
         self.cts.len()
@@ -271,8 +309,8 @@ impl WireObject for ipfe::Ciphertext {
 
 impl WireObject for ipfe::FunctionKey {
     const KIND: ObjectKind = ObjectKind::IpfeFunctionKey;
-    fn body_len(params: &FeParams) -> usize {
-        8 * params.n + 32
+    fn body_len(_: &[u8], params: &FeParams) -> Option<usize> {
+        Some(8 * params.n + 32)
     }
     fn encode_body(&self, out: &mut Vec<u8>) {
         for y in &self.y {
@@ -292,8 +330,8 @@ impl WireObject for ipfe::FunctionKey {
 
 impl WireObject for febo::MasterPublicKey {
     const KIND: ObjectKind = ObjectKind::FeboPublicKey;
-    fn body_len(_: &FeParams) -> usize {
-        32
+    fn body_len(_: &[u8], _: &FeParams) -> Option<usize> {
+        Some(32)
     }
     fn encode_body(&self, out: &mut Vec<u8>) {
         put_points(out, [&self.h]);
@@ -308,8 +346,8 @@ impl WireObject for febo::MasterPublicKey {
 
 impl WireObject for febo::Ciphertext {
     const KIND: ObjectKind = ObjectKind::FeboCiphertext;
-    fn body_len(_: &FeParams) -> usize {
-        64
+    fn body_len(_: &[u8], _: &FeParams) -> Option<usize> {
+        Some(64)
     }
     fn encode_body(&self, out: &mut Vec<u8>) {
         put_points(out, [&self.cmt, &self.ct]);
@@ -325,8 +363,8 @@ impl WireObject for febo::Ciphertext {
 
 impl WireObject for febo::FunctionKey {
     const KIND: ObjectKind = ObjectKind::FeboFunctionKey;
-    fn body_len(_: &FeParams) -> usize {
-        1 + 8 + 32 + 32
+    fn body_len(_: &[u8], _: &FeParams) -> Option<usize> {
+        Some(1 + 8 + 32 + 32)
     }
     fn encode_body(&self, out: &mut Vec<u8>) {
         out.push(match self.op {
