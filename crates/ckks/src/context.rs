@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::params::Parameters;
-use crate::types::{GaloisElement, GaloisKeyRequest, Level};
+use crate::types::{Ciphertext, GaloisElement, GaloisKeyRequest, Level, Plaintext};
 use blindfold_math::{BasisConverter, Modulus, NttOperator};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -34,6 +34,33 @@ pub struct Context {
 }
 
 impl Context {
+    /// Refuses a ciphertext whose shape does not fit these parameters (made under another
+    /// context), before any indexing: [`Error::ForeignObject`].
+    pub(crate) fn check_ciphertext(&self, c: &Ciphertext) -> Result<()> {
+        let n = self.n();
+        let reason = if c.level > self.max_level() {
+            format!("level {} above the top level {}", c.level, self.max_level())
+        } else if !(2..=3).contains(&c.parts.len()) {
+            format!("{} polynomials", c.parts.len())
+        } else if c.parts.iter().any(|p| p.len() != (c.level + 1) * n) {
+            format!("polynomials are not {} residues of degree {n}", c.level + 1)
+        } else {
+            return Ok(());
+        };
+        Err(Error::ForeignObject { what: "ciphertext", reason })
+    }
+
+    /// Refuses a plaintext whose shape does not fit these parameters: [`Error::ForeignObject`].
+    pub(crate) fn check_plaintext(&self, pt: &Plaintext) -> Result<()> {
+        if pt.level > self.max_level() || pt.data.len() != (pt.level + 1) * self.n() {
+            return Err(Error::ForeignObject {
+                what: "plaintext",
+                reason: format!("{} words at level {}", pt.data.len(), pt.level),
+            });
+        }
+        Ok(())
+    }
+
     /// Precomputes the tables for `params`.
     ///
     /// # Errors

@@ -61,10 +61,10 @@ impl Encryptor {
     /// Encrypts with the public key.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for a plaintext of other parameters (a level above the top
+    /// [`Error::ForeignObject`] for a plaintext of other parameters (a level above the top
     /// level, or residues that do not match the ring).
     pub fn encrypt(&mut self, pt: &Plaintext) -> Result<Ciphertext> {
-        check_plaintext(&self.ctx, pt, "encrypt")?;
+        self.ctx.check_plaintext(pt)?;
         let (ctx, pk) = (&self.ctx, &self.pk);
         let n = ctx.n();
         let level = pt.level;
@@ -95,10 +95,10 @@ impl Encryptor {
     /// precision wanted, and `Q_level` must hold message and noise below half of it.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for a ciphertext of other parameters or of three parts
-    /// (relinearize first), or `log_sigma` outside `0..=62`.
+    /// [`Error::ForeignObject`] for a ciphertext of other parameters; [`Error::InvalidArgument`]
+    /// for one of three parts (relinearize first), or `log_sigma` outside `0..=62`.
     pub fn rerandomize(&mut self, ct: &mut Ciphertext, log_sigma: f64) -> Result<()> {
-        check_ciphertext(&self.ctx, ct, "rerandomize")?;
+        self.ctx.check_ciphertext(ct)?;
         if ct.parts.len() != 2 {
             return Err(Error::InvalidArgument("rerandomize: relinearize the ciphertext first".into()));
         }
@@ -157,9 +157,9 @@ impl SymmetricEncryptor {
     /// Encrypts into the compact seeded form.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for a plaintext of other parameters.
+    /// [`Error::ForeignObject`] for a plaintext of other parameters.
     pub fn encrypt(&mut self, pt: &Plaintext) -> Result<SeededCiphertext> {
-        check_plaintext(&self.sk.ctx, pt, "encrypt")?;
+        self.sk.ctx.check_plaintext(pt)?;
         let seed = fresh_seed(&mut self.rng);
         Ok(encrypt_seeded(&self.sk, pt, seed, &mut self.rng))
     }
@@ -168,10 +168,10 @@ impl SymmetricEncryptor {
     /// seed and its own noise generator, both drawn from this encryptor's generator.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for a plaintext of other parameters.
+    /// [`Error::ForeignObject`] for a plaintext of other parameters.
     pub fn encrypt_batch(&mut self, pts: &[Plaintext]) -> Result<Vec<SeededCiphertext>> {
         for pt in pts {
-            check_plaintext(&self.sk.ctx, pt, "encrypt")?;
+            self.sk.ctx.check_plaintext(pt)?;
         }
         let seeds: Vec<([u8; 32], Zeroizing<[u8; 32]>)> =
             pts.iter().map(|_| (fresh_seed(&mut self.rng), Zeroizing::new(fresh_seed(&mut self.rng)))).collect();
@@ -182,37 +182,6 @@ impl SymmetricEncryptor {
             .map(|(pt, (seed, noise_seed))| encrypt_seeded(sk, pt, seed, &mut sampler::seeded_rng(*noise_seed)))
             .collect())
     }
-}
-
-/// Refuses a plaintext that was not made for `ctx`'s ring and chain (it would index out of
-/// bounds).
-pub(crate) fn check_plaintext(ctx: &Context, pt: &Plaintext, op: &'static str) -> Result<()> {
-    if pt.level > ctx.max_level() || pt.data.len() != (pt.level + 1) * ctx.n() {
-        return Err(Error::InvalidArgument(format!(
-            "{op}: plaintext of {} residues at level {} does not belong to these parameters (N = {}, top level {})",
-            pt.data.len(),
-            pt.level,
-            ctx.n(),
-            ctx.max_level()
-        )));
-    }
-    Ok(())
-}
-
-/// Refuses a ciphertext that was not made for `ctx`'s ring and chain.
-pub(crate) fn check_ciphertext(ctx: &Context, ct: &Ciphertext, op: &'static str) -> Result<()> {
-    if !(2..=3).contains(&ct.parts.len()) {
-        return Err(Error::CiphertextSize { op, expected: 2, actual: ct.parts.len() });
-    }
-    if ct.level > ctx.max_level() || ct.parts.iter().any(|p| p.len() != (ct.level + 1) * ctx.n()) {
-        return Err(Error::InvalidArgument(format!(
-            "{op}: ciphertext at level {} does not belong to these parameters (N = {}, top level {})",
-            ct.level,
-            ctx.n(),
-            ctx.max_level()
-        )));
-    }
-    Ok(())
 }
 
 /// `(-a·s + e + m, seed)` with `a` expanded from `seed` and `e` drawn from `rng`.
@@ -252,10 +221,13 @@ impl Decryptor {
     ///
     /// # Errors
     /// [`Error::CiphertextSize`] for a ciphertext of fewer than 2 or more than 3 parts;
-    /// [`Error::InvalidArgument`] for a ciphertext of other parameters.
+    /// [`Error::ForeignObject`] for a ciphertext of other parameters.
     pub fn decrypt(&self, ct: &Ciphertext) -> Result<Plaintext> {
+        if !(2..=3).contains(&ct.parts.len()) {
+            return Err(Error::CiphertextSize { op: "decrypt", expected: 2, actual: ct.parts.len() });
+        }
         let ctx = &self.sk.ctx;
-        check_ciphertext(ctx, ct, "decrypt")?;
+        ctx.check_ciphertext(ct)?;
         let n = ctx.n();
         let mut m = ct.parts[0].clone();
         let mut s2 = Zeroizing::new(vec![0u64; n]);

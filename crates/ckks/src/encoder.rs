@@ -202,9 +202,9 @@ impl Encoder {
     /// Decodes all `N/2` complex slots of a plaintext (dividing by its scale).
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for a plaintext of other parameters.
+    /// [`Error::ForeignObject`] for a plaintext of other parameters.
     pub fn decode(&self, pt: &Plaintext) -> Result<Vec<Complex64>> {
-        crate::crypto::check_plaintext(&self.ctx, pt, "decode")?;
+        self.ctx.check_plaintext(pt)?;
         let n = self.ctx.n();
         let mut data = zeroize::Zeroizing::new(pt.data.clone());
         self.ctx.backward(&mut data);

@@ -56,30 +56,12 @@ impl Evaluator {
         &self.ctx
     }
 
-    /// Refuses a ciphertext whose shape does not fit these parameters (made under another
-    /// context), before any indexing.
     fn check(&self, c: &Ciphertext) -> Result<()> {
-        let n = self.ctx.n();
-        let reason = if c.level > self.ctx.max_level() {
-            format!("level {} above the top level {}", c.level, self.ctx.max_level())
-        } else if !(2..=3).contains(&c.parts.len()) {
-            format!("{} polynomials", c.parts.len())
-        } else if c.parts.iter().any(|p| p.len() != (c.level + 1) * n) {
-            format!("polynomials are not {} residues of degree {n}", c.level + 1)
-        } else {
-            return Ok(());
-        };
-        Err(Error::ForeignObject { what: "ciphertext", reason })
+        self.ctx.check_ciphertext(c)
     }
 
     fn check_plain(&self, pt: &Plaintext) -> Result<()> {
-        if pt.level > self.ctx.max_level() || pt.data.len() != (pt.level + 1) * self.ctx.n() {
-            return Err(Error::ForeignObject {
-                what: "plaintext",
-                reason: format!("{} words at level {}", pt.data.len(), pt.level),
-            });
-        }
-        Ok(())
+        self.ctx.check_plaintext(pt)
     }
 
     fn check_key(&self, key: &KeySwitchingKey, what: &'static str, level: usize) -> Result<()> {
