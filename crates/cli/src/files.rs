@@ -112,12 +112,17 @@ pub(crate) fn evaluate_cmd(model: &Path, eval_keys: &Path, input: &Path, out: &P
         CompiledModel::new(&m, &ChainOptions::default()).with_context(|| format!("compiling {}", model.display()))?;
     let mut holder = ModelHolder::new(compiled);
     // Each file is bounded by what the plan allows before it is read.
-    let keys = Message::from_bytes_limited(&read_file(eval_keys, holder.max_keys_len() as u64)?, holder.max_keys_len())
-        .with_context(|| format!("reading {}", eval_keys.display()))?;
+    let keys = Message::from_bytes_limited(
+        &read_file(eval_keys, holder.model().max_keys_len() as u64)?,
+        holder.model().max_keys_len(),
+    )
+    .with_context(|| format!("reading {}", eval_keys.display()))?;
     holder.handle(&keys).with_context(|| format!("loading evaluation keys {}", eval_keys.display()))?;
-    let request =
-        Message::from_bytes_limited(&read_file(input, holder.max_image_len() as u64)?, holder.max_image_len())
-            .with_context(|| format!("reading {}", input.display()))?;
+    let request = Message::from_bytes_limited(
+        &read_file(input, holder.model().max_image_len() as u64)?,
+        holder.model().max_image_len(),
+    )
+    .with_context(|| format!("reading {}", input.display()))?;
     let t = Instant::now();
     let reply = holder
         .handle(&request)

@@ -152,7 +152,6 @@ pub(crate) fn encrypted_inference(
     if compiled.info() != &info {
         bail!("the compiled model's plan differs from its architecture's");
     }
-    let limits = ModelHolder::new(compiled.clone());
     let compiled = &compiled;
     let params = info.parameters()?;
     let preset = info.parameters_name();
@@ -245,8 +244,8 @@ pub(crate) fn encrypted_inference(
             ciphertext_in: results.first().map_or(0, |r| r.request_bytes),
             ciphertext_out: results.first().map_or(0, |r| r.reply_bytes),
             eval_keys: key_bytes,
-            max_eval_keys: limits.max_keys_len(),
-            max_request: limits.max_image_len(),
+            max_eval_keys: compiled.max_keys_len(),
+            max_request: compiled.max_image_len(),
         },
         params: ParamsReport {
             log_n: params.log_n(),

@@ -220,6 +220,26 @@ impl CompiledModel {
     pub fn context(&self) -> &Arc<Context> {
         &self.compiled.ctx
     }
+
+    /// Largest evaluation-keys message the plan allows, in bytes: a relinearization key and
+    /// one Galois key per declared rotation, each at most the size of a top-level key.
+    pub fn max_keys_len(&self) -> usize {
+        let ctx = self.context();
+        RelinearizationKey::max_size(ctx) + galois_keys_max_size(ctx, self.info.rotation_keys.len()) + 64
+    }
+
+    /// Largest image message the plan allows, in bytes: its number of input ciphertexts, each
+    /// a seeded ciphertext at the top level.
+    pub fn max_image_len(&self) -> usize {
+        let cts = self.circuit().packing().ciphertexts();
+        cts * (SeededCiphertext::max_size(self.context()) + 10) + 64
+    }
+
+    /// Largest message a model holder of this plan accepts ([`ModelHolder::handle_bytes`]):
+    /// the larger of [`CompiledModel::max_keys_len`] and [`CompiledModel::max_image_len`].
+    pub fn max_message_len(&self) -> usize {
+        self.max_keys_len().max(self.max_image_len())
+    }
 }
 
 /// The wire form ([`blindfold_ckks::serialize`]) of a public CKKS object of type `T`, as it
@@ -323,7 +343,7 @@ pub enum Message {
 }
 
 /// Default bound on the size of a message read by [`Message::from_bytes`]: 4 GiB. A party
-/// that knows its plan bounds messages far more tightly ([`ModelHolder::max_message_len`]).
+/// that knows its plan bounds messages far more tightly ([`CompiledModel::max_message_len`]).
 pub const MAX_MESSAGE_LEN: usize = 1 << 32;
 
 impl Message {
@@ -676,35 +696,15 @@ impl ModelHolder {
         self.keys.as_ref().map(|k| k.0)
     }
 
-    /// Largest evaluation-keys message the plan allows, in bytes: a relinearization key and
-    /// one Galois key per declared rotation, each at most the size of a top-level key.
-    pub fn max_keys_len(&self) -> usize {
-        let ctx = self.model.context();
-        RelinearizationKey::max_size(ctx) + galois_keys_max_size(ctx, self.info().rotation_keys.len()) + 64
-    }
-
-    /// Largest image message the plan allows, in bytes: its number of input ciphertexts, each
-    /// a seeded ciphertext at the top level.
-    pub fn max_image_len(&self) -> usize {
-        let cts = self.model.circuit().packing().ciphertexts();
-        cts * (SeededCiphertext::max_size(self.model.context()) + 10) + 64
-    }
-
-    /// Largest message this model holder accepts ([`ModelHolder::handle_bytes`]): the larger
-    /// of [`ModelHolder::max_keys_len`] and [`ModelHolder::max_image_len`].
-    pub fn max_message_len(&self) -> usize {
-        self.max_keys_len().max(self.max_image_len())
-    }
-
     /// [`ModelHolder::handle`] of a message's bytes, refusing more than
-    /// [`ModelHolder::max_message_len`] bytes before decoding anything: the memory a message
+    /// [`CompiledModel::max_message_len`] bytes before decoding anything: the memory a message
     /// can take is bounded by the plan (its bytes, then at most twice that once its seeded
     /// polynomials are expanded, plus the evaluation's working set).
     ///
     /// # Errors
     /// As [`Message::from_bytes_limited`] and [`ModelHolder::handle`].
     pub fn handle_bytes(&mut self, bytes: &[u8]) -> Result<Option<Vec<u8>>> {
-        let msg = Message::from_bytes_limited(bytes, self.max_message_len())?;
+        let msg = Message::from_bytes_limited(bytes, self.model.max_message_len())?;
         Ok(self.handle(&msg)?.map(|m| m.to_bytes()))
     }
 

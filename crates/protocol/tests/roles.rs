@@ -126,7 +126,7 @@ fn responses_for_other_keys_and_oversized_or_padded_messages_are_refused() {
     // it is decoded; one of the right size but the wrong count by its count.
     let Message::EncryptedImage { key_id, ciphertexts } = alice.encrypt(&image).unwrap() else { unreachable!() };
     let many = Message::EncryptedImage { key_id, ciphertexts: vec![ciphertexts[0].clone(); 8000] }.to_bytes();
-    assert!(many.len() > holder.max_message_len());
+    assert!(many.len() > holder.model().max_message_len());
     let err = holder.handle_bytes(&many).unwrap_err().to_string();
     assert!(err.contains("more than the"), "{err}");
     let few = Message::EncryptedImage { key_id, ciphertexts: ciphertexts[..1].to_vec() };

@@ -78,8 +78,6 @@ pub struct ModelHolderService(Arc<State>);
 struct State {
     model: Arc<CompiledModel>,
     plan_json: String,
-    max_keys: usize,
-    max_request: usize,
     sessions: Mutex<Sessions>,
     store: Option<KeyStore>,
 }
@@ -92,17 +90,14 @@ impl ModelHolderService {
 
     /// Largest gRPC message the service accepts: a request of the plan, or a key chunk.
     pub fn max_message_len(&self) -> usize {
-        self.0.max_request.max(KEY_CHUNK) + 1024
+        self.0.model.max_image_len().max(KEY_CHUNK) + 1024
     }
 }
 
 impl State {
     fn new(model: Arc<CompiledModel>, max_sessions: usize) -> Self {
-        let limits = ModelHolder::new(model.clone());
         Self {
             plan_json: serde_json::to_string(model.info()).expect("plans serialize"),
-            max_keys: limits.max_keys_len(),
-            max_request: limits.max_image_len(),
             model,
             sessions: Mutex::new(Sessions { map: HashMap::new(), clock: 0, capacity: max_sessions }),
             store: None,
@@ -136,25 +131,25 @@ impl ModelHolderRpc for ModelHolderService {
     async fn info(&self, _: Request<InfoRequest>) -> Result<Response<InfoReply>, Status> {
         Ok(Response::new(InfoReply {
             plan_json: self.0.plan_json.clone(),
-            max_keys_bytes: self.0.max_keys as u64,
-            max_request_bytes: self.0.max_request as u64,
+            max_keys_bytes: self.0.model.max_keys_len() as u64,
+            max_request_bytes: self.0.model.max_image_len() as u64,
             parameter_fingerprint: self.0.model.context().params().fingerprint().to_vec(),
         }))
     }
 
     async fn upload_keys(&self, request: Request<Streaming<KeysChunk>>) -> Result<Response<UploadKeysReply>, Status> {
         let mut stream = request.into_inner();
+        let max_keys = self.0.model.max_keys_len();
         let mut bytes = Vec::new();
         while let Some(chunk) = stream.message().await? {
-            if bytes.len() + chunk.data.len() > self.0.max_keys {
+            if bytes.len() + chunk.data.len() > max_keys {
                 return Err(Status::invalid_argument(format!(
-                    "evaluation keys of more than {} bytes, the most this plan takes",
-                    self.0.max_keys
+                    "evaluation keys of more than {max_keys} bytes, the most this plan takes"
                 )));
             }
             bytes.extend_from_slice(&chunk.data);
         }
-        let msg = Message::from_bytes_limited(&bytes, self.0.max_keys).map_err(status)?;
+        let msg = Message::from_bytes_limited(&bytes, max_keys).map_err(status)?;
         let id =
             KeyId::of(&msg).ok_or_else(|| Status::invalid_argument("UploadKeys takes an EvaluationKeys message"))?;
         if self.0.sessions().get(&id).is_some() {
@@ -204,7 +199,7 @@ pub type ReplyStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<
 impl State {
     /// One EncryptedImage message's bytes to its EncryptedScores message's bytes.
     async fn evaluate_bytes(&self, bytes: Vec<u8>) -> Result<Vec<u8>, Status> {
-        let msg = Message::from_bytes_limited(&bytes, self.max_request).map_err(status)?;
+        let msg = Message::from_bytes_limited(&bytes, self.model.max_image_len()).map_err(status)?;
         let Message::EncryptedImage { key_id, .. } = &msg else {
             return Err(Status::invalid_argument("Evaluate takes an EncryptedImage message"));
         };
@@ -214,11 +209,11 @@ impl State {
             Some(s) => s,
             None => {
                 // Not in memory: from the key store, if it has them (e.g. after a restart).
-                let stored = self.store.as_ref().and_then(|st| st.get(&key_id, self.max_keys));
+                let stored = self.store.as_ref().and_then(|st| st.get(&key_id, self.model.max_keys_len()));
                 let Some(bytes) = stored else {
                     return Err(Status::not_found(format!("unknown key id {key_id}: upload again")));
                 };
-                let keys = Message::from_bytes_limited(&bytes, self.max_keys).map_err(status)?;
+                let keys = Message::from_bytes_limited(&bytes, self.model.max_keys_len()).map_err(status)?;
                 if KeyId::of(&keys) != Some(key_id) {
                     return Err(Status::not_found(format!("unknown key id {key_id}: upload again")));
                 }
