@@ -61,13 +61,16 @@ impl Sessions {
         })
     }
 
-    fn insert(&mut self, id: KeyId, session: ModelHolder) {
+    /// Adds a session (dropping the least recently used beyond the capacity) and returns it.
+    fn insert(&mut self, id: KeyId, session: ModelHolder) -> Arc<Mutex<ModelHolder>> {
         while self.map.len() >= self.capacity.max(1) {
             let oldest = *self.map.iter().min_by_key(|(_, (_, used))| *used).expect("non-empty").0;
             self.map.remove(&oldest);
         }
         self.clock += 1;
-        self.map.insert(id, (Arc::new(Mutex::new(session)), self.clock));
+        let session = Arc::new(Mutex::new(session));
+        self.map.insert(id, (session.clone(), self.clock));
+        session
     }
 }
 
@@ -85,7 +88,7 @@ struct State {
 impl ModelHolderService {
     /// A service for `model` keeping at most `max_sessions` clients' keys in memory.
     pub fn new(model: Arc<CompiledModel>, max_sessions: usize) -> Self {
-        Self(Arc::new(State::new(model, max_sessions)))
+        Self(Arc::new(State::new(model, max_sessions, None)))
     }
 
     /// Largest gRPC message the service accepts: a request of the plan, or a key chunk.
@@ -95,18 +98,13 @@ impl ModelHolderService {
 }
 
 impl State {
-    fn new(model: Arc<CompiledModel>, max_sessions: usize) -> Self {
+    fn new(model: Arc<CompiledModel>, max_sessions: usize, store: Option<KeyStore>) -> Self {
         Self {
             plan_json: serde_json::to_string(model.info()).expect("plans serialize"),
             model,
             sessions: Mutex::new(Sessions { map: HashMap::new(), clock: 0, capacity: max_sessions }),
-            store: None,
+            store,
         }
-    }
-
-    fn with_store(mut self, store: Option<KeyStore>) -> Self {
-        self.store = store;
-        self
     }
 
     /// A session for the keys `msg` carries (decoded and checked off the async threads).
@@ -218,9 +216,7 @@ impl State {
                     return Err(Status::not_found(format!("unknown key id {key_id}: upload again")));
                 }
                 let session = self.open_session(keys).await?;
-                let mut sessions = self.sessions();
-                sessions.insert(key_id, session);
-                sessions.get(&key_id).ok_or_else(|| Status::internal("session lost"))?
+                self.sessions().insert(key_id, session)
             }
         };
         let reply = tokio::task::spawn_blocking(move || {
@@ -299,7 +295,7 @@ pub async fn serve(
         }
         None => None,
     };
-    let service = ModelHolderService(Arc::new(State::new(model, opts.max_sessions).with_store(store)));
+    let service = ModelHolderService(Arc::new(State::new(model, opts.max_sessions, store)));
     let max = service.max_message_len();
     let server = ModelHolderServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max);
     let (health, health_service) = tonic_health::server::health_reporter();
