@@ -205,18 +205,19 @@ pub(crate) fn client_cmd(a: ClientArgs) -> Result<()> {
         let batch = if args.stream { STREAM_BATCH } else { 1 };
         for start in (0..test.len()).step_by(batch) {
             let idx: Vec<usize> = (start..(start + batch).min(test.len())).collect();
+            let mut encrypt = || -> Result<Vec<Vec<u8>>> {
+                idx.iter().map(|&i| Ok(client.encrypt_pixels(test.images.image(i))?.to_bytes())).collect()
+            };
             let t0 = Instant::now();
-            let requests: Vec<Vec<u8>> = idx
-                .iter()
-                .map(|&i| Ok(client.encrypt_pixels(test.images.image(i))?.to_bytes()))
-                .collect::<Result<_>>()?;
+            let requests = encrypt()?;
+            let request_len = requests[0].len();
             let t1 = Instant::now();
-            let replies = match send(&mut remote, requests.clone(), args.stream).await {
+            let replies = match send(&mut remote, requests, args.stream).await {
                 // The server dropped this client's keys (a restart, or more clients than it
-                // keeps): upload them again and retry once.
+                // keeps): upload them again and send the images again, once.
                 Err(s) if s.code() == tonic::Code::NotFound => {
                     remote.upload_keys(&keys).await?;
-                    send(&mut remote, requests.clone(), args.stream).await?
+                    send(&mut remote, encrypt()?, args.stream).await?
                 }
                 r => r?,
             };
@@ -232,7 +233,7 @@ pub(crate) fn client_cmd(a: ClientArgs) -> Result<()> {
             rtt.push(ms(t1, t2) / k);
             dec.push(ms(t2, t3) / k);
             waited += (t2 - t1).as_secs_f64();
-            sizes = (requests[0].len(), replies.first().map_or(0, Vec::len));
+            sizes = (request_len, replies.first().map_or(0, Vec::len));
             pb.inc(idx.len() as u64);
         }
         pb.finish_and_clear();
