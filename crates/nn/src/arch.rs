@@ -142,6 +142,17 @@ impl LayerSpec {
         Some(self.polynomial()?.iter().rposition(|&v| v != 0.0).unwrap_or(0))
     }
 
+    /// For a layer with parameters, how many inputs each output reads (its weight matrix is
+    /// `outputs × fan_in`) for an input of shape `s`; `None` for layers without parameters.
+    /// Unchecked arithmetic: for shapes [`ArchSpec::shapes`] accepted.
+    pub(crate) fn fan_in(&self, s: Shape) -> Option<usize> {
+        match *self {
+            LayerSpec::Conv2d { kernel, .. } => Some(s.c * kernel * kernel),
+            LayerSpec::Dense { .. } => Some(s.len()),
+            _ => None,
+        }
+    }
+
     /// Number of weights and biases for an input of shape `s` and an output of shape `out`
     /// (saturating: callers have checked [`LayerSpec::weights`]).
     fn parameters(&self, s: Shape, out: Shape) -> usize {

@@ -44,11 +44,7 @@ impl Model {
             .enumerate()
             .map(|(i, l)| {
                 let (inp, out) = (shapes[i], shapes[i + 1]);
-                let fan_in = match l {
-                    LayerSpec::Conv2d { kernel, .. } => inp.c * kernel * kernel,
-                    LayerSpec::Dense { .. } => inp.len(),
-                    _ => 0,
-                };
+                let fan_in = l.fan_in(inp).unwrap_or(0);
                 let params = (fan_in > 0).then(|| {
                     let bound = 1.0 / (fan_in as f32).sqrt();
                     let mut uniform = || ((rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0) * bound;
@@ -312,13 +308,9 @@ impl Model {
         let shapes = arch.shapes().map_err(|e| err(e.to_string()))?;
         let mut expected = 0;
         for (i, l) in arch.layers.iter().enumerate() {
-            let (weights, biases) = match l {
-                LayerSpec::Conv2d { out_channels, kernel, .. } => {
-                    (vec![*out_channels, shapes[i].c * kernel * kernel], vec![*out_channels])
-                }
-                LayerSpec::Dense { outputs } => (vec![*outputs, shapes[i].len()], vec![*outputs]),
-                _ => continue,
-            };
+            let Some(fan_in) = l.fan_in(shapes[i]) else { continue };
+            let outputs = shapes[i + 1].c;
+            let (weights, biases) = (vec![outputs, fan_in], vec![outputs]);
             expected += 2;
             for (name, want) in [("weight", weights), ("bias", biases)] {
                 let key = format!("layers.{i}.{name}");
