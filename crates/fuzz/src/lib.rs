@@ -109,7 +109,8 @@ impl Corpus {
     pub fn run_all(&self, bytes: &[u8]) -> usize {
         let mut accepted = 0;
         let mut count = |ok: bool| accepted += usize::from(ok);
-        count(Message::from_bytes(bytes).is_ok());
+        let msg = Message::from_bytes(bytes);
+        count(msg.is_ok());
         let mut fresh = ModelHolder::new(self.model.clone());
         count(fresh.handle_bytes(bytes).is_ok());
         {
@@ -120,7 +121,7 @@ impl Corpus {
                 holder.handle_bytes(&self.keys).expect("valid keys");
             }
         }
-        if let Ok(msg) = Message::from_bytes(bytes) {
+        if let Ok(msg) = msg {
             let mut coordinator = Coordinator::new(self.model.info(), 2).expect("coordinator");
             count(coordinator.receive(1, &msg).is_ok());
             count(coordinator.aggregate(Aggregation::Mean).is_ok());
