@@ -538,7 +538,7 @@ impl SecretKey {
             let code = ((c & 1) as u8 & !sign) | (sign << 1);
             packed[i / 4] |= code << (2 * (i % 4));
         }
-        let body = to_postcard(&SecretKeyWire { coeffs: serde_bytes::ByteBuf::from(packed.to_vec()) })?;
+        let body = to_postcard(&SecretKeyWire { coeffs: serde_bytes::ByteBuf::from(std::mem::take(&mut *packed)) })?;
         Ok(frame(ObjectKind::SecretKey, &self.ctx, &body))
     }
 
