@@ -47,7 +47,7 @@ fn write_secret_file(path: &Path, bytes: &[u8]) -> Result<()> {
 const MAX_SMALL_FILE: u64 = 1 << 20;
 
 /// Reads `path` if it holds at most `limit` bytes (checked before reading).
-fn read_file(path: &Path, limit: u64) -> Result<Vec<u8>> {
+pub(crate) fn read_file(path: &Path, limit: u64) -> Result<Vec<u8>> {
     blindfold_nn::read_bounded(path, limit).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))
 }
 

@@ -54,7 +54,7 @@ pub(crate) struct ServeArgs {
 const MAX_PEM: u64 = 1 << 20;
 
 fn pem(path: &std::path::Path) -> Result<Vec<u8>> {
-    blindfold_nn::read_bounded(path, MAX_PEM).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))
+    crate::files::read_file(path, MAX_PEM)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
