@@ -2,6 +2,7 @@
 //! holder), `decrypt` (client). Every file is read only after its size is checked against
 //! what the plan allows.
 
+use crate::import::{load_model, ImportArgs};
 use crate::DataArgs;
 use anyhow::{bail, Context as _, Result};
 use blindfold_ckks::serialize::{read_header, WireObject};
@@ -9,16 +10,16 @@ use blindfold_ckks::Ciphertext;
 use blindfold_ckks::SecretKey;
 use blindfold_data::Split;
 use blindfold_nn::compile::ChainOptions;
-use blindfold_nn::{argmax, ArchSpec, Model};
+use blindfold_nn::{argmax, ArchSpec};
 use blindfold_protocol::{Client, CompiledModel, KeyId, Message, ModelHolder, PlanInfo};
 use std::path::Path;
 use std::time::Instant;
 
-fn arch_of(model_or_arch: &str) -> Result<ArchSpec> {
+fn arch_of(model_or_arch: &str, import: &ImportArgs) -> Result<ArchSpec> {
     if ArchSpec::BUILTIN.contains(&model_or_arch) {
         return Ok(ArchSpec::builtin(model_or_arch)?);
     }
-    Ok(Model::load(Path::new(model_or_arch))?.1.arch)
+    Ok(load_model(Path::new(model_or_arch), import, None)?.model.spec().clone())
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -51,8 +52,8 @@ pub(crate) fn read_file(path: &Path, limit: u64) -> Result<Vec<u8>> {
     blindfold_nn::read_bounded(path, limit).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))
 }
 
-pub(crate) fn keygen_cmd(model: &str, out_dir: &Path) -> Result<()> {
-    let arch = arch_of(model)?;
+pub(crate) fn keygen_cmd(model: &str, import: &ImportArgs, out_dir: &Path) -> Result<()> {
+    let arch = arch_of(model, import)?;
     let info = PlanInfo::for_architecture(&arch, &ChainOptions::default())
         .with_context(|| format!("compiling the architecture of {model}"))?;
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
@@ -106,8 +107,14 @@ pub(crate) fn encrypt_cmd(keys: &Path, data: &DataArgs, index: usize, out: &Path
     Ok(())
 }
 
-pub(crate) fn evaluate_cmd(model: &Path, eval_keys: &Path, input: &Path, out: &Path) -> Result<()> {
-    let (m, _) = Model::load(model)?;
+pub(crate) fn evaluate_cmd(
+    model: &Path,
+    import: &ImportArgs,
+    eval_keys: &Path,
+    input: &Path,
+    out: &Path,
+) -> Result<()> {
+    let m = load_model(model, import, None)?.model;
     let compiled =
         CompiledModel::new(&m, &ChainOptions::default()).with_context(|| format!("compiling {}", model.display()))?;
     let mut holder = ModelHolder::new(compiled);

@@ -1,6 +1,7 @@
 //! `blindfold demo` and `blindfold infer`: encrypted inference on test images, client and
 //! model holder exchanging bytes in one process.
 
+use crate::import::{load_model, ImportArgs};
 use crate::progress::bar;
 use crate::report::{percentile, print_report, Bytes, ClientMs, ParamsReport, Percentiles, Report};
 use crate::train::{cached_model, train_model, TrainOpts};
@@ -41,6 +42,10 @@ pub(crate) struct EvalOpts {
     /// Write a machine-readable report here.
     #[arg(long)]
     pub(crate) json: Option<PathBuf>,
+    /// Write the decrypted scores here as a NumPy file (float64, [n, classes], test images in
+    /// order), e.g. to compare them with another runtime's logits.
+    #[arg(long, value_name = "PATH.npy")]
+    pub(crate) logits_out: Option<PathBuf>,
     /// Threads (default: all cores). Each image's encryption, evaluation and decryption
     /// use them all (lowest latency per image).
     #[arg(long)]
@@ -72,9 +77,12 @@ pub(crate) struct DemoArgs {
 
 #[derive(Args)]
 pub(crate) struct InferArgs {
-    /// The trained model.
+    /// The trained model: a blindfold model file, or an ONNX file (e.g. from
+    /// `torch.onnx.export`).
     #[arg(long)]
     pub(crate) model: PathBuf,
+    #[command(flatten)]
+    pub(crate) import: ImportArgs,
     #[command(flatten)]
     pub(crate) data: DataArgs,
     #[command(flatten)]
@@ -94,7 +102,7 @@ pub(crate) fn demo(a: DemoArgs) -> Result<()> {
 }
 
 pub(crate) fn infer_cmd(a: InferArgs) -> Result<()> {
-    let (model, _) = Model::load(&a.model)?;
+    let model = load_model(&a.model, &a.import, Some(&a.data))?.model;
     run_inference(model, &a.data, &a.eval)
 }
 
@@ -111,6 +119,8 @@ struct ImageResult {
     decrypt_ms: f64,
     request_bytes: usize,
     reply_bytes: usize,
+    /// The decrypted scores.
+    scores: Vec<f64>,
 }
 
 fn run_inference(mut model: Model, data: &DataArgs, opts: &EvalOpts) -> Result<()> {
@@ -118,6 +128,12 @@ fn run_inference(mut model: Model, data: &DataArgs, opts: &EvalOpts) -> Result<(
     let params = compile::parameters(model.spec(), &opts.chain.options())?;
     let report = encrypted_inference(&mut model, &params, &test, data.dataset, opts.threads, opts.parallel_images)?;
     print_report(&report);
+    if let Some(path) = &opts.logits_out {
+        let classes = report.scores.first().map_or(0, Vec::len);
+        let scores = ndarray::Array2::from_shape_vec((report.scores.len(), classes), report.scores.concat())?;
+        ndarray_npy::write_npy(path, &scores).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote the decrypted scores to {}", path.display());
+    }
     if let Some(path) = &opts.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
@@ -206,6 +222,7 @@ pub(crate) fn encrypted_inference(
                                     decrypt_ms: ms(t2, t3),
                                     request_bytes: request.len(),
                                     reply_bytes: reply.len(),
+                                    scores,
                                 },
                             ));
                             pb.inc(1);
@@ -260,5 +277,6 @@ pub(crate) fn encrypted_inference(
         input_ciphertexts: compiled.circuit().packing().ciphertexts(),
         stages: compiled.circuit().costs(),
         activation_ranges: model.activation_ranges(&test.clone().truncate(1000))?,
+        scores: results.into_iter().map(|r| r.scores).collect(),
     })
 }

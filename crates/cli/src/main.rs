@@ -8,6 +8,7 @@ use std::path::PathBuf;
 mod cryptonn;
 mod ensemble;
 mod files;
+mod import;
 mod infer;
 mod params;
 mod progress;
@@ -51,6 +52,13 @@ enum Command {
     Serve(remote::ServeArgs),
     /// Client of a model holder on the network (`blindfold serve`).
     Client(remote::ClientArgs),
+    /// Import an ONNX model (e.g. from `torch.onnx.export`) into a blindfold model file.
+    /// Every command that takes --model also reads .onnx files directly; importing once
+    /// fixes the calibration of --replace-activation.
+    Import(import::ImportCmdArgs),
+    /// Show what a model becomes before anything is encrypted: its layers (and the ONNX
+    /// nodes they came from), the circuit's depth, parameters, keys and cost per image.
+    Inspect(import::InspectArgs),
     /// List the CKKS parameter presets and the 128-bit bound each is checked against.
     Params {
         /// Print JSON instead of a table.
@@ -60,9 +68,12 @@ enum Command {
     /// Client: make keys for a model's architecture; writes secret.key (keep it), eval.keys
     /// and plan.json (send those to the model holder).
     Keygen {
-        /// The model file (only its architecture is read) or a built-in architecture name.
+        /// The model file (blindfold's or ONNX; only its architecture is read) or a built-in
+        /// architecture name.
         #[arg(long)]
         model: String,
+        #[command(flatten)]
+        import: import::ImportArgs,
         /// Directory for the key files.
         #[arg(long)]
         out_dir: PathBuf,
@@ -84,9 +95,11 @@ enum Command {
     /// Model holder: evaluate the model on a request with the client's evaluation keys
     /// (public keys only) and write the encrypted scores.
     Evaluate {
-        /// The trained model.
+        /// The trained model (blindfold's model file or ONNX).
         #[arg(long)]
         model: PathBuf,
+        #[command(flatten)]
+        import: import::ImportArgs,
         /// The client's eval.keys.
         #[arg(long)]
         eval_keys: PathBuf,
@@ -143,9 +156,13 @@ fn main() {
         Command::Serve(a) => remote::serve_cmd(a),
         Command::Client(a) => remote::client_cmd(a),
         Command::Params { json } => params::params_cmd(json),
-        Command::Keygen { model, out_dir } => files::keygen_cmd(&model, &out_dir),
+        Command::Import(a) => import::import_cmd(a),
+        Command::Inspect(a) => import::inspect_cmd(a),
+        Command::Keygen { model, import, out_dir } => files::keygen_cmd(&model, &import, &out_dir),
         Command::Encrypt { keys, data, index, out } => files::encrypt_cmd(&keys, &data, index, &out),
-        Command::Evaluate { model, eval_keys, input, out } => files::evaluate_cmd(&model, &eval_keys, &input, &out),
+        Command::Evaluate { model, import, eval_keys, input, out } => {
+            files::evaluate_cmd(&model, &import, &eval_keys, &input, &out)
+        }
         Command::Decrypt { keys, input, json } => files::decrypt_cmd(&keys, &input, json),
     };
     if let Err(e) = result {

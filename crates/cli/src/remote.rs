@@ -1,13 +1,14 @@
 //! `blindfold serve` and `blindfold client`: the model holder as a gRPC service, and a client
 //! that keeps its secret key and sends only evaluation keys and ciphertexts over the network.
 
+use crate::import::{load_model, ImportArgs};
 use crate::infer::ChainArgs;
 use crate::progress::bar;
 use crate::report::{percentile, Percentiles};
 use crate::DataArgs;
 use anyhow::{bail, Context as _, Result};
 use blindfold_data::Split;
-use blindfold_nn::{argmax, Model};
+use blindfold_nn::argmax;
 use blindfold_protocol::{Client, CompiledModel, Message};
 use blindfold_service::{
     serve, ClientTls, RemoteModelHolder, ServeOptions, ServerTls, DEFAULT_MAX_SESSIONS, DEFAULT_MAX_STORED,
@@ -20,9 +21,11 @@ use std::time::Instant;
 
 #[derive(Args)]
 pub(crate) struct ServeArgs {
-    /// The trained model.
+    /// The trained model (blindfold's model file or ONNX).
     #[arg(long)]
     model: PathBuf,
+    #[command(flatten)]
+    import: ImportArgs,
     /// Address to listen on (port 0: any free port; the address is printed).
     #[arg(long, default_value = "127.0.0.1:50051")]
     listen: String,
@@ -62,7 +65,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 pub(crate) fn serve_cmd(a: ServeArgs) -> Result<()> {
-    let (model, _) = Model::load(&a.model)?;
+    let model = load_model(&a.model, &a.import, None)?.model;
     let compiled =
         CompiledModel::new(&model, &a.chain.options()).with_context(|| format!("compiling {}", a.model.display()))?;
     let info = compiled.info();

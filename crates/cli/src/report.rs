@@ -54,6 +54,9 @@ pub(crate) struct Report {
     pub(crate) stages: Vec<blindfold_tensor::StageCost>,
     /// ReLU fits: fitted range against the pre-activations of the first 1,000 test images.
     pub(crate) activation_ranges: Vec<blindfold_nn::ActivationRange>,
+    /// The decrypted scores of each image (`infer --logits-out`; not in the JSON report).
+    #[serde(skip)]
+    pub(crate) scores: Vec<Vec<f64>>,
 }
 
 pub(crate) fn percentile(v: &mut [f64], p: f64) -> f64 {

@@ -2,6 +2,7 @@
 //! degrees, as a CSV and two SVG charts (the two figures of the TenSEAL/CKKS study: accuracy
 //! against scale bits per ring degree, latency against ring degree).
 
+use crate::import::{load_model, ImportArgs};
 use crate::infer::encrypted_inference;
 use crate::progress::{bar, say};
 use crate::report::Report;
@@ -11,7 +12,6 @@ use anyhow::{bail, Context as _, Result};
 use blindfold_ckks::{max_log_qp_128bit, Parameters};
 use blindfold_data::Split;
 use blindfold_nn::compile::{chain, circuit_depth, key_switch_profile};
-use blindfold_nn::Model;
 use clap::Args;
 use plotters::prelude::*;
 use std::fmt::Write as _;
@@ -27,6 +27,8 @@ pub(crate) struct SweepArgs {
     /// A trained model to sweep instead of the built-in architecture (trained if not cached).
     #[arg(long)]
     model: Option<PathBuf>,
+    #[command(flatten)]
+    import: ImportArgs,
     /// Scale bits to try: every prime a rescale consumes has this many bits.
     #[arg(long, value_delimiter = ',', default_value = "20,22,24,26,28,30,32,34,36,38,40")]
     scale_bits: Vec<u32>,
@@ -62,7 +64,7 @@ pub(crate) fn sweep_cmd(a: SweepArgs) -> Result<()> {
         bail!("--scale-bits and --log-n need at least one value each");
     }
     let mut model = match &a.model {
-        Some(path) => Model::load(path)?.0,
+        Some(path) => load_model(path, &a.import, Some(&a.data))?.model,
         None => {
             let path = a.model_dir.join(a.opts.model_file(a.data.dataset, &a.arch));
             match cached_model(&path, &a.opts.arch_spec(&a.arch)?) {

@@ -59,6 +59,55 @@ impl Model {
         Ok(Self { spec, layers })
     }
 
+    /// A model from an architecture and the parameters of each of its layers (`params[i]` for
+    /// layer `i`: `Some` exactly for convolutions and dense layers, with the shapes
+    /// [`Params`] documents), e.g. weights imported from another framework.
+    ///
+    /// # Errors
+    /// [`Error::Architecture`] if the layers do not fit together, a layer's parameters are
+    /// missing, unexpected or of the wrong shape, or a value is not finite.
+    pub fn from_parameters(spec: ArchSpec, params: Vec<Option<Params>>) -> Result<Self> {
+        let shapes = spec.shapes()?;
+        if params.len() != spec.layers.len() {
+            return Err(Error::Architecture(format!(
+                "{} parameter entries for {} layers",
+                params.len(),
+                spec.layers.len()
+            )));
+        }
+        let layers = spec
+            .layers
+            .iter()
+            .zip(params)
+            .enumerate()
+            .map(|(i, (l, p))| {
+                let (inp, out) = (shapes[i], shapes[i + 1]);
+                let err = |m: String| Error::Architecture(format!("layer {i} ({l:?}): {m}"));
+                match (l.fan_in(inp), &p) {
+                    (None, None) => {}
+                    (Some(fan_in), Some(p)) => {
+                        if p.weight.dim() != (out.c, fan_in) || p.bias.len() != out.c {
+                            return Err(err(format!(
+                                "weight {:?} and bias {}, the layer needs ({}, {fan_in}) and {}",
+                                p.weight.dim(),
+                                p.bias.len(),
+                                out.c,
+                                out.c
+                            )));
+                        }
+                        if p.weight.iter().chain(p.bias.iter()).any(|v| !v.is_finite()) {
+                            return Err(err("a parameter is not finite".into()));
+                        }
+                    }
+                    (Some(_), None) => return Err(err("parameters missing".into())),
+                    (None, Some(_)) => return Err(err("the layer has no parameters".into())),
+                }
+                Ok(Layer::new(l.clone(), inp, out, p))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { spec, layers })
+    }
+
     /// The architecture.
     pub fn spec(&self) -> &ArchSpec {
         &self.spec
