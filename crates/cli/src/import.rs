@@ -6,7 +6,7 @@ use crate::infer::ChainArgs;
 use crate::DataArgs;
 use anyhow::{bail, Context as _, Result};
 use blindfold_data::Split;
-use blindfold_nn::{LayerSpec, Model, Normalization};
+use blindfold_nn::{Model, Normalization};
 use blindfold_onnx::{ImportOptions, Imported};
 use blindfold_protocol::CompiledModel;
 use clap::{Args, ValueEnum};
@@ -201,33 +201,6 @@ struct Inspection {
     notes: Vec<String>,
 }
 
-fn describe(l: &LayerSpec) -> String {
-    match l {
-        LayerSpec::Conv2d { out_channels, kernel, stride, padding } => {
-            format!("conv {out_channels}×{kernel}×{kernel}, stride {stride}, padding {padding}")
-        }
-        LayerSpec::AvgPool2d { kernel, stride } => format!("average pool {kernel}×{kernel}, stride {stride}"),
-        LayerSpec::Flatten => "flatten".into(),
-        LayerSpec::Dense { outputs } => format!("dense → {outputs}"),
-        LayerSpec::Square => "x²".into(),
-        LayerSpec::Poly { coeffs } => {
-            let terms: Vec<String> = coeffs
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| **c != 0.0)
-                .map(|(k, c)| match k {
-                    0 => format!("{c:.4}"),
-                    1 => format!("{c:.4}·x"),
-                    _ => format!("{c:.4}·x^{k}"),
-                })
-                .collect();
-            format!("polynomial {}", terms.join(" + "))
-        }
-        LayerSpec::ReluPoly { degree, lo, hi } => format!("ReLU fit of degree {degree} on [{lo:.2}, {hi:.2}]"),
-        LayerSpec::Relu => "ReLU (no encrypted form)".into(),
-    }
-}
-
 pub(crate) fn inspect_cmd(a: InspectArgs) -> Result<()> {
     let loaded = load_model(&a.model, &a.import, Some(&a.data))?;
     let model = &loaded.model;
@@ -242,7 +215,7 @@ pub(crate) fn inspect_cmd(a: InspectArgs) -> Result<()> {
         .iter()
         .enumerate()
         .map(|(i, l)| LayerRow {
-            layer: describe(l),
+            layer: l.to_string(),
             output: shapes[i + 1].to_string(),
             parameters: model.params(i).map_or(0, |p| p.weight.len() + p.bias.len()),
             levels: l.depth(),

@@ -58,6 +58,36 @@ pub enum LayerSpec {
     Relu,
 }
 
+impl std::fmt::Display for LayerSpec {
+    /// A short description for people: `conv 4×5×5, stride 2, padding 1`, `x²`, ….
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LayerSpec::Conv2d { out_channels, kernel, stride, padding } => {
+                write!(f, "conv {out_channels}×{kernel}×{kernel}, stride {stride}, padding {padding}")
+            }
+            LayerSpec::AvgPool2d { kernel, stride } => write!(f, "average pool {kernel}×{kernel}, stride {stride}"),
+            LayerSpec::Flatten => write!(f, "flatten"),
+            LayerSpec::Dense { outputs } => write!(f, "dense → {outputs}"),
+            LayerSpec::Square => write!(f, "x²"),
+            LayerSpec::Poly { coeffs } => {
+                let terms: Vec<String> = coeffs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| **c != 0.0)
+                    .map(|(k, c)| match k {
+                        0 => format!("{c:.4}"),
+                        1 => format!("{c:.4}·x"),
+                        _ => format!("{c:.4}·x^{k}"),
+                    })
+                    .collect();
+                write!(f, "polynomial {}", terms.join(" + "))
+            }
+            LayerSpec::ReluPoly { degree, lo, hi } => write!(f, "ReLU fit of degree {degree} on [{lo:.2}, {hi:.2}]"),
+            LayerSpec::Relu => write!(f, "ReLU (no encrypted form)"),
+        }
+    }
+}
+
 impl LayerSpec {
     /// Output shape for an input shape.
     ///

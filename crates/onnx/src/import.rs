@@ -860,9 +860,10 @@ impl Builder {
             "Relu" => {
                 let Some(degree) = options.replace_relu else {
                     return Err(at.err(
-                        "ReLU is not polynomial and has no encrypted form: import with --replace-activation \
-                         relu-poly2|relu-poly3|relu-poly4 to use a polynomial fitted on calibration data (accuracy \
-                         will change), or retrain with x² or polynomial activations"
+                        "ReLU is not polynomial and has no encrypted form: replace it by a polynomial fitted on \
+                         calibration data (--replace-activation relu-poly2|relu-poly3|relu-poly4 on the command line, \
+                         replace_activation=\"relu-poly2\" in Python; accuracy will change), or retrain with x² or \
+                         polynomial activations"
                             .into(),
                     ));
                 };
