@@ -1,8 +1,8 @@
 //! `blindfold._blindfold`: the Rust core of the `blindfold` Python package (see
 //! `pysrc/blindfold/__init__.py` for the documented API). An ONNX model is imported and
-//! compiled into blindfold's encrypted circuit (CKKS, 128-bit security); [`Model`] predicts
+//! compiled into blindfold's encrypted circuit (CKKS, 128-bit security); `Model` predicts
 //! in the clear, on the circuit's plaintext twin or under encryption, and hands out
-//! [`Client`] and [`Server`] objects that exchange bytes, so the two can live in separate
+//! `Client` and `Server` objects that exchange bytes, so the two can live in separate
 //! processes. Long operations release the GIL.
 
 use blindfold_ckks::serialize::WireObject;
