@@ -168,7 +168,9 @@ def from_torch(module: Any, example_input: Any, *, opset_version: int = 18, **kw
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.onnx")
         try:
-            torch.onnx.export(module, (example_input,), path, opset_version=opset_version, dynamo=True, external_data=False)
+            torch.onnx.export(
+                module, (example_input,), path, opset_version=opset_version, dynamo=True, external_data=False, verbose=False
+            )
         except (ImportError, TypeError):
             # No onnxscript, or a torch without the dynamo exporter: the TorchScript exporter.
             torch.onnx.export(module, (example_input,), path, opset_version=min(opset_version, 17))
