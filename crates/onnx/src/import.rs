@@ -132,7 +132,7 @@ pub fn import_file(path: &Path, options: &ImportOptions) -> Result<Imported, Imp
         .map_err(|reason| ImportError::File { path: path.display().to_string(), reason })?;
     let mut options = options.clone();
     if options.name.is_empty() {
-        options.name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        options.name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     }
     let dir = path.parent().map_or_else(|| Path::new(".").to_path_buf(), Path::to_path_buf);
     import_with(&bytes, &options, Some(&External::new(dir, blindfold_nn::MAX_MODEL_FILE)))

@@ -388,7 +388,7 @@ fn external_data_is_read_beside_the_file_and_only_there() {
     let (m, imported) = external("m.onnx.data");
     let imported = imported.unwrap();
     assert_eq!(imported.model.params(0).unwrap().weight.as_slice().unwrap(), w.as_slice());
-    assert_eq!(imported.model.spec().name, "m");
+    assert_eq!(imported.model.spec().name, "m.onnx");
     // From bytes alone there is no directory to read it from.
     assert!(err(&m).contains("external data"), "{}", err(&m));
     for bad in ["../m.onnx.data", "/etc/passwd", "missing.data"] {
