@@ -18,6 +18,8 @@ use pyo3::types::PyBytes;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+mod tensor;
+
 fn value_error(e: impl std::fmt::Display) -> PyErr {
     PyValueError::new_err(e.to_string())
 }
@@ -350,5 +352,7 @@ fn _blindfold(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Model>()?;
     m.add_class::<Client>()?;
     m.add_class::<Server>()?;
+    m.add_class::<tensor::CkksContext>()?;
+    m.add_class::<tensor::CkksVector>()?;
     Ok(())
 }

@@ -139,3 +139,68 @@ def test_from_torch():
     with torch.no_grad():
         want = net(x).numpy()
     assert np.abs(model.predict(x.numpy()) - want).max() <= 1e-4 * spread(want)
+
+
+def test_tensor_layer_computes_what_numpy_does():
+    rng = np.random.default_rng(1)
+    ctx = blindfold.CkksContext()
+    assert ctx.has_secret_key and ctx.slots == 4096
+    x, y = rng.normal(size=20), rng.normal(size=20)
+    m = rng.normal(size=(20, 7))
+    vx, vy = ctx.encrypt(x), ctx.encrypt(y)
+    close = lambda got, want: np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
+    assert close((vx + vy).decrypt(), x + y)
+    assert close((vx - 2.0).decrypt(), x - 2.0)
+    assert close((vx * vy).decrypt(), x * y)
+    assert close((vx * y).decrypt(), x * y)
+    assert close((3.0 * vx + y).decrypt(), 3.0 * x + y)
+    assert close((vx * vy + vx).decrypt(), x * y + x)  # operands of different levels
+    assert close(vx.sum().decrypt(), [x.sum()])
+    assert close(vx.dot(vy).decrypt(), [x @ y])
+    assert close(vx.rotate(3).decrypt(), np.roll(x, -3))
+    assert close(vx.rotate(-5).decrypt(), np.roll(x, 5))
+    assert close(vx.matmul(m).decrypt(), x @ m)
+    assert close(ctx.encrypt(x[:7]).matmul(m[:7].T).decrypt(), x[:7] @ m[:7].T)  # more columns than rows
+    # The server side: public keys only, vectors as bytes.
+    public = blindfold.CkksContext.load(ctx.serialize())
+    assert not public.has_secret_key
+    vz = public.vector_from(vx.serialize(), len(vx)).matmul(m)
+    with pytest.raises(ValueError, match="no secret key"):
+        vz.decrypt()
+    assert close(ctx.vector_from(vz.serialize(), len(vz)).decrypt(), x @ m)
+    again = blindfold.CkksContext.load(ctx.serialize(secret_key=True))
+    assert close(again.vector_from(vx.serialize(), 20).decrypt(), x)
+
+
+def test_tensor_layer_refuses_what_it_cannot_do():
+    ctx = blindfold.CkksContext("N8192_DEPTH2_128BIT")
+    v = ctx.encrypt([1.0, 2.0])
+    with pytest.raises(ValueError, match="no levels left"):
+        v * v * v * v  # depth 2: the third product has no level left
+    with pytest.raises(ValueError, match="vectors of 2 and 3"):
+        v + ctx.encrypt([1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="different contexts"):
+        v + blindfold.CkksContext("N8192_DEPTH2_128BIT").encrypt([1.0, 2.0])
+    with pytest.raises(ValueError, match="matrix of shape"):
+        v.matmul(np.ones((3, 2)))
+    with pytest.raises(ValueError, match="unknown preset"):
+        blindfold.CkksContext("N4_INSECURE")
+    with pytest.raises(ValueError, match="not a serialized blindfold context"):
+        blindfold.CkksContext.load(b"BFCX\x01\x05N8192")
+    with pytest.raises(ValueError, match="truncated"):
+        blindfold.CkksContext.load(b"BFCX\x01\x13N8192_DEPTH2_128BIT\xff\xff")
+    # A public key where the Galois keys belong.
+    data = ctx.serialize()
+    at, fields = 6 + data[5], []
+    while at < len(data):
+        n = int.from_bytes(data[at : at + 8], "little")
+        fields.append(data[at + 8 : at + 8 + n])
+        at += 8 + n
+    fields[2] = fields[0]
+    swapped = data[: 6 + data[5]] + b"".join(len(f).to_bytes(8, "little") + f for f in fields)
+    with pytest.raises(ValueError, match="Galois keys"):
+        blindfold.CkksContext.load(swapped)
+    with pytest.raises(ValueError):
+        ctx.vector_from(b"garbage", 2)
+    with pytest.raises(ValueError, match="finite"):
+        ctx.encrypt([float("nan")])

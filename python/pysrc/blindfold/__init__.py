@@ -19,6 +19,14 @@ Client and server can run in separate processes and exchange bytes::
     reply = model.server().evaluate(request, keys)
     scores = client.decrypt(reply)             # float64 [classes]
 
+For your own computations, a CKKS tensor layer in TenSEAL's shape::
+
+    ctx = blindfold.CkksContext("N8192_DEPTH3_128BIT")   # keys made here
+    v = ctx.encrypt([1.0, 2.0, 3.0])
+    (v * v + 1).dot([0.5, 0.5, 0.5]).decrypt()            # about [8.5]
+    v.matmul(np.eye(3)[:, :2]).decrypt()                   # about [1.0, 2.0]
+    server_ctx = blindfold.CkksContext.load(ctx.serialize())  # public keys only
+
 Inputs are float arrays shaped like the model's input, one sample (``[C, H, W]``) or a batch
 (``[N, C, H, W]``), already scaled as the model was trained (e.g. ``pixel / 255``).
 Errors are ``ValueError`` with the reason. Long operations release the GIL.
@@ -33,9 +41,9 @@ from typing import Any, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _blindfold
-from ._blindfold import Client, Server, __version__
+from ._blindfold import CkksContext, CkksVector, Client, Server, __version__
 
-__all__ = ["compile", "from_torch", "CompiledModel", "Client", "Server", "__version__"]
+__all__ = ["compile", "from_torch", "CompiledModel", "Client", "Server", "CkksContext", "CkksVector", "__version__"]
 
 _REPLACEMENTS = {"relu-poly2": 2, "relu-poly3": 3, "relu-poly4": 4}
 

@@ -1,6 +1,6 @@
 """Type stubs of the Rust extension module (see blindfold/__init__.py for the documented API)."""
 
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 __version__: str
@@ -52,3 +52,49 @@ def compile(
     scale_bits: Optional[int] = ...,
     log_n: Optional[int] = ...,
 ) -> Model: ...
+
+Operand = Union["CkksVector", float, Sequence[float], np.ndarray]
+
+class CkksContext:
+    """CKKS parameters (a 128-bit preset) with public, relinearization and ±2^j Galois keys,
+    and the secret key on the side that made them."""
+    def __init__(self, preset: str = "N8192_DEPTH3_128BIT") -> None: ...
+    @property
+    def preset(self) -> str: ...
+    @property
+    def slots(self) -> int: ...
+    @property
+    def has_secret_key(self) -> bool: ...
+    def serialize(self, secret_key: bool = False) -> bytes:
+        """Parameters and public keys; the secret key only with secret_key=True."""
+    @staticmethod
+    def load(data: bytes) -> "CkksContext": ...
+    def encrypt(self, values: Union[Sequence[float], np.ndarray]) -> "CkksVector":
+        """Encrypts at most `slots` values."""
+    def vector_from(self, data: bytes, size: int) -> "CkksVector":
+        """A vector from CkksVector.serialize() bytes."""
+
+class CkksVector:
+    """An encrypted vector; slots past its length hold zeros."""
+    def __len__(self) -> int: ...
+    @property
+    def level(self) -> int:
+        """Levels left for products."""
+    def __add__(self, other: Operand) -> "CkksVector": ...
+    def __radd__(self, other: Operand) -> "CkksVector": ...
+    def __sub__(self, other: Operand) -> "CkksVector": ...
+    def __mul__(self, other: Operand) -> "CkksVector":
+        """Slot-wise product (one level)."""
+    def __rmul__(self, other: Operand) -> "CkksVector": ...
+    def __neg__(self) -> "CkksVector": ...
+    def sum(self) -> "CkksVector":
+        """The sum, as a vector of one value (one level)."""
+    def dot(self, other: Operand) -> "CkksVector":
+        """The dot product, as a vector of one value (two levels)."""
+    def rotate(self, k: int) -> "CkksVector":
+        """numpy.roll(x, -k) within the vector (one level)."""
+    def matmul(self, matrix: np.ndarray) -> "CkksVector":
+        """x · M for a plaintext matrix of len(x) rows (one level)."""
+    def serialize(self) -> bytes: ...
+    def decrypt(self) -> np.ndarray:
+        """The values, float64 (needs the secret key)."""
