@@ -19,7 +19,7 @@ const MAX_DEGREE: usize = 15;
 
 /// The operators the importer reads (elementwise ones only where they form polynomials or
 /// scale by constants; see the crate documentation).
-pub const SUPPORTED_OPS: [&str; 25] = [
+pub const SUPPORTED_OPS: [&str; 29] = [
     "Conv",
     "Gemm",
     "MatMul",
@@ -45,6 +45,10 @@ pub const SUPPORTED_OPS: [&str; 25] = [
     "Unsqueeze",
     "Squeeze",
     "Concat",
+    "Cast",
+    "Transpose",
+    "Sqrt",
+    "Reciprocal",
 ];
 
 /// How to import a model.
@@ -179,7 +183,7 @@ fn import_with(bytes: &[u8], options: &ImportOptions, external: Option<&External
             return Err(ImportError::Malformed(format!("two initializers are named {name:?}")));
         }
     }
-    let (input_name, dims) = graph_input(graph, &values)?;
+    let (input_name, batch, dims) = graph_input(graph, &values)?;
     let name = if options.name.is_empty() { graph.name().to_string() } else { options.name.clone() };
     let shape = shape_of(&dims);
     let mut b = Builder {
@@ -192,6 +196,7 @@ fn import_with(bytes: &[u8], options: &ImportOptions, external: Option<&External
         notes: Vec::new(),
         needs_calibration: false,
         allocated: 0,
+        batch,
     };
     values.insert(input_name.clone(), Value::Stream(Stream::identity(0, dims)));
     let outputs: Vec<&str> = graph.output.iter().map(|o| o.name()).collect();
@@ -287,7 +292,7 @@ static EMPTY_NODE: NodeProto = NodeProto {
 fn graph_input(
     graph: &proto::GraphProto,
     values: &HashMap<String, Value>,
-) -> Result<(String, Vec<usize>), ImportError> {
+) -> Result<(String, usize, Vec<usize>), ImportError> {
     let inputs: Vec<&proto::ValueInfoProto> = graph.input.iter().filter(|i| !values.contains_key(i.name())).collect();
     let [input] = inputs.as_slice() else {
         let names: Vec<&str> = inputs.iter().map(|i| i.name()).collect();
@@ -328,7 +333,9 @@ fn graph_input(
     if shape_of(&fixed).checked_len().is_none_or(|n| n > crate::MAX_ELEMENTS) {
         return Err(refuse(format!("has shape [{text}], too large")));
     }
-    Ok((name, fixed))
+    // A fixed batch dimension (an export with a static batch) is what reshapes name.
+    let batch = dims[0].and_then(|b| usize::try_from(b).ok()).filter(|&b| b > 0 && b <= 1 << 16).unwrap_or(1);
+    Ok((name, batch, fixed))
 }
 
 /// The node order in which every input is computed before it is read (Kahn's algorithm,
@@ -612,6 +619,9 @@ struct Builder {
     needs_calibration: bool,
     /// Values held so far, against [`MAX_IMPORT_VALUES`].
     allocated: usize,
+    /// The input's batch dimension when the file fixes it (1 otherwise): reshapes and
+    /// `Shape` name it.
+    batch: usize,
 }
 
 impl Builder {
@@ -887,7 +897,7 @@ impl Builder {
             "Softmax" | "LogSoftmax" => {
                 return Err(at.err(format!("{op} is not polynomial; blindfold removes it only at the end of the model")))
             }
-            "Shape" => Value::Const(shape_node(at, inputs)?),
+            "Shape" => Value::Const(shape_node(at, inputs, self.batch)?),
             "Cast" if at.int("to", 1) == 1 => Value::Stream(at.stream(inputs, 0)?),
             "Sigmoid" | "Tanh" | "LeakyRelu" | "Elu" | "Selu" | "Gelu" | "Softplus" | "HardSigmoid" | "HardSwish"
             | "Mish" | "PRelu" | "Exp" | "Log" | "Sqrt" | "Abs" | "Sign" | "MaxPool" | "GlobalMaxPool" | "Max"
@@ -1186,7 +1196,7 @@ impl Builder {
         let s = at.stream(inputs, 0)?;
         let target = at.constant(inputs, 1, "shape")?;
         let target = target.ints().ok_or_else(|| at.err("the shape is not integers".into()))?;
-        let full: Vec<usize> = std::iter::once(1).chain(s.dims.iter().copied()).collect();
+        let full: Vec<usize> = std::iter::once(self.batch).chain(s.dims.iter().copied()).collect();
         let total: usize = full.iter().product();
         let allow_zero = at.int("allowzero", 0) != 0;
         let mut resolved: Vec<Option<usize>> = Vec::with_capacity(target.len());
@@ -1214,7 +1224,7 @@ impl Builder {
         if dims == full {
             return Ok(s);
         }
-        if dims == [1, total] {
+        if dims == [self.batch, total / self.batch] {
             return self.flatten(s, at);
         }
         Err(at.err(format!(
@@ -1268,10 +1278,10 @@ fn square(at: &At, name: &str, default: usize) -> Result<usize, ImportError> {
     }
 }
 
-/// `Shape` of the data (batch dimension 1) or of a constant, with opset-15 `start`/`end`.
-fn shape_node(at: &At, inputs: &[Option<&Value>]) -> Result<Const, ImportError> {
+/// `Shape` of the data (the batch dimension `batch`) or of a constant, with opset-15 `start`/`end`.
+fn shape_node(at: &At, inputs: &[Option<&Value>], batch: usize) -> Result<Const, ImportError> {
     let dims: Vec<i64> = match at.input(inputs, 0)? {
-        Value::Stream(s) => std::iter::once(1).chain(s.dims.iter().copied()).map(|d| d as i64).collect(),
+        Value::Stream(s) => std::iter::once(batch).chain(s.dims.iter().copied()).map(|d| d as i64).collect(),
         Value::Const(c) => c.dims.iter().map(|&d| d as i64).collect(),
     };
     let r = dims.len() as i64;
@@ -1402,15 +1412,18 @@ fn fold_constant(at: &At, inputs: &[Option<&Value>], opset: i64) -> Result<Const
             };
             Ok(Const { dims: idx.dims.clone(), values })
         }
-        "Add" | "Sub" | "Mul" | "Div" | "Neg" | "Pow" => {
+        "Add" | "Sub" | "Mul" | "Div" | "Neg" | "Pow" | "Sqrt" | "Reciprocal" => {
             let x = c(0)?;
-            let y = if op == "Neg" { None } else { Some(c(1)?) };
+            let unary = matches!(op, "Neg" | "Sqrt" | "Reciprocal");
+            let y = if unary { None } else { Some(c(1)?) };
             let f = |a: f64, b: f64| match op {
                 "Add" => a + b,
                 "Sub" => a - b,
                 "Mul" => a * b,
                 "Div" => a / b,
                 "Pow" => a.powf(b),
+                "Sqrt" => a.sqrt(),
+                "Reciprocal" => 1.0 / a,
                 _ => -a,
             };
             let (dims, pairs): (Vec<usize>, Vec<(f64, f64)>) = match y {
@@ -1425,7 +1438,10 @@ fn fold_constant(at: &At, inputs: &[Option<&Value>], opset: i64) -> Result<Const
                 Some(y) => return Err(at.err(format!("constant operands of shapes {:?} and {:?}", x.dims, y.dims))),
             };
             let ints = x.ints().is_some() && y.is_none_or(|y| y.ints().is_some());
-            Ok(if ints {
+            if pairs.iter().any(|&(a, b)| !f(a, b).is_finite()) {
+                return Err(at.err("a constant computes to a value that is not finite".into()));
+            }
+            Ok(if ints && !matches!(op, "Sqrt" | "Reciprocal") {
                 let v = pairs
                     .iter()
                     .map(|&(a, b)| if op == "Div" && b != 0.0 { (a / b).trunc() as i64 } else { f(a, b) as i64 })
@@ -1434,6 +1450,66 @@ fn fold_constant(at: &At, inputs: &[Option<&Value>], opset: i64) -> Result<Const
             } else {
                 Const { dims, values: Values::Float(pairs.iter().map(|&(a, b)| f(a, b) as f32).collect()) }
             })
+        }
+        "Transpose" => {
+            let x = c(0)?;
+            let rank = x.dims.len();
+            let perm: Vec<usize> = match at.ints("perm") {
+                None => (0..rank).rev().collect(),
+                Some(p) => p.iter().map(|&a| usize::try_from(a).unwrap_or(usize::MAX)).collect(),
+            };
+            let mut seen = perm.clone();
+            seen.sort_unstable();
+            if seen != (0..rank).collect::<Vec<_>>() {
+                return Err(at.err(format!("perm {perm:?} is not a permutation of {rank} axes")));
+            }
+            let dims: Vec<usize> = perm.iter().map(|&a| x.dims[a]).collect();
+            let mut strides = vec![1usize; rank];
+            for a in (0..rank.saturating_sub(1)).rev() {
+                strides[a] = strides[a + 1] * x.dims[a + 1];
+            }
+            // For each output index (row-major over `dims`), the input offset.
+            let source: Vec<usize> = (0..x.len())
+                .map(|mut o| {
+                    let mut offset = 0;
+                    for k in (0..rank).rev() {
+                        offset += (o % dims[k]) * strides[perm[k]];
+                        o /= dims[k];
+                    }
+                    offset
+                })
+                .collect();
+            let values = match &x.values {
+                Values::Int(v) => Values::Int(source.iter().map(|&i| v[i]).collect()),
+                Values::Float(v) => Values::Float(source.iter().map(|&i| v[i]).collect()),
+            };
+            Ok(Const { dims, values })
+        }
+        "Reshape" => {
+            let x = c(0)?;
+            let target = c(1)?.ints().ok_or_else(|| at.err("the shape is not integers".into()))?.to_vec();
+            let mut dims = Vec::with_capacity(target.len());
+            let mut inferred = None;
+            for (i, &d) in target.iter().enumerate() {
+                dims.push(match d {
+                    0 if at.int("allowzero", 0) == 0 => {
+                        *x.dims.get(i).ok_or_else(|| at.err(format!("shape {target:?} copies a missing dimension")))?
+                    }
+                    -1 if inferred.is_none() => {
+                        inferred = Some(i);
+                        1
+                    }
+                    d if d >= 0 => usize::try_from(d).unwrap_or(usize::MAX),
+                    _ => return Err(at.err(format!("shape {target:?} is not valid"))),
+                });
+            }
+            let known = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+            match (known, inferred) {
+                (Some(k), Some(i)) if k > 0 && x.len().is_multiple_of(k) => dims[i] = x.len() / k,
+                (Some(k), None) if k == x.len() => {}
+                _ => return Err(at.err(format!("shape {target:?} does not hold {} values", x.len()))),
+            }
+            Ok(Const { dims, values: x.values.clone() })
         }
         "Constant" => constant_node(at),
         other => Err(at.err(format!("operator {other} on constants is not supported"))),

@@ -14,7 +14,8 @@
 //! output and fused into one activation stage (`x·x`, `Pow(x, 2)`, `a·x² + b·x + c`). A
 //! scale or shift by constants (scalars or one per channel) folds into the neighbouring
 //! linear layer. The shape arithmetic exporters emit around `Reshape` (`Shape`, `Gather`,
-//! `Unsqueeze`, `Squeeze`, `Concat`, `Cast`, `Constant`) is evaluated at import.
+//! `Unsqueeze`, `Squeeze`, `Concat`, `Cast`, `Constant`) and constant subgraphs (`Transpose`,
+//! `Reshape`, `Sqrt`, `Reciprocal` and arithmetic on constants) are evaluated at import.
 //!
 //! `Relu` is not polynomial: it is refused unless [`ImportOptions::replace_relu`] asks for a
 //! least-squares polynomial fit (`relu-poly2..4`), whose range must then be calibrated on

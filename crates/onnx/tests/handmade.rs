@@ -436,3 +436,56 @@ fn shape_arithmetic_before_reshape_is_evaluated() {
         ]
     );
 }
+
+/// Constant subgraphs other exporters write: a transposed weight matrix, a reshaped bias, a
+/// normalization spelled out with `Sqrt` and `Reciprocal`; and a batch dimension fixed at 4
+/// that a reshape names.
+#[test]
+fn constant_subgraphs_and_a_fixed_batch_are_evaluated() {
+    let (w, mean, var) = (values(2 * 72, 1), [0.5f32, -0.25], [2.0f32, 0.5]);
+    let int64 = |name: &str, v: &[i64]| TensorProto {
+        name: Some(name.into()),
+        dims: vec![v.len() as i64],
+        data_type: Some(7),
+        int64_data: v.to_vec(),
+        ..Default::default()
+    };
+    let nodes = vec![
+        // (x − mean) / sqrt(var) per channel, constants reshaped to [1, 2, 1, 1].
+        node("Conv", &["x", "cw"], "c", vec![ints("pads", &[1, 1, 1, 1])]),
+        node("Reshape", &["mean", "bshape"], "mean4", vec![]),
+        node("Sqrt", &["var"], "sd", vec![]),
+        node("Reciprocal", &["sd"], "inv", vec![]),
+        node("Reshape", &["inv", "bshape"], "inv4", vec![]),
+        node("Sub", &["c", "mean4"], "centred", vec![]),
+        node("Mul", &["centred", "inv4"], "n", vec![]),
+        node("Mul", &["n", "n"], "a", vec![]),
+        node("Reshape", &["a", "flat"], "f", vec![]),
+        node("Transpose", &["w"], "wt", vec![ints("perm", &[1, 0])]),
+        node("MatMul", &["f", "wt"], "y", vec![]),
+    ];
+    let inits = vec![
+        tensor("cw", &[2, 1, 3, 3], &values(18, 2)),
+        tensor("mean", &[2], &mean),
+        tensor("var", &[2], &var),
+        int64("bshape", &[1, 2, 1, 1]),
+        int64("flat", &[4, -1]),
+        tensor("w", &[2, 72], &w),
+    ];
+    let m = model(nodes, inits, vec![input("x", &[Some(4), Some(1), Some(6), Some(6)])], "y");
+    let imported = import_bytes(&m).unwrap();
+    assert_eq!(
+        imported.model.spec().layers,
+        [
+            LayerSpec::Conv2d { out_channels: 2, kernel: 3, stride: 1, padding: 1 },
+            LayerSpec::Square,
+            LayerSpec::Flatten,
+            LayerSpec::Dense { outputs: 2 }
+        ]
+    );
+    let dense = imported.model.params(3).unwrap();
+    assert_eq!(dense.weight.dim(), (2, 72));
+    assert_eq!(dense.weight[[1, 5]], w[72 + 5]);
+    let conv = imported.model.params(0).unwrap();
+    assert!((conv.bias[1] as f64 - 0.25 / 0.5f64.sqrt()).abs() < 1e-6, "{}", conv.bias);
+}
