@@ -125,6 +125,15 @@ struct ImageResult {
 
 fn run_inference(mut model: Model, data: &DataArgs, opts: &EvalOpts) -> Result<()> {
     let test = data.load(Split::Test)?.truncate(opts.n_test);
+    let input = model.spec().input;
+    if test.len() > 0 && test.images.image(0).len() != input.len() {
+        bail!(
+            "the model takes {input} inputs ({} values); {} images have {} pixels",
+            input.len(),
+            data.dataset,
+            test.images.image(0).len()
+        );
+    }
     let params = compile::parameters(model.spec(), &opts.chain.options())?;
     let report = encrypted_inference(&mut model, &params, &test, data.dataset, opts.threads, opts.parallel_images)?;
     print_report(&report);
