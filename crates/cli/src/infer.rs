@@ -126,7 +126,7 @@ struct ImageResult {
 fn run_inference(mut model: Model, data: &DataArgs, opts: &EvalOpts) -> Result<()> {
     let test = data.load(Split::Test)?.truncate(opts.n_test);
     let input = model.spec().input;
-    if test.len() > 0 && test.images.image(0).len() != input.len() {
+    if !test.is_empty() && test.images.image(0).len() != input.len() {
         bail!(
             "the model takes {input} inputs ({} values); {} images have {} pixels",
             input.len(),
