@@ -38,30 +38,7 @@ import sys
 
 import numpy as np
 
-
-def default_data_dir():
-    here = os.path.dirname(os.path.abspath(__file__))
-    for d in ("/work/shared/data/mnist", os.path.join(here, "..", "..", "..", "shared", "data", "mnist")):
-        if os.path.isdir(d):
-            return d
-    return "../shared/data/mnist"
-
-
-def read_idx(data_dir, stem):
-    for name in (stem + ".gz", stem):
-        path = os.path.join(data_dir, name)
-        if os.path.exists(path):
-            opener = gzip.open if name.endswith(".gz") else open
-            with opener(path, "rb") as f:
-                data = f.read()
-            break
-    else:
-        print(f"error: neither {stem} nor {stem}.gz in {data_dir}", file=sys.stderr)
-        sys.exit(2)
-    magic = int.from_bytes(data[0:4], "big")
-    ndim = magic & 0xFF
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+from idx import default_data_dir, read_idx
 
 
 def main():

@@ -11,30 +11,24 @@ agreement, the largest score difference relative to the logit range, and the tim
 """
 
 import argparse
-import gzip
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 import blindfold
-
-
-def images(directory: Path, n: int) -> np.ndarray:
-    with gzip.open(directory / "t10k-images-idx3-ubyte.gz") as f:
-        return np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)[:n]
+from idx import default_data_dir, read_idx
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
-    ap.add_argument("--data", default="../shared/data/mnist")
+    ap.add_argument("--data", default=default_data_dir())
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--normalize", help="MEAN,STD")
     ap.add_argument("--min-agreement", type=float, default=0.995)
     a = ap.parse_args()
-    x = images(Path(a.data), a.n).astype(np.float32) / 255
+    x = read_idx(a.data, "t10k-images-idx3-ubyte")[: a.n, None].astype(np.float32) / 255
     if a.normalize:
         mean, std = (float(v) for v in a.normalize.split(","))
         x = (x - mean) / std

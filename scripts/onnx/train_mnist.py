@@ -54,6 +54,8 @@ import time
 import warnings
 
 import numpy as np
+
+from idx import default_data_dir, read_idx
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -64,33 +66,6 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 # ---------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------
-
-
-def default_data_dir():
-    here = os.path.dirname(os.path.abspath(__file__))
-    for d in ("/work/shared/data/mnist", os.path.join(here, "..", "..", "..", "shared", "data", "mnist")):
-        if os.path.isdir(d):
-            return d
-    return "../shared/data/mnist"
-
-
-def read_idx(data_dir, stem):
-    """Read an IDX file (``stem`` or ``stem.gz``) into a numpy array."""
-    for name in (stem + ".gz", stem):
-        path = os.path.join(data_dir, name)
-        if os.path.exists(path):
-            opener = gzip.open if name.endswith(".gz") else open
-            with opener(path, "rb") as f:
-                data = f.read()
-            break
-    else:
-        sys.exit(f"error: neither {stem} nor {stem}.gz in {data_dir}")
-    magic = int.from_bytes(data[0:4], "big")
-    if magic >> 8 != 0x08:
-        sys.exit(f"error: {path}: not an unsigned-byte IDX file (magic {magic:#x})")
-    ndim = magic & 0xFF
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 def load_mnist(data_dir, split):

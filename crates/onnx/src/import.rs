@@ -845,13 +845,11 @@ impl Builder {
                         .to_vec(),
                     None => at.ints("axes").unwrap_or_default().to_vec(),
                 };
-                let rank = s.dims.len() as i64 + 1;
-                let mut axes: Vec<i64> = axes.iter().map(|&a| if a < 0 { a + rank } else { a }).collect();
-                axes.sort_unstable();
+                let axes = normalized_axes(&axes, s.dims.len() + 1);
                 let [c, h, w] = s.dims[..] else {
                     return Err(at.err("needs a [N, C, H, W] input".into()));
                 };
-                if axes != [2, 3] {
+                if axes.as_deref() != Some(&[2, 3]) {
                     return Err(at.err(format!(
                         "a mean over axes {axes:?}: only the mean over H and W (a global average pool) is supported"
                     )));
@@ -1303,6 +1301,20 @@ fn constant_node(at: &At) -> Result<Const, ImportError> {
     })
 }
 
+/// `axes` (negative from the end) of a tensor of `rank` as sorted indices, if every one is
+/// in range and none repeats.
+fn normalized_axes(axes: &[i64], rank: usize) -> Option<Vec<usize>> {
+    let rank = rank as i64;
+    let mut norm: Vec<usize> = axes
+        .iter()
+        .map(|&a| if a < 0 { a + rank } else { a })
+        .map(|a| (0..rank).contains(&a).then_some(a as usize))
+        .collect::<Option<_>>()?;
+    norm.sort_unstable();
+    norm.dedup();
+    (norm.len() == axes.len()).then_some(norm)
+}
+
 /// Evaluates a node whose inputs are all constants (shape arithmetic, constant subgraphs).
 fn fold_constant(at: &At, inputs: &[Option<&Value>], opset: i64) -> Result<Const, ImportError> {
     let c = |i: usize| at.constant(inputs, i, "operand");
@@ -1338,37 +1350,19 @@ fn fold_constant(at: &At, inputs: &[Option<&Value>], opset: i64) -> Result<Const
             let axes = axes(1)?;
             if op == "Unsqueeze" {
                 let axes = axes.ok_or_else(|| at.err("no axes".into()))?;
-                let rank = (dims.len() + axes.len()) as i64;
-                let mut norm: Vec<usize> = axes
-                    .iter()
-                    .map(|&a| if a < 0 { a + rank } else { a })
-                    .filter(|&a| a >= 0 && a < rank)
-                    .map(|a| a as usize)
-                    .collect();
-                norm.sort_unstable();
-                norm.dedup();
-                if norm.len() != axes.len() {
-                    return Err(at.err(format!("axes {axes:?} out of range")));
-                }
+                let norm = normalized_axes(&axes, dims.len() + axes.len())
+                    .ok_or_else(|| at.err(format!("axes {axes:?} out of range")))?;
                 for a in norm {
                     dims.insert(a, 1);
                 }
             } else {
-                let rank = dims.len() as i64;
                 match axes {
                     None => dims.retain(|&d| d != 1),
                     Some(axes) => {
-                        let mut norm: Vec<usize> = axes
-                            .iter()
-                            .map(|&a| if a < 0 { a + rank } else { a })
-                            .filter(|&a| a >= 0 && a < rank)
-                            .map(|a| a as usize)
-                            .collect();
-                        norm.sort_unstable();
-                        norm.dedup();
-                        if norm.len() != axes.len() || norm.iter().any(|&a| dims[a] != 1) {
+                        let norm = normalized_axes(&axes, dims.len()).filter(|n| n.iter().all(|&a| dims[a] == 1));
+                        let Some(norm) = norm else {
                             return Err(at.err(format!("axes {axes:?} do not name dimensions of size 1 in {dims:?}")));
-                        }
+                        };
                         for a in norm.into_iter().rev() {
                             dims.remove(a);
                         }
