@@ -61,7 +61,15 @@ pub(crate) fn is_onnx(path: &Path) -> bool {
 pub(crate) struct Loaded {
     pub(crate) model: Model,
     /// For ONNX files: the import's details.
-    pub(crate) onnx: Option<Imported>,
+    pub(crate) onnx: Option<OnnxDetails>,
+}
+
+/// What an ONNX import said besides the model ([`Imported`]'s other fields).
+pub(crate) struct OnnxDetails {
+    sources: Vec<Vec<String>>,
+    notes: Vec<String>,
+    opset: i64,
+    producer: String,
 }
 
 /// Reads a model: blindfold's own file, or an ONNX file (imported with `args`; ReLU fits
@@ -82,13 +90,12 @@ pub(crate) fn load_model(path: &Path, args: &ImportArgs, calibration: Option<&Da
         replace_relu: args.replace_activation.map(|r| r as usize + 2),
         name: String::new(),
     };
-    let imported =
+    let Imported { mut model, sources, needs_calibration, notes, opset, producer } =
         blindfold_onnx::import_file(path, &options).with_context(|| format!("importing {}", path.display()))?;
-    for note in &imported.notes {
+    for note in &notes {
         eprintln!("note: {note}");
     }
-    let mut model = imported.model.clone();
-    if imported.needs_calibration {
+    if needs_calibration {
         let Some(data) = calibration else {
             bail!(
                 "{} has ReLU fits that need calibration data: convert it once with `blindfold import {} --out \
@@ -99,19 +106,16 @@ pub(crate) fn load_model(path: &Path, args: &ImportArgs, calibration: Option<&Da
         };
         calibrate(&mut model, data)?;
     }
-    Ok(Loaded { model, onnx: Some(imported) })
+    Ok(Loaded { model, onnx: Some(OnnxDetails { sources, notes, opset, producer }) })
 }
 
 /// Fits every ReLU fit of `model` to the pre-activations of the first training images.
 fn calibrate(model: &mut Model, data: &DataArgs) -> Result<()> {
     let train = data.load(Split::Train)?.truncate(CALIBRATION_IMAGES);
     let width = model.spec().input.len();
-    if train.is_empty() || train.images.image(0).len() != width {
-        bail!(
-            "calibration: the model takes {width} values per image, {} images have {}",
-            data.dataset,
-            train.images.image(0).len()
-        );
+    let pixels = if train.is_empty() { 0 } else { train.images.image(0).len() };
+    if pixels != width {
+        bail!("calibration: the model takes {width} values per image, {} images have {pixels}", data.dataset);
     }
     let mut x = ndarray::Array2::<f32>::zeros((train.len(), width));
     for (i, mut row) in x.rows_mut().into_iter().enumerate() {
