@@ -17,6 +17,7 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Args)]
@@ -49,6 +50,11 @@ pub(crate) struct ServeArgs {
     /// Require clients to present a certificate signed by this CA (PEM): mutual TLS.
     #[arg(long, requires = "tls_cert")]
     client_ca: Option<PathBuf>,
+    /// Serve plaintext gRPC (no TLS): no server authentication, no integrity of replies.
+    /// What crosses the wire is public by design (plan, evaluation keys, ciphertexts), but use
+    /// it only on a trusted network or behind a TLS-terminating proxy.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    insecure_plaintext: bool,
     #[command(flatten)]
     chain: ChainArgs,
 }
@@ -65,6 +71,22 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 pub(crate) fn serve_cmd(a: ServeArgs) -> Result<()> {
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => Some(ServerTls {
+            cert_pem: pem(cert)?,
+            key_pem: pem(key)?,
+            client_ca_pem: a.client_ca.as_deref().map(pem).transpose()?,
+        }),
+        _ if a.insecure_plaintext => {
+            eprintln!(
+                "warning: serving plaintext gRPC (--insecure-plaintext): clients cannot authenticate this server"
+            );
+            None
+        }
+        _ => bail!(
+            "serve needs a certificate (--tls-cert and --tls-key), or --insecure-plaintext to serve plaintext gRPC"
+        ),
+    };
     let model = load_model(&a.model, &a.import, None)?.model;
     let compiled =
         CompiledModel::new(&model, &a.chain.options()).with_context(|| format!("compiling {}", a.model.display()))?;
@@ -76,14 +98,6 @@ pub(crate) fn serve_cmd(a: ServeArgs) -> Result<()> {
         info.depth,
         info.rotation_keys.len()
     );
-    let tls = match (&a.tls_cert, &a.tls_key) {
-        (Some(cert), Some(key)) => Some(ServerTls {
-            cert_pem: pem(cert)?,
-            key_pem: pem(key)?,
-            client_ca_pem: a.client_ca.as_deref().map(pem).transpose()?,
-        }),
-        _ => None,
-    };
     let scheme = if tls.is_some() { "https" } else { "http" };
     runtime()?.block_on(async {
         let listener =
@@ -127,6 +141,56 @@ enum ClientCommand {
     /// Classify test images on the remote model holder: keys made and uploaded once, then
     /// one encrypted image per request; prints and writes a report.
     Infer(RemoteInferArgs),
+    /// Load the model holder: several concurrent clients, each with its own keys and its own
+    /// connection, sending encrypted images (made before the clock starts) one request after
+    /// another; sustained throughput, latency percentiles, errors, and (with --server-pid)
+    /// the server's resident memory after the first and the last thousand requests.
+    Load(LoadArgs),
+}
+
+#[derive(Args)]
+struct LoadArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Requests per client.
+    #[arg(long, default_value_t = 250)]
+    images: usize,
+    /// Distinct encrypted images per client, sent in turn (each reply is decrypted and must
+    /// give the class the first reply to the same request gave).
+    #[arg(long, default_value_t = 8)]
+    distinct: usize,
+    /// The server's process id (same machine): its resident memory is read from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Write a machine-readable report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct LoadReport {
+    server: String,
+    clients: usize,
+    requests: usize,
+    errors: usize,
+    /// Replies that decrypted to another class than the first reply to the same request.
+    inconsistent: usize,
+    encrypted_accuracy: f64,
+    images_per_second: f64,
+    latency_ms: LoadLatency,
+    /// The server's resident memory (MB) after the first 1,000 replies and after the last.
+    server_rss_mb: Option<(f64, f64)>,
+    parameters: String,
+}
+
+#[derive(Serialize)]
+struct LoadLatency {
+    p50: f64,
+    p99: f64,
+    max: f64,
 }
 
 #[derive(Args)]
@@ -175,14 +239,8 @@ struct RemoteBytes {
     reply: usize,
 }
 
-pub(crate) fn client_cmd(a: ClientArgs) -> Result<()> {
-    let ClientCommand::Infer(args) = &a.command;
-    let test = args.data.load(Split::Test)?.truncate(args.n_test);
-    if test.is_empty() {
-        bail!("--n-test 0: nothing to classify");
-    }
-    let (server, json) = (a.server.clone(), args.json.clone());
-    let tls = match &a.ca {
+fn client_tls(a: &ClientArgs) -> Result<Option<ClientTls>> {
+    Ok(match &a.ca {
         Some(ca) => Some(ClientTls {
             ca_pem: pem(ca)?,
             identity: match (&a.tls_cert, &a.tls_key) {
@@ -192,7 +250,20 @@ pub(crate) fn client_cmd(a: ClientArgs) -> Result<()> {
             domain: a.tls_domain.clone(),
         }),
         None => None,
+    })
+}
+
+pub(crate) fn client_cmd(a: ClientArgs) -> Result<()> {
+    let args = match &a.command {
+        ClientCommand::Infer(args) => args,
+        ClientCommand::Load(load) => return load_cmd(&a, load),
     };
+    let test = args.data.load(Split::Test)?.truncate(args.n_test);
+    if test.is_empty() {
+        bail!("--n-test 0: nothing to classify");
+    }
+    let (server, json) = (a.server.clone(), args.json.clone());
+    let tls = client_tls(&a)?;
     let report = runtime()?.block_on(async move {
         let mut remote = RemoteModelHolder::connect(server.clone(), tls).await?;
         let (plan, _) = remote.info().await?;
@@ -300,4 +371,132 @@ async fn send(
         }
         Ok(replies)
     }
+}
+
+/// The resident memory of process `pid`, in MB (Linux).
+fn rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1e3)
+}
+
+fn load_cmd(a: &ClientArgs, args: &LoadArgs) -> Result<()> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    if args.clients == 0 || args.images == 0 || args.distinct == 0 {
+        bail!("--clients, --images and --distinct must be at least 1");
+    }
+    let test = args.data.load(Split::Test)?;
+    let tls = client_tls(a)?;
+    let server = a.server.clone();
+    let report = runtime()?.block_on(async {
+        let (plan, _) = RemoteModelHolder::connect(server.clone(), tls.clone()).await?.info().await?;
+        // Keys and requests first, off the clock.
+        let pb = bar(args.clients as u64, "keys and requests");
+        let mut prepared = Vec::with_capacity(args.clients);
+        for c in 0..args.clients {
+            let (mut client, keys) = Client::new(&plan).context("the server's plan")?;
+            let requests = (0..args.distinct)
+                .map(|j| {
+                    let i = (c * args.distinct + j) % test.len();
+                    Ok((test.labels[i] as usize, client.encrypt_pixels(test.images.image(i))?.to_bytes()))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            prepared.push((client, keys.to_bytes(), requests));
+            pb.inc(1);
+        }
+        pb.finish_and_clear();
+        let done = Arc::new(AtomicUsize::new(0));
+        let first_rss = Arc::new(std::sync::Mutex::new(None));
+        let start = Instant::now();
+        let tasks: Vec<_> = prepared
+            .into_iter()
+            .map(|(client, keys, requests)| {
+                let (server, tls, done, first_rss) = (server.clone(), tls.clone(), done.clone(), first_rss.clone());
+                let (images, pid) = (args.images, args.server_pid);
+                tokio::spawn(async move {
+                    let mut remote = RemoteModelHolder::connect(server, tls).await?;
+                    remote.upload_keys(&keys).await?;
+                    let (mut latencies, mut errors, mut inconsistent, mut correct) = (Vec::new(), 0, 0, 0);
+                    let mut classes: Vec<Option<usize>> = vec![None; requests.len()];
+                    for k in 0..images {
+                        let (label, request) = &requests[k % requests.len()];
+                        let t = Instant::now();
+                        let reply = remote.evaluate(request.clone()).await;
+                        latencies.push(t.elapsed().as_secs_f64() * 1e3);
+                        if done.fetch_add(1, Ordering::SeqCst) + 1 == 1000 {
+                            *first_rss.lock().expect("not poisoned") = pid.and_then(rss_mb);
+                        }
+                        let class = reply.ok().and_then(|r| {
+                            let scores = client.decrypt_scores(&Message::from_bytes(&r).ok()?).ok()?;
+                            Some(argmax(&scores.iter().map(|&v| v as f32).collect::<Vec<_>>()))
+                        });
+                        let Some(class) = class else {
+                            errors += 1;
+                            continue;
+                        };
+                        let first = classes[k % requests.len()].get_or_insert(class);
+                        inconsistent += usize::from(*first != class);
+                        correct += usize::from(class == *label);
+                    }
+                    anyhow::Ok((latencies, errors, inconsistent, correct))
+                })
+            })
+            .collect();
+        let (mut latencies, mut errors, mut inconsistent, mut correct) = (Vec::new(), 0, 0, 0);
+        for t in tasks {
+            let (l, e, i, c) = t.await??;
+            latencies.extend(l);
+            errors += e;
+            inconsistent += i;
+            correct += c;
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        let requests = latencies.len();
+        let last_rss = args.server_pid.and_then(rss_mb);
+        let first_rss = *first_rss.lock().expect("not poisoned");
+        anyhow::Ok(LoadReport {
+            server: server.clone(),
+            clients: args.clients,
+            requests,
+            errors,
+            inconsistent,
+            encrypted_accuracy: correct as f64 / requests.max(1) as f64,
+            images_per_second: requests as f64 / seconds,
+            latency_ms: LoadLatency {
+                p50: percentile(&mut latencies, 0.5),
+                p99: percentile(&mut latencies, 0.99),
+                max: percentile(&mut latencies, 1.0),
+            },
+            server_rss_mb: first_rss.zip(last_rss),
+            parameters: plan.parameters_name(),
+        })
+    })?;
+    println!("{:<22} {}", "server", report.server);
+    println!(
+        "{:<22} {} clients, {} requests, {} errors, {} inconsistent replies",
+        "load", report.clients, report.requests, report.errors, report.inconsistent
+    );
+    println!("{:<22} {:.1} images/s sustained", "throughput", report.images_per_second);
+    println!(
+        "{:<22} p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (p99/p50 {:.2})",
+        "latency",
+        report.latency_ms.p50,
+        report.latency_ms.p99,
+        report.latency_ms.max,
+        report.latency_ms.p99 / report.latency_ms.p50.max(1e-9)
+    );
+    println!("{:<22} {:.2}%", "encrypted accuracy", 100.0 * report.encrypted_accuracy);
+    if let Some((first, last)) = report.server_rss_mb {
+        println!("{:<22} {first:.0} MB after 1,000 replies, {last:.0} MB after the last", "server memory");
+    }
+    println!("{:<22} {}", "parameters", report.parameters);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if report.errors > 0 || report.inconsistent > 0 {
+        bail!("{} errors and {} inconsistent replies under load", report.errors, report.inconsistent);
+    }
+    Ok(())
 }

@@ -30,7 +30,7 @@ fn a_client_process_classifies_on_a_server_process() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut child = blindfold()
-        .args(["serve", "--listen", "127.0.0.1:0", "--model"])
+        .args(["serve", "--insecure-plaintext", "--listen", "127.0.0.1:0", "--model"])
         .arg(&model)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -62,6 +62,23 @@ fn a_client_process_classifies_on_a_server_process() {
     let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     assert_eq!(s["streamed"], true);
     assert_eq!(s["encrypted_accuracy"], r["encrypted_accuracy"], "the same images, the same classes");
+    // Three concurrent clients, each with its own keys: every reply decrypts, and to the
+    // same class each time its request comes again.
+    let out = blindfold()
+        .args(["client", "--server", &format!("http://{addr}"), "load", "--clients", "3", "--images", "6", "--json"])
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let l: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(
+        (l["requests"].as_u64(), l["errors"].as_u64(), l["inconsistent"].as_u64()),
+        (Some(18), Some(0), Some(0))
+    );
+    // Without TLS or the flag that asks for plaintext, the server does not start.
+    let out = blindfold().args(["serve", "--listen", "127.0.0.1:0", "--model"]).arg(&model).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--insecure-plaintext"));
     // Nothing listening: a clear error, not a hang.
     let out =
         blindfold().args(["client", "--server", "http://127.0.0.1:1", "infer", "--n-test", "1"]).output().unwrap();

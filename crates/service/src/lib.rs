@@ -245,6 +245,7 @@ pub struct ServerTls {
 /// TLS for the client: the CA that signed the server's certificate (PEM), optionally the
 /// client's own certificate and key for servers that require them, and the name to verify the
 /// server's certificate against (default: the URL's host).
+#[derive(Clone)]
 pub struct ClientTls {
     /// CA certificate, PEM.
     pub ca_pem: Vec<u8>,
