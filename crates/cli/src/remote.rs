@@ -146,6 +146,26 @@ enum ClientCommand {
     /// another; sustained throughput, latency percentiles, errors, and (with --server-pid)
     /// the server's resident memory after the first and the last thousand requests.
     Load(LoadArgs),
+    /// Send malformed requests of every kind a client can get wrong — garbage bytes, truncated
+    /// and oversized requests, a reply sent back as a request, unknown key ids, keys given as a
+    /// request and a request as keys, keys of other parameters — checking each is refused with its gRPC status, and that
+    /// a valid request still classifies correctly after every 50; exits non-zero otherwise.
+    Abuse(AbuseArgs),
+}
+
+#[derive(Args)]
+struct AbuseArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Malformed requests to send.
+    #[arg(long, default_value_t = 1000)]
+    requests: usize,
+    /// Also upload this many distinct clients' keys (the server keeps a bounded number).
+    #[arg(long, default_value_t = 0)]
+    clients: usize,
+    /// The server's process id (same machine): its resident memory is read from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
 }
 
 #[derive(Args)]
@@ -257,6 +277,7 @@ pub(crate) fn client_cmd(a: ClientArgs) -> Result<()> {
     let args = match &a.command {
         ClientCommand::Infer(args) => args,
         ClientCommand::Load(load) => return load_cmd(&a, load),
+        ClientCommand::Abuse(abuse) => return abuse_cmd(&a, abuse),
     };
     let test = args.data.load(Split::Test)?.truncate(args.n_test);
     if test.is_empty() {
@@ -499,4 +520,134 @@ fn load_cmd(a: &ClientArgs, args: &LoadArgs) -> Result<()> {
         bail!("{} errors and {} inconsistent replies under load", report.errors, report.inconsistent);
     }
     Ok(())
+}
+
+fn abuse_cmd(a: &ClientArgs, args: &AbuseArgs) -> Result<()> {
+    use tonic::Code;
+    let test = args.data.load(Split::Test)?.truncate(1);
+    if test.is_empty() {
+        bail!("the dataset has no test image");
+    }
+    let tls = client_tls(a)?;
+    runtime()?.block_on(async {
+        let mut remote = RemoteModelHolder::connect(a.server.clone(), tls).await?;
+        let (plan, limits) = remote.info().await?;
+        let (mut client, keys) = Client::new(&plan).context("the server's plan")?;
+        let keys = keys.to_bytes();
+        remote.upload_keys(&keys).await?;
+        let request = client.encrypt_pixels(test.images.image(0))?.to_bytes();
+        let class_of = |reply: &[u8]| -> Result<usize> {
+            let scores = client.decrypt_scores(&Message::from_bytes(reply)?)?;
+            Ok(argmax(&scores.iter().map(|&v| v as f32).collect::<Vec<_>>()))
+        };
+        let reply = remote.evaluate(request.clone()).await?;
+        let expected = class_of(&reply)?;
+        // A stranger's request (keys never uploaded) and keys of other parameters.
+        let (mut stranger, _) = Client::new(&plan)?;
+        let unknown = stranger.encrypt_pixels(test.images.image(0))?.to_bytes();
+        let other_plan = blindfold_protocol::PlanInfo::for_architecture(
+            &plan.arch,
+            &blindfold_nn::compile::ChainOptions { log_n: Some(plan.parameters.log_n + 1), ..Default::default() },
+        )?;
+        let (_, other_keys) = Client::new(&other_plan)?;
+        let other_keys = other_keys.to_bytes();
+        let mut state = 0x2545f4914f6cdd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let kinds = [
+            "garbage",
+            "truncated",
+            "a reply as a request",
+            "oversized",
+            "unknown key id",
+            "keys as a request",
+            "request as keys",
+            "keys of other parameters",
+        ];
+        let mut tally: Vec<(usize, usize)> = vec![(0, 0); kinds.len()];
+        let pb = bar(args.requests as u64, "malformed");
+        for k in 0..args.requests {
+            let kind = k % kinds.len();
+            let (status, want) = match kind {
+                0 => {
+                    let n = 1 + next() as usize % 4096;
+                    (remote.evaluate((0..n).map(|_| next() as u8).collect()).await.err(), Code::InvalidArgument)
+                }
+                1 => {
+                    let cut = next() as usize % request.len();
+                    (remote.evaluate(request[..cut].to_vec()).await.err(), Code::InvalidArgument)
+                }
+                2 => (remote.evaluate(reply.clone()).await.err(), Code::InvalidArgument),
+                3 => (
+                    remote.evaluate(vec![0; limits.max_request_bytes as usize + 1]).await.err(),
+                    Code::ResourceExhausted,
+                ),
+                4 => (remote.evaluate(unknown.clone()).await.err(), Code::NotFound),
+                5 => {
+                    // Keys are larger than any request: refused by gRPC's frame limit.
+                    (remote.evaluate(keys.clone()).await.err(), Code::OutOfRange)
+                }
+                6 => (remote.upload_keys(&request).await.err(), Code::InvalidArgument),
+                _ => (remote.upload_keys(&other_keys).await.err(), Code::InvalidArgument),
+            };
+            let code = status.as_ref().map(|s| s.code());
+            if code == Some(want) {
+                tally[kind].0 += 1;
+            } else {
+                tally[kind].1 += 1;
+                eprintln!("{}: expected {want:?}, got {:?}", kinds[kind], status.map(|s| s.to_string()));
+            }
+            if k % 50 == 49 {
+                let class = class_of(&remote.evaluate(request.clone()).await?)?;
+                if class != expected {
+                    bail!(
+                        "after {} malformed requests the server classifies the image as {class}, before as {expected}",
+                        k + 1
+                    );
+                }
+            }
+            pb.inc(1);
+        }
+        pb.finish_and_clear();
+        for (kind, (ok, wrong)) in kinds.iter().zip(&tally) {
+            println!("{kind:<26} {ok} refused with the right status, {wrong} not");
+        }
+        let rss = |when: &str| {
+            if let Some(mb) = args.server_pid.and_then(rss_mb) {
+                println!("{:<26} {mb:.0} MB {when}", "server memory");
+            }
+        };
+        rss("after the malformed requests");
+        if args.clients > 0 {
+            let pb = bar(args.clients as u64, "clients' keys");
+            for _ in 0..args.clients {
+                let (_, keys) = Client::new(&plan)?;
+                remote.upload_keys(&keys.to_bytes()).await?;
+                pb.inc(1);
+            }
+            pb.finish_and_clear();
+            rss(&format!("after {} more clients' keys", args.clients));
+        }
+        // The first client's keys may have been evicted: upload again (what clients do).
+        let last = match remote.evaluate(request.clone()).await {
+            Err(s) if s.code() == Code::NotFound => {
+                remote.upload_keys(&keys).await?;
+                remote.evaluate(request.clone()).await?
+            }
+            r => r?,
+        };
+        if class_of(&last)? != expected {
+            bail!("the server classifies the image differently after the abuse");
+        }
+        let wrong: usize = tally.iter().map(|t| t.1).sum();
+        if wrong > 0 {
+            bail!("{wrong} malformed requests were not refused with the right status");
+        }
+        println!("the server is alive and classifies a valid request as before");
+        anyhow::Ok(())
+    })
 }

@@ -75,6 +75,14 @@ fn a_client_process_classifies_on_a_server_process() {
         (l["requests"].as_u64(), l["errors"].as_u64(), l["inconsistent"].as_u64()),
         (Some(18), Some(0), Some(0))
     );
+    // Every kind of malformed request refused with its status; the server still classifies.
+    let out = blindfold()
+        .args(["client", "--server", &format!("http://{addr}"), "abuse", "--requests", "24", "--clients", "2"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(text.matches("3 refused with the right status, 0 not").count(), 8, "{text}");
     // Without TLS or the flag that asks for plaintext, the server does not start.
     let out = blindfold().args(["serve", "--listen", "127.0.0.1:0", "--model"]).arg(&model).output().unwrap();
     assert!(!out.status.success());

@@ -141,7 +141,7 @@ impl ModelHolderRpc for ModelHolderService {
         let mut bytes = Vec::new();
         while let Some(chunk) = stream.message().await? {
             if bytes.len() + chunk.data.len() > max_keys {
-                return Err(Status::invalid_argument(format!(
+                return Err(Status::resource_exhausted(format!(
                     "evaluation keys of more than {max_keys} bytes, the most this plan takes"
                 )));
             }
@@ -197,6 +197,13 @@ pub type ReplyStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<
 impl State {
     /// One EncryptedImage message's bytes to its EncryptedScores message's bytes.
     async fn evaluate_bytes(&self, bytes: Vec<u8>) -> Result<Vec<u8>, Status> {
+        if bytes.len() > self.model.max_image_len() {
+            return Err(Status::resource_exhausted(format!(
+                "a request of {} bytes, more than the {} this plan takes",
+                bytes.len(),
+                self.model.max_image_len()
+            )));
+        }
         let msg = Message::from_bytes_limited(&bytes, self.model.max_image_len()).map_err(status)?;
         let Message::EncryptedImage { key_id, .. } = &msg else {
             return Err(Status::invalid_argument("Evaluate takes an EncryptedImage message"));

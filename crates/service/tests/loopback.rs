@@ -63,7 +63,7 @@ async fn a_client_over_loopback_gets_its_scores_and_bad_requests_their_status() 
     let status = remote.evaluate(keys.clone()).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::OutOfRange, "{status}");
     let status = remote.evaluate(vec![0; limits.max_request_bytes as usize + 1]).await.unwrap_err();
-    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
     // Another client's keys evict the first (one session kept): its image is NOT_FOUND until
     // it uploads again.
     let (_, other_keys) = tokio::task::block_in_place(|| Client::new(&plan)).unwrap();
