@@ -6,7 +6,9 @@
 //! evicted first) and limits on every message, taken from the plan. No cryptography here.
 //!
 //! Service definition: `proto/blindfold/v1/model_holder.proto` (compiled by protox at build
-//! time, no system `protoc`).
+//! time, no system `protoc`). Beside it on the same port: the standard gRPC health service,
+//! and `GET /metrics` (HTTP/1.1 or 2) with the service's metrics in the Prometheus/OpenMetrics
+//! text format ([`Metrics`]).
 
 use blindfold_protocol::{CompiledModel, Fault, KeyId, Message, ModelHolder, PlanInfo, ProtocolError};
 use std::collections::HashMap;
@@ -83,6 +85,72 @@ struct State {
     plan_json: String,
     sessions: Mutex<Sessions>,
     store: Option<KeyStore>,
+    metrics: Metrics,
+}
+
+/// Labels of a finished call: the RPC and its gRPC status code (`Ok`, `NotFound`, …).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct CallLabels {
+    rpc: &'static str,
+    code: String,
+}
+
+/// What the service counts, served at `GET /metrics`: calls by RPC and status
+/// (`blindfold_requests_total`), the time to evaluate one image
+/// (`blindfold_evaluate_seconds`, a histogram), images being evaluated or waiting for a
+/// thread (`blindfold_in_flight`), client sessions in memory (`blindfold_sessions`) and key
+/// sets in the key store (`blindfold_stored_keys`). Sizes and counts only: never a key id's
+/// bytes, a key or a ciphertext.
+pub struct Metrics {
+    registry: prometheus_client::registry::Registry,
+    calls: prometheus_client::metrics::family::Family<CallLabels, prometheus_client::metrics::counter::Counter>,
+    evaluate_seconds: prometheus_client::metrics::histogram::Histogram,
+    in_flight: prometheus_client::metrics::gauge::Gauge,
+    sessions: prometheus_client::metrics::gauge::Gauge,
+    stored_keys: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        use prometheus_client::metrics::histogram::exponential_buckets;
+        let mut registry = prometheus_client::registry::Registry::with_prefix("blindfold");
+        let m = Self {
+            calls: Default::default(),
+            evaluate_seconds: prometheus_client::metrics::histogram::Histogram::new(exponential_buckets(
+                0.005, 2.0, 12,
+            )),
+            in_flight: Default::default(),
+            sessions: Default::default(),
+            stored_keys: Default::default(),
+            registry: Default::default(),
+        };
+        registry.register("requests", "Calls by RPC and gRPC status", m.calls.clone());
+        registry.register(
+            "evaluate_seconds",
+            "Time to evaluate one image, queueing included",
+            m.evaluate_seconds.clone(),
+        );
+        registry.register("in_flight", "Images being evaluated or waiting for a thread", m.in_flight.clone());
+        registry.register("sessions", "Client sessions (evaluation keys) in memory", m.sessions.clone());
+        registry.register("stored_keys", "Key sets in the key store on disk", m.stored_keys.clone());
+        Self { registry, ..m }
+    }
+
+    /// Counts a finished call.
+    fn call<T>(&self, rpc: &'static str, result: &Result<T, Status>) {
+        let code = match result {
+            Ok(_) => "Ok".to_string(),
+            Err(s) => format!("{:?}", s.code()),
+        };
+        self.calls.get_or_create(&CallLabels { rpc, code }).inc();
+    }
+
+    /// The metrics in the OpenMetrics text format.
+    fn text(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
 }
 
 impl ModelHolderService {
@@ -104,6 +172,7 @@ impl State {
             model,
             sessions: Mutex::new(Sessions { map: HashMap::new(), clock: 0, capacity: max_sessions }),
             store,
+            metrics: Metrics::new(),
         }
     }
 
@@ -136,33 +205,15 @@ impl ModelHolderRpc for ModelHolderService {
     }
 
     async fn upload_keys(&self, request: Request<Streaming<KeysChunk>>) -> Result<Response<UploadKeysReply>, Status> {
-        let mut stream = request.into_inner();
-        let max_keys = self.0.model.max_keys_len();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = stream.message().await? {
-            if bytes.len() + chunk.data.len() > max_keys {
-                return Err(Status::resource_exhausted(format!(
-                    "evaluation keys of more than {max_keys} bytes, the most this plan takes"
-                )));
-            }
-            bytes.extend_from_slice(&chunk.data);
-        }
-        let msg = Message::from_bytes_limited(&bytes, max_keys).map_err(status)?;
-        let id =
-            KeyId::of(&msg).ok_or_else(|| Status::invalid_argument("UploadKeys takes an EvaluationKeys message"))?;
-        if self.0.sessions().get(&id).is_some() {
-            return Ok(Response::new(UploadKeysReply { key_id: id.0.to_vec(), already_present: true }));
-        }
-        let session = self.0.open_session(msg).await?;
-        self.0.sessions().insert(id, session);
-        if let Some(store) = &self.0.store {
-            store.put(&id, &bytes).map_err(|e| Status::internal(format!("storing the keys: {e}")))?;
-        }
-        Ok(Response::new(UploadKeysReply { key_id: id.0.to_vec(), already_present: false }))
+        let result = self.0.upload_keys(request.into_inner()).await;
+        self.0.metrics.call("UploadKeys", &result);
+        result.map(Response::new)
     }
 
     async fn evaluate(&self, request: Request<EvaluateRequest>) -> Result<Response<EvaluateReply>, Status> {
-        Ok(Response::new(EvaluateReply { reply: self.0.evaluate_bytes(request.into_inner().request).await? }))
+        let result = self.0.evaluate_bytes(request.into_inner().request).await;
+        self.0.metrics.call("Evaluate", &result);
+        Ok(Response::new(EvaluateReply { reply: result? }))
     }
 
     type EvaluateStreamStream = ReplyStream;
@@ -181,6 +232,7 @@ impl ModelHolderRpc for ModelHolderService {
                     Ok(None) => break,
                     Err(e) => Err(e),
                 };
+                service.metrics.call("EvaluateStream", &next);
                 let stop = next.is_err();
                 if tx.send(next).await.is_err() || stop {
                     break;
@@ -188,6 +240,37 @@ impl ModelHolderRpc for ModelHolderService {
             }
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+impl State {
+    async fn upload_keys(&self, mut stream: Streaming<KeysChunk>) -> Result<UploadKeysReply, Status> {
+        let max_keys = self.model.max_keys_len();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            if bytes.len() + chunk.data.len() > max_keys {
+                return Err(Status::resource_exhausted(format!(
+                    "evaluation keys of more than {max_keys} bytes, the most this plan takes"
+                )));
+            }
+            bytes.extend_from_slice(&chunk.data);
+        }
+        let msg = Message::from_bytes_limited(&bytes, max_keys).map_err(status)?;
+        let id =
+            KeyId::of(&msg).ok_or_else(|| Status::invalid_argument("UploadKeys takes an EvaluationKeys message"))?;
+        if self.sessions().get(&id).is_some() {
+            return Ok(UploadKeysReply { key_id: id.0.to_vec(), already_present: true });
+        }
+        let session = self.open_session(msg).await?;
+        let mut sessions = self.sessions();
+        sessions.insert(id, session);
+        self.metrics.sessions.set(sessions.map.len() as i64);
+        drop(sessions);
+        if let Some(store) = &self.store {
+            let stored = store.put(&id, &bytes).map_err(|e| Status::internal(format!("storing the keys: {e}")))?;
+            self.metrics.stored_keys.set(stored as i64);
+        }
+        Ok(UploadKeysReply { key_id: id.0.to_vec(), already_present: false })
     }
 }
 
@@ -226,14 +309,19 @@ impl State {
                 self.sessions().insert(key_id, session)
             }
         };
+        let (in_flight, started) = (self.metrics.in_flight.clone(), std::time::Instant::now());
+        in_flight.inc();
         let reply = tokio::task::spawn_blocking(move || {
             let mut holder = session.lock().unwrap_or_else(|e| e.into_inner());
-            holder.handle(&msg)
+            let reply = holder.handle(&msg);
+            in_flight.dec();
+            reply
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(status)?
         .ok_or_else(|| Status::internal("the model holder sent no reply"))?;
+        self.metrics.evaluate_seconds.observe(started.elapsed().as_secs_f64());
         Ok(reply.to_bytes())
     }
 }
@@ -303,7 +391,8 @@ pub async fn serve(
         }
         None => None,
     };
-    let service = ModelHolderService(Arc::new(State::new(model, opts.max_sessions, store)));
+    let state = Arc::new(State::new(model, opts.max_sessions, store));
+    let service = ModelHolderService(state.clone());
     let max = service.max_message_len();
     let server = ModelHolderServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max);
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -319,11 +408,20 @@ pub async fn serve(
     }
     // Windows large enough for a whole request in flight (the 64 KiB default takes a dozen
     // round trips per image), and no Nagle delay on small replies.
+    let metrics = axum::routing::get(move || {
+        let state = state.clone();
+        async move {
+            let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+            ([(axum::http::header::CONTENT_TYPE, content_type)], state.metrics.text())
+        }
+    });
+    let routes = tonic::service::Routes::new(health_service).add_service(server);
+    let routes = tonic::service::Routes::from(routes.into_axum_router().route("/metrics", metrics));
     builder
         .initial_stream_window_size(Some(WINDOW))
         .initial_connection_window_size(Some(2 * WINDOW))
-        .add_service(health_service)
-        .add_service(server)
+        .accept_http1(true)
+        .add_routes(routes)
         .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)))
         .await?;
     Ok(())
@@ -343,8 +441,8 @@ impl KeyStore {
     }
 
     /// Stores `bytes` under `id` (written to a temporary name, then renamed), then drops the
-    /// oldest files beyond the capacity.
-    fn put(&self, id: &KeyId, bytes: &[u8]) -> std::io::Result<()> {
+    /// oldest files beyond the capacity; returns how many key sets the store holds.
+    fn put(&self, id: &KeyId, bytes: &[u8]) -> std::io::Result<usize> {
         let tmp = self.dir.join(format!("{}.tmp", id.to_hex()));
         std::fs::write(&tmp, bytes)?;
         std::fs::rename(&tmp, self.path(id))?;
@@ -356,10 +454,11 @@ impl KeyStore {
             .collect();
         files.sort();
         let excess = files.len().saturating_sub(self.capacity.max(1));
+        let kept = files.len() - excess;
         for (_, p) in files.into_iter().take(excess) {
             let _ = std::fs::remove_file(p);
         }
-        Ok(())
+        Ok(kept)
     }
 
     /// The stored bytes of `id`, if present and at most `limit` bytes.

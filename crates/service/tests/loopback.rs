@@ -73,6 +73,31 @@ async fn a_client_over_loopback_gets_its_scores_and_bad_requests_their_status() 
     assert!(status.message().contains("upload again"), "{status}");
     remote.upload_keys(&keys).await.unwrap();
     assert!(remote.evaluate(request).await.is_ok());
+    // The metrics on the same port, over HTTP/1.1: calls by RPC and status, sessions, the
+    // evaluation time histogram.
+    let addr = url.trim_start_matches("http://").to_string();
+    let metrics = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+        let mut text = String::new();
+        tcp.read_to_string(&mut text).unwrap();
+        text
+    })
+    .await
+    .unwrap();
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    for line in [
+        "blindfold_requests_total{rpc=\"Evaluate\",code=\"NotFound\"} 1",
+        "blindfold_requests_total{rpc=\"Evaluate\",code=\"ResourceExhausted\"} 1",
+        "blindfold_requests_total{rpc=\"UploadKeys\",code=\"Ok\"} 4",
+        "blindfold_sessions 1",
+        "blindfold_evaluate_seconds_count 5",
+        "blindfold_requests_total{rpc=\"EvaluateStream\",code=\"Ok\"} 3",
+        "blindfold_in_flight 0",
+    ] {
+        assert!(metrics.contains(line), "{line:?} not in {metrics}");
+    }
     // An address with nothing behind it.
     server.abort();
     assert!(RemoteModelHolder::connect("http://127.0.0.1:1".into(), None).await.is_err());
