@@ -55,6 +55,10 @@ pub(crate) struct ServeArgs {
     /// it only on a trusted network or behind a TLS-terminating proxy.
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
     insecure_plaintext: bool,
+    /// Log level on stderr: error, warn, info, or debug (one line per request: key id prefix,
+    /// bytes, milliseconds, refusals; never key or ciphertext bytes).
+    #[arg(long, default_value = "info")]
+    log_level: tracing::Level,
     #[command(flatten)]
     chain: ChainArgs,
 }
@@ -71,6 +75,16 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 pub(crate) fn serve_cmd(a: ServeArgs) -> Result<()> {
+    {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        // blindfold's spans at the level asked for; the transport's own (h2, hyper) at warn.
+        let filter = tracing_subscriber::filter::Targets::new()
+            .with_default(tracing::Level::WARN.min(a.log_level))
+            .with_target("blindfold_service", a.log_level);
+        let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
+        tracing_subscriber::registry().with(filter).with(fmt).init();
+    }
     let tls = match (&a.tls_cert, &a.tls_key) {
         (Some(cert), Some(key)) => Some(ServerTls {
             cert_pem: pem(cert)?,

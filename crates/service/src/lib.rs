@@ -140,7 +140,10 @@ impl Metrics {
     fn call<T>(&self, rpc: &'static str, result: &Result<T, Status>) {
         let code = match result {
             Ok(_) => "Ok".to_string(),
-            Err(s) => format!("{:?}", s.code()),
+            Err(s) => {
+                tracing::debug!(rpc, code = ?s.code(), "refused: {}", s.message());
+                format!("{:?}", s.code())
+            }
         };
         self.calls.get_or_create(&CallLabels { rpc, code }).inc();
     }
@@ -243,7 +246,12 @@ impl ModelHolderRpc for ModelHolderService {
     }
 }
 
+/// The replies of [`ModelHolderRpc::evaluate_stream`].
+pub type ReplyStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<EvaluateReply, Status>> + Send>>;
+
 impl State {
+    /// Receives a client's evaluation keys and opens its session (a no-op for keys held).
+    #[tracing::instrument(name = "UploadKeys", skip_all, fields(key_id, bytes, already_present))]
     async fn upload_keys(&self, mut stream: Streaming<KeysChunk>) -> Result<UploadKeysReply, Status> {
         let max_keys = self.model.max_keys_len();
         let mut bytes = Vec::new();
@@ -258,7 +266,12 @@ impl State {
         let msg = Message::from_bytes_limited(&bytes, max_keys).map_err(status)?;
         let id =
             KeyId::of(&msg).ok_or_else(|| Status::invalid_argument("UploadKeys takes an EvaluationKeys message"))?;
-        if self.sessions().get(&id).is_some() {
+        let span = tracing::Span::current();
+        span.record("key_id", tracing::field::display(id)).record("bytes", bytes.len());
+        let held = self.sessions().get(&id).is_some();
+        span.record("already_present", held);
+        tracing::debug!("keys received");
+        if held {
             return Ok(UploadKeysReply { key_id: id.0.to_vec(), already_present: true });
         }
         let session = self.open_session(msg).await?;
@@ -272,13 +285,9 @@ impl State {
         }
         Ok(UploadKeysReply { key_id: id.0.to_vec(), already_present: false })
     }
-}
 
-/// The replies of [`ModelHolderRpc::evaluate_stream`].
-pub type ReplyStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<EvaluateReply, Status>> + Send>>;
-
-impl State {
     /// One EncryptedImage message's bytes to its EncryptedScores message's bytes.
+    #[tracing::instrument(name = "Evaluate", skip_all, fields(key_id, bytes = bytes.len()))]
     async fn evaluate_bytes(&self, bytes: Vec<u8>) -> Result<Vec<u8>, Status> {
         if bytes.len() > self.model.max_image_len() {
             return Err(Status::resource_exhausted(format!(
@@ -292,6 +301,7 @@ impl State {
             return Err(Status::invalid_argument("Evaluate takes an EncryptedImage message"));
         };
         let key_id = *key_id;
+        tracing::Span::current().record("key_id", tracing::field::display(key_id));
         let found = self.sessions().get(&key_id);
         let session = match found {
             Some(s) => s,
@@ -321,8 +331,11 @@ impl State {
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(status)?
         .ok_or_else(|| Status::internal("the model holder sent no reply"))?;
-        self.metrics.evaluate_seconds.observe(started.elapsed().as_secs_f64());
-        Ok(reply.to_bytes())
+        let seconds = started.elapsed().as_secs_f64();
+        self.metrics.evaluate_seconds.observe(seconds);
+        let reply = reply.to_bytes();
+        tracing::debug!(ms = seconds * 1e3, reply_bytes = reply.len(), "evaluated");
+        Ok(reply)
     }
 }
 
