@@ -50,6 +50,10 @@ enum Command {
     /// Model holder as a network service (gRPC): clients fetch the plan, upload their
     /// evaluation keys once and send encrypted images; the secret key never leaves them.
     Serve(remote::ServeArgs),
+    /// Ensemble coordinator as a network service: clients talk to it as to a model holder;
+    /// it forwards their keys and images to every holder and returns the mean of their
+    /// encrypted scores, naming holders that missed the deadline.
+    Coordinate(remote::CoordinateArgs),
     /// Client of a model holder on the network (`blindfold serve`).
     Client(remote::ClientArgs),
     /// Import an ONNX model (e.g. from `torch.onnx.export`) into a blindfold model file.
@@ -154,6 +158,7 @@ fn main() {
         Command::Sweep(a) => sweep::sweep_cmd(a),
         Command::Cryptonn(c) => cryptonn::cryptonn_cmd(c),
         Command::Serve(a) => remote::serve_cmd(a),
+        Command::Coordinate(a) => remote::coordinate_cmd(a),
         Command::Client(a) => remote::client_cmd(a),
         Command::Params { json } => params::params_cmd(json),
         Command::Import(a) => import::import_cmd(a),

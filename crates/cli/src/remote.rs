@@ -11,7 +11,8 @@ use blindfold_data::Split;
 use blindfold_nn::argmax;
 use blindfold_protocol::{Client, CompiledModel, Message};
 use blindfold_service::{
-    serve, ClientTls, RemoteModelHolder, ServeOptions, ServerTls, DEFAULT_MAX_SESSIONS, DEFAULT_MAX_STORED,
+    serve, serve_coordinator, ClientTls, CoordinatorService, RemoteModelHolder, ServeOptions, ServerTls,
+    DEFAULT_MAX_SESSIONS, DEFAULT_MAX_STORED,
 };
 use clap::{Args, Subcommand};
 use serde::Serialize;
@@ -41,6 +42,15 @@ pub(crate) struct ServeArgs {
     /// Key sets kept in --key-store, the oldest dropped first.
     #[arg(long, default_value_t = DEFAULT_MAX_STORED)]
     max_stored: usize,
+    #[command(flatten)]
+    tls: ServerTlsArgs,
+    #[command(flatten)]
+    chain: ChainArgs,
+}
+
+/// How a server (model holder or coordinator) serves: TLS, or plaintext when asked for.
+#[derive(Args)]
+struct ServerTlsArgs {
     /// Serve over TLS with this certificate chain (PEM); needs --tls-key.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -59,8 +69,77 @@ pub(crate) struct ServeArgs {
     /// bytes, milliseconds, refusals; never key or ciphertext bytes).
     #[arg(long, default_value = "info")]
     log_level: tracing::Level,
+}
+
+impl ServerTlsArgs {
+    /// Starts the log on stderr, and gives the TLS configuration, or none with
+    /// --insecure-plaintext (said on stderr).
+    fn server_tls(&self) -> Result<Option<ServerTls>> {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        // blindfold's spans at the level asked for; the transport's own (h2, hyper) at warn.
+        let filter = tracing_subscriber::filter::Targets::new()
+            .with_default(tracing::Level::WARN.min(self.log_level))
+            .with_target("blindfold_service", self.log_level);
+        let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
+        tracing_subscriber::registry().with(filter).with(fmt).init();
+        Ok(match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(ServerTls {
+                cert_pem: pem(cert)?,
+                key_pem: pem(key)?,
+                client_ca_pem: self.client_ca.as_deref().map(pem).transpose()?,
+            }),
+            _ if self.insecure_plaintext => {
+                eprintln!(
+                    "warning: serving plaintext gRPC (--insecure-plaintext): clients cannot authenticate this server"
+                );
+                None
+            }
+            _ => bail!(
+                "a server needs a certificate (--tls-cert and --tls-key), or --insecure-plaintext for plaintext gRPC"
+            ),
+        })
+    }
+}
+
+#[derive(Args)]
+pub(crate) struct CoordinateArgs {
+    /// Address to listen on (port 0: any free port; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:50050")]
+    listen: String,
+    /// The model holders' addresses (`blindfold serve`), comma-separated; they must serve the
+    /// same architecture on the same parameters.
+    #[arg(long, value_delimiter = ',', required = true)]
+    holders: Vec<String>,
+    /// How long to wait for each holder's reply to an image before leaving it out.
+    #[arg(long, default_value_t = 10_000)]
+    deadline_ms: u64,
+    /// Verify the holders' TLS certificates against this CA (PEM); their addresses are then
+    /// https.
+    #[arg(long)]
+    holders_ca: Option<PathBuf>,
     #[command(flatten)]
-    chain: ChainArgs,
+    tls: ServerTlsArgs,
+}
+
+pub(crate) fn coordinate_cmd(a: CoordinateArgs) -> Result<()> {
+    let tls = a.tls.server_tls()?;
+    let holders_tls = match &a.holders_ca {
+        Some(ca) => Some(ClientTls { ca_pem: pem(ca)?, identity: None, domain: None }),
+        None => None,
+    };
+    let deadline = std::time::Duration::from_millis(a.deadline_ms);
+    runtime()?.block_on(async {
+        let service = CoordinatorService::connect(&a.holders, holders_tls, deadline)
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        let listener =
+            tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
+        println!("listening on {}", listener.local_addr()?);
+        std::io::stdout().flush()?;
+        eprintln!("coordinating {} model holders (the mean of their scores)", a.holders.len());
+        serve_coordinator(service, listener, tls).await.map_err(|e| anyhow::anyhow!("serving: {e}"))
+    })
 }
 
 /// Largest PEM file read (1 MiB).
@@ -75,32 +154,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 pub(crate) fn serve_cmd(a: ServeArgs) -> Result<()> {
-    {
-        use tracing_subscriber::layer::SubscriberExt as _;
-        use tracing_subscriber::util::SubscriberInitExt as _;
-        // blindfold's spans at the level asked for; the transport's own (h2, hyper) at warn.
-        let filter = tracing_subscriber::filter::Targets::new()
-            .with_default(tracing::Level::WARN.min(a.log_level))
-            .with_target("blindfold_service", a.log_level);
-        let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
-        tracing_subscriber::registry().with(filter).with(fmt).init();
-    }
-    let tls = match (&a.tls_cert, &a.tls_key) {
-        (Some(cert), Some(key)) => Some(ServerTls {
-            cert_pem: pem(cert)?,
-            key_pem: pem(key)?,
-            client_ca_pem: a.client_ca.as_deref().map(pem).transpose()?,
-        }),
-        _ if a.insecure_plaintext => {
-            eprintln!(
-                "warning: serving plaintext gRPC (--insecure-plaintext): clients cannot authenticate this server"
-            );
-            None
-        }
-        _ => bail!(
-            "serve needs a certificate (--tls-cert and --tls-key), or --insecure-plaintext to serve plaintext gRPC"
-        ),
-    };
+    let tls = a.tls.server_tls()?;
     let model = load_model(&a.model, &a.import, None)?.model;
     let compiled =
         CompiledModel::new(&model, &a.chain.options()).with_context(|| format!("compiling {}", a.model.display()))?;
@@ -263,6 +317,8 @@ struct RemoteReport {
     /// received), client work excluded.
     images_per_second: f64,
     streamed: bool,
+    /// Through an ensemble coordinator: for each holder it left out of some replies, how many.
+    holders_left_out: std::collections::BTreeMap<usize, usize>,
     bytes: RemoteBytes,
 }
 
@@ -310,6 +366,7 @@ pub(crate) fn client_cmd(a: ClientArgs) -> Result<()> {
         let pb = bar(test.len() as u64, "remote");
         let (mut correct, mut rtt, mut enc, mut dec, mut sizes) = (0, Vec::new(), Vec::new(), Vec::new(), (0, 0));
         let mut waited = 0f64;
+        let mut left_out = std::collections::BTreeMap::new();
         let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
         let batch = if args.stream { STREAM_BATCH } else { 1 };
         for start in (0..test.len()).step_by(batch) {
@@ -331,7 +388,10 @@ pub(crate) fn client_cmd(a: ClientArgs) -> Result<()> {
                 r => r?,
             };
             let t2 = Instant::now();
-            for (&i, reply) in idx.iter().zip(&replies) {
+            for (&i, (reply, missing)) in idx.iter().zip(&replies) {
+                for &h in missing {
+                    *left_out.entry(h).or_insert(0usize) += 1;
+                }
                 let scores = client.decrypt_scores(&Message::from_bytes(reply)?)?;
                 let s32: Vec<f32> = scores.iter().map(|&v| v as f32).collect();
                 correct += usize::from(argmax(&s32) == test.labels[i] as usize);
@@ -342,7 +402,7 @@ pub(crate) fn client_cmd(a: ClientArgs) -> Result<()> {
             rtt.push(ms(t1, t2) / k);
             dec.push(ms(t2, t3) / k);
             waited += (t2 - t1).as_secs_f64();
-            sizes = (request_len, replies.first().map_or(0, Vec::len));
+            sizes = (request_len, replies.first().map_or(0, |r| r.0.len()));
             pb.inc(idx.len() as u64);
         }
         pb.finish_and_clear();
@@ -359,6 +419,7 @@ pub(crate) fn client_cmd(a: ClientArgs) -> Result<()> {
             key_upload_ms,
             images_per_second: test.len() as f64 / waited.max(1e-9),
             streamed: args.stream,
+            holders_left_out: left_out,
             bytes: RemoteBytes { eval_keys: keys.len(), request: sizes.0, reply: sizes.1 },
         })
     })?;
@@ -383,6 +444,12 @@ pub(crate) fn client_cmd(a: ClientArgs) -> Result<()> {
         report.bytes.reply as f64 / 1e6
     );
     println!("{:<22} {}, depth {}", "parameters", report.parameters, report.depth);
+    for (h, n) in &report.holders_left_out {
+        println!(
+            "{:<22} holder {h} left out of {n} of {} replies (failed or missed the deadline)",
+            "ensemble", report.n
+        );
+    }
     if let Some(path) = json {
         std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
@@ -392,17 +459,18 @@ pub(crate) fn client_cmd(a: ClientArgs) -> Result<()> {
 }
 
 /// The requests on one stream, or the one request alone.
+/// Each reply comes with the holders an ensemble coordinator left out of it.
 async fn send(
     remote: &mut RemoteModelHolder,
     requests: Vec<Vec<u8>>,
     stream: bool,
-) -> Result<Vec<Vec<u8>>, tonic::Status> {
+) -> Result<Vec<(Vec<u8>, Vec<usize>)>, tonic::Status> {
     if stream {
-        remote.evaluate_stream(requests).await
+        Ok(remote.evaluate_stream(requests).await?.into_iter().map(|r| (r, Vec::new())).collect())
     } else {
         let mut replies = Vec::with_capacity(requests.len());
         for r in requests {
-            replies.push(remote.evaluate(r).await?);
+            replies.push(remote.evaluate_reporting(r).await?);
         }
         Ok(replies)
     }

@@ -22,6 +22,9 @@ pub mod proto {
     tonic::include_proto!("blindfold.v1");
 }
 
+mod coordinator;
+pub use coordinator::{serve_coordinator, CoordinatorService, MISSING_METADATA};
+
 use proto::model_holder_client::ModelHolderClient;
 use proto::model_holder_server::{ModelHolder as ModelHolderRpc, ModelHolderServer};
 use proto::{EvaluateReply, EvaluateRequest, InfoReply, InfoRequest, KeysChunk, UploadKeysReply};
@@ -410,15 +413,7 @@ pub async fn serve(
     let server = ModelHolderServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ModelHolderServer<ModelHolderService>>().await;
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(t) = opts.tls {
-        let mut config = tonic::transport::ServerTlsConfig::new()
-            .identity(tonic::transport::Identity::from_pem(t.cert_pem, t.key_pem));
-        if let Some(ca) = t.client_ca_pem {
-            config = config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
-        }
-        builder = builder.tls_config(config)?;
-    }
+    let builder = server_builder(opts.tls)?;
     // Windows large enough for a whole request in flight (the 64 KiB default takes a dozen
     // round trips per image), and no Nagle delay on small replies.
     let metrics = axum::routing::get(move || {
@@ -438,6 +433,20 @@ pub async fn serve(
         .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)))
         .await?;
     Ok(())
+}
+
+/// A server builder with TLS when given (the client CA too, for mutual TLS).
+fn server_builder(tls: Option<ServerTls>) -> Result<tonic::transport::Server, tonic::transport::Error> {
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(t) = tls {
+        let mut config = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(t.cert_pem, t.key_pem));
+        if let Some(ca) = t.client_ca_pem {
+            config = config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+        }
+        builder = builder.tls_config(config)?;
+    }
+    Ok(builder)
 }
 
 /// Uploaded evaluation keys on disk, one file per key id (`<id in hex>.keys`, the
@@ -485,7 +494,8 @@ impl KeyStore {
     }
 }
 
-/// A client of a remote model holder.
+/// A client of a remote model holder (cheap to clone: clones share one connection).
+#[derive(Clone)]
 pub struct RemoteModelHolder {
     inner: ModelHolderClient<tonic::transport::Channel>,
 }
@@ -569,6 +579,24 @@ impl RemoteModelHolder {
     /// # Errors
     /// The server's status (`NOT_FOUND` when it does not hold the keys: upload them again).
     pub async fn evaluate(&mut self, request: Vec<u8>) -> Result<Vec<u8>, Status> {
-        Ok(self.inner.evaluate(EvaluateRequest { request }).await?.into_inner().reply)
+        Ok(self.evaluate_reporting(request).await?.0)
+    }
+
+    /// [`RemoteModelHolder::evaluate`], with the holders an ensemble coordinator left out of
+    /// the reply ([`MISSING_METADATA`]; empty from a single model holder).
+    ///
+    /// # Errors
+    /// As [`RemoteModelHolder::evaluate`]; `INVALID_ARGUMENT` for metadata that does not parse.
+    pub async fn evaluate_reporting(&mut self, request: Vec<u8>) -> Result<(Vec<u8>, Vec<usize>), Status> {
+        let response = self.inner.evaluate(EvaluateRequest { request }).await?;
+        let missing = match response.metadata().get(MISSING_METADATA) {
+            None => Vec::new(),
+            Some(v) => v
+                .to_str()
+                .ok()
+                .and_then(|v| v.split(',').map(|h| h.trim().parse().ok()).collect::<Option<Vec<usize>>>())
+                .ok_or_else(|| Status::invalid_argument("the coordinator's list of missing holders does not parse"))?,
+        };
+        Ok((response.into_inner().reply, missing))
     }
 }
