@@ -977,17 +977,7 @@ impl Builder {
                     }
                     _ => return Err(at.err("dividing by a value computed from the input is not polynomial".into())),
                 };
-                let s = s.clone().then_affine(&scale, &shift);
-                // A scale or shift straight after a linear layer belongs to it (a bias, a
-                // folded normalization): fold it now, while that layer is the last.
-                if s.affine.is_some() && trim(&s.poly) == [0.0, 1.0] {
-                    self.check_current(&s, at)?;
-                    if let Some(aff) = self.fold_back(s.affine.clone().expect("some"), at)? {
-                        return Ok(Value::Stream(Stream { affine: Some(aff), ..s }));
-                    }
-                    return Ok(Value::Stream(Stream::identity(self.generation, s.dims)));
-                }
-                Ok(Value::Stream(s))
+                self.then_affine(s.clone(), &scale, &shift, at).map(Value::Stream)
             }
             (Value::Const(_), Value::Const(_)) => unreachable!("constant nodes are folded"),
         }
@@ -1160,15 +1150,19 @@ impl Builder {
             return Err(at.err("a variance plus epsilon is not positive".into()));
         }
         let shift: Vec<f64> = (0..n).map(|c| p[1][c] - p[2][c] * scale[c]).collect();
-        let s = s.then_affine(&scale, &shift);
-        if s.affine.is_some() && trim(&s.poly) == [0.0, 1.0] {
-            self.check_current(&s, at)?;
-            if let Some(aff) = self.fold_back(s.affine.clone().expect("some"), at)? {
-                return Ok(Stream { affine: Some(aff), ..s });
-            }
-            return Ok(Stream::identity(self.generation, s.dims));
-        }
-        Ok(s)
+        self.then_affine(s, &scale, &shift, at)
+    }
+
+    /// `s` followed by a per-channel scale and shift. Straight after a linear layer they
+    /// belong to it (a bias, a folded normalization): folded now, while that layer is the last.
+    fn then_affine(&mut self, s: Stream, scale: &[f64], shift: &[f64], at: &At) -> Result<Stream, ImportError> {
+        let s = s.then_affine(scale, shift);
+        let Some(aff) = s.affine.clone().filter(|_| trim(&s.poly) == [0.0, 1.0]) else { return Ok(s) };
+        self.check_current(&s, at)?;
+        Ok(match self.fold_back(aff, at)? {
+            Some(aff) => Stream { affine: Some(aff), ..s },
+            None => Stream::identity(self.generation, s.dims),
+        })
     }
 
     /// `[C, H, W]` to `[C·H·W]`: the activation is emitted first (as in blindfold's own
