@@ -28,6 +28,16 @@ fn lock<T>(m: &Mutex<T>) -> PyResult<MutexGuard<'_, T>> {
     m.lock().map_err(|_| PyRuntimeError::new_err("an earlier call failed while holding this object"))
 }
 
+/// The shape of one sample of a model whose input is `s`: `[C, H, W]`, or `[F]` for a flat
+/// input.
+fn sample_dims(s: blindfold_nn::Shape) -> Vec<usize> {
+    if s.h == 1 && s.w == 1 {
+        vec![s.c]
+    } else {
+        vec![s.c, s.h, s.w]
+    }
+}
+
 /// The samples of `x` as rows of `features` values: `x` is one sample (the input's shape)
 /// or a batch (one more leading dimension).
 fn rows(x: &PyArrayLikeDyn<'_, f32, AllowTypeChange>, input: &[usize]) -> PyResult<Array2<f32>> {
@@ -110,12 +120,7 @@ fn compile(
 
 impl Model {
     fn input_dims(&self) -> Vec<usize> {
-        let s = self.compiled.info().arch.input;
-        if s.h == 1 && s.w == 1 {
-            vec![s.c]
-        } else {
-            vec![s.c, s.h, s.w]
-        }
+        sample_dims(self.compiled.info().arch.input)
     }
 
     fn classes(&self) -> usize {
@@ -260,9 +265,7 @@ struct Client {
 impl Client {
     fn new(info: &PlanInfo) -> PyResult<Self> {
         let (client, keys) = ProtocolClient::new(info).map_err(value_error)?;
-        let s = info.arch.input;
-        let input = if s.h == 1 && s.w == 1 { vec![s.c] } else { vec![s.c, s.h, s.w] };
-        Ok(Self { inner: Mutex::new(client), keys: keys.to_bytes(), input })
+        Ok(Self { inner: Mutex::new(client), keys: keys.to_bytes(), input: sample_dims(info.arch.input) })
     }
 }
 

@@ -8,8 +8,8 @@
 
 use crate::proto::model_holder_server::{ModelHolder as ModelHolderRpc, ModelHolderServer};
 use crate::proto::{EvaluateReply, EvaluateRequest, InfoReply, InfoRequest, KeysChunk, UploadKeysReply};
-use crate::{status, ClientTls, RemoteModelHolder, ReplyStream, KEY_CHUNK, WINDOW};
-use blindfold_protocol::{Aggregation, Coordinator, KeyId, Message, PlanInfo};
+use crate::{check_request_len, receive_keys, status, ClientTls, RemoteModelHolder, ReplyStream, KEY_CHUNK, WINDOW};
+use blindfold_protocol::{Aggregation, Coordinator, Message, PlanInfo};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::{Request, Response, Status, Streaming};
@@ -69,18 +69,7 @@ impl ModelHolderRpc for CoordinatorService {
     }
 
     async fn upload_keys(&self, request: Request<Streaming<KeysChunk>>) -> Result<Response<UploadKeysReply>, Status> {
-        let mut stream = request.into_inner();
-        let max = self.0.info.max_keys_bytes as usize;
-        let mut bytes = Vec::new();
-        while let Some(chunk) = stream.message().await? {
-            if bytes.len() + chunk.data.len() > max {
-                return Err(Status::resource_exhausted(format!("evaluation keys of more than {max} bytes")));
-            }
-            bytes.extend_from_slice(&chunk.data);
-        }
-        let msg = Message::from_bytes_limited(&bytes, max).map_err(status)?;
-        let id =
-            KeyId::of(&msg).ok_or_else(|| Status::invalid_argument("UploadKeys takes an EvaluationKeys message"))?;
+        let (bytes, _, id) = receive_keys(request.into_inner(), self.0.info.max_keys_bytes as usize).await?;
         // Every holder gets the keys; one that refuses them refuses the upload.
         let bytes = Arc::new(bytes);
         let uploads = self.0.holders.iter().map(|h| {
@@ -103,13 +92,7 @@ impl ModelHolderRpc for CoordinatorService {
 
     async fn evaluate(&self, request: Request<EvaluateRequest>) -> Result<Response<EvaluateReply>, Status> {
         let request = request.into_inner().request;
-        if request.len() as u64 > self.0.info.max_request_bytes {
-            return Err(Status::resource_exhausted(format!(
-                "a request of {} bytes, more than the {} this plan takes",
-                request.len(),
-                self.0.info.max_request_bytes
-            )));
-        }
+        check_request_len(request.len(), self.0.info.max_request_bytes as usize)?;
         let request = Arc::new(request);
         let deadline = self.0.deadline;
         let calls = self.0.holders.iter().map(|h| {

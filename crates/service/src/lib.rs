@@ -49,6 +49,33 @@ fn status(e: ProtocolError) -> Status {
     }
 }
 
+/// A streamed key upload: its bytes (refused past `max`, `RESOURCE_EXHAUSTED`), the
+/// EvaluationKeys message they must decode to, and its key id.
+async fn receive_keys(mut stream: Streaming<KeysChunk>, max: usize) -> Result<(Vec<u8>, Message, KeyId), Status> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.message().await? {
+        if bytes.len() + chunk.data.len() > max {
+            return Err(Status::resource_exhausted(format!(
+                "evaluation keys of more than {max} bytes, the most this plan takes"
+            )));
+        }
+        bytes.extend_from_slice(&chunk.data);
+    }
+    let msg = Message::from_bytes_limited(&bytes, max).map_err(status)?;
+    let id = KeyId::of(&msg).ok_or_else(|| Status::invalid_argument("UploadKeys takes an EvaluationKeys message"))?;
+    Ok((bytes, msg, id))
+}
+
+/// `RESOURCE_EXHAUSTED` for a request of more than `max` bytes.
+fn check_request_len(len: usize, max: usize) -> Result<(), Status> {
+    if len > max {
+        return Err(Status::resource_exhausted(format!(
+            "a request of {len} bytes, more than the {max} this plan takes"
+        )));
+    }
+    Ok(())
+}
+
 /// Sessions by key id, with a use counter for least-recently-used eviction.
 struct Sessions {
     map: HashMap<KeyId, (Arc<Mutex<ModelHolder>>, u64)>,
@@ -255,20 +282,8 @@ pub type ReplyStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<
 impl State {
     /// Receives a client's evaluation keys and opens its session (a no-op for keys held).
     #[tracing::instrument(name = "UploadKeys", skip_all, fields(key_id, bytes, already_present))]
-    async fn upload_keys(&self, mut stream: Streaming<KeysChunk>) -> Result<UploadKeysReply, Status> {
-        let max_keys = self.model.max_keys_len();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = stream.message().await? {
-            if bytes.len() + chunk.data.len() > max_keys {
-                return Err(Status::resource_exhausted(format!(
-                    "evaluation keys of more than {max_keys} bytes, the most this plan takes"
-                )));
-            }
-            bytes.extend_from_slice(&chunk.data);
-        }
-        let msg = Message::from_bytes_limited(&bytes, max_keys).map_err(status)?;
-        let id =
-            KeyId::of(&msg).ok_or_else(|| Status::invalid_argument("UploadKeys takes an EvaluationKeys message"))?;
+    async fn upload_keys(&self, stream: Streaming<KeysChunk>) -> Result<UploadKeysReply, Status> {
+        let (bytes, msg, id) = receive_keys(stream, self.model.max_keys_len()).await?;
         let span = tracing::Span::current();
         span.record("key_id", tracing::field::display(id)).record("bytes", bytes.len());
         let held = self.sessions().get(&id).is_some();
@@ -292,13 +307,7 @@ impl State {
     /// One EncryptedImage message's bytes to its EncryptedScores message's bytes.
     #[tracing::instrument(name = "Evaluate", skip_all, fields(key_id, bytes = bytes.len()))]
     async fn evaluate_bytes(&self, bytes: Vec<u8>) -> Result<Vec<u8>, Status> {
-        if bytes.len() > self.model.max_image_len() {
-            return Err(Status::resource_exhausted(format!(
-                "a request of {} bytes, more than the {} this plan takes",
-                bytes.len(),
-                self.model.max_image_len()
-            )));
-        }
+        check_request_len(bytes.len(), self.model.max_image_len())?;
         let msg = Message::from_bytes_limited(&bytes, self.model.max_image_len()).map_err(status)?;
         let Message::EncryptedImage { key_id, .. } = &msg else {
             return Err(Status::invalid_argument("Evaluate takes an EncryptedImage message"));
