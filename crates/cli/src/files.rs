@@ -75,6 +75,11 @@ pub(crate) fn keygen_cmd(model: &str, import: &ImportArgs, out_dir: &Path) -> Re
 }
 
 fn load_client(keys: &Path) -> Result<Client> {
+    Ok(load_client_and_plan(keys)?.0)
+}
+
+/// The client whose keys `keygen` wrote to `keys`, and the plan they were made for.
+pub(crate) fn load_client_and_plan(keys: &Path) -> Result<(Client, PlanInfo)> {
     let plan_path = keys.join("plan.json");
     let info: PlanInfo = serde_json::from_slice(&read_file(&plan_path, MAX_SMALL_FILE)?)
         .with_context(|| format!("{} is not a plan file", plan_path.display()))?;
@@ -87,7 +92,7 @@ fn load_client(keys: &Path) -> Result<Client> {
     let id_path = keys.join("key.id");
     let id = String::from_utf8_lossy(&read_file(&id_path, MAX_SMALL_FILE)?).into_owned();
     client.set_key_id(KeyId::from_hex(&id).with_context(|| format!("reading {}", id_path.display()))?);
-    Ok(client)
+    Ok((client, info))
 }
 
 pub(crate) fn encrypt_cmd(keys: &Path, data: &DataArgs, index: usize, out: &Path) -> Result<()> {

@@ -11,8 +11,8 @@ use blindfold_data::Split;
 use blindfold_nn::argmax;
 use blindfold_protocol::{Client, CompiledModel, Message};
 use blindfold_service::{
-    serve, serve_coordinator, ClientTls, CoordinatorService, RemoteModelHolder, ServeOptions, ServerTls,
-    DEFAULT_MAX_SESSIONS, DEFAULT_MAX_STORED,
+    serve, serve_coordinator, ClientTls, CoordinatorService, InfoReply, NatsModelHolder, NatsOptions,
+    RemoteModelHolder, ServeOptions, ServerTls, DEFAULT_MAX_SESSIONS, DEFAULT_MAX_STORED, DEFAULT_PREFIX,
 };
 use clap::{Args, Subcommand};
 use serde::Serialize;
@@ -39,13 +39,34 @@ pub(crate) struct ServeArgs {
     /// need not upload again).
     #[arg(long)]
     key_store: Option<PathBuf>,
-    /// Key sets kept in --key-store, the oldest dropped first.
+    /// Key sets kept in --key-store (or the NATS key store), the oldest dropped first.
     #[arg(long, default_value_t = DEFAULT_MAX_STORED)]
     max_stored: usize,
+    /// Also serve as one of several replicas through NATS JetStream at this address (e.g.
+    /// nats://127.0.0.1:4222): keys in the engine's object store, shared by every replica
+    /// (replaces --key-store), and encrypted images taken from its work queue, each
+    /// acknowledged only once its reply is stored. The NATS server needs JetStream and a
+    /// max_payload above the plan's request size (scripts/nats.sh starts one).
+    #[arg(long, conflicts_with = "key_store")]
+    nats: Option<String>,
+    #[command(flatten)]
+    nats_opts: NatsArgs,
+    /// With --nats: how long this replica may hold an image unacknowledged before NATS gives
+    /// it to another replica (when this one dies), in milliseconds.
+    #[arg(long, default_value_t = 30_000, requires = "nats")]
+    ack_wait_ms: u64,
     #[command(flatten)]
     tls: ServerTlsArgs,
     #[command(flatten)]
     chain: ChainArgs,
+}
+
+/// Where on NATS (server and client side).
+#[derive(Args)]
+struct NatsArgs {
+    /// With --nats: prefix of the NATS subjects, streams and key bucket, one per model.
+    #[arg(long, default_value = DEFAULT_PREFIX)]
+    nats_prefix: String,
 }
 
 /// How a server (model holder or coordinator) serves: TLS, or plaintext when asked for.
@@ -173,21 +194,38 @@ pub(crate) fn serve_cmd(a: ServeArgs) -> Result<()> {
         println!("listening on {}", listener.local_addr()?);
         std::io::stdout().flush()?;
         eprintln!("clients connect with --server {scheme}://{}", listener.local_addr()?);
+        let nats = a.nats.as_ref().map(|url| NatsOptions {
+            prefix: a.nats_opts.nats_prefix.clone(),
+            ack_wait: std::time::Duration::from_millis(a.ack_wait_ms),
+            concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ..NatsOptions::new(url)
+        });
+        if let Some(url) = &a.nats {
+            eprintln!("taking work from NATS at {url} (prefix {})", a.nats_opts.nats_prefix);
+        }
         let opts = ServeOptions {
             max_sessions: a.max_sessions,
             tls,
             key_store: a.key_store.clone(),
             max_stored: a.max_stored,
+            nats,
         };
         serve(compiled, listener, opts).await.map_err(|e| anyhow::anyhow!("serving: {e}"))
     })
 }
 
 #[derive(Args)]
+#[command(group = clap::ArgGroup::new("to").required(true).args(["server", "nats"]))]
 pub(crate) struct ClientArgs {
     /// The model holder's address, e.g. http://127.0.0.1:50051 (https://… with --ca).
     #[arg(long)]
-    server: String,
+    server: Option<String>,
+    /// Go through NATS JetStream instead, to replicas started with `serve --nats` (e.g.
+    /// nats://127.0.0.1:4222).
+    #[arg(long)]
+    nats: Option<String>,
+    #[command(flatten)]
+    nats_opts: NatsArgs,
     /// Verify the server's TLS certificate against this CA (PEM); the address is then https.
     #[arg(long)]
     ca: Option<PathBuf>,
@@ -253,9 +291,35 @@ struct LoadArgs {
     /// The server's process id (same machine): its resident memory is read from /proc.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// The served model's file (blindfold's or ONNX), here to check every reply against: its
+    /// class must be the plaintext model's for the image.
+    #[arg(long)]
+    check_model: Option<PathBuf>,
     /// Write a machine-readable report here.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+/// What one load client saw.
+#[derive(Default)]
+struct Tally {
+    latencies: Vec<f64>,
+    errors: usize,
+    inconsistent: usize,
+    correct: usize,
+    disagree: usize,
+    duplicates: usize,
+}
+
+impl Tally {
+    fn add(&mut self, o: Tally) {
+        self.latencies.extend(o.latencies);
+        self.errors += o.errors;
+        self.inconsistent += o.inconsistent;
+        self.correct += o.correct;
+        self.disagree += o.disagree;
+        self.duplicates += o.duplicates;
+    }
 }
 
 #[derive(Serialize)]
@@ -266,6 +330,10 @@ struct LoadReport {
     errors: usize,
     /// Replies that decrypted to another class than the first reply to the same request.
     inconsistent: usize,
+    /// With --check-model: replies whose class is not the plaintext model's for the image.
+    disagree_with_plaintext: Option<usize>,
+    /// Second replies to a request already answered (through NATS; 0 over gRPC).
+    duplicate_replies: usize,
     encrypted_accuracy: f64,
     images_per_second: f64,
     latency_ms: LoadLatency,
@@ -292,9 +360,13 @@ struct RemoteInferArgs {
     #[arg(long)]
     json: Option<PathBuf>,
     /// Send the images on one stream, 64 at a time (encrypted first, decrypted after): the
-    /// server's throughput rather than one image's latency.
+    /// server's throughput rather than one image's latency. Through NATS: 64 in flight.
     #[arg(long)]
     stream: bool,
+    /// Use the keys `blindfold keygen` wrote to this directory instead of making new ones (a
+    /// client that comes back: the server may hold its keys already).
+    #[arg(long)]
+    keys: Option<PathBuf>,
 }
 
 /// Images per stream in `client infer --stream`.
@@ -313,6 +385,10 @@ struct RemoteReport {
     encrypt_ms_p50: f64,
     decrypt_ms_p50: f64,
     key_upload_ms: f64,
+    /// Whether the server (or the NATS key store) held this client's keys before the upload.
+    keys_already_held: bool,
+    /// Through NATS: second replies to a request already answered (0: each answered once).
+    duplicate_replies: usize,
     /// Images classified per second of waiting for the server (requests sent to replies
     /// received), client work excluded.
     images_per_second: f64,
@@ -327,6 +403,106 @@ struct RemoteBytes {
     eval_keys: usize,
     request: usize,
     reply: usize,
+}
+
+/// Where a client sends its work: one model holder over gRPC, or replicas through NATS.
+#[derive(Clone)]
+enum Target {
+    Grpc { url: String, tls: Option<ClientTls> },
+    Nats { url: String, prefix: String },
+}
+
+impl Target {
+    fn of(a: &ClientArgs) -> Result<Self> {
+        Ok(match (&a.server, &a.nats) {
+            (Some(url), _) => Self::Grpc { url: url.clone(), tls: client_tls(a)? },
+            (None, Some(url)) => Self::Nats { url: url.clone(), prefix: a.nats_opts.nats_prefix.clone() },
+            (None, None) => bail!("give --server or --nats"),
+        })
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Self::Grpc { url, .. } => url.clone(),
+            Self::Nats { url, prefix } => format!("{url} (NATS, prefix {prefix})"),
+        }
+    }
+
+    async fn connect(&self) -> Result<Remote, tonic::Status> {
+        Ok(match self {
+            Self::Grpc { url, tls } => Remote::Grpc(RemoteModelHolder::connect(url.clone(), tls.clone()).await?),
+            Self::Nats { url, prefix } => Remote::Nats(Box::new(NatsModelHolder::connect(url, prefix).await?)),
+        })
+    }
+}
+
+/// A connection to a [`Target`].
+enum Remote {
+    Grpc(RemoteModelHolder),
+    Nats(Box<NatsModelHolder>),
+}
+
+impl Remote {
+    async fn info(&mut self) -> Result<(blindfold_protocol::PlanInfo, InfoReply), tonic::Status> {
+        match self {
+            Self::Grpc(r) => r.info().await,
+            Self::Nats(r) => r.info().await,
+        }
+    }
+
+    async fn upload_keys(&mut self, keys: &[u8]) -> Result<bool, tonic::Status> {
+        match self {
+            Self::Grpc(r) => r.upload_keys(keys).await,
+            Self::Nats(r) => r.upload_keys(keys).await,
+        }
+    }
+
+    async fn evaluate(&mut self, request: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
+        match self {
+            Self::Grpc(r) => r.evaluate(request).await,
+            Self::Nats(r) => r.evaluate(request).await,
+        }
+    }
+
+    /// The requests on one stream (several in flight through NATS), or one at a time, each
+    /// reply with the holders an ensemble coordinator left out of it.
+    async fn send(
+        &mut self,
+        requests: Vec<Vec<u8>>,
+        stream: bool,
+    ) -> Result<Vec<(Vec<u8>, Vec<usize>)>, tonic::Status> {
+        let in_flight = if stream { STREAM_BATCH } else { 1 };
+        match self {
+            Self::Grpc(r) if stream => {
+                Ok(r.evaluate_stream(requests).await?.into_iter().map(|r| (r, Vec::new())).collect())
+            }
+            Self::Grpc(r) => {
+                let mut replies = Vec::with_capacity(requests.len());
+                for request in requests {
+                    replies.push(r.evaluate_reporting(request).await?);
+                }
+                Ok(replies)
+            }
+            Self::Nats(r) => r
+                .evaluate_many(requests, in_flight)
+                .await?
+                .into_iter()
+                .map(|(reply, _)| Ok((reply?, Vec::new())))
+                .collect(),
+        }
+    }
+
+    /// Second replies to a request already answered (through NATS; 0 over gRPC), after
+    /// waiting `wait` for stragglers.
+    async fn duplicates(&mut self, wait: std::time::Duration) -> usize {
+        match self {
+            Self::Grpc(_) => 0,
+            Self::Nats(r) => {
+                r.drain(wait).await;
+                r.duplicates()
+            }
+        }
+    }
 }
 
 fn client_tls(a: &ClientArgs) -> Result<Option<ClientTls>> {
@@ -353,15 +529,26 @@ pub(crate) fn client_cmd(a: ClientArgs) -> Result<()> {
     if test.is_empty() {
         bail!("--n-test 0: nothing to classify");
     }
-    let (server, json) = (a.server.clone(), args.json.clone());
-    let tls = client_tls(&a)?;
+    let (target, json) = (Target::of(&a)?, args.json.clone());
     let report = runtime()?.block_on(async move {
-        let mut remote = RemoteModelHolder::connect(server.clone(), tls).await?;
-        let (plan, _) = remote.info().await?;
-        let (mut client, keys) = Client::new(&plan).context("the server's plan")?;
-        let keys = keys.to_bytes();
+        let mut remote = target.connect().await?;
+        let (plan, limits) = remote.info().await?;
+        let (mut client, keys) = match &args.keys {
+            Some(dir) => {
+                let (client, made_for) = crate::files::load_client_and_plan(dir)?;
+                if made_for != plan {
+                    bail!("the keys in {} were made for another plan than the server's", dir.display());
+                }
+                let keys = crate::files::read_file(&dir.join("eval.keys"), limits.max_keys_bytes)?;
+                (client, keys)
+            }
+            None => {
+                let (client, keys) = Client::new(&plan).context("the server's plan")?;
+                (client, keys.to_bytes())
+            }
+        };
         let t = Instant::now();
-        remote.upload_keys(&keys).await?;
+        let keys_already_held = remote.upload_keys(&keys).await?;
         let key_upload_ms = t.elapsed().as_secs_f64() * 1e3;
         let pb = bar(test.len() as u64, "remote");
         let (mut correct, mut rtt, mut enc, mut dec, mut sizes) = (0, Vec::new(), Vec::new(), Vec::new(), (0, 0));
@@ -378,12 +565,12 @@ pub(crate) fn client_cmd(a: ClientArgs) -> Result<()> {
             let requests = encrypt()?;
             let request_len = requests[0].len();
             let t1 = Instant::now();
-            let replies = match send(&mut remote, requests, args.stream).await {
+            let replies = match remote.send(requests, args.stream).await {
                 // The server dropped this client's keys (a restart, or more clients than it
                 // keeps): upload them again and send the images again, once.
                 Err(s) if s.code() == tonic::Code::NotFound => {
                     remote.upload_keys(&keys).await?;
-                    send(&mut remote, encrypt()?, args.stream).await?
+                    remote.send(encrypt()?, args.stream).await?
                 }
                 r => r?,
             };
@@ -406,8 +593,9 @@ pub(crate) fn client_cmd(a: ClientArgs) -> Result<()> {
             pb.inc(idx.len() as u64);
         }
         pb.finish_and_clear();
+        let duplicate_replies = remote.duplicates(std::time::Duration::ZERO).await;
         anyhow::Ok(RemoteReport {
-            server: server.clone(),
+            server: target.name(),
             dataset: args.data.dataset.to_string(),
             n: test.len(),
             encrypted_accuracy: correct as f64 / test.len() as f64,
@@ -417,6 +605,8 @@ pub(crate) fn client_cmd(a: ClientArgs) -> Result<()> {
             encrypt_ms_p50: percentile(&mut enc, 0.5),
             decrypt_ms_p50: percentile(&mut dec, 0.5),
             key_upload_ms,
+            keys_already_held,
+            duplicate_replies,
             images_per_second: test.len() as f64 / waited.max(1e-9),
             streamed: args.stream,
             holders_left_out: left_out,
@@ -444,6 +634,12 @@ pub(crate) fn client_cmd(a: ClientArgs) -> Result<()> {
         report.bytes.reply as f64 / 1e6
     );
     println!("{:<22} {}, depth {}", "parameters", report.parameters, report.depth);
+    if report.keys_already_held {
+        println!("{:<22} the server held this client's keys already: not uploaded again", "keys");
+    }
+    if report.duplicate_replies > 0 {
+        println!("{:<22} {} second replies to requests already answered", "duplicates", report.duplicate_replies);
+    }
     for (h, n) in &report.holders_left_out {
         println!(
             "{:<22} holder {h} left out of {n} of {} replies (failed or missed the deadline)",
@@ -456,24 +652,6 @@ pub(crate) fn client_cmd(a: ClientArgs) -> Result<()> {
         eprintln!("wrote {}", path.display());
     }
     Ok(())
-}
-
-/// The requests on one stream, or the one request alone.
-/// Each reply comes with the holders an ensemble coordinator left out of it.
-async fn send(
-    remote: &mut RemoteModelHolder,
-    requests: Vec<Vec<u8>>,
-    stream: bool,
-) -> Result<Vec<(Vec<u8>, Vec<usize>)>, tonic::Status> {
-    if stream {
-        Ok(remote.evaluate_stream(requests).await?.into_iter().map(|r| (r, Vec::new())).collect())
-    } else {
-        let mut replies = Vec::with_capacity(requests.len());
-        for r in requests {
-            replies.push(remote.evaluate_reporting(r).await?);
-        }
-        Ok(replies)
-    }
 }
 
 /// The resident memory of process `pid`, in MB (Linux).
@@ -489,10 +667,20 @@ fn load_cmd(a: &ClientArgs, args: &LoadArgs) -> Result<()> {
         bail!("--clients, --images and --distinct must be at least 1");
     }
     let test = args.data.load(Split::Test)?;
-    let tls = client_tls(a)?;
-    let server = a.server.clone();
+    let target = Target::of(a)?;
+    // The plaintext model's class for each image the clients send.
+    let plain: Option<Vec<usize>> = match &args.check_model {
+        Some(path) => {
+            let mut model = load_model(path, &Default::default(), None)?.model;
+            let n = (args.clients * args.distinct).min(test.len());
+            let images: Vec<&[u8]> = (0..n).map(|i| test.images.image(i)).collect();
+            let logits = model.logits(&images).with_context(|| format!("running {} in plaintext", path.display()))?;
+            Some(logits.rows().into_iter().map(|r| argmax(r.as_slice().expect("row-major"))).collect())
+        }
+        None => None,
+    };
     let report = runtime()?.block_on(async {
-        let (plan, _) = RemoteModelHolder::connect(server.clone(), tls.clone()).await?.info().await?;
+        let (plan, _) = target.connect().await?.info().await?;
         // Keys and requests first, off the clock.
         let pb = bar(args.clients as u64, "keys and requests");
         let mut prepared = Vec::with_capacity(args.clients);
@@ -501,7 +689,8 @@ fn load_cmd(a: &ClientArgs, args: &LoadArgs) -> Result<()> {
             let requests = (0..args.distinct)
                 .map(|j| {
                     let i = (c * args.distinct + j) % test.len();
-                    Ok((test.labels[i] as usize, client.encrypt_pixels(test.images.image(i))?.to_bytes()))
+                    let expected = plain.as_ref().map(|p| p[i]);
+                    Ok((test.labels[i] as usize, expected, client.encrypt_pixels(test.images.image(i))?.to_bytes()))
                 })
                 .collect::<Result<Vec<_>>>()?;
             prepared.push((client, keys.to_bytes(), requests));
@@ -514,18 +703,18 @@ fn load_cmd(a: &ClientArgs, args: &LoadArgs) -> Result<()> {
         let tasks: Vec<_> = prepared
             .into_iter()
             .map(|(client, keys, requests)| {
-                let (server, tls, done, first_rss) = (server.clone(), tls.clone(), done.clone(), first_rss.clone());
+                let (target, done, first_rss) = (target.clone(), done.clone(), first_rss.clone());
                 let (images, pid) = (args.images, args.server_pid);
                 tokio::spawn(async move {
-                    let mut remote = RemoteModelHolder::connect(server, tls).await?;
+                    let mut remote = target.connect().await?;
                     remote.upload_keys(&keys).await?;
-                    let (mut latencies, mut errors, mut inconsistent, mut correct) = (Vec::new(), 0, 0, 0);
+                    let mut tally = Tally::default();
                     let mut classes: Vec<Option<usize>> = vec![None; requests.len()];
                     for k in 0..images {
-                        let (label, request) = &requests[k % requests.len()];
+                        let (label, expected, request) = &requests[k % requests.len()];
                         let t = Instant::now();
                         let reply = remote.evaluate(request.clone()).await;
-                        latencies.push(t.elapsed().as_secs_f64() * 1e3);
+                        tally.latencies.push(t.elapsed().as_secs_f64() * 1e3);
                         if done.fetch_add(1, Ordering::SeqCst) + 1 == 1000 {
                             *first_rss.lock().expect("not poisoned") = pid.and_then(rss_mb);
                         }
@@ -534,35 +723,37 @@ fn load_cmd(a: &ClientArgs, args: &LoadArgs) -> Result<()> {
                             Some(argmax(&scores.iter().map(|&v| v as f32).collect::<Vec<_>>()))
                         });
                         let Some(class) = class else {
-                            errors += 1;
+                            tally.errors += 1;
                             continue;
                         };
                         let first = classes[k % requests.len()].get_or_insert(class);
-                        inconsistent += usize::from(*first != class);
-                        correct += usize::from(class == *label);
+                        tally.inconsistent += usize::from(*first != class);
+                        tally.correct += usize::from(class == *label);
+                        tally.disagree += usize::from(expected.is_some_and(|e| e != class));
                     }
-                    anyhow::Ok((latencies, errors, inconsistent, correct))
+                    // Any second reply to a request comes within the acknowledgement wait.
+                    tally.duplicates = remote.duplicates(std::time::Duration::from_secs(1)).await;
+                    anyhow::Ok(tally)
                 })
             })
             .collect();
-        let (mut latencies, mut errors, mut inconsistent, mut correct) = (Vec::new(), 0, 0, 0);
+        let mut all = Tally::default();
         for t in tasks {
-            let (l, e, i, c) = t.await??;
-            latencies.extend(l);
-            errors += e;
-            inconsistent += i;
-            correct += c;
+            all.add(t.await??);
         }
+        let Tally { mut latencies, errors, inconsistent, correct, disagree, duplicates } = all;
         let seconds = start.elapsed().as_secs_f64();
         let requests = latencies.len();
         let last_rss = args.server_pid.and_then(rss_mb);
         let first_rss = *first_rss.lock().expect("not poisoned");
         anyhow::Ok(LoadReport {
-            server: server.clone(),
+            server: target.name(),
             clients: args.clients,
             requests,
             errors,
             inconsistent,
+            disagree_with_plaintext: plain.is_some().then_some(disagree),
+            duplicate_replies: duplicates,
             encrypted_accuracy: correct as f64 / requests.max(1) as f64,
             images_per_second: requests as f64 / seconds,
             latency_ms: LoadLatency {
@@ -576,9 +767,12 @@ fn load_cmd(a: &ClientArgs, args: &LoadArgs) -> Result<()> {
     })?;
     println!("{:<22} {}", "server", report.server);
     println!(
-        "{:<22} {} clients, {} requests, {} errors, {} inconsistent replies",
-        "load", report.clients, report.requests, report.errors, report.inconsistent
+        "{:<22} {} clients, {} requests, {} errors, {} inconsistent replies, {} answered twice",
+        "load", report.clients, report.requests, report.errors, report.inconsistent, report.duplicate_replies
     );
+    if let Some(d) = report.disagree_with_plaintext {
+        println!("{:<22} {d} replies disagree with the plaintext model", "checked");
+    }
     println!("{:<22} {:.1} images/s sustained", "throughput", report.images_per_second);
     println!(
         "{:<22} p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (p99/p50 {:.2})",
@@ -598,8 +792,15 @@ fn load_cmd(a: &ClientArgs, args: &LoadArgs) -> Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
-    if report.errors > 0 || report.inconsistent > 0 {
-        bail!("{} errors and {} inconsistent replies under load", report.errors, report.inconsistent);
+    let disagree = report.disagree_with_plaintext.unwrap_or(0);
+    if report.errors + report.inconsistent + report.duplicate_replies + disagree > 0 {
+        bail!(
+            "under load: {} errors, {} inconsistent replies, {} answered twice, {disagree} disagreeing with the plaintext \
+             model",
+            report.errors,
+            report.inconsistent,
+            report.duplicate_replies
+        );
     }
     Ok(())
 }
@@ -610,9 +811,12 @@ fn abuse_cmd(a: &ClientArgs, args: &AbuseArgs) -> Result<()> {
     if test.is_empty() {
         bail!("the dataset has no test image");
     }
+    let Some(server) = &a.server else {
+        bail!("abuse tests one gRPC model holder: give --server");
+    };
     let tls = client_tls(a)?;
     runtime()?.block_on(async {
-        let mut remote = RemoteModelHolder::connect(a.server.clone(), tls).await?;
+        let mut remote = RemoteModelHolder::connect(server.clone(), tls).await?;
         let (plan, limits) = remote.info().await?;
         let (mut client, keys) = Client::new(&plan).context("the server's plan")?;
         let keys = keys.to_bytes();

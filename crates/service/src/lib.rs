@@ -24,10 +24,13 @@ pub mod proto {
 
 mod coordinator;
 pub use coordinator::{serve_coordinator, CoordinatorService, MISSING_METADATA};
+mod nats;
+pub use nats::{NatsModelHolder, NatsOptions, NatsReply, CLIENT_HEADER, DEFAULT_PREFIX, REQUEST_HEADER, STATUS_HEADER};
 
 use proto::model_holder_client::ModelHolderClient;
 use proto::model_holder_server::{ModelHolder as ModelHolderRpc, ModelHolderServer};
-use proto::{EvaluateReply, EvaluateRequest, InfoReply, InfoRequest, KeysChunk, UploadKeysReply};
+pub use proto::InfoReply;
+use proto::{EvaluateReply, EvaluateRequest, InfoRequest, KeysChunk, UploadKeysReply};
 
 /// Default number of client sessions (evaluation keys) a server keeps: beyond it the least
 /// recently used is dropped and its client told to upload again.
@@ -224,17 +227,48 @@ impl State {
     fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn info_reply(&self) -> InfoReply {
+        InfoReply {
+            plan_json: self.plan_json.clone(),
+            max_keys_bytes: self.model.max_keys_len() as u64,
+            max_request_bytes: self.model.max_image_len() as u64,
+            parameter_fingerprint: self.model.context().params().fingerprint().to_vec(),
+        }
+    }
+
+    /// A session for keys not in memory, from the key store if it holds them (e.g. after a
+    /// restart, or uploaded through another replica); `NOT_FOUND` otherwise.
+    async fn session_from_store(&self, key_id: &KeyId) -> Result<Arc<Mutex<ModelHolder>>, Status> {
+        let unknown = || Status::not_found(format!("unknown key id {key_id}: upload again"));
+        let limit = self.model.max_keys_len();
+        let bytes = match &self.store {
+            Some(store) => store.get(key_id, limit).await.ok_or_else(unknown)?,
+            None => return Err(unknown()),
+        };
+        let keys = Message::from_bytes_limited(&bytes, limit).map_err(status)?;
+        if KeyId::of(&keys) != Some(*key_id) {
+            return Err(Status::not_found(format!(
+                "the key store holds other keys under key id {key_id}: upload again"
+            )));
+        }
+        let session = self.open_session(keys).await?;
+        Ok(self.insert_session(*key_id, session))
+    }
+
+    /// Keeps a client's session (the least recently used dropped beyond the capacity).
+    fn insert_session(&self, id: KeyId, session: ModelHolder) -> Arc<Mutex<ModelHolder>> {
+        let mut sessions = self.sessions();
+        let session = sessions.insert(id, session);
+        self.metrics.sessions.set(sessions.map.len() as i64);
+        session
+    }
 }
 
 #[tonic::async_trait]
 impl ModelHolderRpc for ModelHolderService {
     async fn info(&self, _: Request<InfoRequest>) -> Result<Response<InfoReply>, Status> {
-        Ok(Response::new(InfoReply {
-            plan_json: self.0.plan_json.clone(),
-            max_keys_bytes: self.0.model.max_keys_len() as u64,
-            max_request_bytes: self.0.model.max_image_len() as u64,
-            parameter_fingerprint: self.0.model.context().params().fingerprint().to_vec(),
-        }))
+        Ok(Response::new(self.0.info_reply()))
     }
 
     async fn upload_keys(&self, request: Request<Streaming<KeysChunk>>) -> Result<Response<UploadKeysReply>, Status> {
@@ -293,12 +327,10 @@ impl State {
             return Ok(UploadKeysReply { key_id: id.0.to_vec(), already_present: true });
         }
         let session = self.open_session(msg).await?;
-        let mut sessions = self.sessions();
-        sessions.insert(id, session);
-        self.metrics.sessions.set(sessions.map.len() as i64);
-        drop(sessions);
+        self.insert_session(id, session);
         if let Some(store) = &self.store {
-            let stored = store.put(&id, &bytes).map_err(|e| Status::internal(format!("storing the keys: {e}")))?;
+            let stored =
+                store.put(&id, &bytes).await.map_err(|e| Status::internal(format!("storing the keys: {e}")))?;
             self.metrics.stored_keys.set(stored as i64);
         }
         Ok(UploadKeysReply { key_id: id.0.to_vec(), already_present: false })
@@ -317,19 +349,7 @@ impl State {
         let found = self.sessions().get(&key_id);
         let session = match found {
             Some(s) => s,
-            None => {
-                // Not in memory: from the key store, if it has them (e.g. after a restart).
-                let stored = self.store.as_ref().and_then(|st| st.get(&key_id, self.model.max_keys_len()));
-                let Some(bytes) = stored else {
-                    return Err(Status::not_found(format!("unknown key id {key_id}: upload again")));
-                };
-                let keys = Message::from_bytes_limited(&bytes, self.model.max_keys_len()).map_err(status)?;
-                if KeyId::of(&keys) != Some(key_id) {
-                    return Err(Status::not_found(format!("unknown key id {key_id}: upload again")));
-                }
-                let session = self.open_session(keys).await?;
-                self.sessions().insert(key_id, session)
-            }
+            None => self.session_from_store(&key_id).await?,
         };
         let (in_flight, started) = (self.metrics.in_flight.clone(), std::time::Instant::now());
         in_flight.inc();
@@ -384,9 +404,12 @@ pub struct ServeOptions {
     /// A directory where uploaded keys are kept by key id, so they survive a restart (the
     /// client need not upload again); `None`: memory only.
     pub key_store: Option<PathBuf>,
-    /// Key sets kept in the directory, the least recently stored dropped first
-    /// ([`DEFAULT_MAX_STORED`]).
+    /// Key sets kept in the directory (or the NATS key store), the least recently stored
+    /// dropped first ([`DEFAULT_MAX_STORED`]).
     pub max_stored: usize,
+    /// Also take work from NATS JetStream, as one of several replicas sharing the engine's
+    /// key store (which then replaces `key_store`); see [`NatsOptions`].
+    pub nats: Option<NatsOptions>,
 }
 
 /// Default number of key sets kept in a key store directory.
@@ -394,29 +417,46 @@ pub const DEFAULT_MAX_STORED: usize = 64;
 
 impl Default for ServeOptions {
     fn default() -> Self {
-        Self { max_sessions: DEFAULT_MAX_SESSIONS, tls: None, key_store: None, max_stored: DEFAULT_MAX_STORED }
+        Self {
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            tls: None,
+            key_store: None,
+            max_stored: DEFAULT_MAX_STORED,
+            nats: None,
+        }
     }
 }
 
 /// Serves `model` on `listener` until the process ends, with the standard gRPC health
-/// service beside it; over TLS (rustls) when `opts.tls` is given.
+/// service beside it; over TLS (rustls) when `opts.tls` is given; and, with `opts.nats`, as a
+/// replica taking work from NATS JetStream too.
 ///
 /// # Errors
 /// A transport error, certificates or keys that do not parse, a key store that cannot be
-/// created.
+/// created, a NATS server that cannot be reached or set up.
 pub async fn serve(
     model: Arc<CompiledModel>,
     listener: tokio::net::TcpListener,
     opts: ServeOptions,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let store = match opts.key_store {
-        Some(dir) => {
-            std::fs::create_dir_all(&dir).map_err(|e| format!("creating the key store {}: {e}", dir.display()))?;
-            Some(KeyStore { dir, capacity: opts.max_stored })
+    let mut replica = None;
+    let store = match (opts.key_store, &opts.nats) {
+        (_, Some(nats)) => {
+            let (js, store) =
+                nats::connect_replica(nats, opts.max_stored, model.max_keys_len(), model.max_image_len()).await?;
+            replica = Some((js, nats.clone()));
+            Some(KeyStore::Nats(Box::new(store)))
         }
-        None => None,
+        (Some(dir), None) => {
+            std::fs::create_dir_all(&dir).map_err(|e| format!("creating the key store {}: {e}", dir.display()))?;
+            Some(KeyStore::Dir(DirKeyStore { dir, capacity: opts.max_stored }))
+        }
+        (None, None) => None,
     };
     let state = Arc::new(State::new(model, opts.max_sessions, store));
+    if let Some((js, nats)) = replica {
+        tokio::spawn(nats::work(state.clone(), js, nats));
+    }
     let service = ModelHolderService(state.clone());
     let max = service.max_message_len();
     let server = ModelHolderServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max);
@@ -458,15 +498,41 @@ fn server_builder(tls: Option<ServerTls>) -> Result<tonic::transport::Server, to
     Ok(builder)
 }
 
+/// Where uploaded keys are kept beyond the sessions in memory.
+enum KeyStore {
+    /// A directory of this replica's.
+    Dir(DirKeyStore),
+    /// The engine's object store, shared by every replica.
+    Nats(Box<nats::ObjectKeyStore>),
+}
+
+impl KeyStore {
+    /// The stored bytes of `id`, if present and at most `limit` bytes.
+    async fn get(&self, id: &KeyId, limit: usize) -> Option<Vec<u8>> {
+        match self {
+            Self::Dir(d) => d.get(id, limit),
+            Self::Nats(n) => n.get(id, limit).await,
+        }
+    }
+
+    /// Stores `bytes` under `id`, dropping the oldest beyond the capacity; the key sets held.
+    async fn put(&self, id: &KeyId, bytes: &[u8]) -> Result<usize, String> {
+        match self {
+            Self::Dir(d) => d.put(id, bytes).map_err(|e| e.to_string()),
+            Self::Nats(n) => n.put(id, bytes).await,
+        }
+    }
+}
+
 /// Uploaded evaluation keys on disk, one file per key id (`<id in hex>.keys`, the
 /// EvaluationKeys message's bytes), the oldest dropped beyond `capacity`. Files are checked
 /// like any upload when they are loaded.
-struct KeyStore {
+struct DirKeyStore {
     dir: PathBuf,
     capacity: usize,
 }
 
-impl KeyStore {
+impl DirKeyStore {
     fn path(&self, id: &KeyId) -> PathBuf {
         self.dir.join(format!("{}.keys", id.to_hex()))
     }
@@ -501,6 +567,17 @@ impl KeyStore {
         }
         std::fs::read(path).ok()
     }
+}
+
+/// The plan in a server's [`InfoReply`], checked against the parameter fingerprint beside it.
+fn parse_plan(reply: &InfoReply) -> Result<PlanInfo, Status> {
+    let plan: PlanInfo = serde_json::from_str(&reply.plan_json)
+        .map_err(|e| Status::invalid_argument(format!("the server's plan does not parse: {e}")))?;
+    let params = plan.parameters().map_err(|e| Status::invalid_argument(format!("the server's plan: {e}")))?;
+    if params.fingerprint().as_slice() != reply.parameter_fingerprint.as_slice() {
+        return Err(Status::invalid_argument("the server's parameter fingerprint is not its plan's parameters'"));
+    }
+    Ok(plan)
 }
 
 /// A client of a remote model holder (cheap to clone: clones share one connection).
@@ -549,13 +626,7 @@ impl RemoteModelHolder {
     /// The server's status; `INVALID_ARGUMENT` for a plan that does not parse.
     pub async fn info(&mut self) -> Result<(PlanInfo, InfoReply), Status> {
         let reply = self.inner.info(InfoRequest {}).await?.into_inner();
-        let plan: PlanInfo = serde_json::from_str(&reply.plan_json)
-            .map_err(|e| Status::invalid_argument(format!("the server's plan does not parse: {e}")))?;
-        let params = plan.parameters().map_err(|e| Status::invalid_argument(format!("the server's plan: {e}")))?;
-        if params.fingerprint().as_slice() != reply.parameter_fingerprint.as_slice() {
-            return Err(Status::invalid_argument("the server's parameter fingerprint is not its plan's parameters'"));
-        }
-        Ok((plan, reply))
+        Ok((parse_plan(&reply)?, reply))
     }
 
     /// Streams the client's evaluation keys (an [`Message::EvaluationKeys`] message's bytes);
