@@ -13,7 +13,7 @@ use blindfold_protocol::{Aggregation, Calibration, Client, CompiledModel, Coordi
 use clap::Args;
 use rayon::prelude::*;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -65,6 +65,15 @@ pub(crate) struct EnsembleArgs {
     /// Write a machine-readable report here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write every image's classes here (CSV: split, image, label, then the encrypted and the
+    /// plaintext-twin class of each aggregation).
+    #[arg(long)]
+    predictions: Option<PathBuf>,
+    /// Write the holders' models, exactly as evaluated here (logits centered), to this
+    /// directory as `SPLIT-holderH.safetensors`: what `blindfold serve` runs for the same
+    /// ensemble over the network.
+    #[arg(long)]
+    export_holders: Option<PathBuf>,
 }
 
 fn parse_aggregation(name: &str) -> Result<Aggregation, String> {
@@ -152,6 +161,10 @@ pub(crate) fn ensemble_cmd(a: EnsembleArgs) -> Result<()> {
     let val = test_full.subset(&val_idx);
     let test = test_full.clone().truncate(a.n_test);
     let mut rows = Vec::new();
+    let mut csv = format!(
+        "split,image,label{}\n",
+        aggregations.iter().map(|g| format!(",{0}_encrypted,{0}_plain", g.name())).collect::<String>()
+    );
     for &split in &a.split {
         let parts = partition(&train_set.labels, a.holders, split, a.split_seed)?;
         let mut models = Vec::with_capacity(a.holders);
@@ -175,10 +188,23 @@ pub(crate) fn ensemble_cmd(a: EnsembleArgs) -> Result<()> {
         }
         // Logits summing to zero: same predictions, bounded softmax sums (Model::center_logits).
         models.iter_mut().for_each(Model::center_logits);
+        if let Some(dir) = &a.export_holders {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            let provenance = HashMap::from([("ensemble_split".to_string(), split.to_string())]);
+            for (h, m) in models.iter().enumerate() {
+                let path = dir.join(format!("{}-holder{h}.safetensors", split.to_string().replace(':', "_")));
+                m.save(&path, &provenance).with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
         let val_scores = models.iter_mut().map(|m| logits_f64(m, &val)).collect::<Result<Vec<_>>>()?;
         let calibration = Calibration::from_validation(&val_scores, &val.labels)?;
         let ctx = Setup { params: params.clone(), calibration, aggregations: &aggregations };
-        let row = pool.install(|| evaluate_split(&split.to_string(), &mut models, &parts, &test, &ctx, &a))?;
+        let (row, classes) =
+            pool.install(|| evaluate_split(&split.to_string(), &mut models, &parts, &test, &ctx, &a))?;
+        for (i, c) in classes.iter().enumerate() {
+            let cols: String = c.iter().map(|(e, p)| format!(",{e},{p}")).collect();
+            csv += &format!("{split},{i},{}{cols}\n", test.labels[i]);
+        }
         print_row(&row, &aggregations);
         rows.push(row);
     }
@@ -195,6 +221,10 @@ pub(crate) fn ensemble_cmd(a: EnsembleArgs) -> Result<()> {
     if let Some(path) = &a.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &a.predictions {
+        std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
@@ -214,7 +244,8 @@ struct Setup<'a> {
     aggregations: &'a [Aggregation],
 }
 
-/// Runs the encrypted ensemble on every test image for one split.
+/// Runs the encrypted ensemble on every test image for one split; the row, and each image's
+/// (encrypted, plaintext-twin) class for each aggregation.
 fn evaluate_split(
     split: &str,
     models: &mut [Model],
@@ -222,7 +253,7 @@ fn evaluate_split(
     test: &blindfold_data::LabeledImages,
     setup: &Setup<'_>,
     a: &EnsembleArgs,
-) -> Result<Row> {
+) -> Result<(Row, Vec<Vec<(usize, usize)>>)> {
     let aggregations = setup.aggregations;
     let n = test.len();
     let images: Vec<&[u8]> = (0..n).map(|i| test.images.image(i)).collect();
@@ -313,7 +344,9 @@ fn evaluate_split(
             (agg.name().to_string(), result)
         })
         .collect();
-    Ok(Row {
+    let classes =
+        (0..n).map(|i| (0..aggregations.len()).map(|k| (encrypted_pred[k][i], plain_pred[k][i])).collect()).collect();
+    let row = Row {
         split: split.to_string(),
         holder_sizes: parts.iter().map(Vec::len).collect(),
         best_single: holder_accuracies.iter().copied().fold(0.0, f64::max),
@@ -322,7 +355,8 @@ fn evaluate_split(
         dropped_replies: dropped,
         pipeline_ms: Percentiles { p50: percentile(&mut pipeline, 0.5), p95: percentile(&mut pipeline, 0.95) },
         calibration: setup.calibration.clone(),
-    })
+    };
+    Ok((row, classes))
 }
 
 /// The class the exact (not polynomial) aggregation picks: the mean of true softmaxes for

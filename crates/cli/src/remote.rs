@@ -363,6 +363,10 @@ struct RemoteInferArgs {
     /// server's throughput rather than one image's latency. Through NATS: 64 in flight.
     #[arg(long)]
     stream: bool,
+    /// Write every image's class here (CSV: image, label, class, and the holders an ensemble
+    /// coordinator left out of its reply, separated by ';').
+    #[arg(long)]
+    predictions: Option<PathBuf>,
     /// Use the keys `blindfold keygen` wrote to this directory instead of making new ones (a
     /// client that comes back: the server may hold its keys already).
     #[arg(long)]
@@ -554,6 +558,7 @@ pub(crate) fn client_cmd(a: ClientArgs) -> Result<()> {
         let (mut correct, mut rtt, mut enc, mut dec, mut sizes) = (0, Vec::new(), Vec::new(), Vec::new(), (0, 0));
         let mut waited = 0f64;
         let mut left_out = std::collections::BTreeMap::new();
+        let mut csv = String::from("image,label,class,left_out\n");
         let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
         let batch = if args.stream { STREAM_BATCH } else { 1 };
         for start in (0..test.len()).step_by(batch) {
@@ -581,7 +586,10 @@ pub(crate) fn client_cmd(a: ClientArgs) -> Result<()> {
                 }
                 let scores = client.decrypt_scores(&Message::from_bytes(reply)?)?;
                 let s32: Vec<f32> = scores.iter().map(|&v| v as f32).collect();
-                correct += usize::from(argmax(&s32) == test.labels[i] as usize);
+                let class = argmax(&s32);
+                correct += usize::from(class == test.labels[i] as usize);
+                let missing: Vec<String> = missing.iter().map(usize::to_string).collect();
+                csv += &format!("{i},{},{class},{}\n", test.labels[i], missing.join(";"));
             }
             let t3 = Instant::now();
             let k = idx.len() as f64;
@@ -594,6 +602,9 @@ pub(crate) fn client_cmd(a: ClientArgs) -> Result<()> {
         }
         pb.finish_and_clear();
         let duplicate_replies = remote.duplicates(std::time::Duration::ZERO).await;
+        if let Some(path) = &args.predictions {
+            std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))?;
+        }
         anyhow::Ok(RemoteReport {
             server: target.name(),
             dataset: args.data.dataset.to_string(),
