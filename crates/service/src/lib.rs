@@ -354,8 +354,13 @@ impl State {
         let (in_flight, started) = (self.metrics.in_flight.clone(), std::time::Instant::now());
         in_flight.inc();
         let reply = tokio::task::spawn_blocking(move || {
+            // The session's lock is taken here, outside the thread pool, so that a worker
+            // waiting inside one evaluation can pick up another without blocking on a lock.
             let mut holder = session.lock().unwrap_or_else(|e| e.into_inner());
-            let reply = holder.handle(&msg);
+            // The whole evaluation on one of rayon's workers: its parallel loops then start
+            // there, instead of each being handed from this thread to the pool and back.
+            let holder: &mut ModelHolder = &mut holder;
+            let reply = rayon::scope(|_| holder.handle(&msg));
             in_flight.dec();
             reply
         })
