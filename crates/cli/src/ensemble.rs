@@ -244,8 +244,11 @@ struct Setup<'a> {
     aggregations: &'a [Aggregation],
 }
 
+/// One image's (encrypted, plaintext-twin) class for each aggregation.
+type ImageClasses = Vec<(usize, usize)>;
+
 /// Runs the encrypted ensemble on every test image for one split; the row, and each image's
-/// (encrypted, plaintext-twin) class for each aggregation.
+/// classes.
 fn evaluate_split(
     split: &str,
     models: &mut [Model],
@@ -253,7 +256,7 @@ fn evaluate_split(
     test: &blindfold_data::LabeledImages,
     setup: &Setup<'_>,
     a: &EnsembleArgs,
-) -> Result<(Row, Vec<Vec<(usize, usize)>>)> {
+) -> Result<(Row, Vec<ImageClasses>)> {
     let aggregations = setup.aggregations;
     let n = test.len();
     let images: Vec<&[u8]> = (0..n).map(|i| test.images.image(i)).collect();
