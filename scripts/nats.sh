@@ -99,6 +99,8 @@ while kill -0 "$LOAD" 2>/dev/null; do
 done
 wait "$LOAD"
 echo "replica 2 answered $(answered 2) requests in all"
+ADDR2=$(sed -n 's/^listening on //p' "$WORK/r2.out")
+echo "work queue depth now (replica 2's /metrics): $(curl -s "http://$ADDR2/metrics" | awk '/^blindfold_queue_depth / { print $2 }')"
 
 echo "== restart of nats-server: the replica reconnects, the keys are still there"
 "$BIN" keygen --model "$MODEL" --out-dir "$WORK/keys" >/dev/null

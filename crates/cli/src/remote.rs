@@ -245,7 +245,10 @@ pub(crate) struct ClientArgs {
 #[derive(Subcommand)]
 enum ClientCommand {
     /// Classify test images on the remote model holder: keys made and uploaded once, then
-    /// one encrypted image per request; prints and writes a report.
+    /// one encrypted image per request; prints and writes a report. Against an ensemble
+    /// coordinator (`blindfold coordinate`; also spelled `client … ensemble`), the report names
+    /// the holders left out of any reply.
+    #[command(alias = "ensemble")]
     Infer(RemoteInferArgs),
     /// Load the model holder: several concurrent clients, each with its own keys and its own
     /// connection, sending encrypted images (made before the clock starts) one request after

@@ -132,7 +132,9 @@ struct CallLabels {
 /// (`blindfold_requests_total`), the time to evaluate one image
 /// (`blindfold_evaluate_seconds`, a histogram), images being evaluated or waiting for a
 /// thread (`blindfold_in_flight`), client sessions in memory (`blindfold_sessions`) and key
-/// sets in the key store (`blindfold_stored_keys`). Sizes and counts only: never a key id's
+/// sets in the key store (`blindfold_stored_keys`), and for a NATS replica the images waiting
+/// in the shared work queue or held unacknowledged by any replica (`blindfold_queue_depth`,
+/// refreshed every 2 s). Sizes and counts only: never a key id's
 /// bytes, a key or a ciphertext.
 pub struct Metrics {
     registry: prometheus_client::registry::Registry,
@@ -141,6 +143,7 @@ pub struct Metrics {
     in_flight: prometheus_client::metrics::gauge::Gauge,
     sessions: prometheus_client::metrics::gauge::Gauge,
     stored_keys: prometheus_client::metrics::gauge::Gauge,
+    queue_depth: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl Metrics {
@@ -155,6 +158,7 @@ impl Metrics {
             in_flight: Default::default(),
             sessions: Default::default(),
             stored_keys: Default::default(),
+            queue_depth: Default::default(),
             registry: Default::default(),
         };
         registry.register("requests", "Calls by RPC and gRPC status", m.calls.clone());
@@ -165,7 +169,12 @@ impl Metrics {
         );
         registry.register("in_flight", "Images being evaluated or waiting for a thread", m.in_flight.clone());
         registry.register("sessions", "Client sessions (evaluation keys) in memory", m.sessions.clone());
-        registry.register("stored_keys", "Key sets in the key store on disk", m.stored_keys.clone());
+        registry.register("stored_keys", "Key sets in the key store (on disk or in NATS)", m.stored_keys.clone());
+        registry.register(
+            "queue_depth",
+            "NATS replicas: images waiting in the work queue or held unacknowledged",
+            m.queue_depth.clone(),
+        );
         Self { registry, ..m }
     }
 

@@ -252,6 +252,7 @@ pub(crate) async fn connect_replica(
 pub(crate) async fn work(state: Arc<State>, js: jetstream::Context, opts: NatsOptions) {
     let names = Names::new(&opts.prefix).expect("checked by connect_replica");
     tokio::spawn(answer_core(state.clone(), js.clone(), names.clone()));
+    tokio::spawn(watch_queue(state.clone(), js.clone(), names.clone()));
     let permits = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
     loop {
         let messages = async {
@@ -302,6 +303,18 @@ pub(crate) async fn work(state: Arc<State>, js: jetstream::Context, opts: NatsOp
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Keeps `blindfold_queue_depth` at the work queue's pending and unacknowledged images.
+async fn watch_queue(state: Arc<State>, js: jetstream::Context, names: Names) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let Ok(stream) = js.get_stream(names.work_stream()).await else { continue };
+        let Ok(mut consumer) = stream.get_consumer::<pull::Config>(QUEUE_GROUP).await else { continue };
+        if let Ok(info) = consumer.info().await {
+            state.metrics.queue_depth.set((info.num_pending + info.num_ack_pending as u64) as i64);
+        }
     }
 }
 
