@@ -171,7 +171,11 @@ fn main() {
         Command::Decrypt { keys, input, json } => files::decrypt_cmd(&keys, &input, json),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        // A server's refusal: its message, then the gRPC status it came with.
+        match e.downcast_ref::<tonic::Status>() {
+            Some(s) => eprintln!("error: {} (status {:?})", s.message(), s.code()),
+            None => eprintln!("error: {e:#}"),
+        }
         std::process::exit(1);
     }
 }

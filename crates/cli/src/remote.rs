@@ -201,7 +201,7 @@ pub(crate) fn serve_cmd(a: ServeArgs) -> Result<()> {
             ..NatsOptions::new(url)
         });
         if let Some(url) = &a.nats {
-            eprintln!("taking work from NATS at {url} (prefix {})", a.nats_opts.nats_prefix);
+            eprintln!("a replica on NATS at {url} (prefix {})", a.nats_opts.nats_prefix);
         }
         let opts = ServeOptions {
             max_sessions: a.max_sessions,

@@ -456,8 +456,9 @@ pub async fn serve(
     let mut replica = None;
     let store = match (opts.key_store, &opts.nats) {
         (_, Some(nats)) => {
-            let (js, store) =
-                nats::connect_replica(nats, opts.max_stored, model.max_keys_len(), model.max_image_len()).await?;
+            let (js, store) = nats::connect_replica(nats, opts.max_stored, model.max_keys_len(), model.max_image_len())
+                .await
+                .map_err(|s| s.message().to_string())?;
             replica = Some((js, nats.clone()));
             Some(KeyStore::Nats(Box::new(store)))
         }

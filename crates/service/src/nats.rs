@@ -194,11 +194,20 @@ pub(crate) async fn connect_replica(
 ) -> Result<(jetstream::Context, ObjectKeyStore), Status> {
     let names = Names::new(&opts.prefix)?;
     let client = async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
         .connect(&opts.url)
         .await
         .map_err(|e| unavailable(&format!("connecting to NATS at {}", opts.url), e))?;
+    // A request must fit in one NATS message, headers included.
+    let max_payload = client.server_info().max_payload;
+    if max_payload < max_image_len + 4096 {
+        return Err(Status::failed_precondition(format!(
+            "the NATS server at {} takes messages of at most {max_payload} bytes, and this plan's requests take up to \
+             {} bytes: raise max_payload in its configuration (e.g. max_payload: 8MB)",
+            opts.url,
+            max_image_len + 4096
+        )));
+    }
     let js = jetstream::new(client);
     let too_small = |what: &str, e: &dyn std::fmt::Display| unavailable(&format!("setting up {what} in JetStream"), e);
     // Room for the stored key sets and one being uploaded.
