@@ -8,7 +8,9 @@ use blindfold_data::Split;
 use blindfold_fe::{DlogTable, FixedPoint};
 use blindfold_nn::cryptonn::{CryptonnConfig, FixedBatches, PlainProducts, Trainer};
 use blindfold_nn::{ArchSpec, Model};
-use blindfold_protocol::cryptonn::{Breakdown, FeProducts, Mode, TrainingAuthority, TrainingClient};
+use blindfold_protocol::cryptonn::{
+    AuditError, AuditVerifier, Breakdown, FeProducts, Mode, TrainingAuthority, TrainingClient, AUDIT_MAGIC, RECORD_LEN,
+};
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -20,6 +22,13 @@ pub(crate) enum CryptonnCommand {
     /// functional-encryption ciphertexts, next to plaintext training of the same model on the
     /// same fixed-point encoding; report accuracy and time per epoch.
     Train(TrainArgs),
+    /// Verify an audit log written by `train --audit-log`: the hash chain from the first
+    /// record to the last, then the keys issued per purpose and key-pair generation. Exits
+    /// non-zero, naming the first bad record, if the log was changed or cut.
+    Audit {
+        /// The audit log.
+        file: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -78,6 +87,11 @@ pub(crate) struct TrainArgs {
     /// Write a machine-readable report here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Persist the key authority's audit log here (a new file; never overwritten): every
+    /// function key issued — forward, gradient, label — hash-chained, written batch by batch.
+    /// `blindfold cryptonn audit FILE` verifies it.
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -125,7 +139,68 @@ impl From<Breakdown> for BreakdownRow {
 pub(crate) fn cryptonn_cmd(cmd: CryptonnCommand) -> Result<()> {
     match cmd {
         CryptonnCommand::Train(a) => train(a),
+        CryptonnCommand::Audit { file } => audit(&file),
     }
+}
+
+/// A new audit log file (refused if the path exists), its header written.
+fn create_audit_log(path: &std::path::Path) -> Result<std::io::BufWriter<std::fs::File>> {
+    use std::io::Write as _;
+    let file =
+        std::fs::OpenOptions::new().write(true).create_new(true).open(path).with_context(|| {
+            format!("creating the audit log {} (an existing log is never overwritten)", path.display())
+        })?;
+    let mut w = std::io::BufWriter::new(file);
+    w.write_all(AUDIT_MAGIC).with_context(|| format!("writing {}", path.display()))?;
+    Ok(w)
+}
+
+fn audit(path: &std::path::Path) -> Result<()> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut r = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut magic = [0u8; 8];
+    r.read_exact(&mut magic).map_err(|_| AuditError::Magic).with_context(|| path.display().to_string())?;
+    if &magic != AUDIT_MAGIC {
+        return Err(AuditError::Magic).with_context(|| path.display().to_string());
+    }
+    let mut verifier = AuditVerifier::new();
+    let mut record = [0u8; RECORD_LEN];
+    loop {
+        let mut filled = 0;
+        while filled < RECORD_LEN {
+            match r.read(&mut record[filled..]).with_context(|| format!("reading {}", path.display()))? {
+                0 => break,
+                n => filled += n,
+            }
+        }
+        match filled {
+            0 => break,
+            RECORD_LEN => {
+                verifier.push(&record).with_context(|| format!("{} does not verify", path.display()))?;
+            }
+            extra => {
+                return Err(AuditError::Truncated { records: verifier.records(), extra })
+                    .with_context(|| format!("{} does not verify", path.display()))
+            }
+        }
+    }
+    let hex: String = verifier.head().iter().map(|b| format!("{b:02x}")).collect();
+    println!("{}: {} records, hash chain intact; last link {hex}", path.display(), verifier.records());
+    let mut by_purpose: std::collections::BTreeMap<String, (u64, Vec<u32>)> = Default::default();
+    for (&(purpose, generation), &n) in verifier.counts() {
+        let e = by_purpose.entry(format!("{purpose:?}")).or_default();
+        e.0 += n;
+        e.1.push(generation);
+    }
+    println!("{:<14} {:>10}  key-pair generations", "purpose", "keys");
+    for (purpose, (n, generations)) in &by_purpose {
+        let first = generations.first().copied().unwrap_or(0);
+        let last = generations.last().copied().unwrap_or(0);
+        let span = if first == last { format!("{first}") } else { format!("{first}..{last} ({})", generations.len()) };
+        println!("{purpose:<14} {n:>10}  {span}");
+    }
+    Ok(())
 }
 
 fn train(a: TrainArgs) -> Result<()> {
@@ -209,6 +284,18 @@ fn train(a: TrainArgs) -> Result<()> {
     let mut twin = Trainer::new(model, &batches, cfg)?;
     let mut plain = PlainProducts::new(&train_set, &batches, encoding, bound, classes);
     let mut products = FeProducts::new(client, &mut authority, table, &batches);
+    if let Some(path) = &a.audit_log {
+        use std::io::Write as _;
+        let mut w = create_audit_log(path)?;
+        let shown = path.display().to_string();
+        products.set_audit_sink(Box::new(move |records| {
+            records
+                .iter()
+                .try_for_each(|r| w.write_all(&r.to_bytes()))
+                .and_then(|()| w.flush())
+                .map_err(|e| format!("writing {shown}: {e}"))
+        }));
+    }
     let mut rows = Vec::new();
     println!("epoch  encrypted  plaintext   seconds  encrypt  keys  decrypt  dlog");
     for epoch in 1..=a.epochs {
@@ -216,6 +303,7 @@ fn train(a: TrainArgs) -> Result<()> {
         let pb = bar(batches.len() as u64, &format!("epoch {epoch}"));
         let t = Instant::now();
         fe.epoch(&batches, &mut products, |done, _| pb.set_position(done as u64))?;
+        products.flush_audit().map_err(|e| anyhow::anyhow!("the audit log: {e}"))?;
         let seconds = t.elapsed().as_secs_f64();
         pb.finish_and_clear();
         let t = Instant::now();

@@ -90,3 +90,34 @@ fn cryptonn_train_refuses_what_it_cannot_do() {
         assert!(stderr.contains(message), "{args:?}: {stderr}");
     }
 }
+
+/// `--audit-log` persists every key the authority issued, the label keys of faithful mode
+/// included; `cryptonn audit` verifies the chain and counts the keys, and names the record
+/// where a changed byte breaks it; an existing log is never overwritten.
+#[test]
+fn the_audit_log_is_persisted_and_verified_offline() {
+    let dir = std::env::temp_dir().join(format!("blindfold-cli-audit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("audit.log");
+    let log_s = log.display().to_string();
+    let args = ["--epochs", "1", "--limit", "64", "--batch-size", "32", "--dlog-bound", "1000000", "--audit-log"];
+    train_report("audit", &[&args[..], &[log_s.as_str()]].concat());
+    let out = blindfold(&["cryptonn", "audit", &log_s]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    // 64 examples in 2 batches: 128 forward and 128 gradient keys per batch, 10 label keys
+    // per example.
+    assert!(text.contains("1152 records, hash chain intact"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("LabelDelta") && l.contains(" 640 ")), "{text}");
+    let mut bytes = std::fs::read(&log).unwrap();
+    bytes[8 + 89 * 700 + 60] ^= 0x10;
+    let bad = dir.join("changed.log");
+    std::fs::write(&bad, &bytes).unwrap();
+    let out = blindfold(&["cryptonn", "audit", &bad.display().to_string()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("record 700: the hash chain breaks"), "{out:?}");
+    let out = blindfold(&["cryptonn", "train", "--epochs", "1", "--limit", "32", "--audit-log", &log_s]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("never overwritten"), "{out:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -38,6 +38,8 @@ pub struct Corpus {
     pub idx_images: Vec<u8>,
     /// An IDX1 label file of 4 labels.
     pub idx_labels: Vec<u8>,
+    /// A CryptoNN audit log of 6 keys (`blindfold cryptonn train --audit-log`).
+    pub audit_log: Vec<u8>,
     /// A model holder session that holds the client's keys (decoding them once, not per case).
     holder: Mutex<ModelHolder>,
     dir: PathBuf,
@@ -77,6 +79,7 @@ impl Corpus {
             model_file: std::fs::read(&model_path).expect("model file"),
             idx_images: idx(&[4, 28, 28], &[7; 4 * 784]),
             idx_labels: idx(&[4], &[1, 2, 3, 4]),
+            audit_log: audit_log(),
             holder: Mutex::new(holder),
             dir,
         }
@@ -92,6 +95,7 @@ impl Corpus {
             ("plan", &self.plan),
             ("idx images", &self.idx_images),
             ("idx labels", &self.idx_labels),
+            ("audit log", &self.audit_log),
         ]
     }
 
@@ -133,6 +137,7 @@ impl Corpus {
         count(serde_json::from_slice::<ArchSpec>(bytes).is_ok_and(|a| a.shapes().is_ok()));
         count(blindfold_data::read_images(&self.file("images-idx3-ubyte", bytes)).is_ok());
         count(blindfold_data::read_labels(&self.file("labels-idx1-ubyte", bytes)).is_ok());
+        count(blindfold_protocol::cryptonn::verify_log(bytes).is_ok());
         accepted
     }
 }
@@ -150,6 +155,19 @@ impl Drop for Corpus {
 }
 
 /// Loads a model file and compiles it, as a model holder does.
+/// An audit log of six keys: three forward, three gradient, for inputs of 4 features.
+fn audit_log() -> Vec<u8> {
+    use blindfold_protocol::cryptonn::{KeyRequest, Mode, Purpose, TrainingAuthority, AUDIT_MAGIC};
+    let mut authority = TrainingAuthority::unrestricted(4, 5, Mode::PlainLabels).expect("authority");
+    for (i, purpose) in [Purpose::Forward, Purpose::Gradient].into_iter().cycle().take(6).enumerate() {
+        let vector = (0..5).map(|j| (i * 5 + j) as i64 - 7).collect();
+        authority.issue(&KeyRequest { epoch: 0, batch: i as u32 / 2, purpose, vector }).expect("key");
+    }
+    let mut log = AUDIT_MAGIC.to_vec();
+    authority.take_audit_records().iter().for_each(|r| log.extend(r.to_bytes()));
+    log
+}
+
 fn model_file(path: &Path) -> bool {
     Model::load(path).is_ok_and(|(m, _)| CompiledModel::new(&m, &ChainOptions::default()).is_ok())
 }

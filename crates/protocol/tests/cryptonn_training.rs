@@ -6,7 +6,10 @@ use blindfold_fe::{DlogTable, FixedPoint};
 use blindfold_nn::arch::LayerSpec;
 use blindfold_nn::cryptonn::{CryptonnConfig, FixedBatches, PlainProducts, Trainer};
 use blindfold_nn::{ArchSpec, Model};
-use blindfold_protocol::cryptonn::{FeProducts, Mode, PolicyError, Purpose, TrainingAuthority, TrainingClient};
+use blindfold_protocol::cryptonn::{
+    verify_log, AuditError, FeProducts, Mode, PolicyError, Purpose, TrainingAuthority, TrainingClient, AUDIT_MAGIC,
+    RECORD_LEN,
+};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 
@@ -82,6 +85,26 @@ fn check_mode(mode: Mode, epochs: usize) {
     assert_eq!(forward.audit_log().len(), keys);
     assert_eq!(gradient.audit_log().len(), keys);
     assert!(forward.audit_log().iter().all(|e| e.purpose == Purpose::Forward));
+    // The hash-chained log has every key, the label keys of faithful mode too (one per
+    // example and class), and verifies; any changed byte breaks it at that record or later.
+    let mut log = AUDIT_MAGIC.to_vec();
+    authority.take_audit_records().iter().for_each(|r| log.extend(r.to_bytes()));
+    let verified = verify_log(&log).unwrap();
+    let count =
+        |p: Purpose| verified.counts().iter().filter(|((q, _), _)| *q == p).map(|(_, n)| *n as usize).sum::<usize>();
+    assert_eq!(count(Purpose::Forward), keys);
+    assert_eq!(count(Purpose::Gradient), keys);
+    let label_keys = if mode == Mode::Faithful { cfg.epochs * data.len() * 10 } else { 0 };
+    assert_eq!(count(Purpose::LabelDelta), label_keys);
+    assert_eq!(verified.records() as usize, 2 * keys + label_keys);
+    let at = AUDIT_MAGIC.len() + RECORD_LEN * 5 + 30;
+    log[at] ^= 1;
+    assert!(matches!(verify_log(&log), Err(AuditError::Chain { sequence: 5 })));
+    log[at] ^= 1;
+    log.truncate(log.len() - 7);
+    assert!(matches!(verify_log(&log), Err(AuditError::Truncated { extra, .. }) if extra == RECORD_LEN - 7));
+    log.drain(AUDIT_MAGIC.len()..AUDIT_MAGIC.len() + RECORD_LEN);
+    assert!(matches!(verify_log(&log), Err(AuditError::Sequence { position: 0, found: 1 })));
 }
 
 #[test]

@@ -5,11 +5,11 @@ use blindfold_fe::FeError;
 use blindfold_math::primes::is_prime;
 use blindfold_math::Modulus;
 use rand_core::Rng;
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 
 /// What a function key is for: one of the products CryptoNN moves through FE.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Purpose {
     /// A row of `W1`, for the first layer's forward product `W1·x`.
     Forward,
@@ -22,6 +22,9 @@ pub enum Purpose {
     /// server sums these products over the batch before the discrete logarithm; it could
     /// decrypt each example's term.
     ConvGradient,
+    /// A FEBO subtraction key for one entry `ŷ − a` of the output deltas (faithful mode): one
+    /// per example and class, which reveals the labels to the server (CryptoNN does this).
+    LabelDelta,
 }
 
 /// A request for one function key, bound to where in training it is used.
@@ -157,6 +160,23 @@ pub enum PolicyError {
     /// FE or randomness failure.
     #[error(transparent)]
     Fe(#[from] FeError),
+}
+
+/// The FEBO subtraction key for `ŷ − a` on the label entry `ct`, and the SHA-256 of what it
+/// was derived for (the commitment, the operation, `a`) for the audit log. With
+/// [`KeyAuthority::issue`] the only places function keys are derived
+/// (`tests/key_derivation.rs` checks the sources).
+pub(crate) fn derive_label_key(
+    msk: &blindfold_fe::febo::MasterSecretKey,
+    ct: &blindfold_fe::febo::Ciphertext,
+    a: i64,
+) -> (blindfold_fe::febo::FunctionKey, [u8; 32]) {
+    let key = msk.derive(ct.commitment(), blindfold_fe::febo::Operation::Sub, a);
+    let mut h = Sha256::new();
+    h.update(ct.commitment().compress().as_bytes());
+    h.update(b"sub");
+    h.update(a.to_le_bytes());
+    (key, h.finalize().into())
 }
 
 /// One issued key, as the audit log records it (the vector by its SHA-256 digest).
@@ -352,15 +372,14 @@ impl KeyAuthority {
         }
         self.per_batch.insert(slot, count + 1);
         self.latest = Some((request.epoch, request.batch));
-        let mut digest = Sha256::new();
-        v.iter().for_each(|x| digest.update(x.to_le_bytes()));
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
         self.log.push(AuditEntry {
             sequence: self.log.len() as u64,
             generation: self.generation,
             epoch: request.epoch,
             batch: request.batch,
             purpose: request.purpose,
-            vector_sha256: digest.finalize().into(),
+            vector_sha256: Sha256::digest(&bytes).into(),
             rank_after: rank,
         });
         Ok(key)

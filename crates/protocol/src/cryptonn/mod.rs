@@ -13,12 +13,19 @@
 //! What it cannot prevent is stated in SECURITY.md: the products it allows still reveal
 //! `W·x`, from which inputs can be reconstructed over enough batches or epochs.
 //!
+//! Every key any of training's key pairs issues, the FEBO label keys included, is also
+//! appended to one hash-chained [`audit`] log that the caller takes and persists.
+//!
 //! [`training`] has the other two roles, the data owner ([`TrainingClient`]) and the training
 //! server ([`TrainingServer`]), and [`FeProducts`], which runs the three together for
 //! `blindfold_nn::cryptonn`'s training loop.
 
+pub mod audit;
 mod authority;
 pub mod training;
 
+pub use audit::{verify_log, AuditError, AuditRecord, AuditVerifier, AUDIT_MAGIC, RECORD_LEN};
 pub use authority::{AuditEntry, KeyAuthority, KeyPolicy, KeyRequest, PolicyError, Purpose};
-pub use training::{Breakdown, EncryptedBatch, FeProducts, Mode, TrainingAuthority, TrainingClient, TrainingServer};
+pub use training::{
+    AuditSink, Breakdown, EncryptedBatch, FeProducts, Mode, TrainingAuthority, TrainingClient, TrainingServer,
+};

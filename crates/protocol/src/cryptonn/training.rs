@@ -25,6 +25,7 @@
 //! rotates a pair (and the client re-encrypts under the new one) before its keys could span
 //! the space, which needs batches larger than the hidden width.
 
+use super::audit::{AuditChain, AuditRecord};
 use super::{KeyAuthority, KeyPolicy, KeyRequest, PolicyError, Purpose};
 use blindfold_data::LabeledImages;
 use blindfold_fe::ipfe::{CiphertextBatch, Encryptor, FunctionKey, ProductPoints};
@@ -84,6 +85,8 @@ pub struct TrainingAuthority {
     labels: Option<(febo::MasterSecretKey, febo::MasterPublicKey)>,
     /// Hardened mode: the key pair of the label columns.
     label_sums: Option<KeyAuthority>,
+    /// Every key issued, hash-chained (taken by the caller to persist).
+    audit: AuditChain,
 }
 
 impl TrainingAuthority {
@@ -105,6 +108,7 @@ impl TrainingAuthority {
                 }
             },
             label_sums: None,
+            audit: AuditChain::new(),
         })
     }
 
@@ -140,7 +144,82 @@ impl TrainingAuthority {
             gradient: sparse((1 + classes) * batch_size)?,
             labels: None,
             label_sums: Some(sparse(batch_size)?),
+            audit: AuditChain::new(),
         })
+    }
+
+    /// Issues the key for `request` from the key pair its purpose belongs to, under that
+    /// pair's policy, and appends it to the audit log.
+    ///
+    /// # Errors
+    /// The [`PolicyError`] of the pair's policy; [`FeError::InvalidArgument`] for a purpose
+    /// this authority has no key pair for ([`Purpose::LabelDelta`]: [`Self::issue_label_keys`]).
+    pub fn issue(&mut self, request: &KeyRequest) -> Result<FunctionKey, PolicyError> {
+        let pair = match request.purpose {
+            Purpose::Forward | Purpose::ConvGradient => &mut self.forward,
+            Purpose::Gradient => &mut self.gradient,
+            Purpose::LabelSums => self
+                .label_sums
+                .as_mut()
+                .ok_or_else(|| FeError::InvalidArgument("no label-sum key pair outside hardened mode".into()))?,
+            Purpose::LabelDelta => {
+                return Err(FeError::InvalidArgument("label keys are FEBO keys: issue_label_keys".into()).into())
+            }
+        };
+        let key = pair.issue(request)?;
+        let entry = pair.audit_log().last().expect("issue logs the key");
+        self.audit.append(AuditRecord {
+            sequence: 0,
+            purpose: entry.purpose,
+            generation: entry.generation,
+            epoch: entry.epoch,
+            batch: entry.batch,
+            rank_after: u32::try_from(entry.rank_after).unwrap_or(u32::MAX),
+            key_sha256: entry.vector_sha256,
+            chain: [0; 32],
+        });
+        Ok(key)
+    }
+
+    /// Faithful mode: the FEBO subtraction keys for `ŷ − a`, one per (encrypted label entry,
+    /// `a`), each appended to the audit log as [`Purpose::LabelDelta`] (its hash covers the
+    /// commitment, the operation and `a`).
+    ///
+    /// # Errors
+    /// [`FeError::InvalidArgument`] without a FEBO key pair (labels in the clear, or hardened).
+    pub fn issue_label_keys(
+        &mut self,
+        epoch: u32,
+        batch: u32,
+        entries: &[(&febo::Ciphertext, i64)],
+    ) -> Result<Vec<febo::FunctionKey>, PolicyError> {
+        let Some((msk, _)) = &self.labels else {
+            return Err(
+                FeError::InvalidArgument("no FEBO key pair: the labels are not encrypted per entry".into()).into()
+            );
+        };
+        let mut keys = Vec::with_capacity(entries.len());
+        for &(ct, a) in entries {
+            let (key, key_sha256) = super::authority::derive_label_key(msk, ct, a);
+            keys.push(key);
+            self.audit.append(AuditRecord {
+                sequence: 0,
+                purpose: Purpose::LabelDelta,
+                generation: 0,
+                epoch,
+                batch,
+                rank_after: 0,
+                key_sha256,
+                chain: [0; 32],
+            });
+        }
+        Ok(keys)
+    }
+
+    /// The audit records of the keys issued since the last call, in order: append them to
+    /// the persisted log (after [`crate::cryptonn::AUDIT_MAGIC`] for a new file).
+    pub fn take_audit_records(&mut self) -> Vec<AuditRecord> {
+        self.audit.take()
     }
 
     /// The forward and gradient authorities (their audit logs).
@@ -439,7 +518,12 @@ pub struct FeProducts<'a> {
     step: u32,
     /// Time spent so far.
     pub breakdown: Breakdown,
+    /// Where the audit records go, batch by batch.
+    audit_sink: Option<AuditSink<'a>>,
 }
+
+/// Takes the audit records of each batch's keys (e.g. appends them to a file).
+pub type AuditSink<'a> = Box<dyn FnMut(&[AuditRecord]) -> Result<(), String> + 'a>;
 
 impl<'a> FeProducts<'a> {
     /// The roles for `batches`, with products bounded by `table`.
@@ -457,6 +541,25 @@ impl<'a> FeProducts<'a> {
             epoch: 0,
             step: 0,
             breakdown: Breakdown::default(),
+            audit_sink: None,
+        }
+    }
+
+    /// Hands the audit records to `sink` at the start of every batch (the previous batch's
+    /// keys), so they need not be held in memory; [`Self::flush_audit`] hands the rest.
+    pub fn set_audit_sink(&mut self, sink: AuditSink<'a>) {
+        self.audit_sink = Some(sink);
+    }
+
+    /// Hands the records not yet handed to the sink (without a sink, they are dropped).
+    ///
+    /// # Errors
+    /// The sink's error.
+    pub fn flush_audit(&mut self) -> Result<(), String> {
+        let records = self.authority.take_audit_records();
+        match &mut self.audit_sink {
+            Some(sink) if !records.is_empty() => sink(&records),
+            _ => Ok(()),
         }
     }
 
@@ -471,17 +574,9 @@ impl<'a> FeProducts<'a> {
         vectors: impl Iterator<Item = Vec<i64>>,
     ) -> blindfold_nn::Result<Vec<FunctionKey>> {
         let start = Instant::now();
-        let authority = match purpose {
-            Purpose::Forward | Purpose::ConvGradient => &mut self.authority.forward,
-            Purpose::Gradient => &mut self.authority.gradient,
-            Purpose::LabelSums => self
-                .authority
-                .label_sums
-                .as_mut()
-                .ok_or_else(|| blindfold_nn::Error::Products("no label-sum key pair".into()))?,
-        };
+        let (epoch, batch) = (self.epoch, self.step);
         let keys = vectors
-            .map(|vector| authority.issue(&KeyRequest { epoch: self.epoch, batch: self.step, purpose, vector }))
+            .map(|vector| self.authority.issue(&KeyRequest { epoch, batch, purpose, vector }))
             .collect::<Result<_, _>>()
             .map_err(products_error)?;
         self.breakdown.key_derivation += start.elapsed();
@@ -515,6 +610,9 @@ fn products_error(e: impl std::error::Error + Send + Sync + 'static) -> blindfol
 
 impl FirstLayerProducts for FeProducts<'_> {
     fn forward(&mut self, batch: usize, weights: &Array2<i64>) -> blindfold_nn::Result<Array2<i64>> {
+        if self.audit_sink.is_some() {
+            self.flush_audit().map_err(|e| blindfold_nn::Error::Products(format!("the audit log: {e}").into()))?;
+        }
         self.step += 1;
         self.authority.rotate_before(weights.nrows()).map_err(products_error)?;
         let start = Instant::now();
@@ -540,9 +638,6 @@ impl FirstLayerProducts for FeProducts<'_> {
         if let Some(labels) = self.server.clear_labels(batch).map_err(products_error)? {
             return subtract_labels(probabilities, labels, self.client.encoding);
         }
-        let Some((msk, _)) = &self.authority.labels else {
-            return Err(blindfold_nn::Error::Products("encrypted labels but no FEBO key pair".into()));
-        };
         let labels = self.server.encrypted_labels(batch).map_err(products_error)?;
         if labels.len() != probabilities.len() {
             return Err(blindfold_nn::Error::Products(
@@ -550,11 +645,8 @@ impl FirstLayerProducts for FeProducts<'_> {
             ));
         }
         let start = Instant::now();
-        let keys: Vec<febo::FunctionKey> = labels
-            .iter()
-            .zip(probabilities.iter())
-            .map(|(ct, &a)| msk.derive(ct.commitment(), febo::Operation::Sub, a))
-            .collect();
+        let entries: Vec<(&febo::Ciphertext, i64)> = labels.iter().zip(probabilities.iter().copied()).collect();
+        let keys = self.authority.issue_label_keys(self.epoch, self.step, &entries).map_err(products_error)?;
         self.breakdown.key_derivation += start.elapsed();
         let start = Instant::now();
         let differences = self.server.label_differences(batch, &keys).map_err(products_error)?;
