@@ -11,7 +11,7 @@ use blindfold_data::Split;
 use blindfold_nn::argmax;
 use blindfold_protocol::{Client, CompiledModel, Message};
 use blindfold_service::{
-    serve, serve_coordinator, ClientTls, CoordinatorService, InfoReply, NatsModelHolder, NatsOptions,
+    serve, serve_coordinator, ClientTls, CoordinatorService, InfoReply, NatsModelHolder, NatsOptions, NatsTls,
     RemoteModelHolder, ServeOptions, ServerTls, DEFAULT_MAX_SESSIONS, DEFAULT_MAX_STORED, DEFAULT_PREFIX,
 };
 use clap::{Args, Subcommand};
@@ -67,6 +67,22 @@ struct NatsArgs {
     /// With --nats: prefix of the NATS subjects, streams and key bucket, one per model.
     #[arg(long, default_value = DEFAULT_PREFIX)]
     nats_prefix: String,
+    /// With --nats: require TLS, verifying the NATS server's certificate against this CA (PEM).
+    #[arg(long, requires = "nats")]
+    nats_ca: Option<PathBuf>,
+    /// With --nats-ca: this party's certificate chain (PEM), for a NATS server that verifies
+    /// its clients; needs --nats-tls-key.
+    #[arg(long, requires = "nats_ca", requires = "nats_tls_key")]
+    nats_tls_cert: Option<PathBuf>,
+    /// This party's private key (PEM).
+    #[arg(long, requires = "nats_tls_cert")]
+    nats_tls_key: Option<PathBuf>,
+}
+
+impl NatsArgs {
+    fn tls(&self) -> Option<NatsTls> {
+        Some(NatsTls { ca: self.nats_ca.clone()?, identity: self.nats_tls_cert.clone().zip(self.nats_tls_key.clone()) })
+    }
 }
 
 /// How a server (model holder or coordinator) serves: TLS, or plaintext when asked for.
@@ -198,6 +214,7 @@ pub(crate) fn serve_cmd(a: ServeArgs) -> Result<()> {
             prefix: a.nats_opts.nats_prefix.clone(),
             ack_wait: std::time::Duration::from_millis(a.ack_wait_ms),
             concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            tls: a.nats_opts.tls(),
             ..NatsOptions::new(url)
         });
         if let Some(url) = &a.nats {
@@ -416,14 +433,16 @@ struct RemoteBytes {
 #[derive(Clone)]
 enum Target {
     Grpc { url: String, tls: Option<ClientTls> },
-    Nats { url: String, prefix: String },
+    Nats { url: String, prefix: String, tls: Option<NatsTls> },
 }
 
 impl Target {
     fn of(a: &ClientArgs) -> Result<Self> {
         Ok(match (&a.server, &a.nats) {
             (Some(url), _) => Self::Grpc { url: url.clone(), tls: client_tls(a)? },
-            (None, Some(url)) => Self::Nats { url: url.clone(), prefix: a.nats_opts.nats_prefix.clone() },
+            (None, Some(url)) => {
+                Self::Nats { url: url.clone(), prefix: a.nats_opts.nats_prefix.clone(), tls: a.nats_opts.tls() }
+            }
             (None, None) => bail!("give --server or --nats"),
         })
     }
@@ -431,14 +450,16 @@ impl Target {
     fn name(&self) -> String {
         match self {
             Self::Grpc { url, .. } => url.clone(),
-            Self::Nats { url, prefix } => format!("{url} (NATS, prefix {prefix})"),
+            Self::Nats { url, prefix, .. } => format!("{url} (NATS, prefix {prefix})"),
         }
     }
 
     async fn connect(&self) -> Result<Remote, tonic::Status> {
         Ok(match self {
             Self::Grpc { url, tls } => Remote::Grpc(RemoteModelHolder::connect(url.clone(), tls.clone()).await?),
-            Self::Nats { url, prefix } => Remote::Nats(Box::new(NatsModelHolder::connect(url, prefix).await?)),
+            Self::Nats { url, prefix, tls } => {
+                Remote::Nats(Box::new(NatsModelHolder::connect(url, prefix, tls.as_ref()).await?))
+            }
         })
     }
 }

@@ -25,7 +25,9 @@ pub mod proto {
 mod coordinator;
 pub use coordinator::{serve_coordinator, CoordinatorService, MISSING_METADATA};
 mod nats;
-pub use nats::{NatsModelHolder, NatsOptions, NatsReply, CLIENT_HEADER, DEFAULT_PREFIX, REQUEST_HEADER, STATUS_HEADER};
+pub use nats::{
+    NatsModelHolder, NatsOptions, NatsReply, NatsTls, CLIENT_HEADER, DEFAULT_PREFIX, REQUEST_HEADER, STATUS_HEADER,
+};
 
 use proto::model_holder_client::ModelHolderClient;
 use proto::model_holder_server::{ModelHolder as ModelHolderRpc, ModelHolderServer};

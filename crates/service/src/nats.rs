@@ -64,6 +64,33 @@ pub struct NatsOptions {
     pub concurrency: usize,
     /// Bytes the work queue holds at most; a client's publish beyond it is refused.
     pub max_queue_bytes: i64,
+    /// TLS to the NATS server, if it requires it.
+    pub tls: Option<NatsTls>,
+}
+
+/// TLS to a NATS server (rustls): the CA that signed the server's certificate, and this
+/// party's own certificate chain and key for a server that verifies its clients (PEM files).
+#[derive(Clone, Debug)]
+pub struct NatsTls {
+    /// CA certificate file.
+    pub ca: std::path::PathBuf,
+    /// Certificate chain and private key files.
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+/// Connects to NATS at `url` (over TLS when given).
+async fn connect_nats(url: &str, tls: Option<&NatsTls>) -> Result<async_nats::Client, Status> {
+    let mut options = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(5));
+    if let Some(t) = tls {
+        options = options.require_tls(true).add_root_certificates(t.ca.clone());
+        if let Some((cert, key)) = &t.identity {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+    }
+    options.connect(url).await.map_err(|e| {
+        let cause = std::error::Error::source(&e).map(|c| format!(": {c}")).unwrap_or_default();
+        unavailable(&format!("connecting to NATS at {url}"), format!("{e}{cause}"))
+    })
 }
 
 /// Default prefix of the NATS subjects, streams and bucket.
@@ -79,6 +106,7 @@ impl NatsOptions {
             ack_wait: Duration::from_secs(30),
             concurrency: 2,
             max_queue_bytes: 1 << 30,
+            tls: None,
         }
     }
 }
@@ -193,11 +221,7 @@ pub(crate) async fn connect_replica(
     max_image_len: usize,
 ) -> Result<(jetstream::Context, ObjectKeyStore), Status> {
     let names = Names::new(&opts.prefix)?;
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(5))
-        .connect(&opts.url)
-        .await
-        .map_err(|e| unavailable(&format!("connecting to NATS at {}", opts.url), e))?;
+    let client = connect_nats(&opts.url, opts.tls.as_ref()).await?;
     // A request must fit in one NATS message, headers included.
     let max_payload = client.server_info().max_payload;
     if max_payload < max_image_len + 4096 {
@@ -455,17 +479,14 @@ pub struct NatsModelHolder {
 }
 
 impl NatsModelHolder {
-    /// Connects to the engine at `url` under `prefix`, as a new client (a fresh client id).
+    /// Connects to the engine at `url` under `prefix` (over TLS when given), as a new client
+    /// (a fresh client id).
     ///
     /// # Errors
     /// `UNAVAILABLE` when NATS cannot be reached or no replica has set up the streams.
-    pub async fn connect(url: &str, prefix: &str) -> Result<Self, Status> {
+    pub async fn connect(url: &str, prefix: &str, tls: Option<&NatsTls>) -> Result<Self, Status> {
         let names = Names::new(prefix)?;
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(5))
-            .connect(url)
-            .await
-            .map_err(|e| unavailable(&format!("connecting to NATS at {url}"), e))?;
+        let client = connect_nats(url, tls).await?;
         let js = jetstream::new(client);
         let missing = |e: &dyn std::fmt::Display| {
             Status::unavailable(format!(

@@ -1,11 +1,12 @@
 //! Scale-out on NATS JetStream: a real `nats-server` (started here on a free loopback port,
 //! stopped at the end), two model-holder replicas sharing its key store and work queue, and a
 //! client that talks only to NATS. A replica that stops mid-run loses no request and none is
-//! answered twice; the keys outlive a restart of the NATS server.
+//! answered twice; the keys outlive a restart of the NATS server. And the same over mutual
+//! TLS.
 
 use blindfold_nn::{ArchSpec, Model};
 use blindfold_protocol::{Client, CompiledModel, Message};
-use blindfold_service::{serve, NatsModelHolder, NatsOptions, ServeOptions};
+use blindfold_service::{serve, NatsModelHolder, NatsOptions, NatsTls, ServeOptions};
 use rand_core::SeedableRng;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -18,11 +19,16 @@ struct NatsServer {
 
 impl NatsServer {
     fn start(port: u16, dir: &std::path::Path) -> Self {
+        Self::start_with(port, dir, "")
+    }
+
+    /// A server with `extra` in its configuration (e.g. a `tls { … }` block).
+    fn start_with(port: u16, dir: &std::path::Path, extra: &str) -> Self {
         let conf = dir.join("nats.conf");
         let store = dir.join("jetstream");
         std::fs::write(
             &conf,
-            format!("listen: 127.0.0.1:{port}\nmax_payload: 8MB\njetstream {{ store_dir: {store:?} }}\n"),
+            format!("listen: 127.0.0.1:{port}\nmax_payload: 8MB\njetstream {{ store_dir: {store:?} }}\n{extra}\n"),
         )
         .unwrap();
         let server = Self {
@@ -158,10 +164,76 @@ async fn replicas_on_nats_share_keys_and_work_and_lose_nothing_when_one_stops() 
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// With TLS: a NATS server that requires TLS and client certificates (its own CA, made here);
+/// a replica and a client with certificates work as without; a client without its
+/// certificate, or one that does not trust the server's CA, is refused at the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_and_clients_reach_nats_over_mutual_tls() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let dir = std::env::temp_dir().join(format!("blindfold-nats-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let file = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let ca_file = file("ca.pem", ca.pem());
+    let mut leaf = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![name.to_string()]).unwrap().signed_by(&key, &issuer).unwrap();
+        (file(&format!("{name}.pem"), cert.pem()), file(&format!("{name}.key"), key.serialize_pem()))
+    };
+    let (server_cert, server_key) = leaf("localhost");
+    let identity = leaf("client");
+    let tls =
+        format!("tls {{ cert_file: {server_cert:?}, key_file: {server_key:?}, ca_file: {ca_file:?}, verify: true }}");
+    let port = free_port();
+    let nats = NatsServer::start_with(port, &dir, &tls);
+    let url = format!("nats://localhost:{port}");
+    let tls = NatsTls { ca: ca_file.clone(), identity: Some(identity) };
+
+    let arch = ArchSpec::builtin("tenseal-cnn1").unwrap();
+    let model = Model::init(arch, &mut rand_chacha::ChaCha20Rng::seed_from_u64(6)).unwrap();
+    let compiled = CompiledModel::new(&model, &Default::default()).unwrap();
+    let replica = replica(compiled.clone(), NatsOptions { tls: Some(tls.clone()), ..NatsOptions::new(&url) });
+    let mut remote = None;
+    for _ in 0..100 {
+        if let Ok(r) = NatsModelHolder::connect(&url, "blindfold", Some(&tls)).await {
+            remote = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut remote = remote.expect("a client over TLS");
+    let (plan, _) = remote.info().await.unwrap();
+    let (mut client, keys) = tokio::task::block_in_place(|| Client::new(&plan)).unwrap();
+    remote.upload_keys(&keys.to_bytes()).await.unwrap();
+    let image = vec![0.25; 784];
+    let reply = remote.evaluate(client.encrypt(&image).unwrap().to_bytes()).await.unwrap();
+    let got = client.decrypt_scores(&Message::from_bytes(&reply).unwrap()).unwrap();
+    let c = compiled.circuit();
+    let want = c.output().unpack(&[c.evaluate_plain(&c.packing().pack(&image).unwrap()).unwrap()]);
+    assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-2));
+
+    // No client certificate: the server refuses the handshake. No TLS at all: refused too.
+    let anonymous = NatsTls { ca: ca_file, identity: None };
+    assert!(NatsModelHolder::connect(&url, "blindfold", Some(&anonymous)).await.is_err());
+    let status = NatsModelHolder::connect(&url, "blindfold", None).await.err().expect("refused without TLS");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+    replica.shutdown_background();
+    nats.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A client, retrying while the NATS server (re)starts.
 async fn connect(url: &str) -> NatsModelHolder {
     for _ in 0..100 {
-        if let Ok(mut r) = NatsModelHolder::connect(url, "blindfold").await {
+        if let Ok(mut r) = NatsModelHolder::connect(url, "blindfold", None).await {
             r.set_timeout(Duration::from_secs(60));
             return r;
         }
