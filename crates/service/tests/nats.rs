@@ -183,7 +183,7 @@ async fn replicas_and_clients_reach_nats_over_mutual_tls() {
         path
     };
     let ca_file = file("ca.pem", ca.pem());
-    let mut leaf = |name: &str| {
+    let leaf = |name: &str| {
         let key = KeyPair::generate().unwrap();
         let cert = CertificateParams::new(vec![name.to_string()]).unwrap().signed_by(&key, &issuer).unwrap();
         (file(&format!("{name}.pem"), cert.pem()), file(&format!("{name}.key"), key.serialize_pem()))
