@@ -303,9 +303,14 @@ pub(crate) async fn work(state: Arc<State>, js: jetstream::Context, opts: NatsOp
                 )
                 .await
                 .map_err(|e| e.to_string())?;
+            // Pulls that expire every 10 s with a heartbeat every 2 s: a pull lost in a restart
+            // of the NATS server shows as missed heartbeats within seconds, and the consumer is
+            // bound again (instead of waiting for the pull to expire).
             consumer
                 .stream()
                 .max_messages_per_batch(opts.concurrency.max(1))
+                .expires(Duration::from_secs(10))
+                .heartbeat(Duration::from_secs(2))
                 .messages()
                 .await
                 .map_err(|e| e.to_string())
@@ -528,12 +533,25 @@ impl NatsModelHolder {
         self.duplicates
     }
 
+    /// A core request to one replica. "No responders" (no replica subscribed yet, e.g. while
+    /// replicas start or reconnect) is retried for up to 10 s.
     async fn core_request(&mut self, subject: String, payload: Vec<u8>) -> Result<Vec<u8>, Status> {
-        let m =
-            tokio::time::timeout(Duration::from_secs(60), self.js.client().request(subject.clone(), payload.into()))
+        let client = self.js.client();
+        let mut tries = 0;
+        let m = loop {
+            let request = client.request(subject.clone(), payload.clone().into());
+            let sent = tokio::time::timeout(Duration::from_secs(60), request)
                 .await
-                .map_err(|_| Status::deadline_exceeded(format!("no replica answered {subject} in 60 s")))?
-                .map_err(|e| Status::unavailable(format!("no replica answers {subject}: {e}")))?;
+                .map_err(|_| Status::deadline_exceeded(format!("no replica answered {subject} in 60 s")))?;
+            match sent {
+                Ok(m) => break m,
+                Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders && tries < 40 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(Status::unavailable(format!("no replica answers {subject}: {e}"))),
+            }
+        };
         match header(m.headers.as_ref(), STATUS_HEADER) {
             None => Ok(m.payload.to_vec()),
             Some(code) => Err(refusal(code, &m.payload)),

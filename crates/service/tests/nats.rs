@@ -49,8 +49,12 @@ impl NatsServer {
         panic!("nats-server did not start on port {port}");
     }
 
+    /// Stops the server as an operator would (SIGTERM: it shuts down cleanly, its JetStream
+    /// store written out). A SIGKILL can lose the newest writes of the file store, and a
+    /// restarted server then hands new messages sequence numbers its consumers have passed.
     fn stop(mut self) {
-        self.child.kill().unwrap();
+        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        assert!(status.success());
         self.child.wait().unwrap();
     }
 }
@@ -81,6 +85,8 @@ fn replica(model: Arc<CompiledModel>, opts: NatsOptions) -> tokio::runtime::Runt
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_on_nats_share_keys_and_work_and_lose_nothing_when_one_stops() {
+    // The replicas' warnings (reconnects, rebinding the work queue) in the test's output.
+    let _ = tracing_subscriber::fmt().with_max_level(tracing::Level::WARN).with_test_writer().try_init();
     let dir = std::env::temp_dir().join(format!("blindfold-nats-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let port = free_port();

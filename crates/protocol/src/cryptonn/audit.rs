@@ -44,8 +44,9 @@ pub struct AuditRecord {
     pub batch: u32,
     /// The span's dimension after this key (0 where the authority does not track it).
     pub rank_after: u32,
-    /// SHA-256 of what the key was derived for: the vector's entries as little-endian `i64`
-    /// for inner-product keys; the commitment, the operation and the operand for FEBO keys.
+    /// SHA-256 of what the key was derived for: the vector for inner-product keys
+    /// ([`super::vector_digest`]); the commitment, the operation and the operand
+    /// for FEBO keys.
     pub key_sha256: [u8; 32],
     /// SHA-256 of the previous record's chain and this record's other fields.
     pub chain: [u8; 32],

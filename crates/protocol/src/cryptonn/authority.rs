@@ -179,6 +179,20 @@ pub(crate) fn derive_label_key(
     (key, h.finalize().into())
 }
 
+/// SHA-256 of a key vector in its sparse form: its length (`u32`), then each non-zero entry's
+/// index (`u32`) and value (`i64`), little-endian, in order. One digest per vector, and about
+/// 20 times fewer bytes to hash than the dense form for a convolution's keys (26 of 785
+/// entries non-zero).
+pub fn vector_digest(v: &[i64]) -> [u8; 32] {
+    let mut bytes = Vec::with_capacity(4 + 12 * v.len().min(64));
+    bytes.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    for (i, &x) in v.iter().enumerate().filter(|(_, &x)| x != 0) {
+        bytes.extend_from_slice(&(i as u32).to_le_bytes());
+        bytes.extend_from_slice(&x.to_le_bytes());
+    }
+    Sha256::digest(&bytes).into()
+}
+
 /// One issued key, as the audit log records it (the vector by its SHA-256 digest).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuditEntry {
@@ -192,7 +206,7 @@ pub struct AuditEntry {
     pub batch: u32,
     /// Purpose of the request.
     pub purpose: Purpose,
-    /// SHA-256 of the vector's little-endian entries.
+    /// The vector's digest ([`vector_digest`]).
     pub vector_sha256: [u8; 32],
     /// Dimension of the span of this generation's keys after this one (0 when the authority
     /// has no policy and does not track it).
@@ -372,14 +386,13 @@ impl KeyAuthority {
         }
         self.per_batch.insert(slot, count + 1);
         self.latest = Some((request.epoch, request.batch));
-        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
         self.log.push(AuditEntry {
             sequence: self.log.len() as u64,
             generation: self.generation,
             epoch: request.epoch,
             batch: request.batch,
             purpose: request.purpose,
-            vector_sha256: Sha256::digest(&bytes).into(),
+            vector_sha256: vector_digest(v),
             rank_after: rank,
         });
         Ok(key)

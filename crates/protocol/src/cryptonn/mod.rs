@@ -25,7 +25,7 @@ mod authority;
 pub mod training;
 
 pub use audit::{verify_log, AuditError, AuditRecord, AuditVerifier, AUDIT_MAGIC, RECORD_LEN};
-pub use authority::{AuditEntry, KeyAuthority, KeyPolicy, KeyRequest, PolicyError, Purpose};
+pub use authority::{vector_digest, AuditEntry, KeyAuthority, KeyPolicy, KeyRequest, PolicyError, Purpose};
 pub use training::{
     AuditSink, Breakdown, EncryptedBatch, FeProducts, Mode, TrainingAuthority, TrainingClient, TrainingServer,
 };
