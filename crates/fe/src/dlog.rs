@@ -36,9 +36,10 @@ pub struct DlogTable {
     offset: RistrettoPoint,
     /// `−m·G`.
     giant: RistrettoPoint,
-    /// The lanes' doubled `2c·G` (centre), `2·offset` and `2·giant`, made on first use.
+    /// The lanes' `c·G` (centre), `offset` and `giant`, as they are and doubled, made on
+    /// first use.
     #[cfg(target_arch = "x86_64")]
-    lanes: std::sync::OnceLock<[crate::lanes::Niels; 3]>,
+    lanes: std::sync::OnceLock<[[crate::lanes::Niels; 3]; 2]>,
 }
 
 impl std::fmt::Debug for DlogTable {
@@ -159,57 +160,75 @@ impl DlogTable {
         chunks.into_iter().flatten().collect()
     }
 
-    /// [`DlogTable::solve_batch`] for the doubled points `2·P` of eight lanes each
-    /// ([`crate::lanes`]), in parallel: the encoding of `2P + 2c·G` is looked up first for a
-    /// centre `c = min(m/2, bound)` (values in `[−c, m − c)`, most of them, in one step), and
-    /// lanes not found there walk the giant steps of [`DlogTable::solve_batch`] from the
-    /// bottom of the range, their encodings `2·Q` computed directly since the points are
-    /// already doubled.
+    /// [`DlogTable::solve_batch`] for points of eight lanes each ([`crate::lanes`]), given as
+    /// `P` or, with `doubled`, as `2·P`, in parallel. The encoding of `2·(P + c·G)` is looked
+    /// up first for a centre `c = min(m/2, bound)` (values in `[−c, m − c)`, most of them, in
+    /// one step): for points given as `P`, by [`crate::lanes::Ifma::double_encode_batch`] over
+    /// chunks of points (one inversion per chunk); for doubled points, by a full encoding each.
+    /// Lanes not found there walk the giant steps of [`DlogTable::solve_batch`] from the
+    /// bottom of the range.
     #[cfg(target_arch = "x86_64")]
-    pub(crate) fn solve_doubled_lanes(
+    pub(crate) fn solve_lanes(
         &self,
         s: crate::lanes::Ifma,
         points: &[crate::lanes::Point],
+        doubled: bool,
     ) -> Vec<[Result<i64>; crate::lanes::LANES]> {
-        use crate::lanes::LANES;
+        use crate::lanes::{Point, LANES};
+        const CHUNK: usize = 32;
         let c = s.constants();
         let centre = (self.m / 2).min(self.bound);
-        let [centre_2, offset_2, giant_2] = *self.lanes.get_or_init(|| {
-            let doubled = |p: RistrettoPoint| s.to_niels(&s.load_doubled(&[&[p]], c)[0], c);
+        let steps = &self.lanes.get_or_init(|| {
+            let points = [RistrettoPoint::mul_base(&Scalar::from(centre)), self.offset, self.giant];
             s.vectorize(|| {
-                [doubled(RistrettoPoint::mul_base(&Scalar::from(centre))), doubled(self.offset), doubled(self.giant)]
+                [
+                    points.map(|p| s.to_niels(&s.decode(&[p.compress().to_bytes(); LANES], c).0, c)),
+                    points.map(|p| s.to_niels(&s.load_doubled(&[&[p]], c)[0], c)),
+                ]
             })
-        });
+        })[usize::from(doubled)];
+        let [centre_step, offset_step, giant_step] = steps;
+        // The fingerprints of 2Q (of Q itself when doubled) per point of `qs`.
+        let lookup = |qs: &[Point]| -> Vec<[Option<u32>; LANES]> {
+            let encodings =
+                if doubled { qs.iter().map(|q| s.encode(q, c)).collect() } else { s.double_encode_batch(qs, c) };
+            encodings.iter().map(|e| e.map(|e| self.baby.get(&fingerprint(&e)).copied())).collect()
+        };
         let range = 2 * self.bound + 1;
-        let lookup = |q: &crate::lanes::Point| s.encode(q, c).map(|e| self.baby.get(&fingerprint(&e)).copied());
         points
-            .par_iter()
-            .map(|p| {
+            .par_chunks(CHUNK)
+            .flat_map_iter(|chunk| {
                 s.vectorize(|| {
-                    let mut out: [Result<i64>; LANES] =
-                        std::array::from_fn(|_| Err(FeError::OutOfBound { bound: self.bound }));
-                    let mut open = 0u8;
-                    for (lane, j) in lookup(&s.add_niels(p, &centre_2, false)).into_iter().enumerate() {
-                        match j.map(|j| j as i64 - centre as i64) {
-                            Some(v) if v.unsigned_abs() <= self.bound => out[lane] = Ok(v),
-                            _ => open |= 1 << lane,
-                        }
-                    }
-                    let (mut q, mut base) = (s.add_niels(p, &offset_2, false), 0u64);
-                    while open != 0 && base < range {
-                        for (lane, j) in lookup(&q).into_iter().enumerate() {
-                            match j {
-                                Some(j) if open >> lane & 1 == 1 && base + (j as u64) < range => {
-                                    out[lane] = Ok((base + j as u64) as i64 - self.bound as i64);
-                                    open &= !(1 << lane);
-                                }
-                                _ => {}
+                    let centred: Vec<Point> = chunk.iter().map(|p| s.add_niels(p, centre_step, false)).collect();
+                    let found = lookup(&centred);
+                    let mut solved = Vec::with_capacity(chunk.len());
+                    for (p, found) in chunk.iter().zip(found) {
+                        let mut out: [Result<i64>; LANES] =
+                            std::array::from_fn(|_| Err(FeError::OutOfBound { bound: self.bound }));
+                        let mut open = 0u8;
+                        for (lane, j) in found.into_iter().enumerate() {
+                            match j.map(|j| j as i64 - centre as i64) {
+                                Some(v) if v.unsigned_abs() <= self.bound => out[lane] = Ok(v),
+                                _ => open |= 1 << lane,
                             }
                         }
-                        q = s.add_niels(&q, &giant_2, false);
-                        base += self.m;
+                        let (mut q, mut base) = (s.add_niels(p, offset_step, false), 0u64);
+                        while open != 0 && base < range {
+                            for (lane, j) in lookup(std::slice::from_ref(&q))[0].into_iter().enumerate() {
+                                match j {
+                                    Some(j) if open >> lane & 1 == 1 && base + (j as u64) < range => {
+                                        out[lane] = Ok((base + j as u64) as i64 - self.bound as i64);
+                                        open &= !(1 << lane);
+                                    }
+                                    _ => {}
+                                }
+                            }
+                            q = s.add_niels(&q, giant_step, false);
+                            base += self.m;
+                        }
+                        solved.push(out);
                     }
-                    out
+                    solved
                 })
             })
             .collect()
@@ -221,7 +240,7 @@ mod tests {
     use super::*;
 
     /// The eight-lane solver finds every value in range (from its centre window or the walk)
-    /// and refuses the rest, for tables with fewer baby steps than the range and with more.
+    /// and refuses the rest, for points given as they are and doubled, for tables with fewer baby steps than the range and with more.
     #[test]
     fn lanes_solve_like_the_serial_walk() {
         let Some(s) = crate::lanes::Ifma::try_new() else { return };
@@ -236,17 +255,27 @@ mod tests {
                         * if v < 0 { -Scalar::ONE } else { Scalar::ONE }
                 })
                 .collect();
-            let lanes: Vec<_> = points
-                .chunks(crate::lanes::LANES)
-                .map(|chunk| {
-                    let rows: Vec<&[RistrettoPoint]> = chunk.iter().map(std::slice::from_ref).collect();
-                    s.vectorize(|| s.load_doubled(&rows, c)[0])
-                })
-                .collect();
-            let solved = table.solve_doubled_lanes(s, &lanes);
-            for (i, &v) in values.iter().enumerate() {
-                let expected = if v.unsigned_abs() <= bound { Ok(v) } else { Err(FeError::OutOfBound { bound }) };
-                assert_eq!(solved[i / 8][i % 8], expected, "bound {bound}, {m} baby steps, v = {v}");
+            for doubled in [false, true] {
+                let lanes: Vec<_> = points
+                    .chunks(crate::lanes::LANES)
+                    .map(|chunk| {
+                        s.vectorize(|| {
+                            if doubled {
+                                let rows: Vec<&[RistrettoPoint]> = chunk.iter().map(std::slice::from_ref).collect();
+                                s.load_doubled(&rows, c)[0]
+                            } else {
+                                let bytes =
+                                    std::array::from_fn(|l| chunk.get(l).unwrap_or(&chunk[0]).compress().to_bytes());
+                                s.decode(&bytes, c).0
+                            }
+                        })
+                    })
+                    .collect();
+                let solved = table.solve_lanes(s, &lanes, doubled);
+                for (i, &v) in values.iter().enumerate() {
+                    let expected = if v.unsigned_abs() <= bound { Ok(v) } else { Err(FeError::OutOfBound { bound }) };
+                    assert_eq!(solved[i / 8][i % 8], expected, "bound {bound}, {m} baby steps, v = {v}, {doubled}");
+                }
             }
         }
     }

@@ -18,6 +18,7 @@ use crate::ipfe::scalar_from_i64;
 use crate::{DlogTable, FeError, Result};
 use curve25519_dalek::ristretto::{CompressedRistretto, RistrettoPoint};
 use curve25519_dalek::scalar::Scalar;
+use rayon::prelude::*;
 use zeroize::Zeroize;
 
 /// The operation a function key computes.
@@ -141,13 +142,31 @@ impl Ciphertext {
     /// [`FeError::InvalidArgument`] if the key was derived for another ciphertext;
     /// [`FeError::OutOfBound`] if `|x op y|` exceeds the table's bound.
     pub fn decrypt(&self, key: &FunctionKey, table: &DlogTable) -> Result<i64> {
+        table.solve(&self.point(key)?)
+    }
+
+    /// `(x op y)·G`, before the discrete logarithm.
+    fn point(&self, key: &FunctionKey) -> Result<RistrettoPoint> {
         if self.cmt.compress() != key.cmt {
             return Err(FeError::InvalidArgument("the function key was derived for another ciphertext".into()));
         }
-        let point = match key.op {
+        Ok(match key.op {
             Operation::Add | Operation::Sub => self.ct - key.key,
             Operation::Mul => self.ct * scalar_from_i64(key.y) - key.key,
-        };
-        table.solve(&point)
+        })
     }
+}
+
+/// [`Ciphertext::decrypt`] of each ciphertext with its key, in parallel, the discrete
+/// logarithms sharing field inversions ([`DlogTable::solve_all`]).
+///
+/// # Errors
+/// [`FeError::Length`] for a different number of keys; as [`Ciphertext::decrypt`] for the
+/// first ciphertext that fails.
+pub fn decrypt_all(cts: &[Ciphertext], keys: &[FunctionKey], table: &DlogTable) -> Result<Vec<i64>> {
+    if cts.len() != keys.len() {
+        return Err(FeError::Length { expected: cts.len(), actual: keys.len() });
+    }
+    let points: Vec<RistrettoPoint> = cts.par_iter().zip(keys).map(|(ct, k)| ct.point(k)).collect::<Result<_>>()?;
+    table.solve_all(&points)
 }

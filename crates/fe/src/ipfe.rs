@@ -472,25 +472,22 @@ impl CiphertextBatch {
             BatchRepr::Lanes { ifma, groups } => {
                 let s = *ifma;
                 keys.iter().try_for_each(|k| check_len(self.n, k.y.len()))?;
-                let max = largest_entry(keys);
+                let plan = (keys.len() >= SPLIT_BELOW_KEYS).then(|| KeyPlan::new(keys, self.n));
                 let points = groups
                     .par_iter()
                     .enumerate()
                     .flat_map_iter(|(g, group)| {
                         s.vectorize(|| {
-                            if keys.len() < SPLIT_BELOW_KEYS {
+                            let Some(plan) = &plan else {
                                 let used = crate::lanes::LANES.min(self.len - g * crate::lanes::LANES);
                                 return split_product(s, group, used, keys);
-                            }
-                            let mut out = product_group(s, &group.ct0_powers[0], &group.cts, keys, max);
-                            // Doubled, as the discrete logarithm expects.
-                            out.iter_mut().for_each(|p| *p = s.double(p));
-                            out
+                            };
+                            product_group(s, &group.ct0_powers[0], &group.cts, keys, plan)
                         })
                     })
                     .collect();
                 Ok(ProductPoints {
-                    repr: Repr::Lanes { ifma: s, points, keys: keys.len() },
+                    repr: Repr::Lanes { ifma: s, points, keys: keys.len(), doubled: false },
                     len: self.len * keys.len(),
                 })
             }
@@ -541,9 +538,12 @@ impl CiphertextBatch {
                 Repr::Points(sums)
             }
             #[cfg(target_arch = "x86_64")]
-            BatchRepr::Lanes { ifma, groups } => {
-                Repr::Lanes { ifma: *ifma, points: summed_product_lanes(*ifma, groups, self.len, keys), keys: 1 }
-            }
+            BatchRepr::Lanes { ifma, groups } => Repr::Lanes {
+                ifma: *ifma,
+                points: summed_product_lanes(*ifma, groups, self.len, keys),
+                keys: 1,
+                doubled: false,
+            },
         };
         Ok(ProductPoints { repr, len: outputs })
     }
@@ -612,7 +612,7 @@ const SPLIT_BELOW_KEYS: usize = 4;
 /// `k`-th 32-bit limb of `−sk` and `y_i·ct_i` for the entries `i ≡ k (mod 8)`, by Straus with
 /// per-lane radix-16 digits; the lanes are then added together. About 90 lane operations
 /// for 25 entries, against the `ct_0` table's 816 additions of the other method. Returns,
-/// per key, the doubled products in the ciphertexts' lanes.
+/// per key, the products in the ciphertexts' lanes.
 #[cfg(target_arch = "x86_64")]
 fn split_product(
     s: crate::lanes::Ifma,
@@ -644,14 +644,13 @@ fn split_product(
                 .chain(key.y.chunks(LANES).map(|ys| digits_of(ys, windows)))
                 .collect();
             let sum = s.sum_lanes(&s.straus_per_lane(&points, &digits.iter().collect::<Vec<_>>(), c), c);
-            // Doubled, as the discrete logarithm expects.
-            *out = s.blend_lane(out, &s.double(&sum), lane);
+            *out = s.blend_lane(out, &sum, lane);
         }
     }
     out
 }
 
-/// [`CiphertextBatch::summed_product`] in lanes: eight outputs per vector, doubled.
+/// [`CiphertextBatch::summed_product`] in lanes: eight outputs per vector.
 #[cfg(target_arch = "x86_64")]
 fn summed_product_lanes(
     s: crate::lanes::Ifma,
@@ -675,7 +674,9 @@ fn summed_product_lanes(
                 let n = cts.len();
                 let width = t + 1;
                 let tables = s.lane_tables(cts.iter().map(|p| s.multiples(p, t, c)), width);
-                let ct0_tables = s.lane_tables(s.fixed_base_table(&ct0_powers[0], c).into_iter(), 17);
+                let ct0_rows = s.fixed_base_points(&ct0_powers[0], 5, c);
+                let ct0_tables =
+                    s.lane_tables(ct0_rows.iter().map(|row| row.iter().map(|p| s.to_niels(p, c)).collect()), 17);
                 let mut acc = vec![s.identity(); (planes + 1) * chunks];
                 for lane in 0..LANES.min(len - g * LANES) {
                     let b = g * LANES + lane;
@@ -716,9 +717,7 @@ fn summed_product_lanes(
         (0..chunks)
             .map(|chunk| {
                 let per_plane: Vec<_> = (0..planes).map(|plane| sums[plane * chunks + chunk]).collect();
-                let total = s.add_points(&digits.combine(s, &per_plane), &sums[planes * chunks + chunk], c);
-                // Doubled, as the discrete logarithm expects.
-                s.double(&total)
+                s.add_points(&digits.combine(s, &per_plane), &sums[planes * chunks + chunk], c)
             })
             .collect()
     })
@@ -832,19 +831,26 @@ pub struct PreparedCiphertext<'a> {
     ct0: FixedBaseTable,
 }
 
-/// Signed radix-32 digits of a scalar's canonical value, least significant first: 51 digits
-/// in `[−16, 16]`.
-pub(crate) fn signed_radix32(s: &Scalar) -> [i64; 51] {
+/// Signed radix-`2^bits` digits of a scalar's canonical value, least significant first:
+/// `⌈254/bits⌉` digits in `[−2^{bits−1}, 2^{bits−1}]` (the top one absorbs the last carry,
+/// since the value is below `2^253`).
+pub(crate) fn signed_digits(s: &Scalar, bits: u32) -> impl Iterator<Item = i64> {
     let bytes = s.to_bytes();
-    let bit = |i: usize| -> i64 { bytes.get(i / 8).map_or(0, |b| i64::from((b >> (i % 8)) & 1)) };
+    let bit = move |i: u32| -> i64 { bytes.get(i as usize / 8).map_or(0, |b| i64::from((b >> (i % 8)) & 1)) };
+    let (full, half) = (1i64 << bits, 1i64 << (bits - 1));
     let mut carry = 0;
-    std::array::from_fn(|w| {
-        let v = (0..5).map(|b| bit(5 * w + b) << b).sum::<i64>() + carry;
-        // v ∈ [0, 32]: digits above 16 borrow from the next window.
-        let (digit, c) = if v > 16 { (v - 32, 1) } else { (v, 0) };
-        carry = c;
-        digit
+    (0..254u32.div_ceil(bits)).map(move |w| {
+        let v = (0..bits).map(|b| bit(bits * w + b) << b).sum::<i64>() + carry;
+        // v ∈ [0, 2^bits]: digits above half borrow from the next window.
+        carry = i64::from(v > half);
+        v - carry * full
     })
+}
+
+/// [`signed_digits`] with 5 bits: 51 digits in `[−16, 16]`.
+pub(crate) fn signed_radix32(s: &Scalar) -> [i64; 51] {
+    let mut digits = signed_digits(s, 5);
+    std::array::from_fn(|_| digits.next().expect("51 digits"))
 }
 
 /// A variable-time fixed-base table for one point `P` (the decryptor's `ct_0`, public):
@@ -1087,10 +1093,10 @@ pub struct ProductPoints {
 enum Repr {
     /// Row-major, one dalek point per entry.
     Points(Vec<RistrettoPoint>),
-    /// Eight rows per vector, doubled ([`crate::lanes`]): `points[g·keys + k]` holds entry
-    /// `(8g + lane, k)` times two.
+    /// Eight rows per vector ([`crate::lanes`]): `points[g·keys + k]` holds entry
+    /// `(8g + lane, k)`, times two if `doubled` (points loaded from dalek's are).
     #[cfg(target_arch = "x86_64")]
-    Lanes { ifma: crate::lanes::Ifma, points: Vec<crate::lanes::Point>, keys: usize },
+    Lanes { ifma: crate::lanes::Ifma, points: Vec<crate::lanes::Point>, keys: usize, doubled: bool },
 }
 
 impl std::fmt::Debug for ProductPoints {
@@ -1119,8 +1125,8 @@ impl ProductPoints {
         match &self.repr {
             Repr::Points(points) => table.solve_all(points),
             #[cfg(target_arch = "x86_64")]
-            Repr::Lanes { ifma, points, keys } => {
-                let solved = table.solve_doubled_lanes(*ifma, points);
+            Repr::Lanes { ifma, points, keys, doubled } => {
+                let solved = table.solve_lanes(*ifma, points, *doubled);
                 let mut out = Vec::with_capacity(self.len);
                 for i in 0..self.len / keys {
                     for k in 0..*keys {
@@ -1154,7 +1160,7 @@ pub fn matrix_product_points(rows: &[Ciphertext], keys: &[FunctionKey]) -> Resul
     if let Some(ifma) = crate::lanes::Ifma::try_new() {
         if !keys.is_empty() {
             let points = ifma.vectorize(|| matrix_product_lanes(ifma, rows, keys));
-            return Ok(ProductPoints { repr: Repr::Lanes { ifma, points, keys: keys.len() }, len });
+            return Ok(ProductPoints { repr: Repr::Lanes { ifma, points, keys: keys.len(), doubled: true }, len });
         }
     }
     Ok(ProductPoints { repr: Repr::Points(matrix_product_serial(rows, keys)?), len })
@@ -1197,60 +1203,146 @@ fn matrix_product_serial(rows: &[Ciphertext], keys: &[FunctionKey]) -> Result<Ve
 #[cfg(target_arch = "x86_64")]
 fn matrix_product_lanes(s: crate::lanes::Ifma, rows: &[Ciphertext], keys: &[FunctionKey]) -> Vec<crate::lanes::Point> {
     let c = s.constants();
-    let max = largest_entry(keys);
+    let plan = KeyPlan::new(keys, rows.first().map_or(0, |ct| ct.cts.len()));
     let groups: Vec<Vec<crate::lanes::Point>> = rows
         .par_chunks(crate::lanes::LANES)
         .map(|group| {
             s.vectorize(|| {
                 let ct0: Vec<&[RistrettoPoint]> = group.iter().map(|ct| std::slice::from_ref(&ct.ct0)).collect();
                 let cts: Vec<&[RistrettoPoint]> = group.iter().map(|ct| ct.cts.as_slice()).collect();
-                product_group(s, &s.load_doubled(&ct0, c)[0], &s.load_doubled(&cts, c), keys, max)
+                product_group(s, &s.load_doubled(&ct0, c)[0], &s.load_doubled(&cts, c), keys, &plan)
             })
         })
         .collect();
     groups.into_iter().flatten().collect()
 }
 
-/// One group of eight ciphertexts `(ct_0, ct_i)` in lanes against every key: `ct_0`'s
-/// fixed-base table, then per key `−sk_y·ct_0` from the table plus `Σ y_i·ct_i` by shared
-/// multiples or buckets, the same bucket, digit or multiple in every lane.
+/// How [`product_group`] evaluates a set of keys on every group of eight ciphertexts,
+/// decided once per product from the keys alone (counting additions).
+#[cfg(target_arch = "x86_64")]
+struct KeyPlan {
+    /// Bits per window of `ct_0`'s fixed-base table (more keys, wider windows).
+    bits: u32,
+    /// Digits per key of `−sk` ([`signed_digits`]).
+    windows: usize,
+    /// Per key, the digits of `−sk` (key-major).
+    minus_sk: Vec<i16>,
+    /// `None`: buckets per key.
+    shared: Option<SharedMultiples>,
+}
+
+/// The multiples `m·ct_i` for `m = 1..t` of each entry `i`, shared by the keys.
+#[cfg(target_arch = "x86_64")]
+struct SharedMultiples {
+    t: usize,
+    /// Per entry `i`, the keys `(index, y_i)` with `y_i ≠ 0`.
+    columns: Vec<Vec<(u32, i64)>>,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl KeyPlan {
+    /// Widest window considered: 8 bits (a table of 32 rows of 128 points, about 4 MB in
+    /// lanes; wider tables leave the cache).
+    const MAX_BITS: u32 = 8;
+    /// Accumulators per block of [`product_group`]'s `−sk·ct_0` pass (about 650 KB).
+    const BLOCK: usize = 512;
+
+    fn new(keys: &[FunctionKey], n: usize) -> Self {
+        let k = keys.len();
+        // An entry of the table costs about two additions (one to compute, one to make affine).
+        let table_and_keys = |bits: u32| {
+            let windows = 254usize.div_ceil(bits as usize);
+            windows * ((2 << (bits - 1)) + k)
+        };
+        let bits = (4..=Self::MAX_BITS).min_by_key(|&b| table_and_keys(b)).expect("a window");
+        let windows = 254usize.div_ceil(bits as usize);
+        let mut minus_sk = Vec::with_capacity(k * windows);
+        for key in keys {
+            minus_sk.extend(signed_digits(&-key.sk, bits).map(|d| d as i16));
+        }
+        // Shared multiples up to `t`: `t` additions per used entry to build, `⌈|y|/t⌉` per
+        // non-zero key entry; buckets: per key, 12-bit planes of `nonzero + 2·max` additions.
+        let mut used = vec![false; n];
+        let mut entries = Vec::new();
+        for key in keys {
+            for (i, &y) in key.y.iter().enumerate().filter(|(_, y)| **y != 0) {
+                used[i] = true;
+                entries.push(y.unsigned_abs());
+            }
+        }
+        let used = used.iter().filter(|&&u| u).count() as u64;
+        let shared_cost = |t: u64| entries.iter().fold(used * t, |cost, y| cost.saturating_add(y.div_ceil(t)));
+        let t = (0..8).map(|e| 1u64 << e).min_by_key(|&t| shared_cost(t)).expect("a table size");
+        let bucket_cost: u64 = keys
+            .iter()
+            .map(|key| {
+                let max = key.y.iter().map(|y| y.unsigned_abs()).max().unwrap_or(0);
+                let nonzero = key.y.iter().filter(|&&y| y != 0).count() as u64;
+                let planes = u64::from((64 - max.leading_zeros()).div_ceil(12).max(1));
+                planes * (nonzero + 2 * max.min(1 << 12) + 12)
+            })
+            .sum();
+        let shared = (shared_cost(t) <= bucket_cost).then(|| {
+            let mut columns = vec![Vec::new(); n];
+            for (index, key) in keys.iter().enumerate() {
+                for (i, &y) in key.y.iter().enumerate().filter(|(_, y)| **y != 0) {
+                    columns[i].push((index as u32, y));
+                }
+            }
+            SharedMultiples { t: t as usize, columns }
+        });
+        Self { bits, windows, minus_sk, shared }
+    }
+}
+
+/// One group of eight ciphertexts `(ct_0, ct_i)` in lanes against every key of `plan`, the
+/// same digit, multiple or bucket in every lane. First `−sk·ct_0` for every key from
+/// `ct_0`'s fixed-base table, window by window over blocks of keys (the block's accumulators
+/// and one row of the table stay in cache); then `Σ y_i·ct_i`: with shared multiples, entry
+/// by entry (each entry's `t` multiples built once, then added to the accumulator of every
+/// key that uses it, `y = q·t + r` as `q` additions of `t·ct_i` and one of `r·ct_i`), or by
+/// buckets per key.
 #[cfg(target_arch = "x86_64")]
 fn product_group(
     s: crate::lanes::Ifma,
     ct0: &crate::lanes::Point,
     points: &[crate::lanes::Point],
     keys: &[FunctionKey],
-    max: usize,
+    plan: &KeyPlan,
 ) -> Vec<crate::lanes::Point> {
     let c = s.constants();
-    let table = s.fixed_base_table(ct0, c);
-    let minus_sk_ct0 = |key: &FunctionKey| s.fixed_base_mul(&table, &signed_radix32(&-key.sk));
-    // Additions of the two methods: shared multiples up to 64 with digit planes, or buckets
-    // (12-bit planes) per key.
-    let digits = DigitPlanes::for_max(max);
-    let nonzero: usize = keys.iter().map(|k| k.y.iter().filter(|&&y| y != 0).count()).sum();
-    let shared = points.len() * digits.table + digits.planes * nonzero + keys.len() * (digits.planes - 1) * 8;
-    let bucket_planes = (usize::BITS - max.leading_zeros()).div_ceil(12).max(1) as usize;
-    let buckets = bucket_planes * (nonzero + keys.len() * (2 * max.min(1 << 12) + 12));
-    if shared < buckets {
-        let multiples: Vec<_> = points.iter().map(|p| s.multiples(p, digits.table, c)).collect();
-        keys.iter()
-            .map(|key| {
-                let mut per_plane = vec![s.identity(); digits.planes];
-                for (&y, m) in key.y.iter().zip(&multiples) {
-                    if y != 0 {
-                        for (acc, d) in per_plane.iter_mut().zip(digits.digits(y)) {
-                            s.add_multiple(acc, m, d);
-                        }
-                    }
-                }
-                s.add_points(&digits.combine(s, &per_plane), &minus_sk_ct0(key), c)
-            })
-            .collect()
-    } else {
-        let niels: Vec<_> = points.iter().map(|p| s.to_niels(p, c)).collect();
-        keys.iter().map(|key| s.add_points(&s.buckets_wide(&key.y, &niels, c), &minus_sk_ct0(key), c)).collect()
+    let table = s.fixed_base_table(ct0, plan.bits, c);
+    let mut acc = vec![s.identity(); keys.len()];
+    for (block, digits) in acc.chunks_mut(KeyPlan::BLOCK).zip(plan.minus_sk.chunks(KeyPlan::BLOCK * plan.windows)) {
+        for (w, row) in table.iter().enumerate() {
+            for (a, d) in block.iter_mut().zip(digits.chunks_exact(plan.windows)) {
+                s.add_affine_multiple(a, row, i64::from(d[w]));
+            }
+        }
     }
+    match &plan.shared {
+        Some(SharedMultiples { t, columns }) => {
+            let t = *t as i64;
+            for (p, column) in points.iter().zip(columns).filter(|(_, column)| !column.is_empty()) {
+                let multiples = s.multiples(p, t as usize, c);
+                for &(key, y) in column {
+                    let a = &mut acc[key as usize];
+                    let (q, r) = (y.unsigned_abs() / t as u64, (y.unsigned_abs() % t as u64) as i64);
+                    for _ in 0..q {
+                        s.add_multiple(a, &multiples, t * y.signum());
+                    }
+                    s.add_multiple(a, &multiples, r * y.signum());
+                }
+            }
+        }
+        None => {
+            let niels: Vec<_> = points.iter().map(|p| s.to_niels(p, c)).collect();
+            for (a, key) in acc.iter_mut().zip(keys) {
+                *a = s.add_points(a, &s.buckets_wide(&key.y, &niels, c), c);
+            }
+        }
+    }
+    acc
 }
 
 #[cfg(test)]
@@ -1270,9 +1362,14 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(11);
         let table = DlogTable::new(1 << 17, 1 << 12).unwrap();
         // (rows, length, keys, largest key entry): buckets per key, then shared multiples.
-        for (rows, n, k, max, x_max) in
-            [(11, 40, 5, 30, 20), (9, 12, 20, 3, 20), (3, 7, 2, 1000, 20), (8, 5, 6, 0, 20), (5, 7, 3, 9000, 2)]
-        {
+        for (rows, n, k, max, x_max) in [
+            (11, 40, 5, 30, 20),
+            (9, 12, 20, 3, 20),
+            (3, 7, 2, 1000, 20),
+            (8, 5, 6, 0, 20),
+            (5, 7, 3, 9000, 2),
+            (9, 6, 600, 300, 20),
+        ] {
             let (msk, mpk) = setup_with_rng(n, &mut rng).unwrap();
             let cts: Vec<Ciphertext> =
                 (0..rows).map(|_| mpk.encrypt_with_rng(&small(&mut rng, n, x_max), &mut rng).unwrap()).collect();
@@ -1310,7 +1407,14 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(12);
         let table = DlogTable::new(1 << 17, 1 << 12).unwrap();
         // Fewer than four keys: each product split over the lanes.
-        let shapes = [(13, 30, 5, 40, false), (9, 10, 16, 2, false), (3, 6, 4, 3, true), (10, 12, 1, 100, false)];
+        // 600 keys: two blocks of the `ct_0` pass, entries several times the shared table.
+        let shapes = [
+            (13, 30, 5, 40, false),
+            (9, 10, 16, 2, false),
+            (3, 6, 4, 3, true),
+            (10, 12, 1, 100, false),
+            (9, 6, 600, 300, false),
+        ];
         for (rows, n, k, max, large) in shapes.into_iter().chain([(3, 6, 2, 3, true), (2, 9, 3, 140, false)]) {
             let (msk, mpk) = setup_with_rng(n, &mut rng).unwrap();
             let mut xs: Vec<Vec<i64>> = (0..rows).map(|_| small(&mut rng, n, 100)).collect();

@@ -32,6 +32,7 @@ use blindfold_fe::ipfe::{CiphertextBatch, Encryptor, FunctionKey, ProductPoints}
 use blindfold_fe::{febo, DlogTable, FeError, FixedPoint};
 use blindfold_nn::cryptonn::{augmented_columns, encode_input, subtract_labels, FirstLayerProducts, FixedBatches};
 use ndarray::{Array2, Array3};
+use rayon::prelude::*;
 use std::time::{Duration, Instant};
 
 /// How labels reach the training server.
@@ -198,9 +199,10 @@ impl TrainingAuthority {
                 FeError::InvalidArgument("no FEBO key pair: the labels are not encrypted per entry".into()).into()
             );
         };
+        let derived: Vec<_> =
+            entries.par_iter().map(|&(ct, a)| super::authority::derive_label_key(msk, ct, a)).collect();
         let mut keys = Vec::with_capacity(entries.len());
-        for &(ct, a) in entries {
-            let (key, key_sha256) = super::authority::derive_label_key(msk, ct, a);
+        for (key, key_sha256) in derived {
             keys.push(key);
             self.audit.append(AuditRecord {
                 sequence: 0,
@@ -496,9 +498,7 @@ impl TrainingServer {
     /// `ŷ − â` per encrypted label entry, with one FEBO subtraction key each.
     fn label_differences(&self, id: usize, keys: &[febo::FunctionKey]) -> Result<Vec<i64>, FeError> {
         match &self.current(id)?.labels {
-            Labels::Encrypted(l) if l.len() == keys.len() => {
-                l.iter().zip(keys).map(|(ct, k)| ct.decrypt(k, &self.table)).collect()
-            }
+            Labels::Encrypted(l) if l.len() == keys.len() => febo::decrypt_all(l, keys, &self.table),
             _ => Err(FeError::InvalidArgument("one FEBO key per encrypted label entry".into())),
         }
     }
