@@ -439,6 +439,61 @@ impl CiphertextBatch {
         }
     }
 
+    /// A batch of `count` ciphertexts of vectors of length `n` from their wire points (per
+    /// ciphertext `ct_0`, its seven powers `2^{32k}·ct_0`, then `ct_1..n`, 32 bytes each:
+    /// `bytes` holds exactly `count·(8 + n)·32`), decoded straight into lanes (one inverse
+    /// square root per eight encodings), in parallel over groups of eight ciphertexts. Checks
+    /// every encoding and that the powers are `ct_0`'s. `None` without IFMA (the caller
+    /// decodes with dalek); `Some(Err(reason))` for bytes that are not such a batch.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn decode_lanes(
+        n: usize,
+        count: usize,
+        bytes: &[u8],
+    ) -> Option<std::result::Result<Self, &'static str>> {
+        use crate::lanes::LANES;
+        let s = crate::lanes::Ifma::try_new()?;
+        let stride = 32 * (LIMBS + n);
+        debug_assert_eq!(bytes.len(), count * stride);
+        let groups = bytes
+            .par_chunks(LANES * stride)
+            .map(|group| {
+                s.vectorize(|| {
+                    let c = s.constants();
+                    let used = group.len() / stride;
+                    let mask = ((1u16 << used) - 1) as u8;
+                    // Point `j` of every ciphertext of the group (the missing lanes repeat the first).
+                    let encodings = |j: usize| -> [[u8; 32]; LANES] {
+                        std::array::from_fn(|lane| {
+                            let at = (if lane < used { lane } else { 0 }) * stride + 32 * j;
+                            group[at..at + 32].try_into().expect("32 bytes")
+                        })
+                    };
+                    let decode = |j: usize| {
+                        let (p, valid) = s.decode(&encodings(j), c);
+                        (valid & mask == mask).then_some(p).ok_or("an invalid ristretto255 encoding")
+                    };
+                    let ct0 = decode(0)?;
+                    let mut ct0_powers = [ct0; LIMBS];
+                    for j in 1..LIMBS {
+                        let mut p = ct0_powers[j - 1];
+                        for _ in 0..32 {
+                            p = s.double(&p);
+                        }
+                        let wire = encodings(j);
+                        if s.encode(&p, c)[..used] != wire[..used] {
+                            return Err("its precomputed 2^{32k}·ct_0 do not match ct_0");
+                        }
+                        ct0_powers[j] = p;
+                    }
+                    let cts = (LIMBS..LIMBS + n).map(decode).collect::<std::result::Result<_, _>>()?;
+                    Ok(LaneGroup { ct0_powers, cts })
+                })
+            })
+            .collect::<std::result::Result<_, _>>();
+        Some(groups.map(|groups| Self { n, len: count, repr: BatchRepr::Lanes { ifma: s, groups } }))
+    }
+
     /// A batch of single ciphertexts of vectors of length `n` (the serial representation:
     /// products on it take dalek's path).
     pub(crate) fn from_ciphertexts(n: usize, cts: Vec<Ciphertext>) -> Self {

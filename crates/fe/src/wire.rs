@@ -229,6 +229,10 @@ impl WireObject for ipfe::CiphertextBatch {
     fn decode_body(body: &[u8], params: &FeParams) -> Result<Self> {
         let mut r = Reader { bytes: body, what: Self::KIND.name() };
         let count = u32::from_le_bytes(r.take(4).try_into().expect("4 bytes")) as usize;
+        #[cfg(target_arch = "x86_64")]
+        if let Some(batch) = ipfe::CiphertextBatch::decode_lanes(params.n, count, r.bytes) {
+            return batch.map_err(|reason| malformed(r.what, reason));
+        }
         let cts = (0..count).map(|_| read_ciphertext(&mut r, params.n)).collect::<Result<_>>()?;
         Ok(ipfe::CiphertextBatch::from_ciphertexts(params.n, cts))
     }

@@ -170,6 +170,22 @@ fn a_batch_round_trips_to_the_same_products() {
         xs.iter().flat_map(|x| (0..3).map(move |k| x[0] * k + x[1] - x[2] + 2 * x[3] + 3 * x[5])).collect();
     assert_eq!(batch.product(&keys).unwrap().solve(&table).unwrap(), want);
     assert_eq!(back.product(&keys).unwrap().solve(&table).unwrap(), want);
+    // Four keys and more take the other path (ct_0's table).
+    let ys: Vec<[i64; N]> = (0..5).map(|k| [k, -1, 2, 0, k - 2, 1]).collect();
+    let keys: Vec<ipfe::FunctionKey> = ys.iter().map(|y| msk.derive(y).unwrap()).collect();
+    let want: Vec<i64> =
+        xs.iter().flat_map(|x| ys.iter().map(move |y| x.iter().zip(y).map(|(a, b)| a * b).sum::<i64>())).collect();
+    assert_eq!(back.product(&keys).unwrap().solve(&table).unwrap(), want);
+    // A power of ct_0 that is a valid point but not ct_0's, in the last (partial) group; an
+    // invalid encoding.
+    let stride = 32 * (8 + N);
+    let last = HEADER_LEN + 4 + 10 * stride;
+    let mut wrong_power = bytes.clone();
+    wrong_power[last + 32 * 3..last + 32 * 4].copy_from_slice(&bytes[last + 32 * 8..last + 32 * 9]);
+    refused::<ipfe::CiphertextBatch>(&wrong_power, &params, "do not match ct_0");
+    let mut invalid = bytes.clone();
+    invalid[last + 32 * 9] ^= 1;
+    refused::<ipfe::CiphertextBatch>(&invalid, &params, "invalid ristretto255 encoding");
     // A count beyond the limit, or one the body does not hold, is refused before decoding.
     let mut huge = bytes.clone();
     huge[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&u32::MAX.to_le_bytes());
