@@ -277,7 +277,7 @@ fn train(a: TrainArgs) -> Result<()> {
         }
         _ => TrainingAuthority::unrestricted(features, batch_size, mode)?,
     };
-    let client = TrainingClient::new(&train_set, encoding, classes, batch_size, &authority);
+    let client = TrainingClient::new(&train_set, encoding, classes, batch_size, &authority.public_keys())?;
     let client = if lenet { client.rows_only() } else { client };
     eprintln!("keys, encryption tables and discrete-log table ready in {:.1} s", start.elapsed().as_secs_f64());
     let mut fe = Trainer::new(model.clone(), &batches, cfg.clone())?;

@@ -40,6 +40,8 @@ pub struct Corpus {
     pub idx_labels: Vec<u8>,
     /// A CryptoNN audit log of 6 keys (`blindfold cryptonn train --audit-log`).
     pub audit_log: Vec<u8>,
+    /// A CryptoNN message: a key authority's public keys.
+    pub cryptonn_message: Vec<u8>,
     /// A model holder session that holds the client's keys (decoding them once, not per case).
     holder: Mutex<ModelHolder>,
     dir: PathBuf,
@@ -80,6 +82,7 @@ impl Corpus {
             idx_images: idx(&[4, 28, 28], &[7; 4 * 784]),
             idx_labels: idx(&[4], &[1, 2, 3, 4]),
             audit_log: audit_log(),
+            cryptonn_message: cryptonn_message(),
             holder: Mutex::new(holder),
             dir,
         }
@@ -96,6 +99,7 @@ impl Corpus {
             ("idx images", &self.idx_images),
             ("idx labels", &self.idx_labels),
             ("audit log", &self.audit_log),
+            ("cryptonn message", &self.cryptonn_message),
         ]
     }
 
@@ -138,6 +142,7 @@ impl Corpus {
         count(blindfold_data::read_images(&self.file("images-idx3-ubyte", bytes)).is_ok());
         count(blindfold_data::read_labels(&self.file("labels-idx1-ubyte", bytes)).is_ok());
         count(blindfold_protocol::cryptonn::verify_log(bytes).is_ok());
+        count(cryptonn_message_works(bytes));
         accepted
     }
 }
@@ -166,6 +171,33 @@ fn audit_log() -> Vec<u8> {
     let mut log = AUDIT_MAGIC.to_vec();
     authority.take_audit_records().iter().for_each(|r| log.extend(r.to_bytes()));
     log
+}
+
+/// The public keys of a faithful-mode authority for inputs of 4 features, batches of 5.
+fn cryptonn_message() -> Vec<u8> {
+    use blindfold_protocol::cryptonn::{messages::Message, Mode, TrainingAuthority};
+    let authority = TrainingAuthority::unrestricted(4, 5, Mode::Faithful).expect("authority");
+    Message::PublicKeys(authority.public_keys()).to_bytes()
+}
+
+/// Decodes a CryptoNN message and, for public keys, each key as a data owner does.
+fn cryptonn_message_works(bytes: &[u8]) -> bool {
+    use blindfold_fe::wire::FeParams;
+    use blindfold_fe::{febo, ipfe};
+    use blindfold_protocol::cryptonn::messages::{Message, MAX_MESSAGE_LEN};
+    match Message::from_bytes(bytes, MAX_MESSAGE_LEN) {
+        Ok(Message::PublicKeys(keys)) => {
+            let [forward, gradient, _] = keys.generations;
+            keys.forward.decode(&FeParams { n: 5, generation: forward }).is_ok_and(|_: ipfe::MasterPublicKey| true)
+                && keys.gradient.is_some_and(|k| {
+                    k.decode(&FeParams { n: 5, generation: gradient }).is_ok_and(|_: ipfe::MasterPublicKey| true)
+                })
+                && keys.labels.is_some_and(|k| {
+                    k.decode(&FeParams { n: 1, generation: 0 }).is_ok_and(|_: febo::MasterPublicKey| true)
+                })
+        }
+        other => other.is_ok(),
+    }
 }
 
 fn model_file(path: &Path) -> bool {

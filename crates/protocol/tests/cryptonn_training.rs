@@ -53,7 +53,7 @@ fn train_both(
     let conv = model.spec().name == "lenet5";
     let mut twin = Trainer::new(model.clone(), batches, cfg.clone()).unwrap();
     let mut fe = Trainer::new(model, batches, cfg.clone()).unwrap();
-    let client = TrainingClient::new(data, cfg.encoding, 10, batches.batch_size(), authority);
+    let client = TrainingClient::new(data, cfg.encoding, 10, batches.batch_size(), &authority.public_keys()).unwrap();
     let client = if conv { client.rows_only() } else { client };
     let table = DlogTable::new(bound, (2 * bound + 1) as usize / 8).unwrap();
     let mut plain = PlainProducts::new(data, batches, cfg.encoding, bound, 10);

@@ -9,7 +9,7 @@ use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 
 /// What a function key is for: one of the products CryptoNN moves through FE.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum Purpose {
     /// A row of `W1`, for the first layer's forward product `W1·x`.
     Forward,

@@ -16,12 +16,15 @@
 //! Every key any of training's key pairs issues, the FEBO label keys included, is also
 //! appended to one hash-chained [`audit`] log that the caller takes and persists.
 //!
+//! [`messages`] are what the parties send each other, as bytes.
+//!
 //! [`training`] has the other two roles, the data owner ([`TrainingClient`]) and the training
 //! server ([`TrainingServer`]), and [`FeProducts`], which runs the three together for
 //! `blindfold_nn::cryptonn`'s training loop.
 
 pub mod audit;
 mod authority;
+pub mod messages;
 pub mod training;
 
 pub use audit::{verify_log, AuditError, AuditRecord, AuditVerifier, AUDIT_MAGIC, RECORD_LEN};

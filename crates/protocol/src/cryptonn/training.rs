@@ -26,9 +26,12 @@
 //! the space, which needs batches larger than the hidden width.
 
 use super::audit::{AuditChain, AuditRecord};
+use super::messages::{FeWire, PublicKeys};
 use super::{KeyAuthority, KeyPolicy, KeyRequest, PolicyError, Purpose};
+use crate::inference::ProtocolError;
 use blindfold_data::LabeledImages;
 use blindfold_fe::ipfe::{CiphertextBatch, Encryptor, FunctionKey, ProductPoints};
+use blindfold_fe::wire::FeParams;
 use blindfold_fe::{febo, DlogTable, FeError, FixedPoint};
 use blindfold_nn::cryptonn::{augmented_columns, encode_input, subtract_labels, FirstLayerProducts, FixedBatches};
 use ndarray::{Array2, Array3};
@@ -250,14 +253,32 @@ impl TrainingAuthority {
         Ok(())
     }
 
+    /// The current public keys, as the authority sends them to data owners and the server.
+    ///
+    /// # Panics
+    /// Never for the authority's own keys (their lengths are within the wire format's).
+    pub fn public_keys(&self) -> PublicKeys {
+        let wire = |(generation, mpk): (u32, &blindfold_fe::ipfe::MasterPublicKey)| {
+            FeWire::new(mpk, generation).expect("the authority's keys fit the wire format")
+        };
+        PublicKeys {
+            forward: wire(self.forward.public_key()),
+            gradient: Some(wire(self.gradient.public_key())),
+            labels: self.labels.as_ref().map(|(_, mpk)| FeWire::new(mpk, 0).expect("a FEBO key fits")),
+            label_sums: self.label_sums.as_ref().map(|a| wire(a.public_key())),
+            generations: self.generations(),
+        }
+    }
+
     /// The key pairs' generations (the client re-encrypts when they change).
-    fn generations(&self) -> [u32; 3] {
+    pub fn generations(&self) -> [u32; 3] {
         let label_sums = self.label_sums.as_ref().map_or(0, |a| a.public_key().0);
         [self.forward.public_key().0, self.gradient.public_key().0, label_sums]
     }
 }
 
-/// The data owner: encrypts its fixed batches under the authority's current public keys.
+/// The data owner: encrypts its fixed batches under the authority's public keys, which it
+/// holds decoded from the authority's [`PublicKeys`] message (never the authority itself).
 pub struct TrainingClient<'a> {
     data: &'a LabeledImages,
     encoding: FixedPoint,
@@ -271,27 +292,57 @@ pub struct TrainingClient<'a> {
     batch_size: usize,
 }
 
+/// Decodes one of the authority's public keys for vectors of length `n`.
+fn public_key<T: blindfold_fe::wire::WireObject>(
+    key: &FeWire<T>,
+    n: usize,
+    generation: u32,
+) -> Result<T, ProtocolError> {
+    key.decode(&FeParams { n, generation })
+}
+
+/// Length of the gradient key pair's vectors: a batch's feature column, or in hardened mode
+/// (label-sum keys present) its augmented columns, `(1 + classes)·batch_size`.
+fn column_len(keys: &PublicKeys, classes: usize, batch_size: usize) -> usize {
+    if keys.label_sums.is_some() {
+        (1 + classes) * batch_size
+    } else {
+        batch_size
+    }
+}
+
 impl<'a> TrainingClient<'a> {
-    /// A client holding `data`, encrypting batches of up to `batch_size` examples under
-    /// `authority`'s public keys.
+    /// A client holding `data`, encrypting batches of up to `batch_size` examples under the
+    /// public keys of `keys` ([`TrainingAuthority::public_keys`]).
+    ///
+    /// # Errors
+    /// [`ProtocolError::Malformed`] for a key of another length or generation than `keys`
+    /// says, or damaged; [`ProtocolError::Peer`] without the gradient key pair.
     pub fn new(
         data: &'a LabeledImages,
         encoding: FixedPoint,
         classes: usize,
         batch_size: usize,
-        authority: &TrainingAuthority,
-    ) -> Self {
-        Self {
+        keys: &PublicKeys,
+    ) -> Result<Self, ProtocolError> {
+        let features = data.images.rows * data.images.cols;
+        let [forward, gradient, label_sums] = keys.generations;
+        let columns = keys.gradient.as_ref().ok_or_else(|| ProtocolError::Peer("no gradient public key".into()))?;
+        Ok(Self {
             data,
             encoding,
-            rows: authority.forward.public_key().1.encryptor(),
-            columns: Some(authority.gradient.public_key().1.encryptor()),
-            labels: authority.labels.as_ref().map(|(_, mpk)| *mpk),
-            label_columns: authority.label_sums.as_ref().map(|a| a.public_key().1.encryptor()),
-            generations: authority.generations(),
+            rows: public_key(&keys.forward, features + 1, forward)?.encryptor(),
+            columns: Some(public_key(columns, column_len(keys, classes, batch_size), gradient)?.encryptor()),
+            labels: keys.labels.as_ref().map(|k| public_key(k, 1, 0)).transpose()?,
+            label_columns: keys
+                .label_sums
+                .as_ref()
+                .map(|k| public_key(k, batch_size, label_sums).map(|k| k.encryptor()))
+                .transpose()?,
+            generations: keys.generations,
             classes,
             batch_size,
-        }
+        })
     }
 
     /// A client for a convolutional first layer (LeNet-5): its gradient is computed on the
@@ -302,34 +353,42 @@ impl<'a> TrainingClient<'a> {
         self
     }
 
-    /// Takes the authority's new public keys after a rotation (fixed-base tables rebuilt).
-    fn refresh(&mut self, authority: &TrainingAuthority, now: [u32; 3]) {
-        if now[0] != self.generations[0] {
-            self.rows = authority.forward.public_key().1.encryptor();
-        }
-        if now[1] != self.generations[1] && self.columns.is_some() {
-            self.columns = Some(authority.gradient.public_key().1.encryptor());
-        }
-        if now[2] != self.generations[2] {
-            self.label_columns = authority.label_sums.as_ref().map(|a| a.public_key().1.encryptor());
-        }
-        self.generations = now;
+    /// The generations of the key pairs it encrypts under.
+    pub fn generations(&self) -> [u32; 3] {
+        self.generations
     }
 
-    /// Encrypts the examples `indices` (at most the batch size) under `authority`'s current
-    /// public keys.
+    /// Takes the authority's new public keys after a rotation: the encryption tables of the
+    /// key pairs whose generation changed are rebuilt.
+    ///
+    /// # Errors
+    /// As [`TrainingClient::new`].
+    pub fn set_public_keys(&mut self, keys: &PublicKeys) -> Result<(), ProtocolError> {
+        let now = keys.generations;
+        if now[0] != self.generations[0] {
+            self.rows =
+                public_key(&keys.forward, self.data.images.rows * self.data.images.cols + 1, now[0])?.encryptor();
+        }
+        if let (true, Some(gradient)) = (now[1] != self.generations[1] && self.columns.is_some(), &keys.gradient) {
+            let n = column_len(keys, self.classes, self.batch_size);
+            self.columns = Some(public_key(gradient, n, now[1])?.encryptor());
+        }
+        if now[2] != self.generations[2] {
+            self.label_columns = keys
+                .label_sums
+                .as_ref()
+                .map(|k| public_key(k, self.batch_size, now[2]).map(|k| k.encryptor()))
+                .transpose()?;
+        }
+        self.generations = now;
+        Ok(())
+    }
+
+    /// Encrypts the examples `indices` (at most the batch size) under its public keys.
     ///
     /// # Errors
     /// [`FeError::Length`] for too many examples; [`FeError::Encoding`]; [`FeError::Rng`].
-    pub fn encrypt_batch(
-        &mut self,
-        indices: &[usize],
-        authority: &TrainingAuthority,
-    ) -> Result<EncryptedBatch, FeError> {
-        let now = authority.generations();
-        if now != self.generations {
-            self.refresh(authority, now);
-        }
+    pub fn encrypt_batch(&mut self, indices: &[usize]) -> Result<EncryptedBatch, FeError> {
         let size = self.batch_size;
         if indices.len() > size {
             return Err(FeError::Length { expected: size, actual: indices.len() });
@@ -616,7 +675,10 @@ impl FirstLayerProducts for FeProducts<'_> {
         self.step += 1;
         self.authority.rotate_before(weights.nrows()).map_err(products_error)?;
         let start = Instant::now();
-        let encrypted = self.client.encrypt_batch(self.batches.get(batch), self.authority).map_err(products_error)?;
+        if self.authority.generations() != self.client.generations() {
+            self.client.set_public_keys(&self.authority.public_keys()).map_err(products_error)?;
+        }
+        let encrypted = self.client.encrypt_batch(self.batches.get(batch)).map_err(products_error)?;
         self.breakdown.encrypt += start.elapsed();
         self.server.receive(batch, encrypted);
         let keys = self.keys(Purpose::Forward, weights.rows().into_iter().map(|r| r.to_vec()))?;
