@@ -83,6 +83,24 @@ impl FunctionKey {
     pub fn vector(&self) -> &[i64] {
         &self.y
     }
+
+    /// `sk_y` as 32 canonical little-endian bytes (zeroized when dropped): with `y`, which its
+    /// requester already has, all a key is on the wire.
+    pub fn sk_bytes(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        zeroize::Zeroizing::new(self.sk.to_bytes())
+    }
+
+    /// The key for `y` whose `sk_y` has the canonical bytes `sk` ([`FunctionKey::sk_bytes`]):
+    /// how the requester of a key rebuilds it from the authority's reply. A wrong `sk` gives
+    /// a key that decrypts to garbage (a value out of the discrete-log bound, almost surely).
+    ///
+    /// # Errors
+    /// [`FeError::InvalidArgument`] for bytes that are not a canonical scalar.
+    pub fn from_parts(y: Vec<i64>, sk: &[u8; 32]) -> Result<Self> {
+        let sk = Option::from(Scalar::from_canonical_bytes(*sk))
+            .ok_or_else(|| FeError::InvalidArgument("a function key's scalar is not canonical".into()))?;
+        Ok(Self { y, sk })
+    }
 }
 
 /// Generates a master key pair for vectors of length `n`.

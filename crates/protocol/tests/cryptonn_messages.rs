@@ -5,7 +5,7 @@
 use blindfold_fe::wire::FeParams;
 use blindfold_fe::{febo, ipfe, DlogTable};
 use blindfold_protocol::cryptonn::messages::{
-    EncryptedLabels, FeWire, Message, Party, PublicKeys, Shard, SparseVector, MAX_MESSAGE_LEN,
+    EncryptedLabels, FeWire, KeyScalars, Message, Party, PublicKeys, Shard, SparseVector, MAX_MESSAGE_LEN,
 };
 use blindfold_protocol::cryptonn::{KeyRequest, Mode, Purpose, TrainingAuthority};
 use rand_chacha::ChaCha20Rng;
@@ -82,7 +82,7 @@ fn issued() -> (Vec<i64>, Message, Message, Message, Message) {
         products,
         batch,
         Message::PublicKeys(keys),
-        Message::FunctionKeys(vec![FeWire::new(&key, 0).unwrap()]),
+        Message::FunctionKeys { generation: 0, keys: KeyScalars::of(std::slice::from_ref(&key)) },
         Message::LabelKeys(vec![FeWire::new(&label_keys[0], 0).unwrap()]),
     )
 }
@@ -102,9 +102,11 @@ fn every_message_round_trips_and_its_objects_still_work() {
     let Message::EncryptedBatch { rows, labels: EncryptedLabels::Entries(labels), .. } = back(&batch) else {
         panic!("an encrypted batch")
     };
-    let Message::FunctionKeys(keys) = back(&keys) else { panic!("function keys") };
+    let Message::FunctionKeys { generation: 0, keys } = back(&keys) else { panic!("function keys") };
     let rows: ipfe::CiphertextBatch = rows.decode(&params).unwrap();
-    let key: ipfe::FunctionKey = keys[0].decode(&params).unwrap();
+    let key = keys.keys_for(vec![vec![1, 0, -2, 0, 3]]).unwrap().remove(0);
+    assert!(keys.keys_for(vec![]).unwrap_err().to_string().contains("1 keys for 0 requested vectors"));
+    assert!(KeyScalars(vec![[0xff; 32]]).keys_for(vec![vec![1; N]]).unwrap_err().to_string().contains("canonical"));
     assert_eq!(rows.product(std::slice::from_ref(&key)).unwrap().solve(&table).unwrap(), products);
     let febo_params = FeParams { n: 1, generation: 0 };
     let Message::LabelKeys(label_keys) = back(&label_keys) else { panic!("label keys") };
@@ -172,7 +174,7 @@ fn arbitrary_and_mutated_bytes_never_panic() {
                 let params = FeParams { n: N, generation };
                 match &msg {
                     Message::EncryptedBatch { rows, .. } => drop(rows.decode(&params)),
-                    Message::FunctionKeys(keys) => keys.iter().for_each(|k| drop(k.decode(&params))),
+                    Message::FunctionKeys { keys, .. } => drop(keys.keys_for(vec![vec![1; N]; keys.0.len()])),
                     Message::KeyRequests { vectors, .. } => vectors.iter().for_each(|v| drop(v.to_dense(N))),
                     _ => {}
                 }

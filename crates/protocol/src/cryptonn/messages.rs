@@ -5,7 +5,9 @@
 //! travels in the FE wire format ([`blindfold_fe::wire`]), so the receiver checks its group,
 //! vector length and key-pair generation when it decodes it ([`FeWire::decode`]). Key vectors
 //! travel by their non-zero entries ([`SparseVector`]): a convolution's forward keys have 26
-//! of 785. No message can hold a master secret key: the FE wire format has no form for one.
+//! of 785; the keys come back as their scalars alone ([`KeyScalars`], 32 bytes each), since
+//! the server has the vectors. No message can hold a master secret key: the FE wire format
+//! has no form for one.
 //!
 //! Who sends what:
 //!
@@ -118,16 +120,15 @@ impl SparseVector {
         Self { len, entries }
     }
 
-    /// The dense vector, which must have length `expected`.
+    /// Checks that the vector has length `expected` and well-formed entries.
     ///
     /// # Errors
     /// [`ProtocolError::Peer`] for another length, or indices out of range, repeated or out
     /// of order, or a zero entry listed.
-    pub fn to_dense(&self, expected: usize) -> Result<Vec<i64>, ProtocolError> {
+    pub fn check(&self, expected: usize) -> Result<(), ProtocolError> {
         if self.len as usize != expected {
             return Err(ProtocolError::Peer(format!("a key vector of length {}, expected {expected}", self.len)));
         }
-        let mut v = vec![0; expected];
         let mut next = 0u32;
         for &(i, x) in &self.entries {
             if i < next || i >= self.len || x == 0 {
@@ -136,10 +137,60 @@ impl SparseVector {
                     self.len
                 )));
             }
-            v[i as usize] = x;
             next = i + 1;
         }
+        Ok(())
+    }
+
+    /// The dense vector, which must have length `expected` ([`SparseVector::check`]).
+    ///
+    /// # Errors
+    /// As [`SparseVector::check`].
+    pub fn to_dense(&self, expected: usize) -> Result<Vec<i64>, ProtocolError> {
+        self.check(expected)?;
+        let mut v = vec![0; expected];
+        for &(i, x) in &self.entries {
+            v[i as usize] = x;
+        }
         Ok(v)
+    }
+}
+
+/// Function keys' scalars `sk_y`, 32 canonical bytes each (zeroized on drop, never printed).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyScalars(pub Vec<[u8; 32]>);
+
+impl Drop for KeyScalars {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+impl std::fmt::Debug for KeyScalars {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyScalars({} keys)", self.0.len())
+    }
+}
+
+impl KeyScalars {
+    /// The scalars of `keys`.
+    pub fn of(keys: &[ipfe::FunctionKey]) -> Self {
+        Self(keys.iter().map(|k| *k.sk_bytes()).collect())
+    }
+
+    /// The keys for `vectors` (one scalar each, in order).
+    ///
+    /// # Errors
+    /// [`ProtocolError::Peer`] for another count than vectors or a non-canonical scalar.
+    pub fn keys_for(&self, vectors: Vec<Vec<i64>>) -> Result<Vec<ipfe::FunctionKey>, ProtocolError> {
+        if vectors.len() != self.0.len() {
+            return Err(ProtocolError::Peer(format!("{} keys for {} requested vectors", self.0.len(), vectors.len())));
+        }
+        vectors
+            .into_iter()
+            .zip(&self.0)
+            .map(|(y, sk)| ipfe::FunctionKey::from_parts(y, sk).map_err(|e| ProtocolError::Peer(e.to_string())))
+            .collect()
     }
 }
 
@@ -233,8 +284,14 @@ pub enum Message {
         /// One vector per key.
         vectors: Vec<SparseVector>,
     },
-    /// The keys of a [`Message::KeyRequests`], in its order.
-    FunctionKeys(Vec<FeWire<ipfe::FunctionKey>>),
+    /// The keys of a [`Message::KeyRequests`], in its order, as their scalars `sk_y`: the
+    /// server has the vectors ([`ipfe::FunctionKey::from_parts`]).
+    FunctionKeys {
+        /// The key pair's generation: keys of another generation do not decrypt the batch.
+        generation: u32,
+        /// One `sk_y` per requested vector.
+        keys: KeyScalars,
+    },
     /// Faithful mode: FEBO subtraction keys `ŷ − a`, one per encrypted label entry.
     LabelKeyRequests {
         /// Epoch.
@@ -290,7 +347,7 @@ impl Message {
             Self::BatchRequest { .. } => "BatchRequest",
             Self::EncryptedBatch { .. } => "EncryptedBatch",
             Self::KeyRequests { .. } => "KeyRequests",
-            Self::FunctionKeys(_) => "FunctionKeys",
+            Self::FunctionKeys { .. } => "FunctionKeys",
             Self::LabelKeyRequests { .. } => "LabelKeyRequests",
             Self::LabelKeys(_) => "LabelKeys",
             Self::Refused { .. } => "Refused",

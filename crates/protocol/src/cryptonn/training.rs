@@ -270,6 +270,27 @@ impl TrainingAuthority {
         }
     }
 
+    /// The inner-product key pair that issues `purpose`'s keys (`None` for label keys, and for
+    /// label sums outside hardened mode).
+    fn pair(&self, purpose: Purpose) -> Option<&KeyAuthority> {
+        match purpose {
+            Purpose::Forward | Purpose::ConvGradient => Some(&self.forward),
+            Purpose::Gradient => Some(&self.gradient),
+            Purpose::LabelSums => self.label_sums.as_ref(),
+            Purpose::LabelDelta => None,
+        }
+    }
+
+    /// Length of the vectors of `purpose`'s keys (`None`: no inner-product key pair for it).
+    pub fn vector_len(&self, purpose: Purpose) -> Option<usize> {
+        self.pair(purpose).map(|a| a.public_key().1.len())
+    }
+
+    /// Generation of the key pair that issues `purpose`'s keys.
+    pub fn generation(&self, purpose: Purpose) -> Option<u32> {
+        self.pair(purpose).map(|a| a.public_key().0)
+    }
+
     /// The key pairs' generations (the client re-encrypts when they change).
     pub fn generations(&self) -> [u32; 3] {
         let label_sums = self.label_sums.as_ref().map_or(0, |a| a.public_key().0);
