@@ -2,11 +2,14 @@
 //! each through the policy and into the audit log; refusals name the party at fault; bytes
 //! never panic it.
 
+use blindfold_data::{Images, LabeledImages};
 use blindfold_fe::wire::FeParams;
-use blindfold_fe::{febo, ipfe, DlogTable};
-use blindfold_protocol::cryptonn::messages::{FeWire, Message, Party, SparseVector};
-use blindfold_protocol::cryptonn::parties::{AuthorityParty, MAX_KEYS_PER_REQUEST};
-use blindfold_protocol::cryptonn::{Mode, Purpose, TrainingAuthority};
+use blindfold_fe::{febo, ipfe, DlogTable, FixedPoint};
+use blindfold_nn::cryptonn::encode_input;
+use blindfold_protocol::cryptonn::messages::{FeWire, Message, Party, Shard, SparseVector};
+use blindfold_protocol::cryptonn::parties::{AuthorityParty, OwnerParty, MAX_KEYS_PER_REQUEST};
+use blindfold_protocol::cryptonn::training::BatchShape;
+use blindfold_protocol::cryptonn::{Breakdown, EncryptedBatch, Mode, Purpose, TrainingAuthority, TrainingServer};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
@@ -95,14 +98,9 @@ fn requests_it_will_not_serve_are_refused_naming_the_party_at_fault() {
     let many = forward(vec![ok.clone(); MAX_KEYS_PER_REQUEST + 1]);
     assert!(refusal(party.handle(Party::TrainingServer, &many)).1.contains("keys in one request"));
     // A message that is not for the authority; bytes that are not a message.
-    let (fault, reason) = refusal(party.handle(
-        Party::DataOwner,
-        &Message::Join {
-            owner: 0,
-            shard: blindfold_protocol::cryptonn::messages::Shard { index: 0, count: 1 },
-            examples: 1,
-        },
-    ));
+    let (fault, reason) = refusal(
+        party.handle(Party::DataOwner, &Message::Join { owner: 0, shard: Shard { index: 0, count: 1 }, examples: 1 }),
+    );
     assert_eq!(fault, Party::DataOwner);
     assert!(reason.contains("not a message for the key authority"), "{reason}");
     let reply = Message::from_bytes(&party.handle_bytes(Party::TrainingServer, &[0xff, 0xff]), 1 << 20).unwrap();
@@ -171,4 +169,117 @@ fn bytes_never_panic_the_authority() {
         let from = [Party::DataOwner, Party::KeyAuthority, Party::TrainingServer][round % 3];
         assert!(Message::from_bytes(&party.handle_bytes(from, &b), 1 << 24).is_ok());
     }
+}
+
+/// `n` images of 28×28 with varied pixels and labels `i % 10`.
+fn images(n: usize) -> LabeledImages {
+    let pixels = (0..n * 784).map(|p| ((p * 37 + p / 784 * 11) % 256) as u8).collect();
+    LabeledImages {
+        images: Images { count: n, rows: 28, cols: 28, pixels },
+        labels: (0..n).map(|i| (i % 10) as u8).collect(),
+    }
+}
+
+fn shape(examples: usize, generations: [u32; 3]) -> BatchShape {
+    BatchShape { examples, features: 784, batch_size: 4, classes: 10, generations }
+}
+
+/// An owner, the authority as a party, and the server's part played here: the owner's batch
+/// for the server's request gives the plaintext products under the authority's keys.
+#[test]
+fn an_owner_encrypts_what_the_server_asks_for() {
+    let data = images(12);
+    let encoding = FixedPoint::decimal(2).unwrap();
+    let mut authority = AuthorityParty::new(TrainingAuthority::unrestricted(784, 4, Mode::Faithful).unwrap());
+    let mut owner = OwnerParty::new(1, Shard { index: 0, count: 2 }, &data, encoding, 10, 4, false);
+    let start = owner.start();
+    assert!(matches!(start[1], (Party::TrainingServer, Message::Join { owner: 1, examples: 12, .. })));
+    let keys = authority.handle(Party::DataOwner, &start[0].1);
+    assert!(owner.handle(Party::KeyAuthority, &keys).is_empty());
+    let request = Message::BatchRequest { epoch: 0, step: 1, examples: vec![3, 0, 7], generations: [0; 3] };
+    let out = owner.handle(Party::TrainingServer, &request);
+    let [(Party::TrainingServer, Message::EncryptedBatch { owner: 1, epoch: 0, step: 1, rows, columns, labels })] =
+        &out[..]
+    else {
+        panic!("an encrypted batch, got {:?}", out.iter().map(|(_, m)| m.kind()).collect::<Vec<_>>())
+    };
+    let batch = EncryptedBatch::from_message(rows, columns.as_ref(), labels, &shape(3, [0; 3]), false).unwrap();
+    // The server's side: keys for two rows of weights, then the products.
+    let weights: Vec<Vec<i64>> =
+        (0..2).map(|k| (0..785).map(|i| ((i * 7 + k * 3) % 11) as i64 - 5).collect()).collect();
+    let request = Message::KeyRequests {
+        epoch: 0,
+        batch: 1,
+        purpose: Purpose::Forward,
+        vectors: weights.iter().map(|w| SparseVector::from_dense(w)).collect(),
+    };
+    let Message::FunctionKeys { generation: 0, keys } = authority.handle(Party::TrainingServer, &request) else {
+        panic!("keys")
+    };
+    let keys = keys.keys_for(weights.clone()).unwrap();
+    let mut server = TrainingServer::new(DlogTable::new(1 << 22, 1 << 14).unwrap());
+    server.receive(0, batch);
+    let got = server.forward(0, &keys, &mut Breakdown::default()).unwrap();
+    for (r, &i) in [3usize, 0, 7].iter().enumerate() {
+        let x = encode_input(data.images.image(i), encoding).unwrap();
+        for (k, w) in weights.iter().enumerate() {
+            assert_eq!(got[[r, k]], x.iter().zip(w).map(|(a, b)| a * b).sum::<i64>());
+        }
+    }
+    // The same batch checked against another shape or generation is refused.
+    for (wrong, needle) in
+        [(shape(2, [0; 3]), "3 examples in the batch, expected 2"), (shape(3, [1, 0, 0]), "generation")]
+    {
+        let err = EncryptedBatch::from_message(rows, columns.as_ref(), labels, &wrong, false).err().unwrap();
+        assert!(err.to_string().contains(needle), "{err}");
+    }
+    let err = EncryptedBatch::from_message(rows, columns.as_ref(), labels, &shape(3, [0; 3]), true).err().unwrap();
+    assert!(err.to_string().contains("feature columns for a convolutional layer"), "{err}");
+}
+
+/// After the authority rotates its key pairs, a request naming the new generations makes the
+/// owner fetch the new public keys first; a request naming generations the authority does
+/// not have is refused as the server's fault; so are examples outside the shard, batches too
+/// large, and requests from another party.
+#[test]
+fn an_owner_follows_rotations_and_refuses_bad_requests() {
+    let data = images(6);
+    let encoding = FixedPoint::decimal(2).unwrap();
+    let mut inner = TrainingAuthority::hardened(784, 4, 10, 2, 1).unwrap();
+    let mut owner = OwnerParty::new(0, Shard { index: 1, count: 3 }, &data, encoding, 10, 4, false);
+    let keys = Message::PublicKeys(inner.public_keys());
+    owner.handle(Party::KeyAuthority, &keys);
+    inner.rotate_before(100_000).unwrap();
+    let mut authority = AuthorityParty::new(inner);
+    let request = Message::BatchRequest { epoch: 0, step: 1, examples: vec![1, 2], generations: [1, 1, 1] };
+    let out = owner.handle(Party::TrainingServer, &request);
+    assert!(matches!(&out[..], [(Party::KeyAuthority, Message::PublicKeysRequest)]));
+    let out = owner.handle(Party::KeyAuthority, &authority.handle(Party::DataOwner, &out[0].1));
+    let [(Party::TrainingServer, Message::EncryptedBatch { rows, columns, labels, .. })] = &out[..] else {
+        panic!("an encrypted batch")
+    };
+    EncryptedBatch::from_message(rows, columns.as_ref(), labels, &shape(2, [1, 1, 1]), false).unwrap();
+    // Generations the authority never had.
+    let ahead = Message::BatchRequest { epoch: 0, step: 2, examples: vec![0], generations: [5, 5, 5] };
+    let out = owner.handle(Party::TrainingServer, &ahead);
+    let out = owner.handle(Party::KeyAuthority, &authority.handle(Party::DataOwner, &out[0].1));
+    let [(Party::TrainingServer, refusal_msg)] = &out[..] else { panic!("a refusal") };
+    let (fault, reason) = refusal(refusal_msg.clone());
+    assert_eq!(fault, Party::TrainingServer);
+    assert!(reason.contains("[5, 5, 5]"), "{reason}");
+    for (examples, needle) in
+        [(vec![6], "example 6 of a shard of 6"), (vec![0; 5], "a batch of 5 examples"), (vec![], "a batch of 0")]
+    {
+        let request = Message::BatchRequest { epoch: 0, step: 3, examples, generations: [1, 1, 1] };
+        let out = owner.handle(Party::TrainingServer, &request);
+        let (fault, reason) = refusal(out[0].1.clone());
+        assert_eq!((out[0].0, fault), (Party::TrainingServer, Party::TrainingServer));
+        assert!(reason.contains(needle), "{reason}");
+    }
+    let request = Message::BatchRequest { epoch: 0, step: 3, examples: vec![0], generations: [1, 1, 1] };
+    let out = owner.handle(Party::DataOwner, &request);
+    assert_eq!(refusal(out[0].1.clone()).0, Party::DataOwner);
+    assert!(refusal(owner.handle(Party::TrainingServer, &Message::PublicKeysRequest)[0].1.clone())
+        .1
+        .contains("not a message for a data owner"));
 }

@@ -3,11 +3,12 @@
 //! them; each party answers every message with one message, a [`Message::Refused`] naming
 //! the party at fault for anything it will not do.
 
-use super::messages::{KeyScalars, Message, Party, MAX_MESSAGE_LEN};
-use super::{AuditRecord, KeyRequest, Purpose, TrainingAuthority};
+use super::messages::{KeyScalars, Message, Party, PublicKeys, Shard, MAX_MESSAGE_LEN};
+use super::{AuditRecord, KeyRequest, Purpose, TrainingAuthority, TrainingClient};
 use crate::inference::ProtocolError;
-use blindfold_fe::febo;
+use blindfold_data::LabeledImages;
 use blindfold_fe::wire::FeParams;
+use blindfold_fe::{febo, FixedPoint};
 
 /// Most keys one request may ask for (`2^16`; LeNet-5 asks 9,600 per batch for its
 /// convolution's gradient): bounds the work and memory of one message.
@@ -41,7 +42,7 @@ impl AuthorityParty {
     pub fn handle_bytes(&mut self, from: Party, bytes: &[u8]) -> Vec<u8> {
         match Message::from_bytes(bytes, MAX_MESSAGE_LEN) {
             Ok(msg) => self.handle(from, &msg),
-            Err(e) => refused(from, &e),
+            Err(e) => refused(Party::KeyAuthority, from, &e),
         }
         .to_bytes()
     }
@@ -63,7 +64,7 @@ impl AuthorityParty {
             Message::LabelKeyRequests { epoch, batch, entries } => self.issue_label_keys(*epoch, *batch, entries),
             other => Err(ProtocolError::Peer(format!("a {} is not a message for the key authority", other.kind()))),
         };
-        reply.unwrap_or_else(|e| refused(from, &e))
+        reply.unwrap_or_else(|e| refused(Party::KeyAuthority, from, &e))
     }
 
     fn issue(
@@ -117,7 +118,146 @@ fn check_count(count: usize) -> Result<(), ProtocolError> {
     Ok(())
 }
 
-/// The refusal of a message from `from` for `e`: the sender's fault.
-fn refused(from: Party, e: &ProtocolError) -> Message {
-    Message::Refused { fault: from, reason: e.to_string() }
+/// The refusal by `me` of a message from `from` for `e`: the sender's fault if `e` is the
+/// peer's ([`ProtocolError::fault`]), otherwise `me`'s own (a failure on this side).
+fn refused(me: Party, from: Party, e: &ProtocolError) -> Message {
+    let fault = if e.fault() == crate::inference::Fault::Peer { from } else { me };
+    Message::Refused { fault, reason: e.to_string() }
+}
+
+/// A data owner as a party: its shard of the training data and the authority's public keys
+/// (never more). It encrypts the examples the training server asks for under the key-pair
+/// generations the request names, first fetching newer public keys from the authority when
+/// it holds older ones.
+pub struct OwnerParty<'a> {
+    id: u32,
+    shard: Shard,
+    data: &'a LabeledImages,
+    encoding: FixedPoint,
+    classes: usize,
+    batch_size: usize,
+    /// A convolutional first layer: rows only, no feature columns.
+    conv: bool,
+    client: Option<TrainingClient<'a>>,
+    /// A batch request waiting for newer public keys: (epoch, step, examples, generations).
+    pending: Option<(u32, u32, Vec<u32>, [u32; 3])>,
+}
+
+/// Outgoing messages with their destinations.
+pub type Outgoing = Vec<(Party, Message)>;
+
+impl<'a> OwnerParty<'a> {
+    /// Owner `id` holding `data`, shard `shard` of the training set, encrypting batches of up
+    /// to `batch_size` examples with `encoding` (`conv`: for a convolutional first layer).
+    pub fn new(
+        id: u32,
+        shard: Shard,
+        data: &'a LabeledImages,
+        encoding: FixedPoint,
+        classes: usize,
+        batch_size: usize,
+        conv: bool,
+    ) -> Self {
+        Self { id, shard, data, encoding, classes, batch_size, conv, client: None, pending: None }
+    }
+
+    /// The first messages: public keys from the authority, joining the server.
+    pub fn start(&self) -> Outgoing {
+        let examples = u32::try_from(self.data.len()).unwrap_or(u32::MAX);
+        vec![
+            (Party::KeyAuthority, Message::PublicKeysRequest),
+            (Party::TrainingServer, Message::Join { owner: self.id, shard: self.shard, examples }),
+        ]
+    }
+
+    /// The messages `msg` from `from` calls for: an encrypted batch for the server's batch
+    /// request (or a public-key request to the authority first, when the request names
+    /// newer generations than the owner holds); nothing for public keys or a refusal; a
+    /// refusal for anything else — a request from another party than the server, examples
+    /// outside the shard or more than a batch, a message not for a data owner.
+    pub fn handle(&mut self, from: Party, msg: &Message) -> Outgoing {
+        let out = match (from, msg) {
+            (Party::KeyAuthority, Message::PublicKeys(keys)) => self.take_keys(keys),
+            (Party::TrainingServer, Message::BatchRequest { epoch, step, examples, generations }) => {
+                self.request(*epoch, *step, examples, *generations)
+            }
+            (_, Message::Refused { .. }) => Ok(Vec::new()),
+            (_, Message::BatchRequest { .. } | Message::PublicKeys(_)) => {
+                Err(ProtocolError::Peer(format!("a {} from a {from:?}", msg.kind())))
+            }
+            _ => Err(ProtocolError::Peer(format!("a {} is not a message for a data owner", msg.kind()))),
+        };
+        out.unwrap_or_else(|e| vec![(from, refused(Party::DataOwner, from, &e))])
+    }
+
+    fn take_keys(&mut self, keys: &PublicKeys) -> Result<Outgoing, ProtocolError> {
+        match &mut self.client {
+            Some(client) => client.set_public_keys(keys)?,
+            None => {
+                let client = TrainingClient::new(self.data, self.encoding, self.classes, self.batch_size, keys)?;
+                self.client = Some(if self.conv { client.rows_only() } else { client });
+            }
+        }
+        match self.pending.take() {
+            Some((epoch, step, examples, generations)) if generations == keys.generations => {
+                self.encrypt(epoch, step, &examples, generations)
+            }
+            Some((.., generations)) => Ok(vec![(
+                Party::TrainingServer,
+                refused(
+                    Party::DataOwner,
+                    Party::TrainingServer,
+                    &ProtocolError::Peer(format!(
+                        "the batch request names key pairs {generations:?}, the authority's are {:?}",
+                        keys.generations
+                    )),
+                ),
+            )]),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn request(
+        &mut self,
+        epoch: u32,
+        step: u32,
+        examples: &[u32],
+        generations: [u32; 3],
+    ) -> Result<Outgoing, ProtocolError> {
+        if examples.is_empty() || examples.len() > self.batch_size {
+            return Err(ProtocolError::Peer(format!(
+                "a batch of {} examples (1 to {} here)",
+                examples.len(),
+                self.batch_size
+            )));
+        }
+        if let Some(&bad) = examples.iter().find(|&&i| i as usize >= self.data.len()) {
+            return Err(ProtocolError::Peer(format!(
+                "example {bad} of a shard of {} (shard {} of {})",
+                self.data.len(),
+                self.shard.index,
+                self.shard.count
+            )));
+        }
+        if self.client.as_ref().map(TrainingClient::generations) != Some(generations) {
+            self.pending = Some((epoch, step, examples.to_vec(), generations));
+            return Ok(vec![(Party::KeyAuthority, Message::PublicKeysRequest)]);
+        }
+        self.encrypt(epoch, step, examples, generations)
+    }
+
+    fn encrypt(
+        &mut self,
+        epoch: u32,
+        step: u32,
+        examples: &[u32],
+        generations: [u32; 3],
+    ) -> Result<Outgoing, ProtocolError> {
+        let client = self.client.as_mut().ok_or_else(|| ProtocolError::Misuse("no public keys yet".into()))?;
+        let indices: Vec<usize> = examples.iter().map(|&i| i as usize).collect();
+        let batch = client
+            .encrypt_batch(&indices)
+            .map_err(|e| ProtocolError::Misuse(format!("data owner {}: encryption failed: {e}", self.id)))?;
+        Ok(vec![(Party::TrainingServer, batch.to_message(self.id, epoch, step, generations)?)])
+    }
 }

@@ -26,7 +26,7 @@
 //! the space, which needs batches larger than the hidden width.
 
 use super::audit::{AuditChain, AuditRecord};
-use super::messages::{FeWire, PublicKeys};
+use super::messages::{EncryptedLabels, FeWire, Message, PublicKeys};
 use super::{KeyAuthority, KeyPolicy, KeyRequest, PolicyError, Purpose};
 use crate::inference::ProtocolError;
 use blindfold_data::LabeledImages;
@@ -57,6 +57,109 @@ pub struct EncryptedBatch {
     /// `None` for a convolutional first layer, whose gradient is computed on `rows`.
     columns: Option<CiphertextBatch>,
     labels: Labels,
+}
+
+/// What a batch's receiver expects of it: the shape it asked for and the key pairs'
+/// generations it holds keys of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchShape {
+    /// Examples asked for.
+    pub examples: usize,
+    /// Pixels per example (without the bias entry).
+    pub features: usize,
+    /// The largest batch (the columns' length).
+    pub batch_size: usize,
+    /// Label classes.
+    pub classes: usize,
+    /// Generations of the forward, gradient and label-sum key pairs.
+    pub generations: [u32; 3],
+}
+
+impl EncryptedBatch {
+    /// The batch as an owner sends it ([`Message::EncryptedBatch`]).
+    ///
+    /// # Errors
+    /// [`ProtocolError::Misuse`] for vectors beyond the wire format's length.
+    pub fn to_message(
+        &self,
+        owner: u32,
+        epoch: u32,
+        step: u32,
+        generations: [u32; 3],
+    ) -> Result<Message, ProtocolError> {
+        let labels = match &self.labels {
+            Labels::Clear(l) => EncryptedLabels::Clear(l.clone()),
+            Labels::Encrypted(cts) => {
+                EncryptedLabels::Entries(cts.iter().map(|ct| FeWire::new(ct, 0)).collect::<Result<_, _>>()?)
+            }
+            Labels::Columns(columns) => EncryptedLabels::Columns(FeWire::new(columns, generations[2])?),
+        };
+        Ok(Message::EncryptedBatch {
+            owner,
+            epoch,
+            step,
+            rows: FeWire::new(&self.rows, generations[0])?,
+            columns: self.columns.as_ref().map(|c| FeWire::new(c, generations[1])).transpose()?,
+            labels,
+        })
+    }
+
+    /// The batch of a [`Message::EncryptedBatch`]'s `rows`, `columns` and `labels`, checked
+    /// against `shape`: each object's length and generation, the number of examples, and
+    /// that the labels have the form of the mode (`conv`: no feature columns).
+    ///
+    /// # Errors
+    /// [`ProtocolError::Malformed`] for an object that does not decode for `shape`;
+    /// [`ProtocolError::Peer`] for the wrong number of examples, columns or labels, or labels
+    /// of another mode.
+    pub fn from_message(
+        rows: &FeWire<CiphertextBatch>,
+        columns: Option<&FeWire<CiphertextBatch>>,
+        labels: &EncryptedLabels,
+        shape: &BatchShape,
+        conv: bool,
+    ) -> Result<Self, ProtocolError> {
+        let count = |what: &str, got: usize, want: usize| {
+            (got == want)
+                .then_some(())
+                .ok_or_else(|| ProtocolError::Peer(format!("{got} {what} in the batch, expected {want}")))
+        };
+        let [forward, gradient, label_sums] = shape.generations;
+        let rows: CiphertextBatch = rows.decode(&FeParams { n: shape.features + 1, generation: forward })?;
+        count("examples", rows.len(), shape.examples)?;
+        let hardened = matches!(labels, EncryptedLabels::Columns(_));
+        let columns = match (columns, conv) {
+            (None, true) => None,
+            (Some(c), false) => {
+                let n = if hardened { (1 + shape.classes) * shape.batch_size } else { shape.batch_size };
+                let c: CiphertextBatch = c.decode(&FeParams { n, generation: gradient })?;
+                count("feature columns", c.len(), shape.features + 1)?;
+                Some(c)
+            }
+            (Some(_), true) => return Err(ProtocolError::Peer("feature columns for a convolutional layer".into())),
+            (None, false) => return Err(ProtocolError::Peer("no feature columns".into())),
+        };
+        let labels = match labels {
+            EncryptedLabels::Clear(l) => {
+                count("labels", l.len(), shape.examples)?;
+                if let Some(bad) = l.iter().find(|&&c| c as usize >= shape.classes) {
+                    return Err(ProtocolError::Peer(format!("label {bad} of {} classes", shape.classes)));
+                }
+                Labels::Clear(l.clone())
+            }
+            EncryptedLabels::Entries(cts) => {
+                count("label entries", cts.len(), shape.examples * shape.classes)?;
+                let params = FeParams { n: 1, generation: 0 };
+                Labels::Encrypted(cts.iter().map(|ct| ct.decode(&params)).collect::<Result<_, _>>()?)
+            }
+            EncryptedLabels::Columns(c) => {
+                let c: CiphertextBatch = c.decode(&FeParams { n: shape.batch_size, generation: label_sums })?;
+                count("label columns", c.len(), shape.classes)?;
+                Labels::Columns(c)
+            }
+        };
+        Ok(Self { rows, columns, labels })
+    }
 }
 
 enum Labels {
