@@ -151,6 +151,43 @@ impl FixedBatches {
         Self { batches: order.chunks(batch_size).map(<[usize]>::to_vec).collect(), batch_size }
     }
 
+    /// Batches within shards, for several data owners: shard `k`'s examples `0..sizes[k]`
+    /// shuffled by `seed` and `k`, in batches of `batch_size`, then one batch of each shard in
+    /// turn (shards with batches left) — so every batch holds one shard's examples, as
+    /// indices into that shard. Returns the batches and each batch's shard.
+    ///
+    /// # Panics
+    /// If `batch_size` is 0.
+    pub fn sharded(sizes: &[usize], batch_size: usize, seed: u64) -> (Self, Vec<usize>) {
+        let per_shard: Vec<Vec<Vec<usize>>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(k, &n)| Self::new(n, batch_size, seed ^ (k as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).batches)
+            .collect();
+        let (mut batches, mut shards) = (Vec::new(), Vec::new());
+        for round in 0..per_shard.iter().map(Vec::len).max().unwrap_or(0) {
+            for (k, shard) in per_shard.iter().enumerate() {
+                if let Some(b) = shard.get(round) {
+                    batches.push(b.clone());
+                    shards.push(k);
+                }
+            }
+        }
+        (Self { batches, batch_size }, shards)
+    }
+
+    /// The same batches with each index mapped through its batch's shard: `shards[b]` is
+    /// batch `b`'s shard and `members[k][i]` the example that index `i` of shard `k` is (the
+    /// view of whoever holds all the data, such as the plaintext twin).
+    ///
+    /// # Panics
+    /// If a shard or an index is out of range.
+    pub fn mapped(&self, shards: &[usize], members: &[Vec<usize>]) -> Self {
+        let batches =
+            self.batches.iter().zip(shards).map(|(b, &k)| b.iter().map(|&i| members[k][i]).collect()).collect();
+        Self { batches, batch_size: self.batch_size }
+    }
+
     /// Number of batches.
     pub fn len(&self) -> usize {
         self.batches.len()
@@ -226,6 +263,8 @@ pub struct Trainer {
     rng: ChaCha20Rng,
     epoch: usize,
     batch_size: usize,
+    /// Batches skipped as unavailable: (epoch, batch, why).
+    skipped: Vec<(usize, usize, String)>,
 }
 
 impl Trainer {
@@ -258,7 +297,7 @@ impl Trainer {
         }
         let adam = Adam::new(&model, cfg.epochs * batches.len());
         let rng = ChaCha20Rng::seed_from_u64(cfg.seed);
-        Ok(Self { model, first, adam, cfg, rng, epoch: 0, batch_size: batches.batch_size() })
+        Ok(Self { model, first, adam, cfg, rng, epoch: 0, batch_size: batches.batch_size(), skipped: Vec::new() })
     }
 
     /// The model as trained so far.
@@ -286,13 +325,23 @@ impl Trainer {
         let mut order: Vec<usize> = (0..batches.len()).collect();
         shuffle(&mut order, &mut self.rng);
         for (done, &b) in order.iter().enumerate() {
-            self.step(b, batches.get(b).len(), products).map_err(|e| match e {
-                Error::Diverged { loss, .. } => Error::Diverged { epoch: self.epoch, batch: done, loss },
-                e => e,
-            })?;
+            match self.step(b, batches.get(b).len(), products) {
+                Ok(()) => {}
+                Err(Error::Unavailable(why)) => self.skipped.push((self.epoch, b, why)),
+                Err(Error::Diverged { loss, .. }) => {
+                    return Err(Error::Diverged { epoch: self.epoch, batch: done, loss })
+                }
+                Err(e) => return Err(e),
+            }
             progress(done + 1, order.len());
         }
         Ok(())
+    }
+
+    /// The batches skipped so far because their products were unavailable
+    /// ([`Error::Unavailable`], e.g. a data owner that went away): (epoch from 1, batch, why).
+    pub fn skipped(&self) -> &[(usize, usize, String)] {
+        &self.skipped
     }
 
     /// `m` at the configured fixed-point scale.
@@ -535,6 +584,8 @@ pub struct PlainProducts<'a> {
     encoding: FixedPoint,
     bound: u64,
     classes: usize,
+    /// Batches to report unavailable (those the FE run skipped), so the twin skips them too.
+    unavailable: std::collections::HashSet<usize>,
 }
 
 impl<'a> PlainProducts<'a> {
@@ -546,7 +597,13 @@ impl<'a> PlainProducts<'a> {
         bound: u64,
         classes: usize,
     ) -> Self {
-        Self { data, batches, encoding, bound, classes }
+        Self { data, batches, encoding, bound, classes, unavailable: Default::default() }
+    }
+
+    /// Reports `batches` unavailable from now on (the batches an FE run skipped this epoch),
+    /// replacing the previous set.
+    pub fn set_unavailable(&mut self, batches: impl IntoIterator<Item = usize>) {
+        self.unavailable = batches.into_iter().collect();
     }
 
     fn inputs(&self, batch: usize) -> Result<Array2<i64>> {
@@ -575,6 +632,9 @@ impl<'a> PlainProducts<'a> {
 
 impl FirstLayerProducts for PlainProducts<'_> {
     fn forward(&mut self, batch: usize, weights: &Array2<i64>) -> Result<Array2<i64>> {
+        if self.unavailable.contains(&batch) {
+            return Err(Error::Unavailable(format!("batch {batch} was skipped by the run this twin follows")));
+        }
         let x = self.inputs(batch)?;
         // Over each key's non-zero entries (a convolution's keys have 26 of 785).
         let mut z = Array2::zeros((x.nrows(), weights.nrows()));

@@ -37,6 +37,10 @@ pub enum Error {
     /// `downcast_ref`).
     #[error("first-layer products: {0}")]
     Products(Box<dyn std::error::Error + Send + Sync>),
+    /// A batch's products cannot be had (its data owner went away): [`crate::cryptonn::Trainer`]
+    /// skips the batch, records it and goes on.
+    #[error("batch unavailable: {0}")]
+    Unavailable(String),
     /// Training diverged (a non-finite loss).
     #[error("training diverged at epoch {epoch}, batch {batch}: loss is {loss}; lower the learning rate")]
     Diverged {

@@ -159,6 +159,27 @@ fn fixed_batches_hold_every_example_once() {
     assert_eq!(batches, crate::cryptonn::FixedBatches::new(150, 64, 3), "reproducible");
 }
 
+/// Sharded batches: each within one shard, the shards taking turns, every example of every
+/// shard once; mapped through the shards' members they are the holder-of-all view.
+#[test]
+fn sharded_batches_stay_within_their_shard() {
+    use crate::cryptonn::FixedBatches;
+    let (batches, shards) = FixedBatches::sharded(&[70, 10, 33], 16, 5);
+    assert_eq!(shards, vec![0, 1, 2, 0, 2, 0, 2, 0, 0]);
+    for (k, n) in [(0, 70), (1, 10), (2, 33)] {
+        let mut mine: Vec<usize> =
+            (0..batches.len()).filter(|&b| shards[b] == k).flat_map(|b| batches.get(b).to_vec()).collect();
+        mine.sort_unstable();
+        assert_eq!(mine, (0..n).collect::<Vec<_>>(), "shard {k}");
+    }
+    let members: Vec<Vec<usize>> =
+        vec![(0..70).map(|i| 3 * i).collect(), (0..10).collect(), (0..33).map(|i| 1000 + i).collect()];
+    let global = batches.mapped(&shards, &members);
+    assert_eq!(global.get(1), batches.get(1), "shard 1 maps to itself");
+    assert_eq!(global.get(0), batches.get(0).iter().map(|i| 3 * i).collect::<Vec<_>>());
+    assert_eq!(FixedBatches::sharded(&[70, 10, 33], 16, 5), (batches, shards), "reproducible");
+}
+
 /// The crafted architectures of the trust-boundary audit: each is refused with a message,
 /// before anything sized by it is allocated, by the model reader and by the compiler (which
 /// a client runs on a model holder's published architecture).

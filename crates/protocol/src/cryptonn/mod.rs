@@ -16,8 +16,9 @@
 //! Every key any of training's key pairs issues, the FEBO label keys included, is also
 //! appended to one hash-chained [`audit`] log that the caller takes and persists.
 //!
-//! [`messages`] are what the parties send each other, as bytes; [`parties`] has the parties
-//! as state machines over them.
+//! [`messages`] are what the parties send each other, as bytes; [`parties`] has the data
+//! owner and the key authority as state machines over them, [`server`] the training server
+//! (over a link the transport implements) and the in-process harness that joins them.
 //!
 //! [`training`] has the other two roles, the data owner ([`TrainingClient`]) and the training
 //! server ([`TrainingServer`]), and [`FeProducts`], which runs the three together for
@@ -27,6 +28,7 @@ pub mod audit;
 mod authority;
 pub mod messages;
 pub mod parties;
+pub mod server;
 pub mod training;
 
 pub use audit::{verify_log, AuditError, AuditRecord, AuditVerifier, AUDIT_MAGIC, RECORD_LEN};

@@ -660,7 +660,7 @@ impl TrainingServer {
     }
 
     /// The labels of batch `id` if they came in the clear.
-    fn clear_labels(&self, id: usize) -> Result<Option<&[u8]>, FeError> {
+    pub(crate) fn clear_labels(&self, id: usize) -> Result<Option<&[u8]>, FeError> {
         Ok(match &self.current(id)?.labels {
             Labels::Clear(l) => Some(l),
             Labels::Encrypted(_) | Labels::Columns(_) => None,
@@ -668,7 +668,7 @@ impl TrainingServer {
     }
 
     /// The encrypted labels (whose commitments FEBO keys are asked for).
-    fn encrypted_labels(&self, id: usize) -> Result<&[febo::Ciphertext], FeError> {
+    pub(crate) fn encrypted_labels(&self, id: usize) -> Result<&[febo::Ciphertext], FeError> {
         match &self.current(id)?.labels {
             Labels::Encrypted(l) => Ok(l),
             Labels::Clear(_) => Err(FeError::InvalidArgument("the labels came in the clear".into())),
@@ -679,7 +679,7 @@ impl TrainingServer {
     }
 
     /// `ŷ − â` per encrypted label entry, with one FEBO subtraction key each.
-    fn label_differences(&self, id: usize, keys: &[febo::FunctionKey]) -> Result<Vec<i64>, FeError> {
+    pub(crate) fn label_differences(&self, id: usize, keys: &[febo::FunctionKey]) -> Result<Vec<i64>, FeError> {
         match &self.current(id)?.labels {
             Labels::Encrypted(l) if l.len() == keys.len() => febo::decrypt_all(l, keys, &self.table),
             _ => Err(FeError::InvalidArgument("one FEBO key per encrypted label entry".into())),
