@@ -5,14 +5,20 @@ use crate::progress::bar;
 use crate::DataArgs;
 use anyhow::{bail, Context as _, Result};
 use blindfold_data::Split;
+use blindfold_data::{partition, Partition};
 use blindfold_fe::{DlogTable, FixedPoint};
 use blindfold_nn::cryptonn::{CryptonnConfig, FixedBatches, PlainProducts, Trainer};
 use blindfold_nn::{ArchSpec, Model};
+use blindfold_protocol::cryptonn::messages::Shard;
+use blindfold_protocol::cryptonn::parties::{AuthorityParty, OwnerParty};
+use blindfold_protocol::cryptonn::server::{LocalLink, Peer, ServerProducts};
 use blindfold_protocol::cryptonn::{
-    AuditError, AuditVerifier, Breakdown, FeProducts, Mode, TrainingAuthority, TrainingClient, AUDIT_MAGIC, RECORD_LEN,
+    AuditError, AuditRecord, AuditVerifier, Breakdown, FeProducts, Mode, TrainingAuthority, TrainingClient,
+    AUDIT_MAGIC, RECORD_LEN,
 };
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -92,6 +98,16 @@ pub(crate) struct TrainArgs {
     /// `blindfold cryptonn audit FILE` verifies it.
     #[arg(long)]
     audit_log: Option<PathBuf>,
+    /// Split the training set among K data owners (`--split`), each a party of its own: the
+    /// training server asks each for its batches and the key authority for keys by messages,
+    /// every one passed through its bytes (all in this process; the report adds the bytes per
+    /// party). Each batch holds one owner's examples. Faithful and plain-labels modes.
+    #[arg(long)]
+    owners: Option<usize>,
+    /// How the training set is split among `--owners`: iid, dirichlet:ALPHA (class mix drawn
+    /// from a Dirichlet), label-skew:K (K classes per owner) or size-skew.
+    #[arg(long, default_value = "iid")]
+    split: Partition,
 }
 
 #[derive(Serialize)]
@@ -115,6 +131,19 @@ struct EpochRow {
     seconds: f64,
     plain_seconds: f64,
     breakdown_seconds: BreakdownRow,
+    /// With `--owners`: bytes the training server sent to and received from each party.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes: Option<BTreeMap<String, [u64; 2]>>,
+    /// With `--owners`: batches skipped this epoch (an owner gone or its batch refused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    skipped_batches: Option<usize>,
+}
+
+/// What one epoch of the FE side reports besides the model: its time breakdown and, with
+/// several owners, the bytes per party.
+struct EpochOutcome {
+    breakdown: Breakdown,
+    bytes: Option<BTreeMap<String, [u64; 2]>>,
 }
 
 #[derive(Serialize)]
@@ -269,6 +298,11 @@ fn train(a: TrainArgs) -> Result<()> {
     );
     let start = Instant::now();
     let bound = a.dlog_bound.unwrap_or(if lenet { 1 << 24 } else { 1 << 21 });
+    if let Some(owners) = a.owners {
+        let run = OwnersRun { a: &a, train_set: &train_set, encoding, classes, features, lenet, mode, owners, bound };
+        let rows = run.train(model, cfg, &test_set, start)?;
+        return write_report(&a, mode_name, &train_set, &test_set, batch_size, rows);
+    }
     let table = DlogTable::new(bound, (2 * bound + 1).min(1 << 23) as usize)?;
     let mut authority = match mode {
         Mode::Hardened => {
@@ -285,33 +319,156 @@ fn train(a: TrainArgs) -> Result<()> {
     let mut plain = PlainProducts::new(&train_set, &batches, encoding, bound, classes);
     let mut products = FeProducts::new(client, &mut authority, table, &batches);
     if let Some(path) = &a.audit_log {
-        use std::io::Write as _;
-        let mut w = create_audit_log(path)?;
-        let shown = path.display().to_string();
-        products.set_audit_sink(Box::new(move |records| {
-            records
-                .iter()
-                .try_for_each(|r| w.write_all(&r.to_bytes()))
-                .and_then(|()| w.flush())
-                .map_err(|e| format!("writing {shown}: {e}"))
-        }));
+        let mut sink = audit_sink(path)?;
+        products.set_audit_sink(Box::new(move |records| sink(records)));
     }
+    let rows = run_epochs(&a, &mut fe, &mut twin, &batches, &mut plain, &test_set, |epoch, fe, pb| {
+        products.start_epoch(epoch);
+        fe.epoch(&batches, &mut products, |done, _| pb.set_position(done as u64))?;
+        products.flush_audit().map_err(|e| anyhow::anyhow!("the audit log: {e}"))?;
+        Ok(EpochOutcome { breakdown: products.breakdown, bytes: None })
+    })?;
+    write_report(&a, mode_name, &train_set, &test_set, batch_size, rows)
+}
+
+/// `cryptonn train --owners K`: the data owners, the key authority and the training server as
+/// parties exchanging messages (through their bytes, in this process).
+struct OwnersRun<'a> {
+    a: &'a TrainArgs,
+    train_set: &'a blindfold_data::LabeledImages,
+    encoding: FixedPoint,
+    classes: usize,
+    features: usize,
+    lenet: bool,
+    mode: Mode,
+    owners: usize,
+    bound: u64,
+}
+
+impl OwnersRun<'_> {
+    fn train(
+        &self,
+        model: Model,
+        cfg: CryptonnConfig,
+        test_set: &blindfold_data::LabeledImages,
+        start: Instant,
+    ) -> Result<Vec<EpochRow>> {
+        if self.mode == Mode::Hardened {
+            bail!("--owners runs the faithful and plain-labels modes; hardened mode keeps all parties in one process");
+        }
+        let a = self.a;
+        let batch_size = a.batch_size.unwrap_or(64);
+        let members = partition(&self.train_set.labels, self.owners, a.split, a.seed).with_context(|| {
+            format!("splitting {} examples among {} owners ({})", self.train_set.len(), self.owners, a.split)
+        })?;
+        let shards: Vec<_> = members.iter().map(|m| self.train_set.subset(m)).collect();
+        let sizes: Vec<usize> = members.iter().map(Vec::len).collect();
+        eprintln!("{} data owners ({}): {:?} examples", self.owners, a.split, sizes);
+        let (local, owner_of) = FixedBatches::sharded(&sizes, batch_size, a.seed);
+        let global = local.mapped(&owner_of, &members);
+        let authority = AuthorityParty::new(TrainingAuthority::unrestricted(self.features, batch_size, self.mode)?);
+        let count = self.owners as u32;
+        let parties = shards
+            .iter()
+            .enumerate()
+            .map(|(k, d)| {
+                let shard = Shard { index: k as u32, count };
+                OwnerParty::new(k as u32, shard, d, self.encoding, self.classes, batch_size, self.lenet)
+            })
+            .collect();
+        let mut link = LocalLink::new(authority, parties)?;
+        match &a.audit_log {
+            Some(path) => {
+                let mut sink = audit_sink(path)?;
+                link.set_audit_sink(Box::new(move |records| sink(records)));
+            }
+            None => link.set_audit_sink(Box::new(|_| Ok(()))),
+        }
+        let table = DlogTable::new(self.bound, (2 * self.bound + 1).min(1 << 23) as usize)?;
+        let owner_ids = owner_of.iter().map(|&k| k as u32).collect();
+        let mut products = ServerProducts::new(
+            link,
+            table,
+            local.clone(),
+            owner_ids,
+            self.features,
+            self.classes,
+            self.encoding,
+            self.mode,
+            self.lenet,
+        )?;
+        eprintln!("keys, encryption tables and discrete-log table ready in {:.1} s", start.elapsed().as_secs_f64());
+        let mut fe = Trainer::new(model.clone(), &local, cfg.clone())?;
+        let mut twin = Trainer::new(model, &global, cfg)?;
+        let mut plain = PlainProducts::new(self.train_set, &global, self.encoding, self.bound, self.classes);
+        let (mut before, mut reported) = (BTreeMap::new(), 0);
+        run_epochs(a, &mut fe, &mut twin, &global, &mut plain, test_set, |epoch, fe, pb| {
+            products.start_epoch(epoch);
+            fe.epoch(&local, &mut products, |done, _| pb.set_position(done as u64))?;
+            for report in &products.reports()[reported..] {
+                eprintln!("note: {report}");
+            }
+            reported = products.reports().len();
+            let now = products.link().bytes.clone();
+            let bytes = now
+                .iter()
+                .map(|(peer, &(sent, received))| {
+                    let (s0, r0) = before.get(peer).copied().unwrap_or((0, 0));
+                    let name = match peer {
+                        Peer::Authority => "key authority".to_string(),
+                        Peer::Owner(k) => format!("data owner {k}"),
+                    };
+                    (name, [sent - s0, received - r0])
+                })
+                .collect();
+            before = now;
+            Ok(EpochOutcome { breakdown: products.breakdown, bytes: Some(bytes) })
+        })
+    }
+}
+
+/// Writes every record it is given to a new audit log at `path` (after its header).
+fn audit_sink(path: &std::path::Path) -> Result<impl FnMut(&[AuditRecord]) -> Result<(), String>> {
+    use std::io::Write as _;
+    let mut w = create_audit_log(path)?;
+    let shown = path.display().to_string();
+    Ok(move |records: &[AuditRecord]| {
+        records
+            .iter()
+            .try_for_each(|r| w.write_all(&r.to_bytes()))
+            .and_then(|()| w.flush())
+            .map_err(|e| format!("writing {shown}: {e}"))
+    })
+}
+
+/// The epochs: the FE run's (by `fe_epoch`, which trains `fe` one epoch on `fe_batches`),
+/// then the twin's on `twin_batches` skipping the batches the FE run skipped, a row each.
+#[allow(clippy::too_many_arguments)]
+fn run_epochs(
+    a: &TrainArgs,
+    fe: &mut Trainer,
+    twin: &mut Trainer,
+    twin_batches: &FixedBatches,
+    plain: &mut PlainProducts<'_>,
+    test_set: &blindfold_data::LabeledImages,
+    mut fe_epoch: impl FnMut(u32, &mut Trainer, &indicatif::ProgressBar) -> Result<EpochOutcome>,
+) -> Result<Vec<EpochRow>> {
     let mut rows = Vec::new();
     println!("epoch  encrypted  plaintext   seconds  encrypt  keys  decrypt  dlog");
     for epoch in 1..=a.epochs {
-        products.start_epoch(epoch as u32 - 1);
-        let pb = bar(batches.len() as u64, &format!("epoch {epoch}"));
+        let pb = bar(twin_batches.len() as u64, &format!("epoch {epoch}"));
         let t = Instant::now();
-        fe.epoch(&batches, &mut products, |done, _| pb.set_position(done as u64))?;
-        products.flush_audit().map_err(|e| anyhow::anyhow!("the audit log: {e}"))?;
+        let outcome = fe_epoch(epoch as u32 - 1, fe, &pb)?;
         let seconds = t.elapsed().as_secs_f64();
         pb.finish_and_clear();
+        let skipped: Vec<usize> = fe.skipped().iter().filter(|s| s.0 == epoch).map(|s| s.1).collect();
+        plain.set_unavailable(skipped.iter().copied());
         let t = Instant::now();
-        twin.epoch(&batches, &mut plain, |_, _| ())?;
+        twin.epoch(twin_batches, plain, |_, _| ())?;
         let plain_seconds = t.elapsed().as_secs_f64();
-        let encrypted_accuracy = fe.model().accuracy(&test_set)?;
-        let plain_accuracy = twin.model().accuracy(&test_set)?;
-        let b = BreakdownRow::from(products.breakdown);
+        let encrypted_accuracy = fe.model().accuracy(test_set)?;
+        let plain_accuracy = twin.model().accuracy(test_set)?;
+        let b = BreakdownRow::from(outcome.breakdown);
         if encrypted_accuracy != plain_accuracy {
             eprintln!("note: epoch {epoch}: the FE run and its twin differ ({encrypted_accuracy} vs {plain_accuracy})");
         }
@@ -324,8 +481,37 @@ fn train(a: TrainArgs) -> Result<()> {
             b.decrypt,
             b.dlog
         );
-        rows.push(EpochRow { epoch, encrypted_accuracy, plain_accuracy, seconds, plain_seconds, breakdown_seconds: b });
+        if let Some(bytes) = &outcome.bytes {
+            let mb = |v: u64| v as f64 / 1e6;
+            let parties: Vec<String> = bytes
+                .iter()
+                .map(|(party, [sent, received])| format!("{party} {:.1} MB out, {:.1} MB in", mb(*sent), mb(*received)))
+                .collect();
+            println!("       training server's bytes: {}", parties.join("; "));
+        }
+        let skipped_batches = outcome.bytes.as_ref().map(|_| skipped.len());
+        rows.push(EpochRow {
+            epoch,
+            encrypted_accuracy,
+            plain_accuracy,
+            seconds,
+            plain_seconds,
+            breakdown_seconds: b,
+            bytes: outcome.bytes,
+            skipped_batches,
+        });
     }
+    Ok(rows)
+}
+
+fn write_report(
+    a: &TrainArgs,
+    mode_name: &'static str,
+    train_set: &blindfold_data::LabeledImages,
+    test_set: &blindfold_data::LabeledImages,
+    batch_size: usize,
+    rows: Vec<EpochRow>,
+) -> Result<()> {
     if let Some(path) = &a.json {
         let report = Report {
             model: a.model.clone(),

@@ -70,6 +70,46 @@ fn cryptonn_trains_lenet5() {
     assert_eq!(e["encrypted_accuracy"], e["plain_accuracy"], "{e}");
 }
 
+/// `--owners 3 --split dirichlet:0.3`: the owners, the authority and the server as parties
+/// exchanging messages; the twin's accuracy, the bytes per party in the report, and the
+/// audit log verifies.
+#[test]
+fn cryptonn_trains_with_several_owners() {
+    let log = std::env::temp_dir().join(format!("blindfold-cli-owners-{}.audit", std::process::id()));
+    let log_s = log.display().to_string();
+    let report = train_report(
+        "owners",
+        &[
+            "--epochs",
+            "1",
+            "--limit",
+            "96",
+            "--batch-size",
+            "16",
+            "--dlog-bound",
+            "1000000",
+            "--owners",
+            "3",
+            "--split",
+            "dirichlet:0.3",
+            "--audit-log",
+            &log_s,
+        ],
+    );
+    let e = &report["epochs"][0];
+    assert_eq!(e["encrypted_accuracy"], e["plain_accuracy"], "{e}");
+    assert_eq!(e["skipped_batches"], 0);
+    let bytes = e["bytes"].as_object().unwrap();
+    assert_eq!(bytes.len(), 4, "{bytes:?}");
+    for (party, [sent, received]) in bytes.iter().map(|(k, v)| (k, [v[0].as_u64().unwrap(), v[1].as_u64().unwrap()])) {
+        assert!(received > 0 && (sent > 0 || party.starts_with("data owner")), "{party}: {sent} {received}");
+    }
+    let out = blindfold(&["cryptonn", "audit", &log_s]);
+    let _ = std::fs::remove_file(&log);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("LabelDelta"));
+}
+
 #[test]
 fn cryptonn_train_refuses_what_it_cannot_do() {
     for (args, message) in [
@@ -82,6 +122,9 @@ fn cryptonn_train_refuses_what_it_cannot_do() {
             "at least 130 examples",
         ),
         (&["--model", "lenet5", "--mode", "hardened"][..], "hardened mode trains the MLP only"),
+        (&["--mode", "hardened", "--owners", "2", "--limit", "300"][..], "--owners runs the faithful"),
+        (&["--owners", "0"][..], "0 holders"),
+        (&["--owners", "2", "--split", "pareto"][..], "expected iid"),
     ] {
         let all: Vec<&str> = ["cryptonn", "train"].iter().chain(args).copied().collect();
         let out = blindfold(&all);

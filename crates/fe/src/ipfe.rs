@@ -442,17 +442,18 @@ impl CiphertextBatch {
             #[cfg(target_arch = "x86_64")]
             BatchRepr::Lanes { ifma, groups } => {
                 let (s, lanes) = (*ifma, crate::lanes::LANES);
-                let mut out = Vec::with_capacity(self.len * (LIMBS + self.n));
-                for (g, group) in groups.iter().enumerate() {
-                    let used = lanes.min(self.len - g * lanes);
-                    let encoded: Vec<[[u8; 32]; 8]> = s.vectorize(|| {
-                        group.ct0_powers.iter().chain(&group.cts).map(|p| s.encode(p, s.constants())).collect()
-                    });
-                    for lane in 0..used {
-                        out.extend(encoded.iter().map(|e| e[lane]));
-                    }
-                }
-                out
+                let per_group: Vec<Vec<[u8; 32]>> = groups
+                    .par_iter()
+                    .enumerate()
+                    .map(|(g, group)| {
+                        let used = lanes.min(self.len - g * lanes);
+                        let encoded: Vec<[[u8; 32]; 8]> = s.vectorize(|| {
+                            group.ct0_powers.iter().chain(&group.cts).map(|p| s.encode(p, s.constants())).collect()
+                        });
+                        (0..used).flat_map(|lane| encoded.iter().map(move |e| e[lane])).collect()
+                    })
+                    .collect();
+                per_group.concat()
             }
         }
     }

@@ -319,6 +319,7 @@ pub struct LocalLink<'a> {
     owners: BTreeMap<u32, super::parties::OwnerParty<'a>>,
     /// Bytes sent to and received from each peer.
     pub bytes: BTreeMap<Peer, (u64, u64)>,
+    audit_sink: Option<super::training::AuditSink<'a>>,
 }
 
 impl<'a> LocalLink<'a> {
@@ -351,7 +352,13 @@ impl<'a> LocalLink<'a> {
             let id = id.ok_or_else(|| ProtocolError::Misuse("an owner that does not join".into()))?;
             map.insert(id, owner);
         }
-        Ok(Self { authority, owners: map, bytes: BTreeMap::new() })
+        Ok(Self { authority, owners: map, bytes: BTreeMap::new(), audit_sink: None })
+    }
+
+    /// Hands the authority's audit records to `sink` after every request it answers (without
+    /// a sink they stay with the authority: [`LocalLink::authority_mut`]).
+    pub fn set_audit_sink(&mut self, sink: super::training::AuditSink<'a>) {
+        self.audit_sink = Some(sink);
     }
 
     /// The authority (its audit records).
@@ -378,7 +385,14 @@ impl Link for LocalLink<'_> {
     fn exchange(&mut self, to: Peer, msg: &Message) -> Result<Message, ProtocolError> {
         let bytes = msg.to_bytes();
         let reply = match to {
-            Peer::Authority => self.authority.handle_bytes(Party::TrainingServer, &bytes),
+            Peer::Authority => {
+                let reply = self.authority.handle_bytes(Party::TrainingServer, &bytes);
+                if let Some(sink) = &mut self.audit_sink {
+                    sink(&self.authority.take_audit_records())
+                        .map_err(|e| ProtocolError::Config(format!("the audit log: {e}")))?;
+                }
+                reply
+            }
             Peer::Owner(id) => {
                 let owner = self
                     .owners
