@@ -4,9 +4,9 @@
 //! is reported and training goes on with the others, still equal to the twin told which
 //! batches were skipped.
 
-use blindfold_data::{Images, LabeledImages};
-use blindfold_fe::{DlogTable, FixedPoint};
-use blindfold_nn::cryptonn::{CryptonnConfig, FixedBatches, PlainProducts, Trainer};
+use blindfold_data::LabeledImages;
+use blindfold_fe::DlogTable;
+use blindfold_nn::cryptonn::{FixedBatches, PlainProducts, Trainer};
 use blindfold_nn::{ArchSpec, Model};
 use blindfold_protocol::cryptonn::messages::{Message, Shard};
 use blindfold_protocol::cryptonn::parties::{AuthorityParty, OwnerParty};
@@ -14,43 +14,15 @@ use blindfold_protocol::cryptonn::server::{Link, LocalLink, Peer, ServerProducts
 use blindfold_protocol::cryptonn::{verify_log, Mode, Purpose, TrainingAuthority, AUDIT_MAGIC};
 use blindfold_protocol::ProtocolError;
 use rand_chacha::ChaCha20Rng;
-use rand_core::{Rng, SeedableRng};
+use rand_core::SeedableRng;
 
 const BATCH: usize = 8;
 
-/// 45 images of 28×28 with a class-dependent bright band.
+mod common;
+use common::config;
+
 fn data() -> LabeledImages {
-    let mut rng = ChaCha20Rng::seed_from_u64(3);
-    let (n, side) = (45, 28);
-    let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
-    let mut pixels = vec![0u8; n * side * side];
-    for (i, &l) in labels.iter().enumerate() {
-        for p in 0..side * side {
-            let band = (p / side) / 3 == l as usize;
-            pixels[i * side * side + p] =
-                if band { 200 + (rng.next_u32() % 56) as u8 } else { (rng.next_u32() % 30) as u8 };
-        }
-    }
-    LabeledImages { images: Images { count: n, rows: side, cols: side, pixels }, labels }
-}
-
-fn subset(data: &LabeledImages, members: &[usize]) -> LabeledImages {
-    let pixels = members.iter().flat_map(|&i| data.images.image(i).to_vec()).collect();
-    LabeledImages {
-        images: Images { count: members.len(), rows: 28, cols: 28, pixels },
-        labels: members.iter().map(|&i| data.labels[i]).collect(),
-    }
-}
-
-fn config(epochs: usize) -> CryptonnConfig {
-    CryptonnConfig {
-        epochs,
-        learning_rate: 2e-3,
-        clip_norm: 5.0,
-        encoding: FixedPoint::decimal(2).unwrap(),
-        seed: 7,
-        hardened: None,
-    }
+    common::banded(45)
 }
 
 /// What goes wrong with one owner.
@@ -104,7 +76,7 @@ fn run(epochs: usize, fault: Fault) -> (Trainer, Trainer, Vec<String>, Vec<u8>) 
     let data = data();
     let cfg = config(epochs);
     let members: Vec<Vec<usize>> = (0..3).map(|k| (0..data.len()).filter(|i| i % 3 == k).collect()).collect();
-    let shards: Vec<LabeledImages> = members.iter().map(|m| subset(&data, m)).collect();
+    let shards: Vec<LabeledImages> = members.iter().map(|m| data.subset(m)).collect();
     let (local, owner_of) = FixedBatches::sharded(&members.iter().map(Vec::len).collect::<Vec<_>>(), BATCH, 11);
     let global = local.mapped(&owner_of, &members);
     let model = Model::init(ArchSpec::builtin("mlp").unwrap(), &mut ChaCha20Rng::seed_from_u64(5)).unwrap();

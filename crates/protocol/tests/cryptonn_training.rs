@@ -1,7 +1,7 @@
 //! CryptoNN training through functional encryption matches its plaintext twin exactly: FE
 //! decryption gives the exact integer products, so both runs take the same steps.
 
-use blindfold_data::{Images, LabeledImages};
+use blindfold_data::LabeledImages;
 use blindfold_fe::{DlogTable, FixedPoint};
 use blindfold_nn::arch::LayerSpec;
 use blindfold_nn::cryptonn::{CryptonnConfig, FixedBatches, PlainProducts, Trainer};
@@ -11,33 +11,13 @@ use blindfold_protocol::cryptonn::{
     RECORD_LEN,
 };
 use rand_chacha::ChaCha20Rng;
-use rand_core::{Rng, SeedableRng};
+use rand_core::SeedableRng;
 
-/// 40 images of 28×28 with a class-dependent bright band, so there is something to learn.
+mod common;
+use common::config;
+
 fn data() -> LabeledImages {
-    let mut rng = ChaCha20Rng::seed_from_u64(3);
-    let (n, side) = (40, 28);
-    let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
-    let mut pixels = vec![0u8; n * side * side];
-    for (i, &l) in labels.iter().enumerate() {
-        for p in 0..side * side {
-            let band = (p / side) / 3 == l as usize;
-            pixels[i * side * side + p] =
-                if band { 200 + (rng.next_u32() % 56) as u8 } else { (rng.next_u32() % 30) as u8 };
-        }
-    }
-    LabeledImages { images: Images { count: n, rows: side, cols: side, pixels }, labels }
-}
-
-fn config(epochs: usize) -> CryptonnConfig {
-    CryptonnConfig {
-        epochs,
-        learning_rate: 2e-3,
-        clip_norm: 5.0,
-        encoding: FixedPoint::decimal(2).unwrap(),
-        seed: 7,
-        hardened: None,
-    }
+    common::banded(40)
 }
 
 /// Trains `model` through FE (with `authority`) and as the plaintext twin, epoch by epoch;
