@@ -1,7 +1,9 @@
-//! CryptoNN's parties as message-in, message-out state machines: no I/O here. The transport
-//! (the in-process harness, network services) moves the bytes and says which party sent
-//! them; each party answers every message with one message, a [`Message::Refused`] naming
-//! the party at fault for anything it will not do.
+//! CryptoNN's data owner and key authority as message-in, messages-out state machines: no
+//! I/O here. The transport (the in-process harness, network services) moves the bytes and
+//! says which party sent them. The authority answers every message with one message; an
+//! owner answers with the messages it sends next, and where to. Anything a party will not do
+//! gets a [`Message::Refused`] naming the party at fault. The training server is in
+//! [`super::server`].
 
 use super::messages::{KeyScalars, Message, Party, PublicKeys, Shard, MAX_MESSAGE_LEN};
 use super::{AuditRecord, KeyRequest, Purpose, TrainingAuthority, TrainingClient};
