@@ -7,7 +7,7 @@
 //! others.
 
 use super::messages::{FeWire, Message, Party, SparseVector};
-use super::training::{BatchShape, Breakdown, EncryptedBatch, TrainingServer};
+use super::training::{key_rows, padded, BatchShape, Breakdown, EncryptedBatch, TrainingServer};
 use super::{Mode, Purpose};
 use crate::inference::ProtocolError;
 use blindfold_fe::{febo, DlogTable, FixedPoint};
@@ -250,15 +250,7 @@ impl<L: Link> FirstLayerProducts for ServerProducts<L> {
 
     fn gradient(&mut self, batch: usize, deltas: &Array2<i64>) -> blindfold_nn::Result<Array2<i64>> {
         let size = self.batches.batch_size();
-        let padded = deltas
-            .rows()
-            .into_iter()
-            .map(|r| {
-                let mut v = r.to_vec();
-                v.resize(size, 0);
-                v
-            })
-            .collect();
+        let padded = deltas.rows().into_iter().map(|r| padded(r, size)).collect();
         let keys = self.keys(Purpose::Gradient, padded)?;
         self.server.gradient(batch, &keys, &mut self.breakdown).map_err(products_error)
     }
@@ -287,17 +279,13 @@ impl<L: Link> FirstLayerProducts for ServerProducts<L> {
             };
         self.breakdown.key_derivation += start.elapsed();
         let start = Instant::now();
-        let differences = self.server.label_differences(batch, &keys).map_err(products_error)?;
+        let deltas = self.server.label_deltas(batch, &keys, probabilities.dim()).map_err(products_error)?;
         self.breakdown.decrypt += start.elapsed();
-        Ok(Array2::from_shape_vec(probabilities.raw_dim(), differences.into_iter().map(|v| -v).collect())
-            .expect("one difference per probability"))
+        Ok(deltas)
     }
 
     fn summed_products(&mut self, batch: usize, keys: &Array3<i64>) -> blindfold_nn::Result<Vec<i64>> {
-        let vectors = keys
-            .outer_iter()
-            .flat_map(|per_output| per_output.rows().into_iter().map(|y| y.to_vec()).collect::<Vec<_>>())
-            .collect();
+        let vectors = key_rows(keys).collect();
         let issued = self.keys(Purpose::ConvGradient, vectors)?;
         self.server.summed_products(batch, &issued, &mut self.breakdown).map_err(products_error)
     }

@@ -678,12 +678,22 @@ impl TrainingServer {
         }
     }
 
-    /// `ŷ − â` per encrypted label entry, with one FEBO subtraction key each.
-    pub(crate) fn label_differences(&self, id: usize, keys: &[febo::FunctionKey]) -> Result<Vec<i64>, FeError> {
-        match &self.current(id)?.labels {
-            Labels::Encrypted(l) if l.len() == keys.len() => febo::decrypt_all(l, keys, &self.table),
-            _ => Err(FeError::InvalidArgument("one FEBO key per encrypted label entry".into())),
-        }
+    /// The output deltas `â − ŷ` (`examples × classes`, the shape `dim`) from one FEBO
+    /// subtraction key per encrypted label entry (each decrypts `ŷ − â`).
+    pub(crate) fn label_deltas(
+        &self,
+        id: usize,
+        keys: &[febo::FunctionKey],
+        dim: (usize, usize),
+    ) -> Result<Array2<i64>, FeError> {
+        let differences = match &self.current(id)?.labels {
+            Labels::Encrypted(l) if l.len() == keys.len() && keys.len() == dim.0 * dim.1 => {
+                febo::decrypt_all(l, keys, &self.table)?
+            }
+            _ => return Err(FeError::InvalidArgument("one FEBO key per encrypted label entry".into())),
+        };
+        Ok(Array2::from_shape_vec(dim, differences.into_iter().map(|v| -v).collect())
+            .expect("one difference per entry"))
     }
 }
 
@@ -775,14 +785,22 @@ impl<'a> FeProducts<'a> {
         len: usize,
     ) -> blindfold_nn::Result<(Vec<usize>, Vec<FunctionKey>)> {
         let rows: Vec<usize> = (0..keys.nrows()).filter(|&r| keys.row(r).iter().any(|&v| v != 0)).collect();
-        let vectors = rows.iter().map(|&r| {
-            let mut v = keys.row(r).to_vec();
-            v.resize(len, 0);
-            v
-        });
+        let vectors = rows.iter().map(|&r| padded(keys.row(r), len));
         let issued = self.keys(purpose, vectors)?;
         Ok((rows, issued))
     }
+}
+
+/// A key row zero-padded to `len` entries (a batch shorter than the largest).
+pub(crate) fn padded(row: ndarray::ArrayView1<'_, i64>, len: usize) -> Vec<i64> {
+    let mut v = row.to_vec();
+    v.resize(len, 0);
+    v
+}
+
+/// The key vectors of an `(outputs, examples, length)` array, output-major.
+pub(crate) fn key_rows(keys: &Array3<i64>) -> impl Iterator<Item = Vec<i64>> + '_ {
+    keys.outer_iter().flat_map(|per_output| per_output.rows().into_iter().map(|y| y.to_vec()).collect::<Vec<_>>())
 }
 
 /// The trainer's error for a failure of the FE parties, keeping the cause's type (a
@@ -811,12 +829,7 @@ impl FirstLayerProducts for FeProducts<'_> {
 
     fn gradient(&mut self, batch: usize, deltas: &Array2<i64>) -> blindfold_nn::Result<Array2<i64>> {
         let size = self.batches.batch_size();
-        let padded = deltas.rows().into_iter().map(|r| {
-            let mut v = r.to_vec();
-            v.resize(size, 0);
-            v
-        });
-        let keys = self.keys(Purpose::Gradient, padded)?;
+        let keys = self.keys(Purpose::Gradient, deltas.rows().into_iter().map(|r| padded(r, size)))?;
         self.server.gradient(batch, &keys, &mut self.breakdown).map_err(products_error)
     }
 
@@ -835,18 +848,14 @@ impl FirstLayerProducts for FeProducts<'_> {
         let keys = self.authority.issue_label_keys(self.epoch, self.step, &entries).map_err(products_error)?;
         self.breakdown.key_derivation += start.elapsed();
         let start = Instant::now();
-        let differences = self.server.label_differences(batch, &keys).map_err(products_error)?;
+        let deltas = self.server.label_deltas(batch, &keys, probabilities.dim()).map_err(products_error)?;
         // FEBO decryption and its discrete log together (a few hundred per batch).
         self.breakdown.decrypt += start.elapsed();
-        Ok(Array2::from_shape_vec(probabilities.raw_dim(), differences.into_iter().map(|v| -v).collect())
-            .expect("one difference per probability"))
+        Ok(deltas)
     }
 
     fn summed_products(&mut self, batch: usize, keys: &Array3<i64>) -> blindfold_nn::Result<Vec<i64>> {
-        let vectors = keys
-            .outer_iter()
-            .flat_map(|per_output| per_output.rows().into_iter().map(|y| y.to_vec()).collect::<Vec<_>>());
-        let issued = self.keys(Purpose::ConvGradient, vectors)?;
+        let issued = self.keys(Purpose::ConvGradient, key_rows(keys))?;
         self.server.summed_products(batch, &issued, &mut self.breakdown).map_err(products_error)
     }
 
