@@ -4,6 +4,7 @@
 use crate::progress::bar;
 use crate::DataArgs;
 use anyhow::{bail, Context as _, Result};
+use blindfold_data::LabeledImages;
 use blindfold_data::Split;
 use blindfold_data::{partition, Partition};
 use blindfold_fe::{DlogTable, FixedPoint};
@@ -17,7 +18,7 @@ use blindfold_protocol::cryptonn::{
     AUDIT_MAGIC, RECORD_LEN,
 };
 use clap::{Args, Subcommand, ValueEnum};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -35,10 +36,22 @@ pub(crate) enum CryptonnCommand {
         /// The audit log.
         file: PathBuf,
     },
+    /// The key authority as a network service: the only holder of the master secret keys;
+    /// public keys to anyone, function keys (forward, gradient, label) to the training
+    /// server alone (recognised by its client certificate), each through the policy and into
+    /// the audit log before it is sent.
+    Authority(crate::cryptonn_net::AuthorityArgs),
+    /// The training server as a network service: waits for its data owners to join, then
+    /// trains, asking each owner for its encrypted batches and the authority for keys;
+    /// reports accuracy on the test set, time per part and bytes per party each epoch.
+    Server(crate::cryptonn_net::ServerArgs),
+    /// A data owner: encrypts its shard of the training set under the authority's public
+    /// keys, batch by batch as the training server asks, and never sends anything else.
+    Owner(crate::cryptonn_net::OwnerArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum ModeArg {
+pub(crate) enum ModeArg {
     /// CryptoNN as published: labels encrypted with FE for basic operations; the server
     /// decrypts `A − Y` element-wise (which reveals the labels to it).
     Faithful,
@@ -50,46 +63,61 @@ enum ModeArg {
     Hardened,
 }
 
-#[derive(Args)]
-pub(crate) struct TrainArgs {
-    #[command(flatten)]
-    data: DataArgs,
+/// What every party of a run must agree on: the model, the mode, the encoding and the batch
+/// size.
+#[derive(Args, Clone)]
+pub(crate) struct PartyArgs {
     /// Model: mlp (784-128-10 with ReLU, CryptoNN's MLP) or lenet5 (conv 5×5 ×6 → pool → conv
     /// 5×5 ×16 → pool → 120 → 84 → 10, ReLU; its first convolution through FE). Hardened mode
     /// trains the MLP only.
     #[arg(long, default_value = "mlp")]
-    model: String,
+    pub(crate) model: String,
     /// How labels reach the server.
     #[arg(long, value_enum, default_value = "faithful")]
-    mode: ModeArg,
-    /// Passes over the training set.
-    #[arg(long, default_value_t = 2)]
-    epochs: usize,
+    pub(crate) mode: ModeArg,
     /// Decimal digits of the fixed-point encoding of pixels, weights and deltas (CryptoNN: 2).
     #[arg(long, default_value_t = 2)]
-    precision: u32,
-    /// Train on the first N training images only (quick runs).
-    #[arg(long)]
-    limit: Option<usize>,
+    pub(crate) precision: u32,
     /// Examples per mini-batch [default: 64 (CryptoNN's), 256 in hardened mode].
     #[arg(long)]
-    batch_size: Option<usize>,
-    /// Hardened mode: fewest non-zero entries of a gradient or label-sum key; a hidden unit
-    /// whose key is sparser gets no gradient from that batch.
-    #[arg(long, default_value_t = 32)]
-    min_nonzero: usize,
+    pub(crate) batch_size: Option<usize>,
+}
+
+/// How the training server trains.
+#[derive(Args, Clone)]
+pub(crate) struct ScheduleArgs {
+    /// Passes over the training set.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) epochs: usize,
     /// Peak learning rate (Adam, cosine decay over the run).
     #[arg(long, default_value_t = 1e-3)]
-    learning_rate: f32,
-    /// Seed of initialization, batches and their order.
+    pub(crate) learning_rate: f32,
+    /// Seed of initialization, batches and their order (and of the split among data owners).
     #[arg(long, default_value_t = 1)]
-    seed: u64,
+    pub(crate) seed: u64,
     /// Largest |product| the discrete logarithm finds; a larger one stops training with an
     /// error (never a wrong number). The table takes about 40 bytes per value of the range
     /// divided by 4 (at most 2^23 entries) [default: 2^21 for mlp; 2^24 for lenet5, whose
     /// gradient sums each filter entry over the batch and all 784 positions].
     #[arg(long)]
-    dlog_bound: Option<u64>,
+    pub(crate) dlog_bound: Option<u64>,
+}
+
+#[derive(Args)]
+pub(crate) struct TrainArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    #[command(flatten)]
+    party: PartyArgs,
+    #[command(flatten)]
+    schedule: ScheduleArgs,
+    /// Train on the first N training images only (quick runs).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Hardened mode: fewest non-zero entries of a gradient or label-sum key; a hidden unit
+    /// whose key is sparser gets no gradient from that batch.
+    #[arg(long, default_value_t = 32)]
+    min_nonzero: usize,
     /// Write a machine-readable report here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -98,16 +126,164 @@ pub(crate) struct TrainArgs {
     /// `blindfold cryptonn audit FILE` verifies it.
     #[arg(long)]
     audit_log: Option<PathBuf>,
-    /// Split the training set among K data owners (`--split`), each a party of its own: the
-    /// training server asks each for its batches and the key authority for keys by messages,
-    /// every one passed through its bytes (all in this process; the report adds the bytes per
-    /// party). Each batch holds one owner's examples. Faithful and plain-labels modes.
+    /// Split the training set among K data owners (`--split`): the key authority, the
+    /// training server and each owner run as separate processes (`cryptonn authority`,
+    /// `server`, `owner`) on loopback, over gRPC with mutual TLS (certificates made for the
+    /// run); the report adds the bytes the server exchanged with each party. Each batch holds
+    /// one owner's examples. Faithful and plain-labels modes.
     #[arg(long)]
     owners: Option<usize>,
+    /// With --owners: the parties in this process instead, every message still passed
+    /// through its bytes (a test harness).
+    #[arg(long, requires = "owners")]
+    in_process: bool,
     /// How the training set is split among `--owners`: iid, dirichlet:ALPHA (class mix drawn
     /// from a Dirichlet), label-skew:K (K classes per owner) or size-skew.
     #[arg(long, default_value = "iid")]
     split: Partition,
+}
+
+/// What [`PartyArgs`] come to.
+pub(crate) struct Party {
+    pub(crate) spec: ArchSpec,
+    pub(crate) lenet: bool,
+    pub(crate) classes: usize,
+    pub(crate) features: usize,
+    pub(crate) encoding: FixedPoint,
+    pub(crate) batch_size: usize,
+    pub(crate) mode: Mode,
+    pub(crate) mode_name: &'static str,
+}
+
+impl PartyArgs {
+    pub(crate) fn resolve(&self) -> Result<Party> {
+        let lenet = match self.model.as_str() {
+            "mlp" => false,
+            "lenet5" => true,
+            other => bail!("model {other:?}: CryptoNN training supports mlp and lenet5"),
+        };
+        if lenet && matches!(self.mode, ModeArg::Hardened) {
+            bail!(
+                "hardened mode trains the MLP only: a convolution's keys are sparse (26 of 785 entries) and the \
+                 label term of deeper networks cannot be summed over the batch inside one product"
+            );
+        }
+        let batch_size = self.batch_size.unwrap_or(if matches!(self.mode, ModeArg::Hardened) { 256 } else { 64 });
+        if batch_size == 0 {
+            bail!("--batch-size must be at least 1");
+        }
+        let encoding = FixedPoint::decimal(self.precision).context("--precision")?;
+        let spec = ArchSpec::builtin(&self.model)?;
+        let (mode, mode_name) = match self.mode {
+            ModeArg::Faithful => (Mode::Faithful, "faithful"),
+            ModeArg::PlainLabels => (Mode::PlainLabels, "plain-labels"),
+            ModeArg::Hardened => (Mode::Hardened, "hardened"),
+        };
+        Ok(Party {
+            lenet,
+            classes: spec.classes()?,
+            features: spec.input.len(),
+            spec,
+            encoding,
+            batch_size,
+            mode,
+            mode_name,
+        })
+    }
+
+    /// The arguments again, for another party's command line.
+    pub(crate) fn to_args(&self) -> Vec<String> {
+        let mut v = vec![
+            "--model".into(),
+            self.model.clone(),
+            "--mode".into(),
+            self.mode.to_possible_value().expect("no skipped values").get_name().into(),
+            "--precision".into(),
+            self.precision.to_string(),
+        ];
+        if let Some(b) = self.batch_size {
+            v.extend(["--batch-size".into(), b.to_string()]);
+        }
+        v
+    }
+}
+
+impl Party {
+    /// Refuses images of another size than the model's input.
+    pub(crate) fn check_images(&self, set: &blindfold_data::LabeledImages, data: &DataArgs) -> Result<()> {
+        if set.images.rows * set.images.cols != self.features {
+            bail!(
+                "{} has {}×{} images; the model takes {}",
+                data.dataset.name(),
+                set.images.rows,
+                set.images.cols,
+                self.spec.input
+            );
+        }
+        Ok(())
+    }
+}
+
+impl ScheduleArgs {
+    /// The initial model, the training configuration and the discrete-log bound.
+    pub(crate) fn config(&self, p: &Party, hardened: Option<usize>) -> Result<(Model, CryptonnConfig, u64)> {
+        if self.epochs == 0 {
+            bail!("--epochs must be at least 1");
+        }
+        let model = Model::init(p.spec.clone(), &mut blindfold_nn::train::seeded_rng(self.seed))?;
+        let cfg = CryptonnConfig {
+            epochs: self.epochs,
+            learning_rate: self.learning_rate,
+            clip_norm: 5.0,
+            encoding: p.encoding,
+            seed: self.seed,
+            hardened,
+        };
+        Ok((model, cfg, self.dlog_bound.unwrap_or(if p.lenet { 1 << 24 } else { 1 << 21 })))
+    }
+
+    /// The arguments again, for another party's command line.
+    pub(crate) fn to_args(&self) -> Vec<String> {
+        let mut v = vec![
+            "--epochs".into(),
+            self.epochs.to_string(),
+            "--learning-rate".into(),
+            self.learning_rate.to_string(),
+            "--seed".into(),
+            self.seed.to_string(),
+        ];
+        if let Some(b) = self.dlog_bound {
+            v.extend(["--dlog-bound".into(), b.to_string()]);
+        }
+        v
+    }
+}
+
+/// A training set split among `owners` data owners (`split`, `seed`): each owner's members,
+/// the batches over the owners' shards (each batch one owner's, by index into its shard)
+/// with each batch's owner, and the same batches by index into the whole set.
+pub(crate) struct Shares {
+    pub(crate) members: Vec<Vec<usize>>,
+    pub(crate) local: FixedBatches,
+    pub(crate) owner_of: Vec<usize>,
+    pub(crate) global: FixedBatches,
+}
+
+impl Shares {
+    pub(crate) fn new(
+        set: &blindfold_data::LabeledImages,
+        owners: usize,
+        split: Partition,
+        seed: u64,
+        batch_size: usize,
+    ) -> Result<Self> {
+        let members = partition(&set.labels, owners, split, seed)
+            .with_context(|| format!("splitting {} examples among {owners} owners ({split})", set.len()))?;
+        let sizes: Vec<usize> = members.iter().map(Vec::len).collect();
+        let (local, owner_of) = FixedBatches::sharded(&sizes, batch_size, seed);
+        let global = local.mapped(&owner_of, &members);
+        Ok(Self { members, local, owner_of, global })
+    }
 }
 
 #[derive(Serialize)]
@@ -139,15 +315,57 @@ struct EpochRow {
     skipped_batches: Option<usize>,
 }
 
-/// What one epoch of the FE side reports besides the model: its time breakdown and, with
-/// several owners, the bytes per party.
-struct EpochOutcome {
-    breakdown: Breakdown,
-    bytes: Option<BTreeMap<String, [u64; 2]>>,
+/// What one epoch of the FE side reports: the model's accuracy, the time and its breakdown,
+/// the batches skipped and, with several owners, the bytes per party.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct EpochOutcome {
+    pub(crate) encrypted_accuracy: f64,
+    pub(crate) seconds: f64,
+    pub(crate) breakdown_seconds: BreakdownRow,
+    /// Bytes the training server sent to and received from each party, by party.
+    pub(crate) bytes: Option<BTreeMap<String, [u64; 2]>>,
+    /// The batches skipped (an owner gone or its batch refused), by index.
+    pub(crate) skipped: Vec<usize>,
 }
 
-#[derive(Serialize)]
-struct BreakdownRow {
+impl EpochOutcome {
+    /// The outcome of `fe`'s epoch `epoch` (from 1), which took `seconds`.
+    pub(crate) fn of(
+        fe: &mut Trainer,
+        epoch: usize,
+        seconds: f64,
+        breakdown: Breakdown,
+        test_set: &LabeledImages,
+    ) -> Result<Self> {
+        Ok(Self {
+            encrypted_accuracy: fe.model().accuracy(test_set)?,
+            seconds,
+            breakdown_seconds: breakdown.into(),
+            bytes: None,
+            skipped: fe.skipped().iter().filter(|s| s.0 == epoch).map(|s| s.1).collect(),
+        })
+    }
+}
+
+/// The bytes per peer since `before`, by the party's name.
+pub(crate) fn bytes_since(
+    before: &BTreeMap<Peer, (u64, u64)>,
+    now: &BTreeMap<Peer, (u64, u64)>,
+) -> BTreeMap<String, [u64; 2]> {
+    now.iter()
+        .map(|(peer, &(sent, received))| {
+            let (s0, r0) = before.get(peer).copied().unwrap_or((0, 0));
+            let name = match peer {
+                Peer::Authority => "key authority".to_string(),
+                Peer::Owner(k) => format!("data owner {k}"),
+            };
+            (name, [sent - s0, received - r0])
+        })
+        .collect()
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct BreakdownRow {
     encrypt: f64,
     key_derivation: f64,
     decrypt: f64,
@@ -169,6 +387,9 @@ pub(crate) fn cryptonn_cmd(cmd: CryptonnCommand) -> Result<()> {
     match cmd {
         CryptonnCommand::Train(a) => train(a),
         CryptonnCommand::Audit { file } => audit(&file),
+        CryptonnCommand::Authority(a) => crate::cryptonn_net::authority_cmd(a),
+        CryptonnCommand::Server(a) => crate::cryptonn_net::server_cmd(a),
+        CryptonnCommand::Owner(a) => crate::cryptonn_net::owner_cmd(a),
     }
 }
 
@@ -233,22 +454,7 @@ fn audit(path: &std::path::Path) -> Result<()> {
 }
 
 fn train(a: TrainArgs) -> Result<()> {
-    let lenet = match a.model.as_str() {
-        "mlp" => false,
-        "lenet5" => true,
-        other => bail!("model {other:?}: CryptoNN training supports mlp and lenet5"),
-    };
-    if lenet && matches!(a.mode, ModeArg::Hardened) {
-        bail!(
-            "hardened mode trains the MLP only: a convolution's keys are sparse (26 of 785 entries) and the \
-             label term of deeper networks cannot be summed over the batch inside one product"
-        );
-    }
-    let batch_size = a.batch_size.unwrap_or(if matches!(a.mode, ModeArg::Hardened) { 256 } else { 64 });
-    if a.epochs == 0 || batch_size == 0 {
-        bail!("--epochs and --batch-size must be at least 1");
-    }
-    let encoding = FixedPoint::decimal(a.precision).context("--precision")?;
+    let p = a.party.resolve()?;
     let mut train_set = a.data.load(Split::Train)?;
     if let Some(n) = a.limit {
         if n == 0 {
@@ -257,123 +463,110 @@ fn train(a: TrainArgs) -> Result<()> {
         train_set = train_set.truncate(n);
     }
     let test_set = a.data.load(Split::Test)?;
-    let spec = ArchSpec::builtin(&a.model)?;
-    if train_set.images.rows * train_set.images.cols != spec.input.len() {
-        bail!(
-            "{} has {}×{} images; {} takes {}",
-            a.data.dataset.name(),
-            train_set.images.rows,
-            train_set.images.cols,
-            a.model,
-            spec.input
-        );
-    }
-    let classes = spec.classes()?;
-    let features = spec.input.len();
-    let model = Model::init(spec, &mut blindfold_nn::train::seeded_rng(a.seed))?;
-    let batches = FixedBatches::new(train_set.len(), batch_size, a.seed);
-    let (mode, mode_name) = match a.mode {
-        ModeArg::Faithful => (Mode::Faithful, "faithful"),
-        ModeArg::PlainLabels => (Mode::PlainLabels, "plain-labels"),
-        ModeArg::Hardened => (Mode::Hardened, "hardened"),
-    };
-    let hardened = (mode == Mode::Hardened).then_some(a.min_nonzero);
-    let cfg = CryptonnConfig {
-        epochs: a.epochs,
-        learning_rate: a.learning_rate,
-        clip_norm: 5.0,
-        encoding,
-        seed: a.seed,
-        hardened,
-    };
+    p.check_images(&train_set, &a.data)?;
+    let hardened = (p.mode == Mode::Hardened).then_some(a.min_nonzero);
+    let (model, cfg, bound) = a.schedule.config(&p, hardened)?;
     eprintln!(
         "CryptoNN training, {} mode: {} on {} training images of {} (batches of {}, {} digits); first-layer \
          products through inner-product FE on ristretto255",
-        mode_name,
-        a.model,
+        p.mode_name,
+        a.party.model,
         train_set.len(),
         a.data.dataset.name(),
-        batch_size,
-        a.precision
+        p.batch_size,
+        a.party.precision
     );
     let start = Instant::now();
-    let bound = a.dlog_bound.unwrap_or(if lenet { 1 << 24 } else { 1 << 21 });
     if let Some(owners) = a.owners {
-        let run = OwnersRun { a: &a, train_set: &train_set, encoding, classes, features, lenet, mode, owners, bound };
-        let rows = run.train(model, cfg, &test_set, start)?;
-        return write_report(&a, mode_name, &train_set, &test_set, batch_size, rows);
+        if p.mode == Mode::Hardened {
+            bail!("--owners runs the faithful and plain-labels modes; hardened mode keeps all parties in one process");
+        }
+        let shares = Shares::new(&train_set, owners, a.split, a.schedule.seed, p.batch_size)?;
+        let sizes: Vec<usize> = shares.members.iter().map(Vec::len).collect();
+        eprintln!("{owners} data owners ({}): {sizes:?} examples", a.split);
+        let mut twin = Trainer::new(model.clone(), &shares.global, cfg.clone())?;
+        let mut plain = PlainProducts::new(&train_set, &shares.global, p.encoding, bound, p.classes);
+        let rows = if a.in_process {
+            let run = OwnersRun { a: &a, p: &p, train_set: &train_set, shares: &shares, bound };
+            let mut fe = Trainer::new(model, &shares.local, cfg)?;
+            run.train(&mut fe, &mut twin, &mut plain, &test_set, start)?
+        } else {
+            let mut run = crate::cryptonn_net::Processes::start(
+                &a.data,
+                &a.party,
+                &a.schedule,
+                owners,
+                a.split,
+                a.limit,
+                a.audit_log.as_deref(),
+            )?;
+            run_epochs(&a, &mut twin, &shares.global, &mut plain, &test_set, |_, pb| {
+                pb.finish_and_clear();
+                run.next_epoch()
+            })
+            .and_then(|rows| run.finish().map(|()| rows))?
+        };
+        return write_report(&a, &p, &train_set, &test_set, rows);
     }
+    let batches = FixedBatches::new(train_set.len(), p.batch_size, a.schedule.seed);
     let table = DlogTable::new(bound, (2 * bound + 1).min(1 << 23) as usize)?;
-    let mut authority = match mode {
+    let mut authority = match p.mode {
         Mode::Hardened => {
             let hidden = model.params(1).context("the first dense layer")?.weight.nrows();
-            TrainingAuthority::hardened(features, batch_size, classes, hidden, a.min_nonzero)?
+            TrainingAuthority::hardened(p.features, p.batch_size, p.classes, hidden, a.min_nonzero)?
         }
-        _ => TrainingAuthority::unrestricted(features, batch_size, mode)?,
+        _ => TrainingAuthority::unrestricted(p.features, p.batch_size, p.mode)?,
     };
-    let client = TrainingClient::new(&train_set, encoding, classes, batch_size, &authority.public_keys())?;
-    let client = if lenet { client.rows_only() } else { client };
+    let client = TrainingClient::new(&train_set, p.encoding, p.classes, p.batch_size, &authority.public_keys())?;
+    let client = if p.lenet { client.rows_only() } else { client };
     eprintln!("keys, encryption tables and discrete-log table ready in {:.1} s", start.elapsed().as_secs_f64());
     let mut fe = Trainer::new(model.clone(), &batches, cfg.clone())?;
     let mut twin = Trainer::new(model, &batches, cfg)?;
-    let mut plain = PlainProducts::new(&train_set, &batches, encoding, bound, classes);
+    let mut plain = PlainProducts::new(&train_set, &batches, p.encoding, bound, p.classes);
     let mut products = FeProducts::new(client, &mut authority, table, &batches);
     if let Some(path) = &a.audit_log {
         let mut sink = audit_sink(path)?;
         products.set_audit_sink(Box::new(move |records| sink(records)));
     }
-    let rows = run_epochs(&a, &mut fe, &mut twin, &batches, &mut plain, &test_set, |epoch, fe, pb| {
-        products.start_epoch(epoch);
+    let rows = run_epochs(&a, &mut twin, &batches, &mut plain, &test_set, |epoch, pb| {
+        let t = Instant::now();
+        products.start_epoch(epoch as u32 - 1);
         fe.epoch(&batches, &mut products, |done, _| pb.set_position(done as u64))?;
         products.flush_audit().map_err(|e| anyhow::anyhow!("the audit log: {e}"))?;
-        Ok(EpochOutcome { breakdown: products.breakdown, bytes: None })
+        EpochOutcome::of(&mut fe, epoch, t.elapsed().as_secs_f64(), products.breakdown, &test_set)
     })?;
-    write_report(&a, mode_name, &train_set, &test_set, batch_size, rows)
+    write_report(&a, &p, &train_set, &test_set, rows)
 }
 
-/// `cryptonn train --owners K`: the data owners, the key authority and the training server as
-/// parties exchanging messages (through their bytes, in this process).
+/// `cryptonn train --owners K --in-process`: the data owners, the key authority and the
+/// training server as parties exchanging messages through their bytes, in this process.
 struct OwnersRun<'a> {
     a: &'a TrainArgs,
-    train_set: &'a blindfold_data::LabeledImages,
-    encoding: FixedPoint,
-    classes: usize,
-    features: usize,
-    lenet: bool,
-    mode: Mode,
-    owners: usize,
+    p: &'a Party,
+    train_set: &'a LabeledImages,
+    shares: &'a Shares,
     bound: u64,
 }
 
 impl OwnersRun<'_> {
     fn train(
         &self,
-        model: Model,
-        cfg: CryptonnConfig,
-        test_set: &blindfold_data::LabeledImages,
+        fe: &mut Trainer,
+        twin: &mut Trainer,
+        plain: &mut PlainProducts<'_>,
+        test_set: &LabeledImages,
         start: Instant,
     ) -> Result<Vec<EpochRow>> {
-        if self.mode == Mode::Hardened {
-            bail!("--owners runs the faithful and plain-labels modes; hardened mode keeps all parties in one process");
-        }
-        let a = self.a;
-        let batch_size = a.batch_size.unwrap_or(64);
-        let members = partition(&self.train_set.labels, self.owners, a.split, a.seed).with_context(|| {
-            format!("splitting {} examples among {} owners ({})", self.train_set.len(), self.owners, a.split)
-        })?;
-        let shards: Vec<_> = members.iter().map(|m| self.train_set.subset(m)).collect();
-        let sizes: Vec<usize> = members.iter().map(Vec::len).collect();
-        eprintln!("{} data owners ({}): {:?} examples", self.owners, a.split, sizes);
-        let (local, owner_of) = FixedBatches::sharded(&sizes, batch_size, a.seed);
-        let global = local.mapped(&owner_of, &members);
-        let authority = AuthorityParty::new(TrainingAuthority::unrestricted(self.features, batch_size, self.mode)?);
-        let count = self.owners as u32;
+        let (a, p, shares) = (self.a, self.p, self.shares);
+        let shards: Vec<_> = shares.members.iter().map(|m| self.train_set.subset(m)).collect();
+        let authority = AuthorityParty::new(TrainingAuthority::unrestricted(p.features, p.batch_size, p.mode)?);
+        let count = shards.len() as u32;
         let parties = shards
             .iter()
             .enumerate()
             .map(|(k, d)| {
                 let shard = Shard { index: k as u32, count };
-                OwnerParty::new(k as u32, shard, d, self.encoding, self.classes, batch_size, self.lenet)
+                OwnerParty::new(k as u32, shard, d, p.encoding, p.classes, p.batch_size, p.lenet)
             })
             .collect();
         let mut link = LocalLink::new(authority, parties)?;
@@ -385,50 +578,39 @@ impl OwnersRun<'_> {
             None => link.set_audit_sink(Box::new(|_| Ok(()))),
         }
         let table = DlogTable::new(self.bound, (2 * self.bound + 1).min(1 << 23) as usize)?;
-        let owner_ids = owner_of.iter().map(|&k| k as u32).collect();
+        let owner_ids = shares.owner_of.iter().map(|&k| k as u32).collect();
         let mut products = ServerProducts::new(
             link,
             table,
-            local.clone(),
+            shares.local.clone(),
             owner_ids,
-            self.features,
-            self.classes,
-            self.encoding,
-            self.mode,
-            self.lenet,
+            p.features,
+            p.classes,
+            p.encoding,
+            p.mode,
+            p.lenet,
         )?;
         eprintln!("keys, encryption tables and discrete-log table ready in {:.1} s", start.elapsed().as_secs_f64());
-        let mut fe = Trainer::new(model.clone(), &local, cfg.clone())?;
-        let mut twin = Trainer::new(model, &global, cfg)?;
-        let mut plain = PlainProducts::new(self.train_set, &global, self.encoding, self.bound, self.classes);
         let (mut before, mut reported) = (BTreeMap::new(), 0);
-        run_epochs(a, &mut fe, &mut twin, &global, &mut plain, test_set, |epoch, fe, pb| {
-            products.start_epoch(epoch);
-            fe.epoch(&local, &mut products, |done, _| pb.set_position(done as u64))?;
+        run_epochs(a, twin, &shares.global, plain, test_set, |epoch, pb| {
+            let t = Instant::now();
+            products.start_epoch(epoch as u32 - 1);
+            fe.epoch(&shares.local, &mut products, |done, _| pb.set_position(done as u64))?;
             for report in &products.reports()[reported..] {
                 eprintln!("note: {report}");
             }
             reported = products.reports().len();
+            let mut outcome = EpochOutcome::of(fe, epoch, t.elapsed().as_secs_f64(), products.breakdown, test_set)?;
             let now = products.link().bytes.clone();
-            let bytes = now
-                .iter()
-                .map(|(peer, &(sent, received))| {
-                    let (s0, r0) = before.get(peer).copied().unwrap_or((0, 0));
-                    let name = match peer {
-                        Peer::Authority => "key authority".to_string(),
-                        Peer::Owner(k) => format!("data owner {k}"),
-                    };
-                    (name, [sent - s0, received - r0])
-                })
-                .collect();
+            outcome.bytes = Some(bytes_since(&before, &now));
             before = now;
-            Ok(EpochOutcome { breakdown: products.breakdown, bytes: Some(bytes) })
+            Ok(outcome)
         })
     }
 }
 
 /// Writes every record it is given to a new audit log at `path` (after its header).
-fn audit_sink(path: &std::path::Path) -> Result<impl FnMut(&[AuditRecord]) -> Result<(), String>> {
+pub(crate) fn audit_sink(path: &std::path::Path) -> Result<impl FnMut(&[AuditRecord]) -> Result<(), String> + Send> {
     use std::io::Write as _;
     let mut w = create_audit_log(path)?;
     let shown = path.display().to_string();
@@ -441,60 +623,50 @@ fn audit_sink(path: &std::path::Path) -> Result<impl FnMut(&[AuditRecord]) -> Re
     })
 }
 
-/// The epochs: the FE run's (by `fe_epoch`, which trains `fe` one epoch on `fe_batches`),
-/// then the twin's on `twin_batches` skipping the batches the FE run skipped, a row each.
-#[allow(clippy::too_many_arguments)]
+/// The epochs: the FE run's (by `fe_epoch`, given the epoch from 1 and a progress bar), then
+/// the twin's on `twin_batches` skipping the batches the FE run skipped, a row each.
 fn run_epochs(
     a: &TrainArgs,
-    fe: &mut Trainer,
     twin: &mut Trainer,
     twin_batches: &FixedBatches,
     plain: &mut PlainProducts<'_>,
-    test_set: &blindfold_data::LabeledImages,
-    mut fe_epoch: impl FnMut(u32, &mut Trainer, &indicatif::ProgressBar) -> Result<EpochOutcome>,
+    test_set: &LabeledImages,
+    mut fe_epoch: impl FnMut(usize, &indicatif::ProgressBar) -> Result<EpochOutcome>,
 ) -> Result<Vec<EpochRow>> {
     let mut rows = Vec::new();
     println!("epoch  encrypted  plaintext   seconds  encrypt  keys  decrypt  dlog");
-    for epoch in 1..=a.epochs {
+    for epoch in 1..=a.schedule.epochs {
         let pb = bar(twin_batches.len() as u64, &format!("epoch {epoch}"));
-        let t = Instant::now();
-        let outcome = fe_epoch(epoch as u32 - 1, fe, &pb)?;
-        let seconds = t.elapsed().as_secs_f64();
+        let outcome = fe_epoch(epoch, &pb)?;
         pb.finish_and_clear();
-        let skipped: Vec<usize> = fe.skipped().iter().filter(|s| s.0 == epoch).map(|s| s.1).collect();
-        plain.set_unavailable(skipped.iter().copied());
+        plain.set_unavailable(outcome.skipped.iter().copied());
         let t = Instant::now();
         twin.epoch(twin_batches, plain, |_, _| ())?;
         let plain_seconds = t.elapsed().as_secs_f64();
-        let encrypted_accuracy = fe.model().accuracy(test_set)?;
         let plain_accuracy = twin.model().accuracy(test_set)?;
-        let b = BreakdownRow::from(outcome.breakdown);
+        let (encrypted_accuracy, b) = (outcome.encrypted_accuracy, outcome.breakdown_seconds);
         if encrypted_accuracy != plain_accuracy {
             eprintln!("note: epoch {epoch}: the FE run and its twin differ ({encrypted_accuracy} vs {plain_accuracy})");
         }
         println!(
-            "{epoch:>5}  {:>8.2}%  {:>8.2}%  {seconds:>8.1}  {:>7.1}  {:>4.1}  {:>7.1}  {:>4.1}",
+            "{epoch:>5}  {:>8.2}%  {:>8.2}%  {:>8.1}  {:>7.1}  {:>4.1}  {:>7.1}  {:>4.1}",
             100.0 * encrypted_accuracy,
             100.0 * plain_accuracy,
+            outcome.seconds,
             b.encrypt,
             b.key_derivation,
             b.decrypt,
             b.dlog
         );
         if let Some(bytes) = &outcome.bytes {
-            let mb = |v: u64| v as f64 / 1e6;
-            let parties: Vec<String> = bytes
-                .iter()
-                .map(|(party, [sent, received])| format!("{party} {:.1} MB out, {:.1} MB in", mb(*sent), mb(*received)))
-                .collect();
-            println!("       training server's bytes: {}", parties.join("; "));
+            println!("       training server's bytes: {}", bytes_line(bytes));
         }
-        let skipped_batches = outcome.bytes.as_ref().map(|_| skipped.len());
+        let skipped_batches = outcome.bytes.as_ref().map(|_| outcome.skipped.len());
         rows.push(EpochRow {
             epoch,
             encrypted_accuracy,
             plain_accuracy,
-            seconds,
+            seconds: outcome.seconds,
             plain_seconds,
             breakdown_seconds: b,
             bytes: outcome.bytes,
@@ -504,23 +676,32 @@ fn run_epochs(
     Ok(rows)
 }
 
+/// Bytes per party, in MB, on one line.
+pub(crate) fn bytes_line(bytes: &BTreeMap<String, [u64; 2]>) -> String {
+    let mb = |v: u64| v as f64 / 1e6;
+    let parties: Vec<String> = bytes
+        .iter()
+        .map(|(party, [sent, received])| format!("{party} {:.1} MB out, {:.1} MB in", mb(*sent), mb(*received)))
+        .collect();
+    parties.join("; ")
+}
+
 fn write_report(
     a: &TrainArgs,
-    mode_name: &'static str,
-    train_set: &blindfold_data::LabeledImages,
-    test_set: &blindfold_data::LabeledImages,
-    batch_size: usize,
+    p: &Party,
+    train_set: &LabeledImages,
+    test_set: &LabeledImages,
     rows: Vec<EpochRow>,
 ) -> Result<()> {
     if let Some(path) = &a.json {
         let report = Report {
-            model: a.model.clone(),
-            mode: mode_name,
+            model: a.party.model.clone(),
+            mode: p.mode_name,
             dataset: a.data.dataset.name().into(),
             n_train: train_set.len(),
             n_test: test_set.len(),
-            batch_size,
-            precision: a.precision,
+            batch_size: p.batch_size,
+            precision: a.party.precision,
             threads: rayon::current_num_threads(),
             epochs: rows,
         };

@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 mod cryptonn;
+mod cryptonn_net;
 mod ensemble;
 mod files;
 mod import;

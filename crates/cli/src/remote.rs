@@ -182,11 +182,11 @@ pub(crate) fn coordinate_cmd(a: CoordinateArgs) -> Result<()> {
 /// Largest PEM file read (1 MiB).
 const MAX_PEM: u64 = 1 << 20;
 
-fn pem(path: &std::path::Path) -> Result<Vec<u8>> {
+pub(crate) fn pem(path: &std::path::Path) -> Result<Vec<u8>> {
     crate::files::read_file(path, MAX_PEM)
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 

@@ -23,6 +23,7 @@ pub mod proto {
 }
 
 mod coordinator;
+pub mod cryptonn;
 pub use coordinator::{serve_coordinator, CoordinatorService, MISSING_METADATA};
 mod nats;
 pub use nats::{
@@ -586,6 +587,46 @@ impl DirKeyStore {
     }
 }
 
+impl ClientTls {
+    /// The transport's TLS configuration.
+    fn config(self) -> tonic::transport::ClientTlsConfig {
+        let mut config = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(self.ca_pem));
+        if let Some((cert, key)) = self.identity {
+            config = config.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        if let Some(d) = self.domain {
+            config = config.domain_name(d);
+        }
+        config
+    }
+}
+
+/// A gRPC channel to `url` (`http://127.0.0.1:50051`, or `https://…` with `tls`), with large
+/// flow-control windows and no Nagle delay.
+///
+/// # Errors
+/// `UNAVAILABLE` naming the address (refused connection, failed TLS handshake);
+/// `INVALID_ARGUMENT` for a URL that does not parse.
+async fn channel(url: &str, tls: Option<ClientTls>) -> Result<tonic::transport::Channel, Status> {
+    let unavailable = |e: tonic::transport::Error| {
+        let cause = std::error::Error::source(&e).map(|c| format!(": {c}")).unwrap_or_default();
+        Status::unavailable(format!("cannot connect to {url}: {e}{cause}"))
+    };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| Status::invalid_argument(format!("{url} is not a server address: {e}")))?;
+    if let Some(t) = tls {
+        endpoint = endpoint.tls_config(t.config()).map_err(unavailable)?;
+    }
+    endpoint
+        .initial_stream_window_size(Some(WINDOW))
+        .initial_connection_window_size(Some(2 * WINDOW))
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(unavailable)
+}
+
 /// The plan in a server's [`InfoReply`], checked against the parameter fingerprint beside it.
 fn parse_plan(reply: &InfoReply) -> Result<PlanInfo, Status> {
     let plan: PlanInfo = serde_json::from_str(&reply.plan_json)
@@ -609,30 +650,7 @@ impl RemoteModelHolder {
     /// # Errors
     /// A transport error naming the address (refused connection, failed TLS handshake).
     pub async fn connect(url: String, tls: Option<ClientTls>) -> Result<Self, Status> {
-        let unavailable = |e: tonic::transport::Error| {
-            let cause = std::error::Error::source(&e).map(|c| format!(": {c}")).unwrap_or_default();
-            Status::unavailable(format!("cannot connect to {url}: {e}{cause}"))
-        };
-        let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())
-            .map_err(|e| Status::invalid_argument(format!("{url} is not a server address: {e}")))?;
-        if let Some(t) = tls {
-            let mut config = tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(t.ca_pem));
-            if let Some((cert, key)) = t.identity {
-                config = config.identity(tonic::transport::Identity::from_pem(cert, key));
-            }
-            if let Some(d) = t.domain {
-                config = config.domain_name(d);
-            }
-            endpoint = endpoint.tls_config(config).map_err(unavailable)?;
-        }
-        let channel = endpoint
-            .initial_stream_window_size(Some(WINDOW))
-            .initial_connection_window_size(Some(2 * WINDOW))
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(unavailable)?;
+        let channel = channel(&url, tls).await?;
         let inner = ModelHolderClient::new(channel);
         Ok(Self { inner: inner.max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20) })
     }
