@@ -43,9 +43,12 @@ pub(crate) struct PartyTlsArgs {
 }
 
 impl PartyTlsArgs {
-    fn pems(&self) -> Result<Option<(Vec<u8>, Vec<u8>, Vec<u8>)>> {
+    /// For serving: this party's identity, clients required to present one of the CA's.
+    fn server(&self) -> Result<Option<ServerTls>> {
         match (&self.tls_cert, &self.tls_key, &self.ca) {
-            (Some(c), Some(k), Some(ca)) => Ok(Some((pem(c)?, pem(k)?, pem(ca)?))),
+            (Some(c), Some(k), Some(ca)) => {
+                Ok(Some(ServerTls { cert_pem: pem(c)?, key_pem: pem(k)?, client_ca_pem: Some(pem(ca)?) }))
+            }
             _ if self.insecure_plaintext => {
                 eprintln!("warning: plaintext gRPC (--insecure-plaintext): nothing authenticates the parties");
                 Ok(None)
@@ -55,16 +58,6 @@ impl PartyTlsArgs {
                  --insecure-plaintext for plaintext gRPC"
             ),
         }
-    }
-
-    /// For serving: this party's identity, clients required to present one of the CA's.
-    fn server(&self) -> Result<Option<ServerTls>> {
-        Ok(self.pems()?.map(|(cert, key, ca)| ServerTls { cert_pem: cert, key_pem: key, client_ca_pem: Some(ca) }))
-    }
-
-    /// For connecting: the CA, and this party's identity.
-    fn client(&self) -> Result<Option<ClientTls>> {
-        Ok(self.pems()?.map(|(cert, key, ca)| ClientTls { ca_pem: ca, identity: Some((cert, key)), domain: None }))
     }
 
     fn to_args(dir: &Path, name: &str) -> Vec<String> {
@@ -78,6 +71,15 @@ impl PartyTlsArgs {
             path("ca.pem".into()),
         ]
     }
+}
+
+/// For connecting, from a party's TLS for serving: the CA, and the party's identity.
+fn client_tls(tls: &Option<ServerTls>) -> Option<ClientTls> {
+    tls.as_ref().map(|t| ClientTls {
+        ca_pem: t.client_ca_pem.clone().unwrap_or_default(),
+        identity: Some((t.cert_pem.clone(), t.key_pem.clone())),
+        domain: None,
+    })
 }
 
 /// The log on stderr: blindfold's service at info, the transport's own at warn.
@@ -199,10 +201,10 @@ pub(crate) fn server_cmd(a: ServerArgs) -> Result<()> {
     init_log();
     let rt = runtime()?;
     let listener = listen(&rt, &a.listen)?;
-    let (server_tls, client_tls) = (a.tls.server()?, a.tls.client()?);
-    let mut net =
-        TrainingServerNet::start(rt.handle().clone(), listener, server_tls, a.owners, &a.authority, client_tls)
-            .map_err(|e| anyhow!("{e}"))?;
+    let tls = a.tls.server()?;
+    let client = client_tls(&tls);
+    let mut net = TrainingServerNet::start(rt.handle().clone(), listener, tls, a.owners, &a.authority, client)
+        .map_err(|e| anyhow!("{e}"))?;
     net.owner_timeout = Duration::from_secs(a.owner_timeout);
     let table = DlogTable::new(bound, (2 * bound + 1).min(1 << 23) as usize)?;
     let mut last = usize::MAX;
@@ -317,9 +319,9 @@ pub(crate) fn owner_cmd(a: OwnerArgs) -> Result<()> {
     let data = train_set.subset(&members[index as usize]);
     eprintln!("data owner {index}: shard {index} of {count}, {} examples of {}", data.len(), a.data.dataset.name());
     let mut owner = OwnerParty::new(index, a.shard.0, &data, p.encoding, p.classes, p.batch_size, p.lenet);
-    let (server_tls, authority_tls) = (a.tls.client()?, a.tls.client()?);
+    let tls = client_tls(&a.tls.server()?);
     let rt = runtime()?;
-    let summary = run_owner(rt.handle(), &mut owner, &a.server, server_tls, &a.authority, authority_tls)
+    let summary = run_owner(rt.handle(), &mut owner, &a.server, tls.clone(), &a.authority, tls)
         .map_err(|s| anyhow!("data owner {index}: {}", s.message()))?;
     eprintln!(
         "data owner {index}: {} batches sent, {} requests refused; {:.1} MB to the server, {:.1} MB from it; \
@@ -341,6 +343,8 @@ pub(crate) struct Processes {
     authority: Child,
     server: Child,
     server_out: std::io::Lines<BufReader<ChildStdout>>,
+    /// Kept open: the authority's stdout after its address.
+    _authority_out: std::io::Lines<BufReader<ChildStdout>>,
     owners: Vec<Child>,
 }
 
@@ -377,7 +381,8 @@ impl Processes {
             let _ = c.kill();
             let _ = c.wait();
         };
-        let authority_url = match address(&mut authority) {
+        let mut authority_out = BufReader::new(authority.stdout.take().expect("piped")).lines();
+        let authority_url = match parse_address(authority_out.next()) {
             Ok(port) => format!("https://localhost:{port}"),
             Err(e) => {
                 kill(&mut authority);
@@ -408,6 +413,7 @@ impl Processes {
         let mut this = Self {
             dir,
             server_out: BufReader::new(server.stdout.take().expect("piped")).lines(),
+            _authority_out: authority_out,
             authority,
             server,
             owners: Vec::new(),
@@ -487,12 +493,7 @@ impl Drop for Processes {
     }
 }
 
-/// The port of a child's first stdout line, `listening on ADDR`.
-fn address(child: &mut Child) -> Result<u16> {
-    let out = child.stdout.take().expect("piped");
-    parse_address(BufReader::new(out).lines().next())
-}
-
+/// The port in a child's first stdout line, `listening on ADDR`.
 fn parse_address(line: Option<std::io::Result<String>>) -> Result<u16> {
     let line = line.transpose()?.ok_or_else(|| anyhow!("stopped before listening; its errors are above"))?;
     line.strip_prefix("listening on ")

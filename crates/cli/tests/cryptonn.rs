@@ -71,15 +71,14 @@ fn cryptonn_trains_lenet5() {
 }
 
 /// `--owners 3 --split dirichlet:0.3`: the owners, the authority and the server as parties
-/// exchanging messages; the twin's accuracy, the bytes per party in the report, and the
-/// audit log verifies.
+/// exchanging messages — as separate processes over mutual TLS, and in one process — with
+/// the twin's accuracy, the bytes per party in the report, and an audit log that verifies.
 #[test]
 fn cryptonn_trains_with_several_owners() {
-    let log = std::env::temp_dir().join(format!("blindfold-cli-owners-{}.audit", std::process::id()));
-    let log_s = log.display().to_string();
-    let report = train_report(
-        "owners",
-        &[
+    for (name, extra) in [("owners-processes", None), ("owners-in-process", Some("--in-process"))] {
+        let log = std::env::temp_dir().join(format!("blindfold-cli-{name}-{}.audit", std::process::id()));
+        let log_s = log.display().to_string();
+        let mut args = vec![
             "--epochs",
             "1",
             "--limit",
@@ -94,20 +93,64 @@ fn cryptonn_trains_with_several_owners() {
             "dirichlet:0.3",
             "--audit-log",
             &log_s,
-        ],
-    );
-    let e = &report["epochs"][0];
-    assert_eq!(e["encrypted_accuracy"], e["plain_accuracy"], "{e}");
-    assert_eq!(e["skipped_batches"], 0);
-    let bytes = e["bytes"].as_object().unwrap();
-    assert_eq!(bytes.len(), 4, "{bytes:?}");
-    for (party, [sent, received]) in bytes.iter().map(|(k, v)| (k, [v[0].as_u64().unwrap(), v[1].as_u64().unwrap()])) {
-        assert!(received > 0 && (sent > 0 || party.starts_with("data owner")), "{party}: {sent} {received}");
+        ];
+        args.extend(extra);
+        let report = train_report(name, &args);
+        let e = &report["epochs"][0];
+        assert_eq!(e["encrypted_accuracy"], e["plain_accuracy"], "{name}: {e}");
+        assert_eq!(e["skipped_batches"], 0, "{name}");
+        let bytes = e["bytes"].as_object().unwrap();
+        assert_eq!(bytes.len(), 4, "{name}: {bytes:?}");
+        for (party, [sent, received]) in
+            bytes.iter().map(|(k, v)| (k, [v[0].as_u64().unwrap(), v[1].as_u64().unwrap()]))
+        {
+            assert!(
+                received > 0 && (sent > 0 || party.starts_with("data owner")),
+                "{name}: {party}: {sent} {received}"
+            );
+        }
+        let out = blindfold(&["cryptonn", "audit", &log_s]);
+        let _ = std::fs::remove_file(&log);
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("LabelDelta"), "{name}");
     }
-    let out = blindfold(&["cryptonn", "audit", &log_s]);
-    let _ = std::fs::remove_file(&log);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("LabelDelta"));
+}
+
+/// The parties' commands refuse settings that cannot work, before any connection.
+#[test]
+fn cryptonn_parties_refuse_bad_settings() {
+    for (args, message) in [
+        (&["authority", "--listen", "127.0.0.1:0"][..], "--insecure-plaintext"),
+        (&["authority", "--listen", "127.0.0.1:0", "--mode", "hardened", "--insecure-plaintext"][..], "hardened"),
+        (
+            &["owner", "--server", "http://127.0.0.1:1", "--authority", "http://127.0.0.1:1", "--shard", "3/3"][..],
+            "shard 3 of 3",
+        ),
+        (
+            &["owner", "--server", "http://127.0.0.1:1", "--authority", "http://127.0.0.1:1", "--shard", "1-3"][..],
+            "expected I/K",
+        ),
+        (
+            &[
+                "owner",
+                "--server",
+                "http://127.0.0.1:1",
+                "--authority",
+                "http://127.0.0.1:1",
+                "--shard",
+                "0/2",
+                "--insecure-plaintext",
+            ][..],
+            "cannot connect to http://127.0.0.1:1",
+        ),
+        (&["server", "--authority", "http://127.0.0.1:1", "--owners", "0", "--insecure-plaintext"][..], "--owners 0"),
+    ] {
+        let all: Vec<&str> = ["cryptonn"].iter().chain(args).copied().collect();
+        let out = blindfold(&all);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
 }
 
 #[test]
