@@ -64,7 +64,8 @@ pub(crate) enum ModeArg {
 }
 
 /// What every party of a run must agree on: the model, the mode, the encoding and the batch
-/// size.
+/// size (`train --owners` passes its own to every party; the training server refuses an
+/// owner whose encoding is not the run's).
 #[derive(Args, Clone)]
 pub(crate) struct PartyArgs {
     /// Model: mlp (784-128-10 with ReLU, CryptoNN's MLP) or lenet5 (conv 5×5 ×6 → pool → conv
@@ -76,6 +77,7 @@ pub(crate) struct PartyArgs {
     #[arg(long, value_enum, default_value = "faithful")]
     pub(crate) mode: ModeArg,
     /// Decimal digits of the fixed-point encoding of pixels, weights and deltas (CryptoNN: 2).
+    /// Every party of a run must use the same.
     #[arg(long, default_value_t = 2)]
     pub(crate) precision: u32,
     /// Examples per mini-batch [default: 64 (CryptoNN's), 256 in hardened mode].

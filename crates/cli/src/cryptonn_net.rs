@@ -203,8 +203,16 @@ pub(crate) fn server_cmd(a: ServerArgs) -> Result<()> {
     let listener = listen(&rt, &a.listen)?;
     let tls = a.tls.server()?;
     let client = client_tls(&tls);
-    let mut net = TrainingServerNet::start(rt.handle().clone(), listener, tls, a.owners, &a.authority, client)
-        .map_err(|e| anyhow!("{e}"))?;
+    let mut net = TrainingServerNet::start(
+        rt.handle().clone(),
+        listener,
+        tls,
+        a.owners,
+        p.encoding.scale(),
+        &a.authority,
+        client,
+    )
+    .map_err(|e| anyhow!("{e}"))?;
     net.owner_timeout = Duration::from_secs(a.owner_timeout);
     let table = DlogTable::new(bound, (2 * bound + 1).min(1 << 23) as usize)?;
     let mut last = usize::MAX;

@@ -98,9 +98,10 @@ fn requests_it_will_not_serve_are_refused_naming_the_party_at_fault() {
     let many = forward(vec![ok.clone(); MAX_KEYS_PER_REQUEST + 1]);
     assert!(refusal(party.handle(Party::TrainingServer, &many)).1.contains("keys in one request"));
     // A message that is not for the authority; bytes that are not a message.
-    let (fault, reason) = refusal(
-        party.handle(Party::DataOwner, &Message::Join { owner: 0, shard: Shard { index: 0, count: 1 }, examples: 1 }),
-    );
+    let (fault, reason) = refusal(party.handle(
+        Party::DataOwner,
+        &Message::Join { owner: 0, shard: Shard { index: 0, count: 1 }, examples: 1, scale: 100 },
+    ));
     assert_eq!(fault, Party::DataOwner);
     assert!(reason.contains("not a message for the key authority"), "{reason}");
     let reply = Message::from_bytes(&party.handle_bytes(Party::TrainingServer, &[0xff, 0xff]), 1 << 20).unwrap();
@@ -193,7 +194,7 @@ fn an_owner_encrypts_what_the_server_asks_for() {
     let mut authority = AuthorityParty::new(TrainingAuthority::unrestricted(784, 4, Mode::Faithful).unwrap());
     let mut owner = OwnerParty::new(1, Shard { index: 0, count: 2 }, &data, encoding, 10, 4, false);
     let start = owner.start();
-    assert!(matches!(start[1], (Party::TrainingServer, Message::Join { owner: 1, examples: 12, .. })));
+    assert!(matches!(start[1], (Party::TrainingServer, Message::Join { owner: 1, examples: 12, scale: 100, .. })));
     let keys = authority.handle(Party::DataOwner, &start[0].1);
     assert!(owner.handle(Party::KeyAuthority, &keys).is_empty());
     let request = Message::BatchRequest { epoch: 0, step: 1, examples: vec![3, 0, 7], generations: [0; 3] };

@@ -169,6 +169,8 @@ struct OwnerConnection {
 /// The owners that joined, and how many are expected.
 struct Owners {
     expected: u32,
+    /// The fixed-point scale of the run.
+    scale: u64,
     joined: BTreeMap<u32, OwnerConnection>,
     /// Set once training starts: later joins are refused.
     closed: bool,
@@ -190,8 +192,8 @@ impl TrainingServerRpc for ContributeService {
             .await
             .map_err(|_| Status::deadline_exceeded("no Join within 60 s"))??
             .ok_or_else(|| status("a data owner's stream ended before its Join".into()))?;
-        let (owner, shard, examples) = match decode(&first.message) {
-            Ok(Message::Join { owner, shard, examples }) => (owner, shard, examples),
+        let (owner, shard, examples, scale) = match decode(&first.message) {
+            Ok(Message::Join { owner, shard, examples, scale }) => (owner, shard, examples, scale),
             Ok(other) => {
                 return Err(status(format!("fault of the data owner: a {} where a Join was due", other.kind())))
             }
@@ -217,6 +219,13 @@ impl TrainingServerRpc for ContributeService {
             }
             if examples == 0 {
                 return refuse(format!("data owner {owner} has no examples"));
+            }
+            if scale != owners.scale {
+                return refuse(format!(
+                    "data owner {owner} encodes at scale {scale}, this run at {} (give every party the same \
+                     --precision)",
+                    owners.scale
+                ));
             }
             let from_owner = Arc::new(tokio::sync::Mutex::new(from_owner));
             owners.joined.insert(owner, OwnerConnection { shard, examples, to_owner, from_owner });
@@ -248,8 +257,8 @@ pub struct TrainingServerNet {
 }
 
 impl TrainingServerNet {
-    /// Serves the data owners on `listener` (in `runtime`) for a run of `owners` owners, and
-    /// connects to the authority at `authority_url`.
+    /// Serves the data owners on `listener` (in `runtime`) for a run of `owners` owners
+    /// encoding at fixed-point `scale`, and connects to the authority at `authority_url`.
     ///
     /// # Errors
     /// The authority cannot be reached; certificates or keys that do not parse.
@@ -258,11 +267,13 @@ impl TrainingServerNet {
         listener: tokio::net::TcpListener,
         tls: Option<ServerTls>,
         owners: u32,
+        scale: u64,
         authority_url: &str,
         authority_tls: Option<ClientTls>,
     ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         let state = Arc::new(Mutex::new(Owners {
             expected: owners,
+            scale,
             joined: BTreeMap::new(),
             closed: false,
             changed: Arc::new(tokio::sync::Notify::new()),

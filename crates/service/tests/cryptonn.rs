@@ -1,7 +1,8 @@
 //! CryptoNN's parties over gRPC with mutual TLS, on loopback: the key authority refuses a
-//! data owner's request for function keys (the owner's fault); the training server refuses
-//! a second owner for a shard; an owner that goes away mid-epoch is reported, its batches
-//! skipped, and training goes on equal to the plaintext twin told which batches were skipped.
+//! data owner's request for function keys (the owner's fault); the training server refuses a
+//! second owner for a shard and an owner of another fixed-point encoding; an owner that goes
+//! away mid-epoch is reported, its batches skipped, and training goes on equal to the
+//! plaintext twin told which batches were skipped.
 
 use blindfold_data::{Images, LabeledImages};
 use blindfold_fe::{DlogTable, FixedPoint};
@@ -105,6 +106,7 @@ fn parties_over_grpc_refuse_impostors_and_survive_a_lost_owner() {
         listener,
         Some(server_tls(&server_id)),
         2,
+        100,
         &authority_url,
         client_tls(&server_id),
     )
@@ -117,7 +119,8 @@ fn parties_over_grpc_refuse_impostors_and_survive_a_lost_owner() {
     let encoding = FixedPoint::decimal(2).unwrap();
     let owner =
         |k: u32| OwnerParty::new(k, Shard { index: k, count: 2 }, &shards[k as usize], encoding, 10, BATCH, false);
-    let join = |k: u32| Message::Join { owner: k, shard: Shard { index: k, count: 2 }, examples: 24 }.to_bytes();
+    let join =
+        |k: u32, scale| Message::Join { owner: k, shard: Shard { index: k, count: 2 }, examples: 24, scale }.to_bytes();
     let connect = || {
         rt.block_on(async {
             let channel = tonic::transport::Endpoint::from_shared(server_url.clone())
@@ -137,17 +140,23 @@ fn parties_over_grpc_refuse_impostors_and_survive_a_lost_owner() {
 
     // Owner 1 joins by hand: it will answer one batch request, then go away.
     let (tx1, rx1) = tokio::sync::mpsc::channel(2);
-    rt.block_on(tx1.send(Envelope { message: join(1) })).unwrap();
+    rt.block_on(tx1.send(Envelope { message: join(1, 100) })).unwrap();
     let mut client1 = connect();
     let mut inbound1 =
         rt.block_on(client1.contribute(tokio_stream::wrappers::ReceiverStream::new(rx1))).unwrap().into_inner();
     // Another owner naming shard 1 is refused, as the data owner's fault.
     let (tx, rx) = tokio::sync::mpsc::channel(2);
-    rt.block_on(tx.send(Envelope { message: join(1) })).unwrap();
+    rt.block_on(tx.send(Envelope { message: join(1, 100) })).unwrap();
     let second = rt.block_on(connect().contribute(tokio_stream::wrappers::ReceiverStream::new(rx))).map(|_| ());
     let status = second.expect_err("a second owner of shard 1 was admitted");
     assert!(status.message().contains("held by a data owner already connected"), "{status:?}");
     assert!(status.message().contains("fault of the data owner"), "{status:?}");
+    // An owner of shard 0 encoding with three digits where the run uses two: refused.
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    rt.block_on(tx.send(Envelope { message: join(0, 1000) })).unwrap();
+    let other = rt.block_on(connect().contribute(tokio_stream::wrappers::ReceiverStream::new(rx))).map(|_| ());
+    let status = other.expect_err("an owner of another encoding was admitted");
+    assert!(status.message().contains("encodes at scale 1000, this run at 100"), "{status:?}");
 
     std::thread::scope(|s| {
         // Owner 0: a whole owner, to the end of training.

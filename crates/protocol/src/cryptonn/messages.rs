@@ -245,6 +245,9 @@ pub enum Message {
         shard: Shard,
         /// Examples in its shard.
         examples: u32,
+        /// The fixed-point scale it encodes with (`10^digits`): the server refuses an owner
+        /// whose scale is not the run's.
+        scale: u64,
     },
     /// The server asks an owner to encrypt examples of its shard as one batch.
     BatchRequest {

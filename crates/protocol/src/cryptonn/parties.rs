@@ -168,7 +168,10 @@ impl<'a> OwnerParty<'a> {
         let examples = u32::try_from(self.data.len()).unwrap_or(u32::MAX);
         vec![
             (Party::KeyAuthority, Message::PublicKeysRequest),
-            (Party::TrainingServer, Message::Join { owner: self.id, shard: self.shard, examples }),
+            (
+                Party::TrainingServer,
+                Message::Join { owner: self.id, shard: self.shard, examples, scale: self.encoding.scale() },
+            ),
         ]
     }
 
