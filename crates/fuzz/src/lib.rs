@@ -104,7 +104,8 @@ impl Corpus {
     }
 
     fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
-        let path = self.dir.join(name);
+        // One file per thread: tests running side by side share the corpus.
+        let path = self.dir.join(format!("{name}-{:?}", std::thread::current().id()).replace(['(', ')'], ""));
         std::fs::write(&path, bytes).expect("temporary file");
         path
     }
