@@ -308,6 +308,10 @@ pub(crate) struct OwnerArgs {
     /// Seed of the split.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// The training files in --data-dir are this owner's own data: use them whole, as owner
+    /// I of K, instead of shard I of a split.
+    #[arg(long, conflicts_with_all = ["split", "limit"])]
+    own_data: bool,
     #[command(flatten)]
     party: PartyArgs,
     #[command(flatten)]
@@ -322,9 +326,13 @@ pub(crate) fn owner_cmd(a: OwnerArgs) -> Result<()> {
     }
     p.check_images(&train_set, &a.data)?;
     let Shard { index, count } = a.shard.0;
-    let members = blindfold_data::partition(&train_set.labels, count as usize, a.split, a.seed)
-        .with_context(|| format!("splitting {} examples {count} ways ({})", train_set.len(), a.split))?;
-    let data = train_set.subset(&members[index as usize]);
+    let data = if a.own_data {
+        train_set
+    } else {
+        let members = blindfold_data::partition(&train_set.labels, count as usize, a.split, a.seed)
+            .with_context(|| format!("splitting {} examples {count} ways ({})", train_set.len(), a.split))?;
+        train_set.subset(&members[index as usize])
+    };
     eprintln!("data owner {index}: shard {index} of {count}, {} examples of {}", data.len(), a.data.dataset.name());
     let mut owner = OwnerParty::new(index, a.shard.0, &data, p.encoding, p.classes, p.batch_size, p.lenet);
     let tls = client_tls(&a.tls.server()?);

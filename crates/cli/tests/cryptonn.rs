@@ -144,6 +144,21 @@ fn cryptonn_parties_refuse_bad_settings() {
             "cannot connect to http://127.0.0.1:1",
         ),
         (&["server", "--authority", "http://127.0.0.1:1", "--owners", "0", "--insecure-plaintext"][..], "--owners 0"),
+        (
+            &[
+                "owner",
+                "--server",
+                "http://127.0.0.1:1",
+                "--authority",
+                "http://127.0.0.1:1",
+                "--shard",
+                "0/2",
+                "--own-data",
+                "--split",
+                "iid",
+            ][..],
+            "cannot be used with",
+        ),
     ] {
         let all: Vec<&str> = ["cryptonn"].iter().chain(args).copied().collect();
         let out = blindfold(&all);

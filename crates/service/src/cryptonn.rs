@@ -214,7 +214,8 @@ impl TrainingServerRpc for ContributeService {
                     shard.index, shard.count, owners.expected
                 ));
             }
-            if owners.joined.contains_key(&owner) {
+            // A shard whose owner's stream has ended (before training) may be joined again.
+            if owners.joined.get(&owner).is_some_and(|c| !c.to_owner.is_closed()) {
                 return refuse(format!("shard {} is held by a data owner already connected", shard.index));
             }
             if examples == 0 {
