@@ -325,6 +325,7 @@ pub(crate) fn owner_cmd(a: OwnerArgs) -> Result<()> {
         train_set = train_set.truncate(n);
     }
     p.check_images(&train_set, &a.data)?;
+    init_log();
     let Shard { index, count } = a.shard.0;
     let data = if a.own_data {
         train_set
@@ -355,7 +356,8 @@ pub(crate) fn owner_cmd(a: OwnerArgs) -> Result<()> {
 /// loopback, over mutual TLS with certificates made for the run (in a directory removed at
 /// the end). Every child is killed if the run stops early.
 pub(crate) struct Processes {
-    dir: PathBuf,
+    /// The certificates and keys; removed when dropped.
+    dir: tempfile::TempDir,
     authority: Child,
     server: Child,
     server_out: std::io::Lines<BufReader<ChildStdout>>,
@@ -374,8 +376,12 @@ impl Processes {
         limit: Option<usize>,
         audit_log: Option<&Path>,
     ) -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("blindfold-cryptonn-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // A new directory of a random name, readable by this user only.
+        let tempdir = tempfile::Builder::new()
+            .prefix("blindfold-cryptonn-")
+            .tempdir()
+            .context("creating a directory for the run's certificates")?;
+        let dir = tempdir.path().to_path_buf();
         certificates(&dir, owners)?;
         let exe = std::env::current_exe().context("finding this program")?;
         let mut data_args = vec!["--dataset".to_string(), data.dataset.name().to_string()];
@@ -427,7 +433,7 @@ impl Processes {
             }
         };
         let mut this = Self {
-            dir,
+            dir: tempdir,
             server_out: BufReader::new(server.stdout.take().expect("piped")).lines(),
             _authority_out: authority_out,
             authority,
@@ -455,7 +461,7 @@ impl Processes {
             }
             args.extend(party.to_args());
             args.extend(data_args.clone());
-            args.extend(PartyTlsArgs::to_args(&this.dir, &format!("owner-{k}")));
+            args.extend(PartyTlsArgs::to_args(this.dir.path(), &format!("owner-{k}")));
             this.owners.push(spawn(args, Stdio::null()).with_context(|| format!("starting data owner {k}"))?);
         }
         Ok(this)
@@ -505,7 +511,6 @@ impl Drop for Processes {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

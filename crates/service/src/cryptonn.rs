@@ -29,6 +29,17 @@ use tonic::{Request, Response, Status, Streaming};
 /// feature columns is about 3.3 MB, LeNet-5's gradient key request about 10 MB.
 pub const MAX_GRPC_MESSAGE: usize = 64 << 20;
 
+/// Most examples a data owner may declare in its Join (`2^22`): the server's batch schedule
+/// takes 8 bytes per example, so this bounds what a Join can make it allocate.
+pub const MAX_EXAMPLES_PER_OWNER: u32 = 1 << 22;
+
+/// Largest message a data owner sends the authority (a public-key request is a few bytes):
+/// anything larger is refused before it is decoded.
+const MAX_OWNER_TO_AUTHORITY: usize = 1 << 10;
+
+/// Largest Join message (a few dozen bytes).
+const MAX_JOIN: usize = 1 << 10;
+
 /// How long the training server waits for a data owner's answer to one batch request before
 /// it drops the owner.
 pub const DEFAULT_OWNER_TIMEOUT: Duration = Duration::from_secs(300);
@@ -91,6 +102,16 @@ impl KeyAuthorityRpc for AuthorityService {
             }
         };
         let bytes = request.into_inner().message;
+        if from == Party::DataOwner && bytes.len() > MAX_OWNER_TO_AUTHORITY {
+            let reason = format!(
+                "a message of {} bytes from a data owner, which may only ask for public keys (at most {MAX_OWNER_TO_AUTHORITY} \
+                 bytes)",
+                bytes.len()
+            );
+            return Ok(Response::new(Envelope {
+                message: Message::Refused { fault: Party::DataOwner, reason }.to_bytes(),
+            }));
+        }
         let state = self.state.clone();
         let reply = tokio::task::spawn_blocking(move || {
             let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
@@ -192,6 +213,9 @@ impl TrainingServerRpc for ContributeService {
             .await
             .map_err(|_| Status::deadline_exceeded("no Join within 60 s"))??
             .ok_or_else(|| status("a data owner's stream ended before its Join".into()))?;
+        if first.message.len() > MAX_JOIN {
+            return Err(status(format!("fault of the data owner: a first message of {} bytes", first.message.len())));
+        }
         let (owner, shard, examples, scale) = match decode(&first.message) {
             Ok(Message::Join { owner, shard, examples, scale }) => (owner, shard, examples, scale),
             Ok(other) => {
@@ -218,8 +242,10 @@ impl TrainingServerRpc for ContributeService {
             if owners.joined.get(&owner).is_some_and(|c| !c.to_owner.is_closed()) {
                 return refuse(format!("shard {} is held by a data owner already connected", shard.index));
             }
-            if examples == 0 {
-                return refuse(format!("data owner {owner} has no examples"));
+            if examples == 0 || examples > MAX_EXAMPLES_PER_OWNER {
+                return refuse(format!(
+                    "data owner {owner} declares {examples} examples (1 to {MAX_EXAMPLES_PER_OWNER} per owner)"
+                ));
             }
             if scale != owners.scale {
                 return refuse(format!(
@@ -234,19 +260,33 @@ impl TrainingServerRpc for ContributeService {
         }
         tracing::info!(owner, examples, "data owner joined");
         tokio::spawn(async move {
-            while let Ok(Some(envelope)) = inbound.message().await {
-                if forward.send(envelope.message).await.is_err() {
-                    break;
+            loop {
+                match inbound.message().await {
+                    Ok(Some(envelope)) => {
+                        if forward.send(envelope.message).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => {
+                        tracing::info!(owner, "data owner's stream ended");
+                        break;
+                    }
+                    Err(s) => {
+                        // Also how an owner's connection ends when it exits after training:
+                        // a loss during training is reported by the training loop.
+                        tracing::info!(owner, "data owner's stream ended: {}", s.message());
+                        break;
+                    }
                 }
             }
-            tracing::info!(owner, "data owner's stream ended");
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(outbound))))
     }
 }
 
 /// The training server's side of the network: its service for the data owners, a client of
-/// the authority, and the [`Link`] its training runs over.
+/// the authority, and the [`Link`] its training runs over. Its methods block on `runtime`:
+/// call them from a thread outside it (never from async code).
 pub struct TrainingServerNet {
     runtime: tokio::runtime::Handle,
     owners: Arc<Mutex<Owners>>,
@@ -299,8 +339,8 @@ impl TrainingServerNet {
     }
 
     /// Waits until every expected owner has joined (at most `timeout`), then closes joining;
-    /// `progress` is called with the count each time one joins. Returns each owner's shard
-    /// size, by owner id.
+    /// `progress` is called with the count of owners joined, when one joins and about once a
+    /// second. Returns each owner's shard size, by owner id.
     ///
     /// # Errors
     /// Fewer owners than expected joined within `timeout`.
@@ -335,9 +375,19 @@ impl TrainingServerNet {
         owners.joined.iter().map(|(&id, c)| (id, c.shard)).collect()
     }
 
-    /// Ends every owner's stream (training is over).
+    /// Ends every owner's stream (training is over), and waits (at most 10 s) for the owners
+    /// to close theirs, so that the end reaches them before the process exits.
     pub fn finish(&mut self) {
-        self.owners.lock().unwrap_or_else(|e| e.into_inner()).joined.clear();
+        let joined = std::mem::take(&mut self.owners.lock().unwrap_or_else(|e| e.into_inner()).joined);
+        let streams: Vec<_> = joined.into_values().map(|c| c.from_owner).collect();
+        self.runtime.block_on(async {
+            let closed = async {
+                for stream in streams {
+                    while stream.lock().await.recv().await.is_some() {}
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(10), closed).await;
+        });
     }
 
     fn count(&mut self, peer: Peer, sent: usize, received: usize) {
@@ -354,7 +404,10 @@ impl Link for TrainingServerNet {
             Peer::Authority => {
                 let mut client = self.authority.clone();
                 self.runtime.block_on(client.exchange(bytes)).map_err(|s| {
-                    ProtocolError::Peer(format!("the key authority could not be reached: {}", s.message()))
+                    ProtocolError::Peer(match s.code() {
+                        tonic::Code::Unavailable => format!("the key authority could not be reached: {}", s.message()),
+                        code => format!("the key authority failed ({code:?}): {}", s.message()),
+                    })
                 })?
             }
             Peer::Owner(id) => {
@@ -367,7 +420,7 @@ impl Link for TrainingServerNet {
                     (c.to_owner.clone(), c.from_owner.clone())
                 };
                 let timeout = self.owner_timeout;
-                self.runtime.block_on(async move {
+                let reply = self.runtime.block_on(async move {
                     let gone = || ProtocolError::Peer(format!("data owner {id} disconnected"));
                     to_owner.send(Ok(Envelope { message: bytes })).await.map_err(|_| gone())?;
                     let mut from_owner = from_owner.lock().await;
@@ -379,7 +432,12 @@ impl Link for TrainingServerNet {
                             timeout.as_secs()
                         ))),
                     }
-                })?
+                });
+                if reply.is_err() {
+                    // Dropped for good: its stream is ended, so it stops waiting.
+                    self.owners.lock().unwrap_or_else(|e| e.into_inner()).joined.remove(&id);
+                }
+                reply?
             }
         };
         self.count(to, sent, reply.len());
@@ -421,13 +479,24 @@ pub fn run_owner(
     })?;
     let mut summary = OwnerSummary::default();
     let (tx, rx) = mpsc::channel(2);
-    // Delivers `out`: to the authority (its replies handled in turn), to the server.
-    let mut deliver = |out: Vec<(Party, Message)>, owner: &mut OwnerParty<'_>, summary: &mut OwnerSummary| {
+    // Delivers `out`: to the authority (its replies handled in turn), to the server. The
+    // owner's refusal of the authority's public keys ends the owner before it joins; once it
+    // serves, it goes to the server instead, whose request waited for those keys.
+    let mut deliver = |out: Vec<(Party, Message)>,
+                       owner: &mut OwnerParty<'_>,
+                       summary: &mut OwnerSummary,
+                       serving: bool| {
         let mut queue: VecDeque<_> = out.into();
         while let Some((to, msg)) = queue.pop_front() {
             let bytes = msg.to_bytes();
-            match to {
-                Party::KeyAuthority => {
+            match (to, &msg) {
+                (Party::KeyAuthority, Message::Refused { reason, .. }) => {
+                    if !serving {
+                        return Err(Status::failed_precondition(format!("the key authority's public keys: {reason}")));
+                    }
+                    queue.push_back((Party::TrainingServer, msg));
+                }
+                (Party::KeyAuthority, _) => {
                     let sent = bytes.len() as u64;
                     let reply = runtime.block_on(authority.exchange(bytes))?;
                     summary.authority_bytes.0 += sent;
@@ -456,8 +525,8 @@ pub fn run_owner(
     };
     let start = owner.start();
     let (to_authority, to_server): (Vec<_>, Vec<_>) = start.into_iter().partition(|(p, _)| *p == Party::KeyAuthority);
-    deliver(to_authority, owner, &mut summary)?;
-    deliver(to_server, owner, &mut summary)?;
+    deliver(to_authority, owner, &mut summary, false)?;
+    deliver(to_server, owner, &mut summary, false)?;
     let mut inbound =
         runtime.block_on(server.contribute(tokio_stream::wrappers::ReceiverStream::new(rx)))?.into_inner();
     while let Some(envelope) = runtime.block_on(inbound.message())? {
@@ -468,7 +537,7 @@ pub fn run_owner(
                 vec![(Party::TrainingServer, Message::Refused { fault: Party::TrainingServer, reason: e.to_string() })]
             }
         };
-        deliver(out, owner, &mut summary)?;
+        deliver(out, owner, &mut summary, true)?;
     }
     Ok(summary)
 }

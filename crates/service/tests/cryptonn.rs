@@ -84,10 +84,17 @@ fn parties_over_grpc_refuse_impostors_and_survive_a_lost_owner() {
         epoch: 0,
         batch: 1,
         purpose: Purpose::Forward,
-        vectors: vec![SparseVector::from_dense(&[3; 784])],
+        vectors: vec![SparseVector { len: 785, entries: vec![(0, 3), (9, -2), (400, 5)] }],
     };
     match decode(&rt.block_on(impostor.exchange(request.to_bytes())).unwrap()) {
         Message::Refused { fault: Party::DataOwner, reason } => assert!(reason.contains("only the training server")),
+        other => panic!("a data owner was answered {other:?}"),
+    }
+    // A large message from a data owner is refused before it is decoded.
+    match decode(&rt.block_on(impostor.exchange(vec![0; 1 << 20])).unwrap()) {
+        Message::Refused { fault: Party::DataOwner, reason } => {
+            assert!(reason.contains("may only ask for public keys"))
+        }
         other => panic!("a data owner was answered {other:?}"),
     }
     // Without a client certificate: no connection at all.
@@ -157,6 +164,12 @@ fn parties_over_grpc_refuse_impostors_and_survive_a_lost_owner() {
     let other = rt.block_on(connect().contribute(tokio_stream::wrappers::ReceiverStream::new(rx))).map(|_| ());
     let status = other.expect_err("an owner of another encoding was admitted");
     assert!(status.message().contains("encodes at scale 1000, this run at 100"), "{status:?}");
+    // An owner declaring more examples than a server schedules for one owner: refused.
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let huge = Message::Join { owner: 0, shard: Shard { index: 0, count: 2 }, examples: u32::MAX, scale: 100 };
+    rt.block_on(tx.send(Envelope { message: huge.to_bytes() })).unwrap();
+    let other = rt.block_on(connect().contribute(tokio_stream::wrappers::ReceiverStream::new(rx))).map(|_| ());
+    assert!(other.expect_err("a huge owner was admitted").message().contains("declares 4294967295 examples"));
 
     std::thread::scope(|s| {
         // Owner 0: a whole owner, to the end of training.
