@@ -324,7 +324,11 @@ impl TrainingServerNet {
             .max_encoding_message_size(MAX_GRPC_MESSAGE);
         let builder = runtime.block_on(async { server_builder(tls) })?;
         runtime.spawn(async move {
+            // Pings on idle connections: an owner whose host went away is found within 40 s,
+            // not at the next request's timeout.
             let served = builder
+                .http2_keepalive_interval(Some(Duration::from_secs(20)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(20)))
                 .initial_stream_window_size(Some(WINDOW))
                 .initial_connection_window_size(Some(2 * WINDOW))
                 .add_service(rpc)
