@@ -3,7 +3,7 @@
 
 use crate::cryptonn::{bytes_since, EpochOutcome, PartyArgs, ScheduleArgs};
 use crate::progress::bar;
-use crate::remote::{pem, runtime};
+use crate::remote::{init_log, pem, runtime};
 use crate::DataArgs;
 use anyhow::{anyhow, bail, Context as _, Result};
 use blindfold_data::{Partition, Split};
@@ -82,17 +82,6 @@ fn client_tls(tls: &Option<ServerTls>) -> Option<ClientTls> {
     })
 }
 
-/// The log on stderr: blindfold's service at info, the transport's own at warn.
-fn init_log() {
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::util::SubscriberInitExt as _;
-    let filter = tracing_subscriber::filter::Targets::new()
-        .with_default(tracing::Level::WARN)
-        .with_target("blindfold_service", tracing::Level::INFO);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
-    tracing_subscriber::registry().with(filter).with(fmt).init();
-}
-
 /// Binds `addr` and says where on stdout (`listening on ADDR`, the first line).
 fn listen(rt: &tokio::runtime::Runtime, addr: &str) -> Result<tokio::net::TcpListener> {
     use std::io::Write as _;
@@ -126,7 +115,7 @@ pub(crate) fn authority_cmd(a: AuthorityArgs) -> Result<()> {
     if p.mode == Mode::Hardened {
         bail!("hardened mode keeps all parties in one process (`cryptonn train --mode hardened`)");
     }
-    init_log();
+    init_log(tracing::Level::INFO);
     let tls = a.tls.server()?;
     let server = match (&a.server_cert, &tls) {
         (Some(path), Some(_)) => {
@@ -198,7 +187,7 @@ pub(crate) fn server_cmd(a: ServerArgs) -> Result<()> {
     let test_set = a.data.load(Split::Test)?;
     p.check_images(&test_set, &a.data)?;
     let (model, cfg, bound) = a.schedule.config(&p, None)?;
-    init_log();
+    init_log(tracing::Level::INFO);
     let rt = runtime()?;
     let listener = listen(&rt, &a.listen)?;
     let tls = a.tls.server()?;
@@ -325,7 +314,7 @@ pub(crate) fn owner_cmd(a: OwnerArgs) -> Result<()> {
         train_set = train_set.truncate(n);
     }
     p.check_images(&train_set, &a.data)?;
-    init_log();
+    init_log(tracing::Level::INFO);
     let Shard { index, count } = a.shard.0;
     let data = if a.own_data {
         train_set

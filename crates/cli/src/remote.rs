@@ -112,14 +112,7 @@ impl ServerTlsArgs {
     /// Starts the log on stderr, and gives the TLS configuration, or none with
     /// --insecure-plaintext (said on stderr).
     fn server_tls(&self) -> Result<Option<ServerTls>> {
-        use tracing_subscriber::layer::SubscriberExt as _;
-        use tracing_subscriber::util::SubscriberInitExt as _;
-        // blindfold's spans at the level asked for; the transport's own (h2, hyper) at warn.
-        let filter = tracing_subscriber::filter::Targets::new()
-            .with_default(tracing::Level::WARN.min(self.log_level))
-            .with_target("blindfold_service", self.log_level);
-        let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
-        tracing_subscriber::registry().with(filter).with(fmt).init();
+        init_log(self.log_level);
         Ok(match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(ServerTls {
                 cert_pem: pem(cert)?,
@@ -181,6 +174,17 @@ pub(crate) fn coordinate_cmd(a: CoordinateArgs) -> Result<()> {
 
 /// Largest PEM file read (1 MiB).
 const MAX_PEM: u64 = 1 << 20;
+
+/// The log on stderr: blindfold's service at `level`, the transport's own (h2, hyper) at warn.
+pub(crate) fn init_log(level: tracing::Level) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_default(tracing::Level::WARN.min(level))
+        .with_target("blindfold_service", level);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
+    tracing_subscriber::registry().with(filter).with(fmt).init();
+}
 
 pub(crate) fn pem(path: &std::path::Path) -> Result<Vec<u8>> {
     crate::files::read_file(path, MAX_PEM)
