@@ -31,26 +31,32 @@
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
 
+pub mod bootstrap;
 mod context;
 mod crypto;
 mod encoder;
 mod error;
 mod evaluator;
 mod keys;
+mod linear;
 mod params;
+mod polynomial;
 mod scratch;
 pub mod serialize;
 mod types;
 pub use types::{Ciphertext, GaloisElement, GaloisKeyRequest, Level, Plaintext};
 
+pub use bootstrap::{BootstrapConfig, BootstrapKeys, Bootstrapper};
 pub use context::Context;
 pub use crypto::{Decryptor, Encryptor, SeededCiphertext, SymmetricEncryptor};
 pub use encoder::Encoder;
 pub use error::{Error, Result};
 pub use evaluator::{Decomposed, Evaluator};
 pub use keys::{GaloisKeys, KeyGenerator, KeySwitchingKey, PublicKey, RelinearizationKey, SecretKey};
+pub use linear::{EncodedLinearTransform, LinearTransform};
 pub use num_complex::Complex64;
 pub use params::{max_log_qp_128bit, Parameters, ParametersLiteral, Preset, SecurityLevel, HE_STANDARD_128BIT};
+pub use polynomial::ChebyshevPolynomial;
 
 /// Released parameter presets, named for what they guarantee.
 pub mod presets {

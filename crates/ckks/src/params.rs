@@ -6,9 +6,12 @@ use sha2::{Digest, Sha256};
 
 /// Largest log2(QP) for 128-bit classical security with a uniform ternary secret and error
 /// standard deviation 3.2, from the HomomorphicEncryption.org Security Standard
-/// (Albrecht et al., 2018, Table 1, "classical", uniform ternary distribution {-1,0,1}).
-pub const HE_STANDARD_128BIT: [(usize, u32); 6] =
-    [(1024, 27), (2048, 54), (4096, 109), (8192, 218), (16384, 438), (32768, 881)];
+/// (Albrecht et al., 2018, Table 1, "classical", uniform ternary distribution {-1,0,1}) for
+/// N ≤ 2^15, and for N = 2^16 from the standard's successor, Bossuat et al., "Security
+/// Guidelines for Implementing Homomorphic Encryption" (IACR ePrint 2024/463; the value
+/// OpenFHE's `HEStd_128_classic` also uses).
+pub const HE_STANDARD_128BIT: [(usize, u32); 7] =
+    [(1024, 27), (2048, 54), (4096, 109), (8192, 218), (16384, 438), (32768, 881), (65536, 1747)];
 
 /// The 128-bit bound on log2(QP) for ring degree `n`, if the standard tabulates `n`.
 pub fn max_log_qp_128bit(n: usize) -> Option<u32> {
@@ -66,14 +69,14 @@ impl Parameters {
     /// secure.
     ///
     /// # Errors
-    /// [`Error::InvalidParameters`] if `N` is not 2^13, 2^14 or 2^15, a prime size is outside
+    /// [`Error::InvalidParameters`] if `N` is not 2^13 … 2^16, a prime size is outside
     /// `[log2(2N)+2, 61]` (or `q_0`/special primes above 60 bits), too few primes of a size
     /// exist, the scale does not fit, or `dnum` is out of range;
     /// [`Error::Insecure`] if log2(QP) exceeds the bound in [`HE_STANDARD_128BIT`].
     pub fn new(literal: ParametersLiteral) -> Result<Self> {
-        if !(13..=15).contains(&literal.log_n) {
+        if !(13..=16).contains(&literal.log_n) {
             return Err(Error::InvalidParameters(format!(
-                "log_n = {} unsupported: secure parameters use N = 2^13, 2^14 or 2^15",
+                "log_n = {} unsupported: secure parameters use N = 2^13, 2^14, 2^15 or 2^16",
                 literal.log_n
             )));
         }

@@ -51,7 +51,7 @@ fn malformed_literals_are_refused() {
         (ParametersLiteral { dnum: Some(0), ..base.clone() }, "dnum"),
         (ParametersLiteral { dnum: Some(3), ..base.clone() }, "dnum"),
         (ParametersLiteral { log_default_scale: 5, ..base.clone() }, "scale"),
-        (ParametersLiteral { log_n: 16, ..base.clone() }, "log_n"),
+        (ParametersLiteral { log_n: 17, ..base.clone() }, "log_n"),
     ] {
         let err = Parameters::new(lit).unwrap_err();
         assert!(err.to_string().contains(needle), "{err} lacks {needle}");

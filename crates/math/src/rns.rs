@@ -117,8 +117,9 @@ impl BasisConverter {
             return;
         }
         let y: Vec<&[u64]> = prepared.chunks_exact(n).collect();
+        let bound = self.from.iter().map(Modulus::value).max().unwrap_or(0);
         for (o, j) in targets.enumerate() {
-            crate::slice::dot_scalar(&mut output[o * n..(o + 1) * n], &y, &self.q_hat_mod_p[j], &self.to[j]);
+            crate::slice::dot_scalar(&mut output[o * n..(o + 1) * n], &y, &self.q_hat_mod_p[j], &self.to[j], bound);
         }
     }
 
@@ -210,6 +211,35 @@ mod tests {
                     v as u64 == got
                 });
                 assert!(ok, "coefficient {c} prime {j}");
+            }
+        }
+    }
+
+    #[test]
+    fn conversion_from_primes_above_52_bits_to_small_primes_is_exact() {
+        // The vectorized kernels multiply 52-bit lanes: 60-bit source residues must not take
+        // that path (they did, and key switching with 60-bit digits came out wrong).
+        let qs: Vec<Modulus> =
+            ntt_primes(60, 16, 2, &[]).unwrap().into_iter().map(|q| Modulus::new(q).unwrap()).collect();
+        let ps: Vec<Modulus> =
+            ntt_primes(45, 16, 2, &[]).unwrap().into_iter().map(|q| Modulus::new(q).unwrap()).collect();
+        let conv = BasisConverter::new(&qs, &ps);
+        let big_q: u128 = qs.iter().map(|q| q.value() as u128).product();
+        let xs: Vec<u128> = (0..16u128).map(|i| big_q / 17 * i + i * 0x1234_5678_9abc_def1).collect();
+        let mut input = vec![0u64; 2 * 16];
+        for (i, q) in qs.iter().enumerate() {
+            for (c, &x) in xs.iter().enumerate() {
+                input[i * 16 + c] = (x % q.value() as u128) as u64;
+            }
+        }
+        let mut prepared = vec![0u64; input.len()];
+        conv.prepare(&input, &mut prepared);
+        let mut out = vec![0u64; 2 * 16];
+        conv.convert_prepared_centered(&prepared, &conv.centering(&prepared), 0..2, &mut out);
+        for (j, p) in ps.iter().enumerate() {
+            for (c, &x) in xs.iter().enumerate() {
+                let centered = if x > big_q / 2 { x as i128 - big_q as i128 } else { x as i128 };
+                assert_eq!(out[j * 16 + c], centered.rem_euclid(p.value() as i128) as u64, "value {c}, prime {j}");
             }
         }
     }

@@ -130,14 +130,17 @@ pub fn dot<const K: usize>(mut outs: [&mut [u64]; K], d: &[&[u64]], bs: [&[&[u64
     }
 }
 
-/// `out[i] = Σ_j d[j][i]·w[j] mod q` for constants `w[j] < q` and `k <= 16` terms (the core
-/// of fast basis conversion).
+/// `out[i] = Σ_j d[j][i]·w[j] mod q` for constants `w[j] < q`, operands `d[j][i] < d_bound
+/// ≤ 2^62` and `k <= 16` terms (the core of fast basis conversion, where `d` holds residues
+/// modulo other primes: `d_bound` is the largest of them).
 ///
 /// # Panics
-/// If `k > 16` or the lengths differ.
-pub fn dot_scalar(out: &mut [u64], d: &[&[u64]], w: &[u64], q: &Modulus) {
+/// If `k > 16`, the lengths differ or `d_bound > 2^62`.
+pub fn dot_scalar(out: &mut [u64], d: &[&[u64]], w: &[u64], q: &Modulus, d_bound: u64) {
     assert!(d.len() <= 16 && d.len() == w.len() && d.iter().all(|x| x.len() == out.len()));
-    if q.value() < IFMA_BOUND && crate::ifma::dot_scalar(out, d, w, q.value()) {
+    assert!(d_bound <= 1 << 62, "operands above 2^62");
+    // The IFMA kernel multiplies 52-bit lanes: operands must fit.
+    if q.value() < IFMA_BOUND && d_bound <= 1 << 52 && crate::ifma::dot_scalar(out, d, w, q.value()) {
         return;
     }
     for (i, o) in out.iter_mut().enumerate() {

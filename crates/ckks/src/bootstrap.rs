@@ -1,0 +1,381 @@
+//! CKKS bootstrapping: refreshes a ciphertext at level 0 to a ciphertext of the same slots at a
+//! higher level.
+//!
+//! The pipeline of Cheon–Han–Kim–Kim–Song (Eurocrypt 2018) in the full-RNS form of
+//! Chen–Chillotti–Song (Eurocrypt 2019) and Bossuat–Mouchet–Troncoso-Pastoriza–Hubaux
+//! (Eurocrypt 2021):
+//!
+//! 1. **ModRaise**: the level-0 ciphertext `(c_0, c_1) mod q_0` is read modulo the whole chain
+//!    `Q_L`; it decrypts to `m + q_0·I` with `I` a polynomial of small integer coefficients
+//!    (`|I| ≤ K`, `K` set from the secret's distribution, [`BootstrapConfig::k`]).
+//! 2. **CoeffsToSlots**: the homomorphic inverse special FFT, factored into
+//!    [`BootstrapConfig::cts_levels`] sparse linear maps (one level each, baby-step giant-step),
+//!    puts the coefficients `t = (m + q_0·I)/q_0` into the slots (in bit-reversed order, as
+//!    real and imaginary parts: a conjugation splits them into two ciphertexts).
+//! 3. **EvalMod**: `sin(2πt)/(2π) ≈ m/q_0` on each, by a Chebyshev interpolant of
+//!    `cos(2π(t - 1/4)/2^r)` followed by `r` double-angle steps `y ← 2y² - 1`.
+//! 4. **SlotsToCoeffs**: the homomorphic special FFT ([`BootstrapConfig::stc_levels`] levels)
+//!    takes the coefficients back to the slots, times `q_0/(2πΔ)`.
+//!
+//! The chain of a bootstrappable parameter set is, from the bottom: `q_0`, the levels left
+//! for computation, the SlotsToCoeffs primes, the EvalMod primes, the CoeffsToSlots primes.
+
+use crate::context::Context;
+use crate::encoder::Encoder;
+use crate::error::{Error, Result};
+use crate::evaluator::Evaluator;
+use crate::keys::{GaloisKeys, RelinearizationKey};
+use crate::linear::{EncodedLinearTransform, LinearTransform};
+use crate::polynomial::ChebyshevPolynomial;
+use crate::types::{Ciphertext, GaloisKeyRequest, Level};
+use blindfold_math::slice;
+use num_complex::Complex64;
+use rayon::prelude::*;
+use std::collections::BTreeMap;
+use std::f64::consts::PI;
+use std::sync::Arc;
+
+/// Twiddle `exp(2πi·(5^i mod 4·len)/(4·len))` of the butterflies of length `len` in the
+/// encoder's special FFT.
+fn twiddle(len: usize, i: usize) -> Complex64 {
+    let m = 4 * len;
+    let g = (0..i).fold(1usize, |g, _| g * 5 % m);
+    Complex64::from_polar(1.0, 2.0 * PI * g as f64 / m as f64)
+}
+
+/// One butterfly stage of length `len` on `n` slots as a linear map with diagonals `0`, `±len/2`:
+/// the forward stage of the special FFT `(u, v) → (u + w·v, u - w·v)`, or the inverse stage
+/// `(u, v) → (u + v, (u - v)·w̄)` (without the final division by two).
+fn butterfly(n: usize, len: usize, inverse: bool) -> LinearTransform {
+    let h = len / 2;
+    let zero = Complex64::new(0.0, 0.0);
+    let one = Complex64::new(1.0, 0.0);
+    let (mut d0, mut plus, mut minus) = (vec![zero; n], vec![zero; n], vec![zero; n]);
+    for p in 0..n {
+        let r = p % len;
+        if r < h {
+            d0[p] = one;
+            plus[p] = if inverse { one } else { twiddle(len, r) };
+        } else {
+            let w = twiddle(len, r - h);
+            if inverse {
+                minus[p] = w.conj();
+                d0[p] = -w.conj();
+            } else {
+                minus[p] = one;
+                d0[p] = -w;
+            }
+        }
+    }
+    let mut diagonals = BTreeMap::from([(0, d0), (h % n, plus)]);
+    let entry = diagonals.entry((n - h) % n).or_insert_with(|| vec![zero; n]);
+    entry.iter_mut().zip(&minus).for_each(|(e, m)| *e += m);
+    LinearTransform::new(n, diagonals).expect("valid butterfly")
+}
+
+/// The special FFT on `n` slots (`n` a power of two) as `levels` sparse factors, in the order
+/// they are applied.
+///
+/// - `inverse = false` (SlotsToCoeffs direction): maps the coefficient vector in bit-reversed
+///   order, `w[rev(j)]`, to the slots `U·w`, where `U[j][k] = ζ^{5^j·k}` is the encoder's
+///   canonical embedding (`w_k = m_k + i·m_{k+n}`).
+/// - `inverse = true` (CoeffsToSlots direction): maps slots `z` to `n·w[rev(j)]` where
+///   `z = U·w` (the unnormalized inverse).
+///
+/// Each factor merges consecutive butterfly stages (`log2 n / levels` of them, rounded, the
+/// larger groups first): a factor of `k` stages has at most `2^{k+1} - 1` diagonals.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] unless `1 ≤ levels ≤ log2 n`.
+pub fn special_fft_factors(n: usize, levels: usize, inverse: bool) -> Result<Vec<LinearTransform>> {
+    let log_n = n.trailing_zeros() as usize;
+    if !n.is_power_of_two() || n < 2 || levels == 0 || levels > log_n {
+        return Err(Error::InvalidArgument(format!(
+            "the special FFT on {n} slots splits into 1..={log_n} levels, not {levels}"
+        )));
+    }
+    let mut lens: Vec<usize> = (1..=log_n).map(|k| 1 << k).collect();
+    if inverse {
+        lens.reverse();
+    }
+    let mut out = Vec::with_capacity(levels);
+    let mut it = lens.into_iter();
+    for g in 0..levels {
+        let size = log_n / levels + usize::from(g < log_n % levels);
+        let mut m = butterfly(n, it.next().expect("stage"), inverse);
+        for _ in 1..size {
+            m = butterfly(n, it.next().expect("stage"), inverse).compose(&m)?;
+        }
+        out.push(m);
+    }
+    Ok(out)
+}
+
+/// What a bootstrap does: how many levels each step takes and how `t mod 1` is approximated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BootstrapConfig {
+    /// Levels (linear maps) of CoeffsToSlots.
+    pub cts_levels: usize,
+    /// Levels (linear maps) of SlotsToCoeffs.
+    pub stc_levels: usize,
+    /// Bound `K` on the coefficients of `I` after ModRaise: `t = m/q_0 + I ∈ [-K, K]`.
+    pub k: f64,
+    /// Double-angle steps `r` after the cosine.
+    pub double_angles: u32,
+    /// Degree of the Chebyshev interpolant of `cos(2π(K·x - 1/4)/2^r)` on `[-1, 1]`.
+    pub degree: usize,
+    /// Baby steps of the polynomial evaluation ([`Evaluator::evaluate_chebyshev`]).
+    pub baby: usize,
+}
+
+impl BootstrapConfig {
+    /// `K` for a uniform ternary secret of `n` coefficients, such that a coefficient of `I`
+    /// leaves `[-K, K]` with probability below `2^-40` per bootstrap (union bound over the `n`
+    /// coefficients, Gaussian tail of the sum `Σ c_1[j]·s[i-j]/q_0`, whose variance is
+    /// `(2n/3)/12` for a secret with `2n/3` nonzero coefficients, plus `1/2` for `c_0/q_0`).
+    pub fn k_for_uniform_ternary(n: usize) -> f64 {
+        let sigma = ((2.0 * n as f64 / 3.0) / 12.0).sqrt();
+        let target = (-40.0 - (n as f64).log2() - 1.0) * std::f64::consts::LN_2;
+        // Mills' bound: P(Z > t) ≤ exp(-t²/2) / (t·sqrt(2π)).
+        let mut t = 1.0f64;
+        while -t * t / 2.0 - (t * (2.0 * PI).sqrt()).ln() > target {
+            t += 0.01;
+        }
+        (t * sigma + 0.5).ceil()
+    }
+
+    /// The EvalMod polynomial: the Chebyshev interpolant on `[-1, 1]` of
+    /// `cos(2π(K·x - 1/4)/2^r)`.
+    pub fn cosine(&self) -> ChebyshevPolynomial {
+        let (k, r) = (self.k, self.double_angles);
+        ChebyshevPolynomial::interpolate(|x| (2.0 * PI * (k * x - 0.25) / f64::from(1u32 << r)).cos(), self.degree)
+    }
+
+    /// Levels EvalMod consumes: the cosine's depth plus one per double angle.
+    pub fn evalmod_depth(&self) -> usize {
+        self.cosine().depth(self.baby) + self.double_angles as usize
+    }
+
+    /// Levels one bootstrap consumes from the top of the chain.
+    pub fn depth(&self) -> usize {
+        self.cts_levels + self.evalmod_depth() + self.stc_levels
+    }
+}
+
+/// A bootstrapping plan for one parameter set: the encoded DFT factors, the EvalMod
+/// polynomial, the levels and the keys it needs. Public data only (shared by every client
+/// session of a server, like a compiled model).
+pub struct Bootstrapper {
+    ctx: Arc<Context>,
+    config: BootstrapConfig,
+    cosine: ChebyshevPolynomial,
+    cts: Vec<EncodedLinearTransform>,
+    stc: Vec<EncodedLinearTransform>,
+    requests: Vec<GaloisKeyRequest>,
+    /// Scale of the cosine's output.
+    cosine_scale: f64,
+    /// Level of the result.
+    output_level: usize,
+}
+
+impl Bootstrapper {
+    /// Plans bootstrapping at the top of `ctx`'s chain.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameters`] if the chain has fewer levels than the bootstrap consumes,
+    /// or a DFT level budget is out of range.
+    pub fn new(ctx: &Arc<Context>, config: BootstrapConfig) -> Result<Self> {
+        let top = ctx.max_level();
+        let depth = config.depth();
+        if depth > top {
+            return Err(Error::InvalidParameters(format!(
+                "bootstrapping consumes {depth} levels ({} CoeffsToSlots, {} EvalMod, {} SlotsToCoeffs) but the chain has {top}",
+                config.cts_levels,
+                config.evalmod_depth(),
+                config.stc_levels
+            )));
+        }
+        let n = ctx.n() / 2;
+        let encoder = Encoder::new(ctx);
+        let q = |l: usize| ctx.moduli[l].value() as f64;
+        let q0 = q(0);
+        let mut requests = Vec::new();
+        // CoeffsToSlots: slots z' = U·t (scale q_0 after ModRaise) → t[rev]/(2K), scale kept.
+        let cts_factor = (1.0 / (n as f64 * 2.0 * config.k)).powf(1.0 / config.cts_levels as f64);
+        let cts = special_fft_factors(n, config.cts_levels, true)?
+            .into_iter()
+            .enumerate()
+            .map(|(j, m)| {
+                let level = top - j;
+                requests.extend(m.key_requests(ctx, Level(level)));
+                m.scaled(cts_factor).encode(&encoder, level, q(level))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let evalmod_top = top - config.cts_levels;
+        requests.push(GaloisKeyRequest { element: ctx.galois_element_for_conjugation(), level: Level(evalmod_top) });
+        let cosine = config.cosine();
+        let cosine_level = evalmod_top - cosine.depth(config.baby);
+        let cosine_scale = q(cosine_level);
+        let mut scale = cosine_scale;
+        for l in (cosine_level - config.double_angles as usize + 1..=cosine_level).rev() {
+            scale = scale * scale / q(l);
+        }
+        let stc_top = cosine_level - config.double_angles as usize;
+        // SlotsToCoeffs: sin(2πt) ≈ 2π·m/q_0 (scale `scale`) → U·m/Δ (scale Δ).
+        let delta = ctx.params().default_scale();
+        let stc_factor = (q0 / (2.0 * PI * delta)).powf(1.0 / config.stc_levels as f64);
+        let stc_ratio = (delta / scale).powf(1.0 / config.stc_levels as f64);
+        let stc = special_fft_factors(n, config.stc_levels, false)?
+            .into_iter()
+            .enumerate()
+            .map(|(j, m)| {
+                let level = stc_top - j;
+                requests.extend(m.key_requests(ctx, Level(level)));
+                m.scaled(stc_factor).encode(&encoder, level, q(level) * stc_ratio)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let output_level = stc_top - config.stc_levels;
+        Ok(Self { ctx: ctx.clone(), config, cosine, cts, stc, requests, cosine_scale, output_level })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &BootstrapConfig {
+        &self.config
+    }
+
+    /// Level of a bootstrapped ciphertext: the levels left for computation.
+    pub fn output_level(&self) -> usize {
+        self.output_level
+    }
+
+    /// The Galois keys bootstrapping uses (rotations of both DFTs and the conjugation), each at
+    /// the level it is used: pass them to [`crate::KeyGenerator::galois_keys`].
+    pub fn key_requests(&self) -> Vec<GaloisKeyRequest> {
+        self.requests.clone()
+    }
+}
+
+/// The evaluation keys bootstrapping needs: a relinearization key and the Galois keys of
+/// [`Bootstrapper::key_requests`].
+pub struct BootstrapKeys<'a> {
+    /// Relinearization key (serves every level).
+    pub relinearization: &'a RelinearizationKey,
+    /// Galois keys covering [`Bootstrapper::key_requests`].
+    pub galois: &'a GaloisKeys,
+}
+
+impl Evaluator {
+    /// Reads a level-0 ciphertext modulo the whole chain: residues modulo `q_1 … q_level` from
+    /// the centered residues modulo `q_0`. Decrypts to `m + q_0·I` for a small integer
+    /// polynomial `I`.
+    fn mod_raise(&self, ct: &Ciphertext, level: usize) -> Ciphertext {
+        let ctx = self.context();
+        let n = ctx.n();
+        let parts = ct
+            .parts
+            .iter()
+            .map(|p| {
+                let mut coeff = p[..n].to_vec();
+                ctx.ntt[0].backward(&mut coeff);
+                let mut out = vec![0u64; (level + 1) * n];
+                out.par_chunks_exact_mut(n).enumerate().for_each(|(i, r)| {
+                    slice::reduce_centered_into(r, &coeff, &ctx.moduli[0], &ctx.moduli[i]);
+                    ctx.ntt[i].forward(r);
+                });
+                out
+            })
+            .collect();
+        Ciphertext { parts, level, scale: ct.scale }
+    }
+
+    /// `±i·a` slot-wise: a multiplication by the monomial `±X^{N/2}` (no level, no noise).
+    fn multiply_by_i(&self, a: &Ciphertext, negate: bool) -> Ciphertext {
+        let ctx = self.context();
+        let n = ctx.n();
+        let mut out = a.clone();
+        for i in 0..=a.level {
+            let mut mono = vec![0u64; n];
+            mono[n / 2] = if negate { ctx.moduli[i].value() - 1 } else { 1 };
+            ctx.ntt[i].forward(&mut mono);
+            for p in out.parts.iter_mut() {
+                slice::mul_assign(&mut p[i * n..(i + 1) * n], &mono, &ctx.moduli[i]);
+            }
+        }
+        out
+    }
+
+    /// `sin(2πt)` slot-wise for real slots `x = t/K` (EvalMod).
+    fn eval_mod(&self, x: &Ciphertext, plan: &Bootstrapper, rlk: &RelinearizationKey) -> Result<Ciphertext> {
+        let mut y = self.evaluate_chebyshev(x, &plan.cosine, plan.cosine_scale, plan.config.baby, rlk)?;
+        for _ in 0..plan.config.double_angles {
+            let mut sq = self.square(&y)?;
+            self.relinearize_assign(&mut sq, rlk)?;
+            sq = self.multiply_integer(&sq, 2)?;
+            self.add_const_assign(&mut sq, -1.0)?;
+            self.rescale_assign(&mut sq)?;
+            y = sq;
+        }
+        Ok(y)
+    }
+
+    /// Bootstraps `ct`: the same slots (to the precision the plan delivers) at level
+    /// [`Bootstrapper::output_level`], with the same scale.
+    ///
+    /// Contract: `ct` may be at any level (it is brought to level 0 first); its scale `Δ` must
+    /// leave room below `q_0` (`q_0/Δ ≥ 2^5`; the precision stated for a plan assumes
+    /// `Δ` = the parameters' default scale and slots in `[-1, 1]`); `|slot|·Δ` must stay well
+    /// below `q_0/(2π)` or the result is wrong.
+    ///
+    /// # Errors
+    /// [`Error::ForeignObject`] for a ciphertext or plan of other parameters;
+    /// [`Error::InvalidArgument`] for a scale too close to `q_0`; [`Error::MissingGaloisKey`]
+    /// or [`Error::KeyLevel`] if the keys do not cover [`Bootstrapper::key_requests`];
+    /// [`Error::CiphertextSize`] unless `ct` has two polynomials.
+    pub fn bootstrap(&self, ct: &Ciphertext, plan: &Bootstrapper, keys: &BootstrapKeys<'_>) -> Result<Ciphertext> {
+        let ctx = self.context();
+        if !Arc::ptr_eq(ctx, &plan.ctx) && ctx.params().fingerprint() != plan.ctx.params().fingerprint() {
+            return Err(Error::ForeignObject {
+                what: "bootstrapping plan",
+                reason: "parameter fingerprint differs".into(),
+            });
+        }
+        ctx.check_ciphertext(ct)?;
+        if ct.size() != 2 {
+            return Err(Error::CiphertextSize { op: "bootstrap", expected: 2, actual: ct.size() });
+        }
+        let q0 = ctx.moduli[0].value() as f64;
+        if !(ct.scale.is_finite() && ct.scale >= 1.0 && ct.scale * 32.0 <= q0) {
+            return Err(Error::InvalidArgument(format!(
+                "bootstrap: scale 2^{:.1} leaves no room below q_0 = 2^{:.1} (needs q_0/Δ ≥ 2^5)",
+                ct.scale.log2(),
+                q0.log2()
+            )));
+        }
+        let gk = keys.galois;
+        let input_scale = ct.scale;
+        let low = self.drop_to_level(ct, 0)?;
+        let mut x = self.mod_raise(&low, ctx.max_level());
+        x.scale = q0;
+        for m in &plan.cts {
+            x = self.linear_transform(&x, m, gk)?;
+        }
+        // x holds (t_re + i·t_im)/(2K) in bit-reversed order; split the real and imaginary parts.
+        let conj = self.conjugate(&x, gk)?;
+        let re = self.add(&x, &conj)?;
+        let im = self.multiply_by_i(&self.sub(&x, &conj)?, true);
+        drop((x, conj));
+        let (re, im) = rayon::join(
+            || self.eval_mod(&re, plan, keys.relinearization),
+            || self.eval_mod(&im, plan, keys.relinearization),
+        );
+        let mut y = re?;
+        self.add_assign(&mut y, &self.multiply_by_i(&im?, false))?;
+        for m in &plan.stc {
+            y = self.linear_transform(&y, m, gk)?;
+        }
+        // y holds the slots times Δ_in/Δ at scale Δ: the same polynomial declared at Δ_in.
+        // (Δ here equals the default scale up to floating-point rounding, far below the precision.)
+        y.scale = input_scale;
+        Ok(y)
+    }
+}

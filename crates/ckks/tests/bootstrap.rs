@@ -1,0 +1,170 @@
+//! Bootstrapping at small, insecure parameters (N = 2^10): the homomorphic DFTs against the
+//! plaintext special FFT, EvalMod against exact modular reduction, the whole bootstrap against
+//! its input, and the keys it declares against the keys it uses.
+
+mod common;
+
+use blindfold_ckks::bootstrap::special_fft_factors;
+use blindfold_ckks::*;
+use common::*;
+use std::collections::BTreeMap;
+
+fn bit_reverse(v: &[Complex64]) -> Vec<Complex64> {
+    let bits = v.len().trailing_zeros();
+    (0..v.len()).map(|j| v[j.reverse_bits() >> (usize::BITS - bits)]).collect()
+}
+
+fn max_error(a: &[Complex64], b: &[Complex64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| (x - y).norm()).fold(0.0, f64::max)
+}
+
+/// An insecure chain laid out for bootstrapping: `q_0` 60 bits, `left` computation levels and
+/// the SlotsToCoeffs levels at 45 bits, the EvalMod levels at 60 bits, the CoeffsToSlots
+/// levels at 58 bits; scale 2^45.
+fn boot_params(log_n: u32, left: usize, config: &BootstrapConfig) -> Parameters {
+    let mut log_q = vec![60];
+    log_q.extend(std::iter::repeat_n(45, left + config.stc_levels));
+    log_q.extend(std::iter::repeat_n(60, config.evalmod_depth()));
+    log_q.extend(std::iter::repeat_n(58, config.cts_levels));
+    Parameters::new_insecure(ParametersLiteral {
+        log_n,
+        log_q,
+        log_p: vec![60, 60, 60],
+        log_default_scale: 45,
+        dnum: None,
+    })
+    .unwrap()
+}
+
+fn small_config() -> BootstrapConfig {
+    BootstrapConfig {
+        cts_levels: 2,
+        stc_levels: 2,
+        k: BootstrapConfig::k_for_uniform_ternary(1 << 10),
+        double_angles: 4,
+        degree: 63,
+        baby: 8,
+    }
+}
+
+#[test]
+fn special_fft_factors_are_the_encoders_embedding() {
+    let ctx = Context::new(&small_params()).unwrap();
+    let encoder = Encoder::new(&ctx);
+    let n = encoder.slots();
+    let w = values(n, 7);
+    let coeffs: Vec<f64> = w.iter().map(|c| c.re).chain(w.iter().map(|c| c.im)).collect();
+    let z = encoder.decode_coefficients(&coeffs, 1.0);
+    for levels in 1..=4 {
+        let mut x = bit_reverse(&w);
+        for m in special_fft_factors(n, levels, false).unwrap() {
+            x = m.apply(&x);
+        }
+        assert!(max_error(&x, &z) < 1e-9, "SlotsToCoeffs in {levels} levels: {}", max_error(&x, &z));
+        let mut y = z.clone();
+        let factors = special_fft_factors(n, levels, true).unwrap();
+        for m in &factors {
+            y = m.apply(&y);
+        }
+        let want: Vec<Complex64> = bit_reverse(&w).iter().map(|c| c * n as f64).collect();
+        assert!(max_error(&y, &want) < 1e-6, "CoeffsToSlots in {levels} levels: {}", max_error(&y, &want));
+        // A factor of k merged stages has at most 2^{k+1} - 1 diagonals.
+        let stages = n.trailing_zeros() as usize;
+        for m in &factors {
+            assert!(m.diagonals().len() < 1 << (stages.div_ceil(levels) + 1));
+        }
+    }
+    assert!(special_fft_factors(n, 0, true).is_err());
+    assert!(special_fft_factors(n, 11, true).is_err());
+}
+
+#[test]
+fn homomorphic_linear_transform_matches_its_plaintext_twin() {
+    let mut s = setup(small_params(), 3);
+    let n = s.encoder.slots();
+    let mut diagonals = BTreeMap::new();
+    for (k, d) in [0usize, 1, 5, 17, n - 1, n - 33, 300].into_iter().enumerate() {
+        diagonals.insert(d, values(n, 100 + k as u64));
+    }
+    let m = LinearTransform::new(n, diagonals).unwrap();
+    let level = s.ctx.max_level();
+    let gk = s.keygen.galois_keys(&m.key_requests(&s.ctx, Level(level))).unwrap();
+    let x = values(n, 9);
+    let ct = s.encrypt(&x);
+    let q = s.params.q()[level] as f64;
+    let encoded = m.encode(&s.encoder, level, q).unwrap();
+    let out = s.eval.linear_transform(&ct, &encoded, &gk).unwrap();
+    assert_eq!(out.level(), level - 1);
+    let got = s.decrypt(&out);
+    let want = m.apply(&x);
+    let (mean, min) = precision(&got, &want);
+    assert!(min > 20.0, "linear transform precision {mean:.1} mean, {min:.1} worst bits");
+    // A missing key is a typed error, not a wrong answer.
+    let partial = s.keygen.galois_keys(&m.key_requests(&s.ctx, Level(level))[1..]).unwrap();
+    assert!(matches!(s.eval.linear_transform(&ct, &encoded, &partial), Err(Error::MissingGaloisKey { .. })));
+}
+
+#[test]
+fn chebyshev_evaluation_matches_the_polynomial_at_its_depth() {
+    let params = Parameters::new_insecure(ParametersLiteral {
+        log_n: 10,
+        log_q: vec![60, 50, 50, 50, 50, 50, 50, 50, 50],
+        log_p: vec![60, 60],
+        log_default_scale: 50,
+        dnum: None,
+    })
+    .unwrap();
+    let mut s = setup(params, 5);
+    let n = s.encoder.slots();
+    let f = |x: f64| (3.0 * x).sin() + 0.5 * x;
+    for (degree, baby) in [(7, 2), (15, 4), (30, 8), (31, 2), (63, 8), (5, 8)] {
+        let p = ChebyshevPolynomial::interpolate(f, degree);
+        let xs: Vec<f64> = (0..n).map(|j| -1.0 + 2.0 * j as f64 / (n - 1) as f64).collect();
+        let ct = s.encryptor.encrypt(&s.encoder.encode_real(&xs, s.ctx.max_level(), 2f64.powi(50)).unwrap()).unwrap();
+        let depth = p.depth(baby);
+        let out = s.eval.evaluate_chebyshev(&ct, &p, 2f64.powi(50), baby, &s.rlk).unwrap();
+        assert_eq!(out.level(), s.ctx.max_level() - depth, "degree {degree} baby {baby}");
+        assert_eq!(out.scale(), 2f64.powi(50));
+        let got = s.decrypt(&out);
+        let want: Vec<Complex64> = xs.iter().map(|&x| Complex64::new(p.evaluate(x), 0.0)).collect();
+        let (mean, min) = precision(&got, &want);
+        assert!(min > 25.0, "degree {degree} baby {baby}: {mean:.1} mean, {min:.1} worst bits");
+        // The interpolant itself is close to f for the higher degrees.
+        if degree >= 15 {
+            assert!(xs.iter().all(|&x| (p.evaluate(x) - f(x)).abs() < 1e-9));
+        }
+    }
+    // Depths: ceil(log2(d + 1)) with baby steps of 2.
+    assert_eq!(ChebyshevPolynomial::interpolate(f, 63).depth(2), 6);
+    assert_eq!(ChebyshevPolynomial::interpolate(f, 31).depth(2), 5);
+    let p = ChebyshevPolynomial::interpolate(f, 63);
+    let ct = s.encrypt(&values(4, 1));
+    let low = s.eval.drop_to_level(&ct, 2).unwrap();
+    assert!(matches!(s.eval.evaluate_chebyshev(&low, &p, 2f64.powi(50), 8, &s.rlk), Err(Error::LevelTooLow { .. })));
+}
+
+#[test]
+fn insecure_bootstrap_restores_the_slots_at_a_higher_level() {
+    let config = small_config();
+    let left = 2;
+    let params = boot_params(10, left, &config);
+    let mut s = setup(params, 11);
+    let plan = Bootstrapper::new(&s.ctx, config.clone()).unwrap();
+    assert_eq!(plan.output_level(), left);
+    let gk = s.keygen.galois_keys(&plan.key_requests()).unwrap();
+    let n = s.encoder.slots();
+    // Real slots uniform in [-1, 1].
+    let x: Vec<Complex64> = values(n, 21).iter().map(|c| Complex64::new(c.re / 0.7, 0.0)).collect();
+    let ct = s.encrypt(&x);
+    let keys = BootstrapKeys { relinearization: &s.rlk, galois: &gk };
+    let low = s.eval.drop_to_level(&ct, 0).unwrap();
+    let t = std::time::Instant::now();
+    let out = s.eval.bootstrap(&low, &plan, &keys).unwrap();
+    println!("bootstrap at N = 2^10: {:?}", t.elapsed());
+    assert_eq!(out.level(), left);
+    assert_eq!(out.scale(), low.scale());
+    let got = s.decrypt(&out);
+    let (mean, min) = precision(&got, &x);
+    println!("precision {mean:.1} bits mean, {min:.1} worst");
+    assert!(min > 14.0 && mean > 17.0, "bootstrap precision {mean:.1} mean, {min:.1} worst bits");
+}
