@@ -29,7 +29,7 @@ is_310() {
 # point at no 3.10), and pyenv's installed versions.
 find_python310() {
   local root=${PYENV_ROOT:-$HOME/.pyenv} p
-  for p in ${OPENFHE_PYTHON:-} "$(command -v python3.10 || true)" "$root"/versions/3.10.*/bin/python3.10; do
+  for p in "${OPENFHE_PYTHON:-}" "$(command -v python3.10 || true)" "$root"/versions/3.10.*/bin/python3.10; do
     if [ -n "$p" ] && is_310 "$p"; then
       echo "$p"
       return 0
@@ -51,6 +51,10 @@ if ! is_310 "$VENV/bin/python"; then
   if [ -z "$PY" ] || ! is_310 "$PY"; then
     echo "openfhe-bootstrap.sh: no CPython 3.10 found (set OPENFHE_PYTHON, put python3.10 on PATH," >&2
     echo "or install it with pyenv); OpenFHE's wheel for this system (openfhe $VERSION) runs only on 3.10" >&2
+    exit 1
+  fi
+  if [ -e "$VENV" ] && [ ! -f "$VENV/pyvenv.cfg" ]; then
+    echo "openfhe-bootstrap.sh: $VENV exists and is no virtual environment; not replacing it" >&2
     exit 1
   fi
   echo "openfhe-bootstrap.sh: creating $VENV with $PY" >&2

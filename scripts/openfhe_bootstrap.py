@@ -20,7 +20,8 @@ What it measures:
   bootstrap_s     wall time of one EvalBootstrap, median of --runs runs (all runs are listed)
   bootstrap_cpu_s CPU time of the process (all threads) during one EvalBootstrap, median
   precision bits  -log2 |decrypted - input| per slot: the worst slot (over all runs) and the
-                  mean over the slots (averaged over the runs)
+                  mean over the slots (averaged over the runs); EvalBootstrap is randomized,
+                  so the runs differ by a few tenths of a bit
   levels_left     levels left on the bootstrapped ciphertext: depth - GetLevel() -
                   (GetNoiseScaleDeg() - 1), as OpenFHE's examples count them
   key_bytes       bytes of the relinearization key and of every automorphism (rotation and
@@ -93,8 +94,9 @@ def parse_args(argv):
         description="Measure OpenFHE's CKKS bootstrapping (EvalBootstrap): key generation time, "
         "bootstrap wall and CPU time, precision, levels left, key bytes, peak memory.",
         epilog="Defaults: N = 2^16 at HEStd_128_classic, 8 levels left, 53-bit scaling primes, "
-        "60-bit first prime, level budget [3, 3], N/2 slots, 3 runs. At N = 2^16 expect about "
-        "22 GB of memory and minutes of run time; try --insecure --log-n 12 first.",
+        "60-bit first prime, level budget [3, 3], N/2 slots, 3 runs. At N = 2^16 the keys alone "
+        "take about 20 GB (10 key-switching digits, 0.34 GB a key): mind the machine's memory, "
+        "and try --insecure --log-n 12 first.",
     )
     ap.add_argument("--log-n", type=_int_in(MIN_LOG_N, MAX_LOG_N, "--log-n"), default=None,
                     metavar="K", help=f"ring dimension N = 2^K (default {DEFAULT_LOG_N}); "
@@ -156,7 +158,8 @@ def openfhe_message(e):
     text = str(e).strip()
     marker = "(): "
     i = text.find(marker)
-    return text[i + len(marker):] if i >= 0 and text.startswith("/") else text
+    text = text[i + len(marker):] if i >= 0 and text.startswith("/") else text
+    return text.rstrip(".")
 
 
 def omp_threads(openfhe_module):
@@ -275,6 +278,22 @@ def serialized_bytes(write, workdir, name):
     return int(out.strip())
 
 
+def warn_memory(per_key):
+    """Says on stderr when the keys alone may not fit into the memory available now."""
+    # Bootstrapping counted 46 to 60 automorphism keys (plus the relinearization key) at
+    # N = 2^12..2^14 with level budget [3, 3]; the count at other N is not known in advance.
+    need = 61 * per_key
+    try:
+        with open("/proc/meminfo") as f:
+            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return
+    if need > 0.8 * avail:
+        print(f"warning: one evaluation key takes {per_key / 1e9:.3f} GB here, so the bootstrapping "
+              f"keys may need about {need / 1e9:.1f} GB (61 keys, as at N = 2^14) besides the rest; "
+              f"{avail / 1e9:.1f} GB of memory is available", file=sys.stderr)
+
+
 def precision_bits(got, want):
     """(worst, mean) of -log2 |got - want| over the slots (an exact slot counts as 1e-300)."""
     import numpy as np
@@ -317,8 +336,11 @@ def main(argv=None):
     try:
         cc, note = make_context(o, args, depth, secure)
     except RuntimeError as e:
-        hint = ("; at N = 2^%d try fewer --levels-left, a smaller --scale-bits, another "
-                "--num-large-digits, or --insecure for a quick test" % args.log_n) if secure else ""
+        hint = ""
+        if secure and "HE standards" in str(e):
+            tried = "" if args.num_large_digits is not None else ", nor with any --num-large-digits"
+            hint = (f"{tried}; at N = 2^{args.log_n} try fewer --levels-left, a smaller "
+                    "--scale-bits, or --insecure for a quick test")
         fail(f"OpenFHE refuses the parameters (N = 2^{args.log_n}, depth {depth} = "
              f"{args.levels_left} levels left + {boot_depth} for bootstrapping, "
              f"{args.scale_bits}-bit scaling primes): {openfhe_message(e)}{hint}")
@@ -341,6 +363,10 @@ def main(argv=None):
         log_p = special_primes = log_qp = None
         notes.append(f"log2 P unknown: the twin context failed ({openfhe_message(e)})")
     threads = omp_threads(o)
+    if special_primes is not None:
+        # A hybrid key-switching key is 2 x dnum polynomials over Q*P: 8 bytes a coefficient.
+        per_key = 2 * dnum * (depth + 1 + special_primes) * ring_dim * 8
+        warn_memory(per_key)
 
     print(f"OpenFHE {o.__version__}: CKKS bootstrapping at N = 2^{args.log_n}, {slots} slots, "
           f"depth {depth}, {threads} thread(s){'' if secure else ', INSECURE (HEStd_NotSet)'}",

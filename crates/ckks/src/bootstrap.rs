@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::evaluator::Evaluator;
 use crate::keys::{GaloisKeys, RelinearizationKey};
 use crate::linear::{EncodedLinearTransform, LinearTransform};
+use crate::params::{Parameters, ParametersLiteral};
 use crate::polynomial::ChebyshevPolynomial;
 use crate::types::{Ciphertext, GaloisKeyRequest, Level};
 use blindfold_math::slice;
@@ -161,6 +162,114 @@ impl BootstrapConfig {
         self.cts_levels + self.evalmod_depth() + self.stc_levels
     }
 }
+
+/// A released bootstrappable parameter set: a CKKS chain laid out for bootstrapping (from the
+/// bottom: `q_0`, the levels left for computation, SlotsToCoeffs, EvalMod, CoeffsToSlots) and the
+/// configuration that consumes its top. Named for what it guarantees; never changed in place.
+#[derive(Clone, Copy, Debug)]
+pub struct BootstrapPreset {
+    /// Name: ring degree, levels left after a bootstrap, security.
+    pub name: &'static str,
+    /// log2 N.
+    pub log_n: u32,
+    /// Chain prime sizes in bits, `q_0` first.
+    pub log_q: &'static [u32],
+    /// Special prime sizes in bits.
+    pub log_p: &'static [u32],
+    /// log2 of the default scale Δ (the scale bootstrapping expects and returns).
+    pub log_default_scale: u32,
+    /// CoeffsToSlots levels.
+    pub cts_levels: usize,
+    /// SlotsToCoeffs levels.
+    pub stc_levels: usize,
+    /// Double-angle steps.
+    pub double_angles: u32,
+    /// Degree of the cosine interpolant.
+    pub degree: usize,
+    /// Baby steps of the cosine's evaluation.
+    pub baby: usize,
+    /// Whether [`BootstrapPreset::parameters`] checks the 128-bit bound (false only for the
+    /// small test presets, whose names say `INSECURE`).
+    pub secure: bool,
+}
+
+impl BootstrapPreset {
+    /// The chain's parameters (checked against the 128-bit bound unless the preset is a test
+    /// preset).
+    ///
+    /// # Errors
+    /// As [`Parameters::new`]; never for the released presets (each has a test).
+    pub fn parameters(&self) -> Result<Parameters> {
+        let literal = ParametersLiteral {
+            log_n: self.log_n,
+            log_q: self.log_q.to_vec(),
+            log_p: self.log_p.to_vec(),
+            log_default_scale: self.log_default_scale,
+            dnum: None,
+        };
+        if self.secure {
+            Parameters::new(literal)
+        } else {
+            Parameters::new_insecure(literal)
+        }
+    }
+
+    /// The bootstrapping configuration (`K` for the uniform ternary secret of this ring).
+    pub fn config(&self) -> BootstrapConfig {
+        BootstrapConfig {
+            cts_levels: self.cts_levels,
+            stc_levels: self.stc_levels,
+            k: BootstrapConfig::k_for_uniform_ternary(1 << self.log_n),
+            double_angles: self.double_angles,
+            degree: self.degree,
+            baby: self.baby,
+        }
+    }
+
+    /// Levels left for computation after a bootstrap.
+    pub fn levels_left(&self) -> usize {
+        self.log_q.len() - 1 - self.config().depth()
+    }
+}
+
+/// N = 2^16, 128-bit (log2 QP ≤ 1747, uniform ternary secret, no sparse secret): 8 levels of
+/// 45 bits left after a bootstrap, scale 2^45. Chain: `q_0` 60 bits; 8 + 3 (SlotsToCoeffs) primes
+/// of 45 bits; 13 EvalMod primes of 60 bits (cosine of degree 63 on `[-K, K]`, `K` = 516, in 6
+/// levels, then 7 double angles); 3 CoeffsToSlots primes of 58 bits; 4 special primes of 59 bits.
+pub const N65536_BOOT_LEFT8_128BIT: BootstrapPreset = BootstrapPreset {
+    name: "N65536_BOOT_LEFT8_128BIT",
+    log_n: 16,
+    log_q: &[
+        60, 45, 45, 45, 45, 45, 45, 45, 45, 45, 45, 45, 60, 60, 60, 60, 60, 60, 60, 60, 60, 60, 60, 60, 60, 58, 58, 58,
+    ],
+    log_p: &[59, 59, 59, 59],
+    log_default_scale: 45,
+    cts_levels: 3,
+    stc_levels: 3,
+    double_angles: 7,
+    degree: 63,
+    baby: 2,
+    secure: true,
+};
+
+/// A small insecure stand-in of [`N65536_BOOT_LEFT8_128BIT`] at N = 2^12 for tests and smoke
+/// runs: same layout, 2 levels left. **Not secure.**
+pub const N4096_BOOT_LEFT2_INSECURE: BootstrapPreset = BootstrapPreset {
+    name: "N4096_BOOT_LEFT2_INSECURE",
+    log_n: 12,
+    log_q: &[60, 45, 45, 45, 45, 60, 60, 60, 60, 60, 60, 60, 60, 60, 60, 60, 60, 58, 58],
+    log_p: &[60, 60, 60],
+    log_default_scale: 45,
+    cts_levels: 2,
+    stc_levels: 2,
+    double_angles: 5,
+    degree: 63,
+    baby: 4,
+    secure: false,
+};
+
+/// Every bootstrapping preset.
+pub const BOOTSTRAP_PRESETS: [BootstrapPreset; 2] = [N65536_BOOT_LEFT8_128BIT, N4096_BOOT_LEFT2_INSECURE];
 
 /// A bootstrapping plan for one parameter set: the encoded DFT factors, the EvalMod
 /// polynomial, the levels and the keys it needs. Public data only (shared by every client
@@ -377,5 +486,107 @@ impl Evaluator {
         // (Δ here equals the default scale up to floating-point rounding, far below the precision.)
         y.scale = input_scale;
         Ok(y)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Decryptor, Encryptor, KeyGenerator};
+
+    /// Where precision goes, stage by stage (run by hand: `LOGN=14 cargo test ... stages`).
+    #[test]
+    #[ignore = "diagnostic"]
+    fn stages() {
+        let log_n: u32 = std::env::var("LOGN").map_or(12, |v| v.parse().unwrap());
+        let preset = BootstrapPreset { log_n, secure: false, ..N65536_BOOT_LEFT8_128BIT };
+        let ctx = Context::new(&preset.parameters().unwrap()).unwrap();
+        let plan = Bootstrapper::new(&ctx, preset.config()).unwrap();
+        let mut kg = KeyGenerator::from_seed(&ctx, [1; 32]);
+        let pk = kg.public_key();
+        let rlk = kg.relinearization_key();
+        let gk = kg.galois_keys(&plan.key_requests()).unwrap();
+        let dec = Decryptor::new(kg.secret_key());
+        let encoder = Encoder::new(&ctx);
+        let eval = Evaluator::new(&ctx);
+        let n = encoder.slots();
+        let xs: Vec<Complex64> =
+            (0..n).map(|j| Complex64::new(((j * 7919) % 1000) as f64 / 500.0 - 1.0, 0.0)).collect();
+        let pt = encoder.encode(&xs, ctx.max_level(), ctx.params().default_scale()).unwrap();
+        let ct = eval.drop_to_level(&Encryptor::with_public_key(&ctx, &pk).unwrap().encrypt(&pt).unwrap(), 0).unwrap();
+        let mut x = eval.mod_raise(&ct, ctx.max_level());
+        x.scale = ctx.moduli[0].value() as f64;
+        // Exact t = (m + q0 I)/q0 per coefficient.
+        let mut raw = dec.decrypt(&x).unwrap();
+        ctx.backward(&mut raw.data);
+        let nn = ctx.n();
+        let q0 = ctx.moduli[0].value() as f64;
+        let t: Vec<f64> = (0..nn)
+            .map(|c| {
+                let res: Vec<u64> = (0..=x.level).map(|i| raw.data[i * nn + c]).collect();
+                ctx.crt_to_f64(&res) / q0
+            })
+            .collect();
+        let tmax = t.iter().fold(0f64, |m, v| m.max(v.abs()));
+        println!("N = 2^{log_n}: |t| max {tmax:.1}, K = {}", plan.config.k);
+        for m in &plan.cts {
+            x = eval.linear_transform(&x, m, &gk).unwrap();
+        }
+        let conj = eval.conjugate(&x, &gk).unwrap();
+        let re = eval.add(&x, &conj).unwrap();
+        let k = plan.config.k;
+        let rev = |j: usize| j.reverse_bits() >> (usize::BITS - n.trailing_zeros());
+        let report = |name: &str, c: &Ciphertext, want: &dyn Fn(usize) -> f64| {
+            let got = encoder.decode(&dec.decrypt(c).unwrap()).unwrap();
+            let errs: Vec<f64> = (0..n).map(|j| (got[j].re - want(j)).abs()).collect();
+            let max = errs.iter().fold(0f64, |m, &e| m.max(e));
+            let mean = errs.iter().sum::<f64>() / n as f64;
+            let im = got.iter().fold(0f64, |m, g| m.max(g.im.abs()));
+            let mut idx: Vec<usize> = (0..n).collect();
+            idx.sort_by(|&a, &b| errs[b].total_cmp(&errs[a]));
+            println!(
+                "worst slots: {:?}",
+                idx[..8]
+                    .iter()
+                    .map(|&j| (j, rev(j), (errs[j].log2() * 10.0).round() / 10.0, (want(j) * 10.0).round() / 10.0))
+                    .collect::<Vec<_>>()
+            );
+            println!(
+                "{name:>10}: level {} scale 2^{:.2}: error max 2^{:.1}, mean 2^{:.1}, |imag| max 2^{:.1}",
+                c.level,
+                c.scale.log2(),
+                max.log2(),
+                mean.log2(),
+                im.log2()
+            );
+        };
+        report("CtS (re)", &re, &|j| t[rev(j)] / k);
+        {
+            let z = encoder.decode_coefficients(&t, 1.0);
+            let mut v = z.clone();
+            for m in special_fft_factors(n, plan.config.cts_levels, true).unwrap() {
+                v = m.apply(&v);
+            }
+            let errs: Vec<f64> = (0..n).map(|j| (v[j].re / n as f64 - t[rev(j)]).abs()).collect();
+            let mut idx: Vec<usize> = (0..n).collect();
+            idx.sort_by(|&a, &b| errs[b].total_cmp(&errs[a]));
+            println!("plain CtS worst: {:?}", idx[..5].iter().map(|&j| (j, errs[j].log2())).collect::<Vec<_>>());
+            let w: Vec<f64> = (0..2 * n).map(|c| if c == 0 { 1.0 } else { 0.0 }).collect();
+            println!("z for t = e_0: {:?}", &encoder.decode_coefficients(&w, 1.0)[..4]);
+        }
+        // The same from a fresh encryption of the slots U·t (no ModRaise).
+        let z = encoder.decode_coefficients(&t, 1.0);
+        let fresh_pt = encoder.encode(&z, ctx.max_level(), q0 / 1024.0).unwrap();
+        let mut f = Encryptor::with_public_key(&ctx, &pk).unwrap().encrypt(&fresh_pt).unwrap();
+        f.scale = q0 / 1024.0;
+        for m in &plan.cts {
+            f = eval.linear_transform(&f, m, &gk).unwrap();
+        }
+        let fc = eval.conjugate(&f, &gk).unwrap();
+        let fre = eval.add(&f, &fc).unwrap();
+        report("fresh CtS", &fre, &|j| t[rev(j)] / k);
+        let y = eval.eval_mod(&re, &plan, &rlk).unwrap();
+        report("EvalMod", &y, &|j| (2.0 * PI * t[rev(j)]).sin());
+        report("EvalMod/q0", &y, &|j| (2.0 * PI * t[rev(j)]).sin());
     }
 }

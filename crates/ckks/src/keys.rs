@@ -139,6 +139,18 @@ impl KeySwitchingKey {
     pub fn max_level(&self) -> usize {
         self.max_level
     }
+
+    /// Bytes this key takes in memory.
+    pub fn size_bytes(&self) -> usize {
+        self.digits.iter().map(|d| 8 * (d.b.len() + d.a.len())).sum()
+    }
+}
+
+impl RelinearizationKey {
+    /// Bytes this key takes in memory.
+    pub fn size_bytes(&self) -> usize {
+        self.0.size_bytes()
+    }
 }
 
 /// Full-basis indices of a key made for `max_level`: `q_0…q_{max_level}`, then the special
@@ -179,6 +191,16 @@ impl GaloisKeys {
     /// Highest level the key for Galois element `g` serves, if there is one.
     pub fn max_level(&self, g: GaloisElement) -> Option<usize> {
         self.keys.get(&g.0).map(|(k, _)| k.max_level)
+    }
+
+    /// Bytes these keys take: `(in memory, on the wire)`. The wire form is seeded (each
+    /// digit's uniform half `a` travels as a 32-byte seed), so it is about half the size.
+    pub fn size_bytes(&self) -> (usize, usize) {
+        self.keys.values().fold((0, 0), |(mem, wire), (k, perm)| {
+            let words: usize = k.digits.iter().map(|d| d.b.len() + d.a.len()).sum();
+            let b_words: usize = k.digits.iter().map(|d| d.b.len()).sum();
+            (mem + 8 * words + 4 * perm.len(), wire + 8 * b_words + 32 * k.digits.len())
+        })
     }
 
     /// The requests that are not served, if any.

@@ -46,7 +46,7 @@ pub mod serialize;
 mod types;
 pub use types::{Ciphertext, GaloisElement, GaloisKeyRequest, Level, Plaintext};
 
-pub use bootstrap::{BootstrapConfig, BootstrapKeys, Bootstrapper};
+pub use bootstrap::{BootstrapConfig, BootstrapKeys, BootstrapPreset, Bootstrapper, BOOTSTRAP_PRESETS};
 pub use context::Context;
 pub use crypto::{Decryptor, Encryptor, SeededCiphertext, SymmetricEncryptor};
 pub use encoder::Encoder;

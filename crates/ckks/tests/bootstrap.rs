@@ -168,3 +168,102 @@ fn insecure_bootstrap_restores_the_slots_at_a_higher_level() {
     println!("precision {mean:.1} bits mean, {min:.1} worst");
     assert!(min > 14.0 && mean > 17.0, "bootstrap precision {mean:.1} mean, {min:.1} worst bits");
 }
+
+#[test]
+fn bootstrap_presets_are_secure_and_leave_the_levels_they_name() {
+    for p in BOOTSTRAP_PRESETS {
+        let params = p.parameters().unwrap_or_else(|e| panic!("{}: {e}", p.name));
+        let left = p.levels_left();
+        assert!(
+            p.name.contains(&format!("N{}_", params.n())) && p.name.contains(&format!("LEFT{left}_")),
+            "{}",
+            p.name
+        );
+        assert_eq!(p.name.ends_with("_128BIT"), p.secure);
+        if p.secure {
+            assert_eq!(params.security(), SecurityLevel::Bits128);
+            assert!(params.log_qp() <= max_log_qp_128bit(params.n()).unwrap() as f64);
+        }
+        // The chain's layout matches the configuration: EvalMod's primes are the 60-bit ones.
+        let c = p.config();
+        let evalmod = p.log_q.iter().filter(|&&b| b == 60).count() - 1;
+        assert_eq!(evalmod, c.evalmod_depth(), "{}", p.name);
+        println!(
+            "{}: log2 QP = {:.1}, {left} levels left, K = {}, EvalMod depth {}",
+            p.name,
+            params.log_qp(),
+            c.k,
+            c.evalmod_depth()
+        );
+    }
+}
+
+#[test]
+#[ignore = "exploration"]
+fn precision_trend() {
+    use blindfold_ckks::bootstrap::N65536_BOOT_LEFT8_128BIT as P;
+    let log_ns: Vec<u32> =
+        std::env::var("LOGN").unwrap_or("12 13 14".into()).split(' ').map(|x| x.parse().unwrap()).collect();
+    for log_n in log_ns {
+        for (r, deg, baby) in [(7, 63, 2), (5, 127, 2)] {
+            let preset =
+                blindfold_ckks::BootstrapPreset { log_n, secure: false, double_angles: r, degree: deg, baby, ..P };
+            let mut config = preset.config();
+            let params = preset.parameters().unwrap();
+            let mut s = setup(params, 3);
+            if let Ok(k) = std::env::var("K") {
+                config.k = k.parse().unwrap();
+            }
+            let plan = match Bootstrapper::new(&s.ctx, config.clone()) {
+                Ok(p) => p,
+                Err(e) => {
+                    println!("{e}");
+                    continue;
+                }
+            };
+            let gk = s.keygen.galois_keys(&plan.key_requests()).unwrap();
+            let n = s.encoder.slots();
+            let x: Vec<Complex64> = values(n, 21).iter().map(|c| Complex64::new(c.re / 0.7, 0.0)).collect();
+            let ct = s.encrypt(&x);
+            let low = s.eval.drop_to_level(&ct, 0).unwrap();
+            let keys = BootstrapKeys { relinearization: &s.rlk, galois: &gk };
+            let out = s.eval.bootstrap(&low, &plan, &keys).unwrap();
+            let (mean, min) = precision(&s.decrypt(&out), &x);
+            println!(
+                "log_n {log_n} K {} r {r} deg {deg}: {mean:.1} mean {min:.1} worst, left {}",
+                config.k,
+                out.level()
+            );
+        }
+    }
+}
+
+#[test]
+fn the_declared_keys_are_exactly_the_keys_used() {
+    let config = small_config();
+    let mut s = setup(boot_params(10, 1, &config), 13);
+    let plan = Bootstrapper::new(&s.ctx, config).unwrap();
+    let requests = plan.key_requests();
+    let ct = s.encrypt(&values(8, 3));
+    let low = s.eval.drop_to_level(&ct, 0).unwrap();
+    let mut elements: Vec<GaloisElement> = requests.iter().map(|r| r.element).collect();
+    elements.sort();
+    elements.dedup();
+    for g in elements {
+        // Without the element: refused, naming it.
+        let without: Vec<GaloisKeyRequest> = requests.iter().filter(|r| r.element != g).copied().collect();
+        let gk = s.keygen.galois_keys(&without).unwrap();
+        let keys = BootstrapKeys { relinearization: &s.rlk, galois: &gk };
+        let err = s.eval.bootstrap(&low, &plan, &keys).unwrap_err();
+        assert!(matches!(err, Error::MissingGaloisKey { element } if element == g.value()), "{g}: {err}");
+        // One level short of its highest use: refused as a key-level error.
+        let top = requests.iter().filter(|r| r.element == g).map(|r| r.level.0).max().unwrap();
+        let short: Vec<GaloisKeyRequest> = requests
+            .iter()
+            .map(|r| if r.element == g { GaloisKeyRequest { element: g, level: Level(top - 1) } } else { *r })
+            .collect();
+        let gk = s.keygen.galois_keys(&short).unwrap();
+        let keys = BootstrapKeys { relinearization: &s.rlk, galois: &gk };
+        assert!(matches!(s.eval.bootstrap(&low, &plan, &keys), Err(Error::KeyLevel { .. })), "{g} at level {top}");
+    }
+}

@@ -5,6 +5,7 @@ use blindfold_data::{load, Dataset, LabeledImages, Split};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
+mod bench;
 mod cryptonn;
 mod cryptonn_net;
 mod ensemble;
@@ -64,6 +65,9 @@ enum Command {
     /// Show what a model becomes before anything is encrypted: its layers (and the ONNX
     /// nodes they came from), the circuit's depth, parameters, keys and cost per image.
     Inspect(import::InspectArgs),
+    /// Measurements of the scheme layer on this machine (e.g. `bench bootstrap`).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// List the CKKS parameter presets and the 128-bit bound each is checked against.
     Params {
         /// Print JSON instead of a table.
@@ -162,6 +166,7 @@ fn main() {
         Command::Coordinate(a) => remote::coordinate_cmd(a),
         Command::Client(a) => remote::client_cmd(a),
         Command::Params { json } => params::params_cmd(json),
+        Command::Bench(c) => bench::bench_cmd(c),
         Command::Import(a) => import::import_cmd(a),
         Command::Inspect(a) => import::inspect_cmd(a),
         Command::Keygen { model, import, out_dir } => files::keygen_cmd(&model, &import, &out_dir),
