@@ -127,6 +127,11 @@ pub struct BootstrapConfig {
     pub degree: usize,
     /// Baby steps of the polynomial evaluation ([`Evaluator::evaluate_chebyshev`]).
     pub baby: usize,
+    /// log2 of `q_0 / (Δ·R)`: before ModRaise the message is multiplied by the integer
+    /// `R = 2^k` (no level, no noise) so that it sits this many bits below `q_0`. Small values
+    /// make the message large against the EvalMod noise (amplified by `2πK` and `√N`), large
+    /// values make `sin(2πt)/(2π) ≈ t` exact; 8 balances them.
+    pub log_message_ratio: u32,
 }
 
 impl BootstrapConfig {
@@ -188,6 +193,8 @@ pub struct BootstrapPreset {
     pub degree: usize,
     /// Baby steps of the cosine's evaluation.
     pub baby: usize,
+    /// See [`BootstrapConfig::log_message_ratio`].
+    pub log_message_ratio: u32,
     /// Whether [`BootstrapPreset::parameters`] checks the 128-bit bound (false only for the
     /// small test presets, whose names say `INSECURE`).
     pub secure: bool,
@@ -223,6 +230,7 @@ impl BootstrapPreset {
             double_angles: self.double_angles,
             degree: self.degree,
             baby: self.baby,
+            log_message_ratio: self.log_message_ratio,
         }
     }
 
@@ -240,15 +248,16 @@ pub const N65536_BOOT_LEFT8_128BIT: BootstrapPreset = BootstrapPreset {
     name: "N65536_BOOT_LEFT8_128BIT",
     log_n: 16,
     log_q: &[
-        60, 45, 45, 45, 45, 45, 45, 45, 45, 45, 45, 45, 60, 60, 60, 60, 60, 60, 60, 60, 60, 60, 60, 60, 60, 58, 58, 58,
+        60, 45, 45, 45, 45, 45, 45, 45, 45, 45, 45, 45, 59, 59, 59, 59, 59, 59, 59, 59, 59, 59, 59, 59, 59, 58, 58, 58,
     ],
-    log_p: &[59, 59, 59, 59],
+    log_p: &[60, 60, 60, 60],
     log_default_scale: 45,
     cts_levels: 3,
     stc_levels: 3,
     double_angles: 7,
     degree: 63,
     baby: 2,
+    log_message_ratio: 6,
     secure: true,
 };
 
@@ -265,6 +274,7 @@ pub const N4096_BOOT_LEFT2_INSECURE: BootstrapPreset = BootstrapPreset {
     double_angles: 5,
     degree: 63,
     baby: 4,
+    log_message_ratio: 8,
     secure: false,
 };
 
@@ -285,6 +295,8 @@ pub struct Bootstrapper {
     cosine_scale: f64,
     /// Level of the result.
     output_level: usize,
+    /// The integer `R` the message is multiplied by before ModRaise.
+    message_boost: u64,
 }
 
 impl Bootstrapper {
@@ -309,7 +321,9 @@ impl Bootstrapper {
         let q = |l: usize| ctx.moduli[l].value() as f64;
         let q0 = q(0);
         let mut requests = Vec::new();
-        // CoeffsToSlots: slots z' = U·t (scale q_0 after ModRaise) → t[rev]/(2K), scale kept.
+        // CoeffsToSlots: slots z' = U·t (scale q_0 after ModRaise) → t[rev]/(2K) at the scale of
+        // the first EvalMod prime (so the powers of the cosine keep their scale).
+        let evalmod_top = top - config.cts_levels;
         let cts_factor = (1.0 / (n as f64 * 2.0 * config.k)).powf(1.0 / config.cts_levels as f64);
         let cts = special_fft_factors(n, config.cts_levels, true)?
             .into_iter()
@@ -317,10 +331,11 @@ impl Bootstrapper {
             .map(|(j, m)| {
                 let level = top - j;
                 requests.extend(m.key_requests(ctx, Level(level)));
-                m.scaled(cts_factor).encode(&encoder, level, q(level))
+                let last = j + 1 == config.cts_levels;
+                let scale = if last { q(level) * q(evalmod_top) / q0 } else { q(level) };
+                m.scaled(cts_factor).encode(&encoder, level, scale)
             })
             .collect::<Result<Vec<_>>>()?;
-        let evalmod_top = top - config.cts_levels;
         requests.push(GaloisKeyRequest { element: ctx.galois_element_for_conjugation(), level: Level(evalmod_top) });
         let cosine = config.cosine();
         let cosine_level = evalmod_top - cosine.depth(config.baby);
@@ -330,9 +345,19 @@ impl Bootstrapper {
             scale = scale * scale / q(l);
         }
         let stc_top = cosine_level - config.double_angles as usize;
-        // SlotsToCoeffs: sin(2πt) ≈ 2π·m/q_0 (scale `scale`) → U·m/Δ (scale Δ).
+        // SlotsToCoeffs: sin(2πt) ≈ 2π·R·m/q_0 (scale `scale`) → U·m/Δ (scale Δ).
         let delta = ctx.params().default_scale();
-        let stc_factor = (q0 / (2.0 * PI * delta)).powf(1.0 / config.stc_levels as f64);
+        let message_boost = (q0 / delta).log2().floor() as i32 - config.log_message_ratio as i32;
+        if message_boost < 0 || config.log_message_ratio < 5 {
+            return Err(Error::InvalidParameters(format!(
+                "q_0 = 2^{:.1} leaves no room for a message ratio of 2^{} above the scale 2^{:.1} (at least 2^5)",
+                q0.log2(),
+                config.log_message_ratio,
+                delta.log2()
+            )));
+        }
+        let message_boost = 1u64 << message_boost;
+        let stc_factor = (q0 / (2.0 * PI * delta * message_boost as f64)).powf(1.0 / config.stc_levels as f64);
         let stc_ratio = (delta / scale).powf(1.0 / config.stc_levels as f64);
         let stc = special_fft_factors(n, config.stc_levels, false)?
             .into_iter()
@@ -344,7 +369,7 @@ impl Bootstrapper {
             })
             .collect::<Result<Vec<_>>>()?;
         let output_level = stc_top - config.stc_levels;
-        Ok(Self { ctx: ctx.clone(), config, cosine, cts, stc, requests, cosine_scale, output_level })
+        Ok(Self { ctx: ctx.clone(), config, cosine, cts, stc, requests, cosine_scale, output_level, message_boost })
     }
 
     /// The configuration.
@@ -453,16 +478,18 @@ impl Evaluator {
             return Err(Error::CiphertextSize { op: "bootstrap", expected: 2, actual: ct.size() });
         }
         let q0 = ctx.moduli[0].value() as f64;
-        if !(ct.scale.is_finite() && ct.scale >= 1.0 && ct.scale * 32.0 <= q0) {
+        let boost = plan.message_boost as f64;
+        if !(ct.scale.is_finite() && ct.scale >= 1.0 && ct.scale * boost * 32.0 <= q0) {
             return Err(Error::InvalidArgument(format!(
-                "bootstrap: scale 2^{:.1} leaves no room below q_0 = 2^{:.1} (needs q_0/Δ ≥ 2^5)",
+                "bootstrap: scale 2^{:.1} is too large for this plan (at most 2^{:.1}; it expects the parameters' default scale 2^{:.1})",
                 ct.scale.log2(),
-                q0.log2()
+                (q0 / boost / 32.0).log2(),
+                ctx.params().default_scale().log2()
             )));
         }
         let gk = keys.galois;
         let input_scale = ct.scale;
-        let low = self.drop_to_level(ct, 0)?;
+        let low = self.multiply_integer(&self.drop_to_level(ct, 0)?, plan.message_boost as i64)?;
         let mut x = self.mod_raise(&low, ctx.max_level());
         x.scale = q0;
         for m in &plan.cts {
@@ -482,7 +509,8 @@ impl Evaluator {
         for m in &plan.stc {
             y = self.linear_transform(&y, m, gk)?;
         }
-        // y holds the slots times Δ_in/Δ at scale Δ: the same polynomial declared at Δ_in.
+        // y holds the slots times Δ_in/Δ at scale Δ (the boost R cancels): the same polynomial
+        // declared at Δ_in.
         // (Δ here equals the default scale up to floating-point rounding, far below the precision.)
         y.scale = input_scale;
         Ok(y)
@@ -494,12 +522,21 @@ mod tests {
     use super::*;
     use crate::{Decryptor, Encryptor, KeyGenerator};
 
-    /// Where precision goes, stage by stage (run by hand: `LOGN=14 cargo test ... stages`).
+    /// Where precision goes, stage by stage (run by hand: `LOGN=14 cargo test --release -p
+    /// blindfold-ckks --lib stages -- --ignored --nocapture`; R, DEG, BABY set EvalMod).
     #[test]
     #[ignore = "diagnostic"]
     fn stages() {
         let log_n: u32 = std::env::var("LOGN").map_or(12, |v| v.parse().unwrap());
-        let preset = BootstrapPreset { log_n, secure: false, ..N65536_BOOT_LEFT8_128BIT };
+        let env = |k: &str, d: usize| std::env::var(k).map_or(d, |v| v.parse().unwrap());
+        let preset = BootstrapPreset {
+            log_n,
+            secure: false,
+            double_angles: env("R", 7) as u32,
+            degree: env("DEG", 63),
+            baby: env("BABY", 2),
+            ..N65536_BOOT_LEFT8_128BIT
+        };
         let ctx = Context::new(&preset.parameters().unwrap()).unwrap();
         let plan = Bootstrapper::new(&ctx, preset.config()).unwrap();
         let mut kg = KeyGenerator::from_seed(&ctx, [1; 32]);
@@ -514,6 +551,7 @@ mod tests {
             (0..n).map(|j| Complex64::new(((j * 7919) % 1000) as f64 / 500.0 - 1.0, 0.0)).collect();
         let pt = encoder.encode(&xs, ctx.max_level(), ctx.params().default_scale()).unwrap();
         let ct = eval.drop_to_level(&Encryptor::with_public_key(&ctx, &pk).unwrap().encrypt(&pt).unwrap(), 0).unwrap();
+        let ct = eval.multiply_integer(&ct, plan.message_boost as i64).unwrap();
         let mut x = eval.mod_raise(&ct, ctx.max_level());
         x.scale = ctx.moduli[0].value() as f64;
         // Exact t = (m + q0 I)/q0 per coefficient.
@@ -561,32 +599,132 @@ mod tests {
             );
         };
         report("CtS (re)", &re, &|j| t[rev(j)] / k);
-        {
-            let z = encoder.decode_coefficients(&t, 1.0);
-            let mut v = z.clone();
-            for m in special_fft_factors(n, plan.config.cts_levels, true).unwrap() {
-                v = m.apply(&v);
-            }
-            let errs: Vec<f64> = (0..n).map(|j| (v[j].re / n as f64 - t[rev(j)]).abs()).collect();
-            let mut idx: Vec<usize> = (0..n).collect();
-            idx.sort_by(|&a, &b| errs[b].total_cmp(&errs[a]));
-            println!("plain CtS worst: {:?}", idx[..5].iter().map(|&j| (j, errs[j].log2())).collect::<Vec<_>>());
-            let w: Vec<f64> = (0..2 * n).map(|c| if c == 0 { 1.0 } else { 0.0 }).collect();
-            println!("z for t = e_0: {:?}", &encoder.decode_coefficients(&w, 1.0)[..4]);
-        }
-        // The same from a fresh encryption of the slots U·t (no ModRaise).
-        let z = encoder.decode_coefficients(&t, 1.0);
-        let fresh_pt = encoder.encode(&z, ctx.max_level(), q0 / 1024.0).unwrap();
-        let mut f = Encryptor::with_public_key(&ctx, &pk).unwrap().encrypt(&fresh_pt).unwrap();
-        f.scale = q0 / 1024.0;
-        for m in &plan.cts {
-            f = eval.linear_transform(&f, m, &gk).unwrap();
-        }
-        let fc = eval.conjugate(&f, &gk).unwrap();
-        let fre = eval.add(&f, &fc).unwrap();
-        report("fresh CtS", &fre, &|j| t[rev(j)] / k);
         let y = eval.eval_mod(&re, &plan, &rlk).unwrap();
         report("EvalMod", &y, &|j| (2.0 * PI * t[rev(j)]).sin());
-        report("EvalMod/q0", &y, &|j| (2.0 * PI * t[rev(j)]).sin());
+        {
+            let got = encoder.decode(&dec.decrypt(&y).unwrap()).unwrap();
+            let mut by_t: Vec<(f64, f64)> =
+                (0..n).map(|j| (t[rev(j)].abs(), (got[j].re - (2.0 * PI * t[rev(j)]).sin()).abs())).collect();
+            by_t.sort_by(|a, b| a.0.total_cmp(&b.0));
+            for i in 0..6 {
+                let e = by_t.iter().filter(|c| c.0.round() as usize == i).fold(0f64, |m, c| m.max(c.1));
+                let cnt = by_t.iter().filter(|c| c.0.round() as usize == i).count();
+                println!("  |I| = {i}: {cnt} slots, EvalMod error max 2^{:.1}", e.log2());
+            }
+            for chunk in by_t.chunks(n / 8) {
+                let max = chunk.iter().fold(0f64, |m, c| m.max(c.1));
+                println!(
+                    "  |t| {:.1}..{:.1}: EvalMod error max 2^{:.1}",
+                    chunk[0].0,
+                    chunk[chunk.len() - 1].0,
+                    max.log2()
+                );
+            }
+        }
+        let m_over_q0: Vec<f64> = t.iter().map(|v| v - v.round()).collect();
+        report("EvalMod-m", &y, &|j| 2.0 * PI * m_over_q0[rev(j)]);
+        let im = eval.multiply_by_i(&eval.sub(&x, &conj).unwrap(), true);
+        let yi = eval.eval_mod(&im, &plan, &rlk).unwrap();
+        let mut yy = y.clone();
+        eval.add_assign(&mut yy, &eval.multiply_by_i(&yi, false)).unwrap();
+        let mut out = yy.clone();
+        for m in &plan.stc {
+            out = eval.linear_transform(&out, m, &gk).unwrap();
+        }
+        out.scale = ctx.params().default_scale();
+        report("final", &out, &|j| xs[j].re);
+        // StC alone: from a fresh encryption of the exact sines at EvalMod's level and scale.
+        let exact: Vec<Complex64> =
+            (0..n).map(|j| Complex64::new((2.0 * PI * t[rev(j)]).sin(), (2.0 * PI * t[rev(j) + n]).sin())).collect();
+        let mut e = Encryptor::with_public_key(&ctx, &pk)
+            .unwrap()
+            .encrypt(&encoder.encode(&exact, yy.level, yy.scale).unwrap())
+            .unwrap();
+        for m in &plan.stc {
+            e = eval.linear_transform(&e, m, &gk).unwrap();
+        }
+        e.scale = ctx.params().default_scale();
+        report("StC alone", &e, &|j| xs[j].re);
+        // The sine itself: the plaintext pipeline with exact sines.
+        let mut v = exact.clone();
+        for m in special_fft_factors(n, plan.config.stc_levels, false).unwrap() {
+            v = m.apply(&v);
+        }
+        let c = q0 / (2.0 * PI * ctx.params().default_scale() * plan.message_boost as f64);
+        let errs: Vec<f64> = (0..n).map(|j| (v[j].re * c - xs[j].re).abs()).collect();
+        println!("sine (plain): error max 2^{:.1}", errs.iter().fold(0f64, |m, &e| m.max(e)).log2());
+    }
+}
+
+#[cfg(test)]
+mod evalmod_diagnostic {
+    use super::*;
+    use crate::{Decryptor, Encryptor, KeyGenerator};
+
+    /// EvalMod alone on a fresh encryption, error by the integer part `I` of `t` (run by hand:
+    /// `R=3 DEG=511 BABY=32 LOGN=14 cargo test --release -p blindfold-ckks --lib evalmod_alone
+    /// -- --ignored --nocapture`).
+
+    #[test]
+    #[ignore = "diagnostic"]
+    fn evalmod_alone() {
+        let env = |k: &str, d: usize| std::env::var(k).map_or(d, |v| v.parse().unwrap());
+        let preset = BootstrapPreset {
+            log_n: env("LOGN", 12) as u32,
+            secure: false,
+            double_angles: env("R", 7) as u32,
+            degree: env("DEG", 63),
+            baby: env("BABY", 2),
+            ..N65536_BOOT_LEFT8_128BIT
+        };
+        let ctx = Context::new(&preset.parameters().unwrap()).unwrap();
+        let plan = Bootstrapper::new(&ctx, preset.config()).unwrap();
+        let mut kg = KeyGenerator::from_seed(&ctx, [1; 32]);
+        let pk = kg.public_key();
+        let rlk = kg.relinearization_key();
+        let dec = Decryptor::new(kg.secret_key());
+        let encoder = Encoder::new(&ctx);
+        let eval = Evaluator::new(&ctx);
+        let n = encoder.slots();
+        let k = plan.config.k;
+        let t: Vec<f64> =
+            (0..n).map(|j| (j % 41) as f64 - 20.0 + ((j * 37) % 101) as f64 / 101.0 * 2f64.powi(-8)).collect();
+        let x: Vec<Complex64> = t.iter().map(|&v| Complex64::new(v / k, 0.0)).collect();
+        let level = ctx.max_level() - plan.config.cts_levels;
+        let scale = ctx.moduli[level].value() as f64;
+        let ct =
+            Encryptor::with_public_key(&ctx, &pk).unwrap().encrypt(&encoder.encode(&x, level, scale).unwrap()).unwrap();
+        let y = eval.eval_mod(&ct, &plan, &rlk).unwrap();
+        let got = encoder.decode(&dec.decrypt(&y).unwrap()).unwrap();
+        let c = eval.evaluate_chebyshev(&ct, &plan.cosine, plan.cosine_scale, plan.config.baby, &rlk).unwrap();
+        let gc = encoder.decode(&dec.decrypt(&c).unwrap()).unwrap();
+        for i in [-20i64, -1, 0, 1, 19] {
+            let e = (0..n)
+                .filter(|&j| t[j].round() as i64 == i)
+                .map(|j| (gc[j].re - plan.cosine.evaluate(t[j] / k)).abs())
+                .fold(0f64, f64::max);
+            println!("I = {i:>3}: cosine polynomial alone, homomorphic error max 2^{:.1}", e.log2());
+        }
+        for i in [-20i64, -5, -1, 0, 1, 2, 5, 19] {
+            let e = (0..n)
+                .filter(|&j| t[j].round() as i64 == i)
+                .map(|j| (got[j].re - (2.0 * PI * t[j]).sin()).abs())
+                .fold(0f64, f64::max);
+            let p = (0..n)
+                .filter(|&j| t[j].round() as i64 == i)
+                .map(|j| {
+                    let mut v = plan.cosine.evaluate(t[j] / k);
+                    for _ in 0..plan.config.double_angles {
+                        v = 2.0 * v * v - 1.0;
+                    }
+                    (v - (2.0 * PI * t[j]).sin()).abs()
+                })
+                .fold(0f64, f64::max);
+            println!(
+                "I = {i:>3}: homomorphic error max 2^{:.1}, plaintext polynomial error max 2^{:.1}",
+                e.log2(),
+                p.log2()
+            );
+        }
     }
 }

@@ -14,6 +14,13 @@ fn scales_match(a: f64, b: f64) -> bool {
     (a - b).abs() <= a.abs().max(b.abs()) * 9.1e-13
 }
 
+/// A polynomial's coefficients prepared for the basis extension of each key-switching digit,
+/// with the multiples of `D_j` that center each digit (see [`Evaluator::prepared_coefficients`]).
+struct Prepared {
+    data: Scratch,
+    centering: Vec<Vec<u8>>,
+}
+
 /// A ciphertext's `c_1`, decomposed into key-switching digits once and reused for many
 /// Galois elements (Halevi–Shoup hoisting, CRYPTO 2018, §5).
 pub struct Decomposed {
@@ -639,7 +646,7 @@ impl Evaluator {
     /// `q_pos` belongs to the digit, otherwise the basis extension of the digit's residues
     /// (given prepared, see [`Evaluator::prepared_coefficients`], in `coeff`) to that prime,
     /// transformed.
-    fn digit_residue(&self, coeff: &[u64], c: &[u64], level: usize, j: usize, pos: usize, out: &mut [u64]) {
+    fn digit_residue(&self, coeff: &Prepared, c: &[u64], level: usize, j: usize, pos: usize, out: &mut [u64]) {
         let ctx = &self.ctx;
         let n = ctx.n();
         let alpha_d = ctx.params().alpha();
@@ -650,29 +657,43 @@ impl Evaluator {
         }
         // The converter's targets are the positions 0..lo, then hi..ext.
         let t = if pos < lo { pos } else { pos - (hi - lo) };
-        ctx.decompose[level][j].0.convert_prepared(&coeff[lo * n..hi * n], t..t + 1, out);
+        ctx.decompose[level][j].0.convert_prepared_centered(
+            &coeff.data[lo * n..hi * n],
+            &coeff.centering[j],
+            t..t + 1,
+            out,
+        );
         ctx.extended_ntt(level, pos).forward(out);
     }
 
     /// The coefficient form of `c` (level `l`) prepared for basis extension of every digit
-    /// (see [`blindfold_math::BasisConverter::prepare`]): done once per key switch, shared by
-    /// all target primes.
-    fn prepared_coefficients(&self, c: &[u64], level: usize) -> Scratch {
+    /// (see [`blindfold_math::BasisConverter::prepare`]), with each digit's centering: done
+    /// once per key switch, shared by all target primes. The digits are extended exactly on
+    /// their centered representatives (`|d_j| ≤ D_j/2`): the fast conversion alone would add up
+    /// to `α - 1` multiples of `D_j`, multiplying the key-switching noise `Σ_j d_j·e_j/P` by
+    /// up to `α` with a heavy tail in the slots.
+    fn prepared_coefficients(&self, c: &[u64], level: usize) -> Prepared {
         let ctx = &self.ctx;
         let n = ctx.n();
         let mut coeff = Scratch::copy_of(&c[..(level + 1) * n]);
         ctx.backward(&mut coeff);
         let alpha_d = ctx.params().alpha();
+        let digits = ctx.decompose[level].len();
         if alpha_d == 1 {
-            return coeff; // one-prime digits convert from the coefficients directly
+            // One-prime digits convert from the coefficients directly, centered.
+            return Prepared { data: coeff, centering: vec![Vec::new(); digits] };
         }
         let mut prepared = Scratch::overwritten(coeff.len());
-        prepared.par_chunks_mut(alpha_d * n).zip(&ctx.decompose[level]).enumerate().for_each(
-            |(j, (out, (conv, _)))| {
+        let centering = prepared
+            .par_chunks_mut(alpha_d * n)
+            .zip(&ctx.decompose[level])
+            .enumerate()
+            .map(|(j, (out, (conv, _)))| {
                 conv.prepare(&coeff[j * alpha_d * n..j * alpha_d * n + out.len()], out);
-            },
-        );
-        prepared
+                conv.centering(out)
+            })
+            .collect();
+        Prepared { data: prepared, centering }
     }
 
     /// Splits `c` (NTT, level `l`) into digits over `Q_l ∪ P` (NTT form).
@@ -754,7 +775,7 @@ impl Evaluator {
     /// otherwise basis-extended into `residues` and transformed).
     fn digit_products(
         &self,
-        coeff: &[u64],
+        coeff: &Prepared,
         c: &[u64],
         level: usize,
         key: &KeySwitchingKey,
