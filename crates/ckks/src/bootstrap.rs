@@ -522,152 +522,14 @@ mod tests {
     use super::*;
     use crate::{Decryptor, Encryptor, KeyGenerator};
 
-    /// Where precision goes, stage by stage (run by hand: `LOGN=14 cargo test --release -p
-    /// blindfold-ckks --lib stages -- --ignored --nocapture`; R, DEG, BABY set EvalMod).
+    /// Where precision goes, stage by stage, at insecure ring sizes with the 2^16 preset's chain
+    /// (run by hand: `LOGN=14 cargo test --release -p blindfold-ckks --lib stages -- --ignored
+    /// --nocapture`; `R`, `DEG`, `BABY` change EvalMod). Errors are in the units of each stage's
+    /// values: `x = t/K` after CoeffsToSlots, `sin(2πt)` after EvalMod (also by `|I|`), slots
+    /// at the end; "SlotsToCoeffs alone" starts from a fresh encryption of the exact sines.
     #[test]
     #[ignore = "diagnostic"]
     fn stages() {
-        let log_n: u32 = std::env::var("LOGN").map_or(12, |v| v.parse().unwrap());
-        let env = |k: &str, d: usize| std::env::var(k).map_or(d, |v| v.parse().unwrap());
-        let preset = BootstrapPreset {
-            log_n,
-            secure: false,
-            double_angles: env("R", 7) as u32,
-            degree: env("DEG", 63),
-            baby: env("BABY", 2),
-            ..N65536_BOOT_LEFT8_128BIT
-        };
-        let ctx = Context::new(&preset.parameters().unwrap()).unwrap();
-        let plan = Bootstrapper::new(&ctx, preset.config()).unwrap();
-        let mut kg = KeyGenerator::from_seed(&ctx, [1; 32]);
-        let pk = kg.public_key();
-        let rlk = kg.relinearization_key();
-        let gk = kg.galois_keys(&plan.key_requests()).unwrap();
-        let dec = Decryptor::new(kg.secret_key());
-        let encoder = Encoder::new(&ctx);
-        let eval = Evaluator::new(&ctx);
-        let n = encoder.slots();
-        let xs: Vec<Complex64> =
-            (0..n).map(|j| Complex64::new(((j * 7919) % 1000) as f64 / 500.0 - 1.0, 0.0)).collect();
-        let pt = encoder.encode(&xs, ctx.max_level(), ctx.params().default_scale()).unwrap();
-        let ct = eval.drop_to_level(&Encryptor::with_public_key(&ctx, &pk).unwrap().encrypt(&pt).unwrap(), 0).unwrap();
-        let ct = eval.multiply_integer(&ct, plan.message_boost as i64).unwrap();
-        let mut x = eval.mod_raise(&ct, ctx.max_level());
-        x.scale = ctx.moduli[0].value() as f64;
-        // Exact t = (m + q0 I)/q0 per coefficient.
-        let mut raw = dec.decrypt(&x).unwrap();
-        ctx.backward(&mut raw.data);
-        let nn = ctx.n();
-        let q0 = ctx.moduli[0].value() as f64;
-        let t: Vec<f64> = (0..nn)
-            .map(|c| {
-                let res: Vec<u64> = (0..=x.level).map(|i| raw.data[i * nn + c]).collect();
-                ctx.crt_to_f64(&res) / q0
-            })
-            .collect();
-        let tmax = t.iter().fold(0f64, |m, v| m.max(v.abs()));
-        println!("N = 2^{log_n}: |t| max {tmax:.1}, K = {}", plan.config.k);
-        for m in &plan.cts {
-            x = eval.linear_transform(&x, m, &gk).unwrap();
-        }
-        let conj = eval.conjugate(&x, &gk).unwrap();
-        let re = eval.add(&x, &conj).unwrap();
-        let k = plan.config.k;
-        let rev = |j: usize| j.reverse_bits() >> (usize::BITS - n.trailing_zeros());
-        let report = |name: &str, c: &Ciphertext, want: &dyn Fn(usize) -> f64| {
-            let got = encoder.decode(&dec.decrypt(c).unwrap()).unwrap();
-            let errs: Vec<f64> = (0..n).map(|j| (got[j].re - want(j)).abs()).collect();
-            let max = errs.iter().fold(0f64, |m, &e| m.max(e));
-            let mean = errs.iter().sum::<f64>() / n as f64;
-            let im = got.iter().fold(0f64, |m, g| m.max(g.im.abs()));
-            let mut idx: Vec<usize> = (0..n).collect();
-            idx.sort_by(|&a, &b| errs[b].total_cmp(&errs[a]));
-            println!(
-                "worst slots: {:?}",
-                idx[..8]
-                    .iter()
-                    .map(|&j| (j, rev(j), (errs[j].log2() * 10.0).round() / 10.0, (want(j) * 10.0).round() / 10.0))
-                    .collect::<Vec<_>>()
-            );
-            println!(
-                "{name:>10}: level {} scale 2^{:.2}: error max 2^{:.1}, mean 2^{:.1}, |imag| max 2^{:.1}",
-                c.level,
-                c.scale.log2(),
-                max.log2(),
-                mean.log2(),
-                im.log2()
-            );
-        };
-        report("CtS (re)", &re, &|j| t[rev(j)] / k);
-        let y = eval.eval_mod(&re, &plan, &rlk).unwrap();
-        report("EvalMod", &y, &|j| (2.0 * PI * t[rev(j)]).sin());
-        {
-            let got = encoder.decode(&dec.decrypt(&y).unwrap()).unwrap();
-            let mut by_t: Vec<(f64, f64)> =
-                (0..n).map(|j| (t[rev(j)].abs(), (got[j].re - (2.0 * PI * t[rev(j)]).sin()).abs())).collect();
-            by_t.sort_by(|a, b| a.0.total_cmp(&b.0));
-            for i in 0..6 {
-                let e = by_t.iter().filter(|c| c.0.round() as usize == i).fold(0f64, |m, c| m.max(c.1));
-                let cnt = by_t.iter().filter(|c| c.0.round() as usize == i).count();
-                println!("  |I| = {i}: {cnt} slots, EvalMod error max 2^{:.1}", e.log2());
-            }
-            for chunk in by_t.chunks(n / 8) {
-                let max = chunk.iter().fold(0f64, |m, c| m.max(c.1));
-                println!(
-                    "  |t| {:.1}..{:.1}: EvalMod error max 2^{:.1}",
-                    chunk[0].0,
-                    chunk[chunk.len() - 1].0,
-                    max.log2()
-                );
-            }
-        }
-        let m_over_q0: Vec<f64> = t.iter().map(|v| v - v.round()).collect();
-        report("EvalMod-m", &y, &|j| 2.0 * PI * m_over_q0[rev(j)]);
-        let im = eval.multiply_by_i(&eval.sub(&x, &conj).unwrap(), true);
-        let yi = eval.eval_mod(&im, &plan, &rlk).unwrap();
-        let mut yy = y.clone();
-        eval.add_assign(&mut yy, &eval.multiply_by_i(&yi, false)).unwrap();
-        let mut out = yy.clone();
-        for m in &plan.stc {
-            out = eval.linear_transform(&out, m, &gk).unwrap();
-        }
-        out.scale = ctx.params().default_scale();
-        report("final", &out, &|j| xs[j].re);
-        // StC alone: from a fresh encryption of the exact sines at EvalMod's level and scale.
-        let exact: Vec<Complex64> =
-            (0..n).map(|j| Complex64::new((2.0 * PI * t[rev(j)]).sin(), (2.0 * PI * t[rev(j) + n]).sin())).collect();
-        let mut e = Encryptor::with_public_key(&ctx, &pk)
-            .unwrap()
-            .encrypt(&encoder.encode(&exact, yy.level, yy.scale).unwrap())
-            .unwrap();
-        for m in &plan.stc {
-            e = eval.linear_transform(&e, m, &gk).unwrap();
-        }
-        e.scale = ctx.params().default_scale();
-        report("StC alone", &e, &|j| xs[j].re);
-        // The sine itself: the plaintext pipeline with exact sines.
-        let mut v = exact.clone();
-        for m in special_fft_factors(n, plan.config.stc_levels, false).unwrap() {
-            v = m.apply(&v);
-        }
-        let c = q0 / (2.0 * PI * ctx.params().default_scale() * plan.message_boost as f64);
-        let errs: Vec<f64> = (0..n).map(|j| (v[j].re * c - xs[j].re).abs()).collect();
-        println!("sine (plain): error max 2^{:.1}", errs.iter().fold(0f64, |m, &e| m.max(e)).log2());
-    }
-}
-
-#[cfg(test)]
-mod evalmod_diagnostic {
-    use super::*;
-    use crate::{Decryptor, Encryptor, KeyGenerator};
-
-    /// EvalMod alone on a fresh encryption, error by the integer part `I` of `t` (run by hand:
-    /// `R=3 DEG=511 BABY=32 LOGN=14 cargo test --release -p blindfold-ckks --lib evalmod_alone
-    /// -- --ignored --nocapture`).
-
-    #[test]
-    #[ignore = "diagnostic"]
-    fn evalmod_alone() {
         let env = |k: &str, d: usize| std::env::var(k).map_or(d, |v| v.parse().unwrap());
         let preset = BootstrapPreset {
             log_n: env("LOGN", 12) as u32,
@@ -682,49 +544,63 @@ mod evalmod_diagnostic {
         let mut kg = KeyGenerator::from_seed(&ctx, [1; 32]);
         let pk = kg.public_key();
         let rlk = kg.relinearization_key();
+        let gk = kg.galois_keys(&plan.key_requests()).unwrap();
         let dec = Decryptor::new(kg.secret_key());
-        let encoder = Encoder::new(&ctx);
-        let eval = Evaluator::new(&ctx);
+        let (encoder, eval) = (Encoder::new(&ctx), Evaluator::new(&ctx));
+        let mut encryptor = Encryptor::with_public_key(&ctx, &pk).unwrap();
         let n = encoder.slots();
-        let k = plan.config.k;
-        let t: Vec<f64> =
-            (0..n).map(|j| (j % 41) as f64 - 20.0 + ((j * 37) % 101) as f64 / 101.0 * 2f64.powi(-8)).collect();
-        let x: Vec<Complex64> = t.iter().map(|&v| Complex64::new(v / k, 0.0)).collect();
-        let level = ctx.max_level() - plan.config.cts_levels;
-        let scale = ctx.moduli[level].value() as f64;
-        let ct =
-            Encryptor::with_public_key(&ctx, &pk).unwrap().encrypt(&encoder.encode(&x, level, scale).unwrap()).unwrap();
-        let y = eval.eval_mod(&ct, &plan, &rlk).unwrap();
-        let got = encoder.decode(&dec.decrypt(&y).unwrap()).unwrap();
-        let c = eval.evaluate_chebyshev(&ct, &plan.cosine, plan.cosine_scale, plan.config.baby, &rlk).unwrap();
-        let gc = encoder.decode(&dec.decrypt(&c).unwrap()).unwrap();
-        for i in [-20i64, -1, 0, 1, 19] {
-            let e = (0..n)
-                .filter(|&j| t[j].round() as i64 == i)
-                .map(|j| (gc[j].re - plan.cosine.evaluate(t[j] / k)).abs())
-                .fold(0f64, f64::max);
-            println!("I = {i:>3}: cosine polynomial alone, homomorphic error max 2^{:.1}", e.log2());
+        let delta = ctx.params().default_scale();
+        let xs: Vec<Complex64> =
+            (0..n).map(|j| Complex64::new(((j * 7919) % 1000) as f64 / 500.0 - 1.0, 0.0)).collect();
+        let ct = eval.drop_to_level(&encryptor.encrypt(&encoder.encode(&xs, 0, delta).unwrap()).unwrap(), 0).unwrap();
+        let mut x = eval.mod_raise(&eval.multiply_integer(&ct, plan.message_boost as i64).unwrap(), ctx.max_level());
+        let q0 = ctx.moduli[0].value() as f64;
+        x.scale = q0;
+        // The exact t = (m + q_0·I)/q_0 of every coefficient.
+        let mut raw = dec.decrypt(&x).unwrap();
+        ctx.backward(&mut raw.data);
+        let t: Vec<f64> = (0..ctx.n())
+            .map(|c| {
+                let res: Vec<u64> = (0..=x.level).map(|i| raw.data[i * ctx.n() + c]).collect();
+                ctx.crt_to_f64(&res) / q0
+            })
+            .collect();
+        let rev = |j: usize| j.reverse_bits() >> (usize::BITS - n.trailing_zeros());
+        let errors = |c: &Ciphertext, want: &dyn Fn(usize) -> f64| -> Vec<f64> {
+            let got = encoder.decode(&dec.decrypt(c).unwrap()).unwrap();
+            (0..n).map(|j| (got[j].re - want(j)).abs()).collect()
+        };
+        let report = |name: &str, e: &[f64]| {
+            let max = e.iter().fold(0f64, |m, &v| m.max(v));
+            let mean = e.iter().sum::<f64>() / e.len() as f64;
+            println!("{name:>20}: error max 2^{:.1}, mean 2^{:.1}", max.log2(), mean.log2());
+        };
+        for m in &plan.cts {
+            x = eval.linear_transform(&x, m, &gk).unwrap();
         }
-        for i in [-20i64, -5, -1, 0, 1, 2, 5, 19] {
-            let e = (0..n)
-                .filter(|&j| t[j].round() as i64 == i)
-                .map(|j| (got[j].re - (2.0 * PI * t[j]).sin()).abs())
-                .fold(0f64, f64::max);
-            let p = (0..n)
-                .filter(|&j| t[j].round() as i64 == i)
-                .map(|j| {
-                    let mut v = plan.cosine.evaluate(t[j] / k);
-                    for _ in 0..plan.config.double_angles {
-                        v = 2.0 * v * v - 1.0;
-                    }
-                    (v - (2.0 * PI * t[j]).sin()).abs()
-                })
-                .fold(0f64, f64::max);
-            println!(
-                "I = {i:>3}: homomorphic error max 2^{:.1}, plaintext polynomial error max 2^{:.1}",
-                e.log2(),
-                p.log2()
-            );
+        let conj = eval.conjugate(&x, &gk).unwrap();
+        let re = eval.add(&x, &conj).unwrap();
+        report("CoeffsToSlots", &errors(&re, &|j| t[rev(j)] / plan.config.k));
+        let y = eval.eval_mod(&re, &plan, &rlk).unwrap();
+        let e = errors(&y, &|j| (2.0 * PI * t[rev(j)]).sin());
+        report("EvalMod", &e);
+        for i in 0..4 {
+            let by_i: Vec<f64> = (0..n).filter(|&j| t[rev(j)].round().abs() as usize == i).map(|j| e[j]).collect();
+            report(&format!("EvalMod at |I| = {i}"), &by_i);
         }
+        let im = eval.eval_mod(&eval.multiply_by_i(&eval.sub(&x, &conj).unwrap(), true), &plan, &rlk).unwrap();
+        let mut out = y.clone();
+        eval.add_assign(&mut out, &eval.multiply_by_i(&im, false)).unwrap();
+        let exact: Vec<Complex64> =
+            (0..n).map(|j| Complex64::new((2.0 * PI * t[rev(j)]).sin(), (2.0 * PI * t[rev(j) + n]).sin())).collect();
+        let mut alone = encryptor.encrypt(&encoder.encode(&exact, out.level, out.scale).unwrap()).unwrap();
+        for m in &plan.stc {
+            out = eval.linear_transform(&out, m, &gk).unwrap();
+            alone = eval.linear_transform(&alone, m, &gk).unwrap();
+        }
+        out.scale = delta;
+        alone.scale = delta;
+        report("SlotsToCoeffs alone", &errors(&alone, &|j| xs[j].re));
+        report("bootstrap", &errors(&out, &|j| xs[j].re));
     }
 }

@@ -190,6 +190,18 @@ impl Encoder {
         Ok(Plaintext { data, level, scale })
     }
 
+    /// The plaintext at `level` with the integer coefficients `coeffs` (as made by
+    /// [`Encoder::embed`]) and scale `scale`: each residue reduced and transformed.
+    pub(crate) fn plaintext_from_coefficients(&self, coeffs: &[i64], level: usize, scale: f64) -> Plaintext {
+        let n = self.ctx.n();
+        let mut data = vec![0u64; (level + 1) * n];
+        data.par_chunks_exact_mut(n).enumerate().for_each(|(i, res)| {
+            blindfold_math::sampler::small_to_residues(coeffs, &self.ctx.moduli[i], res);
+            self.ctx.ntt[i].forward(res);
+        });
+        Plaintext { data, level, scale }
+    }
+
     /// Encodes real slot values (imaginary parts zero); see [`Encoder::encode`].
     ///
     /// # Errors

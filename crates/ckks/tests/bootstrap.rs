@@ -100,6 +100,11 @@ fn homomorphic_linear_transform_matches_its_plaintext_twin() {
     let want = m.apply(&x);
     let (mean, min) = precision(&got, &want);
     assert!(min > 20.0, "linear transform precision {mean:.1} mean, {min:.1} worst bits");
+    // Diagonals too large for one word per coefficient are kept as plaintexts: same map.
+    let big = m.encode(&s.encoder, level, 2f64.powi(70)).unwrap();
+    let out = s.eval.linear_transform(&ct, &big, &gk).unwrap();
+    let (mean, min) = precision(&s.decrypt(&out), &want);
+    assert!(min > 20.0, "linear transform with wide diagonals: {mean:.1} mean, {min:.1} worst bits");
     // A missing key is a typed error, not a wrong answer.
     let partial = s.keygen.galois_keys(&m.key_requests(&s.ctx, Level(level))[1..]).unwrap();
     assert!(matches!(s.eval.linear_transform(&ct, &encoded, &partial), Err(Error::MissingGaloisKey { .. })));
@@ -279,4 +284,46 @@ fn the_declared_keys_are_exactly_the_keys_used() {
         let keys = BootstrapKeys { relinearization: &s.rlk, galois: &gk };
         assert!(matches!(s.eval.bootstrap(&low, &plan, &keys), Err(Error::KeyLevel { .. })), "{g} at level {top}");
     }
+}
+
+/// A deep circuit beyond any chain: `u ← 1.8·u·(1 − u²)` (two levels a step; every slot is
+/// drawn to ±2/3, where the map contracts, and the slots' mean stays near zero), iterated until
+/// 100 levels have been consumed, with a bootstrap whenever fewer than two levels are left; the
+/// decryption matches the plaintext twin at every step.
+#[test]
+fn insecure_deep_circuit_with_bootstraps_matches_its_twin_at_every_step() {
+    let config = small_config();
+    let left = 4;
+    let mut s = setup(boot_params(10, left, &config), 17);
+    let plan = Bootstrapper::new(&s.ctx, config).unwrap();
+    let gk = s.keygen.galois_keys(&plan.key_requests()).unwrap();
+    let n = s.encoder.slots();
+    let delta = s.params.default_scale();
+    let mut twin: Vec<f64> =
+        (0..n).map(|j| if j % 2 == 0 { 1.0 } else { -1.0 } * (0.3 + 0.6 * j as f64 / n as f64)).collect();
+    let mut u = s.encryptor.encrypt(&s.encoder.encode_real(&twin, left, delta).unwrap()).unwrap();
+    let keys = BootstrapKeys { relinearization: &s.rlk, galois: &gk };
+    let (mut consumed, mut bootstraps, mut worst) = (0, 0, f64::INFINITY);
+    while consumed < 100 {
+        if u.level() < 2 {
+            u = s.eval.bootstrap(&u, &plan, &keys).unwrap();
+            bootstraps += 1;
+        }
+        let (q, q_next) = (s.params.q()[u.level()] as f64, s.params.q()[u.level() - 1] as f64);
+        // v = 1 - u²; z = 1.8·u at the scale that puts z·v at Δ after its rescale; u ← z·v.
+        let mut v = s.eval.negate(&s.eval.rescale(&s.eval.multiply_relin(&u, &u, &s.rlk).unwrap()).unwrap()).unwrap();
+        s.eval.add_const_assign(&mut v, 1.0).unwrap();
+        let z_scale = delta * q_next / v.scale();
+        let mut z = s.eval.multiply_const(&u, 1.8, q * z_scale / u.scale()).unwrap();
+        s.eval.rescale_assign(&mut z).unwrap();
+        u = s.eval.rescale(&s.eval.multiply_relin(&z, &v, &s.rlk).unwrap()).unwrap();
+        consumed += 2;
+        twin.iter_mut().for_each(|x| *x = 1.8 * *x * (1.0 - *x * *x));
+        let want: Vec<Complex64> = twin.iter().map(|&x| Complex64::new(x, 0.0)).collect();
+        let (_, min) = precision(&s.decrypt(&u), &want);
+        worst = worst.min(min);
+        assert!(min > 17.0, "after {consumed} levels ({bootstraps} bootstraps): {min:.1} bits");
+    }
+    println!("100 levels, {bootstraps} bootstraps, worst step {worst:.1} bits");
+    assert!(bootstraps >= 100 / left - 1);
 }
