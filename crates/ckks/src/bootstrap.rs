@@ -159,7 +159,7 @@ impl BootstrapConfig {
 
     /// Levels EvalMod consumes: the cosine's depth plus one per double angle.
     pub fn evalmod_depth(&self) -> usize {
-        self.cosine().depth(self.baby) + self.double_angles as usize
+        self.cosine().depth() + self.double_angles as usize
     }
 
     /// Levels one bootstrap consumes from the top of the chain.
@@ -242,8 +242,9 @@ impl BootstrapPreset {
 
 /// N = 2^16, 128-bit (log2 QP ≤ 1747, uniform ternary secret, no sparse secret): 8 levels of
 /// 45 bits left after a bootstrap, scale 2^45. Chain: `q_0` 60 bits; 8 + 3 (SlotsToCoeffs) primes
-/// of 45 bits; 13 EvalMod primes of 60 bits (cosine of degree 63 on `[-K, K]`, `K` = 516, in 6
-/// levels, then 7 double angles); 3 CoeffsToSlots primes of 58 bits; 4 special primes of 59 bits.
+/// of 45 bits; 13 EvalMod primes of 59 bits (cosine of degree 63 on `[-K, K]`, `K` = 516, in 6
+/// levels, then 7 double angles); 3 CoeffsToSlots primes of 58 bits; 4 special primes of 60 bits
+/// (no key-switching digit above `P`).
 pub const N65536_BOOT_LEFT8_128BIT: BootstrapPreset = BootstrapPreset {
     name: "N65536_BOOT_LEFT8_128BIT",
     log_n: 16,
@@ -256,7 +257,7 @@ pub const N65536_BOOT_LEFT8_128BIT: BootstrapPreset = BootstrapPreset {
     stc_levels: 3,
     double_angles: 7,
     degree: 63,
-    baby: 2,
+    baby: 8,
     log_message_ratio: 6,
     secure: true,
 };
@@ -266,7 +267,7 @@ pub const N65536_BOOT_LEFT8_128BIT: BootstrapPreset = BootstrapPreset {
 pub const N4096_BOOT_LEFT2_INSECURE: BootstrapPreset = BootstrapPreset {
     name: "N4096_BOOT_LEFT2_INSECURE",
     log_n: 12,
-    log_q: &[60, 45, 45, 45, 45, 60, 60, 60, 60, 60, 60, 60, 60, 60, 60, 60, 60, 58, 58],
+    log_q: &[60, 45, 45, 45, 45, 60, 60, 60, 60, 60, 60, 60, 60, 60, 60, 60, 58, 58],
     log_p: &[60, 60, 60],
     log_default_scale: 45,
     cts_levels: 2,
@@ -338,7 +339,7 @@ impl Bootstrapper {
             .collect::<Result<Vec<_>>>()?;
         requests.push(GaloisKeyRequest { element: ctx.galois_element_for_conjugation(), level: Level(evalmod_top) });
         let cosine = config.cosine();
-        let cosine_level = evalmod_top - cosine.depth(config.baby);
+        let cosine_level = evalmod_top - cosine.depth();
         let cosine_scale = q(cosine_level);
         let mut scale = cosine_scale;
         for l in (cosine_level - config.double_angles as usize + 1..=cosine_level).rev() {

@@ -68,11 +68,10 @@ impl ChebyshevPolynomial {
         x * b1 - b2 + self.coeffs[0]
     }
 
-    /// Levels [`Evaluator::evaluate_chebyshev`] consumes with baby steps below `baby`
-    /// (a power of two ≥ 2): `ceil(log2(degree + 1))`, plus one when `baby > 2` and the division
-    /// chain ends in a full baby-step polynomial.
-    pub fn depth(&self, baby: usize) -> usize {
-        depth(&self.coeffs, baby.max(2))
+    /// Levels [`Evaluator::evaluate_chebyshev`] consumes: `ceil(log2(degree + 1))` (at least
+    /// one), whatever the baby steps (they change the number of products only).
+    pub fn depth(&self) -> usize {
+        depth(&self.coeffs, 2)
     }
 }
 
@@ -188,9 +187,15 @@ impl Powers<'_> {
         Ok(acc)
     }
 
+    /// `p` at `level` with scale exactly `scale`. A polynomial of degree below `baby` is one
+    /// leaf (`Σ c_i T_i`, one rescale) when its powers lie above `level`; otherwise (on the
+    /// division chain that sets the depth) it is divided further, down to degree-1 leaves,
+    /// which keeps the depth at `ceil(log2(deg + 1))` for any `baby`.
     fn eval(&mut self, c: &[f64], level: usize, scale: f64, baby: usize) -> Result<Ciphertext> {
         let d = degree_of(c);
-        if d < baby {
+        let top = self.t[&1].level;
+        let fits = (1..=d).filter(|&i| c[i] != 0.0).all(|i| top - power_depth(i) > level);
+        if d <= 1 || (d < baby && fits) {
             return self.leaf(&c[..=d], level, scale);
         }
         let m = 1usize << (usize::BITS - 1 - d.leading_zeros());
@@ -215,10 +220,10 @@ impl Powers<'_> {
 
 impl Evaluator {
     /// `p(x)` slot-wise for `x` with slots in `[-1, 1]` (real parts; the imaginary parts must be
-    /// zero), baby steps `T_1 … T_{baby-1}` (`baby` a power of two ≥ 2; small `baby` saves a
-    /// level, large `baby` saves products: about `baby + deg/baby` ciphertext products).
+    /// zero), baby steps `T_1 … T_{baby-1}` (`baby` a power of two ≥ 2: about `baby + deg/baby`
+    /// ciphertext products instead of `deg/2` with `baby = 2`; the depth does not change).
     ///
-    /// The result has scale exactly `scale` and level `x.level - p.depth(baby)`.
+    /// The result has scale exactly `scale` and level `x.level - p.depth()`.
     ///
     /// # Errors
     /// [`Error::LevelTooLow`] if `x` has fewer levels than the depth; [`Error::InvalidArgument`]
@@ -241,7 +246,7 @@ impl Evaluator {
         if x.size() != 2 {
             return Err(Error::CiphertextSize { op: "evaluate_chebyshev", expected: 2, actual: x.size() });
         }
-        let need = p.depth(baby);
+        let need = p.depth();
         if x.level < need {
             return Err(Error::LevelTooLow { op: "evaluate_chebyshev", needed: need, level: x.level });
         }

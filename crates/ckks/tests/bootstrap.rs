@@ -127,7 +127,7 @@ fn chebyshev_evaluation_matches_the_polynomial_at_its_depth() {
         let p = ChebyshevPolynomial::interpolate(f, degree);
         let xs: Vec<f64> = (0..n).map(|j| -1.0 + 2.0 * j as f64 / (n - 1) as f64).collect();
         let ct = s.encryptor.encrypt(&s.encoder.encode_real(&xs, s.ctx.max_level(), 2f64.powi(50)).unwrap()).unwrap();
-        let depth = p.depth(baby);
+        let depth = p.depth();
         let out = s.eval.evaluate_chebyshev(&ct, &p, 2f64.powi(50), baby, &s.rlk).unwrap();
         assert_eq!(out.level(), s.ctx.max_level() - depth, "degree {degree} baby {baby}");
         assert_eq!(out.scale(), 2f64.powi(50));
@@ -141,8 +141,8 @@ fn chebyshev_evaluation_matches_the_polynomial_at_its_depth() {
         }
     }
     // Depths: ceil(log2(d + 1)) with baby steps of 2.
-    assert_eq!(ChebyshevPolynomial::interpolate(f, 63).depth(2), 6);
-    assert_eq!(ChebyshevPolynomial::interpolate(f, 31).depth(2), 5);
+    assert_eq!(ChebyshevPolynomial::interpolate(f, 63).depth(), 6);
+    assert_eq!(ChebyshevPolynomial::interpolate(f, 31).depth(), 5);
     let p = ChebyshevPolynomial::interpolate(f, 63);
     let ct = s.encrypt(&values(4, 1));
     let low = s.eval.drop_to_level(&ct, 2).unwrap();
