@@ -321,32 +321,6 @@ impl Bootstrapper {
         let encoder = Encoder::new(ctx);
         let q = |l: usize| ctx.moduli[l].value() as f64;
         let q0 = q(0);
-        let mut requests = Vec::new();
-        // CoeffsToSlots: slots z' = U·t (scale q_0 after ModRaise) → t[rev]/(2K) at the scale of
-        // the first EvalMod prime (so the powers of the cosine keep their scale).
-        let evalmod_top = top - config.cts_levels;
-        let cts_factor = (1.0 / (n as f64 * 2.0 * config.k)).powf(1.0 / config.cts_levels as f64);
-        let cts = special_fft_factors(n, config.cts_levels, true)?
-            .into_iter()
-            .enumerate()
-            .map(|(j, m)| {
-                let level = top - j;
-                requests.extend(m.key_requests(ctx, Level(level)));
-                let last = j + 1 == config.cts_levels;
-                let scale = if last { q(level) * q(evalmod_top) / q0 } else { q(level) };
-                m.scaled(cts_factor).encode(&encoder, level, scale)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        requests.push(GaloisKeyRequest { element: ctx.galois_element_for_conjugation(), level: Level(evalmod_top) });
-        let cosine = config.cosine();
-        let cosine_level = evalmod_top - cosine.depth();
-        let cosine_scale = q(cosine_level);
-        let mut scale = cosine_scale;
-        for l in (cosine_level - config.double_angles as usize + 1..=cosine_level).rev() {
-            scale = scale * scale / q(l);
-        }
-        let stc_top = cosine_level - config.double_angles as usize;
-        // SlotsToCoeffs: sin(2πt) ≈ 2π·R·m/q_0 (scale `scale`) → U·m/Δ (scale Δ).
         let delta = ctx.params().default_scale();
         let message_boost = (q0 / delta).log2().floor() as i32 - config.log_message_ratio as i32;
         if message_boost < 0 || config.log_message_ratio < 5 {
@@ -358,17 +332,45 @@ impl Bootstrapper {
             )));
         }
         let message_boost = 1u64 << message_boost;
+        let mut requests = Vec::new();
+        // The factors of one DFT direction, factor `j` at level `first - j` with its diagonals
+        // times `factor` and encoded at `scale(j, level)`; their keys go into `requests`.
+        let mut encode_dft =
+            |inverse: bool, levels: usize, first: usize, factor: f64, scale: &dyn Fn(usize, usize) -> f64| {
+                special_fft_factors(n, levels, inverse)?
+                    .into_iter()
+                    .enumerate()
+                    .map(|(j, m)| {
+                        let level = first - j;
+                        requests.extend(m.key_requests(ctx, Level(level)));
+                        m.scaled(factor).encode(&encoder, level, scale(j, level))
+                    })
+                    .collect::<Result<Vec<_>>>()
+            };
+        // CoeffsToSlots: slots z' = U·t (scale q_0 after ModRaise) → t[rev]/(2K) at the scale of
+        // the first EvalMod prime (so the powers of the cosine keep their scale).
+        let evalmod_top = top - config.cts_levels;
+        let cts_factor = (1.0 / (n as f64 * 2.0 * config.k)).powf(1.0 / config.cts_levels as f64);
+        let cts = encode_dft(true, config.cts_levels, top, cts_factor, &|j, level| {
+            if j + 1 == config.cts_levels {
+                q(level) * q(evalmod_top) / q0
+            } else {
+                q(level)
+            }
+        })?;
+        let cosine = config.cosine();
+        let cosine_level = evalmod_top - cosine.depth();
+        let cosine_scale = q(cosine_level);
+        let mut scale = cosine_scale;
+        for l in (cosine_level - config.double_angles as usize + 1..=cosine_level).rev() {
+            scale = scale * scale / q(l);
+        }
+        let stc_top = cosine_level - config.double_angles as usize;
+        // SlotsToCoeffs: sin(2πt) ≈ 2π·R·m/q_0 (scale `scale`) → U·m/Δ (scale Δ).
         let stc_factor = (q0 / (2.0 * PI * delta * message_boost as f64)).powf(1.0 / config.stc_levels as f64);
         let stc_ratio = (delta / scale).powf(1.0 / config.stc_levels as f64);
-        let stc = special_fft_factors(n, config.stc_levels, false)?
-            .into_iter()
-            .enumerate()
-            .map(|(j, m)| {
-                let level = stc_top - j;
-                requests.extend(m.key_requests(ctx, Level(level)));
-                m.scaled(stc_factor).encode(&encoder, level, q(level) * stc_ratio)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let stc = encode_dft(false, config.stc_levels, stc_top, stc_factor, &|_, level| q(level) * stc_ratio)?;
+        requests.push(GaloisKeyRequest { element: ctx.galois_element_for_conjugation(), level: Level(evalmod_top) });
         let output_level = stc_top - config.stc_levels;
         Ok(Self { ctx: ctx.clone(), config, cosine, cts, stc, requests, cosine_scale, output_level, message_boost })
     }

@@ -208,55 +208,6 @@ fn bootstrap_presets_are_secure_and_leave_the_levels_they_name() {
 }
 
 #[test]
-#[ignore = "exploration"]
-fn precision_trend() {
-    use blindfold_ckks::bootstrap::N65536_BOOT_LEFT8_128BIT as P;
-    let log_ns: Vec<u32> =
-        std::env::var("LOGN").unwrap_or("12 13 14".into()).split(' ').map(|x| x.parse().unwrap()).collect();
-    for log_n in log_ns {
-        for (r, deg, baby) in [(7, 63, 2), (4, 255, 16), (3, 511, 32), (3, 511, 16)] {
-            let preset =
-                blindfold_ckks::BootstrapPreset { log_n, secure: false, double_angles: r, degree: deg, baby, ..P };
-            let mut config = preset.config();
-            // Same chain: as many EvalMod levels as the preset's.
-            let params = preset.parameters().unwrap();
-            let want = P.config().evalmod_depth();
-            if config.evalmod_depth() != want {
-                println!("r {r} deg {deg} baby {baby}: EvalMod depth {} ≠ {want}", config.evalmod_depth());
-                continue;
-            }
-            let mut s = setup(params, 3);
-            if let Ok(k) = std::env::var("K") {
-                config.k = k.parse().unwrap();
-            }
-            if let Ok(r) = std::env::var("RATIO") {
-                config.log_message_ratio = r.parse().unwrap();
-            }
-            let plan = match Bootstrapper::new(&s.ctx, config.clone()) {
-                Ok(p) => p,
-                Err(e) => {
-                    println!("{e}");
-                    continue;
-                }
-            };
-            let gk = s.keygen.galois_keys(&plan.key_requests()).unwrap();
-            let n = s.encoder.slots();
-            let x: Vec<Complex64> = values(n, 21).iter().map(|c| Complex64::new(c.re / 0.7, 0.0)).collect();
-            let ct = s.encrypt(&x);
-            let low = s.eval.drop_to_level(&ct, 0).unwrap();
-            let keys = BootstrapKeys { relinearization: &s.rlk, galois: &gk };
-            let out = s.eval.bootstrap(&low, &plan, &keys).unwrap();
-            let (mean, min) = precision(&s.decrypt(&out), &x);
-            println!(
-                "log_n {log_n} K {} r {r} deg {deg}: {mean:.1} mean {min:.1} worst, left {}",
-                config.k,
-                out.level()
-            );
-        }
-    }
-}
-
-#[test]
 fn the_declared_keys_are_exactly_the_keys_used() {
     let config = small_config();
     let mut s = setup(boot_params(10, 1, &config), 13);
