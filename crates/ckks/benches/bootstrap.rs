@@ -20,12 +20,13 @@ fn benches(c: &mut Criterion) {
     let pk = keygen.public_key();
     let rlk = keygen.relinearization_key();
     let gk = keygen.galois_keys(&plan.key_requests()).unwrap();
+    let enc = plan.config().sparse_secret.map(|h| keygen.encapsulation_keys(h).unwrap());
     let encoder = Encoder::new(&ctx);
     let eval = Evaluator::new(&ctx);
     let v: Vec<f64> = (0..encoder.slots()).map(|i| (i as f64 * 0.001).sin()).collect();
     let pt = encoder.encode_real(&v, 0, ctx.params().default_scale()).unwrap();
     let ct = Encryptor::with_public_key(&ctx, &pk).unwrap().encrypt(&pt).unwrap();
-    let keys = BootstrapKeys { relinearization: &rlk, galois: &gk };
+    let keys = BootstrapKeys { relinearization: &rlk, galois: &gk, encapsulation: enc.as_ref() };
     let mut g = c.benchmark_group(format!("bootstrap_{}", preset.name));
     for threads in [1, 2] {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");

@@ -24,9 +24,9 @@ use crate::context::Context;
 use crate::encoder::Encoder;
 use crate::error::{Error, Result};
 use crate::evaluator::Evaluator;
-use crate::keys::{GaloisKeys, RelinearizationKey};
+use crate::keys::{EncapsulationKeys, GaloisKeys, KeySwitchingKey, RelinearizationKey};
 use crate::linear::{EncodedLinearTransform, LinearTransform};
-use crate::params::{Parameters, ParametersLiteral};
+use crate::params::{sparse_secret_is_128bit, Parameters, ParametersLiteral, SecurityLevel};
 use crate::polynomial::ChebyshevPolynomial;
 use crate::types::{Ciphertext, GaloisKeyRequest, Level};
 use blindfold_math::slice;
@@ -121,6 +121,17 @@ pub struct BootstrapConfig {
     pub stc_levels: usize,
     /// Bound `K` on the coefficients of `I` after ModRaise: `t = m/q_0 + I ∈ [-K, K]`.
     pub k: f64,
+    /// Sparse-secret encapsulation (Bossuat et al., ACNS 2022): before ModRaise the level-0
+    /// ciphertext is switched to an ephemeral secret with this many nonzero coefficients
+    /// (and back to the secret key after), so `K` depends on this weight instead of on `N`.
+    /// `None`: ModRaise under the secret key itself.
+    pub sparse_secret: Option<usize>,
+    /// The arcsine correction after EvalMod (two more levels): `y + y³/6 ≈ arcsin(y) = 2πt`
+    /// instead of `y = sin(2πt) ≈ 2πt`, so the sine's cubic error (relative `(2πt)²/6`, which
+    /// costs inputs with large coefficients — a constant slot vector, a large mean — most of
+    /// their precision) becomes a quintic one (Cheon et al., Eurocrypt 2018, §5; Bossuat et al.
+    /// 2021, §4.3, degree 3).
+    pub arcsine: bool,
     /// Double-angle steps `r` after the cosine.
     pub double_angles: u32,
     /// Degree of the Chebyshev interpolant of `cos(2π(K·x - 1/4)/2^r)` on `[-1, 1]`.
@@ -150,6 +161,17 @@ impl BootstrapConfig {
         (t * sigma + 0.5).ceil()
     }
 
+    /// `K` for an ephemeral secret with `h` nonzero ternary coefficients: `t = (c_0 + c_1·s')/q_0`
+    /// is a sum of `h + 1` terms uniform on `[-1/2, 1/2]` (the coefficients of a key-switched
+    /// ciphertext), strictly sub-Gaussian with variance `1/12` each, so a coefficient leaves
+    /// `[-K, K]` with probability at most `2·exp(-K²/(2(h+1)/12))` — below `2^-40` per
+    /// bootstrap with the union bound over the `n` coefficients. A proven tail bound, unlike
+    /// [`BootstrapConfig::k_for_uniform_ternary`]'s Gaussian estimate.
+    pub fn k_for_sparse_ternary(n: usize, h: usize) -> f64 {
+        let variance = (h as f64 + 1.0) / 12.0;
+        (2.0 * variance * ((2 * n) as f64 * 2f64.powi(40)).ln()).sqrt().ceil()
+    }
+
     /// The EvalMod polynomial: the Chebyshev interpolant on `[-1, 1]` of
     /// `cos(2π(K·x - 1/4)/2^r)`.
     pub fn cosine(&self) -> ChebyshevPolynomial {
@@ -157,9 +179,9 @@ impl BootstrapConfig {
         ChebyshevPolynomial::interpolate(|x| (2.0 * PI * (k * x - 0.25) / f64::from(1u32 << r)).cos(), self.degree)
     }
 
-    /// Levels EvalMod consumes: the cosine's depth plus one per double angle.
+    /// Levels EvalMod consumes: the cosine's depth, one per double angle, two for the arcsine.
     pub fn evalmod_depth(&self) -> usize {
-        self.cosine().depth() + self.double_angles as usize
+        self.cosine().depth() + self.double_angles as usize + 2 * usize::from(self.arcsine)
     }
 
     /// Levels one bootstrap consumes from the top of the chain.
@@ -195,6 +217,10 @@ pub struct BootstrapPreset {
     pub baby: usize,
     /// See [`BootstrapConfig::log_message_ratio`].
     pub log_message_ratio: u32,
+    /// See [`BootstrapConfig::sparse_secret`].
+    pub sparse_secret: Option<usize>,
+    /// See [`BootstrapConfig::arcsine`].
+    pub arcsine: bool,
     /// Whether [`BootstrapPreset::parameters`] checks the 128-bit bound (false only for the
     /// small test presets, whose names say `INSECURE`).
     pub secure: bool,
@@ -221,12 +247,19 @@ impl BootstrapPreset {
         }
     }
 
-    /// The bootstrapping configuration (`K` for the uniform ternary secret of this ring).
+    /// The bootstrapping configuration (`K` for the ephemeral sparse secret, or for the
+    /// uniform ternary secret of this ring without one).
     pub fn config(&self) -> BootstrapConfig {
+        let n = 1 << self.log_n;
         BootstrapConfig {
             cts_levels: self.cts_levels,
             stc_levels: self.stc_levels,
-            k: BootstrapConfig::k_for_uniform_ternary(1 << self.log_n),
+            k: match self.sparse_secret {
+                Some(h) => BootstrapConfig::k_for_sparse_ternary(n, h),
+                None => BootstrapConfig::k_for_uniform_ternary(n),
+            },
+            sparse_secret: self.sparse_secret,
+            arcsine: self.arcsine,
             double_angles: self.double_angles,
             degree: self.degree,
             baby: self.baby,
@@ -240,13 +273,38 @@ impl BootstrapPreset {
     }
 }
 
-/// N = 2^16, 128-bit (log2 QP ≤ 1747, uniform ternary secret, no sparse secret): 8 levels of
+/// N = 2^16, 128-bit (log2 QP ≤ 1747, uniform ternary secret) with the sparse-secret
+/// encapsulation (an ephemeral secret of 64 nonzero coefficients, modulo `q_0·P` = 2^300:
+/// [`crate::sparse_secret_is_128bit`]): 8 levels of 45 bits left after a bootstrap, scale
+/// 2^45. Chain: `q_0` 60 bits; 8 + 3 (SlotsToCoeffs) primes of 45 bits; 11 EvalMod primes of 59
+/// bits (cosine of degree 31 on `[-K, K]`, `K` = 21, in 5 levels, 4 double angles, the arcsine
+/// in 2); 3 CoeffsToSlots primes of 58 bits; 4 special primes of 60 bits.
+pub const N65536_BOOT_LEFT8_128BIT: BootstrapPreset = BootstrapPreset {
+    name: "N65536_BOOT_LEFT8_128BIT",
+    log_n: 16,
+    log_q: &[60, 45, 45, 45, 45, 45, 45, 45, 45, 45, 45, 45, 59, 59, 59, 59, 59, 59, 59, 59, 59, 59, 59, 58, 58, 58],
+    log_p: &[60, 60, 60, 60],
+    log_default_scale: 45,
+    cts_levels: 3,
+    stc_levels: 3,
+    double_angles: 4,
+    degree: 31,
+    baby: 8,
+    log_message_ratio: 6,
+    sparse_secret: Some(64),
+    arcsine: true,
+    secure: true,
+};
+
+/// N = 2^16, 128-bit (log2 QP ≤ 1747, uniform ternary secret, **no sparse secret**: for
+/// deployments that accept only the standard's bound; slower and less precise than
+/// [`N65536_BOOT_LEFT8_128BIT`]): 8 levels of
 /// 45 bits left after a bootstrap, scale 2^45. Chain: `q_0` 60 bits; 8 + 3 (SlotsToCoeffs) primes
 /// of 45 bits; 13 EvalMod primes of 59 bits (cosine of degree 63 on `[-K, K]`, `K` = 516, in 6
 /// levels, then 7 double angles); 3 CoeffsToSlots primes of 58 bits; 4 special primes of 60 bits
 /// (no key-switching digit above `P`).
-pub const N65536_BOOT_LEFT8_128BIT: BootstrapPreset = BootstrapPreset {
-    name: "N65536_BOOT_LEFT8_128BIT",
+pub const N65536_BOOT_LEFT8_DENSE_128BIT: BootstrapPreset = BootstrapPreset {
+    name: "N65536_BOOT_LEFT8_DENSE_128BIT",
     log_n: 16,
     log_q: &[
         60, 45, 45, 45, 45, 45, 45, 45, 45, 45, 45, 45, 59, 59, 59, 59, 59, 59, 59, 59, 59, 59, 59, 59, 59, 58, 58, 58,
@@ -259,6 +317,8 @@ pub const N65536_BOOT_LEFT8_128BIT: BootstrapPreset = BootstrapPreset {
     degree: 63,
     baby: 8,
     log_message_ratio: 6,
+    sparse_secret: None,
+    arcsine: false,
     secure: true,
 };
 
@@ -272,15 +332,18 @@ pub const N4096_BOOT_LEFT2_INSECURE: BootstrapPreset = BootstrapPreset {
     log_default_scale: 45,
     cts_levels: 2,
     stc_levels: 2,
-    double_angles: 5,
-    degree: 63,
-    baby: 4,
-    log_message_ratio: 8,
+    double_angles: 4,
+    degree: 31,
+    baby: 8,
+    log_message_ratio: 6,
+    sparse_secret: Some(64),
+    arcsine: true,
     secure: false,
 };
 
 /// Every bootstrapping preset.
-pub const BOOTSTRAP_PRESETS: [BootstrapPreset; 2] = [N65536_BOOT_LEFT8_128BIT, N4096_BOOT_LEFT2_INSECURE];
+pub const BOOTSTRAP_PRESETS: [BootstrapPreset; 3] =
+    [N65536_BOOT_LEFT8_128BIT, N65536_BOOT_LEFT8_DENSE_128BIT, N4096_BOOT_LEFT2_INSECURE];
 
 /// A bootstrapping plan for one parameter set: the encoded DFT factors, the EvalMod
 /// polynomial, the levels and the keys it needs. Public data only (shared by every client
@@ -316,6 +379,25 @@ impl Bootstrapper {
                 config.evalmod_depth(),
                 config.stc_levels
             )));
+        }
+        if let Some(h) = config.sparse_secret {
+            // The key to the sparse secret lives modulo q_0·P.
+            let log_q0p = std::iter::once(ctx.moduli[0].value()).chain(ctx.params().p().iter().copied());
+            let log_q0p: f64 = log_q0p.map(|q| (q as f64).log2()).sum();
+            if h == 0 || h > ctx.n() {
+                return Err(Error::InvalidParameters(format!(
+                    "a sparse secret needs 1 to N = {} nonzero coefficients, not {h}",
+                    ctx.n()
+                )));
+            }
+            if ctx.params().security() == SecurityLevel::Bits128 && !sparse_secret_is_128bit(ctx.n(), log_q0p, h) {
+                return Err(Error::InvalidParameters(format!(
+                    "a sparse secret of {h} nonzero coefficients at log2(q_0·P) = {log_q0p:.1}, N = {}, is not \
+                     128-bit secure by the drop-and-solve check against the HomomorphicEncryption.org table \
+                     (use more nonzero coefficients or fewer special-prime bits)",
+                    ctx.n()
+                )));
+            }
         }
         let n = ctx.n() / 2;
         let encoder = Encoder::new(ctx);
@@ -365,7 +447,7 @@ impl Bootstrapper {
         for l in (cosine_level - config.double_angles as usize + 1..=cosine_level).rev() {
             scale = scale * scale / q(l);
         }
-        let stc_top = cosine_level - config.double_angles as usize;
+        let stc_top = cosine_level - config.double_angles as usize - 2 * usize::from(config.arcsine);
         // SlotsToCoeffs: sin(2πt) ≈ 2π·R·m/q_0 (scale `scale`) → U·m/Δ (scale Δ).
         let stc_factor = (q0 / (2.0 * PI * delta * message_boost as f64)).powf(1.0 / config.stc_levels as f64);
         let stc_ratio = (delta / scale).powf(1.0 / config.stc_levels as f64);
@@ -399,6 +481,10 @@ pub struct BootstrapKeys<'a> {
     pub relinearization: &'a RelinearizationKey,
     /// Galois keys covering [`Bootstrapper::key_requests`].
     pub galois: &'a GaloisKeys,
+    /// The sparse-secret encapsulation keys, for a plan with
+    /// [`BootstrapConfig::sparse_secret`] ([`crate::KeyGenerator::encapsulation_keys`] with at
+    /// most that weight).
+    pub encapsulation: Option<&'a EncapsulationKeys>,
 }
 
 impl Evaluator {
@@ -425,6 +511,15 @@ impl Evaluator {
         Ciphertext { parts, level, scale: ct.scale }
     }
 
+    /// `(c_0, c_1)` under the key's source secret → the same plaintext under its target.
+    fn switch_key(&self, a: &Ciphertext, key: &KeySwitchingKey) -> Result<Ciphertext> {
+        self.check_key(key, "encapsulation key", a.level)?;
+        let len = (a.level + 1) * self.context().n();
+        let mut out = Ciphertext { parts: vec![a.parts[0].clone(), vec![0; len]], level: a.level, scale: a.scale };
+        self.key_switch_add(&a.parts[1], a.level, key, &mut out);
+        Ok(out)
+    }
+
     /// `±i·a` slot-wise: a multiplication by the monomial `±X^{N/2}` (no level, no noise).
     fn multiply_by_i(&self, a: &Ciphertext, negate: bool) -> Ciphertext {
         let ctx = self.context();
@@ -441,7 +536,8 @@ impl Evaluator {
         out
     }
 
-    /// `sin(2πt)` slot-wise for real slots `x = t/K` (EvalMod).
+    /// `sin(2πt)` slot-wise for real slots `x = t/K` (EvalMod), or `arcsin(sin(2πt))` to
+    /// degree 3 with [`BootstrapConfig::arcsine`].
     fn eval_mod(&self, x: &Ciphertext, plan: &Bootstrapper, rlk: &RelinearizationKey) -> Result<Ciphertext> {
         let mut y = self.evaluate_chebyshev(x, &plan.cosine, plan.cosine_scale, plan.config.baby, rlk)?;
         for _ in 0..plan.config.double_angles {
@@ -452,7 +548,20 @@ impl Evaluator {
             self.rescale_assign(&mut sq)?;
             y = sq;
         }
-        Ok(y)
+        if !plan.config.arcsine {
+            return Ok(y);
+        }
+        // y + (y/6)·y², at y's scale two levels down.
+        let ctx = self.context();
+        let q = |l: usize| ctx.moduli[l].value() as f64;
+        let l = y.level;
+        let y2 = self.rescale(&self.relinearize(&self.square(&y)?, rlk)?)?;
+        let sixth_scale = y.scale * q(l - 1) / y2.scale;
+        let sixth = self.rescale(&self.multiply_const(&y, 1.0 / 6.0, sixth_scale * q(l) / y.scale)?)?;
+        let mut cubic = self.rescale(&self.relinearize(&self.multiply(&sixth, &y2)?, rlk)?)?;
+        cubic.scale = y.scale;
+        self.add_assign(&mut cubic, &self.drop_to_level(&y, l - 2)?)?;
+        Ok(cubic)
     }
 
     /// Bootstraps `ct`: the same slots (to the precision the plan delivers) at level
@@ -490,10 +599,29 @@ impl Evaluator {
                 ctx.params().default_scale().log2()
             )));
         }
+        let encapsulation = match (plan.config.sparse_secret, keys.encapsulation) {
+            (None, _) => None,
+            (Some(h), Some(e)) if e.hamming_weight <= h => Some(e),
+            (Some(h), e) => {
+                return Err(Error::InvalidArgument(format!(
+                    "bootstrap: the plan encapsulates in a sparse secret of at most {h} nonzero coefficients; {}",
+                    e.map_or("no encapsulation keys were given".into(), |e| format!(
+                        "the encapsulation keys were made for {}",
+                        e.hamming_weight
+                    ))
+                )))
+            }
+        };
         let gk = keys.galois;
         let input_scale = ct.scale;
-        let low = self.multiply_integer(&self.drop_to_level(ct, 0)?, plan.message_boost as i64)?;
+        let mut low = self.multiply_integer(&self.drop_to_level(ct, 0)?, plan.message_boost as i64)?;
+        if let Some(e) = encapsulation {
+            low = self.switch_key(&low, &e.to_sparse)?;
+        }
         let mut x = self.mod_raise(&low, ctx.max_level());
+        if let Some(e) = encapsulation {
+            x = self.switch_key(&x, &e.from_sparse)?;
+        }
         x.scale = q0;
         for m in &plan.cts {
             x = self.linear_transform(&x, m, gk)?;
@@ -527,20 +655,26 @@ mod tests {
 
     /// Where precision goes, stage by stage, at insecure ring sizes with the 2^16 preset's chain
     /// (run by hand: `LOGN=14 cargo test --release -p blindfold-ckks --lib stages -- --ignored
-    /// --nocapture`; `R`, `DEG`, `BABY` change EvalMod). Errors are in the units of each stage's
-    /// values: `x = t/K` after CoeffsToSlots, `sin(2πt)` after EvalMod (also by `|I|`), slots
-    /// at the end; "SlotsToCoeffs alone" starts from a fresh encryption of the exact sines.
+    /// --nocapture`; `R`, `DEG`, `BABY`, `RATIO` change EvalMod, `H` the sparse secret's weight, 0
+    /// for none). Errors are in the units of each stage's
+    /// values: `x = t/K` after CoeffsToSlots, `sin(2πt)` (with the arcsine: `2π(t - I)`) after
+    /// EvalMod (also by `|I|`), slots at the end; "SlotsToCoeffs alone" starts from a fresh
+    /// encryption of EvalMod's exact results.
     #[test]
     #[ignore = "diagnostic"]
     fn stages() {
         let env = |k: &str, d: usize| std::env::var(k).map_or(d, |v| v.parse().unwrap());
+        let base = N65536_BOOT_LEFT8_128BIT;
         let preset = BootstrapPreset {
             log_n: env("LOGN", 12) as u32,
             secure: false,
-            double_angles: env("R", 7) as u32,
-            degree: env("DEG", 63),
-            baby: env("BABY", 2),
-            ..N65536_BOOT_LEFT8_128BIT
+            double_angles: env("R", base.double_angles as usize) as u32,
+            degree: env("DEG", base.degree),
+            baby: env("BABY", base.baby),
+            log_message_ratio: env("RATIO", base.log_message_ratio as usize) as u32,
+            sparse_secret: Some(env("H", 64)).filter(|&h| h > 0),
+            arcsine: env("ARCSINE", 1) == 1,
+            ..base
         };
         let ctx = Context::new(&preset.parameters().unwrap()).unwrap();
         let plan = Bootstrapper::new(&ctx, preset.config()).unwrap();
@@ -556,7 +690,20 @@ mod tests {
         let xs: Vec<Complex64> =
             (0..n).map(|j| Complex64::new(((j * 7919) % 1000) as f64 / 500.0 - 1.0, 0.0)).collect();
         let ct = eval.drop_to_level(&encryptor.encrypt(&encoder.encode(&xs, 0, delta).unwrap()).unwrap(), 0).unwrap();
-        let mut x = eval.mod_raise(&eval.multiply_integer(&ct, plan.message_boost as i64).unwrap(), ctx.max_level());
+        let enc = plan.config.sparse_secret.map(|h| kg.encapsulation_keys(h).unwrap());
+        let mut low = eval.multiply_integer(&ct, plan.message_boost as i64).unwrap();
+        if let Some(e) = &enc {
+            low = eval.switch_key(&low, &e.to_sparse).unwrap();
+        }
+        let mut x = eval.mod_raise(&low, ctx.max_level());
+        if let Some(e) = &enc {
+            x = eval.switch_key(&x, &e.from_sparse).unwrap();
+        }
+        let (k, r) = (plan.config.k, plan.config.double_angles);
+        let interpolation = (0..=20_000).map(|i| -1.0 + i as f64 / 10_000.0).fold(0f64, |m, x| {
+            m.max((plan.cosine.evaluate(x) - (2.0 * PI * (k * x - 0.25) / f64::from(1u32 << r)).cos()).abs())
+        });
+        println!("K = {k}, cosine depth {}, interpolation error 2^{:.1}", plan.cosine.depth(), interpolation.log2());
         let q0 = ctx.moduli[0].value() as f64;
         x.scale = q0;
         // The exact t = (m + q_0·I)/q_0 of every coefficient.
@@ -584,8 +731,10 @@ mod tests {
         let conj = eval.conjugate(&x, &gk).unwrap();
         let re = eval.add(&x, &conj).unwrap();
         report("CoeffsToSlots", &errors(&re, &|j| t[rev(j)] / plan.config.k));
+        // What EvalMod computes exactly: sin(2πt), or 2π(t - I) with the arcsine.
+        let exact = |t: f64| if plan.config.arcsine { 2.0 * PI * (t - t.round()) } else { (2.0 * PI * t).sin() };
         let y = eval.eval_mod(&re, &plan, &rlk).unwrap();
-        let e = errors(&y, &|j| (2.0 * PI * t[rev(j)]).sin());
+        let e = errors(&y, &|j| exact(t[rev(j)]));
         report("EvalMod", &e);
         for i in 0..4 {
             let by_i: Vec<f64> = (0..n).filter(|&j| t[rev(j)].round().abs() as usize == i).map(|j| e[j]).collect();
@@ -594,8 +743,7 @@ mod tests {
         let im = eval.eval_mod(&eval.multiply_by_i(&eval.sub(&x, &conj).unwrap(), true), &plan, &rlk).unwrap();
         let mut out = y.clone();
         eval.add_assign(&mut out, &eval.multiply_by_i(&im, false)).unwrap();
-        let exact: Vec<Complex64> =
-            (0..n).map(|j| Complex64::new((2.0 * PI * t[rev(j)]).sin(), (2.0 * PI * t[rev(j) + n]).sin())).collect();
+        let exact: Vec<Complex64> = (0..n).map(|j| Complex64::new(exact(t[rev(j)]), exact(t[rev(j) + n]))).collect();
         let mut alone = encryptor.encrypt(&encoder.encode(&exact, out.level, out.scale).unwrap()).unwrap();
         for m in &plan.stc {
             out = eval.linear_transform(&out, m, &gk).unwrap();

@@ -71,7 +71,7 @@ impl Evaluator {
         self.ctx.check_plaintext(pt)
     }
 
-    fn check_key(&self, key: &KeySwitchingKey, what: &'static str, level: usize) -> Result<()> {
+    pub(crate) fn check_key(&self, key: &KeySwitchingKey, what: &'static str, level: usize) -> Result<()> {
         if &key.fingerprint != self.ctx.params().fingerprint() {
             return Err(Error::ForeignObject { what, reason: "parameter fingerprint differs".into() });
         }
@@ -742,7 +742,7 @@ impl Evaluator {
     /// The special primes' products come first and go back to coefficients; then each
     /// `q_i` in turn gets its products, its share of the ModDown and its output residue, so
     /// the products over `Q_l` never exist in full (the working set stays in cache).
-    fn key_switch_add(&self, c: &[u64], level: usize, key: &KeySwitchingKey, out: &mut Ciphertext) {
+    pub(crate) fn key_switch_add(&self, c: &[u64], level: usize, key: &KeySwitchingKey, out: &mut Ciphertext) {
         let ctx = &self.ctx;
         let n = ctx.n();
         let special = ctx.num_special();

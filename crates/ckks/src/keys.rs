@@ -118,6 +118,69 @@ pub struct KeySwitchingKey {
     pub(crate) fingerprint: [u8; 32],
 }
 
+/// Key-switching key from `target` to `secret` (both NTT form over the full basis), serving
+/// levels up to `max_level`.
+fn key_switching_key(
+    ctx: &Context,
+    rng: &mut SecretRng,
+    secret: &[u64],
+    target: &[u64],
+    max_level: usize,
+) -> KeySwitchingKey {
+    let n = ctx.n();
+    let indices = key_indices(ctx, max_level);
+    let alpha = ctx.params().alpha();
+    let digits = (0..(max_level + 1).div_ceil(alpha))
+        .map(|j| {
+            let seed = fresh_seed(rng);
+            let a = expand_uniform(ctx, &seed, indices.iter().copied());
+            let e = sampler::gaussian(rng, n);
+            // As in `public_key`: noise and a·s are secret until the sum is complete.
+            let mut b = small_to_ntt(ctx, &e, indices.iter().copied());
+            let mut prod = Zeroizing::new(vec![0u64; n]);
+            for (k, &i) in indices.iter().enumerate() {
+                let (r, full) = (k * n..(k + 1) * n, i * n..(i + 1) * n);
+                ctx.ntt[i].mul(&mut prod, &a[r.clone()], &secret[full.clone()]);
+                blindfold_math::slice::sub_assign(&mut b[r.clone()], &prod, &ctx.moduli[i]);
+                if i <= max_level && (j * alpha..(j + 1) * alpha).contains(&i) {
+                    let q = &ctx.moduli[i];
+                    let pm = ctx.p_mod_q[i];
+                    let ps = q.shoup(pm);
+                    for (bb, &t) in b[r].iter_mut().zip(&target[full]) {
+                        *bb = q.add(*bb, q.mul_shoup(t, pm, ps));
+                    }
+                }
+            }
+            KeyDigit { b: std::mem::take(&mut *b), a, seed }
+        })
+        .collect();
+    KeySwitchingKey { digits, max_level, fingerprint: *ctx.params().fingerprint() }
+}
+
+/// The keys of bootstrapping's sparse-secret encapsulation
+/// ([`KeyGenerator::encapsulation_keys`]): public evaluation keys, like Galois keys.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EncapsulationKeys {
+    /// Nonzero coefficients of the ephemeral secret `s'`.
+    pub(crate) hamming_weight: usize,
+    /// From `s` to `s'`, level 0 only (modulo `q_0·P`).
+    pub(crate) to_sparse: KeySwitchingKey,
+    /// From `s'` to `s`, every level.
+    pub(crate) from_sparse: KeySwitchingKey,
+}
+
+impl EncapsulationKeys {
+    /// Nonzero coefficients of the ephemeral secret.
+    pub fn hamming_weight(&self) -> usize {
+        self.hamming_weight
+    }
+
+    /// Bytes held in memory (both halves of every digit; half of it goes on the wire).
+    pub fn size_bytes(&self) -> usize {
+        self.to_sparse.size_bytes() + self.from_sparse.size_bytes()
+    }
+}
+
 /// Relinearization key: switches `s²` to `s` (evaluation key, public).
 #[derive(Clone, Debug, PartialEq)]
 pub struct RelinearizationKey(pub(crate) KeySwitchingKey);
@@ -287,35 +350,33 @@ impl KeyGenerator {
     /// Key-switching key from `target` (NTT form over the full basis) to `s`, serving
     /// levels up to `max_level`.
     fn key_switching_key(&mut self, target: &[u64], max_level: usize) -> KeySwitchingKey {
+        key_switching_key(&self.ctx, &mut self.rng, &self.sk.ntt, target, max_level)
+    }
+
+    /// The keys of bootstrapping's sparse-secret encapsulation (Bossuat et al., ACNS 2022,
+    /// §4): a fresh ephemeral secret `s'` with exactly `h` nonzero ternary coefficients, a key
+    /// from `s` to `s'` for level 0 and a key from `s'` back to `s` for every level. `s'` is
+    /// zeroized when this returns; only the two keys remain.
+    ///
+    /// The key to `s'` is an RLWE sample under the sparse secret modulo `q_0·P`: its security
+    /// is that of [`crate::sparse_secret_is_128bit`] at `log2(q_0·P)`, which
+    /// [`crate::Bootstrapper::new`] checks for secure parameters.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if `h` is zero or above `N`.
+    pub fn encapsulation_keys(&mut self, h: usize) -> Result<EncapsulationKeys> {
         let ctx = self.ctx.clone();
-        let n = ctx.n();
-        let indices = key_indices(&ctx, max_level);
-        let alpha = ctx.params().alpha();
-        let digits = (0..(max_level + 1).div_ceil(alpha))
-            .map(|j| {
-                let seed = fresh_seed(&mut self.rng);
-                let a = expand_uniform(&ctx, &seed, indices.iter().copied());
-                let e = sampler::gaussian(&mut self.rng, n);
-                // As in `public_key`: noise and a·s are secret until the sum is complete.
-                let mut b = small_to_ntt(&ctx, &e, indices.iter().copied());
-                let mut prod = Zeroizing::new(vec![0u64; n]);
-                for (k, &i) in indices.iter().enumerate() {
-                    let (r, full) = (k * n..(k + 1) * n, i * n..(i + 1) * n);
-                    ctx.ntt[i].mul(&mut prod, &a[r.clone()], &self.sk.ntt[full.clone()]);
-                    blindfold_math::slice::sub_assign(&mut b[r.clone()], &prod, &ctx.moduli[i]);
-                    if i <= max_level && (j * alpha..(j + 1) * alpha).contains(&i) {
-                        let q = &ctx.moduli[i];
-                        let pm = ctx.p_mod_q[i];
-                        let ps = q.shoup(pm);
-                        for (bb, &t) in b[r].iter_mut().zip(&target[full]) {
-                            *bb = q.add(*bb, q.mul_shoup(t, pm, ps));
-                        }
-                    }
-                }
-                KeyDigit { b: std::mem::take(&mut *b), a, seed }
-            })
-            .collect();
-        KeySwitchingKey { digits, max_level, fingerprint: *ctx.params().fingerprint() }
+        if h == 0 || h > ctx.n() {
+            return Err(Error::InvalidArgument(format!(
+                "a sparse secret needs 1 to N = {} nonzero coefficients, not {h}",
+                ctx.n()
+            )));
+        }
+        let sparse = sampler::ternary_sparse(&mut self.rng, ctx.n(), h);
+        let sparse = small_to_ntt(&ctx, &sparse, 0..ctx.moduli.len());
+        let to_sparse = key_switching_key(&ctx, &mut self.rng, &sparse, &self.sk.ntt, 0);
+        let from_sparse = self.key_switching_key(&sparse, ctx.max_level());
+        Ok(EncapsulationKeys { hamming_weight: h, to_sparse, from_sparse })
     }
 
     /// The relinearization key (switches `s²` to `s`).

@@ -52,10 +52,15 @@ pub use crypto::{Decryptor, Encryptor, SeededCiphertext, SymmetricEncryptor};
 pub use encoder::Encoder;
 pub use error::{Error, Result};
 pub use evaluator::{Decomposed, Evaluator};
-pub use keys::{GaloisKeys, KeyGenerator, KeySwitchingKey, PublicKey, RelinearizationKey, SecretKey};
+pub use keys::{
+    EncapsulationKeys, GaloisKeys, KeyGenerator, KeySwitchingKey, PublicKey, RelinearizationKey, SecretKey,
+};
 pub use linear::{EncodedLinearTransform, LinearTransform};
 pub use num_complex::Complex64;
-pub use params::{max_log_qp_128bit, Parameters, ParametersLiteral, Preset, SecurityLevel, HE_STANDARD_128BIT};
+pub use params::{
+    max_log_qp_128bit, sparse_secret_is_128bit, Parameters, ParametersLiteral, Preset, SecurityLevel,
+    HE_STANDARD_128BIT,
+};
 pub use polynomial::ChebyshevPolynomial;
 
 /// Released parameter presets, named for what they guarantee.

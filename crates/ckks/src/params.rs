@@ -18,6 +18,35 @@ pub fn max_log_qp_128bit(n: usize) -> Option<u32> {
     HE_STANDARD_128BIT.iter().find(|(d, _)| *d == n).map(|(_, b)| *b)
 }
 
+/// Whether an RLWE instance of ring degree `n` and modulus `log_q` bits whose secret is
+/// ternary with exactly `h` nonzero coefficients meets 128-bit security by the
+/// drop-and-solve argument against [`HE_STANDARD_128BIT`]: an attacker who keeps `k` of the
+/// `n` secret coordinates and assumes the others are zero succeeds with probability
+/// `C(k, h)/C(n, h)` per guess, and is left with an instance of dimension `k`. The instance is
+/// accepted if, for every `k`, either the guessing alone costs `2^128` or more, or `log_q`
+/// is within the standard's ternary bound for the largest tabulated dimension `≤ k` (security
+/// only grows with the dimension).
+///
+/// This is a check of our own, not a lattice-estimator run: it does not model the
+/// meet-in-the-middle hybrid attacks on sparse secrets (Howgrave-Graham, CRYPTO 2007;
+/// Son–Cheon, ePrint 2019/1019), which SECURITY.md discusses. Used for the ephemeral secret
+/// of bootstrapping's sparse-secret encapsulation (Bossuat et al., ACNS 2022).
+pub fn sparse_secret_is_128bit(n: usize, log_q: f64, h: usize) -> bool {
+    if h == 0 || h > n {
+        return false;
+    }
+    // log2 C(n, h) - log2 C(k, h), from k = n down; it only grows as k falls.
+    let guess_bits = |k: usize| -> f64 {
+        if k < h {
+            return f64::INFINITY;
+        }
+        (0..h).map(|i| ((n - i) as f64 / (k - i) as f64).log2()).sum()
+    };
+    (1..=n).rev().take_while(|&k| guess_bits(k) < 128.0).all(|k| {
+        HE_STANDARD_128BIT.iter().rev().find(|(d, _)| *d <= k).is_some_and(|&(_, bound)| log_q <= f64::from(bound))
+    })
+}
+
 /// Unchecked description of a parameter set. Turn it into [`Parameters`] with
 /// [`Parameters::new`], which checks it.
 ///

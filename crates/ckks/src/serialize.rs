@@ -23,8 +23,8 @@ use crate::context::Context;
 use crate::crypto::SeededCiphertext;
 use crate::error::{Error, Result};
 use crate::keys::{
-    expand_uniform, inverse_permutation, key_indices, permuted_key, GaloisKeys, KeyDigit, KeySwitchingKey, PublicKey,
-    RelinearizationKey, SecretKey,
+    expand_uniform, inverse_permutation, key_indices, permuted_key, EncapsulationKeys, GaloisKeys, KeyDigit,
+    KeySwitchingKey, PublicKey, RelinearizationKey, SecretKey,
 };
 use crate::types::Ciphertext;
 use serde::{Deserialize, Serialize};
@@ -58,6 +58,8 @@ pub enum ObjectKind {
     GaloisKeys = 6,
     /// [`SecretKey`].
     SecretKey = 7,
+    /// [`EncapsulationKeys`].
+    EncapsulationKeys = 8,
 }
 
 impl ObjectKind {
@@ -69,6 +71,7 @@ impl ObjectKind {
             5 => Self::RelinearizationKey,
             6 => Self::GaloisKeys,
             7 => Self::SecretKey,
+            8 => Self::EncapsulationKeys,
             _ => return None,
         })
     }
@@ -82,6 +85,7 @@ impl ObjectKind {
             Self::RelinearizationKey => "relinearization key",
             Self::GaloisKeys => "Galois keys",
             Self::SecretKey => "secret key",
+            Self::EncapsulationKeys => "encapsulation keys",
         }
     }
 }
@@ -474,6 +478,47 @@ impl WireObject for RelinearizationKey {
         const WHAT: &str = "relinearization key";
         let w: KskWire = from_postcard(WHAT, body)?;
         Ok(RelinearizationKey(ksk_from_wire(ctx, &w, WHAT)?))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct EncapsulationWire {
+    hamming_weight: u32,
+    to_sparse: KskWire,
+    from_sparse: KskWire,
+}
+
+impl WireObject for EncapsulationKeys {
+    const KIND: ObjectKind = ObjectKind::EncapsulationKeys;
+    fn max_size(ctx: &Context) -> usize {
+        HEADER_LEN + 64 + 2 * ksk_size(ctx)
+    }
+    fn encode_body(&self, ctx: &Context) -> Result<Zeroizing<Vec<u8>>> {
+        to_postcard(&EncapsulationWire {
+            hamming_weight: self.hamming_weight as u32,
+            to_sparse: ksk_to_wire(ctx, &self.to_sparse)?,
+            from_sparse: ksk_to_wire(ctx, &self.from_sparse)?,
+        })
+    }
+    fn decode_body(body: &[u8], ctx: &Arc<Context>) -> Result<Self> {
+        const WHAT: &str = "encapsulation keys";
+        let w: EncapsulationWire = from_postcard(WHAT, body)?;
+        let hamming_weight = w.hamming_weight as usize;
+        if hamming_weight == 0 || hamming_weight > ctx.n() {
+            return Err(malformed(
+                WHAT,
+                format!("a sparse secret of {hamming_weight} nonzero coefficients for N = {}", ctx.n()),
+            ));
+        }
+        let to_sparse = ksk_from_wire(ctx, &w.to_sparse, WHAT)?;
+        if to_sparse.max_level != 0 {
+            return Err(malformed(
+                WHAT,
+                format!("the key to the sparse secret is for level {}, not 0", to_sparse.max_level),
+            ));
+        }
+        let from_sparse = ksk_from_wire(ctx, &w.from_sparse, WHAT)?;
+        Ok(EncapsulationKeys { hamming_weight, to_sparse, from_sparse })
     }
 }
 

@@ -45,6 +45,21 @@ fn small_config() -> BootstrapConfig {
         degree: 63,
         baby: 8,
         log_message_ratio: 8,
+        sparse_secret: None,
+        arcsine: false,
+    }
+}
+
+/// [`small_config`] with the sparse-secret encapsulation (32 nonzero coefficients: `K` = 14
+/// instead of 62, so a shorter cosine) and the arcsine correction.
+fn sparse_config() -> BootstrapConfig {
+    BootstrapConfig {
+        k: BootstrapConfig::k_for_sparse_ternary(1 << 10, 32),
+        double_angles: 4,
+        degree: 31,
+        sparse_secret: Some(32),
+        arcsine: true,
+        ..small_config()
     }
 }
 
@@ -151,28 +166,79 @@ fn chebyshev_evaluation_matches_the_polynomial_at_its_depth() {
 
 #[test]
 fn insecure_bootstrap_restores_the_slots_at_a_higher_level() {
-    let config = small_config();
-    let left = 2;
-    let params = boot_params(10, left, &config);
-    let mut s = setup(params, 11);
-    let plan = Bootstrapper::new(&s.ctx, config.clone()).unwrap();
-    assert_eq!(plan.output_level(), left);
+    for config in [small_config(), sparse_config()] {
+        let left = 2;
+        let params = boot_params(10, left, &config);
+        let mut s = setup(params, 11);
+        let plan = Bootstrapper::new(&s.ctx, config.clone()).unwrap();
+        assert_eq!(plan.output_level(), left);
+        let gk = s.keygen.galois_keys(&plan.key_requests()).unwrap();
+        let enc = config.sparse_secret.map(|h| s.keygen.encapsulation_keys(h).unwrap());
+        let n = s.encoder.slots();
+        // Real slots uniform in [-1, 1]; and all 0.9 (one large coefficient, where the sine's
+        // cubic error shows unless the arcsine corrects it).
+        let uniform: Vec<Complex64> = values(n, 21).iter().map(|c| Complex64::new(c.re / 0.7, 0.0)).collect();
+        let constant = vec![Complex64::new(0.9, 0.0); n];
+        for (name, x) in [("uniform", uniform), ("constant", constant)] {
+            let ct = s.encrypt(&x);
+            let keys = BootstrapKeys { relinearization: &s.rlk, galois: &gk, encapsulation: enc.as_ref() };
+            let low = s.eval.drop_to_level(&ct, 0).unwrap();
+            let t = std::time::Instant::now();
+            let out = s.eval.bootstrap(&low, &plan, &keys).unwrap();
+            println!("bootstrap at N = 2^10, K = {}: {:?}", config.k, t.elapsed());
+            assert_eq!(out.level(), left);
+            assert_eq!(out.scale(), low.scale());
+            let (mean, min) = precision(&s.decrypt(&out), &x);
+            println!("{name} slots: precision {mean:.1} bits mean, {min:.1} worst");
+            if name == "uniform" || config.arcsine {
+                assert!(min > 20.0 && mean > 22.0, "K = {}, {name}: {mean:.1} mean, {min:.1} worst bits", config.k);
+            } else {
+                // Without the arcsine: relative error (2π·0.9/2^8)²/6, about 13 bits.
+                assert!((11.0..16.0).contains(&min), "K = {}, {name}: {min:.1} worst bits", config.k);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_sparse_secret_plan_refuses_missing_or_denser_encapsulation_keys() {
+    let config = sparse_config();
+    let mut s = setup(boot_params(10, 1, &config), 23);
+    let plan = Bootstrapper::new(&s.ctx, config).unwrap();
     let gk = s.keygen.galois_keys(&plan.key_requests()).unwrap();
-    let n = s.encoder.slots();
-    // Real slots uniform in [-1, 1].
-    let x: Vec<Complex64> = values(n, 21).iter().map(|c| Complex64::new(c.re / 0.7, 0.0)).collect();
-    let ct = s.encrypt(&x);
-    let keys = BootstrapKeys { relinearization: &s.rlk, galois: &gk };
+    let ct = s.encrypt(&values(8, 3));
     let low = s.eval.drop_to_level(&ct, 0).unwrap();
-    let t = std::time::Instant::now();
-    let out = s.eval.bootstrap(&low, &plan, &keys).unwrap();
-    println!("bootstrap at N = 2^10: {:?}", t.elapsed());
-    assert_eq!(out.level(), left);
-    assert_eq!(out.scale(), low.scale());
-    let got = s.decrypt(&out);
-    let (mean, min) = precision(&got, &x);
-    println!("precision {mean:.1} bits mean, {min:.1} worst");
-    assert!(min > 20.0 && mean > 22.0, "bootstrap precision {mean:.1} mean, {min:.1} worst bits");
+    let denser = s.keygen.encapsulation_keys(64).unwrap();
+    for enc in [None, Some(&denser)] {
+        let keys = BootstrapKeys { relinearization: &s.rlk, galois: &gk, encapsulation: enc };
+        let err = s.eval.bootstrap(&low, &plan, &keys).unwrap_err();
+        assert!(matches!(&err, Error::InvalidArgument(m) if m.contains("at most 32")), "{err}");
+    }
+    assert!(s.keygen.encapsulation_keys(0).is_err());
+    assert!(s.keygen.encapsulation_keys((1 << 10) + 1).is_err());
+}
+
+/// The drop-and-solve check of sparse secrets: at N = 2^16 and a 300-bit modulus (`q_0·P` of
+/// the 2^16 preset), 64 nonzero coefficients pass and 32 do not (keeping N/8 coordinates costs
+/// only 2^96 guesses and leaves a dimension-8192 instance above its 218-bit bound; 32 pass only
+/// up to the 109 bits of dimension 4096, where N/16 coordinates cost 2^128 guesses); the check is
+/// monotone in the weight and the modulus.
+#[test]
+fn sparse_secret_security_check() {
+    let n = 1 << 16;
+    assert!(sparse_secret_is_128bit(n, 300.0, 64));
+    assert!(!sparse_secret_is_128bit(n, 300.0, 32));
+    assert!(sparse_secret_is_128bit(n, 109.0, 32));
+    assert!(!sparse_secret_is_128bit(n, 110.0, 32));
+    assert!(!sparse_secret_is_128bit(n, 440.0, 64));
+    assert!(!sparse_secret_is_128bit(n, 1748.0, n));
+    assert!(!sparse_secret_is_128bit(n, 100.0, 0));
+    let mut previous = 0;
+    for log_q in [120.0, 218.0, 300.0, 438.0, 881.0] {
+        let min_h = (1..=512).find(|&h| sparse_secret_is_128bit(n, log_q, h)).unwrap_or(usize::MAX);
+        assert!(min_h >= previous, "{log_q}: {min_h} < {previous}");
+        previous = min_h;
+    }
 }
 
 #[test]
@@ -222,7 +288,7 @@ fn the_declared_keys_are_exactly_the_keys_used() {
         // Without the element: refused, naming it.
         let without: Vec<GaloisKeyRequest> = requests.iter().filter(|r| r.element != g).copied().collect();
         let gk = s.keygen.galois_keys(&without).unwrap();
-        let keys = BootstrapKeys { relinearization: &s.rlk, galois: &gk };
+        let keys = BootstrapKeys { relinearization: &s.rlk, galois: &gk, encapsulation: None };
         let err = s.eval.bootstrap(&low, &plan, &keys).unwrap_err();
         assert!(matches!(err, Error::MissingGaloisKey { element } if element == g.value()), "{g}: {err}");
         // One level short of its highest use: refused as a key-level error.
@@ -232,7 +298,7 @@ fn the_declared_keys_are_exactly_the_keys_used() {
             .map(|r| if r.element == g { GaloisKeyRequest { element: g, level: Level(top - 1) } } else { *r })
             .collect();
         let gk = s.keygen.galois_keys(&short).unwrap();
-        let keys = BootstrapKeys { relinearization: &s.rlk, galois: &gk };
+        let keys = BootstrapKeys { relinearization: &s.rlk, galois: &gk, encapsulation: None };
         assert!(matches!(s.eval.bootstrap(&low, &plan, &keys), Err(Error::KeyLevel { .. })), "{g} at level {top}");
     }
 }
@@ -253,7 +319,7 @@ fn insecure_deep_circuit_with_bootstraps_matches_its_twin_at_every_step() {
     let mut twin: Vec<f64> =
         (0..n).map(|j| if j % 2 == 0 { 1.0 } else { -1.0 } * (0.3 + 0.6 * j as f64 / n as f64)).collect();
     let mut u = s.encryptor.encrypt(&s.encoder.encode_real(&twin, left, delta).unwrap()).unwrap();
-    let keys = BootstrapKeys { relinearization: &s.rlk, galois: &gk };
+    let keys = BootstrapKeys { relinearization: &s.rlk, galois: &gk, encapsulation: None };
     let (mut consumed, mut bootstraps, mut worst) = (0, 0, f64::INFINITY);
     while consumed < 100 {
         if u.level() < 2 {

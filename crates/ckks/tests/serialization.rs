@@ -30,6 +30,7 @@ fn every_object_roundtrips() {
     roundtrip(&s.rlk, &s.ctx);
     let gk = s.keygen.galois_keys(&s.keygen.top_level_requests(&[1, -3], true)).unwrap();
     roundtrip(&gk, &s.ctx);
+    roundtrip(&s.keygen.encapsulation_keys(16).unwrap(), &s.ctx);
     let seeded = SymmetricEncryptor::new(s.keygen.secret_key()).unwrap().encrypt(&pt).unwrap();
     let seeded_bytes = roundtrip(&seeded, &s.ctx);
     let full = serialize::serialize(&seeded.expand(&s.ctx), &s.ctx).unwrap();
@@ -150,6 +151,7 @@ fn valid_objects(ctx: &Arc<Context>) -> Vec<Vec<u8>> {
         serialize::serialize(&kg.relinearization_key(), ctx).unwrap().to_vec(),
         serialize::serialize(&kg.galois_keys(&kg.top_level_requests(&[1], true)).unwrap(), ctx).unwrap().to_vec(),
         kg.secret_key().to_bytes().unwrap().to_vec(),
+        serialize::serialize(&kg.encapsulation_keys(4).unwrap(), ctx).unwrap().to_vec(),
     ]
 }
 
@@ -160,6 +162,7 @@ fn try_all(bytes: &[u8], ctx: &Arc<Context>) {
     let _ = deserialize::<RelinearizationKey>(bytes, ctx);
     let _ = deserialize::<GaloisKeys>(bytes, ctx);
     let _ = SecretKey::from_bytes(bytes, ctx);
+    let _ = deserialize::<EncapsulationKeys>(bytes, ctx);
 }
 
 proptest! {
@@ -172,7 +175,7 @@ proptest! {
     }
 
     #[test]
-    fn arbitrary_bodies_behind_a_valid_header_never_panic(kind in 1u8..=7, body in proptest::collection::vec(any::<u8>(), 0..4096)) {
+    fn arbitrary_bodies_behind_a_valid_header_never_panic(kind in 1u8..=8, body in proptest::collection::vec(any::<u8>(), 0..4096)) {
         let ctx = ctx_for_fuzz();
         let mut bytes = b"BFCK".to_vec();
         bytes.extend_from_slice(&serialize::FORMAT_VERSION.to_le_bytes());
@@ -184,7 +187,7 @@ proptest! {
     }
 
     #[test]
-    fn mutated_valid_objects_never_panic(which in 0usize..5, flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8), cut in any::<prop::sample::Index>()) {
+    fn mutated_valid_objects_never_panic(which in 0usize..6, flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8), cut in any::<prop::sample::Index>()) {
         let ctx = ctx_for_fuzz();
         let mut bytes = valid_objects(&ctx).swap_remove(which);
         for (i, x) in flips {

@@ -129,13 +129,16 @@ fn run_bootstrap(p: BootstrapPreset, threads: usize, runs: usize, json: Option<&
     let rlk = keygen.relinearization_key();
     let requests = plan.key_requests();
     let gk = keygen.galois_keys(&requests)?;
+    let enc = plan.config().sparse_secret.map(|h| keygen.encapsulation_keys(h)).transpose()?;
     let keygen_s = t.elapsed().as_secs_f64();
     let (gk_mem, gk_wire) = gk.size_bytes();
-    let key_bytes = gk_mem + rlk.size_bytes();
-    let key_bytes_wire = gk_wire + rlk.size_bytes() / 2;
+    let other = rlk.size_bytes() + enc.as_ref().map_or(0, |e| e.size_bytes());
+    let key_bytes = gk_mem + other;
+    let key_bytes_wire = gk_wire + other / 2;
     eprintln!(
-        "keys: {} Galois keys and a relinearization key in {keygen_s:.1} s, {:.2} GB in memory ({:.2} GB seeded)",
+        "keys: {} Galois keys, a relinearization key{} in {keygen_s:.1} s, {:.2} GB in memory ({:.2} GB seeded)",
         gk.elements().count(),
+        if enc.is_some() { " and the sparse-secret encapsulation keys" } else { "" },
         key_bytes as f64 / 1e9,
         key_bytes_wire as f64 / 1e9
     );
@@ -154,7 +157,7 @@ fn run_bootstrap(p: BootstrapPreset, threads: usize, runs: usize, json: Option<&
     let pt = encoder.encode(&x, ctx.max_level(), params.default_scale())?;
     let eval = Evaluator::new(&ctx);
     let ct = eval.drop_to_level(&Encryptor::with_public_key(&ctx, &pk)?.encrypt(&pt)?, 0)?;
-    let keys = BootstrapKeys { relinearization: &rlk, galois: &gk };
+    let keys = BootstrapKeys { relinearization: &rlk, galois: &gk, encapsulation: enc.as_ref() };
     let mut walls = Vec::with_capacity(runs);
     let mut cpus = Vec::with_capacity(runs);
     let mut out = None;

@@ -93,6 +93,37 @@ pub fn ternary<R: Rng + ?Sized>(rng: &mut R, n: usize) -> Zeroizing<Vec<i64>> {
     out
 }
 
+/// `n` ternary coefficients with exactly `h` nonzero (a sparse secret): the positions are a
+/// uniform `h`-subset (a partial Fisher–Yates shuffle), the signs uniform.
+///
+/// The positions are drawn with rejection (Lemire), whose timing depends only on how many
+/// draws were rejected; the shuffle's memory accesses follow the secret positions, so this
+/// sampler is meant for ephemeral secrets made once on the client (bootstrapping's
+/// sparse-secret encapsulation), not for values an attacker can time repeatedly.
+///
+/// # Panics
+/// If `h > n`.
+pub fn ternary_sparse<R: Rng + ?Sized>(rng: &mut R, n: usize, h: usize) -> Zeroizing<Vec<i64>> {
+    assert!(h <= n, "{h} nonzero coefficients among {n}");
+    let mut order: Zeroizing<Vec<u32>> = Zeroizing::new((0..n as u32).collect());
+    for i in 0..h {
+        // Uniform j in [i, n) by Lemire's method.
+        let span = (n - i) as u64;
+        let j = loop {
+            let m = u128::from(rng.next_u64()) * u128::from(span);
+            if (m as u64) >= span.wrapping_neg() % span {
+                break i + (m >> 64) as usize;
+            }
+        };
+        order.swap(i, j);
+    }
+    let mut out = Zeroizing::new(vec![0i64; n]);
+    for &pos in &order[..h] {
+        out[pos as usize] = if rng.next_u32() & 1 == 0 { 1 } else { -1 };
+    }
+    out
+}
+
 /// Cumulative distribution table of the rounded Gaussian of standard deviation
 /// [`ERROR_STD_DEV`] on `[-ERROR_BOUND, ERROR_BOUND]`, scaled to 2^64.
 fn gaussian_cdt() -> [u64; (2 * ERROR_BOUND) as usize] {
@@ -198,6 +229,24 @@ mod tests {
         for c in counts {
             assert!((9_400..10_600).contains(&c), "{counts:?}");
         }
+    }
+
+    #[test]
+    fn sparse_ternary_has_exact_weight_and_spread() {
+        let mut rng = seeded_rng([4; 32]);
+        let (mut by_quarter, mut plus) = ([0usize; 4], 0usize);
+        for _ in 0..200 {
+            let s = ternary_sparse(&mut rng, 4096, 64);
+            assert_eq!(s.iter().filter(|&&x| x != 0).count(), 64);
+            assert!(s.iter().all(|x| x.abs() <= 1));
+            for (i, &x) in s.iter().enumerate().filter(|(_, x)| **x != 0) {
+                by_quarter[i / 1024] += 1;
+                plus += usize::from(x == 1);
+            }
+        }
+        // 12 800 nonzeros: 3 200 per quarter and 6 400 positive, give or take 4σ.
+        assert!(by_quarter.iter().all(|c| (2_990..3_410).contains(c)), "{by_quarter:?}");
+        assert!((6_115..6_685).contains(&plus), "{plus}");
     }
 
     #[test]
