@@ -184,6 +184,40 @@ impl BootstrapConfig {
         self.cosine().depth() + self.double_angles as usize + 2 * usize::from(self.arcsine)
     }
 
+    /// The Galois keys bootstrapping at the top of `ctx`'s chain uses (rotations of both DFTs
+    /// and the conjugation), each at the level it is used — without encoding anything: what a
+    /// client needs to generate the keys ([`crate::KeyGenerator::galois_keys`]).
+    ///
+    /// # Errors
+    /// As [`Bootstrapper::new`] for a chain too short or a DFT level budget out of range.
+    pub fn key_requests(&self, ctx: &Context) -> Result<Vec<GaloisKeyRequest>> {
+        self.check_depth(ctx)?;
+        let (n, top) = (ctx.n() / 2, ctx.max_level());
+        let evalmod_top = top - self.cts_levels;
+        let stc_top = evalmod_top - self.evalmod_depth();
+        let mut requests = Vec::new();
+        for (inverse, levels, first) in [(true, self.cts_levels, top), (false, self.stc_levels, stc_top)] {
+            for (j, m) in special_fft_factors(n, levels, inverse)?.iter().enumerate() {
+                requests.extend(m.key_requests(ctx, Level(first - j)));
+            }
+        }
+        requests.push(GaloisKeyRequest { element: ctx.galois_element_for_conjugation(), level: Level(evalmod_top) });
+        Ok(requests)
+    }
+
+    fn check_depth(&self, ctx: &Context) -> Result<()> {
+        let (depth, top) = (self.depth(), ctx.max_level());
+        if depth > top {
+            return Err(Error::InvalidParameters(format!(
+                "bootstrapping consumes {depth} levels ({} CoeffsToSlots, {} EvalMod, {} SlotsToCoeffs) but the chain has {top}",
+                self.cts_levels,
+                self.evalmod_depth(),
+                self.stc_levels
+            )));
+        }
+        Ok(())
+    }
+
     /// Levels one bootstrap consumes from the top of the chain.
     pub fn depth(&self) -> usize {
         self.cts_levels + self.evalmod_depth() + self.stc_levels
@@ -221,6 +255,9 @@ pub struct BootstrapPreset {
     pub sparse_secret: Option<usize>,
     /// See [`BootstrapConfig::arcsine`].
     pub arcsine: bool,
+    /// Precision delivered, in bits, in the worst slot of inputs uniform in `[-1, 1]` at the
+    /// default scale (measured by `blindfold bench bootstrap`, rounded down; BENCHMARKS.md).
+    pub precision_bits: u32,
     /// Whether [`BootstrapPreset::parameters`] checks the 128-bit bound (false only for the
     /// small test presets, whose names say `INSECURE`).
     pub secure: bool,
@@ -293,6 +330,7 @@ pub const N65536_BOOT_LEFT8_128BIT: BootstrapPreset = BootstrapPreset {
     log_message_ratio: 6,
     sparse_secret: Some(64),
     arcsine: true,
+    precision_bits: 20,
     secure: true,
 };
 
@@ -319,6 +357,7 @@ pub const N65536_BOOT_LEFT8_DENSE_128BIT: BootstrapPreset = BootstrapPreset {
     log_message_ratio: 6,
     sparse_secret: None,
     arcsine: false,
+    precision_bits: 13,
     secure: true,
 };
 
@@ -338,6 +377,7 @@ pub const N4096_BOOT_LEFT2_INSECURE: BootstrapPreset = BootstrapPreset {
     log_message_ratio: 6,
     sparse_secret: Some(64),
     arcsine: true,
+    precision_bits: 26,
     secure: false,
 };
 
@@ -371,15 +411,7 @@ impl Bootstrapper {
     /// or a DFT level budget is out of range.
     pub fn new(ctx: &Arc<Context>, config: BootstrapConfig) -> Result<Self> {
         let top = ctx.max_level();
-        let depth = config.depth();
-        if depth > top {
-            return Err(Error::InvalidParameters(format!(
-                "bootstrapping consumes {depth} levels ({} CoeffsToSlots, {} EvalMod, {} SlotsToCoeffs) but the chain has {top}",
-                config.cts_levels,
-                config.evalmod_depth(),
-                config.stc_levels
-            )));
-        }
+        config.check_depth(ctx)?;
         if let Some(h) = config.sparse_secret {
             // The key to the sparse secret lives modulo q_0·P.
             let log_q0p = std::iter::once(ctx.moduli[0].value()).chain(ctx.params().p().iter().copied());
@@ -414,19 +446,15 @@ impl Bootstrapper {
             )));
         }
         let message_boost = 1u64 << message_boost;
-        let mut requests = Vec::new();
+        let requests = config.key_requests(ctx)?;
         // The factors of one DFT direction, factor `j` at level `first - j` with its diagonals
-        // times `factor` and encoded at `scale(j, level)`; their keys go into `requests`.
-        let mut encode_dft =
+        // times `factor` and encoded at `scale(j, level)`.
+        let encode_dft =
             |inverse: bool, levels: usize, first: usize, factor: f64, scale: &dyn Fn(usize, usize) -> f64| {
                 special_fft_factors(n, levels, inverse)?
                     .into_iter()
                     .enumerate()
-                    .map(|(j, m)| {
-                        let level = first - j;
-                        requests.extend(m.key_requests(ctx, Level(level)));
-                        m.scaled(factor).encode(&encoder, level, scale(j, level))
-                    })
+                    .map(|(j, m)| m.scaled(factor).encode(&encoder, first - j, scale(j, first - j)))
                     .collect::<Result<Vec<_>>>()
             };
         // CoeffsToSlots: slots z' = U·t (scale q_0 after ModRaise) → t[rev]/(2K) at the scale of
@@ -452,7 +480,6 @@ impl Bootstrapper {
         let stc_factor = (q0 / (2.0 * PI * delta * message_boost as f64)).powf(1.0 / config.stc_levels as f64);
         let stc_ratio = (delta / scale).powf(1.0 / config.stc_levels as f64);
         let stc = encode_dft(false, config.stc_levels, stc_top, stc_factor, &|_, level| q(level) * stc_ratio)?;
-        requests.push(GaloisKeyRequest { element: ctx.galois_element_for_conjugation(), level: Level(evalmod_top) });
         let output_level = stc_top - config.stc_levels;
         Ok(Self { ctx: ctx.clone(), config, cosine, cts, stc, requests, cosine_scale, output_level, message_boost })
     }

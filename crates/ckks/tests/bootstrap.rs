@@ -255,6 +255,23 @@ fn bootstrap_presets_are_secure_and_leave_the_levels_they_name() {
         if p.secure {
             assert_eq!(params.security(), SecurityLevel::Bits128);
             assert!(params.log_qp() <= max_log_qp_128bit(params.n()).unwrap() as f64);
+            // The key to the sparse secret lives modulo q_0·P.
+            if let Some(h) = p.sparse_secret {
+                let log_q0p: u32 = p.log_q[0] + p.log_p.iter().sum::<u32>();
+                assert!(sparse_secret_is_128bit(params.n(), f64::from(log_q0p), h), "{}", p.name);
+            }
+        } else {
+            // The small presets deliver the precision they state (the 2^16 ones: BENCHMARKS.md).
+            let mut s = setup(params.clone(), 29);
+            let plan = Bootstrapper::new(&s.ctx, p.config()).unwrap();
+            let gk = s.keygen.galois_keys(&plan.key_requests()).unwrap();
+            let enc = p.sparse_secret.map(|h| s.keygen.encapsulation_keys(h).unwrap());
+            let x: Vec<Complex64> =
+                values(s.encoder.slots(), 5).iter().map(|c| Complex64::new(c.re / 0.7, 0.0)).collect();
+            let ct = s.encrypt(&x);
+            let keys = BootstrapKeys { relinearization: &s.rlk, galois: &gk, encapsulation: enc.as_ref() };
+            let (_, worst) = precision(&s.decrypt(&s.eval.bootstrap(&ct, &plan, &keys).unwrap()), &x);
+            assert!(worst >= f64::from(p.precision_bits), "{}: {worst:.1} bits", p.name);
         }
         // The chain's layout matches the configuration: the EvalMod levels are the large primes,
         // the levels below them (but q_0) smaller.

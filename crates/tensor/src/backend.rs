@@ -6,10 +6,12 @@
 //! exist only on the CKKS side: the twin computes the exact values the encrypted slots
 //! approximate.
 
+use crate::bootstrap::BootstrapStage;
 use crate::error::{CircuitError, Result};
 use crate::requirements::RotationKey;
 use blindfold_ckks::{
-    Ciphertext, Encoder, Evaluator, GaloisElement, GaloisKeyRequest, GaloisKeys, Level, Plaintext, RelinearizationKey,
+    BootstrapKeys, Ciphertext, EncapsulationKeys, Encoder, Evaluator, GaloisElement, GaloisKeyRequest, GaloisKeys,
+    Level, Plaintext, RelinearizationKey,
 };
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -96,6 +98,9 @@ pub trait Backend {
     fn rescale(&self, a: Self::Value) -> Result<Self::Value>;
     /// `a` brought down to the level of `like` without rescaling.
     fn drop_to(&self, a: &Self::Value, like: &Self::Value) -> Result<Self::Value>;
+    /// `a` bootstrapped by `stage`: the same slots (to its precision) at its output level and
+    /// the same scale.
+    fn bootstrap(&self, a: &Self::Value, stage: &BootstrapStage) -> Result<Self::Value>;
 }
 
 /// The plaintext twin: slot vectors of `f64`.
@@ -198,6 +203,9 @@ impl Backend for PlainBackend {
     fn drop_to(&self, a: &Vec<f64>, _like: &Vec<f64>) -> Result<Vec<f64>> {
         Ok(a.clone())
     }
+    fn bootstrap(&self, a: &Vec<f64>, stage: &BootstrapStage) -> Result<Vec<f64>> {
+        stage.apply_twin(a)
+    }
 }
 
 /// CKKS evaluation with the client's public evaluation keys.
@@ -210,6 +218,7 @@ pub struct CkksBackend<'a> {
     eval: &'a Evaluator,
     rlk: Option<&'a RelinearizationKey>,
     gk: Option<&'a GaloisKeys>,
+    encapsulation: Option<&'a EncapsulationKeys>,
     declared: BTreeMap<GaloisElement, usize>,
     used: Mutex<BTreeMap<GaloisElement, usize>>,
 }
@@ -240,7 +249,14 @@ impl<'a> CkksBackend<'a> {
             let e = map.entry(r.element).or_insert(r.level.0);
             *e = (*e).max(r.level.0);
         }
-        Self { eval, rlk, gk, declared: map, used: Mutex::new(BTreeMap::new()) }
+        Self { eval, rlk, gk, encapsulation: None, declared: map, used: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// The same backend with the sparse-secret encapsulation keys bootstraps need
+    /// ([`BootstrapStage::sparse_secret`]).
+    pub fn with_encapsulation(mut self, keys: Option<&'a EncapsulationKeys>) -> Self {
+        self.encapsulation = keys;
+        self
     }
 
     /// The Galois keys the evaluations so far used, each with the highest level it served.
@@ -251,16 +267,24 @@ impl<'a> CkksBackend<'a> {
 
     fn check(&self, step: i64, level: usize) -> Result<()> {
         let g = self.eval.context().galois_element_for_rotation(step);
+        if !self.declares(g, level) {
+            return Err(CircuitError::UndeclaredKey { stage: String::new(), step, level });
+        }
+        Ok(())
+    }
+
+    /// Whether element `g` is declared up to `level`; records the use if it is.
+    fn declares(&self, g: GaloisElement, level: usize) -> bool {
         if g == GaloisElement::IDENTITY {
-            return Ok(());
+            return true;
         }
         if self.declared.get(&g).is_none_or(|&l| l < level) {
-            return Err(CircuitError::UndeclaredKey { stage: String::new(), step, level });
+            return false;
         }
         let mut used = self.used.lock().expect("not poisoned");
         let e = used.entry(g).or_insert(level);
         *e = (*e).max(level);
-        Ok(())
+        true
     }
 
     fn relinearize_rescale(&self, p: &mut Ciphertext) -> Result<()> {
@@ -371,6 +395,24 @@ impl Backend for CkksBackend<'_> {
     }
     fn drop_to(&self, a: &Ciphertext, like: &Ciphertext) -> Result<Ciphertext> {
         Ok(self.eval.drop_to_level(a, like.level())?)
+    }
+    fn bootstrap(&self, a: &Ciphertext, stage: &BootstrapStage) -> Result<Ciphertext> {
+        let plan = stage.plan()?;
+        for r in plan.key_requests() {
+            if !self.declares(r.element, r.level.0) {
+                return Err(CircuitError::UndeclaredElement {
+                    stage: String::new(),
+                    element: r.element.value(),
+                    level: r.level.0,
+                });
+            }
+        }
+        let relinearization = self.rlk.ok_or_else(|| CircuitError::MissingKeys("a relinearization key".into()))?;
+        if stage.sparse_secret().is_some() && self.encapsulation.is_none() {
+            return Err(CircuitError::MissingKeys("the sparse-secret encapsulation keys".into()));
+        }
+        let keys = BootstrapKeys { relinearization, galois: self.galois_keys()?, encapsulation: self.encapsulation };
+        Ok(self.eval.bootstrap(a, plan, &keys)?)
     }
 }
 
@@ -495,6 +537,10 @@ impl Backend for TraceBackend {
     }
     fn drop_to(&self, a: &Trace, like: &Trace) -> Result<Trace> {
         Ok(Trace { level: like.level, ..*a })
+    }
+    fn bootstrap(&self, a: &Trace, stage: &BootstrapStage) -> Result<Trace> {
+        *self.relinearizes.lock().expect("not poisoned") = true;
+        Ok(Trace { level: stage.output_level(), ..*a })
     }
     fn scale_of(&self, a: &Trace) -> f64 {
         a.scale

@@ -8,12 +8,15 @@
 
 use crate::activation::PolynomialActivation;
 use crate::backend::{Backend, CkksBackend, PlainBackend};
+use crate::bootstrap::BootstrapStage;
 use crate::error::{CircuitError, Result};
 use crate::layout::{Layout, Packing};
 use crate::linear::LinearTransform;
 use crate::pooling::RotationSum;
 use crate::requirements::{key_requests, merge_keys, RotationKey, StageCost};
-use blindfold_ckks::{Ciphertext, Context, Encoder, Evaluator, GaloisKeyRequest, GaloisKeys, RelinearizationKey};
+use blindfold_ckks::{
+    BootstrapKeys, Ciphertext, Context, Encoder, Evaluator, GaloisKeyRequest, GaloisKeys, RelinearizationKey,
+};
 
 /// One stage of a circuit.
 #[derive(Clone, Debug)]
@@ -25,6 +28,8 @@ pub enum Stage {
     RotationSum(RotationSum),
     /// A polynomial activation: `ceil(log2 degree)` levels.
     Polynomial(PolynomialActivation),
+    /// A bootstrap: from any level back up to the levels its preset leaves.
+    Bootstrap(BootstrapStage),
 }
 
 impl Stage {
@@ -34,15 +39,24 @@ impl Stage {
             Stage::Linear(s) => s.level(),
             Stage::RotationSum(s) => s.level(),
             Stage::Polynomial(s) => s.level(),
+            Stage::Bootstrap(s) => s.level(),
         }
     }
 
-    /// Levels the stage consumes.
+    /// Levels of computation the stage consumes (a bootstrap none: it raises the level).
     pub fn depth(&self) -> usize {
         match self {
             Stage::Linear(_) => 1,
-            Stage::RotationSum(_) => 0,
+            Stage::RotationSum(_) | Stage::Bootstrap(_) => 0,
             Stage::Polynomial(s) => s.depth(),
+        }
+    }
+
+    /// Level of the stage's result.
+    pub fn output_level(&self) -> usize {
+        match self {
+            Stage::Bootstrap(s) => s.output_level(),
+            s => s.level().saturating_sub(s.depth()),
         }
     }
 
@@ -51,13 +65,14 @@ impl Stage {
         match self {
             Stage::Linear(s) => s.rotation_keys(),
             Stage::RotationSum(s) => s.rotation_keys(),
-            Stage::Polynomial(_) => Vec::new(),
+            // A bootstrap's Galois keys include the conjugation: see `Circuit::key_requests`.
+            Stage::Polynomial(_) | Stage::Bootstrap(_) => Vec::new(),
         }
     }
 
     /// Whether the stage multiplies ciphertexts (and needs the relinearization key).
     pub fn relinearizes(&self) -> bool {
-        matches!(self, Stage::Polynomial(p) if p.depth() > 0)
+        matches!(self, Stage::Polynomial(p) if p.depth() > 0) || matches!(self, Stage::Bootstrap(_))
     }
 
     /// What the stage costs.
@@ -66,6 +81,7 @@ impl Stage {
             Stage::Linear(s) => s.cost(),
             Stage::RotationSum(s) => s.cost(),
             Stage::Polynomial(s) => s.cost(),
+            Stage::Bootstrap(s) => s.cost(),
         }
     }
 
@@ -74,6 +90,7 @@ impl Stage {
             Stage::Linear(s) => s.name().to_string(),
             Stage::RotationSum(s) => s.name().to_string(),
             Stage::Polynomial(s) => s.cost().name,
+            Stage::Bootstrap(s) => s.cost().name,
         }
     }
 
@@ -88,6 +105,7 @@ impl Stage {
             Stage::Linear(s) => s.evaluate(be, inputs),
             Stage::RotationSum(s) => s.evaluate(be, one()?),
             Stage::Polynomial(s) => s.evaluate(be, one()?),
+            Stage::Bootstrap(s) => s.evaluate(be, one()?),
         }
     }
 }
@@ -109,11 +127,12 @@ impl Circuit {
     /// layout `output`.
     ///
     /// # Errors
-    /// [`CircuitError::TooDeep`] if the stages need more levels than `top_level`;
+    /// [`CircuitError::TooDeep`] if the stages need more levels than `top_level` (or, with
+    /// bootstraps, than the level a stage starts at);
     /// [`CircuitError::Layout`] if a stage's level does not follow from the one before.
     pub fn new(packing: Packing, top_level: usize, stages: Vec<Stage>, output: Layout) -> Result<Self> {
         let depth: usize = stages.iter().map(Stage::depth).sum();
-        if depth > top_level {
+        if depth > top_level && !stages.iter().any(|s| matches!(s, Stage::Bootstrap(_))) {
             return Err(CircuitError::TooDeep { needed: depth, available: top_level, hint: None });
         }
         let mut level = top_level;
@@ -125,7 +144,11 @@ impl Circuit {
                     s.level()
                 )));
             }
-            level -= s.depth();
+            if s.depth() > level {
+                let hint = Some(format!("stage {} starts at level {level}: bootstrap before it", s.name()));
+                return Err(CircuitError::TooDeep { needed: s.depth(), available: level, hint });
+            }
+            level = s.output_level();
         }
         let slots = output.slots;
         Ok(Self { packing, slots, top_level, stages, output, input_scale: None })
@@ -146,9 +169,30 @@ impl Circuit {
         self.top_level
     }
 
-    /// Multiplicative depth (levels consumed); the result is at `top_level − depth`.
+    /// Multiplicative depth: the levels of computation consumed (bootstraps excluded); without
+    /// bootstraps the result is at `top_level − depth`.
     pub fn depth(&self) -> usize {
         self.stages.iter().map(Stage::depth).sum()
+    }
+
+    /// Level of the result.
+    pub fn output_level(&self) -> usize {
+        self.stages.last().map_or(self.top_level, Stage::output_level)
+    }
+
+    /// Nonzero coefficients of the sparse secret the circuit's bootstraps encapsulate in (the
+    /// smallest, if they differ): the client makes
+    /// [`blindfold_ckks::KeyGenerator::encapsulation_keys`] with this weight. `None` if no
+    /// bootstrap needs them.
+    pub fn sparse_secret(&self) -> Option<usize> {
+        self.bootstraps().filter_map(BootstrapStage::sparse_secret).min()
+    }
+
+    fn bootstraps(&self) -> impl Iterator<Item = &BootstrapStage> {
+        self.stages.iter().filter_map(|s| match s {
+            Stage::Bootstrap(b) => Some(b),
+            _ => None,
+        })
     }
 
     /// Where the result's values lie in the output ciphertext's slots.
@@ -168,9 +212,19 @@ impl Circuit {
         merge_keys(self.stages.iter().flat_map(Stage::rotation_keys), self.slots)
     }
 
-    /// [`Circuit::rotation_keys`] as key-generator requests for `ctx`.
+    /// The Galois keys to generate for `ctx`, one per element at the highest level it is used
+    /// at: [`Circuit::rotation_keys`] and every bootstrap's ([`BootstrapStage::key_requests`];
+    /// none for a bootstrap whose preset does not fit `ctx`, which [`Circuit::encode`]
+    /// refuses).
     pub fn key_requests(&self, ctx: &Context) -> Vec<GaloisKeyRequest> {
-        key_requests(&self.rotation_keys(), ctx)
+        let mut requests = key_requests(&self.rotation_keys(), ctx);
+        for r in self.bootstraps().flat_map(|b| b.key_requests(ctx).unwrap_or_default()) {
+            match requests.iter_mut().find(|k| k.element == r.element) {
+                Some(k) => k.level = k.level.max(r.level),
+                None => requests.push(r),
+            }
+        }
+        requests
     }
 
     /// Whether the circuit needs the relinearization key.
@@ -210,6 +264,10 @@ impl Circuit {
                 Stage::Linear(l) => l.encode(&encoder, q, scale)?,
                 Stage::RotationSum(_) => scale,
                 Stage::Polynomial(p) => polynomial_scale(p, scale, q, level),
+                Stage::Bootstrap(b) => {
+                    b.encode(ctx)?;
+                    scale
+                }
             };
         }
         self.input_scale = Some(input_scale);
@@ -238,6 +296,9 @@ impl Circuit {
                 CircuitError::UndeclaredKey { step, level, .. } => {
                     CircuitError::UndeclaredKey { stage: s.name(), step, level }
                 }
+                CircuitError::UndeclaredElement { element, level, .. } => {
+                    CircuitError::UndeclaredElement { stage: s.name(), element, level }
+                }
                 e => e,
             })?;
             value = Some(out);
@@ -259,10 +320,26 @@ impl Circuit {
         rlk: &RelinearizationKey,
         gk: &GaloisKeys,
     ) -> Result<Ciphertext> {
+        self.evaluate_with(eval, inputs, &BootstrapKeys { relinearization: rlk, galois: gk, encapsulation: None })
+    }
+
+    /// [`Circuit::evaluate`] with every kind of evaluation key, the sparse-secret
+    /// encapsulation keys of [`Circuit::sparse_secret`] included.
+    ///
+    /// # Errors
+    /// As [`Circuit::evaluate`]; [`CircuitError::MissingKeys`] for a bootstrap that needs the
+    /// encapsulation keys without them.
+    pub fn evaluate_with(
+        &self,
+        eval: &Evaluator,
+        inputs: &[Ciphertext],
+        keys: &BootstrapKeys<'_>,
+    ) -> Result<Ciphertext> {
         if self.input_scale.is_none() {
             return Err(CircuitError::NotEncoded);
         }
-        let be = CkksBackend::new(eval, rlk, gk, &self.key_requests(eval.context()));
+        let be = CkksBackend::new(eval, keys.relinearization, keys.galois, &self.key_requests(eval.context()))
+            .with_encapsulation(keys.encapsulation);
         self.evaluate_on(&be, inputs)
     }
 

@@ -41,6 +41,17 @@ pub enum CircuitError {
         /// Level of the rotated ciphertext.
         level: usize,
     },
+    /// A bootstrap needs a Galois key (a rotation or the conjugation) the circuit did not
+    /// declare, or at a higher level.
+    #[error("stage {stage} applies Galois element {element} at level {level}, which the circuit's key requirements do not declare")]
+    UndeclaredElement {
+        /// The stage.
+        stage: String,
+        /// Galois element.
+        element: u64,
+        /// Level of the ciphertext it applies to.
+        level: usize,
+    },
     /// An operation needs an evaluation key the evaluator was not given.
     #[error("this computation needs the client's evaluation keys ({0}), which were not given")]
     MissingKeys(String),

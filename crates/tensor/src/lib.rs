@@ -11,6 +11,8 @@
 //!   terms of convolutions and dense layers.
 //! * [`pooling`] — sums of rotations (average pooling without a level).
 //! * [`activation`] — polynomial activations at minimum depth.
+//! * [`bootstrap`] — bootstrapping as a stage: back up to the levels a bootstrappable preset
+//!   leaves, with its keys declared and a twin that models its precision loss.
 //! * [`aggregation`] — combining several parties' encrypted scores (an ensemble's mean,
 //!   weighted mean, polynomial softmax and vote), keys traced from the evaluation itself.
 //! * [`requirements`] — rotation keys with their levels, costs.
@@ -22,6 +24,7 @@
 pub mod activation;
 pub mod aggregation;
 pub mod backend;
+pub mod bootstrap;
 pub mod circuit;
 pub mod conv;
 mod error;
@@ -35,6 +38,7 @@ pub mod requirements;
 pub use activation::PolynomialActivation;
 pub use aggregation::{Aggregator, Combine};
 pub use backend::{Backend, CkksBackend, Operand, PlainBackend, Trace, TraceBackend};
+pub use bootstrap::{BootstrapStage, BOOTSTRAP_INPUT_BOUND};
 pub use circuit::{Circuit, Stage};
 pub use error::{CircuitError, Result};
 pub use geometry::{ConvGeom, PoolGeom, Shape};
