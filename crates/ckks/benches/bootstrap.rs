@@ -1,8 +1,9 @@
 //! One bootstrap, on one thread and on two: `cargo bench -p blindfold-ckks --bench bootstrap`.
 //!
-//! The preset is `N65536_BOOT_LEFT8_128BIT` (key generation takes about 30 s and the keys
-//! about 9 GB; one bootstrap about 12 s on two cores); `BOOT_PRESET=N4096_BOOT_LEFT2_INSECURE`
-//! runs the small insecure stand-in. The full report (precision, keys, memory) is
+//! The preset is `N65536_BOOT_LEFT8_128BIT` (key generation takes 10 to 30 s and the keys
+//! 8.3 GB; one bootstrap about 9 s on two cores); `BOOT_PRESET` names another
+//! (`N65536_BOOT_LEFT8_DENSE_128BIT`, or `N4096_BOOT_LEFT2_INSECURE`, the small insecure
+//! stand-in). The full report (precision, keys, memory) is
 //! `blindfold bench bootstrap`. Figures and machine: BENCHMARKS.md.
 
 #![allow(missing_docs)] // criterion_group! generates undocumented items

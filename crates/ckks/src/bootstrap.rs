@@ -191,18 +191,31 @@ impl BootstrapConfig {
     /// # Errors
     /// As [`Bootstrapper::new`] for a chain too short or a DFT level budget out of range.
     pub fn key_requests(&self, ctx: &Context) -> Result<Vec<GaloisKeyRequest>> {
+        let (cts, stc) = self.dft_factors(ctx)?;
+        Ok(self.requests_of(ctx, &cts, &stc))
+    }
+
+    /// The CoeffsToSlots and SlotsToCoeffs factors for `ctx`'s ring.
+    fn dft_factors(&self, ctx: &Context) -> Result<(Vec<LinearTransform>, Vec<LinearTransform>)> {
         self.check_depth(ctx)?;
-        let (n, top) = (ctx.n() / 2, ctx.max_level());
+        let n = ctx.n() / 2;
+        Ok((special_fft_factors(n, self.cts_levels, true)?, special_fft_factors(n, self.stc_levels, false)?))
+    }
+
+    /// The keys of the factors, CoeffsToSlots factor `j` at level `top - j`, SlotsToCoeffs factor
+    /// `j` below EvalMod, and the conjugation between them.
+    fn requests_of(&self, ctx: &Context, cts: &[LinearTransform], stc: &[LinearTransform]) -> Vec<GaloisKeyRequest> {
+        let top = ctx.max_level();
         let evalmod_top = top - self.cts_levels;
         let stc_top = evalmod_top - self.evalmod_depth();
         let mut requests = Vec::new();
-        for (inverse, levels, first) in [(true, self.cts_levels, top), (false, self.stc_levels, stc_top)] {
-            for (j, m) in special_fft_factors(n, levels, inverse)?.iter().enumerate() {
+        for (factors, first) in [(cts, top), (stc, stc_top)] {
+            for (j, m) in factors.iter().enumerate() {
                 requests.extend(m.key_requests(ctx, Level(first - j)));
             }
         }
         requests.push(GaloisKeyRequest { element: ctx.galois_element_for_conjugation(), level: Level(evalmod_top) });
-        Ok(requests)
+        requests
     }
 
     fn check_depth(&self, ctx: &Context) -> Result<()> {
@@ -411,7 +424,7 @@ impl Bootstrapper {
     /// or a DFT level budget is out of range.
     pub fn new(ctx: &Arc<Context>, config: BootstrapConfig) -> Result<Self> {
         let top = ctx.max_level();
-        config.check_depth(ctx)?;
+        let (cts_factors, stc_factors) = config.dft_factors(ctx)?;
         if let Some(h) = config.sparse_secret {
             // The key to the sparse secret lives modulo q_0·P.
             let log_q0p = std::iter::once(ctx.moduli[0].value()).chain(ctx.params().p().iter().copied());
@@ -446,12 +459,12 @@ impl Bootstrapper {
             )));
         }
         let message_boost = 1u64 << message_boost;
-        let requests = config.key_requests(ctx)?;
+        let requests = config.requests_of(ctx, &cts_factors, &stc_factors);
         // The factors of one DFT direction, factor `j` at level `first - j` with its diagonals
         // times `factor` and encoded at `scale(j, level)`.
         let encode_dft =
-            |inverse: bool, levels: usize, first: usize, factor: f64, scale: &dyn Fn(usize, usize) -> f64| {
-                special_fft_factors(n, levels, inverse)?
+            |factors: Vec<LinearTransform>, first: usize, factor: f64, scale: &dyn Fn(usize, usize) -> f64| {
+                factors
                     .into_iter()
                     .enumerate()
                     .map(|(j, m)| m.scaled(factor).encode(&encoder, first - j, scale(j, first - j)))
@@ -461,7 +474,7 @@ impl Bootstrapper {
         // the first EvalMod prime (so the powers of the cosine keep their scale).
         let evalmod_top = top - config.cts_levels;
         let cts_factor = (1.0 / (n as f64 * 2.0 * config.k)).powf(1.0 / config.cts_levels as f64);
-        let cts = encode_dft(true, config.cts_levels, top, cts_factor, &|j, level| {
+        let cts = encode_dft(cts_factors, top, cts_factor, &|j, level| {
             if j + 1 == config.cts_levels {
                 q(level) * q(evalmod_top) / q0
             } else {
@@ -479,7 +492,7 @@ impl Bootstrapper {
         // SlotsToCoeffs: sin(2πt) ≈ 2π·R·m/q_0 (scale `scale`) → U·m/Δ (scale Δ).
         let stc_factor = (q0 / (2.0 * PI * delta * message_boost as f64)).powf(1.0 / config.stc_levels as f64);
         let stc_ratio = (delta / scale).powf(1.0 / config.stc_levels as f64);
-        let stc = encode_dft(false, config.stc_levels, stc_top, stc_factor, &|_, level| q(level) * stc_ratio)?;
+        let stc = encode_dft(stc_factors, stc_top, stc_factor, &|_, level| q(level) * stc_ratio)?;
         let output_level = stc_top - config.stc_levels;
         Ok(Self { ctx: ctx.clone(), config, cosine, cts, stc, requests, cosine_scale, output_level, message_boost })
     }
