@@ -3,7 +3,7 @@
 use anyhow::{bail, Context as _, Result};
 use blindfold_ckks::bootstrap::BootstrapPreset;
 use blindfold_ckks::{
-    BootstrapKeys, Bootstrapper, Complex64, Context, Decryptor, Encoder, Encryptor, Evaluator, KeyGenerator,
+    BootstrapKeys, Bootstrapper, Complex64, Context, Decryptor, Encoder, Encryptor, Evaluator, KeyGenerator, PublicKey,
     BOOTSTRAP_PRESETS,
 };
 use clap::{Args, Subcommand};
@@ -29,6 +29,11 @@ pub(crate) struct BootstrapArgs {
     /// Bootstraps to time; the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Also run a deep circuit, u ← 1.8·u·(1 − u²) (two levels a step), until this many
+    /// levels have been consumed, bootstrapping whenever fewer than two are left, and report
+    /// its worst step against the plaintext twin (0: skip).
+    #[arg(long, default_value_t = 0)]
+    deep_levels: usize,
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -55,6 +60,17 @@ struct BootstrapReport {
     key_bytes: usize,
     key_bytes_wire: usize,
     peak_rss_bytes: u64,
+    deep: Option<DeepReport>,
+}
+
+/// The deep circuit of `--deep-levels`.
+#[derive(Serialize)]
+struct DeepReport {
+    levels: usize,
+    bootstraps: usize,
+    wall_s: f64,
+    /// Worst slot of the worst step, in bits, against the plaintext twin.
+    precision_bits_worst: f64,
 }
 
 pub(crate) fn bench_cmd(cmd: BenchCommand) -> Result<()> {
@@ -105,10 +121,14 @@ fn bootstrap_cmd(a: BootstrapArgs) -> Result<()> {
         bail!("--threads must be at least 1");
     }
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
-    pool.install(|| run_bootstrap(p, threads, a.runs, a.json.as_deref()))
+    pool.install(|| run_bootstrap(p, threads, &a))
 }
 
-fn run_bootstrap(p: BootstrapPreset, threads: usize, runs: usize, json: Option<&std::path::Path>) -> Result<()> {
+fn run_bootstrap(p: BootstrapPreset, threads: usize, a: &BootstrapArgs) -> Result<()> {
+    let (runs, json) = (a.runs, a.json.as_deref());
+    if a.deep_levels > 0 && p.levels_left() < 2 {
+        bail!("--deep-levels needs a preset that leaves at least 2 levels; {} leaves {}", p.name, p.levels_left());
+    }
     let params = p.parameters()?;
     let ctx = Context::new(&params)?;
     eprintln!(
@@ -171,6 +191,9 @@ fn run_bootstrap(p: BootstrapPreset, threads: usize, runs: usize, json: Option<&
     let out = out.expect("at least one run");
     let got = encoder.decode(&Decryptor::new(keygen.secret_key()).decrypt(&out)?)?;
     let bits: Vec<f64> = got.iter().zip(&x).map(|(g, w)| -((g - w).norm().max(1e-300)).log2()).collect();
+    let deep = (a.deep_levels > 0)
+        .then(|| deep_circuit(&eval, &encoder, &pk, &Decryptor::new(keygen.secret_key()), &plan, &keys, a.deep_levels))
+        .transpose()?;
     let report = BootstrapReport {
         tool: "blindfold",
         preset: p.name,
@@ -191,6 +214,7 @@ fn run_bootstrap(p: BootstrapPreset, threads: usize, runs: usize, json: Option<&
         key_bytes,
         key_bytes_wire,
         peak_rss_bytes: peak_rss(),
+        deep,
     };
     println!(
         "{}: bootstrap {:.2} s (median of {}; {:.2} s CPU), precision {:.1} bits worst / {:.1} mean, {} levels left, \
@@ -206,9 +230,59 @@ fn run_bootstrap(p: BootstrapPreset, threads: usize, runs: usize, json: Option<&
         report.key_bytes as f64 / 1e9,
         report.peak_rss_bytes as f64 / 1e9
     );
+    if let Some(d) = &report.deep {
+        println!(
+            "deep circuit: {} levels consumed with {} bootstraps in {:.1} s; worst step {:.1} bits against the plaintext twin",
+            d.levels, d.bootstraps, d.wall_s, d.precision_bits_worst
+        );
+    }
     if let Some(path) = json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// u ← 1.8·u·(1 − u²) on every slot (drawn to ±2/3, where the map contracts), from slots
+/// ±(0.3 … 0.9) at the levels a bootstrap leaves, until `levels` have been consumed, with a
+/// bootstrap whenever fewer than two levels are left; each step decrypted against the twin.
+fn deep_circuit(
+    eval: &Evaluator,
+    encoder: &Encoder,
+    pk: &PublicKey,
+    dec: &Decryptor,
+    plan: &Bootstrapper,
+    keys: &BootstrapKeys<'_>,
+    levels: usize,
+) -> Result<DeepReport> {
+    let ctx = eval.context();
+    let (n, q, delta) = (encoder.slots(), ctx.params().q(), ctx.params().default_scale());
+    let mut twin: Vec<f64> =
+        (0..n).map(|j| if j % 2 == 0 { 1.0 } else { -1.0 } * (0.3 + 0.6 * j as f64 / n as f64)).collect();
+    let pt = encoder.encode_real(&twin, plan.output_level(), delta)?;
+    let mut u = Encryptor::with_public_key(ctx, pk)?.encrypt(&pt)?;
+    let (start, mut consumed, mut bootstraps, mut worst) = (Instant::now(), 0, 0, f64::INFINITY);
+    while consumed < levels {
+        if u.level() < 2 {
+            u = eval.bootstrap(&u, plan, keys)?;
+            bootstraps += 1;
+            eprintln!(
+                "deep circuit: {consumed}/{levels} levels, bootstrap {bootstraps}, worst step so far {worst:.1} bits"
+            );
+        }
+        let (ql, q_next) = (q[u.level()] as f64, q[u.level() - 1] as f64);
+        // v = 1 − u²; z = 1.8·u at the scale that puts z·v at Δ after its rescale; u ← z·v.
+        let mut v = eval.negate(&eval.rescale(&eval.multiply_relin(&u, &u, keys.relinearization)?)?)?;
+        eval.add_const_assign(&mut v, 1.0)?;
+        let z_scale = delta * q_next / v.scale();
+        let z = eval.rescale(&eval.multiply_const(&u, 1.8, ql * z_scale / u.scale())?)?;
+        u = eval.rescale(&eval.multiply_relin(&z, &v, keys.relinearization)?)?;
+        consumed += 2;
+        twin.iter_mut().for_each(|x| *x = 1.8 * *x * (1.0 - *x * *x));
+        let got = encoder.decode_real(&dec.decrypt(&u)?)?;
+        let step =
+            got.iter().zip(&twin).map(|(g, t)| -((g - t).abs().max(1e-300)).log2()).fold(f64::INFINITY, f64::min);
+        worst = worst.min(step);
+    }
+    Ok(DeepReport { levels: consumed, bootstraps, wall_s: start.elapsed().as_secs_f64(), precision_bits_worst: worst })
 }

@@ -1,5 +1,5 @@
 //! `blindfold bench bootstrap` on the small insecure preset: it runs, reports what the issue
-//! asks for, and refuses bad settings.
+//! asks for (a deep circuit included), and refuses bad settings.
 
 use std::process::Command;
 
@@ -19,6 +19,8 @@ fn bench_bootstrap_reports_time_precision_levels_keys_and_memory() {
         "1",
         "--threads",
         "1",
+        "--deep-levels",
+        "20",
         "--json",
         json.to_str().unwrap(),
     ]);
@@ -33,6 +35,10 @@ fn bench_bootstrap_reports_time_precision_levels_keys_and_memory() {
     assert!(r["precision_bits_mean"].as_f64().unwrap() > r["precision_bits_worst"].as_f64().unwrap());
     assert!(r["key_bytes"].as_u64().unwrap() > r["key_bytes_wire"].as_u64().unwrap());
     assert!(r["peak_rss_bytes"].as_u64().unwrap() > 0 && r["bootstrap_s"].as_f64().unwrap() > 0.0);
+    // The deep circuit: 20 levels, two a step, a bootstrap before every step (2 levels left).
+    assert_eq!(r["deep"]["levels"], 20);
+    assert_eq!(r["deep"]["bootstraps"], 9);
+    assert!(r["deep"]["precision_bits_worst"].as_f64().unwrap() > 20.0, "{r}");
 
     for (args, needle) in [
         (&["bench", "bootstrap", "--preset", "N1_NOPE"][..], "N65536_BOOT_LEFT8_128BIT"),
