@@ -7,13 +7,18 @@
 //!
 //! 1. **ModRaise**: the level-0 ciphertext `(c_0, c_1) mod q_0` is read modulo the whole chain
 //!    `Q_L`; it decrypts to `m + q_0·I` with `I` a polynomial of small integer coefficients
-//!    (`|I| ≤ K`, `K` set from the secret's distribution, [`BootstrapConfig::k`]).
+//!    (`|I| ≤ K`, `K` set from the secret's distribution, [`BootstrapConfig::k`]). With the
+//!    sparse-secret encapsulation (Bossuat–Troncoso-Pastoriza–Hubaux, ACNS 2022;
+//!    [`BootstrapConfig::sparse_secret`]) the level-0 ciphertext is first switched to an
+//!    ephemeral secret of few nonzero coefficients and switched back after ModRaise, so `K`
+//!    is small (21 instead of 516 at N = 2^16).
 //! 2. **CoeffsToSlots**: the homomorphic inverse special FFT, factored into
 //!    [`BootstrapConfig::cts_levels`] sparse linear maps (one level each, baby-step giant-step),
 //!    puts the coefficients `t = (m + q_0·I)/q_0` into the slots (in bit-reversed order, as
 //!    real and imaginary parts: a conjugation splits them into two ciphertexts).
 //! 3. **EvalMod**: `sin(2πt)/(2π) ≈ m/q_0` on each, by a Chebyshev interpolant of
-//!    `cos(2π(t - 1/4)/2^r)` followed by `r` double-angle steps `y ← 2y² - 1`.
+//!    `cos(2π(t - 1/4)/2^r)` followed by `r` double-angle steps `y ← 2y² - 1`, and optionally
+//!    the arcsine correction `y + y³/6` ([`BootstrapConfig::arcsine`]).
 //! 4. **SlotsToCoeffs**: the homomorphic special FFT ([`BootstrapConfig::stc_levels`] levels)
 //!    takes the coefficients back to the slots, times `q_0/(2πΔ)`.
 //!
@@ -126,6 +131,14 @@ pub struct BootstrapConfig {
     /// (and back to the secret key after), so `K` depends on this weight instead of on `N`.
     /// `None`: ModRaise under the secret key itself.
     pub sparse_secret: Option<usize>,
+    /// Sparse slots: `Some(n)` bootstraps ciphertexts whose `N/2` slots repeat a period of
+    /// `n` (a power of two, `2 ≤ n ≤ N/4`: `n` values encoded repeated, i.e. a plaintext in
+    /// the subring `Z[X^{N/2n}]`). The raised ciphertext is first projected onto that subring
+    /// (SubSum: `log2(N/2n)` rotations), the DFTs have `log2 n` butterfly stages instead of
+    /// `log2(N/2)`, and the real and imaginary parts of the coefficients share one ciphertext,
+    /// so EvalMod runs once instead of twice (Cheon et al., Eurocrypt 2018, §4.2; Chen et al.,
+    /// Eurocrypt 2019, §4). `None` (or `N/2`): full slots.
+    pub slots: Option<usize>,
     /// The arcsine correction after EvalMod (two more levels): `y + y³/6 ≈ arcsin(y) = 2πt`
     /// instead of `y = sin(2πt) ≈ 2πt`, so the sine's cubic error (relative `(2πt)²/6`, which
     /// costs inputs with large coefficients — a constant slot vector, a large mean — most of
@@ -141,7 +154,7 @@ pub struct BootstrapConfig {
     /// log2 of `q_0 / (Δ·R)`: before ModRaise the message is multiplied by the integer
     /// `R = 2^k` (no level, no noise) so that it sits this many bits below `q_0`. Small values
     /// make the message large against the EvalMod noise (amplified by `2πK` and `√N`), large
-    /// values make `sin(2πt)/(2π) ≈ t` exact; 8 balances them.
+    /// values make `sin(2πt)/(2π) ≈ t` exact; the 2^16 presets use 6.
     pub log_message_ratio: u32,
 }
 
@@ -192,23 +205,78 @@ impl BootstrapConfig {
     /// As [`Bootstrapper::new`] for a chain too short or a DFT level budget out of range.
     pub fn key_requests(&self, ctx: &Context) -> Result<Vec<GaloisKeyRequest>> {
         let (cts, stc) = self.dft_factors(ctx)?;
-        Ok(self.requests_of(ctx, &cts, &stc))
+        Ok(self.requests_of(ctx, &self.subsum_steps(ctx)?, &cts, &stc))
     }
 
-    /// The CoeffsToSlots and SlotsToCoeffs factors for `ctx`'s ring.
+    /// The period `n` of sparse slots, or `None` for full slots.
+    fn sparse_slots(&self, ctx: &Context) -> Result<Option<usize>> {
+        let full = ctx.n() / 2;
+        match self.slots {
+            None => Ok(None),
+            Some(n) if n == full => Ok(None),
+            Some(n) if n.is_power_of_two() && (2..=full / 2).contains(&n) => Ok(Some(n)),
+            Some(n) => Err(Error::InvalidParameters(format!(
+                "sparse slots must be a power of two from 2 to N/4 = {} (or N/2 = {full} for full slots), not {n}",
+                full / 2
+            ))),
+        }
+    }
+
+    /// The rotations of SubSum (sparse slots only): by `n`, `2n`, … `N/4`.
+    fn subsum_steps(&self, ctx: &Context) -> Result<Vec<i64>> {
+        let full = ctx.n() / 2;
+        Ok(self
+            .sparse_slots(ctx)?
+            .map_or(Vec::new(), |n| (0..(full / n).trailing_zeros()).map(|i| (n << i) as i64).collect()))
+    }
+
+    /// The CoeffsToSlots and SlotsToCoeffs factors for `ctx`'s ring, on all `N/2` slots.
+    ///
+    /// For `n` sparse slots each factor is the `n`-point one acting on blocks of `2n` slots
+    /// (inputs `n`-periodic), repeated; the last CoeffsToSlots factor also multiplies the
+    /// second half of every block by `-i`, so that `v + conj(v)` holds the real parts then
+    /// the imaginary parts, and the first SlotsToCoeffs factor starts by recombining them,
+    /// `a + i·b`.
     fn dft_factors(&self, ctx: &Context) -> Result<(Vec<LinearTransform>, Vec<LinearTransform>)> {
         self.check_depth(ctx)?;
-        let n = ctx.n() / 2;
-        Ok((special_fft_factors(n, self.cts_levels, true)?, special_fft_factors(n, self.stc_levels, false)?))
+        let full = ctx.n() / 2;
+        let Some(n) = self.sparse_slots(ctx)? else {
+            return Ok((
+                special_fft_factors(full, self.cts_levels, true)?,
+                special_fft_factors(full, self.stc_levels, false)?,
+            ));
+        };
+        let m = 2 * n;
+        let (one, i) = (Complex64::new(1.0, 0.0), Complex64::new(0.0, 1.0));
+        let halves =
+            |lo: Complex64, hi: Complex64| -> Vec<Complex64> { (0..m).map(|p| if p < n { lo } else { hi }).collect() };
+        let blocks = |inverse: bool, levels: usize| -> Result<Vec<LinearTransform>> {
+            special_fft_factors(n, levels, inverse)?.iter().map(|f| f.tiled(m)).collect()
+        };
+        let mut cts = blocks(true, self.cts_levels)?;
+        let last = cts.pop().expect("at least one CoeffsToSlots level");
+        cts.push(last.rows_scaled(&halves(one, -i)));
+        let mut stc = blocks(false, self.stc_levels)?;
+        let recombine = LinearTransform::new(m, BTreeMap::from([(0, halves(one, i)), (n, halves(i, one))]))?;
+        stc[0] = stc[0].compose(&recombine)?;
+        let everywhere = |v: Vec<LinearTransform>| v.iter().map(|f| f.tiled(full)).collect::<Result<Vec<_>>>();
+        Ok((everywhere(cts)?, everywhere(stc)?))
     }
 
-    /// The keys of the factors, CoeffsToSlots factor `j` at level `top - j`, SlotsToCoeffs factor
-    /// `j` below EvalMod, and the conjugation between them.
-    fn requests_of(&self, ctx: &Context, cts: &[LinearTransform], stc: &[LinearTransform]) -> Vec<GaloisKeyRequest> {
+    /// The keys of SubSum (at the top), of the factors, CoeffsToSlots factor `j` at level
+    /// `top - j`, SlotsToCoeffs factor `j` below EvalMod, and of the conjugation between them.
+    fn requests_of(
+        &self,
+        ctx: &Context,
+        subsum: &[i64],
+        cts: &[LinearTransform],
+        stc: &[LinearTransform],
+    ) -> Vec<GaloisKeyRequest> {
         let top = ctx.max_level();
         let evalmod_top = top - self.cts_levels;
         let stc_top = evalmod_top - self.evalmod_depth();
-        let mut requests = Vec::new();
+        let mut requests: Vec<GaloisKeyRequest> =
+            subsum.iter().map(|&step| ctx.rotation_key_request(step, Level(top))).collect();
         for (factors, first) in [(cts, top), (stc, stc_top)] {
             for (j, m) in factors.iter().enumerate() {
                 requests.extend(m.key_requests(ctx, Level(first - j)));
@@ -309,6 +377,7 @@ impl BootstrapPreset {
                 None => BootstrapConfig::k_for_uniform_ternary(n),
             },
             sparse_secret: self.sparse_secret,
+            slots: None,
             arcsine: self.arcsine,
             double_angles: self.double_angles,
             degree: self.degree,
@@ -405,6 +474,8 @@ pub struct Bootstrapper {
     ctx: Arc<Context>,
     config: BootstrapConfig,
     cosine: ChebyshevPolynomial,
+    /// SubSum's rotation steps (sparse slots only).
+    subsum: Vec<i64>,
     cts: Vec<EncodedLinearTransform>,
     stc: Vec<EncodedLinearTransform>,
     requests: Vec<GaloisKeyRequest>,
@@ -421,7 +492,9 @@ impl Bootstrapper {
     ///
     /// # Errors
     /// [`Error::InvalidParameters`] if the chain has fewer levels than the bootstrap consumes,
-    /// or a DFT level budget is out of range.
+    /// a DFT level budget is out of range, `q_0` leaves no room for the message ratio, or —
+    /// for checked parameters — the sparse secret fails [`crate::sparse_secret_is_128bit`] at
+    /// `log2(q_0·P)`.
     pub fn new(ctx: &Arc<Context>, config: BootstrapConfig) -> Result<Self> {
         let top = ctx.max_level();
         let (cts_factors, stc_factors) = config.dft_factors(ctx)?;
@@ -459,7 +532,8 @@ impl Bootstrapper {
             )));
         }
         let message_boost = 1u64 << message_boost;
-        let requests = config.requests_of(ctx, &cts_factors, &stc_factors);
+        let subsum = config.subsum_steps(ctx)?;
+        let requests = config.requests_of(ctx, &subsum, &cts_factors, &stc_factors);
         // The factors of one DFT direction, factor `j` at level `first - j` with its diagonals
         // times `factor` and encoded at `scale(j, level)`.
         let encode_dft =
@@ -494,7 +568,18 @@ impl Bootstrapper {
         let stc_ratio = (delta / scale).powf(1.0 / config.stc_levels as f64);
         let stc = encode_dft(stc_factors, stc_top, stc_factor, &|_, level| q(level) * stc_ratio)?;
         let output_level = stc_top - config.stc_levels;
-        Ok(Self { ctx: ctx.clone(), config, cosine, cts, stc, requests, cosine_scale, output_level, message_boost })
+        Ok(Self {
+            ctx: ctx.clone(),
+            config,
+            cosine,
+            subsum,
+            cts,
+            stc,
+            requests,
+            cosine_scale,
+            output_level,
+            message_boost,
+        })
     }
 
     /// The configuration.
@@ -614,9 +699,11 @@ impl Evaluator {
     ///
     /// # Errors
     /// [`Error::ForeignObject`] for a ciphertext or plan of other parameters;
-    /// [`Error::InvalidArgument`] for a scale too close to `q_0`; [`Error::MissingGaloisKey`]
-    /// or [`Error::KeyLevel`] if the keys do not cover [`Bootstrapper::key_requests`];
-    /// [`Error::CiphertextSize`] unless `ct` has two polynomials.
+    /// [`Error::InvalidArgument`] for a scale too close to `q_0`, or for a plan with a sparse
+    /// secret and no encapsulation keys (or keys of a denser secret than it planned for);
+    /// [`Error::MissingGaloisKey`] or [`Error::KeyLevel`] if the keys do not cover
+    /// [`Bootstrapper::key_requests`]; [`Error::CiphertextSize`] unless `ct` has two
+    /// polynomials.
     pub fn bootstrap(&self, ct: &Ciphertext, plan: &Bootstrapper, keys: &BootstrapKeys<'_>) -> Result<Ciphertext> {
         let ctx = self.context();
         if !Arc::ptr_eq(ctx, &plan.ctx) && ctx.params().fingerprint() != plan.ctx.params().fingerprint() {
@@ -663,20 +750,35 @@ impl Evaluator {
             x = self.switch_key(&x, &e.from_sparse)?;
         }
         x.scale = q0;
+        // SubSum: the trace onto the subring of the sparse slots (N/2n times its input).
+        for &step in &plan.subsum {
+            let rotated = self.rotate(&x, step, gk)?;
+            self.add_assign(&mut x, &rotated)?;
+        }
         for m in &plan.cts {
             x = self.linear_transform(&x, m, gk)?;
         }
-        // x holds (t_re + i·t_im)/(2K) in bit-reversed order; split the real and imaginary parts.
-        let conj = self.conjugate(&x, gk)?;
-        let re = self.add(&x, &conj)?;
-        let im = self.multiply_by_i(&self.sub(&x, &conj)?, true);
-        drop((x, conj));
-        let (re, im) = rayon::join(
-            || self.eval_mod(&re, plan, keys.relinearization),
-            || self.eval_mod(&im, plan, keys.relinearization),
-        );
-        let mut y = re?;
-        self.add_assign(&mut y, &self.multiply_by_i(&im?, false))?;
+        let mut y = if plan.subsum.is_empty() {
+            // x holds (t_re + i·t_im)/(2K) in bit-reversed order; split the real and imaginary
+            // parts.
+            let conj = self.conjugate(&x, gk)?;
+            let re = self.add(&x, &conj)?;
+            let im = self.multiply_by_i(&self.sub(&x, &conj)?, true);
+            drop((x, conj));
+            let (re, im) = rayon::join(
+                || self.eval_mod(&re, plan, keys.relinearization),
+                || self.eval_mod(&im, plan, keys.relinearization),
+            );
+            let mut y = re?;
+            self.add_assign(&mut y, &self.multiply_by_i(&im?, false))?;
+            y
+        } else {
+            // Sparse slots: x + conj(x) holds the real parts, then the imaginary parts, of each
+            // block of 2n slots; SlotsToCoeffs recombines them.
+            let w = self.add(&x, &self.conjugate(&x, gk)?)?;
+            drop(x);
+            self.eval_mod(&w, plan, keys.relinearization)?
+        };
         for m in &plan.stc {
             y = self.linear_transform(&y, m, gk)?;
         }

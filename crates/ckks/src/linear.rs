@@ -104,6 +104,32 @@ impl LinearTransform {
         LinearTransform::new(n, out)
     }
 
+    /// The map on `slots` slots (a multiple of [`LinearTransform::slots`]) that applies
+    /// `self` to every block of `self.slots()` consecutive slots of an input periodic with
+    /// that period: the diagonals repeated, the offsets unchanged (a rotation by `d` of a
+    /// periodic vector is the rotation of one period, repeated).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] unless `slots` is a power of two at least
+    /// [`LinearTransform::slots`].
+    pub fn tiled(&self, slots: usize) -> Result<LinearTransform> {
+        if !slots.is_power_of_two() || slots < self.slots {
+            return Err(Error::InvalidArgument(format!("cannot tile a map on {} slots to {slots}", self.slots)));
+        }
+        let diagonals = self.diagonals.iter().map(|(&d, v)| (d, v.iter().copied().cycle().take(slots).collect()));
+        LinearTransform::new(slots, diagonals.collect())
+    }
+
+    /// Row `p` of the map multiplied by `u[p]` (`diag(u)·M`).
+    ///
+    /// # Panics
+    /// If `u` has another length than [`LinearTransform::slots`].
+    pub fn rows_scaled(mut self, u: &[Complex64]) -> Self {
+        assert_eq!(u.len(), self.slots, "row factors");
+        self.diagonals.values_mut().for_each(|v| v.iter_mut().zip(u).for_each(|(x, f)| *x *= f));
+        self
+    }
+
     /// Multiplies every entry by `c`.
     pub fn scaled(mut self, c: f64) -> Self {
         self.diagonals.values_mut().flat_map(|v| v.iter_mut()).for_each(|x| *x *= c);

@@ -46,6 +46,7 @@ fn small_config() -> BootstrapConfig {
         baby: 8,
         log_message_ratio: 8,
         sparse_secret: None,
+        slots: None,
         arcsine: false,
     }
 }
@@ -200,6 +201,36 @@ fn insecure_bootstrap_restores_the_slots_at_a_higher_level() {
     }
 }
 
+/// Sparse slots: `n` values repeated over the N/2 slots come back repeated, at full precision,
+/// for periods from 4 to N/4; other periods are refused.
+#[test]
+fn insecure_sparse_slot_bootstrap_restores_periodic_slots() {
+    for n in [4usize, 64, 256] {
+        let config = BootstrapConfig { slots: Some(n), ..sparse_config() };
+        let left = 2;
+        let mut s = setup(boot_params(10, left, &config), 31);
+        let plan = Bootstrapper::new(&s.ctx, config.clone()).unwrap();
+        let gk = s.keygen.galois_keys(&plan.key_requests()).unwrap();
+        let enc = s.keygen.encapsulation_keys(32).unwrap();
+        let period: Vec<Complex64> = values(n, 41).iter().map(|c| Complex64::new(c.re / 0.7, 0.0)).collect();
+        let x: Vec<Complex64> = period.iter().copied().cycle().take(s.encoder.slots()).collect();
+        let ct = s.encrypt(&x);
+        let keys = BootstrapKeys { relinearization: &s.rlk, galois: &gk, encapsulation: Some(&enc) };
+        let t = std::time::Instant::now();
+        let out = s.eval.bootstrap(&ct, &plan, &keys).unwrap();
+        let elapsed = t.elapsed();
+        assert_eq!(out.level(), left);
+        let (mean, min) = precision(&s.decrypt(&out), &x);
+        println!("{n} sparse slots at N = 2^10: {elapsed:?}, precision {mean:.1} bits mean, {min:.1} worst");
+        assert!(min > 20.0 && mean > 22.0, "{n} slots: {mean:.1} mean, {min:.1} worst bits");
+    }
+    let ctx = Context::new(&boot_params(10, 2, &sparse_config())).unwrap();
+    for n in [3, 1, 1024] {
+        let config = BootstrapConfig { slots: Some(n), ..sparse_config() };
+        assert!(matches!(config.key_requests(&ctx), Err(Error::InvalidParameters(_))), "{n} slots");
+    }
+}
+
 #[test]
 fn the_sparse_secret_plan_refuses_missing_or_denser_encapsulation_keys() {
     let config = sparse_config();
@@ -292,7 +323,12 @@ fn bootstrap_presets_are_secure_and_leave_the_levels_they_name() {
 
 #[test]
 fn the_declared_keys_are_exactly_the_keys_used() {
-    let config = small_config();
+    for config in [small_config(), BootstrapConfig { slots: Some(64), sparse_secret: None, ..sparse_config() }] {
+        declared_keys_are_used(config);
+    }
+}
+
+fn declared_keys_are_used(config: BootstrapConfig) {
     let mut s = setup(boot_params(10, 1, &config), 13);
     let plan = Bootstrapper::new(&s.ctx, config).unwrap();
     let requests = plan.key_requests();

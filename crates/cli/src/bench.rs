@@ -3,8 +3,8 @@
 use anyhow::{bail, Context as _, Result};
 use blindfold_ckks::bootstrap::BootstrapPreset;
 use blindfold_ckks::{
-    BootstrapKeys, Bootstrapper, Complex64, Context, Decryptor, Encoder, Encryptor, Evaluator, KeyGenerator, PublicKey,
-    BOOTSTRAP_PRESETS,
+    BootstrapConfig, BootstrapKeys, Bootstrapper, Complex64, Context, Decryptor, Encoder, Encryptor, Evaluator,
+    KeyGenerator, PublicKey, BOOTSTRAP_PRESETS,
 };
 use clap::{Args, Subcommand};
 use serde::Serialize;
@@ -29,6 +29,10 @@ pub(crate) struct BootstrapArgs {
     /// Bootstraps to time; the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Sparse slots: bootstrap ciphertexts holding this many values (a power of two up to
+    /// N/4), repeated over the slots (default: all N/2 slots).
+    #[arg(long)]
+    slots: Option<usize>,
     /// Also run a deep circuit, u ← 1.8·u·(1 − u²) (two levels a step), until this many
     /// levels have been consumed, bootstrapping whenever fewer than two are left, and report
     /// its worst step against the plaintext twin (0: skip).
@@ -140,7 +144,8 @@ fn run_bootstrap(p: BootstrapPreset, threads: usize, a: &BootstrapArgs) -> Resul
         threads
     );
     let t = Instant::now();
-    let plan = Bootstrapper::new(&ctx, p.config())?;
+    let plan = Bootstrapper::new(&ctx, BootstrapConfig { slots: a.slots, ..p.config() })
+        .with_context(|| format!("planning a bootstrap with {} at {:?} slots", p.name, a.slots))?;
     let plan_s = t.elapsed().as_secs_f64();
     eprintln!("plan (DFT diagonals encoded): {plan_s:.1} s");
     let t = Instant::now();
@@ -163,10 +168,10 @@ fn run_bootstrap(p: BootstrapPreset, threads: usize, a: &BootstrapArgs) -> Resul
         key_bytes_wire as f64 / 1e9
     );
     let encoder = Encoder::new(&ctx);
-    let n = encoder.slots();
-    // Slots uniform in [-1, 1] (xorshift; the values need not be secret).
+    let n = a.slots.unwrap_or(encoder.slots());
+    // Slots uniform in [-1, 1] (xorshift; the values need not be secret), `n` of them repeated.
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let x: Vec<Complex64> = (0..n)
+    let period: Vec<Complex64> = (0..n)
         .map(|_| {
             state ^= state << 13;
             state ^= state >> 7;
@@ -174,6 +179,7 @@ fn run_bootstrap(p: BootstrapPreset, threads: usize, a: &BootstrapArgs) -> Resul
             Complex64::new((state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0, 0.0)
         })
         .collect();
+    let x: Vec<Complex64> = period.iter().copied().cycle().take(encoder.slots()).collect();
     let pt = encoder.encode(&x, ctx.max_level(), params.default_scale())?;
     let eval = Evaluator::new(&ctx);
     let ct = eval.drop_to_level(&Encryptor::with_public_key(&ctx, &pk)?.encrypt(&pt)?, 0)?;
@@ -192,7 +198,9 @@ fn run_bootstrap(p: BootstrapPreset, threads: usize, a: &BootstrapArgs) -> Resul
     let got = encoder.decode(&Decryptor::new(keygen.secret_key()).decrypt(&out)?)?;
     let bits: Vec<f64> = got.iter().zip(&x).map(|(g, w)| -((g - w).norm().max(1e-300)).log2()).collect();
     let deep = (a.deep_levels > 0)
-        .then(|| deep_circuit(&eval, &encoder, &pk, &Decryptor::new(keygen.secret_key()), &plan, &keys, a.deep_levels))
+        .then(|| {
+            deep_circuit(&eval, &encoder, &pk, &Decryptor::new(keygen.secret_key()), &plan, &keys, a.deep_levels, n)
+        })
         .transpose()?;
     let report = BootstrapReport {
         tool: "blindfold",
@@ -244,8 +252,10 @@ fn run_bootstrap(p: BootstrapPreset, threads: usize, a: &BootstrapArgs) -> Resul
 }
 
 /// u ← 1.8·u·(1 − u²) on every slot (drawn to ±2/3, where the map contracts), from slots
-/// ±(0.3 … 0.9) at the levels a bootstrap leaves, until `levels` have been consumed, with a
-/// bootstrap whenever fewer than two levels are left; each step decrypted against the twin.
+/// ±(0.3 … 0.9) (a period of `period` slots, repeated) at the levels a bootstrap leaves, until
+/// `levels` have been consumed, with a bootstrap whenever fewer than two levels are left; each
+/// step decrypted against the twin.
+#[allow(clippy::too_many_arguments)]
 fn deep_circuit(
     eval: &Evaluator,
     encoder: &Encoder,
@@ -254,11 +264,12 @@ fn deep_circuit(
     plan: &Bootstrapper,
     keys: &BootstrapKeys<'_>,
     levels: usize,
+    period: usize,
 ) -> Result<DeepReport> {
     let ctx = eval.context();
-    let (n, q, delta) = (encoder.slots(), ctx.params().q(), ctx.params().default_scale());
-    let mut twin: Vec<f64> =
-        (0..n).map(|j| if j % 2 == 0 { 1.0 } else { -1.0 } * (0.3 + 0.6 * j as f64 / n as f64)).collect();
+    let (q, delta) = (ctx.params().q(), ctx.params().default_scale());
+    let initial = |j: usize| if j.is_multiple_of(2) { 1.0 } else { -1.0 } * (0.3 + 0.6 * j as f64 / period as f64);
+    let mut twin: Vec<f64> = (0..encoder.slots()).map(|j| initial(j % period)).collect();
     let pt = encoder.encode_real(&twin, plan.output_level(), delta)?;
     let mut u = Encryptor::with_public_key(ctx, pk)?.encrypt(&pt)?;
     let (start, mut consumed, mut bootstraps, mut worst) = (Instant::now(), 0, 0, f64::INFINITY);
