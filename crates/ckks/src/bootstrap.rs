@@ -398,6 +398,10 @@ impl BootstrapPreset {
 /// 2^45. Chain: `q_0` 60 bits; 8 + 3 (SlotsToCoeffs) primes of 45 bits; 11 EvalMod primes of 59
 /// bits (cosine of degree 31 on `[-K, K]`, `K` = 21, in 5 levels, 4 double angles, the arcsine
 /// in 2); 3 CoeffsToSlots primes of 58 bits; 4 special primes of 60 bits.
+///
+/// Measured on 2 cores (BENCHMARKS.md): 20.8 bits worst / 22.8 mean, 8.8 s per bootstrap;
+/// keys 8.27 GB in memory, 4.13 GB seeded on the wire (39 Galois keys, the relinearization key,
+/// the two encapsulation keys); peak memory 10.6 GB with key generation.
 pub const N65536_BOOT_LEFT8_128BIT: BootstrapPreset = BootstrapPreset {
     name: "N65536_BOOT_LEFT8_128BIT",
     log_n: 16,
@@ -423,6 +427,10 @@ pub const N65536_BOOT_LEFT8_128BIT: BootstrapPreset = BootstrapPreset {
 /// of 45 bits; 13 EvalMod primes of 59 bits (cosine of degree 63 on `[-K, K]`, `K` = 516, in 6
 /// levels, then 7 double angles); 3 CoeffsToSlots primes of 58 bits; 4 special primes of 60 bits
 /// (no key-switching digit above `P`).
+///
+/// Measured on 2 cores (BENCHMARKS.md): 13.8 bits worst / 15.9 mean, 11.7 s per bootstrap;
+/// keys 9.08 GB in memory, 4.53 GB seeded (39 Galois keys and the relinearization key); peak
+/// memory 12.0 GB with key generation.
 pub const N65536_BOOT_LEFT8_DENSE_128BIT: BootstrapPreset = BootstrapPreset {
     name: "N65536_BOOT_LEFT8_DENSE_128BIT",
     log_n: 16,
@@ -695,7 +703,9 @@ impl Evaluator {
     /// Contract: `ct` may be at any level (it is brought to level 0 first); its scale `Δ` must
     /// leave room below `q_0` (`q_0/Δ ≥ 2^5`; the precision stated for a plan assumes
     /// `Δ` = the parameters' default scale and slots in `[-1, 1]`); `|slot|·Δ` must stay well
-    /// below `q_0/(2π)` or the result is wrong.
+    /// below `q_0/(2π)` or the result is wrong. With sparse slots ([`BootstrapConfig::slots`]
+    /// `= Some(n)`) the slots must repeat with period `n`; other slots come back as the mean of
+    /// their residue class modulo `n`.
     ///
     /// # Errors
     /// [`Error::ForeignObject`] for a ciphertext or plan of other parameters;
