@@ -1,9 +1,9 @@
 //! One bootstrap, on one thread and on two: `cargo bench -p blindfold-ckks --bench bootstrap`.
 //!
-//! The preset is `N65536_BOOT_LEFT8_128BIT` (key generation takes 10 to 30 s and the keys
-//! 8.3 GB; one bootstrap about 9 s on two cores); `BOOT_PRESET` names another
-//! (`N65536_BOOT_LEFT8_DENSE_128BIT`, or `N4096_BOOT_LEFT2_INSECURE`, the small insecure
-//! stand-in). The full report (precision, keys, memory) is
+//! The preset is `N65536_BOOT_LEFT8_SPARSE_SECRET_128BIT` (key generation takes 10 to 30 s and
+//! the keys about 8.5 GB; one bootstrap about 9 s on two cores); `BOOT_PRESET` names another
+//! (`N65536_BOOT_LEFT8_128BIT`, or `N4096_BOOT_LEFT2_INSECURE`, the small insecure stand-in).
+//! The full report (precision, keys, memory) is
 //! `blindfold bench bootstrap`. Figures and machine: BENCHMARKS.md.
 
 #![allow(missing_docs)] // criterion_group! generates undocumented items
@@ -13,7 +13,7 @@ use criterion::{criterion_group, Criterion};
 use std::hint::black_box;
 
 fn benches(c: &mut Criterion) {
-    let name = std::env::var("BOOT_PRESET").unwrap_or_else(|_| "N65536_BOOT_LEFT8_128BIT".into());
+    let name = std::env::var("BOOT_PRESET").unwrap_or_else(|_| "N65536_BOOT_LEFT8_SPARSE_SECRET_128BIT".into());
     let preset = BOOTSTRAP_PRESETS.iter().find(|p| p.name == name).expect("a bootstrapping preset");
     let ctx = Context::new(&preset.parameters().unwrap()).unwrap();
     let plan = Bootstrapper::new(&ctx, preset.config()).unwrap();

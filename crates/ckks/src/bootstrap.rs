@@ -15,7 +15,8 @@
 //! 2. **CoeffsToSlots**: the homomorphic inverse special FFT, factored into
 //!    [`BootstrapConfig::cts_levels`] sparse linear maps (one level each, baby-step giant-step),
 //!    puts the coefficients `t = (m + q_0·I)/q_0` into the slots (in bit-reversed order, as
-//!    real and imaginary parts: a conjugation splits them into two ciphertexts).
+//!    real and imaginary parts: a conjugation splits them into two ciphertexts — or, with
+//!    sparse slots ([`BootstrapConfig::slots`]), lays them side by side in one).
 //! 3. **EvalMod**: `sin(2πt)/(2π) ≈ m/q_0` on each, by a Chebyshev interpolant of
 //!    `cos(2π(t - 1/4)/2^r)` followed by `r` double-angle steps `y ← 2y² - 1`, and optionally
 //!    the arcsine correction `y + y³/6` ([`BootstrapConfig::arcsine`]).
@@ -31,7 +32,7 @@ use crate::error::{Error, Result};
 use crate::evaluator::Evaluator;
 use crate::keys::{EncapsulationKeys, GaloisKeys, KeySwitchingKey, RelinearizationKey};
 use crate::linear::{EncodedLinearTransform, LinearTransform};
-use crate::params::{sparse_secret_is_128bit, Parameters, ParametersLiteral, SecurityLevel};
+use crate::params::{check_sparse_secret, Parameters, ParametersLiteral};
 use crate::polynomial::ChebyshevPolynomial;
 use crate::types::{Ciphertext, GaloisKeyRequest, Level};
 use blindfold_math::slice;
@@ -139,8 +140,9 @@ pub struct BootstrapConfig {
     /// so EvalMod runs once instead of twice (Cheon et al., Eurocrypt 2018, §4.2; Chen et al.,
     /// Eurocrypt 2019, §4). `None` (or `N/2`): full slots.
     pub slots: Option<usize>,
-    /// The arcsine correction after EvalMod (two more levels): `y + y³/6 ≈ arcsin(y) = 2πt`
-    /// instead of `y = sin(2πt) ≈ 2πt`, so the sine's cubic error (relative `(2πt)²/6`, which
+    /// The arcsine correction after EvalMod (two more levels): `y + y³/6 ≈ arcsin(y) = 2π(t - I)`
+    /// instead of `y = sin(2πt) ≈ 2π(t - I)`, so the sine's cubic error (relative
+    /// `(2π(t - I))²/6`, which
     /// costs inputs with large coefficients — a constant slot vector, a large mean — most of
     /// their precision) becomes a quintic one (Cheon et al., Eurocrypt 2018, §5; Bossuat et al.
     /// 2021, §4.3, degree 3).
@@ -175,14 +177,31 @@ impl BootstrapConfig {
     }
 
     /// `K` for an ephemeral secret with `h` nonzero ternary coefficients: `t = (c_0 + c_1·s')/q_0`
-    /// is a sum of `h + 1` terms uniform on `[-1/2, 1/2]` (the coefficients of a key-switched
-    /// ciphertext), strictly sub-Gaussian with variance `1/12` each, so a coefficient leaves
-    /// `[-K, K]` with probability at most `2·exp(-K²/(2(h+1)/12))` — below `2^-40` per
-    /// bootstrap with the union bound over the `n` coefficients. A proven tail bound, unlike
-    /// [`BootstrapConfig::k_for_uniform_ternary`]'s Gaussian estimate.
+    /// differs from `c_1·s'/q_0` by at most `1/2` (`c_0` is reduced modulo `q_0`), and
+    /// `c_1·s'/q_0` is a sum of `h` terms uniform on `[-1/2, 1/2]` (taking the coefficients of a
+    /// key-switched `c_1` as uniform), strictly sub-Gaussian with variance `1/12` each; so a
+    /// coefficient leaves `[-K, K]` with probability at most `2·exp(-(K - 1/2)²/(2h/12))`,
+    /// below `2^-40` per bootstrap with the union bound over the `n` coefficients.
     pub fn k_for_sparse_ternary(n: usize, h: usize) -> f64 {
-        let variance = (h as f64 + 1.0) / 12.0;
-        (2.0 * variance * ((2 * n) as f64 * 2f64.powi(40)).ln()).sqrt().ceil()
+        let variance = h as f64 / 12.0;
+        ((2.0 * variance * ((2 * n) as f64 * 2f64.powi(40)).ln()).sqrt() + 0.5).ceil()
+    }
+
+    /// Refuses a `K` below what the secret needs ([`BootstrapConfig::k_for_sparse_ternary`] or
+    /// [`BootstrapConfig::k_for_uniform_ternary`]): EvalMod would be wrong in most bootstraps.
+    fn check_k(&self, ctx: &Context) -> Result<()> {
+        let (needed, secret) = match self.sparse_secret {
+            Some(h) => (Self::k_for_sparse_ternary(ctx.n(), h), format!("a sparse secret of {h} nonzero coefficients")),
+            None => (Self::k_for_uniform_ternary(ctx.n()), "a uniform ternary secret".to_string()),
+        };
+        if self.k < needed {
+            return Err(Error::InvalidParameters(format!(
+                "K = {} is below the {needed} that {secret} needs at N = {}",
+                self.k,
+                ctx.n()
+            )));
+        }
+        Ok(())
     }
 
     /// The EvalMod polynomial: the Chebyshev interpolant on `[-1, 1]` of
@@ -214,10 +233,20 @@ impl BootstrapConfig {
         match self.slots {
             None => Ok(None),
             Some(n) if n == full => Ok(None),
-            Some(n) if n.is_power_of_two() && (2..=full / 2).contains(&n) => Ok(Some(n)),
+            Some(n)
+                if n.is_power_of_two()
+                    && (2..=full / 2).contains(&n)
+                    && n.trailing_zeros() as usize >= self.cts_levels.max(self.stc_levels) =>
+            {
+                Ok(Some(n))
+            }
             Some(n) => Err(Error::InvalidParameters(format!(
-                "sparse slots must be a power of two from 2 to N/4 = {} (or N/2 = {full} for full slots), not {n}",
-                full / 2
+                "sparse slots must be a power of two from 2 to N/4 = {} (or N/2 = {full} for full slots) with at least \
+                 2^{} of them for DFTs of {} and {} levels, not {n}",
+                full / 2,
+                self.cts_levels.max(self.stc_levels),
+                self.cts_levels,
+                self.stc_levels
             ))),
         }
     }
@@ -274,7 +303,7 @@ impl BootstrapConfig {
     ) -> Vec<GaloisKeyRequest> {
         let top = ctx.max_level();
         let evalmod_top = top - self.cts_levels;
-        let stc_top = evalmod_top - self.evalmod_depth();
+        let stc_top = self.stc_top(ctx);
         let mut requests: Vec<GaloisKeyRequest> =
             subsum.iter().map(|&step| ctx.rotation_key_request(step, Level(top))).collect();
         for (factors, first) in [(cts, top), (stc, stc_top)] {
@@ -284,6 +313,11 @@ impl BootstrapConfig {
         }
         requests.push(GaloisKeyRequest { element: ctx.galois_element_for_conjugation(), level: Level(evalmod_top) });
         requests
+    }
+
+    /// Level of SlotsToCoeffs' first factor: below CoeffsToSlots and EvalMod.
+    fn stc_top(&self, ctx: &Context) -> usize {
+        ctx.max_level() - self.cts_levels - self.evalmod_depth()
     }
 
     fn check_depth(&self, ctx: &Context) -> Result<()> {
@@ -393,36 +427,36 @@ impl BootstrapPreset {
 }
 
 /// N = 2^16, 128-bit (log2 QP ≤ 1747, uniform ternary secret) with the sparse-secret
-/// encapsulation (an ephemeral secret of 64 nonzero coefficients, modulo `q_0·P` = 2^300:
-/// [`crate::sparse_secret_is_128bit`]): 8 levels of 45 bits left after a bootstrap, scale
-/// 2^45. Chain: `q_0` 60 bits; 8 + 3 (SlotsToCoeffs) primes of 45 bits; 11 EvalMod primes of 59
-/// bits (cosine of degree 31 on `[-K, K]`, `K` = 21, in 5 levels, 4 double angles, the arcsine
-/// in 2); 3 CoeffsToSlots primes of 58 bits; 4 special primes of 60 bits.
-///
-/// Measured on 2 cores (BENCHMARKS.md): 20.8 bits worst / 22.8 mean, 8.8 s per bootstrap;
-/// keys 8.27 GB in memory, 4.13 GB seeded on the wire (39 Galois keys, the relinearization key,
-/// the two encapsulation keys); peak memory 10.6 GB with key generation.
-pub const N65536_BOOT_LEFT8_128BIT: BootstrapPreset = BootstrapPreset {
-    name: "N65536_BOOT_LEFT8_128BIT",
+/// encapsulation: an ephemeral secret of 128 nonzero coefficients, whose key lives modulo
+/// `q_0·P` = 2^300 ([`crate::sparse_secret_passes_drop_and_solve`]: betting on the positions
+/// costs 2^128 for every kept dimension up to N/2, beyond which the standard admits 881 bits;
+/// SECURITY.md). 8 levels of 45 bits left after a bootstrap, scale 2^45. Chain: `q_0` 60 bits;
+/// 8 + 3 (SlotsToCoeffs) primes of 45 bits; 12 EvalMod primes of 59 bits (cosine of degree 31
+/// on `[-K, K]`, `K` = 30, in 5 levels, 5 double angles, the arcsine in 2); 3 CoeffsToSlots
+/// primes of 58 bits; 4 special primes of 60 bits.
+pub const N65536_BOOT_LEFT8_SPARSE_SECRET_128BIT: BootstrapPreset = BootstrapPreset {
+    name: "N65536_BOOT_LEFT8_SPARSE_SECRET_128BIT",
     log_n: 16,
-    log_q: &[60, 45, 45, 45, 45, 45, 45, 45, 45, 45, 45, 45, 59, 59, 59, 59, 59, 59, 59, 59, 59, 59, 59, 58, 58, 58],
+    log_q: &[
+        60, 45, 45, 45, 45, 45, 45, 45, 45, 45, 45, 45, 59, 59, 59, 59, 59, 59, 59, 59, 59, 59, 59, 59, 58, 58, 58,
+    ],
     log_p: &[60, 60, 60, 60],
     log_default_scale: 45,
     cts_levels: 3,
     stc_levels: 3,
-    double_angles: 4,
+    double_angles: 5,
     degree: 31,
     baby: 8,
     log_message_ratio: 6,
-    sparse_secret: Some(64),
+    sparse_secret: Some(128),
     arcsine: true,
     precision_bits: 20,
     secure: true,
 };
 
-/// N = 2^16, 128-bit (log2 QP ≤ 1747, uniform ternary secret, **no sparse secret**: for
-/// deployments that accept only the standard's bound; slower and less precise than
-/// [`N65536_BOOT_LEFT8_128BIT`]): 8 levels of
+/// N = 2^16, 128-bit (log2 QP ≤ 1747, uniform ternary secret, **no sparse secret**: nothing
+/// outside the standard's tables; slower and less precise than
+/// [`N65536_BOOT_LEFT8_SPARSE_SECRET_128BIT`]): 8 levels of
 /// 45 bits left after a bootstrap, scale 2^45. Chain: `q_0` 60 bits; 8 + 3 (SlotsToCoeffs) primes
 /// of 45 bits; 13 EvalMod primes of 59 bits (cosine of degree 63 on `[-K, K]`, `K` = 516, in 6
 /// levels, then 7 double angles); 3 CoeffsToSlots primes of 58 bits; 4 special primes of 60 bits
@@ -431,8 +465,8 @@ pub const N65536_BOOT_LEFT8_128BIT: BootstrapPreset = BootstrapPreset {
 /// Measured on 2 cores (BENCHMARKS.md): 13.8 bits worst / 15.9 mean, 11.7 s per bootstrap;
 /// keys 9.08 GB in memory, 4.53 GB seeded (39 Galois keys and the relinearization key); peak
 /// memory 12.0 GB with key generation.
-pub const N65536_BOOT_LEFT8_DENSE_128BIT: BootstrapPreset = BootstrapPreset {
-    name: "N65536_BOOT_LEFT8_DENSE_128BIT",
+pub const N65536_BOOT_LEFT8_128BIT: BootstrapPreset = BootstrapPreset {
+    name: "N65536_BOOT_LEFT8_128BIT",
     log_n: 16,
     log_q: &[
         60, 45, 45, 45, 45, 45, 45, 45, 45, 45, 45, 45, 59, 59, 59, 59, 59, 59, 59, 59, 59, 59, 59, 59, 59, 58, 58, 58,
@@ -451,21 +485,21 @@ pub const N65536_BOOT_LEFT8_DENSE_128BIT: BootstrapPreset = BootstrapPreset {
     secure: true,
 };
 
-/// A small insecure stand-in of [`N65536_BOOT_LEFT8_128BIT`] at N = 2^12 for tests and smoke
+/// A small insecure stand-in of [`N65536_BOOT_LEFT8_SPARSE_SECRET_128BIT`] at N = 2^12 for tests and smoke
 /// runs: same layout, 2 levels left. **Not secure.**
 pub const N4096_BOOT_LEFT2_INSECURE: BootstrapPreset = BootstrapPreset {
     name: "N4096_BOOT_LEFT2_INSECURE",
     log_n: 12,
-    log_q: &[60, 45, 45, 45, 45, 60, 60, 60, 60, 60, 60, 60, 60, 60, 60, 60, 58, 58],
+    log_q: &[60, 45, 45, 45, 45, 60, 60, 60, 60, 60, 60, 60, 60, 60, 60, 60, 60, 58, 58],
     log_p: &[60, 60, 60],
     log_default_scale: 45,
     cts_levels: 2,
     stc_levels: 2,
-    double_angles: 4,
+    double_angles: 5,
     degree: 31,
     baby: 8,
     log_message_ratio: 6,
-    sparse_secret: Some(64),
+    sparse_secret: Some(128),
     arcsine: true,
     precision_bits: 26,
     secure: false,
@@ -473,7 +507,7 @@ pub const N4096_BOOT_LEFT2_INSECURE: BootstrapPreset = BootstrapPreset {
 
 /// Every bootstrapping preset.
 pub const BOOTSTRAP_PRESETS: [BootstrapPreset; 3] =
-    [N65536_BOOT_LEFT8_128BIT, N65536_BOOT_LEFT8_DENSE_128BIT, N4096_BOOT_LEFT2_INSECURE];
+    [N65536_BOOT_LEFT8_SPARSE_SECRET_128BIT, N65536_BOOT_LEFT8_128BIT, N4096_BOOT_LEFT2_INSECURE];
 
 /// A bootstrapping plan for one parameter set: the encoded DFT factors, the EvalMod
 /// polynomial, the levels and the keys it needs. Public data only (shared by every client
@@ -501,30 +535,15 @@ impl Bootstrapper {
     /// # Errors
     /// [`Error::InvalidParameters`] if the chain has fewer levels than the bootstrap consumes,
     /// a DFT level budget is out of range, `q_0` leaves no room for the message ratio, or —
-    /// for checked parameters — the sparse secret fails [`crate::sparse_secret_is_128bit`] at
+    /// for checked parameters — the sparse secret fails [`crate::sparse_secret_passes_drop_and_solve`] at
     /// `log2(q_0·P)`.
     pub fn new(ctx: &Arc<Context>, config: BootstrapConfig) -> Result<Self> {
         let top = ctx.max_level();
         let (cts_factors, stc_factors) = config.dft_factors(ctx)?;
         if let Some(h) = config.sparse_secret {
-            // The key to the sparse secret lives modulo q_0·P.
-            let log_q0p = std::iter::once(ctx.moduli[0].value()).chain(ctx.params().p().iter().copied());
-            let log_q0p: f64 = log_q0p.map(|q| (q as f64).log2()).sum();
-            if h == 0 || h > ctx.n() {
-                return Err(Error::InvalidParameters(format!(
-                    "a sparse secret needs 1 to N = {} nonzero coefficients, not {h}",
-                    ctx.n()
-                )));
-            }
-            if ctx.params().security() == SecurityLevel::Bits128 && !sparse_secret_is_128bit(ctx.n(), log_q0p, h) {
-                return Err(Error::InvalidParameters(format!(
-                    "a sparse secret of {h} nonzero coefficients at log2(q_0·P) = {log_q0p:.1}, N = {}, is not \
-                     128-bit secure by the drop-and-solve check against the HomomorphicEncryption.org table \
-                     (use more nonzero coefficients or fewer special-prime bits)",
-                    ctx.n()
-                )));
-            }
+            check_sparse_secret(ctx.params(), h)?;
         }
+        config.check_k(ctx)?;
         let n = ctx.n() / 2;
         let encoder = Encoder::new(ctx);
         let q = |l: usize| ctx.moduli[l].value() as f64;
@@ -570,7 +589,7 @@ impl Bootstrapper {
         for l in (cosine_level - config.double_angles as usize + 1..=cosine_level).rev() {
             scale = scale * scale / q(l);
         }
-        let stc_top = cosine_level - config.double_angles as usize - 2 * usize::from(config.arcsine);
+        let stc_top = config.stc_top(ctx);
         // SlotsToCoeffs: sin(2πt) ≈ 2π·R·m/q_0 (scale `scale`) → U·m/Δ (scale Δ).
         let stc_factor = (q0 / (2.0 * PI * delta * message_boost as f64)).powf(1.0 / config.stc_levels as f64);
         let stc_ratio = (delta / scale).powf(1.0 / config.stc_levels as f64);
@@ -615,8 +634,8 @@ pub struct BootstrapKeys<'a> {
     /// Galois keys covering [`Bootstrapper::key_requests`].
     pub galois: &'a GaloisKeys,
     /// The sparse-secret encapsulation keys, for a plan with
-    /// [`BootstrapConfig::sparse_secret`] ([`crate::KeyGenerator::encapsulation_keys`] with at
-    /// most that weight).
+    /// [`BootstrapConfig::sparse_secret`] ([`crate::KeyGenerator::encapsulation_keys`] with that
+    /// weight).
     pub encapsulation: Option<&'a EncapsulationKeys>,
 }
 
@@ -710,7 +729,7 @@ impl Evaluator {
     /// # Errors
     /// [`Error::ForeignObject`] for a ciphertext or plan of other parameters;
     /// [`Error::InvalidArgument`] for a scale too close to `q_0`, or for a plan with a sparse
-    /// secret and no encapsulation keys (or keys of a denser secret than it planned for);
+    /// secret and no encapsulation keys (or keys made for another weight);
     /// [`Error::MissingGaloisKey`] or [`Error::KeyLevel`] if the keys do not cover
     /// [`Bootstrapper::key_requests`]; [`Error::CiphertextSize`] unless `ct` has two
     /// polynomials.
@@ -738,12 +757,12 @@ impl Evaluator {
         }
         let encapsulation = match (plan.config.sparse_secret, keys.encapsulation) {
             (None, _) => None,
-            (Some(h), Some(e)) if e.hamming_weight <= h => Some(e),
+            (Some(h), Some(e)) if e.hamming_weight == h => Some(e),
             (Some(h), e) => {
                 return Err(Error::InvalidArgument(format!(
-                    "bootstrap: the plan encapsulates in a sparse secret of at most {h} nonzero coefficients; {}",
+                    "bootstrap: the plan encapsulates in a sparse secret of {h} nonzero coefficients; {}",
                     e.map_or("no encapsulation keys were given".into(), |e| format!(
-                        "the encapsulation keys were made for {}",
+                        "the encapsulation keys were made for {} nonzero coefficients",
                         e.hamming_weight
                     ))
                 )))
@@ -816,7 +835,7 @@ mod tests {
     #[ignore = "diagnostic"]
     fn stages() {
         let env = |k: &str, d: usize| std::env::var(k).map_or(d, |v| v.parse().unwrap());
-        let base = N65536_BOOT_LEFT8_128BIT;
+        let base = N65536_BOOT_LEFT8_SPARSE_SECRET_128BIT;
         let preset = BootstrapPreset {
             log_n: env("LOGN", 12) as u32,
             secure: false,
@@ -824,7 +843,7 @@ mod tests {
             degree: env("DEG", base.degree),
             baby: env("BABY", base.baby),
             log_message_ratio: env("RATIO", base.log_message_ratio as usize) as u32,
-            sparse_secret: Some(env("H", 64)).filter(|&h| h > 0),
+            sparse_secret: Some(env("H", 128)).filter(|&h| h > 0),
             arcsine: env("ARCSINE", 1) == 1,
             ..base
         };

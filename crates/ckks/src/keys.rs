@@ -358,20 +358,15 @@ impl KeyGenerator {
     /// from `s` to `s'` for level 0 and a key from `s'` back to `s` for every level. `s'` is
     /// zeroized when this returns; only the two keys remain.
     ///
-    /// The key to `s'` is an RLWE sample under the sparse secret modulo `q_0·P`: its security
-    /// is that of [`crate::sparse_secret_is_128bit`] at `log2(q_0·P)`, which
-    /// [`crate::Bootstrapper::new`] checks for secure parameters.
+    /// The key to `s'` is an RLWE sample under the sparse secret modulo `q_0·P` whose message
+    /// is `P·s`: whoever solves it learns the secret key. For checked parameters `h` must pass
+    /// [`crate::sparse_secret_passes_drop_and_solve`] at `log2(q_0·P)`.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] if `h` is zero or above `N`.
+    /// [`Error::InvalidParameters`] if `h` is zero, above `N`, or fails that check.
     pub fn encapsulation_keys(&mut self, h: usize) -> Result<EncapsulationKeys> {
         let ctx = self.ctx.clone();
-        if h == 0 || h > ctx.n() {
-            return Err(Error::InvalidArgument(format!(
-                "a sparse secret needs 1 to N = {} nonzero coefficients, not {h}",
-                ctx.n()
-            )));
-        }
+        crate::params::check_sparse_secret(ctx.params(), h)?;
         let sparse = sampler::ternary_sparse(&mut self.rng, ctx.n(), h);
         let sparse = small_to_ntt(&ctx, &sparse, 0..ctx.moduli.len());
         let to_sparse = key_switching_key(&ctx, &mut self.rng, &sparse, &self.sk.ntt, 0);

@@ -58,7 +58,7 @@ pub use keys::{
 pub use linear::{EncodedLinearTransform, LinearTransform};
 pub use num_complex::Complex64;
 pub use params::{
-    max_log_qp_128bit, sparse_secret_is_128bit, Parameters, ParametersLiteral, Preset, SecurityLevel,
+    max_log_qp_128bit, sparse_secret_passes_drop_and_solve, Parameters, ParametersLiteral, Preset, SecurityLevel,
     HE_STANDARD_128BIT,
 };
 pub use polynomial::ChebyshevPolynomial;

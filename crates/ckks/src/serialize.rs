@@ -518,6 +518,16 @@ impl WireObject for EncapsulationKeys {
             ));
         }
         let from_sparse = ksk_from_wire(ctx, &w.from_sparse, WHAT)?;
+        if from_sparse.max_level != ctx.max_level() {
+            return Err(malformed(
+                WHAT,
+                format!(
+                    "the key back from the sparse secret is for level {}, not the top level {}",
+                    from_sparse.max_level,
+                    ctx.max_level()
+                ),
+            ));
+        }
         Ok(EncapsulationKeys { hamming_weight, to_sparse, from_sparse })
     }
 }

@@ -232,21 +232,30 @@ fn insecure_sparse_slot_bootstrap_restores_periodic_slots() {
 }
 
 #[test]
-fn the_sparse_secret_plan_refuses_missing_or_denser_encapsulation_keys() {
+fn the_sparse_secret_plan_refuses_missing_or_other_encapsulation_keys() {
     let config = sparse_config();
     let mut s = setup(boot_params(10, 1, &config), 23);
     let plan = Bootstrapper::new(&s.ctx, config).unwrap();
     let gk = s.keygen.galois_keys(&plan.key_requests()).unwrap();
     let ct = s.encrypt(&values(8, 3));
     let low = s.eval.drop_to_level(&ct, 0).unwrap();
-    let denser = s.keygen.encapsulation_keys(64).unwrap();
-    for enc in [None, Some(&denser)] {
+    let (denser, sparser) = (s.keygen.encapsulation_keys(64).unwrap(), s.keygen.encapsulation_keys(16).unwrap());
+    for enc in [None, Some(&denser), Some(&sparser)] {
         let keys = BootstrapKeys { relinearization: &s.rlk, galois: &gk, encapsulation: enc };
         let err = s.eval.bootstrap(&low, &plan, &keys).unwrap_err();
-        assert!(matches!(&err, Error::InvalidArgument(m) if m.contains("at most 32")), "{err}");
+        assert!(matches!(&err, Error::InvalidArgument(m) if m.contains("sparse secret of 32")), "{err}");
     }
     assert!(s.keygen.encapsulation_keys(0).is_err());
     assert!(s.keygen.encapsulation_keys((1 << 10) + 1).is_err());
+    // Under checked parameters a weight that fails the drop-and-solve check is refused before
+    // any key exists (the key to it would expose the secret key).
+    let secure = Context::new(&presets::N8192_DEPTH3_128BIT.parameters().unwrap()).unwrap();
+    let mut kg = KeyGenerator::from_seed(&secure, [2; 32]);
+    assert!(matches!(kg.encapsulation_keys(8), Err(Error::InvalidParameters(m)) if m.contains("drop-and-solve")));
+    assert!(kg.encapsulation_keys(128).is_ok());
+    // A K too small for the secret is refused.
+    let config = BootstrapConfig { sparse_secret: None, ..sparse_config() };
+    assert!(matches!(Bootstrapper::new(&s.ctx, config), Err(Error::InvalidParameters(m)) if m.contains("K =")));
 }
 
 /// The drop-and-solve check of sparse secrets: at N = 2^16 and a 300-bit modulus (`q_0·P` of
@@ -257,16 +266,16 @@ fn the_sparse_secret_plan_refuses_missing_or_denser_encapsulation_keys() {
 #[test]
 fn sparse_secret_security_check() {
     let n = 1 << 16;
-    assert!(sparse_secret_is_128bit(n, 300.0, 64));
-    assert!(!sparse_secret_is_128bit(n, 300.0, 32));
-    assert!(sparse_secret_is_128bit(n, 109.0, 32));
-    assert!(!sparse_secret_is_128bit(n, 110.0, 32));
-    assert!(!sparse_secret_is_128bit(n, 440.0, 64));
-    assert!(!sparse_secret_is_128bit(n, 1748.0, n));
-    assert!(!sparse_secret_is_128bit(n, 100.0, 0));
+    assert!(sparse_secret_passes_drop_and_solve(n, 300.0, 64));
+    assert!(!sparse_secret_passes_drop_and_solve(n, 300.0, 32));
+    assert!(sparse_secret_passes_drop_and_solve(n, 109.0, 32));
+    assert!(!sparse_secret_passes_drop_and_solve(n, 110.0, 32));
+    assert!(!sparse_secret_passes_drop_and_solve(n, 440.0, 64));
+    assert!(!sparse_secret_passes_drop_and_solve(n, 1748.0, n));
+    assert!(!sparse_secret_passes_drop_and_solve(n, 100.0, 0));
     let mut previous = 0;
     for log_q in [120.0, 218.0, 300.0, 438.0, 881.0] {
-        let min_h = (1..=512).find(|&h| sparse_secret_is_128bit(n, log_q, h)).unwrap_or(usize::MAX);
+        let min_h = (1..=512).find(|&h| sparse_secret_passes_drop_and_solve(n, log_q, h)).unwrap_or(usize::MAX);
         assert!(min_h >= previous, "{log_q}: {min_h} < {previous}");
         previous = min_h;
     }
@@ -289,7 +298,7 @@ fn bootstrap_presets_are_secure_and_leave_the_levels_they_name() {
             // The key to the sparse secret lives modulo q_0·P.
             if let Some(h) = p.sparse_secret {
                 let log_q0p: u32 = p.log_q[0] + p.log_p.iter().sum::<u32>();
-                assert!(sparse_secret_is_128bit(params.n(), f64::from(log_q0p), h), "{}", p.name);
+                assert!(sparse_secret_passes_drop_and_solve(params.n(), f64::from(log_q0p), h), "{}", p.name);
             }
         } else {
             // The small presets deliver the precision they state (the 2^16 ones: BENCHMARKS.md).
@@ -323,7 +332,7 @@ fn bootstrap_presets_are_secure_and_leave_the_levels_they_name() {
 
 #[test]
 fn the_declared_keys_are_exactly_the_keys_used() {
-    for config in [small_config(), BootstrapConfig { slots: Some(64), sparse_secret: None, ..sparse_config() }] {
+    for config in [small_config(), BootstrapConfig { slots: Some(64), ..small_config() }] {
         declared_keys_are_used(config);
     }
 }

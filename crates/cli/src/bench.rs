@@ -21,7 +21,7 @@ pub(crate) enum BenchCommand {
 #[derive(Args)]
 pub(crate) struct BootstrapArgs {
     /// Bootstrappable parameter preset (see the list in --help of this option's error).
-    #[arg(long, default_value = "N65536_BOOT_LEFT8_128BIT")]
+    #[arg(long, default_value = "N65536_BOOT_LEFT8_SPARSE_SECRET_128BIT")]
     preset: String,
     /// Worker threads (default: every core).
     #[arg(long)]

@@ -20,7 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("{}: {}, depth {}", model.spec().name, compiled.info().parameters_name(), c.depth());
     let mut keygen = KeyGenerator::new(&ctx)?;
     let rlk = keygen.relinearization_key();
-    let requests = c.key_requests(&ctx);
+    let requests = c.key_requests(&ctx)?;
     let gk = keygen.galois_keys(&requests)?;
     let (eval, encoder) = (Evaluator::new(&ctx), Encoder::new(&ctx));
     let mut encryptor = SymmetricEncryptor::new(keygen.secret_key())?;

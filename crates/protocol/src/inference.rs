@@ -724,7 +724,8 @@ impl ModelHolder {
                 let rlk = relinearization.decode(&ctx)?;
                 let limit = galois_keys_max_size(&ctx, self.info().rotation_keys.len());
                 let gk = galois.decode_with_limit(&ctx, limit)?;
-                let missing = gk.missing(&circuit.key_requests(&ctx));
+                let declared = circuit.key_requests(&ctx).map_err(|e| ProtocolError::Config(e.to_string()))?;
+                let missing = gk.missing(&declared);
                 if !missing.is_empty() {
                     let steps: Vec<String> = circuit
                         .rotation_keys()

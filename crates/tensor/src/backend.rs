@@ -538,9 +538,12 @@ impl Backend for TraceBackend {
     fn drop_to(&self, a: &Trace, like: &Trace) -> Result<Trace> {
         Ok(Trace { level: like.level, ..*a })
     }
-    fn bootstrap(&self, a: &Trace, stage: &BootstrapStage) -> Result<Trace> {
-        *self.relinearizes.lock().expect("not poisoned") = true;
-        Ok(Trace { level: stage.output_level(), ..*a })
+    fn bootstrap(&self, _a: &Trace, stage: &BootstrapStage) -> Result<Trace> {
+        // Its keys need a context the tracer does not have: refuse rather than under-report.
+        Err(CircuitError::Unsupported(format!(
+            "tracing through a bootstrap ({}): declare its keys with BootstrapStage::key_requests",
+            stage.preset().name
+        )))
     }
     fn scale_of(&self, a: &Trace) -> f64 {
         a.scale

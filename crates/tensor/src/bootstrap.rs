@@ -8,8 +8,8 @@
 //! [`blindfold_ckks::Evaluator::bootstrap`] on CKKS. Its plaintext twin models the precision
 //! loss: it refuses slots outside `[-1, 1]` (where the stated precision does not hold and, far
 //! enough out, the encrypted result is wrong) and rounds each slot to the preset's
-//! [`BootstrapPreset::precision_bits`] — an error as large as the encrypted bootstrap's, not
-//! the same error.
+//! [`BootstrapPreset::precision_bits`] — an error of the same order as the encrypted
+//! bootstrap's (at most half its stated worst case), not the same error.
 
 use crate::backend::Backend;
 use crate::error::{CircuitError, Result};
@@ -67,12 +67,15 @@ impl BootstrapStage {
         self.preset.sparse_secret
     }
 
-    /// The Galois keys the bootstrap uses, each at its level.
+    /// The Galois keys the bootstrap uses, each at its level (the plan's, once encoded).
     ///
     /// # Errors
     /// [`CircuitError::Ckks`] if `ctx`'s chain is too short for the preset's configuration.
     pub fn key_requests(&self, ctx: &Context) -> Result<Vec<GaloisKeyRequest>> {
-        Ok(self.preset.config().key_requests(ctx)?)
+        match &self.plan {
+            Some(plan) => Ok(plan.key_requests()),
+            None => Ok(self.preset.config().key_requests(ctx)?),
+        }
     }
 
     /// What the stage costs: the levels it consumes from the top of the chain (it returns to
@@ -95,6 +98,12 @@ impl BootstrapStage {
     /// # Errors
     /// [`CircuitError::Input`] if `ctx` is not the preset's parameters; CKKS errors.
     pub fn encode(&mut self, ctx: &Arc<Context>) -> Result<()> {
+        self.encode_sharing(ctx, &mut Vec::new())
+    }
+
+    /// [`BootstrapStage::encode`], reusing a plan of the same preset from `plans` (and adding
+    /// its own): a circuit's bootstraps share one.
+    pub(crate) fn encode_sharing(&mut self, ctx: &Arc<Context>, plans: &mut Vec<Arc<Bootstrapper>>) -> Result<()> {
         let params = self.preset.parameters()?;
         if ctx.params().fingerprint() != params.fingerprint() {
             return Err(CircuitError::Input {
@@ -102,7 +111,16 @@ impl BootstrapStage {
                 actual: format!("N = {}, top level {}", ctx.n(), ctx.max_level()),
             });
         }
-        self.plan = Some(Arc::new(Bootstrapper::new(ctx, self.preset.config())?));
+        let config = self.preset.config();
+        let plan = match plans.iter().find(|p| *p.config() == config) {
+            Some(p) => p.clone(),
+            None => {
+                let p = Arc::new(Bootstrapper::new(ctx, config)?);
+                plans.push(p.clone());
+                p
+            }
+        };
+        self.plan = Some(plan);
         Ok(())
     }
 

@@ -213,18 +213,21 @@ impl Circuit {
     }
 
     /// The Galois keys to generate for `ctx`, one per element at the highest level it is used
-    /// at: [`Circuit::rotation_keys`] and every bootstrap's ([`BootstrapStage::key_requests`];
-    /// none for a bootstrap whose preset does not fit `ctx`, which [`Circuit::encode`]
-    /// refuses).
-    pub fn key_requests(&self, ctx: &Context) -> Vec<GaloisKeyRequest> {
+    /// at: [`Circuit::rotation_keys`] and every bootstrap's ([`BootstrapStage::key_requests`]).
+    ///
+    /// # Errors
+    /// [`CircuitError::Ckks`] if a bootstrap's preset does not fit `ctx`'s chain.
+    pub fn key_requests(&self, ctx: &Context) -> Result<Vec<GaloisKeyRequest>> {
         let mut requests = key_requests(&self.rotation_keys(), ctx);
-        for r in self.bootstraps().flat_map(|b| b.key_requests(ctx).unwrap_or_default()) {
-            match requests.iter_mut().find(|k| k.element == r.element) {
-                Some(k) => k.level = k.level.max(r.level),
-                None => requests.push(r),
+        for b in self.bootstraps() {
+            for r in b.key_requests(ctx)? {
+                match requests.iter_mut().find(|k| k.element == r.element) {
+                    Some(k) => k.level = k.level.max(r.level),
+                    None => requests.push(r),
+                }
             }
         }
-        requests
+        Ok(requests)
     }
 
     /// Whether the circuit needs the relinearization key.
@@ -258,6 +261,7 @@ impl Circuit {
         let encoder = Encoder::new(ctx);
         let q = ctx.params().q();
         let mut scale = input_scale;
+        let mut plans = Vec::new();
         for s in &mut self.stages {
             let level = s.level();
             scale = match s {
@@ -265,7 +269,7 @@ impl Circuit {
                 Stage::RotationSum(_) => scale,
                 Stage::Polynomial(p) => polynomial_scale(p, scale, q, level),
                 Stage::Bootstrap(b) => {
-                    b.encode(ctx)?;
+                    b.encode_sharing(ctx, &mut plans)?;
                     scale
                 }
             };
@@ -278,7 +282,8 @@ impl Circuit {
     ///
     /// # Errors
     /// [`CircuitError::Input`] for a wrong number of inputs; backend errors, with
-    /// [`CircuitError::UndeclaredKey`] naming the stage.
+    /// [`CircuitError::UndeclaredKey`] and [`CircuitError::UndeclaredElement`] naming the
+    /// stage.
     pub fn evaluate_on<B: Backend>(&self, be: &B, inputs: &[B::Value]) -> Result<B::Value> {
         if inputs.len() != self.packing.ciphertexts() {
             return Err(CircuitError::Input {
@@ -338,7 +343,7 @@ impl Circuit {
         if self.input_scale.is_none() {
             return Err(CircuitError::NotEncoded);
         }
-        let be = CkksBackend::new(eval, keys.relinearization, keys.galois, &self.key_requests(eval.context()))
+        let be = CkksBackend::new(eval, keys.relinearization, keys.galois, &self.key_requests(eval.context())?)
             .with_encapsulation(keys.encapsulation);
         self.evaluate_on(&be, inputs)
     }

@@ -2,7 +2,7 @@
 //! deeper than its chain's computation levels against its plaintext twin, the keys it declares
 //! against the keys it uses, and what it refuses.
 
-use blindfold_ckks::bootstrap::{N4096_BOOT_LEFT2_INSECURE as PRESET, N65536_BOOT_LEFT8_128BIT};
+use blindfold_ckks::bootstrap::{N4096_BOOT_LEFT2_INSECURE as PRESET, N65536_BOOT_LEFT8_SPARSE_SECRET_128BIT as BIG};
 use blindfold_ckks::{
     presets, BootstrapKeys, Context, Decryptor, Encoder, Evaluator, KeyGenerator, SymmetricEncryptor,
 };
@@ -40,7 +40,7 @@ fn a_circuit_with_bootstraps_matches_its_twin_with_exactly_the_declared_keys() {
     let delta = ctx.params().default_scale();
     c.encode(&ctx, delta).unwrap();
     let mut keygen = KeyGenerator::from_seed(&ctx, [3; 32]);
-    let declared = c.key_requests(&ctx);
+    let declared = c.key_requests(&ctx).unwrap();
     let (rlk, gk) = (keygen.relinearization_key(), keygen.galois_keys(&declared).unwrap());
     let enc = keygen.encapsulation_keys(c.sparse_secret().unwrap()).unwrap();
     let x: Vec<f64> = (0..100).map(|i| 0.9 * ((i * 37 % 100) as f64 / 50.0 - 1.0)).collect();
@@ -87,7 +87,7 @@ fn bootstraps_refuse_what_they_cannot_do() {
     assert!(matches!(&err, CircuitError::Input { actual, .. } if actual.contains("slot 7")), "{err}");
     // Without the encapsulation keys, or without a declared key: refused, naming the stage.
     let mut keygen = KeyGenerator::from_seed(&ctx, [4; 32]);
-    let declared = c.key_requests(&ctx);
+    let declared = c.key_requests(&ctx).unwrap();
     let (rlk, gk) = (keygen.relinearization_key(), keygen.galois_keys(&declared).unwrap());
     let pt = Encoder::new(&ctx).encode_real(&packed[0][..8], ctx.max_level(), delta).unwrap();
     let ct = SymmetricEncryptor::new(keygen.secret_key()).unwrap().encrypt(&pt).unwrap().expand(&ctx);
@@ -115,10 +115,10 @@ fn bootstraps_refuse_what_they_cannot_do() {
 
 #[test]
 fn a_bootstrap_declares_its_levels_and_keys_without_encoding() {
-    let b = BootstrapStage::new(N65536_BOOT_LEFT8_128BIT, 0);
+    let b = BootstrapStage::new(BIG, 0);
     assert_eq!(b.output_level(), 8);
-    assert_eq!(b.sparse_secret(), Some(64));
-    assert_eq!(b.cost().levels, N65536_BOOT_LEFT8_128BIT.config().depth());
+    assert_eq!(b.sparse_secret(), Some(128));
+    assert_eq!(b.cost().levels, BIG.config().depth());
     let ctx = Context::new(&PRESET.parameters().unwrap()).unwrap();
     let small = BootstrapStage::new(PRESET, 0);
     let requests = small.key_requests(&ctx).unwrap();

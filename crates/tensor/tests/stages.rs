@@ -44,7 +44,7 @@ fn uniform(rng: &mut ChaCha20Rng, n: usize) -> Vec<f64> {
 
 impl Setup {
     fn keys(&mut self, c: &Circuit) -> (RelinearizationKey, GaloisKeys) {
-        let gk = self.keygen.galois_keys(&c.key_requests(&self.ctx)).unwrap();
+        let gk = self.keygen.galois_keys(&c.key_requests(&self.ctx).unwrap()).unwrap();
         (self.keygen.relinearization_key(), gk)
     }
 
@@ -156,7 +156,7 @@ fn the_evaluation_uses_exactly_the_declared_keys() {
         Circuit::new(packing, top, vec![Stage::Linear(d1), Stage::Polynomial(sq), Stage::Linear(d2)], l2).unwrap();
     let scale = s.ctx.params().q()[top] as f64;
     c.encode(&s.ctx, scale).unwrap();
-    let declared = c.key_requests(&s.ctx);
+    let declared = c.key_requests(&s.ctx).unwrap();
     assert!(declared.len() >= 4, "{declared:?}");
     let (rlk, gk) = s.keys(&c);
     let x = uniform(&mut s.rng, 100);
