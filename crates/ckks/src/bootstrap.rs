@@ -440,7 +440,7 @@ pub const N65536_BOOT_LEFT8_SPARSE_SECRET_128BIT: BootstrapPreset = BootstrapPre
     log_q: &[
         60, 45, 45, 45, 45, 45, 45, 45, 45, 45, 45, 45, 59, 59, 59, 59, 59, 59, 59, 59, 59, 59, 59, 59, 58, 58, 58,
     ],
-    log_p: &[60, 60, 60, 60],
+    log_p: &[60, 60, 60, 60, 60],
     log_default_scale: 45,
     cts_levels: 3,
     stc_levels: 3,
