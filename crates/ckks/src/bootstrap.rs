@@ -538,9 +538,9 @@ impl Bootstrapper {
     ///
     /// # Errors
     /// [`Error::InvalidParameters`] if the chain has fewer levels than the bootstrap consumes,
-    /// a DFT level budget is out of range, `q_0` leaves no room for the message ratio, or —
-    /// for checked parameters — the sparse secret fails [`crate::sparse_secret_passes_drop_and_solve`] at
-    /// `log2(q_0·P)`.
+    /// a DFT level budget is out of range, `q_0` leaves no room for the message ratio, `K` is
+    /// below what the secret needs, sparse slots do not fit, or — for checked parameters — the
+    /// sparse secret fails [`crate::sparse_secret_passes_drop_and_solve`] at `log2(q_0·P)`.
     pub fn new(ctx: &Arc<Context>, config: BootstrapConfig) -> Result<Self> {
         let top = ctx.max_level();
         let (cts_factors, stc_factors) = config.dft_factors(ctx)?;

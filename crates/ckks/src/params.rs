@@ -20,8 +20,8 @@ pub fn max_log_qp_128bit(n: usize) -> Option<u32> {
 
 /// Whether an RLWE instance of ring degree `n` and modulus `log_q` bits whose secret is
 /// ternary with exactly `h` nonzero coefficients passes our drop-and-solve check at 128 bits
-/// against [`HE_STANDARD_128BIT`] — a heuristic, not a lower bound: an attacker who keeps `k` of the
-/// `n` secret coordinates and assumes the others are zero succeeds with probability
+/// against [`HE_STANDARD_128BIT`] — a heuristic, not a lower bound: an attacker who keeps `k`
+/// of the `n` secret coordinates and assumes the others are zero succeeds with probability
 /// `C(k, h)/C(n, h)` per guess, and is left with an instance of dimension `k`. The instance is
 /// accepted if, for every `k`, either the guessing alone costs `2^128` or more, or `log_q`
 /// is within the standard's ternary bound for the largest tabulated dimension `≤ k` (security

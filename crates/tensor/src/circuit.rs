@@ -72,7 +72,11 @@ impl Stage {
 
     /// Whether the stage multiplies ciphertexts (and needs the relinearization key).
     pub fn relinearizes(&self) -> bool {
-        matches!(self, Stage::Polynomial(p) if p.depth() > 0) || matches!(self, Stage::Bootstrap(_))
+        match self {
+            Stage::Polynomial(p) => p.depth() > 0,
+            Stage::Bootstrap(_) => true,
+            Stage::Linear(_) | Stage::RotationSum(_) => false,
+        }
     }
 
     /// What the stage costs.
