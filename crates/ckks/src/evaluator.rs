@@ -993,6 +993,156 @@ impl Evaluator {
             .collect())
     }
 
+    /// For every row `r`: `Σ_{(j, w) ∈ rows[r]} w·cts[j] + bias[r]` in every slot, each weight
+    /// multiplying as the integer `round(w · const_scale)` reduced per prime (a constant in
+    /// every slot is a constant polynomial: no encoding, no NTT), each row one modular sum with
+    /// one reduction per coefficient ([`blindfold_math::slice::matmul_scalar`]). No rescale:
+    /// the results have scale `Δ · const_scale` for the inputs' common scale `Δ`, their
+    /// level, and their size (2, or 3 for unrelinearized products: relinearize the sums). An
+    /// empty row gives the bias alone (a trivial encryption of a public constant). The core of
+    /// a linear layer in batch packing, where slot `s` of input `j` is image `s`'s feature `j`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for no inputs, `rows` and `bias` of different lengths, a
+    /// term index outside `cts`, or a weight or bias that is not finite at this scale;
+    /// [`Error::LevelMismatch`], [`Error::ScaleMismatch`], [`Error::CiphertextSize`] for
+    /// inputs that differ; [`Error::ForeignObject`].
+    pub fn linear_combinations(
+        &self,
+        cts: &[&Ciphertext],
+        rows: &[Vec<(u32, f64)>],
+        bias: &[f64],
+        const_scale: f64,
+    ) -> Result<Vec<Ciphertext>> {
+        self.combinations(cts, rows, bias, const_scale, false)
+    }
+
+    /// [`Evaluator::linear_combinations`] of the squares `cts[j]²`, neither stored nor
+    /// relinearized: the tensor product's parts `(c0², 2·c0·c1, c1²)` of each input are formed
+    /// a block at a time inside the modular sum
+    /// ([`blindfold_math::slice::matmul_scalar_products`]). The results have size 3 (relinearize
+    /// the sums), scale `Δ² · const_scale`, the inputs' level. A square activation followed by
+    /// a linear layer in batch packing, at the cost of the linear layer alone.
+    ///
+    /// # Errors
+    /// As [`Evaluator::linear_combinations`]; [`Error::CiphertextSize`] for inputs of size
+    /// other than 2.
+    pub fn linear_combinations_of_squares(
+        &self,
+        cts: &[&Ciphertext],
+        rows: &[Vec<(u32, f64)>],
+        bias: &[f64],
+        const_scale: f64,
+    ) -> Result<Vec<Ciphertext>> {
+        self.combinations(cts, rows, bias, const_scale, true)
+    }
+
+    fn combinations(
+        &self,
+        cts: &[&Ciphertext],
+        rows: &[Vec<(u32, f64)>],
+        bias: &[f64],
+        const_scale: f64,
+        squares: bool,
+    ) -> Result<Vec<Ciphertext>> {
+        let op = if squares { "linear_combinations_of_squares" } else { "linear_combinations" };
+        let first = cts.first().ok_or_else(|| Error::InvalidArgument(format!("{op} needs inputs")))?;
+        if squares && first.parts.len() != 2 {
+            return Err(Error::CiphertextSize { op, expected: 2, actual: first.parts.len() });
+        }
+        if rows.len() != bias.len() {
+            return Err(Error::InvalidArgument(format!("{} rows but {} biases", rows.len(), bias.len())));
+        }
+        for c in cts {
+            self.check(c)?;
+            Self::same_level(op, first.level, c.level)?;
+            Self::same_scale(op, first.scale, c.scale)?;
+            if c.parts.len() != first.parts.len() {
+                return Err(Error::CiphertextSize { op, expected: first.parts.len(), actual: c.parts.len() });
+            }
+        }
+        if !(const_scale.is_finite() && const_scale >= 1.0) {
+            return Err(Error::InvalidArgument(format!("constant scale {const_scale}: must be finite and at least 1")));
+        }
+        let round = |v: f64, scale: f64| -> Result<f64> {
+            let k = (v * scale).round();
+            if k.is_finite() {
+                Ok(k)
+            } else {
+                Err(Error::InvalidArgument(format!("the constant {v} at scale {scale} is not finite")))
+            }
+        };
+        let mut weights: Vec<Vec<(u32, f64)>> = Vec::with_capacity(rows.len());
+        for row in rows {
+            let mut r = Vec::with_capacity(row.len());
+            for &(j, w) in row {
+                if j as usize >= cts.len() {
+                    return Err(Error::InvalidArgument(format!("term index {j} of {} inputs", cts.len())));
+                }
+                r.push((j, round(w, const_scale)?));
+            }
+            weights.push(r);
+        }
+        let in_scale = if squares { first.scale * first.scale } else { first.scale };
+        let out_scale = in_scale * const_scale;
+        let biases: Vec<f64> = bias.iter().map(|&b| round(b, out_scale)).collect::<Result<_>>()?;
+        let (level, n) = (first.level, self.ctx.n());
+        let size = if squares { 3 } else { first.parts.len() };
+        let mut outs: Vec<Vec<Vec<u64>>> =
+            rows.iter().map(|_| (0..size).map(|_| scratch::vec_overwritten((level + 1) * n)).collect()).collect();
+        // One task per (polynomial, residue), each with every row's output slice.
+        let mut tasks: Vec<Vec<&mut [u64]>> = (0..size * (level + 1)).map(|_| Vec::with_capacity(rows.len())).collect();
+        for out in outs.iter_mut() {
+            for (k, part) in out.iter_mut().enumerate() {
+                for (i, r) in part.chunks_exact_mut(n).enumerate() {
+                    tasks[k * (level + 1) + i].push(r);
+                }
+            }
+        }
+        // The constants modulo each prime, shared by every polynomial; for squares, doubled
+        // for the cross term 2·c0·c1.
+        type Rows = Vec<Vec<(u32, u64)>>;
+        let consts: Vec<[Rows; 2]> = (0..=level)
+            .into_par_iter()
+            .map(|i| {
+                let q = &self.ctx.moduli[i];
+                let once: Rows =
+                    weights.iter().map(|row| row.iter().map(|&(j, w)| (j, q.reduce_f64(w))).collect()).collect();
+                let doubled: Rows = if squares {
+                    once.iter().map(|row| row.iter().map(|&(j, c)| (j, q.add(c, c))).collect()).collect()
+                } else {
+                    Vec::new()
+                };
+                [once, doubled]
+            })
+            .collect();
+        tasks.into_par_iter().enumerate().for_each(|(t, mut task)| {
+            let (k, i) = (t / (level + 1), t % (level + 1));
+            let q = &self.ctx.moduli[i];
+            let r = i * n..(i + 1) * n;
+            let part = |p: usize| -> Vec<&[u64]> { cts.iter().map(|c| &c.parts[p][r.clone()]).collect() };
+            let doubled = squares && k == 1;
+            let refs: Vec<&[(u32, u64)]> = consts[i][usize::from(doubled)].iter().map(Vec::as_slice).collect();
+            if squares {
+                // Part k of x²: c0·c0, c0·c1 (weights doubled), c1·c1.
+                let (a, b) = ([0, 0, 1][k], [0, 1, 1][k]);
+                slice::matmul_scalar_products(&mut task, &part(a), &part(b), &refs, q);
+            } else {
+                slice::matmul_scalar(&mut task, &part(k), &refs, q);
+            }
+            if k == 0 {
+                // A constant polynomial is the same constant at every NTT point.
+                for (o, &b) in task.iter_mut().zip(&biases) {
+                    if b != 0.0 {
+                        let b = q.reduce_f64(b);
+                        o.iter_mut().for_each(|v| *v = q.add(*v, b));
+                    }
+                }
+            }
+        });
+        Ok(outs.into_iter().map(|parts| Ciphertext { parts, level, scale: out_scale }).collect())
+    }
+
     /// `dest += round(x / P)` from `Q_l ∪ P` to `Q_l`, NTT form in and out (the `P` part of
     /// `x` is overwritten).
     fn mod_down_add(&self, x: &mut [u64], level: usize, dest: &mut [u64]) {

@@ -31,6 +31,7 @@
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
 
+pub mod bfv;
 pub mod bootstrap;
 mod context;
 mod crypto;

@@ -52,6 +52,31 @@ pub(crate) struct Report {
     pub(crate) input_ciphertexts: usize,
     /// The circuit's stages: levels, rotations, products of each.
     pub(crate) stages: Vec<blindfold_tensor::StageCost>,
+    /// `ckks` or `bfv`.
+    pub(crate) scheme: String,
+    /// `single` (one image per evaluation, spread over the slots) or `batch` (slot `s` of
+    /// every ciphertext is image `s`).
+    pub(crate) packing: String,
+    /// Images per evaluation (the slots, in batch packing).
+    pub(crate) batch_size: usize,
+    /// Server time of one evaluation, median over the evaluations (seconds).
+    pub(crate) batch_latency_s: f64,
+    /// Test images over the wall time of the whole run (client and server work included).
+    pub(crate) images_per_second: f64,
+    /// Batch packing: test images over the model holder's evaluation time alone, summed over
+    /// the batches (a part-empty last batch included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) server_images_per_second: Option<f64>,
+    /// BFV: the share of images whose decrypted integer scores equal the integer twin's
+    /// exactly (every score).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) exact_scores: Option<f64>,
+    /// BFV: the plaintext primes (CRT components; one evaluation each).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) plaintext_moduli: Vec<u64>,
+    /// Batch packing: server seconds per stage, summed over the batches.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) stage_seconds: Vec<f64>,
     /// ReLU fits: fitted range against the pre-activations of the first 1,000 test images.
     pub(crate) activation_ranges: Vec<blindfold_nn::ActivationRange>,
     /// The decrypted scores of each image (`infer --logits-out`; not in the JSON report).
@@ -72,7 +97,11 @@ pub(crate) fn print_report(report: &Report) {
         "circuit: depth {}, {} rotation keys, {} input ciphertext(s), parameters {}",
         report.depth, report.rotation_keys, report.input_ciphertexts, report.params.preset
     );
-    for s in &report.stages {
+    for (i, s) in report.stages.iter().enumerate() {
+        if let Some(secs) = report.stage_seconds.get(i) {
+            eprintln!("  {:<70} levels {}, constant products {:>7}, {secs:.2} s", s.name, s.levels, s.plain_products);
+            continue;
+        }
         eprintln!(
             "  {:<70} levels {}, key switches {:>2} ({} hoisted), plaintext products {:>3}",
             s.name,
@@ -92,6 +121,24 @@ pub(crate) fn print_report(report: &Report) {
         "{:<22} p50 {:.1} ms, p95 {:.1} ms ({} threads, {} image(s) at a time)",
         "server per image", report.server_ms.p50, report.server_ms.p95, report.threads, report.parallel_images
     );
+    if let Some(exact) = report.exact_scores {
+        println!(
+            "{:<22} {:.2}% of images (BFV scores = the integer network's; plaintext primes {:?})",
+            "exact scores",
+            100.0 * exact,
+            report.plaintext_moduli
+        );
+    }
+    if report.packing == "batch" {
+        println!(
+            "{:<22} {:.0} images/s over the run, {:.0} images/s of server time; {} images per batch, server {:.2} s per batch (p50)",
+            "throughput",
+            report.images_per_second,
+            report.server_images_per_second.unwrap_or(0.0),
+            report.batch_size,
+            report.batch_latency_s
+        );
+    }
     println!(
         "{:<22} encrypt {:.1} ms, decrypt {:.1} ms (p50)",
         "client per image", report.client_ms.encrypt_p50, report.client_ms.decrypt_p50

@@ -198,6 +198,101 @@ mod imp {
         true
     }
 
+    /// `outs[r][i] = Σ_{(j, w) ∈ rows[r]} x[j][i]·w mod q` for `x[j][i], w < q < 2^50`, any
+    /// number of terms: a matrix of constants times a matrix of residues. Blocks of 64
+    /// coefficients stay in registers while every row reads the inputs' block (which stays
+    /// in cache across rows); 52-bit products accumulate without reduction, the high halves
+    /// folded back below `q` as often as `q`'s size needs (every 8 terms at 50 bits, every
+    /// 4,000 below 2^26 bits of product). With `y`, the inputs are the products
+    /// `x[j][i]·y[j][i] mod q`, formed block by block and never stored. False without IFMA or
+    /// for lengths not a multiple of 64.
+    pub fn matmul_scalar(
+        outs: &mut [&mut [u64]],
+        x: &[&[u64]],
+        y: Option<&[&[u64]]>,
+        rows: &[&[(u32, u64)]],
+        q: u64,
+    ) -> bool {
+        const B: usize = 8; // vectors of 8 lanes per block
+        let Some(s) = Ifma::try_new() else { return false };
+        let n = x.first().map_or(0, |v| v.len());
+        if !n.is_multiple_of(8 * B) {
+            return false;
+        }
+        let m = crate::Modulus::new(q).expect("odd modulus");
+        let two52 = m.reduce(1u64 << 52);
+        let two52_shoup = (((two52 as u128) << 52) / q as u128) as u64;
+        let shoup_one = (1u128 << 52) as u64 / q;
+        // Terms between folds: the low halves stay below 2^64 (each adds < 2^52), the high
+        // ones below 2^52 - 2^50 - 32 (each adds < 2^(2·bits - 52) for operands below q).
+        let hi_bits = (2 * (64 - q.leading_zeros())).saturating_sub(52);
+        let period = ((1u64 << 51) >> hi_bits).clamp(1, 4000) as usize;
+        let x8 = split8(x);
+        let y8 = y.map(split8);
+        let barrett = Barrett::new(q);
+        let mut o8: Vec<&mut [[u64; 8]]> = outs.iter_mut().map(|o| pulp::as_arrays_mut::<8, _>(o).0).collect();
+        s.vectorize(
+            #[inline(always)]
+            || {
+                let zero: u64x8 = cast(s.avx512f._mm512_setzero_si512());
+                let mask52: u64x8 = cast(s.avx512f._mm512_set1_epi64(((1u64 << 52) - 1) as i64));
+                let k = Consts::new(s, q, two52, two52_shoup, shoup_one);
+                // Each block of every input, copied together: the inputs are separate
+                // allocations whose blocks share their address bits below the page size and
+                // would evict one another from the same cache sets.
+                let mut block = vec![zero; x8.len() * B];
+                for c in (0..n / 8).step_by(B) {
+                    match &y8 {
+                        None => {
+                            for (dst, src) in block.chunks_exact_mut(B).zip(&x8) {
+                                for (d, v) in dst.iter_mut().zip(&src[c..c + B]) {
+                                    *d = cast(*v);
+                                }
+                            }
+                        }
+                        Some(y8) => {
+                            for ((dst, a), b) in block.chunks_exact_mut(B).zip(&x8).zip(y8) {
+                                for ((d, u), v) in dst.iter_mut().zip(&a[c..c + B]).zip(&b[c..c + B]) {
+                                    *d = barrett.mul(s, cast(*u), cast(*v));
+                                }
+                            }
+                        }
+                    }
+                    for (row, out) in rows.iter().zip(o8.iter_mut()) {
+                        let (mut lo, mut hi) = ([zero; B], [zero; B]);
+                        let fold = |lo: &mut [u64x8; B], hi: &mut [u64x8; B]| {
+                            for b in 0..B {
+                                let h: u64x8 = cast(
+                                    s.avx512f
+                                        ._mm512_add_epi64(cast(hi[b]), s.avx512f._mm512_srli_epi64::<52>(cast(lo[b]))),
+                                );
+                                lo[b] = cast(s.avx512f._mm512_and_si512(cast(lo[b]), cast(mask52)));
+                                hi[b] = csub(s, mul_shoup52(s, h, k.one, k.shoup_one, k.neg_q), k.q);
+                            }
+                        };
+                        for terms in row.chunks(period) {
+                            for &(j, w) in terms {
+                                let wv: u64x8 = cast(s.avx512f._mm512_set1_epi64(w as i64));
+                                let xs = &block[j as usize * B..(j as usize + 1) * B];
+                                for b in 0..B {
+                                    lo[b] =
+                                        cast(s.avx512ifma._mm512_madd52lo_epu64(cast(lo[b]), cast(xs[b]), cast(wv)));
+                                    hi[b] =
+                                        cast(s.avx512ifma._mm512_madd52hi_epu64(cast(hi[b]), cast(xs[b]), cast(wv)));
+                                }
+                            }
+                            fold(&mut lo, &mut hi);
+                        }
+                        for b in 0..B {
+                            out[c + b] = cast(k.finish(s, hi[b], lo[b]));
+                        }
+                    }
+                }
+            },
+        );
+        true
+    }
+
     fn split8<'a>(v: &[&'a [u64]]) -> Vec<&'a [[u64; 8]]> {
         v.iter().map(|x| pulp::as_arrays::<8, _>(x).0).collect()
     }
@@ -245,34 +340,15 @@ mod imp {
     /// False without IFMA.
     pub fn mul_assign(a: &mut [u64], b: &[u64], q: u64) -> bool {
         let Some(s) = Ifma::try_new() else { return false };
-        let beta = 64 - q.leading_zeros();
-        let mu = ((1u128 << (beta + 51)) / q as u128) as u64;
         let m = crate::Modulus::new(q).expect("odd modulus");
+        let barrett = Barrett::new(q);
         s.vectorize(
             #[inline(always)]
             || {
                 let (a8, a_tail) = pulp::as_arrays_mut::<8, _>(a);
                 let (b8, b_tail) = pulp::as_arrays::<8, _>(b);
-                let f = s.avx512f;
-                let zero = f._mm512_setzero_si512();
-                let qv: u64x8 = cast(f._mm512_set1_epi64(q as i64));
-                let two_q: u64x8 = cast(f._mm512_set1_epi64((2 * q) as i64));
-                let neg_q = f._mm512_set1_epi64(q.wrapping_neg() as i64);
-                let muv = f._mm512_set1_epi64(mu as i64);
-                let mask52 = f._mm512_set1_epi64(((1u64 << 52) - 1) as i64);
-                let shr = f._mm512_set1_epi64((beta - 1) as i64);
-                let shl = f._mm512_set1_epi64((53 - beta) as i64);
                 for (x, y) in a8.iter_mut().zip(b8) {
-                    let lo = s.avx512ifma._mm512_madd52lo_epu64(zero, cast(*x), cast(*y));
-                    let hi = s.avx512ifma._mm512_madd52hi_epu64(zero, cast(*x), cast(*y));
-                    // c1 = floor(x·y / 2^(β-1)) < 2^(β+1)
-                    let c1 = f._mm512_and_si512(
-                        f._mm512_or_si512(f._mm512_srlv_epi64(lo, shr), f._mm512_sllv_epi64(hi, shl)),
-                        mask52,
-                    );
-                    let quot = s.avx512ifma._mm512_madd52hi_epu64(zero, c1, muv);
-                    let r = f._mm512_and_si512(s.avx512ifma._mm512_madd52lo_epu64(lo, quot, neg_q), mask52);
-                    *x = cast(csub(s, csub(s, cast(r), two_q), qv));
+                    *x = cast(barrett.mul(s, cast(*x), cast(*y)));
                 }
                 for (x, &y) in a_tail.iter_mut().zip(b_tail) {
                     *x = m.mul(*x, y);
@@ -280,6 +356,45 @@ mod imp {
             },
         );
         true
+    }
+
+    /// Constants of the Barrett product of [`mul_assign`].
+    #[derive(Clone, Copy)]
+    struct Barrett {
+        q: u64,
+        beta: u32,
+        mu: u64,
+    }
+
+    impl Barrett {
+        fn new(q: u64) -> Self {
+            let beta = 64 - q.leading_zeros();
+            Self { q, beta, mu: ((1u128 << (beta + 51)) / q as u128) as u64 }
+        }
+
+        /// `x·y mod q` for `x, y < q < 2^50`.
+        #[inline(always)]
+        fn mul(self, s: Ifma, x: u64x8, y: u64x8) -> u64x8 {
+            let f = s.avx512f;
+            let zero = f._mm512_setzero_si512();
+            let qv: u64x8 = cast(f._mm512_set1_epi64(self.q as i64));
+            let two_q: u64x8 = cast(f._mm512_set1_epi64((2 * self.q) as i64));
+            let neg_q = f._mm512_set1_epi64(self.q.wrapping_neg() as i64);
+            let mask52 = f._mm512_set1_epi64(((1u64 << 52) - 1) as i64);
+            let lo = s.avx512ifma._mm512_madd52lo_epu64(zero, cast(x), cast(y));
+            let hi = s.avx512ifma._mm512_madd52hi_epu64(zero, cast(x), cast(y));
+            // c1 = floor(x·y / 2^(β-1)) < 2^(β+1)
+            let c1 = f._mm512_and_si512(
+                f._mm512_or_si512(
+                    f._mm512_srlv_epi64(lo, f._mm512_set1_epi64((self.beta - 1) as i64)),
+                    f._mm512_sllv_epi64(hi, f._mm512_set1_epi64((53 - self.beta) as i64)),
+                ),
+                mask52,
+            );
+            let quot = s.avx512ifma._mm512_madd52hi_epu64(zero, c1, f._mm512_set1_epi64(self.mu as i64));
+            let r = f._mm512_and_si512(s.avx512ifma._mm512_madd52lo_epu64(lo, quot, neg_q), mask52);
+            csub(s, csub(s, cast(r), two_q), qv)
+        }
     }
 
     /// `a[i] = (a[i] - b[i])·c mod q` (with `b` empty: `a[i]·c`); false without IFMA.
@@ -343,6 +458,15 @@ mod imp {
     pub fn dot<const K: usize>(_: &mut [&mut [u64]; K], _: &[&[u64]], _: [&[&[u64]]; K], _: u64) -> bool {
         false
     }
+    pub fn matmul_scalar(
+        _: &mut [&mut [u64]],
+        _: &[&[u64]],
+        _: Option<&[&[u64]]>,
+        _: &[&[(u32, u64)]],
+        _: u64,
+    ) -> bool {
+        false
+    }
 }
 
-pub(crate) use imp::{add_sub_mul_scalar, dot, dot_scalar, mul_assign, reduce_centered, sub_mul_scalar};
+pub(crate) use imp::{add_sub_mul_scalar, dot, dot_scalar, matmul_scalar, mul_assign, reduce_centered, sub_mul_scalar};

@@ -149,6 +149,75 @@ pub fn dot_scalar(out: &mut [u64], d: &[&[u64]], w: &[u64], q: &Modulus, d_bound
     }
 }
 
+/// `outs[r][i] = Σ_{(j, w) ∈ rows[r]} x[j][i]·w mod q`: every row of a sparse matrix of
+/// constants `w < q` times the residue vectors `x[j]` (operands in `[0, q)`), any number of
+/// terms per row, one reduction per output where the CPU allows (AVX-512 IFMA, `q < 2^50`),
+/// else a 128-bit sum per output. The core of a linear layer in batch packing, where every
+/// slot of input `j` is one image's feature `j`.
+///
+/// # Panics
+/// If `outs` and `rows` differ in number, a term's index is outside `x`, or the slices
+/// differ in length.
+pub fn matmul_scalar(outs: &mut [&mut [u64]], x: &[&[u64]], rows: &[&[(u32, u64)]], q: &Modulus) {
+    matmul(outs, x, None, rows, q);
+}
+
+/// [`matmul_scalar`] on the products `x[j][i]·y[j][i] mod q` (operands in `[0, q)`), formed
+/// a block at a time and never stored: a linear layer on squares (`x = y`) or on the
+/// cross terms of a tensor product, without materializing them.
+///
+/// # Panics
+/// As [`matmul_scalar`], or if `x` and `y` differ in number.
+pub fn matmul_scalar_products(
+    outs: &mut [&mut [u64]],
+    x: &[&[u64]],
+    y: &[&[u64]],
+    rows: &[&[(u32, u64)]],
+    q: &Modulus,
+) {
+    assert_eq!(x.len(), y.len(), "one y per x");
+    matmul(outs, x, Some(y), rows, q);
+}
+
+fn matmul(outs: &mut [&mut [u64]], x: &[&[u64]], y: Option<&[&[u64]]>, rows: &[&[(u32, u64)]], q: &Modulus) {
+    let n = outs.first().map_or(0, |o| o.len());
+    assert!(outs.len() == rows.len() && outs.iter().all(|o| o.len() == n) && x.iter().all(|v| v.len() == n));
+    assert!(y.is_none_or(|y| y.iter().all(|v| v.len() == n)), "y's lengths differ");
+    assert!(rows.iter().flat_map(|r| r.iter()).all(|&(j, _)| (j as usize) < x.len()), "term index outside the inputs");
+    if q.value() < IFMA_BOUND && crate::ifma::matmul_scalar(outs, x, y, rows, q.value()) {
+        return;
+    }
+    // Blocks of 64 coefficients: every input's block (or product block) formed once, then
+    // every row summed over it.
+    const BLOCK: usize = 64;
+    let mut buf = vec![0u64; x.len() * BLOCK];
+    for start in (0..n).step_by(BLOCK) {
+        let len = BLOCK.min(n - start);
+        for (j, b) in buf.chunks_exact_mut(BLOCK).enumerate() {
+            let xs = &x[j][start..start + len];
+            match y {
+                None => b[..len].copy_from_slice(xs),
+                Some(y) => {
+                    b.iter_mut().zip(xs).zip(&y[j][start..start + len]).for_each(|((d, &u), &v)| *d = q.mul(u, v))
+                }
+            }
+        }
+        for (row, out) in rows.iter().zip(outs.iter_mut()) {
+            for (i, o) in out[start..start + len].iter_mut().enumerate() {
+                // Products are below 2^122 (q ≤ 2^61): fold every two terms to stay below 2^124.
+                let mut acc = 0u128;
+                for (t, &(j, w)) in row.iter().enumerate() {
+                    acc += buf[j as usize * BLOCK + i] as u128 * w as u128;
+                    if t % 2 == 1 {
+                        acc = q.reduce_u128(acc) as u128;
+                    }
+                }
+                *o = q.reduce_u128(acc);
+            }
+        }
+    }
+}
+
 /// `dst[i] = src[perm[i]]`: a Galois automorphism applied to NTT slots.
 ///
 /// # Panics
@@ -286,6 +355,74 @@ mod tests {
                     let e1 =
                         (0..k).fold(0u128, |acc, j| (acc + ds[j][i] as u128 * as_[j][i] as u128) % q.value() as u128);
                     assert_eq!((o0[i] as u128, o1[i] as u128), (e0, e1), "bits {bits} k {k} i {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_scalar_matches_u128_reference() {
+        for bits in [30u32, 45, 49, 58, 61] {
+            let q = Modulus::new(crate::primes::ntt_primes(bits, 16, 1, &[]).unwrap()[0]).unwrap();
+            // 128: the blocked kernel; 67: the scalar path.
+            for n in [128usize, 67] {
+                let inputs = 300;
+                let xs: Vec<Vec<u64>> = (0..inputs as u64)
+                    .map(|j| {
+                        (0..n as u64)
+                            .map(|i| {
+                                if j % 7 == 0 {
+                                    q.value() - 1
+                                } else {
+                                    (i + 1).wrapping_mul(j + 3).wrapping_mul(0x9e3779b97f4a7c15) % q.value()
+                                }
+                            })
+                            .collect()
+                    })
+                    .collect();
+                // Rows of 0, 1, 9 and 300 terms, with the largest constant and repeated inputs.
+                let rows: Vec<Vec<(u32, u64)>> = [0usize, 1, 9, 300]
+                    .iter()
+                    .map(|&k| {
+                        (0..k as u64)
+                            .map(|t| {
+                                (
+                                    (t * 37 % inputs as u64) as u32,
+                                    if t % 5 == 0 {
+                                        q.value() - 1
+                                    } else {
+                                        t.wrapping_mul(0x12345678abcdef) % q.value()
+                                    },
+                                )
+                            })
+                            .collect()
+                    })
+                    .collect();
+                let x: Vec<&[u64]> = xs.iter().map(Vec::as_slice).collect();
+                let r: Vec<&[(u32, u64)]> = rows.iter().map(Vec::as_slice).collect();
+                let mut outs = vec![vec![7u64; n]; rows.len()];
+                let mut o: Vec<&mut [u64]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
+                matmul_scalar(&mut o, &x, &r, &q);
+                for (row, out) in rows.iter().zip(&outs) {
+                    for i in 0..n {
+                        let e = row.iter().fold(0u128, |acc, &(j, w)| {
+                            (acc + xs[j as usize][i] as u128 * w as u128) % q.value() as u128
+                        });
+                        assert_eq!(out[i] as u128, e, "bits {bits} n {n} terms {}", row.len());
+                    }
+                }
+                // On products x[j]·y[j] (y = x reversed): the fused squares and cross terms.
+                let y: Vec<&[u64]> = x.iter().rev().copied().collect();
+                let mut o: Vec<&mut [u64]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
+                matmul_scalar_products(&mut o, &x, &y, &r, &q);
+                for (row, out) in rows.iter().zip(&outs) {
+                    for i in 0..n {
+                        let e = row.iter().fold(0u128, |acc, &(j, w)| {
+                            let p = x[j as usize][i] as u128 * y[j as usize][i] as u128 % q.value() as u128;
+                            (acc + p * w as u128) % q.value() as u128
+                        });
+                        assert_eq!(out[i] as u128, e, "products: bits {bits} n {n} terms {}", row.len());
+                    }
                 }
             }
         }

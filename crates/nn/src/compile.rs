@@ -19,11 +19,13 @@
 use crate::arch::{ArchSpec, LayerSpec};
 use crate::error::{Error, Result};
 use crate::model::Model;
+use blindfold_ckks::bfv::BfvContext;
 use blindfold_ckks::{max_log_qp_128bit, Context, Parameters, ParametersLiteral};
 use blindfold_tensor::conv::{grid_tap, im2col_in_place, placed};
 use blindfold_tensor::matvec::dense;
 use blindfold_tensor::{
-    Circuit, CircuitError, ConvGeom, Layout, LinearMap, Packing, PolynomialActivation, PoolGeom, RotationSum, Stage,
+    BatchCircuit, BatchStage, Circuit, CircuitError, ConvGeom, IntegerBatchCircuit, Layout, LinearMap, Packing,
+    PolynomialActivation, PoolGeom, Quantization, RotationSum, Stage,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -183,11 +185,72 @@ fn auto_scale_bits(depth: usize, log_n: u32, min: u32, profile: &[(usize, usize)
 /// [`circuit`].
 pub fn parameters(arch: &ArchSpec, opts: &ChainOptions) -> Result<Parameters> {
     let depth = circuit_depth(arch)?;
+    parameters_for_depth(depth, |log_n| key_switch_profile(arch, log_n).unwrap_or_default(), opts)
+}
+
+/// Largest prime of a batch chain: the constant-product kernel runs on AVX-512 IFMA below 2^50.
+const BATCH_MAX_PRIME_BITS: u32 = 50;
+
+/// The parameters for `arch`'s batch circuit ([`batch_circuit`]) under `opts`: a chain shaped
+/// by the circuit, at the largest scale `s` (up to [`PREFERRED_SCALE_BITS`], or
+/// `opts.scale_bits`) the smallest ring allows at 128-bit security. Each level a linear map
+/// fed by a lazy square consumes gets a prime of `min(2s, 50)` bits (scale × constant scale:
+/// the square's rescale merged into the map's, constants at `2^(bits − s)`); every other level
+/// a prime of `s` bits; `q_0` has `s + 7` bits, the special prime as many as the largest.
+///
+/// # Errors
+/// As [`batch_circuit`]; [`Error::Circuit`] with [`CircuitError::TooDeep`] when no ring holds
+/// the chain at `opts.min_scale_bits`.
+pub fn batch_parameters(arch: &ArchSpec, opts: &ChainOptions) -> Result<Parameters> {
+    let wide = batch_circuit(arch, None, MAX_DEPTH)?.wide_levels();
+    let rings: Vec<u32> = opts.log_n.map_or(vec![13, 14, 15], |l| vec![l]);
+    let scales: Vec<u32> = match opts.scale_bits {
+        Some(s) => vec![s],
+        None => (opts.min_scale_bits..=PREFERRED_SCALE_BITS).rev().collect(),
+    };
+    for &log_n in &rings {
+        let Some(bound) = max_log_qp_128bit(1 << log_n) else { continue };
+        for &s in &scales {
+            let double = (2 * s).min(BATCH_MAX_PRIME_BITS);
+            let mut log_q = vec![s + BASE_EXTRA_BITS];
+            log_q.extend(wide.iter().rev().map(|&w| if w { double } else { s }));
+            let special = log_q.iter().copied().max().unwrap_or(s).max(s + SPECIAL_EXTRA_BITS);
+            if log_q.iter().sum::<u32>() + special > bound {
+                continue;
+            }
+            let literal = ParametersLiteral { log_n, log_q, log_p: vec![special], log_default_scale: s, dnum: None };
+            if let Ok(p) = Parameters::new(literal) {
+                return Ok(p);
+            }
+        }
+    }
+    Err(Error::Circuit(CircuitError::TooDeep {
+        needed: wide.len(),
+        available: 0,
+        hint: Some(format!(
+            "no 128-bit chain at N = 2^{} holds this batch circuit's {} levels at {}-bit scale; use fewer or \
+             lower-degree activations",
+            rings.last().copied().unwrap_or(15),
+            wide.len(),
+            scales.last().copied().unwrap_or(opts.min_scale_bits)
+        )),
+    }))
+}
+
+/// Deeper than any 128-bit chain goes: the top level a circuit's structure is built at to
+/// learn its depth.
+const MAX_DEPTH: usize = 64;
+
+fn parameters_for_depth(
+    depth: usize,
+    profile_of: impl Fn(u32) -> Vec<(usize, usize)>,
+    opts: &ChainOptions,
+) -> Result<Parameters> {
     let rings: Vec<u32> = opts.log_n.map_or(vec![13, 14, 15], |l| vec![l]);
     let min = opts.scale_bits.unwrap_or(opts.min_scale_bits);
     for &log_n in &rings {
         let Some(best) = max_scale_bits(depth, log_n, 1).filter(|&m| m >= min) else { continue };
-        let profile = key_switch_profile(arch, log_n).unwrap_or_default();
+        let profile = profile_of(log_n);
         let s = match opts.scale_bits {
             Some(s) if s <= best => s,
             Some(_) => continue,
@@ -202,7 +265,8 @@ pub fn parameters(arch: &ArchSpec, opts: &ChainOptions) -> Result<Parameters> {
         }
     }
     let log_n = *rings.last().expect("non-empty");
-    let deepest = (1..=64).take_while(|&d| max_scale_bits(d, log_n, 1).is_some_and(|m| m >= min)).last().unwrap_or(0);
+    let deepest =
+        (1..=MAX_DEPTH).take_while(|&d| max_scale_bits(d, log_n, 1).is_some_and(|m| m >= min)).last().unwrap_or(0);
     Err(Error::Circuit(CircuitError::TooDeep {
         needed: depth,
         available: deepest,
@@ -247,6 +311,317 @@ impl Compiled {
         circuit.encode(&ctx, scale)?;
         Ok(Self { arch: model.spec().clone(), circuit, ctx })
     }
+}
+
+/// A model compiled for batch packing: the batch circuit and its CKKS context.
+#[derive(Debug)]
+pub struct CompiledBatch {
+    /// The architecture compiled.
+    pub arch: ArchSpec,
+    /// The circuit.
+    pub circuit: BatchCircuit,
+    /// The CKKS context of its parameters.
+    pub ctx: Arc<Context>,
+}
+
+impl CompiledBatch {
+    /// Compiles `model` for batch packing on `params` (inputs encrypted at [`input_scale`]).
+    ///
+    /// # Errors
+    /// As [`batch_circuit`]; [`Error::Circuit`] for too few levels.
+    pub fn with_parameters(model: &Model, params: &Parameters) -> Result<Self> {
+        let ctx = Context::new(params).map_err(|e| Error::Circuit(e.into()))?;
+        let circuit = batch_circuit(model.spec(), Some(model), ctx.max_level())?;
+        Ok(Self { arch: model.spec().clone(), circuit, ctx })
+    }
+}
+
+/// Options of the BFV compilation ([`CompiledBfv`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BfvOptions {
+    /// Bits of each linear map's largest integer weight, sign included.
+    pub weight_bits: u32,
+    /// Ring degree `log2 N`; `None`: the cheapest of 13, 14, 15 that holds the noise.
+    pub log_n: Option<u32>,
+}
+
+impl Default for BfvOptions {
+    fn default() -> Self {
+        Self { weight_bits: 6, log_n: None }
+    }
+}
+
+/// Bits of the chain primes of a BFV plan: below 2^50, where the constant-product kernel runs on
+/// AVX-512 IFMA.
+const BFV_PRIME_BITS: u32 = 50;
+/// Bits of noise budget a BFV plan keeps beyond the noise estimate.
+const BFV_MARGIN_BITS: f64 = 10.0;
+
+/// A model compiled for BFV in batch packing: the integer circuit, the ring and chain, and one
+/// BFV context per plaintext prime (the primes' product exceeds twice the output bound; each
+/// is a separate evaluation, recombined by the CRT).
+#[derive(Debug)]
+pub struct CompiledBfv {
+    /// The architecture compiled.
+    pub arch: ArchSpec,
+    /// The integer circuit.
+    pub circuit: IntegerBatchCircuit,
+    /// The ring and chain (the relinearization key is made for it).
+    pub ctx: Arc<Context>,
+    /// One BFV context per plaintext prime.
+    pub moduli: Vec<Arc<BfvContext>>,
+    /// The power of two the circuit's outputs were multiplied by to reach an ensemble's
+    /// common output scale ([`CompiledBfv::ensemble`]; 1 otherwise).
+    pub output_factor: i64,
+}
+
+impl CompiledBfv {
+    /// Compiles `model` for BFV: its batch circuit quantized with `opts.weight_bits` (8-bit
+    /// pixels in, the normalization folded into the first layer), then the cheapest plan —
+    /// ring degree, plaintext prime size and count, chain — whose plaintext primes' product
+    /// exceeds twice the proven output bound and whose chain holds the estimated noise with
+    /// 10 bits to spare, at 128-bit security.
+    ///
+    /// # Errors
+    /// As [`batch_circuit`] and [`BatchCircuit::quantize`] (a bound beyond 2^125 is refused);
+    /// [`Error::Circuit`] with [`CircuitError::TooDeep`] when no 128-bit plan holds the
+    /// noise (fewer weight bits or a shallower network help).
+    pub fn new(model: &Model, opts: &BfvOptions) -> Result<Self> {
+        let circuit = bfv_circuit(model, opts)?;
+        let plan = BfvPlan::choose(&[&circuit], &[1], opts)?;
+        let (ctx, moduli) = plan.contexts()?;
+        Ok(Self { arch: model.spec().clone(), circuit, ctx, moduli, output_factor: 1 })
+    }
+
+    /// Compiles an ensemble's models for BFV on one shared plan, so that a coordinator can sum
+    /// their encrypted scores: each model quantized as by [`CompiledBfv::new`], then its
+    /// outputs multiplied by a power of two that brings every model to the largest output
+    /// scale ([`IntegerBatchCircuit::scaled_output`]); the plaintext primes hold
+    /// `Σ_h weights[h]·bound_h` and the chain the largest model's noise plus
+    /// `log2 Σ weights`. `weights[h]` is the largest integer weight model `h`'s scores get at
+    /// the coordinator (1 for a plain sum). Every returned model shares `ctx` and `moduli`.
+    ///
+    /// # Errors
+    /// As [`CompiledBfv::new`]; [`Error::Circuit`] for no models, a weight count other than
+    /// the model count, a weight sum of 0 or 2^32 and beyond, or scales more than 2^62 apart.
+    pub fn ensemble(models: &[&Model], opts: &BfvOptions, weights: &[u64]) -> Result<Vec<Self>> {
+        let total: u128 = weights.iter().map(|&w| u128::from(w)).sum();
+        if models.is_empty() || weights.len() != models.len() || total == 0 || total >= 1 << 32 {
+            return Err(Error::Circuit(CircuitError::Unsupported(format!(
+                "an ensemble of {} models with {} weights summing to {total} (1 to 2^32)",
+                models.len(),
+                weights.len(),
+            ))));
+        }
+        let circuits = models.iter().map(|m| bfv_circuit(m, opts)).collect::<Result<Vec<_>>>()?;
+        let top = circuits.iter().map(|c| c.output_scale().log2()).fold(f64::MIN, f64::max);
+        let circuits = circuits
+            .iter()
+            .map(|c| {
+                // Output scales are powers of two: the factor is exact.
+                let shift = (top - c.output_scale().log2()).round();
+                if shift > 62.0 {
+                    return Err(Error::Circuit(CircuitError::Unsupported(format!(
+                        "the ensemble's output scales are 2^{shift:.0} apart (at most 2^62)"
+                    ))));
+                }
+                Ok((c.scaled_output(shift as u32)?, 1i64 << shift as u32))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let refs: Vec<&IntegerBatchCircuit> = circuits.iter().map(|(c, _)| c).collect();
+        let plan = BfvPlan::choose(&refs, weights, opts)?;
+        let (ctx, moduli) = plan.contexts()?;
+        Ok(circuits
+            .into_iter()
+            .zip(models)
+            .map(|((circuit, output_factor), m)| Self {
+                arch: m.spec().clone(),
+                circuit,
+                ctx: ctx.clone(),
+                moduli: moduli.clone(),
+                output_factor,
+            })
+            .collect())
+    }
+
+    /// The plaintext primes.
+    pub fn plaintext_moduli(&self) -> Vec<u64> {
+        self.moduli.iter().map(|m| m.plaintext_modulus()).collect()
+    }
+}
+
+/// `model`'s batch circuit quantized for BFV: 8-bit pixels in, the normalization folded into
+/// the first linear map, `opts.weight_bits` per linear map.
+fn bfv_circuit(model: &Model, opts: &BfvOptions) -> Result<IntegerBatchCircuit> {
+    let arch = model.spec();
+    let float = batch_circuit(arch, Some(model), MAX_DEPTH)?;
+    let norm = &arch.normalization;
+    let q = Quantization {
+        input_scale: 1.0 / (255.0 * norm.std),
+        input_offset: -norm.mean / norm.std,
+        input_max: 255,
+        weight_bits: opts.weight_bits,
+    };
+    Ok(float.quantize(&q)?)
+}
+
+/// A BFV plan: ring degree, plaintext prime size and count, chain length.
+struct BfvPlan {
+    log_n: u32,
+    t_bits: u32,
+    primes: usize,
+    chain: usize,
+}
+
+impl BfvPlan {
+    /// The cheapest 128-bit plan for the weighted sum of `circuits`' outputs (one circuit with
+    /// weight 1: the circuit alone): the plaintext primes' product exceeds twice
+    /// `Σ weights[h]·bound_h`, and the chain holds the largest circuit's noise estimate plus
+    /// `log2 Σ weights`, with 10 bits to spare.
+    fn choose(circuits: &[&IntegerBatchCircuit], weights: &[u64], opts: &BfvOptions) -> Result<Self> {
+        let bound: f64 = circuits.iter().zip(weights).map(|(c, &w)| w as f64 * c.output_bound()).sum();
+        let sum_bits = (weights.iter().sum::<u64>().max(1) as f64).log2();
+        let need_t = (2.0 * bound + 1.0).log2();
+        if need_t > 120.0 {
+            // Primes of t bits hold t − 1 bits each, and their product stays within 126 bits.
+            return Err(Error::Circuit(CircuitError::Unsupported(format!(
+                "the (summed) output bound 2^{:.0} needs {need_t:.0} bits of plaintext space, beyond the 120 the CRT \
+                 recombination holds: use fewer weight bits (or fewer holders)",
+                bound.log2()
+            ))));
+        }
+        let rings: Vec<u32> = opts.log_n.map_or(vec![13, 14, 15], |l| vec![l]);
+        let mut best: Option<(f64, Self)> = None;
+        for &log_n in &rings {
+            let n = 1usize << log_n;
+            let Some(max_bits) = max_log_qp_128bit(n) else { continue };
+            for t_bits in 17..=40u32 {
+                let primes = (need_t / f64::from(t_bits - 1)).ceil().max(1.0) as usize;
+                // The CRT recombination works in 128-bit integers.
+                if primes as u32 * t_bits > 126 {
+                    continue;
+                }
+                let noise = circuits.iter().map(|c| c.noise_bits(n, f64::from(t_bits))).fold(0.0, f64::max) + sum_bits;
+                let log_q = noise + f64::from(t_bits) + 1.0 + BFV_MARGIN_BITS;
+                let chain = (log_q / f64::from(BFV_PRIME_BITS - 1)).ceil() as usize;
+                if (chain + 1) as u32 * BFV_PRIME_BITS > max_bits {
+                    continue;
+                }
+                // Cost per image: evaluations × residues, over the images a batch holds.
+                let cost = (primes * chain) as f64 * log_n as f64;
+                if best.as_ref().is_none_or(|b| cost < b.0) {
+                    best = Some((cost, Self { log_n, t_bits, primes, chain }));
+                }
+            }
+        }
+        best.map(|b| b.1).ok_or_else(|| {
+            Error::Circuit(CircuitError::TooDeep {
+                needed: circuits[0].stages().len(),
+                available: 0,
+                hint: Some(format!(
+                    "no 128-bit BFV plan holds the noise of this network with {}-bit weights (output bound 2^{:.0}); \
+                     use fewer weight bits or a shallower network",
+                    opts.weight_bits,
+                    bound.log2()
+                )),
+            })
+        })
+    }
+
+    /// The ring and chain, and one BFV context per plaintext prime.
+    fn contexts(&self) -> Result<(Arc<Context>, Vec<Arc<BfvContext>>)> {
+        let params = Parameters::new(ParametersLiteral {
+            log_n: self.log_n,
+            log_q: vec![BFV_PRIME_BITS; self.chain],
+            log_p: vec![BFV_PRIME_BITS],
+            log_default_scale: 40,
+            dnum: None,
+        })
+        .map_err(|e| Error::Circuit(e.into()))?;
+        let ctx = Context::new(&params).map_err(|e| Error::Circuit(e.into()))?;
+        let ts = BfvContext::plaintext_primes(&ctx, self.t_bits, self.primes).map_err(|e| Error::Circuit(e.into()))?;
+        let moduli = ts
+            .iter()
+            .map(|&t| BfvContext::new(&ctx, t))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::Circuit(e.into()))?;
+        Ok((ctx, moduli))
+    }
+}
+
+/// The batch-packing circuit of `arch` (slot `s` of every ciphertext is image `s`, one
+/// ciphertext per feature) with inputs at `top_level`, with `model`'s weights (or zeros: the
+/// structure). Linear layers with no activation between them (a convolution and the pooling
+/// after it, a pooling and the layer after it) compose into one map of one level;
+/// activations fold their leading coefficient into the maps around them as in [`circuit`].
+///
+/// # Errors
+/// As [`circuit`]: a layer without an encrypted form, two activations without a linear
+/// layer between them, an activation before the first linear layer, a network deeper than
+/// `top_level`.
+pub fn batch_circuit(arch: &ArchSpec, model: Option<&Model>, top_level: usize) -> Result<BatchCircuit> {
+    check(arch)?;
+    if let Some(m) = model {
+        if m.spec() != arch {
+            return Err(Error::Architecture("the model's architecture differs from the one compiled".into()));
+        }
+    }
+    let shapes = arch.shapes()?;
+    let mut stages = Vec::new();
+    let mut pending: Option<LinearMap> = None;
+    // Factor on the weights of the next map (an activation's leading coefficient).
+    let mut factor = 1.0;
+    // Stages are laid out from a virtual top; BatchCircuit::new assigns the real levels once
+    // it knows which squares are lazy.
+    let mut level = MAX_DEPTH;
+    let too_deep = || Error::Circuit(CircuitError::TooDeep { needed: arch.depth(), available: top_level, hint: None });
+    for (i, l) in arch.layers.iter().enumerate() {
+        let (input, output) = (shapes[i], shapes[i + 1]);
+        let map = match l {
+            LayerSpec::Conv2d { kernel, stride, padding, .. } => {
+                let geom = ConvGeom { input, output, kernel: *kernel, stride: *stride, padding: *padding };
+                let (w, b) = weights(model, i, output.c, geom.cols());
+                LinearMap::conv(&geom, &w, &b)?
+            }
+            LayerSpec::Dense { outputs } => {
+                let (w, b) = weights(model, i, *outputs, input.len());
+                LinearMap::dense(input.len(), &w, &b)?
+            }
+            LayerSpec::AvgPool2d { kernel, stride } => {
+                LinearMap::avgpool(&PoolGeom { input, output, kernel: *kernel, stride: *stride })
+            }
+            LayerSpec::Square | LayerSpec::Poly { .. } | LayerSpec::ReluPoly { .. } => {
+                let Some(map) = pending.take() else {
+                    return Err(Error::Circuit(CircuitError::Unsupported(format!(
+                        "layer {i}: an activation before the first linear layer, or two activations without a linear layer between them"
+                    ))));
+                };
+                let fold = folded(l);
+                stages.push(BatchStage::Linear { map: map.scaled(fold.input, fold.input), level });
+                level = level.checked_sub(1).ok_or_else(too_deep)?;
+                let p = PolynomialActivation::monic(fold.lower, level)?;
+                level = level.checked_sub(p.depth()).ok_or_else(too_deep)?;
+                stages.push(BatchStage::Polynomial(p));
+                factor = fold.output;
+                continue;
+            }
+            LayerSpec::Flatten => continue,
+            LayerSpec::Relu => unreachable!("checked"),
+        };
+        let map = map.scaled(factor, 1.0);
+        factor = 1.0;
+        pending = Some(match pending.take() {
+            Some(p) => p.then(&map)?,
+            None => map,
+        });
+    }
+    let map =
+        pending.ok_or_else(|| Error::Circuit(CircuitError::Unsupported("the last layer must be linear".into())))?;
+    if level == 0 {
+        return Err(too_deep());
+    }
+    stages.push(BatchStage::Linear { map, level });
+    Ok(BatchCircuit::new(arch.input.len(), top_level, stages, OUTPUT_HEADROOM)?)
 }
 
 /// The scale inputs are encrypted at: the top prime of the chain.

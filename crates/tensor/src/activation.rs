@@ -65,6 +65,16 @@ impl PolynomialActivation {
         self.level
     }
 
+    /// The lower coefficients `c_0 … c_{d−1}` (the leading one is 1).
+    pub fn lower(&self) -> &[f64] {
+        &self.lower
+    }
+
+    /// Whether the polynomial is `x²`.
+    pub fn is_square(&self) -> bool {
+        self.lower == [0.0, 0.0]
+    }
+
     /// The monic polynomial at `x`.
     pub fn apply(&self, x: f64) -> f64 {
         self.lower.iter().rev().fold(1.0, |acc, &c| acc * x + c)
@@ -74,7 +84,7 @@ impl PolynomialActivation {
     pub fn cost(&self) -> StageCost {
         let c = &self.lower;
         let name = match c.len() {
-            2 if c[1] == 0.0 && c[0] == 0.0 => "x²".to_string(),
+            _ if self.is_square() => "x²".to_string(),
             d => format!("monic polynomial of degree {d}"),
         };
         StageCost {

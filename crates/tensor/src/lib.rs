@@ -13,6 +13,10 @@
 //! * [`activation`] — polynomial activations at minimum depth.
 //! * [`bootstrap`] — bootstrapping as a stage: back up to the levels a bootstrappable preset
 //!   leaves, with its keys declared and a twin that models its precision loss.
+//! * [`batch`] — batch packing (slot `s` of every ciphertext is image `s`): linear layers
+//!   as modular matrix products of integer constants, no rotations ([`BatchCircuit`]).
+//! * [`integer`] — batch circuits quantized to exact integers for BFV, with their bounds and
+//!   the CRT recombination of several plaintext moduli ([`IntegerBatchCircuit`]).
 //! * [`aggregation`] — combining several parties' encrypted scores (an ensemble's mean,
 //!   weighted mean, polynomial softmax and vote), keys traced from the evaluation itself.
 //! * [`requirements`] — rotation keys with their levels, costs.
@@ -24,11 +28,13 @@
 pub mod activation;
 pub mod aggregation;
 pub mod backend;
+pub mod batch;
 pub mod bootstrap;
 pub mod circuit;
 pub mod conv;
 mod error;
 pub mod geometry;
+pub mod integer;
 pub mod layout;
 pub mod linear;
 pub mod matvec;
@@ -38,10 +44,12 @@ pub mod requirements;
 pub use activation::PolynomialActivation;
 pub use aggregation::{Aggregator, Combine};
 pub use backend::{Backend, CkksBackend, Operand, PlainBackend, Trace, TraceBackend};
+pub use batch::{BatchCircuit, BatchStage};
 pub use bootstrap::{BootstrapStage, BOOTSTRAP_INPUT_BOUND};
 pub use circuit::{Circuit, Stage};
 pub use error::{CircuitError, Result};
 pub use geometry::{ConvGeom, PoolGeom, Shape};
+pub use integer::{crt_signed, weighted_sum, IntegerBatchCircuit, IntegerStage, Quantization};
 pub use layout::{Grid, Layout, Packing};
 pub use linear::{LinearBuilder, LinearMap, LinearTransform};
 pub use pooling::{DoublingPlan, RotationSum};
