@@ -5,10 +5,10 @@ use crate::error::{Error, Result};
 use crate::keys::{expand_uniform, fresh_seed, small_to_ntt, PublicKey, SecretKey};
 use crate::types::{Ciphertext, Plaintext};
 use blindfold_math::sampler::{self, SecretRng};
-use blindfold_math::slice;
+use blindfold_math::{slice, Modulus};
 use rayon::prelude::*;
 use std::sync::Arc;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 /// A ciphertext made with the secret key, stored compactly: `c_0` and the 32-byte seed from
 /// which `c_1 = a` is expanded. Half the size of a [`Ciphertext`] on the wire.
@@ -98,41 +98,121 @@ impl Encryptor {
     /// [`Error::ForeignObject`] for a ciphertext of other parameters; [`Error::InvalidArgument`]
     /// for one of three parts (relinearize first), or `log_sigma` outside `0..=62`.
     pub fn rerandomize(&mut self, ct: &mut Ciphertext, log_sigma: f64) -> Result<()> {
+        self.check_rerandomizable(ct)?;
+        if !(0.0..=62.0).contains(&log_sigma) {
+            return Err(Error::InvalidArgument(format!("log_sigma = {log_sigma} outside 0..=62")));
+        }
+        let noise = flooding_noise(&mut self.rng, self.ctx.n(), 2f64.powf(log_sigma));
+        self.add_fresh_zero_and(ct, |_, q, i| q.reduce_i128(noise[i]))
+    }
+
+    /// Re-randomizes a ciphertext for circuit privacy with noise of any width: adds a fresh
+    /// encryption of zero under the public key and floods `c_0` with noise uniform on the
+    /// integers of `[-2^log_bound, 2^log_bound)`, drawn exactly (whole 64-bit words, reduced
+    /// into every residue). For a computation whose noise has coefficients below `B`, the
+    /// flooded noise of `k` ciphertexts is within statistical distance `k·N·B / 2^(log_bound+1)`
+    /// of the flooding alone (`|e| / 2T` per coefficient for a shift `e` of a uniform on `2T`
+    /// integers). Suited to BFV, whose noise lies far above 2^62 in absolute terms: decryption
+    /// stays exact while `Q/(2t)` exceeds the flooding plus the noise.
+    ///
+    /// # Errors
+    /// As [`Encryptor::rerandomize`]; [`Error::InvalidArgument`] if `2^log_bound` is not below
+    /// a quarter of the ciphertext's modulus.
+    pub fn rerandomize_uniform(&mut self, ct: &mut Ciphertext, log_bound: u32) -> Result<()> {
+        self.check_rerandomizable(ct)?;
+        let log_q: f64 = self.ctx.moduli[..=ct.level].iter().map(|q| (q.value() as f64).log2()).sum();
+        if f64::from(log_bound) + 2.0 > log_q {
+            return Err(Error::InvalidArgument(format!(
+                "flooding of 2^{log_bound} does not fit a modulus of 2^{log_q:.1} (at most a quarter of it)"
+            )));
+        }
+        use rand_core::Rng;
+        let words = (log_bound as usize + 1).div_ceil(64);
+        let n = self.ctx.n();
+        // Each sample: log_bound + 1 random bits, minus 2^log_bound.
+        let mut bits = vec![0u64; n * words];
+        bits.iter_mut().for_each(|w| *w = self.rng.next_u64());
+        let top = (log_bound + 1) % 64;
+        if top != 0 {
+            bits.iter_mut().skip(words - 1).step_by(words).for_each(|w| *w &= (1u64 << top) - 1);
+        }
+        let ctx = self.ctx.clone();
+        let moduli = &ctx.moduli[..=ct.level];
+        // Per prime: 2^(64j) mod q and 2^log_bound mod q.
+        let powers: Vec<(Vec<u64>, u64)> = moduli
+            .iter()
+            .map(|q| {
+                let w = q.reduce_u128(1u128 << 64);
+                let pw: Vec<u64> = std::iter::successors(Some(1u64), |&p| Some(q.mul(p, w))).take(words).collect();
+                (pw, q.pow(2, u64::from(log_bound)))
+            })
+            .collect();
+        let result = self.add_fresh_zero_and(ct, |l, q, i| {
+            let (pw, offset) = &powers[l];
+            let v = bits[i * words..(i + 1) * words]
+                .iter()
+                .zip(pw)
+                .fold(0u64, |acc, (&b, &p)| q.add(acc, q.reduce_u128(u128::from(b) * u128::from(p))));
+            q.sub(v, *offset)
+        });
+        bits.zeroize();
+        result
+    }
+
+    fn check_rerandomizable(&self, ct: &Ciphertext) -> Result<()> {
         self.ctx.check_ciphertext(ct)?;
         if ct.parts.len() != 2 {
             return Err(Error::InvalidArgument("rerandomize: relinearize the ciphertext first".into()));
         }
-        if !(0.0..=62.0).contains(&log_sigma) {
-            return Err(Error::InvalidArgument(format!("log_sigma = {log_sigma} outside 0..=62")));
-        }
+        Ok(())
+    }
+
+    /// `ct += Enc_pk(0)`, and `c_0 += e` for the flooding coefficients `e_j mod q_l = flood(l, q_l, j)`.
+    fn add_fresh_zero_and(
+        &mut self,
+        ct: &mut Ciphertext,
+        flood: impl Fn(usize, &Modulus, usize) -> u64 + Sync,
+    ) -> Result<()> {
         let level = ct.level;
-        let zero = Plaintext { data: vec![0; (level + 1) * self.ctx.n()], level, scale: ct.scale };
-        let fresh = self.encrypt(&zero)?;
-        let noise = flooding_noise(&mut self.rng, self.ctx.n(), 2f64.powf(log_sigma));
         let n = self.ctx.n();
-        for i in 0..=level {
-            let (q, r) = (&self.ctx.moduli[i], i * n..(i + 1) * n);
-            let mut e: Vec<u64> = noise.iter().map(|&x| q.reduce_f64(x)).collect();
-            self.ctx.ntt[i].forward(&mut e);
-            slice::add_assign(&mut ct.parts[0][r.clone()], &e, q);
-            slice::add_assign(&mut ct.parts[0][r.clone()], &fresh.parts[0][r.clone()], q);
-            slice::add_assign(&mut ct.parts[1][r.clone()], &fresh.parts[1][r], q);
-        }
+        let zero = Plaintext { data: vec![0; (level + 1) * n], level, scale: ct.scale };
+        let fresh = self.encrypt(&zero)?;
+        let ctx = &self.ctx;
+        let (c0, c1) = ct.parts.split_at_mut(1);
+        c0[0].par_chunks_exact_mut(n).zip(c1[0].par_chunks_exact_mut(n)).enumerate().for_each(|(i, (a0, a1))| {
+            let (q, r) = (&ctx.moduli[i], i * n..(i + 1) * n);
+            let mut e: Vec<u64> = (0..n).map(|j| flood(i, q, j)).collect();
+            ctx.ntt[i].forward(&mut e);
+            slice::add_assign(a0, &e, q);
+            slice::add_assign(a0, &fresh.parts[0][r.clone()], q);
+            slice::add_assign(a1, &fresh.parts[1][r], q);
+        });
         Ok(())
     }
 }
 
 /// `n` samples of a rounded Gaussian of standard deviation `sigma` (Box–Muller on 53-bit
 /// uniforms), for noise flooding: fresh, independent of any secret, not constant-time.
-fn flooding_noise(rng: &mut SecretRng, n: usize, sigma: f64) -> Vec<f64> {
+///
+/// A double's 53 bits leave gaps between the values `σ·g` can take once `σ·g` exceeds 2^53
+/// (steps of 8 near 2^56): a flooding sample confined to multiples of 8 would let the
+/// decryptor read the flooded noise modulo 8. Above 2^32 each sample is therefore the sum,
+/// in integers, of a Gaussian of standard deviation `√(σ² − 2^48)` and one of `2^24` (fine
+/// enough to be exact at every integer) that fills the first one's gaps; the sum has
+/// standard deviation `σ`.
+fn flooding_noise(rng: &mut SecretRng, n: usize, sigma: f64) -> Vec<i128> {
     use rand_core::Rng;
-    (0..n)
-        .map(|_| {
-            let u1 = ((rng.next_u64() >> 11) as f64 + 1.0) / 9_007_199_254_740_993.0;
-            let u2 = (rng.next_u64() >> 11) as f64 / 9_007_199_254_740_992.0;
-            (sigma * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()).round()
-        })
-        .collect()
+    let mut gaussian = |sigma: f64| {
+        let u1 = ((rng.next_u64() >> 11) as f64 + 1.0) / 9_007_199_254_740_993.0;
+        let u2 = (rng.next_u64() >> 11) as f64 / 9_007_199_254_740_992.0;
+        (sigma * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()).round() as i128
+    };
+    const FINE: f64 = (1u64 << 24) as f64;
+    if sigma <= (1u64 << 32) as f64 {
+        return (0..n).map(|_| gaussian(sigma)).collect();
+    }
+    let coarse = (sigma * sigma - FINE * FINE).sqrt();
+    (0..n).map(|_| gaussian(coarse) + gaussian(FINE)).collect()
 }
 
 /// Encrypts plaintexts with the secret key (the client): `(-a·s + e + m, a)` with `a`
@@ -263,10 +343,40 @@ impl Decryptor {
         let noise = flooding_noise(&mut rng, n, 2f64.powi(log_sigma as i32));
         for i in 0..=pt.level {
             let q = &ctx.moduli[i];
-            let mut e: Vec<u64> = noise.iter().map(|&x| q.reduce_f64(x)).collect();
+            let mut e: Vec<u64> = noise.iter().map(|&x| q.reduce_i128(x)).collect();
             ctx.ntt[i].forward(&mut e);
             slice::add_assign(&mut pt.data[i * n..(i + 1) * n], &e, q);
         }
         Ok(pt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::flooding_noise;
+    use blindfold_math::sampler;
+
+    /// Wide flooding reaches every residue class: a double's gaps above 2^53 would otherwise
+    /// confine the samples to multiples of 8 or more, and the decryptor would read the
+    /// flooded noise modulo 8.
+    #[test]
+    fn wide_flooding_samples_fill_the_integers() {
+        let mut rng = sampler::seeded_rng([3; 32]);
+        for log_sigma in [20, 40, 56, 62] {
+            let samples = flooding_noise(&mut rng, 1 << 14, 2f64.powi(log_sigma));
+            let mut classes = [0usize; 16];
+            samples.iter().for_each(|&x| classes[x.rem_euclid(16) as usize] += 1);
+            // 1,024 expected per class.
+            assert!(
+                classes.iter().all(|&c| (850..1200).contains(&c)),
+                "σ = 2^{log_sigma}: residues mod 16 {classes:?}"
+            );
+            let std = (samples.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / samples.len() as f64).sqrt();
+            assert!(
+                (std.log2() - f64::from(log_sigma)).abs() < 0.05,
+                "σ = 2^{log_sigma}: sample deviation 2^{:.3}",
+                std.log2()
+            );
+        }
     }
 }

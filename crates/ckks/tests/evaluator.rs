@@ -320,15 +320,28 @@ fn rerandomize_keeps_the_message_and_floods_the_noise() {
     s.encryptor.rerandomize(&mut second, log_sigma).unwrap();
     assert_ne!(first, ct);
     assert_ne!(first, second, "two re-randomizations of one ciphertext must differ");
+    let slot_std = |r: &blindfold_ckks::Ciphertext, s: &Setup| {
+        let diffs: Vec<f64> = s.decrypt(r).iter().zip(&clean).map(|(g, c)| (g - c).re).collect();
+        (diffs.iter().map(|d| d * d).sum::<f64>() / diffs.len() as f64).sqrt()
+    };
     for r in [&first, &second] {
-        let got = s.decrypt(r);
-        let diffs: Vec<f64> = got.iter().zip(&clean).map(|(g, c)| (g - c).re).collect();
-        let std = (diffs.iter().map(|d| d * d).sum::<f64>() / diffs.len() as f64).sqrt();
+        let std = slot_std(r, &s);
         assert!(std > 0.5 * expected && std < 2.0 * expected, "flooded slot noise {std:e}, expected {expected:e}");
-        report("rerandomized", &got, &a, 2.0); // 4σ over 1,024 slots: about 2^-3
+        report("rerandomized", &s.decrypt(r), &a, 2.0); // 4σ over 1,024 slots: about 2^-3
     }
+    // Uniform flooding on [-2^30, 2^30): a standard deviation of 2^30/√3 per coefficient.
+    let mut third = ct.clone();
+    s.encryptor.rerandomize_uniform(&mut third, 30).unwrap();
+    let std = slot_std(&third, &s);
+    let expected = expected / 3f64.sqrt();
+    assert!(
+        std > 0.5 * expected && std < 2.0 * expected,
+        "uniform flooding: slot noise {std:e}, expected {expected:e}"
+    );
     // Refusals: an unrelinearized product, an absurd width.
     let mut big = s.eval.multiply(&ct, &ct).unwrap();
     assert!(s.encryptor.rerandomize(&mut big, 10.0).is_err());
     assert!(s.encryptor.rerandomize(&mut first, 70.0).is_err());
+    assert!(s.encryptor.rerandomize_uniform(&mut big, 10).is_err());
+    assert!(s.encryptor.rerandomize_uniform(&mut third, 10_000).is_err());
 }

@@ -8,7 +8,7 @@ use crate::train::{cached_model, train_on, TrainOpts};
 use crate::DataArgs;
 use anyhow::{bail, Context as _, Result};
 use blindfold_ckks::bfv::BfvDecryptor;
-use blindfold_ckks::{presets, Ciphertext, Evaluator, KeyGenerator, Parameters, SymmetricEncryptor};
+use blindfold_ckks::{presets, Ciphertext, Encryptor, Evaluator, KeyGenerator, Parameters, SymmetricEncryptor};
 use blindfold_data::{class_histogram, partition, Partition, Split};
 use blindfold_nn::compile::{BfvOptions, CompiledBfv};
 use blindfold_nn::{argmax, compile, Model};
@@ -54,6 +54,13 @@ pub(crate) struct EnsembleArgs {
     /// BFV: bits of each layer's largest integer weight, sign included.
     #[arg(long, default_value_t = 6)]
     weight_bits: u32,
+    /// BFV: circuit privacy at this statistical security λ (bits): the coordinator adds a
+    /// fresh encryption of zero under the user's public key to each aggregated score
+    /// ciphertext and floods it, so the user's decryption shows the ensemble's scores and
+    /// nothing else of the holders' weights (SECURITY.md). 0 switches it off (benchmarks).
+    /// [default: 40 on BFV]
+    #[arg(long, value_name = "BITS")]
+    circuit_privacy: Option<u32>,
     /// Architecture of every holder's model.
     #[arg(long, default_value = "tenseal-cnn1")]
     arch: String,
@@ -158,6 +165,8 @@ struct Row {
 struct BfvRow {
     preset: String,
     plaintext_moduli: Vec<u64>,
+    /// The statistical security (bits) of the aggregate's circuit privacy; `null`: none.
+    circuit_privacy_bits: Option<u32>,
     /// log2 of the common output scale (integer scores = float scores × 2^this).
     output_scale_log2: f64,
     /// Each holder's outputs multiplied by this power of two to reach the common scale.
@@ -207,6 +216,9 @@ pub(crate) fn ensemble_cmd(a: EnsembleArgs) -> Result<()> {
             bail!("the CKKS ensemble runs in single packing; batch packing runs on BFV (--scheme bfv)")
         }
     };
+    if !bfv && a.circuit_privacy.is_some() {
+        bail!("--circuit-privacy applies to --scheme bfv: the CKKS ensemble's scores are not flooded (SECURITY.md)");
+    }
     let aggregations = match (a.aggregation.is_empty(), bfv) {
         (true, false) => Aggregation::ALL.to_vec(),
         (true, true) => vec![Aggregation::Mean, Aggregation::Weighted],
@@ -507,7 +519,8 @@ fn evaluate_split_bfv(
     let plan_weights: Vec<u64> =
         (0..models.len()).map(|h| agg_weights.iter().map(|w| w[h]).max().unwrap_or(1)).collect();
     let refs: Vec<&Model> = models.iter().collect();
-    let opts = BfvOptions { weight_bits: a.weight_bits, log_n: None };
+    let lambda = a.circuit_privacy.unwrap_or(blindfold_nn::compile::DEFAULT_CIRCUIT_PRIVACY_BITS);
+    let opts = BfvOptions { weight_bits: a.weight_bits, log_n: None, circuit_privacy: (lambda > 0).then_some(lambda) };
     let compiled = CompiledBfv::ensemble(&refs, &opts, &plan_weights)?;
     let (ctx, moduli) = (&compiled[0].ctx, compiled[0].plaintext_moduli());
     // Holders run one after another on the same inputs; their replies are small.
@@ -530,6 +543,9 @@ fn evaluate_split_bfv(
     let eval = Evaluator::new(ctx);
     let mut keygen = KeyGenerator::new(ctx)?;
     let rlk = keygen.relinearization_key();
+    let flooding = compiled[0].flooding_log_bound;
+    // The coordinator re-randomizes the aggregate with the user's public key.
+    let mut rerandomizer = flooding.map(|_| Encryptor::with_public_key(ctx, &keygen.public_key())).transpose()?;
     let mut encryptor = SymmetricEncryptor::new(keygen.secret_key())?;
     let decryptors: Vec<BfvDecryptor> =
         compiled[0].moduli.iter().map(|b| BfvDecryptor::new(b, keygen.secret_key())).collect();
@@ -569,7 +585,10 @@ fn evaluate_split_bfv(
             holders_t += t0.elapsed().as_secs_f64();
             for (k, w) in agg_weights.iter().enumerate() {
                 let tc = Instant::now();
-                let combined = weighted_sum(&eval, &replies, w)?;
+                let mut combined = weighted_sum(&eval, &replies, w)?;
+                if let (Some(r), Some(bits)) = (&mut rerandomizer, flooding) {
+                    combined.iter_mut().try_for_each(|c| r.rerandomize_uniform(c, bits))?;
+                }
                 coord_t[k] += tc.elapsed().as_secs_f64();
                 residues[k].push(combined.par_iter().map(|c| dec.decrypt(c)).collect::<std::result::Result<_, _>>()?);
             }
@@ -646,6 +665,7 @@ fn evaluate_split_bfv(
             integer_weights: int_weights,
             integer_holder_accuracies: int_correct.iter().map(|&c| c as f64 / n.max(1) as f64).collect(),
             batch_size: slots,
+            circuit_privacy_bits: opts.circuit_privacy,
             images_per_second,
             holders_s,
             coordinator_s,

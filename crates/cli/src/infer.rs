@@ -9,7 +9,9 @@ use crate::DataArgs;
 use anyhow::{bail, Context as _, Result};
 use blindfold_ckks::bfv::BfvDecryptor;
 use blindfold_ckks::serialize::serialize;
-use blindfold_ckks::{Decryptor, Encoder, Evaluator, KeyGenerator, Parameters, SecretKey, SymmetricEncryptor};
+use blindfold_ckks::{
+    Decryptor, Encoder, Encryptor, Evaluator, KeyGenerator, Parameters, SecretKey, SymmetricEncryptor,
+};
 use blindfold_data::{Dataset, LabeledImages, Split};
 use blindfold_nn::compile::{self, BfvOptions, ChainOptions, CompiledBatch, CompiledBfv};
 use blindfold_nn::{argmax, Model};
@@ -72,6 +74,14 @@ pub(crate) struct EvalOpts {
     /// accuracy, BENCHMARKS.md).
     #[arg(long, default_value_t = 6)]
     pub(crate) weight_bits: u32,
+    /// BFV: circuit privacy at this statistical security λ (bits). The model holder adds a
+    /// fresh encryption of zero under the client's public key to each score ciphertext and
+    /// floods it with uniform noise 2^λ·N·k times its own, so the decryption shows the scores
+    /// and nothing else of the weights; the chain grows by about λ + log2(N·k) bits
+    /// (SECURITY.md). 0 switches it off (for benchmarks). CKKS responses have none.
+    /// [default: 40 on BFV]
+    #[arg(long, value_name = "BITS")]
+    pub(crate) circuit_privacy: Option<u32>,
     #[command(flatten)]
     pub(crate) chain: ChainArgs,
 }
@@ -170,6 +180,12 @@ fn run_inference(mut model: Model, data: &DataArgs, opts: &EvalOpts) -> Result<(
     if opts.packing == PackingArg::Batch && opts.parallel_images != 1 {
         bail!("--parallel-images applies to single packing; a batch already fills every thread");
     }
+    if opts.scheme == SchemeArg::Ckks && opts.circuit_privacy.is_some() {
+        bail!(
+            "--circuit-privacy applies to --scheme bfv: CKKS responses are not flooded (its noise is too close to the \
+             scores for 40 bits; SECURITY.md)"
+        );
+    }
     let report = match (opts.scheme, opts.packing) {
         (SchemeArg::Bfv, PackingArg::Single) => {
             bail!("BFV runs in batch packing only (one image per slot): add --packing batch, or use --scheme ckks")
@@ -178,7 +194,12 @@ fn run_inference(mut model: Model, data: &DataArgs, opts: &EvalOpts) -> Result<(
             if opts.chain.scale_bits.is_some() {
                 bail!("--scale-bits sets a CKKS chain; BFV chooses its own (set --weight-bits or --log-n)");
             }
-            let bfv = BfvOptions { weight_bits: opts.weight_bits, log_n: opts.chain.log_n };
+            let lambda = opts.circuit_privacy.unwrap_or(compile::DEFAULT_CIRCUIT_PRIVACY_BITS);
+            let bfv = BfvOptions {
+                weight_bits: opts.weight_bits,
+                log_n: opts.chain.log_n,
+                circuit_privacy: (lambda > 0).then_some(lambda),
+            };
             bfv_inference(&mut model, &bfv, &test, data.dataset, opts.threads)?
         }
         (SchemeArg::Ckks, PackingArg::Single) => {
@@ -342,6 +363,7 @@ pub(crate) fn encrypted_inference(
         stage_seconds: Vec::new(),
         exact_scores: None,
         plaintext_moduli: Vec::new(),
+        circuit_privacy_bits: None,
         activation_ranges: model.activation_ranges(&test.clone().truncate(1000))?,
         scores: results.into_iter().map(|r| r.scores).collect(),
     })
@@ -470,6 +492,7 @@ fn batch_inference_on(
         scheme: "ckks",
         exact_scores: None,
         plaintext_moduli: Vec::new(),
+        circuit_privacy_bits: None,
     };
     batch_report(model, test, dataset, run)
 }
@@ -500,6 +523,7 @@ struct BatchRun<'a> {
     scheme: &'static str,
     exact_scores: Option<f64>,
     plaintext_moduli: Vec<u64>,
+    circuit_privacy_bits: Option<u32>,
 }
 
 fn batch_report(model: &mut Model, test: &LabeledImages, dataset: Dataset, mut run: BatchRun<'_>) -> Result<Report> {
@@ -553,6 +577,7 @@ fn batch_report(model: &mut Model, test: &LabeledImages, dataset: Dataset, mut r
         stage_seconds: run.stage_seconds,
         exact_scores: run.exact_scores,
         plaintext_moduli: run.plaintext_moduli,
+        circuit_privacy_bits: run.circuit_privacy_bits,
         activation_ranges: model.activation_ranges(&test.clone().truncate(1000))?,
         scores: run.scores,
     })
@@ -671,7 +696,16 @@ fn bfv_inference_on(
     let eval = Evaluator::new(ctx);
     let mut keygen = KeyGenerator::new(ctx)?;
     let rlk = keygen.relinearization_key();
-    let key_bytes = serialize(&rlk, ctx)?.len();
+    let mut key_bytes = serialize(&rlk, ctx)?.len();
+    // Circuit privacy: the model holder re-randomizes with the client's public key.
+    let mut rerandomizer = match compiled.flooding_log_bound {
+        Some(_) => {
+            let pk = keygen.public_key();
+            key_bytes += serialize(&pk, ctx)?.len();
+            Some(Encryptor::with_public_key(ctx, &pk)?)
+        }
+        None => None,
+    };
     let mut encryptor = SymmetricEncryptor::new(keygen.secret_key())?;
     let decryptors: Vec<BfvDecryptor> =
         compiled.moduli.iter().map(|b| BfvDecryptor::new(b, keygen.secret_key())).collect();
@@ -699,10 +733,13 @@ fn bfv_inference_on(
             }
             let inputs: Vec<_> = request.par_iter().map(|c| c.expand(ctx)).collect();
             drop(request);
-            let reply = circuit.evaluate_bfv(bfv, &eval, &inputs, &rlk, |i, secs| {
+            let mut reply = circuit.evaluate_bfv(bfv, &eval, &inputs, &rlk, |i, secs| {
                 stage_seconds[i] += secs;
                 pb.inc(1);
             })?;
+            if let (Some(r), Some(b)) = (&mut rerandomizer, compiled.flooding_log_bound) {
+                reply.iter_mut().try_for_each(|c| r.rerandomize_uniform(c, b))?;
+            }
             drop(inputs);
             let t2 = Instant::now();
             if b == 0 {
@@ -751,6 +788,7 @@ fn bfv_inference_on(
         scheme: "bfv",
         exact_scores: Some(exact as f64 / n.max(1) as f64),
         plaintext_moduli: moduli,
+        circuit_privacy_bits: opts.circuit_privacy,
     };
     batch_report(model, test, dataset, run)
 }

@@ -74,6 +74,9 @@ pub(crate) struct Report {
     /// BFV: the plaintext primes (CRT components; one evaluation each).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(crate) plaintext_moduli: Vec<u64>,
+    /// BFV: the statistical security (bits) of the response's circuit privacy; `null`: none
+    /// (CKKS, or switched off).
+    pub(crate) circuit_privacy_bits: Option<u32>,
     /// Batch packing: server seconds per stage, summed over the batches.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(crate) stage_seconds: Vec<f64>,
@@ -127,6 +130,14 @@ pub(crate) fn print_report(report: &Report) {
             "exact scores",
             100.0 * exact,
             report.plaintext_moduli
+        );
+        println!(
+            "{:<22} {}",
+            "circuit privacy",
+            match report.circuit_privacy_bits {
+                Some(l) => format!("{l}-bit statistical (responses re-randomized and flooded)"),
+                None => "off (the decryption shows noise that depends on the weights)".into(),
+            }
         );
     }
     if report.packing == "batch" {

@@ -108,6 +108,7 @@ fn bfv_ensemble_scores_equal_the_integer_ensemble() {
     assert_eq!(plan["scale_factors"].as_array().unwrap().len(), 2);
     assert!(plan["integer_weights"].as_array().unwrap().iter().all(|w| (1..=15).contains(&w.as_u64().unwrap())));
     assert!(!plan["plaintext_moduli"].as_array().unwrap().is_empty());
+    assert_eq!(plan["circuit_privacy_bits"].as_u64(), Some(40), "the coordinator floods by default: {plan}");
     let _ = std::fs::remove_dir_all(&d);
 }
 

@@ -343,13 +343,22 @@ pub struct BfvOptions {
     pub weight_bits: u32,
     /// Ring degree `log2 N`; `None`: the cheapest of 13, 14, 15 that holds the noise.
     pub log_n: Option<u32>,
+    /// Circuit privacy at this statistical security `λ` (bits): the chain is sized so that the
+    /// party returning the scores can re-randomize them and flood them with noise that hides
+    /// the circuit's own ([`CompiledBfv::flooding_log_bound`]); `None`: no room for flooding
+    /// (benchmarks only — the user's decryption then shows noise that depends on the weights).
+    pub circuit_privacy: Option<u32>,
 }
 
 impl Default for BfvOptions {
     fn default() -> Self {
-        Self { weight_bits: 6, log_n: None }
+        Self { weight_bits: 6, log_n: None, circuit_privacy: Some(DEFAULT_CIRCUIT_PRIVACY_BITS) }
     }
 }
+
+/// The statistical security parameter of circuit privacy by default: the user's view of a
+/// response is within statistical distance `2^-40` of one computed from its scores alone.
+pub const DEFAULT_CIRCUIT_PRIVACY_BITS: u32 = 40;
 
 /// Bits of the chain primes of a BFV plan: below 2^50, where the constant-product kernel runs on
 /// AVX-512 IFMA.
@@ -373,6 +382,16 @@ pub struct CompiledBfv {
     /// The power of two the circuit's outputs were multiplied by to reach an ensemble's
     /// common output scale ([`CompiledBfv::ensemble`]; 1 otherwise).
     pub output_factor: i64,
+    /// `b` of the flooding `[-2^b, 2^b)` the party that returns the scores (the model holder,
+    /// or an ensemble's coordinator after summing) adds to every output ciphertext, with a
+    /// fresh public-key encryption of zero ([`blindfold_ckks::Encryptor::rerandomize_uniform`]);
+    /// `None` without circuit privacy. From [`BfvOptions::circuit_privacy`]'s `λ`:
+    /// `2^b ≥ 2^(λ-1)·N·k·B` for `k` output ciphertexts (every plaintext prime's) whose noise is
+    /// below `B` (the plan's noise estimate), so that the response is within statistical
+    /// distance `k·N·B/2^(b+1) ≤ 2^-λ` of one made from the scores alone (Gentry 2009, §21:
+    /// noise flooding); the chain holds `2^b` beyond the noise: about `λ + log2(N·k)` bits
+    /// more than without.
+    pub flooding_log_bound: Option<u32>,
 }
 
 impl CompiledBfv {
@@ -390,7 +409,14 @@ impl CompiledBfv {
         let circuit = bfv_circuit(model, opts)?;
         let plan = BfvPlan::choose(&[&circuit], &[1], opts)?;
         let (ctx, moduli) = plan.contexts()?;
-        Ok(Self { arch: model.spec().clone(), circuit, ctx, moduli, output_factor: 1 })
+        Ok(Self {
+            arch: model.spec().clone(),
+            circuit,
+            ctx,
+            moduli,
+            output_factor: 1,
+            flooding_log_bound: plan.flooding_log_bound,
+        })
     }
 
     /// Compiles an ensemble's models for BFV on one shared plan, so that a coordinator can sum
@@ -440,6 +466,7 @@ impl CompiledBfv {
                 ctx: ctx.clone(),
                 moduli: moduli.clone(),
                 output_factor,
+                flooding_log_bound: plan.flooding_log_bound,
             })
             .collect())
     }
@@ -465,19 +492,21 @@ fn bfv_circuit(model: &Model, opts: &BfvOptions) -> Result<IntegerBatchCircuit> 
     Ok(float.quantize(&q)?)
 }
 
-/// A BFV plan: ring degree, plaintext prime size and count, chain length.
+/// A BFV plan: ring degree, plaintext prime size and count, chain length, flooding.
 struct BfvPlan {
     log_n: u32,
     t_bits: u32,
     primes: usize,
     chain: usize,
+    flooding_log_bound: Option<u32>,
 }
 
 impl BfvPlan {
     /// The cheapest 128-bit plan for the weighted sum of `circuits`' outputs (one circuit with
     /// weight 1: the circuit alone): the plaintext primes' product exceeds twice
     /// `Σ weights[h]·bound_h`, and the chain holds the largest circuit's noise estimate plus
-    /// `log2 Σ weights`, with 10 bits to spare.
+    /// `log2 Σ weights`, with 10 bits to spare; with circuit privacy, also the flooding
+    /// ([`CompiledBfv::flooding_log_bound`]).
     fn choose(circuits: &[&IntegerBatchCircuit], weights: &[u64], opts: &BfvOptions) -> Result<Self> {
         let bound: f64 = circuits.iter().zip(weights).map(|(c, &w)| w as f64 * c.output_bound()).sum();
         let sum_bits = (weights.iter().sum::<u64>().max(1) as f64).log2();
@@ -502,7 +531,16 @@ impl BfvPlan {
                     continue;
                 }
                 let noise = circuits.iter().map(|c| c.noise_bits(n, f64::from(t_bits))).fold(0.0, f64::max) + sum_bits;
-                let log_q = noise + f64::from(t_bits) + 1.0 + BFV_MARGIN_BITS;
+                let outputs = (circuits[0].outputs() * primes) as f64;
+                let flooding_log_bound = opts
+                    .circuit_privacy
+                    .map(|lambda| (f64::from(lambda) - 1.0 + (n as f64 * outputs).log2() + noise).ceil() as u32);
+                // Below Δ/2 = Q/(2t): the noise with its margin and the flooding.
+                let held = match flooding_log_bound {
+                    None => noise + BFV_MARGIN_BITS,
+                    Some(b) => (noise + BFV_MARGIN_BITS).max(f64::from(b)) + 1.0,
+                };
+                let log_q = held + f64::from(t_bits) + 1.0;
                 let chain = (log_q / f64::from(BFV_PRIME_BITS - 1)).ceil() as usize;
                 if (chain + 1) as u32 * BFV_PRIME_BITS > max_bits {
                     continue;
@@ -510,7 +548,7 @@ impl BfvPlan {
                 // Cost per image: evaluations × residues, over the images a batch holds.
                 let cost = (primes * chain) as f64 * log_n as f64;
                 if best.as_ref().is_none_or(|b| cost < b.0) {
-                    best = Some((cost, Self { log_n, t_bits, primes, chain }));
+                    best = Some((cost, Self { log_n, t_bits, primes, chain, flooding_log_bound }));
                 }
             }
         }

@@ -171,6 +171,78 @@ fn bfv_batch_equals_the_integer_twin_exactly() {
     }
 }
 
+/// Circuit privacy: the model holder's response, re-randomized with the client's public key
+/// and flooded as the plan says, decrypts to exactly the integer scores (every slot an image's
+/// score: no replicas, no partial sums), carries noise of the flooded width rather than the
+/// circuit's, and two responses to one request differ.
+#[test]
+fn bfv_responses_are_rerandomized_and_flooded() {
+    use blindfold_ckks::bfv::BfvDecryptor;
+    use blindfold_ckks::Encryptor;
+    use blindfold_nn::compile::{BfvOptions, CompiledBfv, DEFAULT_CIRCUIT_PRIVACY_BITS};
+    let arch = small_cryptonets();
+    let mut rng = ChaCha20Rng::seed_from_u64(13);
+    let model = Model::init(arch.clone(), &mut rng).unwrap();
+    let compiled = CompiledBfv::new(&model, &BfvOptions::default()).unwrap();
+    let bare = CompiledBfv::new(&model, &BfvOptions { circuit_privacy: None, ..BfvOptions::default() }).unwrap();
+    assert_eq!(bare.flooding_log_bound, None);
+    let bound = compiled.flooding_log_bound.expect("circuit privacy is on by default");
+    let ctx = &compiled.ctx;
+    let n = ctx.n();
+    let log_q = |c: &CompiledBfv| c.ctx.params().literal().log_q.iter().sum::<u32>();
+    let outputs = compiled.circuit.outputs() * compiled.moduli.len();
+    println!(
+        "flooding 2^{bound}; chain {} bits with circuit privacy, {} without ({outputs} output ciphertexts, N = {n})",
+        log_q(&compiled),
+        log_q(&bare)
+    );
+    assert_eq!(outputs, 10 * compiled.moduli.len());
+    // λ − 1 + log2(N·k) bits above the circuit's noise estimate, which the chain holds.
+    assert!(f64::from(bound) >= f64::from(DEFAULT_CIRCUIT_PRIVACY_BITS) - 1.0 + ((n * outputs) as f64).log2());
+    let pixels: Vec<Vec<i64>> =
+        (0..arch.input.len()).map(|_| (0..n).map(|_| (rng.next_u32() % 256) as i64).collect()).collect();
+    let twin = compiled.circuit.evaluate_integer(&pixels).unwrap();
+    let mut keygen = KeyGenerator::from_seed(ctx, [7; 32]);
+    let rlk = keygen.relinearization_key();
+    let pk = keygen.public_key();
+    let eval = blindfold_ckks::Evaluator::new(ctx);
+    let mut enc = SymmetricEncryptor::new(keygen.secret_key()).unwrap();
+    let mut holder = Encryptor::with_public_key(ctx, &pk).unwrap();
+    let mut residues: Vec<Vec<Vec<u64>>> = Vec::new(); // [component][output][slot]
+    for bfv in &compiled.moduli {
+        let pts: Vec<_> =
+            pixels.iter().map(|f| bfv.encode(&f.iter().map(|&v| v as u64).collect::<Vec<_>>()).unwrap()).collect();
+        let cts: Vec<_> = enc.encrypt_batch(&pts).unwrap().iter().map(|c| c.expand(ctx)).collect();
+        let out = compiled.circuit.evaluate_bfv(bfv, &eval, &cts, &rlk, |_, _| {}).unwrap();
+        let dec = BfvDecryptor::new(bfv, keygen.secret_key());
+        let (mut first, mut second) = (out.clone(), out.clone());
+        for (a, b) in first.iter_mut().zip(&mut second) {
+            holder.rerandomize_uniform(a, bound).unwrap();
+            holder.rerandomize_uniform(b, bound).unwrap();
+        }
+        // The budget left is Q/(2t) over the flooding's largest coefficient (about 2^bound),
+        // far below what the circuit's own noise left.
+        let log_delta = f64::from(log_q(&compiled)) - (bfv.plaintext_modulus() as f64).log2() - 1.0;
+        for ((o, a), b) in out.iter().zip(&first).zip(&second) {
+            assert_ne!(a, b, "two responses to one request must be randomized differently");
+            assert_ne!(a, o);
+            let (before, after) = (dec.noise_budget_bits(o).unwrap(), dec.noise_budget_bits(a).unwrap());
+            let expected = log_delta - f64::from(bound);
+            assert!((after - expected).abs() < 1.0, "budget {after:.2} bits after flooding, expected {expected:.2}");
+            assert!(before - after > f64::from(DEFAULT_CIRCUIT_PRIVACY_BITS), "budget {before:.1} → {after:.1}");
+            assert_eq!(dec.decrypt(a).unwrap(), dec.decrypt(b).unwrap());
+        }
+        residues.push(first.iter().map(|c| dec.decrypt(c).unwrap()).collect());
+    }
+    let moduli = compiled.plaintext_moduli();
+    for (o, t) in twin.iter().enumerate() {
+        for s in 0..n {
+            let r: Vec<u64> = residues.iter().map(|c| c[o][s]).collect();
+            assert_eq!(blindfold_tensor::crt_signed(&r, &moduli), Some(t[s]), "output {o} image {s}");
+        }
+    }
+}
+
 #[test]
 fn bfv_ensemble_sums_holders_of_different_scales_exactly() {
     use blindfold_ckks::bfv::BfvDecryptor;
@@ -239,7 +311,8 @@ fn integer_circuits_refuse_bounds_they_cannot_hold() {
     use blindfold_nn::compile::{BfvOptions, CompiledBfv};
     let arch = ArchSpec::builtin("cryptonets").unwrap();
     let model = Model::init(arch, &mut ChaCha20Rng::seed_from_u64(1)).unwrap();
-    let err = CompiledBfv::new(&model, &BfvOptions { weight_bits: 24, log_n: None }).unwrap_err().to_string();
+    let err =
+        CompiledBfv::new(&model, &BfvOptions { weight_bits: 24, ..BfvOptions::default() }).unwrap_err().to_string();
     assert!(err.contains("fewer weight bits"), "{err}");
 }
 

@@ -178,6 +178,19 @@ impl IntegerBatchCircuit {
         self.inputs
     }
 
+    /// Number of outputs (ciphertexts of a response): the last linear map's rows, or the
+    /// input count for a circuit without one.
+    pub fn outputs(&self) -> usize {
+        self.stages
+            .iter()
+            .rev()
+            .find_map(|s| match s {
+                IntegerStage::Linear { rows, .. } => Some(rows.len()),
+                IntegerStage::Polynomial { .. } => None,
+            })
+            .unwrap_or(self.inputs)
+    }
+
     /// The stages.
     pub fn stages(&self) -> &[IntegerStage] {
         &self.stages
