@@ -40,27 +40,9 @@ fn batch_packing_classifies_several_batches_like_the_plaintext_model() {
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!((r["scheme"].as_str(), r["exact_scores"].as_f64()), (Some("bfv"), Some(1.0)), "{r}");
     assert!(r["plaintext_moduli"].as_array().unwrap().len() >= 2, "{r}");
-    // Circuit privacy is on by default; switched off, the plan needs a shorter chain.
+    // Circuit privacy is on by default (a BFV batch is too slow here to run twice: the plan
+    // without it is checked in crates/nn/tests/batch.rs).
     assert_eq!(r["circuit_privacy_bits"].as_u64(), Some(40), "{r}");
-    let with = r["params"]["log_qp"].as_f64().unwrap();
-    ok(&[
-        "infer",
-        "--model",
-        &model,
-        "--packing",
-        "batch",
-        "--scheme",
-        "bfv",
-        "--n-test",
-        "50",
-        "--circuit-privacy",
-        "0",
-        "--json",
-        &report,
-    ]);
-    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    assert_eq!((r["circuit_privacy_bits"].as_u64(), r["exact_scores"].as_f64()), (None, Some(1.0)), "{r}");
-    assert!(r["params"]["log_qp"].as_f64().unwrap() < with, "{r}");
     for (args, says) in [
         (vec!["--packing", "batch", "--parallel-images", "2"], "single packing"),
         (vec!["--scheme", "bfv"], "batch packing only"),
