@@ -77,8 +77,9 @@ pub(crate) struct EvalOpts {
     /// BFV: circuit privacy at this statistical security λ (bits). The model holder adds a
     /// fresh encryption of zero under the client's public key to each score ciphertext and
     /// floods it with uniform noise 2^λ·N·k times its own, so the decryption shows the scores
-    /// and nothing else of the weights; the chain grows by about λ + log2(N·k) bits
-    /// (SECURITY.md). 0 switches it off (for benchmarks). CKKS responses have none.
+    /// and nothing else of the weights; the chain grows by about λ + log2(N·k) − 10 bits
+    /// (CryptoNets: one 50-bit prime, 21% of the throughput; SECURITY.md). 0 switches it off
+    /// (for benchmarks). CKKS responses have none.
     /// [default: 40 on BFV]
     #[arg(long, value_name = "BITS")]
     pub(crate) circuit_privacy: Option<u32>,

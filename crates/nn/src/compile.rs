@@ -557,10 +557,13 @@ impl BfvPlan {
                 needed: circuits[0].stages().len(),
                 available: 0,
                 hint: Some(format!(
-                    "no 128-bit BFV plan holds the noise of this network with {}-bit weights (output bound 2^{:.0}); \
+                    "no 128-bit BFV plan holds the noise of this network with {}-bit weights (output bound 2^{:.0}){}; \
                      use fewer weight bits or a shallower network",
                     opts.weight_bits,
-                    bound.log2()
+                    bound.log2(),
+                    opts.circuit_privacy.map_or(String::new(), |l| format!(
+                        " and room to flood it for {l}-bit circuit privacy (a smaller λ needs less)"
+                    ))
                 )),
             })
         })
