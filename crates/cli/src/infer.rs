@@ -74,13 +74,16 @@ pub(crate) struct EvalOpts {
     /// accuracy, BENCHMARKS.md).
     #[arg(long, default_value_t = 6)]
     pub(crate) weight_bits: u32,
-    /// BFV: circuit privacy at this statistical security λ (bits). The model holder adds a
-    /// fresh encryption of zero under the client's public key to each score ciphertext and
-    /// floods it with uniform noise 2^λ·N·k times its own, so the decryption shows the scores
-    /// and nothing else of the weights; the chain grows by about λ + log2(N·k) − 10 bits
-    /// (CryptoNets: one 50-bit prime, 21% of the throughput; SECURITY.md). 0 switches it off
-    /// (for benchmarks). CKKS responses have none.
-    /// [default: 40 on BFV]
+    /// Circuit privacy at this statistical security λ (bits): the model holder adds a fresh
+    /// encryption of zero under the client's public key to each score ciphertext and floods
+    /// it with noise 2^λ times its own, so the decryption shows the scores and nothing else of
+    /// the weights. BFV: uniform noise, the chain grows by about λ + log2(N·k) − 10 bits
+    /// (CryptoNets: one 50-bit prime, 21% of the throughput); on by default, 0 switches it
+    /// off (for benchmarks). CKKS (single packing): off by default; the scores keep the
+    /// flooding as Gaussian noise (at most 2^-7 standard deviation, or the plan is refused),
+    /// so λ is bounded by the network's precision — one more level for the mask, the largest
+    /// scale, a larger ring (CryptoNets: up to λ = 20 at N = 2^14). SECURITY.md.
+    /// [default: 40 on BFV, off on CKKS]
     #[arg(long, value_name = "BITS")]
     pub(crate) circuit_privacy: Option<u32>,
     #[command(flatten)]
@@ -181,10 +184,10 @@ fn run_inference(mut model: Model, data: &DataArgs, opts: &EvalOpts) -> Result<(
     if opts.packing == PackingArg::Batch && opts.parallel_images != 1 {
         bail!("--parallel-images applies to single packing; a batch already fills every thread");
     }
-    if opts.scheme == SchemeArg::Ckks && opts.circuit_privacy.is_some() {
+    if (opts.scheme, opts.packing) == (SchemeArg::Ckks, PackingArg::Batch) && opts.circuit_privacy.is_some() {
         bail!(
-            "--circuit-privacy applies to --scheme bfv: CKKS responses are not flooded (its noise is too close to the \
-             scores for 40 bits; SECURITY.md)"
+            "--circuit-privacy applies to --scheme bfv and to CKKS in single packing: CKKS batch responses are not \
+             flooded (SECURITY.md)"
         );
     }
     let report = match (opts.scheme, opts.packing) {
@@ -204,8 +207,14 @@ fn run_inference(mut model: Model, data: &DataArgs, opts: &EvalOpts) -> Result<(
             bfv_inference(&mut model, &bfv, &test, data.dataset, opts.threads)?
         }
         (SchemeArg::Ckks, PackingArg::Single) => {
-            let params = compile::parameters(model.spec(), &opts.chain.options())?;
-            encrypted_inference(&mut model, &params, &test, data.dataset, opts.threads, opts.parallel_images)?
+            let chain =
+                ChainOptions { circuit_privacy: opts.circuit_privacy.filter(|&l| l > 0), ..opts.chain.options() };
+            let plan = match chain.circuit_privacy {
+                None => Plan::Parameters(compile::parameters(model.spec(), &chain)?),
+                // The ring is chosen by the calibration of the flooding: compile first.
+                Some(_) => Plan::Compiled(CompiledModel::new(&model, &chain)?),
+            };
+            encrypted_inference(&mut model, plan, &test, data.dataset, opts.threads, opts.parallel_images)?
         }
         (SchemeArg::Ckks, PackingArg::Batch) => {
             let params = compile::batch_parameters(model.spec(), &opts.chain.options())?;
@@ -227,15 +236,23 @@ fn run_inference(mut model: Model, data: &DataArgs, opts: &EvalOpts) -> Result<(
     Ok(())
 }
 
-/// Encrypted inference of `model` compiled for `params` on every image of `test`: client and
+/// What [`encrypted_inference`] runs on: parameters (the model is compiled after the client
+/// made its keys), or a model compiled already (circuit privacy, whose ring the calibration
+/// chose).
+pub(crate) enum Plan {
+    Parameters(Parameters),
+    Compiled(std::sync::Arc<CompiledModel>),
+}
+
+/// Encrypted inference of `model` compiled for `plan` on every image of `test`: client and
 /// model holder exchanging bytes, `parallel_images` images at a time on `threads` threads.
 ///
-/// The client makes its keys from the plan of the architecture alone, before the model is
-/// compiled (the two never hold their large objects at once), and refuses a compiled plan
-/// that differs from it.
+/// On parameters, the client makes its keys from the plan of the architecture alone, before
+/// the model is compiled (the two never hold their large objects at once), and refuses a
+/// compiled plan that differs from it.
 pub(crate) fn encrypted_inference(
     model: &mut Model,
-    params: &Parameters,
+    plan: Plan,
     test: &LabeledImages,
     dataset: Dataset,
     threads: Option<usize>,
@@ -247,10 +264,16 @@ pub(crate) fn encrypted_inference(
     let workers = parallel_images.clamp(1, threads);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
     let arch = model.spec().name.clone();
-    let info = PlanInfo::for_parameters(model.spec(), params)?;
+    let (info, compiled) = match plan {
+        Plan::Parameters(params) => (PlanInfo::for_parameters(model.spec(), &params)?, Err(params)),
+        Plan::Compiled(c) => (c.info().clone(), Ok(c)),
+    };
     let (client, keys) = pool.install(|| Client::new(&info))?;
     let key_bytes = keys.to_bytes().len();
-    let compiled = pool.install(|| CompiledModel::with_parameters(model, params))?;
+    let compiled = match compiled {
+        Ok(c) => c,
+        Err(params) => pool.install(|| CompiledModel::with_parameters(model, &params))?,
+    };
     if compiled.info() != &info {
         bail!("the compiled model's plan differs from its architecture's");
     }
@@ -364,7 +387,8 @@ pub(crate) fn encrypted_inference(
         stage_seconds: Vec::new(),
         exact_scores: None,
         plaintext_moduli: Vec::new(),
-        circuit_privacy_bits: None,
+        circuit_privacy_bits: info.circuit_privacy,
+        flooding_width: compiled.flooding().map(|f| f.width),
         activation_ranges: model.activation_ranges(&test.clone().truncate(1000))?,
         scores: results.into_iter().map(|r| r.scores).collect(),
     })
@@ -579,6 +603,7 @@ fn batch_report(model: &mut Model, test: &LabeledImages, dataset: Dataset, mut r
         exact_scores: run.exact_scores,
         plaintext_moduli: run.plaintext_moduli,
         circuit_privacy_bits: run.circuit_privacy_bits,
+        flooding_width: None,
         activation_ranges: model.activation_ranges(&test.clone().truncate(1000))?,
         scores: run.scores,
     })

@@ -9,6 +9,7 @@ use crate::DataArgs;
 use anyhow::{bail, Context as _, Result};
 use blindfold_data::Split;
 use blindfold_nn::argmax;
+use blindfold_nn::compile::ChainOptions;
 use blindfold_protocol::{Client, CompiledModel, Message};
 use blindfold_service::{
     serve, serve_coordinator, ClientTls, CoordinatorService, InfoReply, NatsModelHolder, NatsOptions, NatsTls,
@@ -59,6 +60,14 @@ pub(crate) struct ServeArgs {
     tls: ServerTlsArgs,
     #[command(flatten)]
     chain: ChainArgs,
+    /// Circuit privacy at this statistical security λ (bits): the circuit ends with a mask
+    /// keeping one copy of each score, clients send their public key with their evaluation
+    /// keys, and every response is re-randomized and flooded with Gaussian noise sized by a
+    /// calibration of the network's error (the plan is refused if the flooding would exceed
+    /// 2^-7 per score; the ring and scale grow to make room, so evaluation is slower:
+    /// SECURITY.md). Off by default.
+    #[arg(long, value_name = "BITS")]
+    circuit_privacy: Option<u32>,
 }
 
 /// Where on NATS (server and client side).
@@ -197,8 +206,8 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
 pub(crate) fn serve_cmd(a: ServeArgs) -> Result<()> {
     let tls = a.tls.server_tls()?;
     let model = load_model(&a.model, &a.import, None)?.model;
-    let compiled =
-        CompiledModel::new(&model, &a.chain.options()).with_context(|| format!("compiling {}", a.model.display()))?;
+    let opts = ChainOptions { circuit_privacy: a.circuit_privacy.filter(|&l| l > 0), ..a.chain.options() };
+    let compiled = CompiledModel::new(&model, &opts).with_context(|| format!("compiling {}", a.model.display()))?;
     let info = compiled.info();
     eprintln!(
         "serving {} ({}, depth {}, {} rotation keys)",
@@ -207,6 +216,12 @@ pub(crate) fn serve_cmd(a: ServeArgs) -> Result<()> {
         info.depth,
         info.rotation_keys.len()
     );
+    if let Some(f) = compiled.flooding() {
+        eprintln!(
+            "circuit privacy: {}-bit statistical; each score carries Gaussian noise of standard deviation {:.1e}",
+            f.lambda, f.width
+        );
+    }
     let scheme = if tls.is_some() { "https" } else { "http" };
     runtime()?.block_on(async {
         let listener =

@@ -74,9 +74,12 @@ pub(crate) struct Report {
     /// BFV: the plaintext primes (CRT components; one evaluation each).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(crate) plaintext_moduli: Vec<u64>,
-    /// BFV: the statistical security (bits) of the response's circuit privacy; `null`: none
-    /// (CKKS, or switched off).
+    /// The statistical security (bits) of the response's circuit privacy; `null`: none
+    /// (switched off, or CKKS batch).
     pub(crate) circuit_privacy_bits: Option<u32>,
+    /// CKKS circuit privacy: the standard deviation the flooding adds to each score.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) flooding_width: Option<f64>,
     /// Batch packing: server seconds per stage, summed over the batches.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(crate) stage_seconds: Vec<f64>,
@@ -131,15 +134,19 @@ pub(crate) fn print_report(report: &Report) {
             100.0 * exact,
             report.plaintext_moduli
         );
-        println!(
-            "{:<22} {}",
-            "circuit privacy",
-            match report.circuit_privacy_bits {
-                Some(l) => format!("{l}-bit statistical (responses re-randomized and flooded)"),
-                None => "off (the decryption shows noise that depends on the weights)".into(),
-            }
-        );
     }
+    println!(
+        "{:<22} {}",
+        "circuit privacy",
+        match (report.circuit_privacy_bits, report.flooding_width) {
+            (Some(l), Some(w)) => format!(
+                "{l}-bit statistical (responses masked to the scores, re-randomized and flooded: each score carries \
+                 Gaussian noise of standard deviation {w:.1e})"
+            ),
+            (Some(l), None) => format!("{l}-bit statistical (responses re-randomized and flooded)"),
+            (None, _) => "off (the decryption shows noise that depends on the weights)".into(),
+        }
+    );
     if report.packing == "batch" {
         println!(
             "{:<22} {:.0} images/s over the run, {:.0} images/s of server time; {} images per batch, server {:.2} s per batch (p50)",

@@ -3,7 +3,7 @@
 //! against scale bits per ring degree, latency against ring degree).
 
 use crate::import::{load_model, ImportArgs};
-use crate::infer::encrypted_inference;
+use crate::infer::{encrypted_inference, Plan};
 use crate::progress::{bar, say};
 use crate::report::Report;
 use crate::train::{cached_model, train_model, TrainOpts};
@@ -85,7 +85,8 @@ pub(crate) fn sweep_cmd(a: SweepArgs) -> Result<()> {
             let params = Parameters::new(literal).map_err(|e| e.to_string());
             let log_qp = params.as_ref().ok().map(Parameters::log_qp);
             let result = params.and_then(|p| {
-                encrypted_inference(&mut model, &p, &test, a.data.dataset, a.threads, 1).map_err(|e| format!("{e:#}"))
+                encrypted_inference(&mut model, Plan::Parameters(p), &test, a.data.dataset, a.threads, 1)
+                    .map_err(|e| format!("{e:#}"))
             });
             let line = match &result {
                 Ok(r) => format!(

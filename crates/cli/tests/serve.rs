@@ -92,5 +92,54 @@ fn a_client_process_classifies_on_a_server_process() {
         blindfold().args(["client", "--server", "http://127.0.0.1:1", "infer", "--n-test", "1"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect to http://127.0.0.1:1"));
+    circuit_private_server_and_in_process_run(&model, &dir);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Circuit privacy on CKKS: a server that masks, re-randomizes and floods its responses (the
+/// client's keys then carry its public key), and the same in one process.
+fn circuit_private_server_and_in_process_run(model: &std::path::Path, dir: &std::path::Path) {
+    let mut child = blindfold()
+        .args(["serve", "--insecure-plaintext", "--listen", "127.0.0.1:0", "--circuit-privacy", "12", "--model"])
+        .arg(model)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let _server = Server(child);
+    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    let report = dir.join("private.json");
+    let out = blindfold()
+        .args(["client", "--server", &format!("http://{addr}"), "infer", "--n-test", "3", "--json"])
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["n"], 3);
+    // One more level (the mask) and the largest scale of a larger ring.
+    assert_eq!(r["depth"], 6, "{r}");
+    assert!(r["parameters"].as_str().unwrap().starts_with("N16384_DEPTH6"), "{r}");
+    let out = blindfold()
+        .args(["infer", "--n-test", "3", "--circuit-privacy", "12", "--json"])
+        .arg(&report)
+        .arg("--model")
+        .arg(model)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("12-bit statistical (responses masked to the scores"), "{stdout}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["circuit_privacy_bits"], 12, "{r}");
+    let width = r["flooding_width"].as_f64().unwrap();
+    assert!(width > 0.0 && width <= 1.0 / 128.0, "{r}");
+    assert_eq!(r["agreement"], 1.0, "{r}");
+    // A λ beyond what the network's precision holds: refused, naming what it allows.
+    let out =
+        blindfold().args(["infer", "--n-test", "1", "--circuit-privacy", "60", "--model"]).arg(model).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("allows λ up to"));
 }

@@ -53,11 +53,25 @@ pub struct ChainOptions {
     pub scale_bits: Option<u32>,
     /// The fewest scale bits the compiler accepts when it chooses them.
     pub min_scale_bits: u32,
+    /// Circuit privacy at this statistical security λ (bits): the circuit ends with one more
+    /// level, a mask that keeps one copy of each score ([`Circuit::with_output_mask`]), and
+    /// unless `scale_bits` is given the chain takes the largest scale its ring allows (the
+    /// model holder floods what it returns in proportion to the computation's error:
+    /// `blindfold_protocol::CompiledModel`). `None`: the result as the network leaves it.
+    #[serde(default)]
+    pub circuit_privacy: Option<u32>,
+}
+
+impl ChainOptions {
+    /// Levels beyond the network's own: the output mask of circuit privacy.
+    fn extra_levels(&self) -> usize {
+        usize::from(self.circuit_privacy.is_some())
+    }
 }
 
 impl Default for ChainOptions {
     fn default() -> Self {
-        Self { log_n: None, scale_bits: None, min_scale_bits: 24 }
+        Self { log_n: None, scale_bits: None, min_scale_bits: 24, circuit_privacy: None }
     }
 }
 
@@ -185,7 +199,7 @@ fn auto_scale_bits(depth: usize, log_n: u32, min: u32, profile: &[(usize, usize)
 /// [`circuit`].
 pub fn parameters(arch: &ArchSpec, opts: &ChainOptions) -> Result<Parameters> {
     let depth = circuit_depth(arch)?;
-    parameters_for_depth(depth, |log_n| key_switch_profile(arch, log_n).unwrap_or_default(), opts)
+    parameters_for_depth(depth + opts.extra_levels(), |log_n| key_switch_profile(arch, log_n).unwrap_or_default(), opts)
 }
 
 /// Largest prime of a batch chain: the constant-product kernel runs on AVX-512 IFMA below 2^50.
@@ -251,16 +265,19 @@ fn parameters_for_depth(
     for &log_n in &rings {
         let Some(best) = max_scale_bits(depth, log_n, 1).filter(|&m| m >= min) else { continue };
         let profile = profile_of(log_n);
-        let s = match opts.scale_bits {
-            Some(s) if s <= best => s,
+        let scales: Vec<u32> = match opts.scale_bits {
+            Some(s) if s <= best => vec![s],
             Some(_) => continue,
+            // Circuit privacy floods the scores in proportion to the computation's error:
+            // the largest scale that has primes keeps most of them.
+            None if opts.circuit_privacy.is_some() => (min..=best).rev().collect(),
             None => match auto_scale_bits(depth, log_n, min, &profile) {
-                Some(s) => s,
+                Some(s) => vec![s],
                 None => continue,
             },
         };
         // Actual primes lie below 2^bits, so the nominal fit is conservative; check anyway.
-        if let Ok(p) = Parameters::new(chain(depth, log_n, s, &profile)) {
+        if let Some(p) = scales.into_iter().find_map(|s| Parameters::new(chain(depth, log_n, s, &profile)).ok()) {
             return Ok(p);
         }
     }
@@ -297,7 +314,7 @@ impl Compiled {
     /// As [`parameters`] and [`circuit`].
     pub fn new(model: &Model, opts: &ChainOptions) -> Result<Self> {
         let params = parameters(model.spec(), opts)?;
-        Self::with_parameters(model, &params)
+        Self::with_parameters_masked(model, &params, opts.circuit_privacy.is_some())
     }
 
     /// Compiles `model` for given parameters.
@@ -305,8 +322,20 @@ impl Compiled {
     /// # Errors
     /// As [`circuit`]; [`Error::Circuit`] for too few levels.
     pub fn with_parameters(model: &Model, params: &Parameters) -> Result<Self> {
+        Self::with_parameters_masked(model, params, false)
+    }
+
+    /// Compiles `model` for given parameters, with the output masked to one copy of each
+    /// score if `mask` ([`Circuit::with_output_mask`], one more level).
+    ///
+    /// # Errors
+    /// As [`Compiled::with_parameters`].
+    pub fn with_parameters_masked(model: &Model, params: &Parameters, mask: bool) -> Result<Self> {
         let ctx = Context::new(params).map_err(|e| Error::Circuit(e.into()))?;
         let mut circuit = circuit(model.spec(), Some(model), params.slots(), ctx.max_level())?;
+        if mask {
+            circuit = circuit.with_output_mask()?;
+        }
         let scale = input_scale(&ctx);
         circuit.encode(&ctx, scale)?;
         Ok(Self { arch: model.spec().clone(), circuit, ctx })

@@ -72,6 +72,7 @@ fn polynomial_aggregations(c: &mut Criterion) {
     let keys = Message::EvaluationKeys {
         relinearization: Wire::new(&keygen.relinearization_key(), &ctx).unwrap(),
         galois: Wire::new(&keygen.galois_keys(&requests).unwrap(), &ctx).unwrap(),
+        public: None,
     };
     coordinator.set_evaluation_keys(&keys).unwrap();
     // Scores at the level the network leaves them (9 − 5), at the default scale.

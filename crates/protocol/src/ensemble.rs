@@ -356,7 +356,7 @@ impl Coordinator {
     /// [`ProtocolError::Peer`] for any other message; CKKS errors for keys of other
     /// parameters or malformed bytes.
     pub fn set_evaluation_keys(&mut self, msg: &Message) -> Result<()> {
-        let Message::EvaluationKeys { relinearization, galois } = msg else {
+        let Message::EvaluationKeys { relinearization, galois, .. } = msg else {
             return Err(ProtocolError::Peer(format!("expected EvaluationKeys, got {}", msg.kind())));
         };
         let rlk = relinearization.decode(&self.ctx)?;

@@ -2,13 +2,13 @@
 
 use blindfold_ckks::serialize::{deserialize, deserialize_with_limit, galois_keys_max_size, serialize, WireObject};
 use blindfold_ckks::{
-    Ciphertext, Context, Decryptor, Encoder, Evaluator, GaloisKeys, KeyGenerator, Parameters, ParametersLiteral,
-    RelinearizationKey, SeededCiphertext, SymmetricEncryptor,
+    Ciphertext, Context, Decryptor, Encoder, Encryptor, Evaluator, GaloisKeys, KeyGenerator, Parameters,
+    ParametersLiteral, PublicKey, RelinearizationKey, SeededCiphertext, SymmetricEncryptor,
 };
 use blindfold_nn::compile::{self, ChainOptions, Compiled};
 use blindfold_nn::{ArchSpec, Model};
 use blindfold_tensor::requirements::key_requests;
-use blindfold_tensor::{Circuit, Layout, Packing, RotationKey};
+use blindfold_tensor::{Circuit, Layout, Packing, PlainBackend, RotationKey};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -106,6 +106,11 @@ pub struct PlanInfo {
     pub relinearization: bool,
     /// The rotations the circuit makes, each at the highest level it is made at.
     pub rotation_keys: Vec<RotationKey>,
+    /// Circuit privacy at this statistical security λ (bits), or `None`: the circuit ends
+    /// with a mask that keeps one copy of each score, the client sends its public key, and
+    /// the model holder re-randomizes and floods every response ([`CompiledModel::new`]).
+    #[serde(default)]
+    pub circuit_privacy: Option<u32>,
 }
 
 impl PlanInfo {
@@ -143,7 +148,7 @@ impl PlanInfo {
     /// # Errors
     /// As [`CompiledModel::new`].
     pub fn for_architecture(arch: &ArchSpec, opts: &ChainOptions) -> Result<Self> {
-        Self::for_parameters(arch, &compile::parameters(arch, opts)?)
+        Self::for_plan(arch, &compile::parameters(arch, opts)?, opts.circuit_privacy)
     }
 
     /// The plan of `arch`'s circuit on `params`, without the weights (as
@@ -153,8 +158,12 @@ impl PlanInfo {
     /// # Errors
     /// As [`CompiledModel::with_parameters`].
     pub fn for_parameters(arch: &ArchSpec, params: &Parameters) -> Result<Self> {
+        Self::for_plan(arch, params, None)
+    }
+
+    fn for_plan(arch: &ArchSpec, params: &Parameters, circuit_privacy: Option<u32>) -> Result<Self> {
         let ctx = Context::new(params)?;
-        let c = compile::circuit(arch, None, params.slots(), ctx.max_level())?;
+        let c = structure(arch, &ctx, circuit_privacy.is_some())?;
         Ok(Self {
             arch: arch.clone(),
             parameters: params.literal().clone(),
@@ -162,8 +171,65 @@ impl PlanInfo {
             depth: c.depth(),
             relinearization: c.relinearizes(),
             rotation_keys: c.rotation_keys(),
+            circuit_privacy,
         })
     }
+}
+
+/// The circuit of `arch` on `ctx` without weights (what a client builds), masked to one copy
+/// of each score for circuit privacy.
+fn structure(arch: &ArchSpec, ctx: &Context, masked: bool) -> Result<Circuit> {
+    let c = compile::circuit(arch, None, ctx.params().slots(), ctx.max_level())?;
+    Ok(if masked { c.with_output_mask().map_err(blindfold_nn::Error::from)? } else { c })
+}
+
+/// Safety factor on the measured noise of [`CompiledModel::new`]'s calibration: the flooding
+/// is sized for 4 times the largest error norm seen.
+pub const CALIBRATION_MARGIN: f64 = 4.0;
+
+/// Widest flooding circuit privacy accepts, as the standard deviation it adds to each
+/// decrypted score: `2^-7` (about 0.008, below what changes a trained network's argmax in
+/// practice, and 64 standard deviations below [`MAX_REPLICA_SPREAD`]).
+pub const MAX_FLOODING_WIDTH: f64 = 1.0 / 128.0;
+
+/// Sizes the flooding of circuit privacy at `lambda` bits for `compiled` (see
+/// [`CompiledModel::new`]): runs the circuit under a throwaway key on three images and
+/// measures the decrypted error against the plaintext twin.
+fn calibrate(compiled: &Compiled, lambda: u32) -> Result<Flooding> {
+    let (ctx, circuit) = (&compiled.ctx, &compiled.circuit);
+    let circuit_err = |e: blindfold_tensor::CircuitError| ProtocolError::Model(e.into());
+    let mut keygen = KeyGenerator::new(ctx)?;
+    let rlk = keygen.relinearization_key();
+    let gk = keygen.galois_keys(&circuit.key_requests(ctx).map_err(circuit_err)?)?;
+    let (eval, encoder) = (Evaluator::new(ctx), Encoder::new(ctx));
+    let mut encryptor = SymmetricEncryptor::new(keygen.secret_key())?;
+    let decryptor = Decryptor::new(keygen.secret_key());
+    let pixels = compiled.arch.input.len();
+    let random = |t: u8| -> Vec<u8> {
+        (0..pixels.div_ceil(32) as u64)
+            .flat_map(|b| Sha256::new().chain_update([t]).chain_update(b.to_le_bytes()).finalize())
+            .take(pixels)
+            .collect()
+    };
+    let input_scale = circuit.input_scale().ok_or(circuit_err(blindfold_tensor::CircuitError::NotEncoded))?;
+    let (mut norm, mut scale) = (0f64, 1f64);
+    for image in [random(0), random(1), vec![255; pixels]] {
+        let x: Vec<f64> = compiled.arch.normalization.apply(&image).into_iter().map(f64::from).collect();
+        let packed = circuit.packing().pack(&x).map_err(circuit_err)?;
+        let cts = packed
+            .iter()
+            .map(|v| Ok(encryptor.encrypt(&encoder.encode_real(v, ctx.max_level(), input_scale)?)?.expand(ctx)))
+            .collect::<Result<Vec<_>>>()?;
+        let out = circuit.evaluate(&eval, &cts, &rlk, &gk).map_err(circuit_err)?;
+        let twin = circuit.evaluate_on(&PlainBackend, &packed).map_err(circuit_err)?;
+        let slots = encoder.decode(&decryptor.decrypt(&out)?)?;
+        let e2: f64 = slots.iter().zip(&twin).map(|(z, t)| (z.re - t).powi(2) + z.im.powi(2)).sum();
+        norm = norm.max(e2.sqrt());
+        scale = out.scale();
+    }
+    let sigma = 2f64.powi(lambda as i32 - 1) * CALIBRATION_MARGIN * scale * norm * (2.0 / ctx.n() as f64).sqrt();
+    let width = sigma * (ctx.n() as f64 / 2.0).sqrt() / scale;
+    Ok(Flooding { lambda, log_sigma: sigma.log2().max(0.0), width, error_norm: norm })
 }
 
 /// A model compiled for encrypted inference, shared (`Arc`) by every client session of a
@@ -172,6 +238,24 @@ impl PlanInfo {
 pub struct CompiledModel {
     compiled: Compiled,
     info: PlanInfo,
+    /// Circuit privacy: `log2` of the standard deviation of the Gaussian flooding added to
+    /// `c_0` of every response, and what it adds to each decrypted score.
+    flooding: Option<Flooding>,
+}
+
+/// The flooding of a circuit-private plan ([`CompiledModel::new`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Flooding {
+    /// The statistical security λ (bits) it is sized for.
+    pub lambda: u32,
+    /// `log2 σ` of the Gaussian noise added to each coefficient of `c_0`.
+    pub log_sigma: f64,
+    /// Standard deviation it adds to each decrypted score (real part of a slot):
+    /// `σ·√(N/2)/Δ`.
+    pub width: f64,
+    /// Largest `ℓ2` norm of the computation's error seen in calibration (over every slot,
+    /// real and imaginary parts, in score units).
+    pub error_norm: f64,
 }
 
 impl CompiledModel {
@@ -180,8 +264,58 @@ impl CompiledModel {
     /// # Errors
     /// [`ProtocolError::Model`] for a model without an encrypted form or too deep for any
     /// 128-bit chain.
+    ///
+    /// With `opts.circuit_privacy = Some(λ)` the circuit ends with a mask keeping one copy of
+    /// each score (one more level) and every response is re-randomized with the client's
+    /// public key and flooded with Gaussian noise of standard deviation `σ` per coefficient
+    /// ([`ModelHolder::handle`]). `σ` is sized from a calibration: the model holder runs the
+    /// circuit under a throwaway key on three inputs (two of random pixels, one of white
+    /// pixels, through the architecture's normalization), measures the `ℓ2` norm `‖e‖` of
+    /// the decrypted error against the plaintext twin over every slot, and takes
+    /// `σ = 2^(λ−1)·M·Δ·‖e‖·√(2/N)` with margin `M` = [`CALIBRATION_MARGIN`] — so the
+    /// response's noise vector is within statistical distance `‖e_coef‖/(2σ) ≤ 2^-λ` of the
+    /// flooding alone (Gaussian shift bound; `‖e_coef‖ = Δ·‖e‖·√(2/N)` by the canonical
+    /// embedding's isometry). Each score then carries noise of standard deviation
+    /// `2^(λ−1)·M·‖e‖`; a plan whose flooding would exceed [`MAX_FLOODING_WIDTH`] is refused,
+    /// and without `opts.log_n` the rings 2^13, 2^14, 2^15 are tried in turn (a larger ring
+    /// has larger scales and so a smaller error).
+    ///
+    /// # Errors
+    /// [`ProtocolError::Model`] for a model without an encrypted form or too deep for any
+    /// 128-bit chain; [`ProtocolError::Config`] for circuit privacy no ring allows.
     pub fn new(model: &Model, opts: &ChainOptions) -> Result<Arc<Self>> {
-        Ok(Arc::new(Self::from_compiled(Compiled::new(model, opts)?)))
+        let Some(lambda) = opts.circuit_privacy else {
+            return Ok(Arc::new(Self::from_compiled(Compiled::new(model, opts)?, None)));
+        };
+        if !(1..=128).contains(&lambda) {
+            return Err(ProtocolError::Config(format!("circuit privacy of {lambda} bits (1 to 128)")));
+        }
+        let rings = opts.log_n.map_or(vec![13, 14, 15], |l| vec![l]);
+        let mut refused: Option<ProtocolError> = None;
+        for log_n in rings {
+            let compiled = match Compiled::new(model, &ChainOptions { log_n: Some(log_n), ..*opts }) {
+                Ok(c) => c,
+                Err(e) => {
+                    refused = refused.or(Some(e.into()));
+                    continue;
+                }
+            };
+            let flooding = calibrate(&compiled, lambda)?;
+            if flooding.width <= MAX_FLOODING_WIDTH {
+                return Ok(Arc::new(Self::from_compiled(compiled, Some(flooding))));
+            }
+            let bits = 1.0 + (MAX_FLOODING_WIDTH / (CALIBRATION_MARGIN * flooding.error_norm)).log2();
+            let larger = if log_n < 15 { "a larger ring (--log-n), " } else { "" };
+            refused = Some(ProtocolError::Config(format!(
+                "circuit privacy at λ = {lambda} would flood every score with noise of standard deviation {:.1e} at \
+                 N = 2^{log_n} (at most {MAX_FLOODING_WIDTH}): the network's error there (norm {:.1e}) allows λ \
+                 up to {}; choose {larger}a lower λ, or a shallower network",
+                flooding.width,
+                flooding.error_norm,
+                bits.floor().max(0.0)
+            )));
+        }
+        Err(refused.unwrap_or_else(|| ProtocolError::Config("no ring to try".into())))
     }
 
     /// Compiles `model` on given parameters (the network takes the top levels; the rest are
@@ -190,10 +324,10 @@ impl CompiledModel {
     /// # Errors
     /// As [`CompiledModel::new`].
     pub fn with_parameters(model: &Model, params: &Parameters) -> Result<Arc<Self>> {
-        Ok(Arc::new(Self::from_compiled(Compiled::with_parameters(model, params)?)))
+        Ok(Arc::new(Self::from_compiled(Compiled::with_parameters(model, params)?, None)))
     }
 
-    fn from_compiled(compiled: Compiled) -> Self {
+    fn from_compiled(compiled: Compiled, flooding: Option<Flooding>) -> Self {
         let c = &compiled.circuit;
         let info = PlanInfo {
             arch: compiled.arch.clone(),
@@ -202,8 +336,14 @@ impl CompiledModel {
             depth: c.depth(),
             relinearization: c.relinearizes(),
             rotation_keys: c.rotation_keys(),
+            circuit_privacy: flooding.map(|f| f.lambda),
         };
-        Self { compiled, info }
+        Self { compiled, info, flooding }
+    }
+
+    /// The flooding of every response, for a plan with circuit privacy.
+    pub fn flooding(&self) -> Option<&Flooding> {
+        self.flooding.as_ref()
     }
 
     /// What the client needs to know (no weights).
@@ -225,7 +365,10 @@ impl CompiledModel {
     /// one Galois key per declared rotation, each at most the size of a top-level key.
     pub fn max_keys_len(&self) -> usize {
         let ctx = self.context();
-        RelinearizationKey::max_size(ctx) + galois_keys_max_size(ctx, self.info.rotation_keys.len()) + 64
+        RelinearizationKey::max_size(ctx)
+            + galois_keys_max_size(ctx, self.info.rotation_keys.len())
+            + PublicKey::max_size(ctx)
+            + 64
     }
 
     /// Largest image message the plan allows, in bytes: its number of input ciphertexts, each
@@ -324,6 +467,9 @@ pub enum Message {
         relinearization: Wire<RelinearizationKey>,
         /// The Galois keys.
         galois: Wire<GaloisKeys>,
+        /// The public key, for a plan with circuit privacy (the model holder re-randomizes
+        /// each response with an encryption of zero under it).
+        public: Option<Wire<PublicKey>>,
     },
     /// Client → model holder: the packed image, seeded ciphertexts.
     EncryptedImage {
@@ -390,20 +536,24 @@ impl Message {
 }
 
 /// Names a client's evaluation keys: SHA-256 of the serialized relinearization key followed
-/// by the serialized Galois keys of an [`Message::EvaluationKeys`]. Requests and responses
-/// carry it, so a model holder never evaluates an image with another client's keys and a
-/// client refuses scores computed for other keys (which would decrypt to noise).
+/// by the serialized Galois keys (and public key, if any) of an [`Message::EvaluationKeys`].
+/// Requests and responses carry it, so a model holder never evaluates an image with another
+/// client's keys and a client refuses scores computed for other keys (which would decrypt to
+/// noise).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct KeyId(pub [u8; 32]);
 
 impl KeyId {
     /// The id of the keys of an [`Message::EvaluationKeys`] (`None` for another message).
     pub fn of(msg: &Message) -> Option<Self> {
-        let Message::EvaluationKeys { relinearization, galois } = msg else { return None };
+        let Message::EvaluationKeys { relinearization, galois, public } = msg else { return None };
         let mut h = Sha256::new();
         h.update((relinearization.bytes().len() as u64).to_le_bytes());
         h.update(relinearization.bytes());
         h.update(galois.bytes());
+        if let Some(pk) = public {
+            h.update(pk.bytes());
+        }
         Some(Self(h.finalize().into()))
     }
 
@@ -495,7 +645,7 @@ impl Client {
         if !(info.input_scale.is_finite() && info.input_scale >= 2.0 && info.input_scale < 2f64.powi(62)) {
             return Err(ProtocolError::Peer(format!("input scale {} is not usable", info.input_scale)));
         }
-        let circuit = compile::circuit(&info.arch, None, ctx.params().slots(), ctx.max_level())?;
+        let circuit = structure(&info.arch, &ctx, info.circuit_privacy.is_some())?;
         if circuit.rotation_keys() != info.rotation_keys
             || circuit.depth() != info.depth
             || circuit.relinearizes() != info.relinearization
@@ -549,7 +699,15 @@ impl Client {
     pub fn evaluation_keys_for(&mut self, keys: &[RotationKey]) -> Result<Message> {
         let rlk = self.keygen.relinearization_key();
         let gk = self.keygen.galois_keys(&key_requests(keys, &self.ctx))?;
-        Ok(Message::EvaluationKeys { relinearization: Wire::new(&rlk, &self.ctx)?, galois: Wire::new(&gk, &self.ctx)? })
+        let public = match self.info.circuit_privacy {
+            Some(_) => Some(Wire::new(&self.keygen.public_key(), &self.ctx)?),
+            None => None,
+        };
+        Ok(Message::EvaluationKeys {
+            relinearization: Wire::new(&rlk, &self.ctx)?,
+            galois: Wire::new(&gk, &self.ctx)?,
+            public,
+        })
     }
 
     /// The client's secret key (to store it; never send it).
@@ -627,6 +785,15 @@ impl Client {
                 "copies of one score differ by {spread:e} (at most {MAX_REPLICA_SPREAD} for a correct decryption)"
             )));
         }
+        if self.info.circuit_privacy.is_some() {
+            // A masked result: every other slot holds zero plus the flooding.
+            let stray = self.output.stray(&slots);
+            if stray.is_nan() || stray > MAX_REPLICA_SPREAD {
+                return Err(ProtocolError::Undecryptable(format!(
+                    "a slot outside the scores holds {stray:e} (at most {MAX_REPLICA_SPREAD} for a correct decryption)"
+                )));
+            }
+        }
         checked_scores(self.output.unpack(&slots))
     }
 
@@ -672,7 +839,16 @@ fn checked_scores(scores: Vec<f64>) -> Result<Vec<f64>> {
 pub struct ModelHolder {
     model: Arc<CompiledModel>,
     eval: Evaluator,
-    keys: Option<(KeyId, RelinearizationKey, GaloisKeys)>,
+    keys: Option<SessionKeys>,
+}
+
+/// A client's evaluation keys as a model holder's session keeps them.
+struct SessionKeys {
+    id: KeyId,
+    relinearization: RelinearizationKey,
+    galois: GaloisKeys,
+    /// Re-randomizes responses under the client's public key (circuit privacy).
+    encryptor: Option<Encryptor>,
 }
 
 impl ModelHolder {
@@ -693,7 +869,7 @@ impl ModelHolder {
 
     /// The id of the evaluation keys this session holds, if any.
     pub fn key_id(&self) -> Option<KeyId> {
-        self.keys.as_ref().map(|k| k.0)
+        self.keys.as_ref().map(|k| k.id)
     }
 
     /// [`ModelHolder::handle`] of a message's bytes, refusing more than
@@ -720,7 +896,16 @@ impl ModelHolder {
         let ctx = self.model.context().clone();
         let circuit = self.model.circuit();
         match msg {
-            Message::EvaluationKeys { relinearization, galois } => {
+            Message::EvaluationKeys { relinearization, galois, public } => {
+                let encryptor = match (self.model.flooding, public) {
+                    (Some(_), Some(pk)) => Some(Encryptor::with_public_key(&ctx, &pk.decode(&ctx)?)?),
+                    (Some(_), None) => {
+                        return Err(ProtocolError::Peer(
+                            "the plan has circuit privacy: evaluation keys must include the client's public key".into(),
+                        ))
+                    }
+                    (None, _) => None,
+                };
                 let rlk = relinearization.decode(&ctx)?;
                 let limit = galois_keys_max_size(&ctx, self.info().rotation_keys.len());
                 let gk = galois.decode_with_limit(&ctx, limit)?;
@@ -739,14 +924,15 @@ impl ModelHolder {
                     )));
                 }
                 let id = KeyId::of(msg).expect("evaluation keys");
-                self.keys = Some((id, rlk, gk));
+                self.keys = Some(SessionKeys { id, relinearization: rlk, galois: gk, encryptor });
                 Ok(None)
             }
             Message::EncryptedImage { key_id, ciphertexts } => {
-                let (id, rlk, gk) = self
+                let keys = self
                     .keys
-                    .as_ref()
+                    .as_mut()
                     .ok_or_else(|| ProtocolError::Peer("EncryptedImage before EvaluationKeys".into()))?;
+                let id = &keys.id;
                 if key_id != id {
                     return Err(ProtocolError::Peer(format!(
                         "EncryptedImage for evaluation keys {key_id}, this session holds {id} (another client's, \
@@ -771,8 +957,13 @@ impl ModelHolder {
                     )));
                 }
                 let cts: Vec<Ciphertext> = seeded.iter().map(|c| c.expand(&ctx)).collect();
-                let out = circuit.evaluate(&self.eval, &cts, rlk, gk).map_err(blindfold_nn::Error::from)?;
-                Ok(Some(Message::EncryptedScores { key_id: *id, ciphertext: Wire::new(&out, &ctx)? }))
+                let mut out = circuit
+                    .evaluate(&self.eval, &cts, &keys.relinearization, &keys.galois)
+                    .map_err(blindfold_nn::Error::from)?;
+                if let (Some(flooding), Some(encryptor)) = (&self.model.flooding, keys.encryptor.as_mut()) {
+                    encryptor.rerandomize(&mut out, flooding.log_sigma)?;
+                }
+                Ok(Some(Message::EncryptedScores { key_id: keys.id, ciphertext: Wire::new(&out, &ctx)? }))
             }
             other => Err(ProtocolError::Peer(format!("model holder does not accept {}", other.kind()))),
         }

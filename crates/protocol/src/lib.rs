@@ -30,6 +30,6 @@ mod inference;
 
 pub use ensemble::{Aggregated, Aggregation, Calibration, Coordinator};
 pub use inference::{
-    Client, CompiledModel, Fault, KeyId, Message, ModelHolder, PlanInfo, ProtocolError, Wire, MAX_MESSAGE_LEN,
-    MAX_REPLICA_SPREAD, MAX_SCORE,
+    Client, CompiledModel, Fault, Flooding, KeyId, Message, ModelHolder, PlanInfo, ProtocolError, Wire,
+    CALIBRATION_MARGIN, MAX_FLOODING_WIDTH, MAX_MESSAGE_LEN, MAX_REPLICA_SPREAD, MAX_SCORE,
 };

@@ -138,3 +138,77 @@ fn responses_for_other_keys_and_oversized_or_padded_messages_are_refused() {
     assert_eq!(KeyId::from_hex(&id.to_hex()).unwrap(), id);
     assert!(KeyId::from_hex("zz").is_err());
 }
+
+#[test]
+fn circuit_private_responses_show_only_the_scores() {
+    use blindfold_ckks::{Decryptor, Encoder};
+    use blindfold_nn::compile::ChainOptions;
+    let (mut model, test) = small_model();
+    let opts = ChainOptions { circuit_privacy: Some(12), ..Default::default() };
+    let compiled = CompiledModel::new(&model, &opts).unwrap();
+    let flooding = *compiled.flooding().expect("a circuit-private plan floods");
+    assert_eq!(flooding.lambda, 12);
+    assert!(flooding.width > 0.0 && flooding.width <= blindfold_protocol::MAX_FLOODING_WIDTH);
+    let mut holder = ModelHolder::new(compiled.clone());
+    let info = holder.info().clone();
+    // One more level than the network: the mask.
+    assert_eq!(info.circuit_privacy, Some(12));
+    assert_eq!(info.depth, model.spec().depth() + 1);
+    let (mut client, keys) = Client::new(&info).unwrap();
+    // Keys without the public key are refused: the holder could not re-randomize.
+    let Message::EvaluationKeys { relinearization, galois, public } = &keys else { unreachable!() };
+    assert!(public.is_some());
+    let bare =
+        Message::EvaluationKeys { relinearization: relinearization.clone(), galois: galois.clone(), public: None };
+    let err = holder.handle(&bare).unwrap_err();
+    assert!(err.to_string().contains("public key") && err.fault() == Fault::Peer, "{err}");
+    holder.handle_bytes(&keys.to_bytes()).unwrap();
+
+    let ctx = compiled.context();
+    let (encoder, decryptor) = (Encoder::new(ctx), Decryptor::new(client.secret_key()));
+    let output = compiled.circuit().output();
+    let result_slots: Vec<usize> = output.features.iter().map(|&(_, s)| s as usize).collect();
+    let mut others: Vec<f64> = Vec::new();
+    for i in 0..3 {
+        let pixels = test.images.image(i);
+        let request = client.encrypt_pixels(pixels).unwrap();
+        let first = holder.handle(&request).unwrap().unwrap();
+        let second = holder.handle(&request).unwrap().unwrap();
+        // The same request twice: differently randomized responses.
+        assert_ne!(first.to_bytes(), second.to_bytes(), "image {i}");
+        let scores = client.decrypt_scores(&first).unwrap();
+        let plain = model.logits(&[pixels]).unwrap();
+        let s32: Vec<f32> = scores.iter().map(|&v| v as f32).collect();
+        assert_eq!(argmax(&s32), argmax(plain.as_slice().unwrap()), "image {i}");
+        for (s, p) in scores.iter().zip(plain.iter()) {
+            assert!((s - f64::from(*p)).abs() < 0.05, "image {i}: score {s}, plaintext {p}");
+        }
+        // The raw decryption: the scores in the result slots, flooding noise everywhere else.
+        for reply in [&first, &second] {
+            let Message::EncryptedScores { ciphertext, .. } = reply else { unreachable!() };
+            let slots = encoder.decode_real(&decryptor.decrypt(&ciphertext.decode(ctx).unwrap()).unwrap()).unwrap();
+            for (j, &r) in result_slots.iter().enumerate() {
+                assert!((slots[r] - scores[j]).abs() < 10.0 * flooding.width + 1e-3, "image {i}, score {j}");
+            }
+            others.extend(slots.iter().enumerate().filter(|(j, _)| !result_slots.contains(j)).map(|(_, &v)| v));
+        }
+    }
+    let mean = others.iter().sum::<f64>() / others.len() as f64;
+    let std = (others.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / others.len() as f64).sqrt();
+    assert!(mean.abs() < 0.05 * flooding.width, "mean {mean:e} of the other slots, flooding {:e}", flooding.width);
+    assert!(
+        (0.9..1.1).contains(&(std / flooding.width)),
+        "the other slots have standard deviation {std:e}, the flooding {:e}",
+        flooding.width
+    );
+    // Another client's key still gives itself away (the masked slots are not near zero).
+    let (mut bob, _) = Client::new(&info).unwrap();
+    bob.set_key_id(client.key_id().unwrap());
+    let reply = holder.handle(&client.encrypt_pixels(test.images.image(0)).unwrap()).unwrap().unwrap();
+    assert!(matches!(bob.decrypt_scores(&reply), Err(ProtocolError::Undecryptable(_))));
+    // A λ the network's precision cannot hold is refused with the λ it can.
+    let err = CompiledModel::new(&model, &ChainOptions { circuit_privacy: Some(60), ..Default::default() })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("allows λ up to"), "{err}");
+}

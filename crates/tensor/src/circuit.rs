@@ -11,7 +11,7 @@ use crate::backend::{Backend, CkksBackend, PlainBackend};
 use crate::bootstrap::BootstrapStage;
 use crate::error::{CircuitError, Result};
 use crate::layout::{Layout, Packing};
-use crate::linear::LinearTransform;
+use crate::linear::{LinearBuilder, LinearTransform};
 use crate::pooling::RotationSum;
 use crate::requirements::{key_requests, merge_keys, RotationKey, StageCost};
 use blindfold_ckks::{
@@ -124,6 +124,7 @@ pub struct Circuit {
     stages: Vec<Stage>,
     output: Layout,
     input_scale: Option<f64>,
+    masked: bool,
 }
 
 impl Circuit {
@@ -155,7 +156,47 @@ impl Circuit {
             level = s.output_level();
         }
         let slots = output.slots;
-        Ok(Self { packing, slots, top_level, stages, output, input_scale: None })
+        Ok(Self { packing, slots, top_level, stages, output, input_scale: None, masked: false })
+    }
+
+    /// The circuit followed by one more linear stage that multiplies its result by a 0/1
+    /// mask: one copy of each result value stays (at the output layout's slot of each
+    /// feature), every other slot becomes zero (replicas, partial sums). Costs one level. A
+    /// model holder returns only what the client is to learn this way (circuit privacy,
+    /// with re-randomization and flooding; SECURITY.md).
+    ///
+    /// # Errors
+    /// [`CircuitError::TooDeep`] if the result is at level 0;
+    /// [`CircuitError::Layout`] for a circuit of several output ciphertexts or one already
+    /// encoded.
+    pub fn with_output_mask(mut self) -> Result<Self> {
+        if self.input_scale.is_some() || self.output.cts != 1 {
+            return Err(CircuitError::Layout(
+                "an output mask needs an unencoded circuit with one output ciphertext".into(),
+            ));
+        }
+        let level = self.output_level();
+        if level == 0 {
+            return Err(CircuitError::TooDeep {
+                needed: self.depth() + 1,
+                available: self.top_level,
+                hint: Some("the output mask takes one more level".into()),
+            });
+        }
+        let mut b = LinearBuilder::new(&self.output);
+        for f in 0..self.output.len() {
+            b.add(b.slot_of(f), f, 0, 1.0);
+        }
+        self.stages.push(Stage::Linear(b.finish("mask to the result slots".into(), level, Vec::new(), 1.0)));
+        self.output = Layout { period: self.output.slots, grid: None, ..self.output };
+        self.masked = true;
+        Ok(self)
+    }
+
+    /// Whether the result holds one copy of each value and zeros elsewhere
+    /// ([`Circuit::with_output_mask`]).
+    pub fn masks_output(&self) -> bool {
+        self.masked
     }
 
     /// The client's input packing.

@@ -133,6 +133,32 @@ impl Layout {
         }
         spread
     }
+
+    /// The largest magnitude among the slots that hold no feature (nor a copy of one):
+    /// zero up to the noise for a result masked to its features, of the size of the values
+    /// or far beyond for a ciphertext decrypted with another key. `NaN` if a slot is not
+    /// finite.
+    ///
+    /// # Panics
+    /// As [`Layout::replica_spread`].
+    pub fn stray(&self, cts: &[Vec<f64>]) -> f64 {
+        let mut held = vec![vec![false; self.period.max(1)]; self.cts];
+        for &(t, s) in &self.features {
+            held[t as usize][s as usize] = true;
+        }
+        let mut stray = 0f64;
+        for (v, held) in cts.iter().take(self.cts).zip(&held) {
+            for (j, x) in v[..self.slots].iter().enumerate() {
+                if !x.is_finite() {
+                    return f64::NAN;
+                }
+                if !held[j % held.len()] {
+                    stray = stray.max(x.abs());
+                }
+            }
+        }
+        stray
+    }
 }
 
 /// How the client packs one input image into ciphertexts: the first stage of a circuit reads
