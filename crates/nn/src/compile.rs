@@ -205,6 +205,11 @@ pub fn parameters(arch: &ArchSpec, opts: &ChainOptions) -> Result<Parameters> {
 /// Largest prime of a batch chain: the constant-product kernel runs on AVX-512 IFMA below 2^50.
 const BATCH_MAX_PRIME_BITS: u32 = 50;
 
+/// The largest scale whose primes keep the kernels on AVX-512 IFMA (below 2^50): a
+/// circuit-private plan tries it before the largest scale of its ring, which has more
+/// precision but is about a quarter slower (BENCHMARKS.md, "Circuit privacy on CKKS").
+pub const FAST_SCALE_BITS: u32 = BATCH_MAX_PRIME_BITS;
+
 /// The parameters for `arch`'s batch circuit ([`batch_circuit`]) under `opts`: a chain shaped
 /// by the circuit, at the largest scale `s` (up to [`PREFERRED_SCALE_BITS`], or
 /// `opts.scale_bits`) the smallest ring allows at 128-bit security. Each level a linear map

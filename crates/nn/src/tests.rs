@@ -245,3 +245,37 @@ fn crafted_architectures_are_refused_before_any_allocation() {
     assert!(err.contains("more than the"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_output_mask_keeps_one_copy_of_each_score_and_zeros_the_rest() {
+    use blindfold_tensor::PlainBackend;
+    let mut rng = ChaCha20Rng::seed_from_u64(11);
+    let spec = tiny_arch();
+    let model = Model::init(spec.clone(), &mut rng).unwrap();
+    let (slots, depth) = (1024, spec.depth());
+    let plain = crate::compile::circuit(&spec, Some(&model), slots, depth + 1).unwrap();
+    let masked = plain.clone().with_output_mask().unwrap();
+    assert_eq!((masked.depth(), masked.output_level(), masked.masks_output()), (depth + 1, 0, true));
+    assert!(!plain.masks_output());
+    let x: Vec<f64> = (0..spec.input.len()).map(|_| (rng.next_u32() % 256) as f64 / 255.0).collect();
+    let inputs = plain.packing().pack(&x).unwrap();
+    let before = plain.evaluate_on(&PlainBackend, &inputs).unwrap();
+    let after = masked.evaluate_on(&PlainBackend, &inputs).unwrap();
+    // The same scores, read the same way.
+    assert_eq!(plain.read_output(&before), masked.read_output(&after));
+    // Before: copies and partial sums all over the slots; after: zeros outside the scores.
+    let layout = masked.output();
+    let outside = |v: &[f64]| {
+        v.iter()
+            .enumerate()
+            .filter(|&(j, x)| *x != 0.0 && !layout.features.iter().any(|&(_, s)| s as usize == j))
+            .count()
+    };
+    assert!(outside(&before) > 0, "the unmasked result repeats its scores");
+    assert_eq!(outside(&after), 0);
+    assert_eq!(layout.stray(&[after]), 0.0);
+    assert!(layout.stray(&[before]) > 0.0);
+    // No level left for the mask: refused.
+    let full = crate::compile::circuit(&spec, Some(&model), slots, depth).unwrap();
+    assert!(full.with_output_mask().unwrap_err().to_string().contains("one more level"));
+}

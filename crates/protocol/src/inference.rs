@@ -276,9 +276,10 @@ impl CompiledModel {
     /// response's noise vector is within statistical distance `‖e_coef‖/(2σ) ≤ 2^-λ` of the
     /// flooding alone (Gaussian shift bound; `‖e_coef‖ = Δ·‖e‖·√(2/N)` by the canonical
     /// embedding's isometry). Each score then carries noise of standard deviation
-    /// `2^(λ−1)·M·‖e‖`; a plan whose flooding would exceed [`MAX_FLOODING_WIDTH`] is refused,
-    /// and without `opts.log_n` the rings 2^13, 2^14, 2^15 are tried in turn (a larger ring
-    /// has larger scales and so a smaller error).
+    /// `2^(λ−1)·M·‖e‖`; a plan whose flooding would exceed [`MAX_FLOODING_WIDTH`] is refused.
+    /// Without `opts.log_n` the rings 2^13, 2^14, 2^15 are tried in turn (a larger ring has
+    /// larger scales and so a smaller error); without `opts.scale_bits`, each first at
+    /// [`compile::FAST_SCALE_BITS`], then at its largest scale.
     ///
     /// # Errors
     /// [`ProtocolError::Model`] for a model without an encrypted form or too deep for any
@@ -291,12 +292,20 @@ impl CompiledModel {
             return Err(ProtocolError::Config(format!("circuit privacy of {lambda} bits (1 to 128)")));
         }
         let rings = opts.log_n.map_or(vec![13, 14, 15], |l| vec![l]);
-        let mut refused: Option<ProtocolError> = None;
-        for log_n in rings {
-            let compiled = match Compiled::new(model, &ChainOptions { log_n: Some(log_n), ..*opts }) {
+        let mut compile_error: Option<ProtocolError> = None;
+        // The largest λ a ring allows, and that ring, over the rings tried.
+        let mut best: Option<(f64, u32)> = None;
+        // Unless the scale is given: the fastest scale first, then the most precise.
+        let scales = match opts.scale_bits {
+            Some(s) => vec![Some(s)],
+            None => vec![Some(compile::FAST_SCALE_BITS), None],
+        };
+        let candidates = rings.iter().flat_map(|&log_n| scales.iter().map(move |&scale_bits| (log_n, scale_bits)));
+        for (log_n, scale_bits) in candidates {
+            let compiled = match Compiled::new(model, &ChainOptions { log_n: Some(log_n), scale_bits, ..*opts }) {
                 Ok(c) => c,
                 Err(e) => {
-                    refused = refused.or(Some(e.into()));
+                    compile_error = compile_error.or(Some(e.into()));
                     continue;
                 }
             };
@@ -304,18 +313,21 @@ impl CompiledModel {
             if flooding.width <= MAX_FLOODING_WIDTH {
                 return Ok(Arc::new(Self::from_compiled(compiled, Some(flooding))));
             }
-            let bits = 1.0 + (MAX_FLOODING_WIDTH / (CALIBRATION_MARGIN * flooding.error_norm)).log2();
-            let larger = if log_n < 15 { "a larger ring (--log-n), " } else { "" };
-            refused = Some(ProtocolError::Config(format!(
-                "circuit privacy at λ = {lambda} would flood every score with noise of standard deviation {:.1e} at \
-                 N = 2^{log_n} (at most {MAX_FLOODING_WIDTH}): the network's error there (norm {:.1e}) allows λ \
-                 up to {}; choose {larger}a lower λ, or a shallower network",
-                flooding.width,
-                flooding.error_norm,
-                bits.floor().max(0.0)
-            )));
+            let bits = (1.0 + (MAX_FLOODING_WIDTH / (CALIBRATION_MARGIN * flooding.error_norm)).log2()).floor();
+            if best.is_none_or(|(b, _)| bits > b) {
+                best = Some((bits, log_n));
+            }
         }
-        Err(refused.unwrap_or_else(|| ProtocolError::Config("no ring to try".into())))
+        let larger = if opts.log_n.is_some_and(|l| l < 15) { ", a larger ring (--log-n)" } else { "" };
+        Err(match best {
+            Some((bits, log_n)) => ProtocolError::Config(format!(
+                "circuit privacy at λ = {lambda} would flood every score with noise beyond a standard deviation of \
+                 {MAX_FLOODING_WIDTH}: the network's error allows λ up to {} (at N = 2^{log_n}); choose a lower \
+                 λ{larger} or a shallower network",
+                bits.max(0.0)
+            )),
+            None => compile_error.unwrap_or_else(|| ProtocolError::Config("no ring to try".into())),
+        })
     }
 
     /// Compiles `model` on given parameters (the network takes the top levels; the rest are
