@@ -18,6 +18,24 @@ impl Drop for Server {
     }
 }
 
+/// A plaintext-gRPC server of `model` on a free loopback port (with `args`), and its address.
+fn serve(model: &std::path::Path, args: &[&str]) -> (Server, String) {
+    let mut child = blindfold()
+        .args(["serve", "--insecure-plaintext", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .arg("--model")
+        .arg(model)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let server = Server(child);
+    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    (server, addr.to_string())
+}
+
 #[test]
 fn a_client_process_classifies_on_a_server_process() {
     let dir = std::env::temp_dir().join(format!("blindfold-cli-serve-{}", std::process::id()));
@@ -29,17 +47,7 @@ fn a_client_process_classifies_on_a_server_process() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let mut child = blindfold()
-        .args(["serve", "--insecure-plaintext", "--listen", "127.0.0.1:0", "--model"])
-        .arg(&model)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let _server = Server(child);
-    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    let (_server, addr) = serve(&model, &[]);
     let report = dir.join("remote.json");
     let out = blindfold()
         .args(["client", "--server", &format!("http://{addr}"), "infer", "--n-test", "5", "--json"])
@@ -99,17 +107,7 @@ fn a_client_process_classifies_on_a_server_process() {
 /// Circuit privacy on CKKS: a server that masks, re-randomizes and floods its responses (the
 /// client's keys then carry its public key), and the same in one process.
 fn circuit_private_server_and_in_process_run(model: &std::path::Path, dir: &std::path::Path) {
-    let mut child = blindfold()
-        .args(["serve", "--insecure-plaintext", "--listen", "127.0.0.1:0", "--circuit-privacy", "12", "--model"])
-        .arg(model)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let _server = Server(child);
-    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    let (_server, addr) = serve(model, &["--circuit-privacy", "12"]);
     let report = dir.join("private.json");
     let out = blindfold()
         .args(["client", "--server", &format!("http://{addr}"), "infer", "--n-test", "3", "--json"])
