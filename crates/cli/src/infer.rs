@@ -264,15 +264,15 @@ pub(crate) fn encrypted_inference(
     let workers = parallel_images.clamp(1, threads);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
     let arch = model.spec().name.clone();
-    let (info, compiled) = match plan {
-        Plan::Parameters(params) => (PlanInfo::for_parameters(model.spec(), &params)?, Err(params)),
-        Plan::Compiled(c) => (c.info().clone(), Ok(c)),
+    let info = match &plan {
+        Plan::Parameters(params) => PlanInfo::for_parameters(model.spec(), params)?,
+        Plan::Compiled(c) => c.info().clone(),
     };
     let (client, keys) = pool.install(|| Client::new(&info))?;
     let key_bytes = keys.to_bytes().len();
-    let compiled = match compiled {
-        Ok(c) => c,
-        Err(params) => pool.install(|| CompiledModel::with_parameters(model, &params))?,
+    let compiled = match plan {
+        Plan::Parameters(params) => pool.install(|| CompiledModel::with_parameters(model, &params))?,
+        Plan::Compiled(c) => c,
     };
     if compiled.info() != &info {
         bail!("the compiled model's plan differs from its architecture's");

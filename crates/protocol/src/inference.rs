@@ -227,8 +227,9 @@ fn calibrate(compiled: &Compiled, lambda: u32) -> Result<Flooding> {
         norm = norm.max(e2.sqrt());
         scale = out.scale();
     }
-    let sigma = 2f64.powi(lambda as i32 - 1) * CALIBRATION_MARGIN * scale * norm * (2.0 / ctx.n() as f64).sqrt();
-    let width = sigma * (ctx.n() as f64 / 2.0).sqrt() / scale;
+    // Per score: σ·√(N/2)/Δ with σ = width·Δ·√(2/N) per coefficient.
+    let width = 2f64.powi(lambda as i32 - 1) * CALIBRATION_MARGIN * norm;
+    let sigma = width * scale * (2.0 / ctx.n() as f64).sqrt();
     Ok(Flooding { lambda, log_sigma: sigma.log2().max(0.0), width, error_norm: norm })
 }
 
